@@ -1,0 +1,295 @@
+/*
+ * control.c — per-worker control blocks.
+ *
+ * The worker updates its block with plain atomic stores (no syscall, no
+ * lock): lap counter, current section with its start stamp and deadline,
+ * heartbeat, state.  The parent reads any field at any time; this is what
+ * makes `current_lap` live and costs the worker a few stores per section.
+ * The two words anyone sleeps on (state, stop) follow wait.c's protocol,
+ * so the writer makes a wake-up syscall only when someone is asleep.
+ */
+#include "shmp_internal.h"
+
+#include <limits.h>
+#include <string.h>
+
+#define MAX_BLOCKS 65536u
+
+#define RELAXED memory_order_relaxed
+#define ACQUIRE memory_order_acquire
+#define RELEASE memory_order_release
+
+int shmp_ctl_create(uint32_t count, int *fd_out, void **payload_out)
+{
+    if (count == 0 || count > MAX_BLOCKS || fd_out == NULL || payload_out == NULL)
+        return SHMP_EINVAL;
+    uint64_t size = sizeof(shmp_control_array) + (uint64_t)count * sizeof(shmp_control_shared);
+    int rc = shmp_seg_create(SHMP_KIND_CONTROL, size, fd_out, payload_out);
+    if (rc == SHMP_OK)
+        ((shmp_control_array *)*payload_out)->count = count;   /* pages start zeroed */
+    return rc;
+}
+
+int shmp_ctl_attach(int fd, void **payload_out, uint32_t *count_out)
+{
+    if (payload_out == NULL || count_out == NULL)
+        return SHMP_EINVAL;
+    void *payload;
+    uint64_t size;
+    int rc = shmp_seg_attach(fd, SHMP_KIND_CONTROL, &payload, &size);
+    if (rc != SHMP_OK)
+        return rc;
+    uint32_t count = ((shmp_control_array *)payload)->count;
+    if (count == 0 || count > MAX_BLOCKS ||
+        sizeof(shmp_control_array) + (uint64_t)count * sizeof(shmp_control_shared) > size) {
+        shmp_seg_unmap(payload, size);
+        return SHMP_ECORRUPT;
+    }
+    *payload_out = payload;
+    *count_out = count;
+    return SHMP_OK;
+}
+
+int shmp_ctl_get(void *payload, uint32_t index, shmp_control **ctl_out)
+{
+    if (payload == NULL || ctl_out == NULL)
+        return SHMP_EINVAL;
+    int rc = shmp_seg_verify(payload, SHMP_KIND_CONTROL);
+    if (rc != SHMP_OK)
+        return rc;
+    shmp_control_array *a = payload;
+    if (index >= a->count || a->count > MAX_BLOCKS)
+        return SHMP_EINVAL;
+    *ctl_out = (shmp_control *)&a->blocks[index];
+    return SHMP_OK;
+}
+
+int shmp_ctl_reset(shmp_control *c)
+{
+    if (c == NULL)
+        return SHMP_EINVAL;
+    shmp_control_shared *s = &c->s;
+    atomic_store_explicit(&s->lap, 0, RELAXED);
+    atomic_store_explicit(&s->section_start_ns, 0, RELAXED);
+    atomic_store_explicit(&s->deadline_ns, 0, RELAXED);
+    atomic_store_explicit(&s->heartbeat_ns, 0, RELAXED);
+    atomic_store_explicit(&s->section, 0, RELAXED);
+    atomic_store_explicit(&s->lives, 0, RELAXED);
+    atomic_store_explicit(&s->pid, 0, RELAXED);
+    atomic_store_explicit(&s->exit_code, 0, RELAXED);
+    atomic_store_explicit(&s->exit_signal, 0, RELAXED);
+    atomic_store_explicit(&s->stop, 0, RELAXED);
+    /* release: the resets above are visible to whoever sees state NEW. */
+    atomic_store_explicit(&s->state, SHMP_STATE_NEW, RELEASE);
+    return SHMP_OK;
+}
+
+/* ---- state ------------------------------------------------------------- */
+
+uint32_t shmp_ctl_state(const shmp_control *c)
+{
+    /* acquire: pairs with set_state's release, so a reader that sees DONE
+     * also sees the exit info and the final lap written before it.      */
+    return c ? atomic_load_explicit(&c->s.state, ACQUIRE) : 0;
+}
+
+static void wake_if_waiting(_Atomic uint32_t *word, _Atomic uint32_t *waiters)
+{
+    /* seq_cst fence: orders the word's store before the waiters load; pairs
+     * with the fence after the waiter's increment in wait_word().        */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(waiters, RELAXED) != 0)
+        shmp_os_futex_wake(word, INT_MAX);
+}
+
+int shmp_ctl_set_state(shmp_control *c, uint32_t state)
+{
+    if (c == NULL || state > SHMP_STATE_KILLED)
+        return SHMP_EINVAL;
+    atomic_store_explicit(&c->s.state, state, RELEASE);
+    wake_if_waiting(&c->s.state, &c->s.state_waiters);
+    return SHMP_OK;
+}
+
+/* Sleep until *word >= at_least (state) or != 0 (stop, at_least = 1). */
+static int wait_word(_Atomic uint32_t *word, _Atomic uint32_t *waiters, uint32_t at_least,
+                     int64_t timeout_ns)
+{
+    uint64_t deadline = shmp_deadline(timeout_ns);
+    for (;;) {
+        uint32_t v = atomic_load_explicit(word, ACQUIRE);
+        if (v >= at_least)
+            return SHMP_OK;
+        int64_t left = shmp_remaining(deadline);
+        if (left == 0)
+            return SHMP_ETIMEDOUT;
+        atomic_fetch_add_explicit(waiters, 1, memory_order_seq_cst);
+        atomic_thread_fence(memory_order_seq_cst);   /* pairs with wake_if_waiting() */
+        int rc = shmp_wait_change(word, v, left);
+        atomic_fetch_sub_explicit(waiters, 1, RELAXED);
+        if (rc != SHMP_OK && rc != SHMP_ETIMEDOUT)
+            return rc;
+    }
+}
+
+int shmp_ctl_wait_state(shmp_control *c, uint32_t at_least, int64_t timeout_ns)
+{
+    if (c == NULL)
+        return SHMP_EINVAL;
+    return wait_word(&c->s.state, &c->s.state_waiters, at_least, timeout_ns);
+}
+
+/* ---- stop flag ----------------------------------------------------------- */
+
+int shmp_ctl_request_stop(shmp_control *c)
+{
+    if (c == NULL)
+        return SHMP_EINVAL;
+    atomic_store_explicit(&c->s.stop, 1, RELEASE);
+    wake_if_waiting(&c->s.stop, &c->s.stop_waiters);
+    return SHMP_OK;
+}
+
+int shmp_ctl_clear_stop(shmp_control *c)
+{
+    if (c == NULL)
+        return SHMP_EINVAL;
+    atomic_store_explicit(&c->s.stop, 0, RELEASE);
+    return SHMP_OK;
+}
+
+int shmp_ctl_stop_requested(const shmp_control *c)
+{
+    return c ? (int)atomic_load_explicit(&c->s.stop, ACQUIRE) : 0;
+}
+
+int shmp_ctl_wait_stop(shmp_control *c, int64_t timeout_ns)
+{
+    if (c == NULL)
+        return SHMP_EINVAL;
+    return wait_word(&c->s.stop, &c->s.stop_waiters, 1, timeout_ns);
+}
+
+/* ---- laps and sections (the worker's hot path: stores only) ---------------- */
+
+uint64_t shmp_ctl_lap(const shmp_control *c)
+{
+    return c ? atomic_load_explicit(&c->s.lap, RELAXED) : 0;
+}
+
+int shmp_ctl_set_lap(shmp_control *c, uint64_t lap)
+{
+    if (c == NULL)
+        return SHMP_EINVAL;
+    atomic_store_explicit(&c->s.lap, lap, RELAXED);
+    return SHMP_OK;
+}
+
+int shmp_ctl_enter(shmp_control *c, uint32_t section, uint64_t timeout_ns)
+{
+    if (c == NULL)
+        return SHMP_EINVAL;
+    uint64_t now = shmp_now_ns();
+    uint64_t deadline = 0;
+    if (timeout_ns != 0)
+        deadline = UINT64_MAX - now < timeout_ns ? UINT64_MAX : now + timeout_ns;
+    atomic_store_explicit(&c->s.section_start_ns, now, RELAXED);
+    atomic_store_explicit(&c->s.section, section, RELAXED);
+    /* release: a watchdog that reads this deadline also reads the section
+     * and start stamp stored above.                                      */
+    atomic_store_explicit(&c->s.deadline_ns, deadline, RELEASE);
+    return (int)atomic_load_explicit(&c->s.stop, RELAXED);
+}
+
+int shmp_ctl_leave(shmp_control *c)
+{
+    if (c == NULL)
+        return SHMP_EINVAL;
+    atomic_store_explicit(&c->s.deadline_ns, 0, RELEASE);
+    atomic_store_explicit(&c->s.section, 0, RELAXED);
+    return SHMP_OK;
+}
+
+uint32_t shmp_ctl_section(const shmp_control *c)
+{
+    return c ? atomic_load_explicit(&c->s.section, RELAXED) : 0;
+}
+
+uint64_t shmp_ctl_section_start_ns(const shmp_control *c)
+{
+    return c ? atomic_load_explicit(&c->s.section_start_ns, RELAXED) : 0;
+}
+
+uint64_t shmp_ctl_deadline_ns(const shmp_control *c)
+{
+    return c ? atomic_load_explicit(&c->s.deadline_ns, ACQUIRE) : 0;
+}
+
+int shmp_ctl_end_lap(shmp_control *c)
+{
+    if (c == NULL)
+        return SHMP_EINVAL;
+    atomic_fetch_add_explicit(&c->s.lap, 1, RELAXED);
+    atomic_store_explicit(&c->s.heartbeat_ns, shmp_now_ns(), RELAXED);
+    return (int)atomic_load_explicit(&c->s.stop, RELAXED);
+}
+
+/* ---- lives, heartbeat, identity, exit ------------------------------------------ */
+
+uint32_t shmp_ctl_lives(const shmp_control *c)
+{
+    return c ? atomic_load_explicit(&c->s.lives, RELAXED) : 0;
+}
+
+int shmp_ctl_set_lives(shmp_control *c, uint32_t lives)
+{
+    if (c == NULL)
+        return SHMP_EINVAL;
+    atomic_store_explicit(&c->s.lives, lives, RELAXED);
+    return SHMP_OK;
+}
+
+uint64_t shmp_ctl_heartbeat_ns(const shmp_control *c)
+{
+    return c ? atomic_load_explicit(&c->s.heartbeat_ns, RELAXED) : 0;
+}
+
+int shmp_ctl_beat(shmp_control *c)
+{
+    if (c == NULL)
+        return SHMP_EINVAL;
+    atomic_store_explicit(&c->s.heartbeat_ns, shmp_now_ns(), RELAXED);
+    return SHMP_OK;
+}
+
+int32_t shmp_ctl_pid(const shmp_control *c)
+{
+    return c ? atomic_load_explicit(&c->s.pid, RELAXED) : 0;
+}
+
+int shmp_ctl_set_pid(shmp_control *c, int32_t pid)
+{
+    if (c == NULL || pid < 0)
+        return SHMP_EINVAL;
+    atomic_store_explicit(&c->s.pid, pid, RELAXED);
+    return SHMP_OK;
+}
+
+int shmp_ctl_set_exit(shmp_control *c, int32_t code, int32_t signo)
+{
+    if (c == NULL || signo < 0)
+        return SHMP_EINVAL;
+    atomic_store_explicit(&c->s.exit_code, code, RELAXED);
+    atomic_store_explicit(&c->s.exit_signal, signo, RELAXED);
+    return SHMP_OK;     /* made visible by the set_state(DONE/...) release that follows */
+}
+
+int shmp_ctl_exit(const shmp_control *c, int32_t *code_out, int32_t *signo_out)
+{
+    if (c == NULL || code_out == NULL || signo_out == NULL)
+        return SHMP_EINVAL;
+    (void)atomic_load_explicit(&c->s.state, ACQUIRE);   /* pairs with set_state */
+    *code_out = atomic_load_explicit(&c->s.exit_code, RELAXED);
+    *signo_out = atomic_load_explicit(&c->s.exit_signal, RELAXED);
+    return SHMP_OK;
+}

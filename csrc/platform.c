@@ -1,0 +1,226 @@
+/*
+ * platform.c — the only file that knows which OS it runs on.
+ *
+ * Linux: memfd_create (no name in /dev/shm, nothing to leak), file seals,
+ * futex on shared words, and /proc/PID/fd/N to open a peer's descriptor.
+ * Elsewhere (or with -DSHMP_PORTABLE, which the test suite builds once on
+ * Linux to exercise this path): an shm_open name that is unlinked at once,
+ * a sleep-with-backoff wait, and no peer opening (out-of-band records are
+ * then refused with SHMP_EPEER by the caller's fallback).
+ */
+#define _GNU_SOURCE
+#include "shmp_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__linux__) && !defined(SHMP_PORTABLE)
+#  define SHMP_LINUX 1
+#  include <linux/futex.h>
+#  include <sys/syscall.h>
+#else
+#  define SHMP_LINUX 0
+#endif
+
+static _Thread_local int shmp_errno_value;
+
+uint32_t shmp_platform_features(void)
+{
+#if SHMP_LINUX
+    return SHMP_FEAT_MEMFD | SHMP_FEAT_FUTEX | SHMP_FEAT_PEER_FD;
+#else
+    return 0;
+#endif
+}
+
+void shmp_set_errno(int err) { shmp_errno_value = err; }
+int  shmp_last_errno(void)   { return shmp_errno_value; }
+
+uint64_t shmp_now_ns(void)
+{
+    struct timespec ts;
+    /* CLOCK_MONOTONIC is served by the vDSO on Linux: no syscall. */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t shmp_deadline(int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return UINT64_MAX;
+    uint64_t now = shmp_now_ns();
+    uint64_t t = (uint64_t)timeout_ns;
+    return (UINT64_MAX - now < t) ? UINT64_MAX : now + t;
+}
+
+int64_t shmp_remaining(uint64_t deadline)
+{
+    if (deadline == UINT64_MAX)
+        return -1;
+    uint64_t now = shmp_now_ns();
+    if (now >= deadline)
+        return 0;
+    uint64_t left = deadline - now;
+    return left > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)left;
+}
+
+/* Reserve the space now: on tmpfs, posix_fallocate allocates the pages, so
+ * a full /dev/shm is ENOSPC here instead of SIGBUS on first touch.      */
+static int reserve(int fd, uint64_t size)
+{
+    if (ftruncate(fd, (off_t)size) != 0) {
+        shmp_set_errno(errno);
+        return errno == ENOSPC || errno == EFBIG ? SHMP_ENOSPC : SHMP_EOS;
+    }
+    int rc = posix_fallocate(fd, 0, (off_t)size);
+    if (rc == ENOSPC || rc == EFBIG || rc == ENOMEM) {
+        shmp_set_errno(rc);
+        return SHMP_ENOSPC;
+    }
+    /* EINVAL/EOPNOTSUPP: the filesystem cannot preallocate; the mapping
+     * still works, it just loses the early ENOSPC guarantee.           */
+    if (rc != 0 && rc != EINVAL && rc != EOPNOTSUPP) {
+        shmp_set_errno(rc);
+        return SHMP_EOS;
+    }
+    return SHMP_OK;
+}
+
+int shmp_os_anon_fd(uint64_t size, int *fd_out)
+{
+    int fd;
+#if SHMP_LINUX
+    fd = (int)syscall(SYS_memfd_create, "shmproc", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        shmp_set_errno(errno);
+        return SHMP_EOS;
+    }
+#else
+    /* Portable path: a random name that exists only between open and unlink. */
+    char name[64];
+    static _Atomic uint32_t counter;
+    for (int attempt = 0;; attempt++) {
+        snprintf(name, sizeof name, "/shmproc.%ld.%u.%llu", (long)getpid(),
+                 (unsigned)atomic_fetch_add(&counter, 1),
+                 (unsigned long long)shmp_now_ns());
+        fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+        if (fd >= 0)
+            break;
+        if (errno != EEXIST || attempt > 16) {
+            shmp_set_errno(errno);
+            return SHMP_EOS;
+        }
+    }
+    shm_unlink(name);
+    int fl = fcntl(fd, F_GETFD);
+    if (fl >= 0)
+        fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+#endif
+    int rc = reserve(fd, size);
+    if (rc != SHMP_OK) {
+        close(fd);
+        return rc;
+    }
+    *fd_out = fd;
+    return SHMP_OK;
+}
+
+int shmp_os_seal(int fd)
+{
+#if SHMP_LINUX
+    /* A sealed size means no process can shrink the file under a peer's
+     * mapping, which would turn its next access into SIGBUS.            */
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        shmp_set_errno(errno);
+        return SHMP_EOS;
+    }
+#else
+    (void)fd;
+#endif
+    return SHMP_OK;
+}
+
+int shmp_os_open_peer(int32_t pid, int32_t fd, int *fd_out)
+{
+#if SHMP_LINUX
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/fd/%ld", (long)pid, (long)fd);
+    int nfd = open(path, O_RDWR | O_CLOEXEC);
+    if (nfd < 0) {
+        shmp_set_errno(errno);
+        return (errno == ENOENT || errno == ESRCH) ? SHMP_EPEER : SHMP_EOS;
+    }
+    *fd_out = nfd;
+    return SHMP_OK;
+#else
+    (void)pid; (void)fd; (void)fd_out;
+    shmp_set_errno(ENOSYS);
+    return SHMP_EPEER;
+#endif
+}
+
+/* ---- futex ------------------------------------------------------------- */
+
+int shmp_os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns)
+{
+#if SHMP_LINUX
+    struct timespec ts, *tsp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = (time_t)(timeout_ns / 1000000000);
+        ts.tv_nsec = (long)(timeout_ns % 1000000000);
+        tsp = &ts;
+    }
+    /* Not FUTEX_PRIVATE_FLAG: the word is shared between processes.
+     * The kernel compares *word with expected atomically with queueing,
+     * so a wake that bumps the word before we sleep is never lost.      */
+    long r = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, expected, tsp, NULL, 0);
+    if (r == 0)
+        return SHMP_OK;
+    if (errno == EAGAIN)
+        return SHMP_OK;                   /* value already changed */
+    if (errno == ETIMEDOUT)
+        return SHMP_ETIMEDOUT;
+    if (errno == EINTR)
+        return SHMP_EINTR;
+    shmp_set_errno(errno);
+    return SHMP_EOS;
+#else
+    /* Portable fallback: poll with exponential backoff up to 1 ms, so an
+     * idle waiter costs ~1000 short wake-ups a second (well under 1% CPU). */
+    uint64_t deadline = shmp_deadline(timeout_ns);
+    long step = 1000;
+    while (atomic_load_explicit(word, memory_order_acquire) == expected) {
+        int64_t left = shmp_remaining(deadline);
+        if (left == 0)
+            return SHMP_ETIMEDOUT;
+        long nap = step;
+        if (left > 0 && left < nap)
+            nap = (long)left;
+        struct timespec ts = { 0, nap };
+        if (nanosleep(&ts, NULL) != 0 && errno == EINTR)
+            return SHMP_EINTR;
+        if (step < 1000000)
+            step *= 2;
+    }
+    return SHMP_OK;
+#endif
+}
+
+int shmp_os_futex_wake(_Atomic uint32_t *word, int32_t count)
+{
+#if SHMP_LINUX
+    if (syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, count, NULL, NULL, 0) < 0) {
+        shmp_set_errno(errno);
+        return SHMP_EOS;
+    }
+#else
+    (void)word; (void)count;              /* pollers notice the change */
+#endif
+    return SHMP_OK;
+}

@@ -1,0 +1,178 @@
+/*
+ * segment.c — anonymous shared-memory segments with a checked header.
+ *
+ * Layout: [ header page | payload (page aligned) ].  The header records
+ * magic, ABI version, kind and sizes, plus a check word over them, and is
+ * validated with pread() before anything is mapped on attach, so a stray
+ * or hostile descriptor gives SHMP_ECORRUPT rather than a wild mapping.
+ */
+#define _GNU_SOURCE
+#include "shmp_internal.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifdef MAP_POPULATE
+#  define SHMP_MAP_FLAGS (MAP_SHARED | MAP_POPULATE)  /* fault pages in one batch */
+#else
+#  define SHMP_MAP_FLAGS MAP_SHARED
+#endif
+
+uint64_t shmp_seg_check_word(const shmp_seg_header *h)
+{
+    uint64_t x = h->magic ^ ((uint64_t)h->abi_version << 32) ^ h->kind;
+    x ^= h->total_size * 0x9e3779b97f4a7c15ull;
+    x ^= h->payload_size * 0xc2b2ae3d27d4eb4full;
+    x ^= ((uint64_t)h->header_size << 32) ^ h->layout_size;
+    return x;
+}
+
+uint32_t shmp_kind_layout_size(uint32_t kind)
+{
+    switch (kind) {
+    case SHMP_KIND_RING:    return (uint32_t)sizeof(shmp_ring_shared);
+    case SHMP_KIND_CONTROL: return (uint32_t)sizeof(shmp_control_shared);
+    case SHMP_KIND_BLOB:    return 0;
+    default:                return UINT32_MAX;
+    }
+}
+
+static uint64_t page_round(uint64_t n)
+{
+    return (n + SHMP_PAGE - 1) & ~(uint64_t)(SHMP_PAGE - 1);
+}
+
+static shmp_seg_header *header_of(const void *payload)
+{
+    return (shmp_seg_header *)((uint8_t *)payload - SHMP_PAYLOAD_OFFSET);
+}
+
+static int header_ok(const shmp_seg_header *h, uint32_t kind)
+{
+    if (h->magic != SHMP_MAGIC || h->abi_version != SHMP_ABI_VERSION)
+        return 0;
+    if (h->header_size != sizeof(shmp_seg_header))
+        return 0;
+    if (kind != 0 && h->kind != kind)
+        return 0;
+    if (h->layout_size != shmp_kind_layout_size(h->kind))
+        return 0;
+    if (h->payload_size > SHMP_MAX_PAYLOAD ||
+        h->total_size != SHMP_PAYLOAD_OFFSET + page_round(h->payload_size))
+        return 0;
+    return h->check == shmp_seg_check_word(h);
+}
+
+int shmp_seg_create(uint32_t kind, uint64_t payload_size, int *fd_out, void **payload_out)
+{
+    if (fd_out == NULL || payload_out == NULL || shmp_kind_layout_size(kind) == UINT32_MAX)
+        return SHMP_EINVAL;
+    if (payload_size == 0 || payload_size > SHMP_MAX_PAYLOAD)
+        return SHMP_EINVAL;
+    uint64_t total = SHMP_PAYLOAD_OFFSET + page_round(payload_size);
+    int fd, rc = shmp_os_anon_fd(total, &fd);
+    if (rc != SHMP_OK)
+        return rc;
+    if ((rc = shmp_os_seal(fd)) != SHMP_OK) {
+        close(fd);
+        return rc;
+    }
+    uint8_t *base = mmap(NULL, (size_t)total, PROT_READ | PROT_WRITE, SHMP_MAP_FLAGS, fd, 0);
+    if (base == MAP_FAILED) {
+        shmp_set_errno(errno);
+        close(fd);
+        return errno == ENOMEM ? SHMP_ENOSPC : SHMP_EOS;
+    }
+    shmp_seg_header *h = (shmp_seg_header *)base;
+    h->magic = SHMP_MAGIC;
+    h->abi_version = SHMP_ABI_VERSION;
+    h->kind = kind;
+    h->total_size = total;
+    h->payload_size = payload_size;
+    h->header_size = sizeof(shmp_seg_header);
+    h->layout_size = shmp_kind_layout_size(kind);
+    h->creator_pid = (uint64_t)getpid();
+    h->check = shmp_seg_check_word(h);
+    *fd_out = fd;
+    *payload_out = base + SHMP_PAYLOAD_OFFSET;
+    return SHMP_OK;
+}
+
+int shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload_size_out)
+{
+    if (fd < 0 || payload_out == NULL)
+        return SHMP_EINVAL;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        shmp_set_errno(errno);
+        return SHMP_EOS;
+    }
+    shmp_seg_header h;
+    if ((uint64_t)st.st_size < SHMP_PAYLOAD_OFFSET ||
+        pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
+        return SHMP_ECORRUPT;
+    /* The file size must be exactly what the header claims: a shorter file
+     * would SIGBUS on access, a larger one means the header lies.       */
+    if (!header_ok(&h, kind) || (uint64_t)st.st_size != h.total_size)
+        return SHMP_ECORRUPT;
+    uint8_t *base = mmap(NULL, (size_t)h.total_size, PROT_READ | PROT_WRITE,
+                         SHMP_MAP_FLAGS, fd, 0);
+    if (base == MAP_FAILED) {
+        shmp_set_errno(errno);
+        return SHMP_EOS;
+    }
+    /* Re-check through the mapping: the header could change between the
+     * pread and the mmap only through a bug or a hostile writer.         */
+    if (!header_ok((shmp_seg_header *)base, kind) ||
+        ((shmp_seg_header *)base)->total_size != h.total_size) {
+        munmap(base, (size_t)h.total_size);
+        return SHMP_ECORRUPT;
+    }
+    *payload_out = base + SHMP_PAYLOAD_OFFSET;
+    if (payload_size_out != NULL)
+        *payload_size_out = h.payload_size;
+    return SHMP_OK;
+}
+
+int shmp_seg_verify(const void *payload, uint32_t kind)
+{
+    if (payload == NULL || ((uintptr_t)payload & (SHMP_PAGE - 1)) != 0)
+        return SHMP_EINVAL;
+    return header_ok(header_of(payload), kind) ? SHMP_OK : SHMP_ECORRUPT;
+}
+
+int shmp_seg_payload_size(const void *payload, uint64_t *size_out)
+{
+    int rc = shmp_seg_verify(payload, 0);
+    if (rc != SHMP_OK)
+        return rc;
+    if (size_out == NULL)
+        return SHMP_EINVAL;
+    *size_out = header_of(payload)->payload_size;
+    return SHMP_OK;
+}
+
+int shmp_seg_unmap(void *payload, uint64_t payload_size)
+{
+    if (payload == NULL || ((uintptr_t)payload & (SHMP_PAGE - 1)) != 0 ||
+        payload_size == 0 || payload_size > SHMP_MAX_PAYLOAD)
+        return SHMP_EINVAL;
+    /* The length comes from the caller, not the shared header: a damaged
+     * header must not make us unmap someone else's memory.              */
+    uint64_t total = SHMP_PAYLOAD_OFFSET + page_round(payload_size);
+    if (munmap(header_of(payload), (size_t)total) != 0) {
+        shmp_set_errno(errno);
+        return SHMP_EOS;
+    }
+    return SHMP_OK;
+}
+
+int shmp_seg_open_peer(int32_t pid, int32_t fd, int *fd_out)
+{
+    if (pid <= 0 || fd < 0 || fd_out == NULL)
+        return SHMP_EINVAL;
+    return shmp_os_open_peer(pid, fd, fd_out);
+}

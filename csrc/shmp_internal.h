@@ -1,0 +1,153 @@
+/*
+ * shmp_internal.h — shared layouts, atomics and the platform layer.
+ *
+ * Nothing here is visible to Python.  Every structure placed in shared
+ * memory is declared here, with its cache-line placement stated, so the
+ * layout of a segment can be read in one place.
+ */
+#ifndef SHMP_INTERNAL_H
+#define SHMP_INTERNAL_H
+
+#include "shmproc.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SHMP_ABI_VERSION   1u
+#define SHMP_MAGIC         0x434f5250504d4853ull   /* "SHMPPROC" little-endian */
+#define SHMP_CACHE_LINE    64
+#define SHMP_PAGE          4096u
+
+/* Largest payload a segment may have (1 TiB): keeps every size computation
+ * far from overflow and turns absurd requests into SHMP_EINVAL.           */
+#define SHMP_MAX_PAYLOAD   (1ull << 40)
+
+#define SHMP_ALIGNED       _Alignas(SHMP_CACHE_LINE)
+
+/* ---- segment header (first page of every segment) ---------------------- */
+typedef struct shmp_seg_header {
+    uint64_t magic;
+    uint32_t abi_version;
+    uint32_t kind;
+    uint64_t total_size;        /* bytes mapped, header page included */
+    uint64_t payload_size;      /* bytes usable after the header page */
+    uint32_t header_size;       /* sizeof(shmp_seg_header): layout check */
+    uint32_t layout_size;       /* sizeof of the kind's shared struct */
+    uint64_t creator_pid;
+    uint64_t check;             /* magic ^ kind ^ sizes: catches torn or stray writes */
+} shmp_seg_header;
+
+/* The payload starts one page after the header so payloads stay page
+ * aligned (large numpy arrays and rings get whole pages).               */
+#define SHMP_PAYLOAD_OFFSET SHMP_PAGE
+
+uint64_t shmp_seg_check_word(const shmp_seg_header *h);
+/* Layout size recorded for each kind, compared on attach. */
+uint32_t shmp_kind_layout_size(uint32_t kind);
+
+/* ---- ring shared state ----------------------------------------------------
+ * Line 0 is written once at creation.  The producer owns line 1 and the
+ * consumer line 2, so in SPSC use neither side writes a line the other
+ * writes; each side only reads the other's index when its local cached
+ * copy says "full" or "empty".                                            */
+typedef struct shmp_ring_shared {
+    /* line 0: immutable after creation */
+    SHMP_ALIGNED uint64_t capacity;     /* data bytes, a power of two */
+    uint64_t max_items;                 /* 0 = unbounded */
+    uint32_t flags;
+    uint32_t reserved0;
+
+    /* line 1: producer */
+    SHMP_ALIGNED _Atomic uint64_t tail;         /* bytes ever written (free-running) */
+    _Atomic uint64_t tail_count;                /* records ever written */
+
+    /* line 2: consumer */
+    SHMP_ALIGNED _Atomic uint64_t head;         /* bytes ever consumed */
+    _Atomic uint64_t head_count;                /* records ever consumed */
+
+    /* line 3: consumers sleeping for data */
+    SHMP_ALIGNED _Atomic uint32_t data_seq;     /* futex word, bumped on publish */
+    _Atomic uint32_t data_waiters;
+
+    /* line 4: producers sleeping for space */
+    SHMP_ALIGNED _Atomic uint32_t space_seq;    /* futex word, bumped on release */
+    _Atomic uint32_t space_waiters;
+
+    /* line 5: lifecycle */
+    SHMP_ALIGNED _Atomic uint32_t closed;
+
+    /* the side locks (robust, process-shared), each on its own lines */
+    SHMP_ALIGNED pthread_mutex_t producer_lock;
+    SHMP_ALIGNED pthread_mutex_t consumer_lock;
+} shmp_ring_shared;
+
+/* Record header: 8 bytes, 8-byte aligned, always contiguous in the ring. */
+typedef struct shmp_rec_header {
+    uint32_t len;           /* payload bytes */
+    uint32_t flags;         /* low 16: SHMP_REC_* and PAD; high 16: user tag */
+} shmp_rec_header;
+
+#define SHMP_REC_PAD        0x8000u     /* filler to the end of the data area */
+#define SHMP_REC_FLAG_MASK  0xffffu
+
+/* ---- control block ----------------------------------------------------------
+ * Two lines per worker.  Line 0 is the hot line the worker writes every
+ * section (lap, section, start stamp, deadline); line 1 holds words the
+ * parent writes (stop) or reads rarely (exit info).                      */
+typedef struct shmp_control_shared {
+    SHMP_ALIGNED _Atomic uint64_t lap;
+    _Atomic uint64_t section_start_ns;
+    _Atomic uint64_t deadline_ns;       /* 0 = no deadline */
+    _Atomic uint64_t heartbeat_ns;
+    _Atomic uint32_t section;
+    _Atomic uint32_t state;             /* futex word: SHMP_STATE_* */
+    _Atomic uint32_t lives;
+    _Atomic int32_t  pid;
+
+    SHMP_ALIGNED _Atomic uint32_t stop; /* futex word: 0 run, 1 stop requested */
+    _Atomic int32_t  exit_code;
+    _Atomic int32_t  exit_signal;
+    _Atomic uint32_t state_waiters;
+    _Atomic uint32_t stop_waiters;
+} shmp_control_shared;
+
+struct shmp_control { shmp_control_shared s; };
+
+typedef struct shmp_control_array {
+    SHMP_ALIGNED uint32_t count;
+    SHMP_ALIGNED shmp_control_shared blocks[];
+} shmp_control_array;
+
+/* ---- platform layer (platform.c): the only Linux-specific code ----------- */
+int  shmp_os_anon_fd(uint64_t size, int *fd_out);   /* memfd or unlinked shm_open */
+int  shmp_os_seal(int fd);                          /* forbid resizing where supported */
+int  shmp_os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
+int  shmp_os_futex_wake(_Atomic uint32_t *word, int32_t count);
+int  shmp_os_open_peer(int32_t pid, int32_t fd, int *fd_out);
+void shmp_set_errno(int err);
+
+/* spin hint for the brief busy-wait before sleeping */
+static inline void shmp_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Robust process-shared mutex helpers (lock.c). */
+int  shmp_lock_init(pthread_mutex_t *m);
+int  shmp_lock_acquire(pthread_mutex_t *m, int64_t timeout_ns);
+void shmp_lock_release(pthread_mutex_t *m);
+
+/* Wait until *word != expected, with spinning first (wait.c). */
+int  shmp_wait_change(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
+/* Deadline helpers: negative timeout = forever (deadline UINT64_MAX). */
+uint64_t shmp_deadline(int64_t timeout_ns);
+int64_t  shmp_remaining(uint64_t deadline);
+
+#endif /* SHMP_INTERNAL_H */

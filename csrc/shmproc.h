@@ -1,0 +1,201 @@
+/*
+ * shmproc.h — the public interface of the shmproc native core.
+ *
+ * Everything between CDEF-BEGIN and CDEF-END is read verbatim by the cffi
+ * build script (shmproc/_build_native.py) as the `cdef`, so that part must
+ * stay cdef-clean: opaque handles, fixed-width integers, no macros, no
+ * `_Atomic`, no #ifdef.  Layouts and atomics live in shmp_internal.h.
+ *
+ * Conventions
+ *   - Every function returns an int status: SHMP_OK (0) or a negative
+ *     SHMP_E* code.  No function aborts, prints or raises a signal.
+ *   - Out-parameters are written only on success unless documented.
+ *   - Timeouts are in nanoseconds; a negative timeout means "wait forever";
+ *     0 means "do not wait".  Waits may return SHMP_EINTR when a signal
+ *     arrives so that the caller (Python) can run its signal handlers.
+ *   - File descriptors handed to *_attach are borrowed: the caller keeps
+ *     ownership and may close them once the call returns (the mapping
+ *     stays valid).  Descriptors returned by *_create are owned by the
+ *     caller.
+ */
+#ifndef SHMPROC_H
+#define SHMPROC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* CDEF-BEGIN */
+
+/* ---- status codes ---------------------------------------------------- */
+enum {
+    SHMP_OK         = 0,
+    SHMP_EINVAL     = -1,   /* bad argument (size, alignment, null, kind) */
+    SHMP_ENOMEM     = -2,   /* local allocation failed */
+    SHMP_ENOSPC     = -3,   /* shared memory could not be reserved */
+    SHMP_EOS        = -4,   /* an OS call failed; see shmp_last_errno() */
+    SHMP_ECORRUPT   = -5,   /* a shared header failed its checks */
+    SHMP_EFULL      = -6,   /* ring has no room for the record now */
+    SHMP_EEMPTY     = -7,   /* ring has no record now */
+    SHMP_ETIMEDOUT  = -8,   /* a wait ran out of time */
+    SHMP_EINTR      = -9,   /* a wait was interrupted by a signal */
+    SHMP_ETOOBIG    = -10,  /* record can never fit in this ring */
+    SHMP_ESMALLBUF  = -11,  /* destination buffer too small; need is reported */
+    SHMP_ESTATE     = -12,  /* call not valid in the current state */
+    SHMP_EPEER      = -13   /* the peer process or its descriptor is gone */
+};
+
+/* ---- segment kinds ----------------------------------------------------- */
+enum {
+    SHMP_KIND_RING    = 1,
+    SHMP_KIND_CONTROL = 2,
+    SHMP_KIND_BLOB    = 3
+};
+
+/* ---- ring creation flags and record flags ------------------------------ */
+enum {
+    SHMP_RING_MULTI_PRODUCER = 1,   /* producers serialise on a robust lock */
+    SHMP_RING_MULTI_CONSUMER = 2    /* consumers serialise on a robust lock */
+};
+
+/* ---- worker states (control block) ------------------------------------- */
+enum {
+    SHMP_STATE_NEW       = 0,
+    SHMP_STATE_STARTING  = 1,
+    SHMP_STATE_RUNNING   = 2,
+    SHMP_STATE_FINISHING = 3,
+    SHMP_STATE_DONE      = 4,       /* ended with a result */
+    SHMP_STATE_FAILED    = 5,       /* ended with an error result */
+    SHMP_STATE_CRASHED   = 6,       /* died without reporting (set by parent) */
+    SHMP_STATE_KILLED    = 7        /* killed on request (set by parent) */
+};
+
+/* ---- platform features (shmp_platform_features) ------------------------- */
+enum {
+    SHMP_FEAT_MEMFD   = 1,          /* segments are memfds (else unlinked shm_open) */
+    SHMP_FEAT_FUTEX   = 2,          /* sleeping waits (else poll with backoff) */
+    SHMP_FEAT_PEER_FD = 4           /* shmp_seg_open_peer works */
+};
+
+/* ---- diagnostics ------------------------------------------------------- */
+uint32_t shmp_platform_features(void);
+int      shmp_last_errno(void);          /* errno of the last SHMP_EOS, per thread */
+uint32_t shmp_abi_version(void);
+const char *shmp_strerror(int status);
+int      shmp_sanitized(void);           /* 1 if built with ASan/UBSan */
+
+/* ---- clock ------------------------------------------------------------- */
+uint64_t shmp_now_ns(void);              /* monotonic, nanoseconds */
+
+/* ---- segments: anonymous shared memory ---------------------------------
+ * A segment is a header (magic, ABI, kind, sizes) followed by a payload.
+ * create: reserves the whole size up front (a full /dev/shm fails here,
+ * not with SIGBUS later), maps it, returns an fd that can be inherited or
+ * passed to another process, and the payload address.
+ * attach: maps an fd received from another process after checking the
+ * header.  unmap: releases a mapping obtained from create/attach, given
+ * its payload address and payload size as the caller knows them (never
+ * trusting the shared header, which another process could damage).  open_peer: opens a descriptor that a live process
+ * holds (Linux: /proc/PID/fd/N) so out-of-band data needs no socket.    */
+int  shmp_seg_create(uint32_t kind, uint64_t payload_size, int *fd_out, void **payload_out);
+int  shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload_size_out);
+int  shmp_seg_unmap(void *payload, uint64_t payload_size);
+int  shmp_seg_payload_size(const void *payload, uint64_t *size_out);
+int  shmp_seg_open_peer(int32_t pid, int32_t fd, int *fd_out);
+int  shmp_seg_verify(const void *payload, uint32_t kind);
+
+/* ---- ring: bounded ring of variable-length records ---------------------
+ * Lives in its own segment.  Single-producer/single-consumer operations are
+ * lock-free and wait-free; with SHMP_RING_MULTI_* a side serialises on a
+ * robust process-shared lock that recovers when its holder dies.
+ * A record is at most shmp_ring_max_record() bytes.  Each record carries a
+ * 15-bit user tag (0..32767) that the caller gives meaning to.          */
+typedef struct shmp_ring shmp_ring;
+
+int  shmp_ring_create(uint64_t capacity, uint32_t flags, uint64_t max_items,
+                      int *fd_out, shmp_ring **ring_out);
+int  shmp_ring_attach(int fd, shmp_ring **ring_out);
+void shmp_ring_close(shmp_ring *ring);
+uint64_t shmp_ring_capacity(const shmp_ring *ring);
+uint64_t shmp_ring_max_record(const shmp_ring *ring);
+uint32_t shmp_ring_flags(const shmp_ring *ring);
+uint64_t shmp_ring_max_items(const shmp_ring *ring);
+
+/* producer side */
+int  shmp_ring_put(shmp_ring *ring, const char *data, uint32_t len, uint32_t tag,
+                   int64_t timeout_ns);
+/* put_many: `count` records laid end to end in `blob`; tags may be NULL (all 0) */
+int  shmp_ring_put_many(shmp_ring *ring, const void *blob, const uint32_t *lens,
+                        const uint32_t *tags, uint32_t count, int64_t timeout_ns,
+                        uint32_t *done_out);
+int  shmp_ring_reserve(shmp_ring *ring, uint32_t len, int64_t timeout_ns, void **ptr_out);
+int  shmp_ring_commit(shmp_ring *ring, uint32_t len, uint32_t tag);
+int  shmp_ring_abort(shmp_ring *ring);
+
+/* consumer side */
+int  shmp_ring_get(shmp_ring *ring, void *dst, uint64_t cap, int64_t timeout_ns,
+                   uint32_t *len_out, uint32_t *tag_out);
+int  shmp_ring_get_many(shmp_ring *ring, void *dst, uint64_t cap, uint32_t max_count,
+                        int64_t timeout_ns, uint32_t *lens_out, uint32_t *tags_out,
+                        uint32_t *count_out);
+int  shmp_ring_peek(shmp_ring *ring, int64_t timeout_ns, const void **ptr_out,
+                    uint32_t *len_out, uint32_t *tag_out);
+int  shmp_ring_release(shmp_ring *ring);
+
+/* either side */
+uint64_t shmp_ring_count(const shmp_ring *ring);      /* records queued (approximate under concurrency) */
+uint64_t shmp_ring_used_bytes(const shmp_ring *ring);
+int  shmp_ring_wait_data(shmp_ring *ring, int64_t timeout_ns);
+int  shmp_ring_mark_closed(shmp_ring *ring);          /* wakes every waiter; later puts fail */
+int  shmp_ring_is_closed(const shmp_ring *ring);
+
+/* ---- control blocks: one cache-line-aligned block per worker -----------
+ * A control segment holds `count` blocks.  The worker writes with plain
+ * atomic stores; the parent reads at any time.                          */
+typedef struct shmp_control shmp_control;
+
+int  shmp_ctl_create(uint32_t count, int *fd_out, void **payload_out);
+int  shmp_ctl_attach(int fd, void **payload_out, uint32_t *count_out);
+int  shmp_ctl_get(void *payload, uint32_t index, shmp_control **ctl_out);
+int  shmp_ctl_reset(shmp_control *ctl);
+
+uint32_t shmp_ctl_state(const shmp_control *ctl);
+int  shmp_ctl_set_state(shmp_control *ctl, uint32_t state);
+int  shmp_ctl_wait_state(shmp_control *ctl, uint32_t at_least, int64_t timeout_ns);
+
+int  shmp_ctl_request_stop(shmp_control *ctl);
+int  shmp_ctl_clear_stop(shmp_control *ctl);
+int  shmp_ctl_stop_requested(const shmp_control *ctl);
+int  shmp_ctl_wait_stop(shmp_control *ctl, int64_t timeout_ns);
+
+uint64_t shmp_ctl_lap(const shmp_control *ctl);
+int  shmp_ctl_set_lap(shmp_control *ctl, uint64_t lap);
+/* enter a section: records section id, start time and deadline (0 = none);
+ * returns 1 if a stop was requested, 0 otherwise, or a negative status.  */
+int  shmp_ctl_enter(shmp_control *ctl, uint32_t section, uint64_t timeout_ns);
+int  shmp_ctl_leave(shmp_control *ctl);
+uint32_t shmp_ctl_section(const shmp_control *ctl);
+uint64_t shmp_ctl_section_start_ns(const shmp_control *ctl);
+uint64_t shmp_ctl_deadline_ns(const shmp_control *ctl);
+/* ends a lap: bumps the lap counter and the heartbeat; returns the stop flag */
+int  shmp_ctl_end_lap(shmp_control *ctl);
+
+uint32_t shmp_ctl_lives(const shmp_control *ctl);
+int  shmp_ctl_set_lives(shmp_control *ctl, uint32_t lives);
+uint64_t shmp_ctl_heartbeat_ns(const shmp_control *ctl);
+int  shmp_ctl_beat(shmp_control *ctl);
+int32_t shmp_ctl_pid(const shmp_control *ctl);
+int  shmp_ctl_set_pid(shmp_control *ctl, int32_t pid);
+int  shmp_ctl_set_exit(shmp_control *ctl, int32_t code, int32_t signo);
+int  shmp_ctl_exit(const shmp_control *ctl, int32_t *code_out, int32_t *signo_out);
+
+/* ---- wait/wake on a 32-bit shared word ----------------------------------
+ * Exposed for tests and for the engine's own words; the ring and control
+ * block use these internally.                                            */
+int  shmp_wait_u32(void *word, uint32_t expected, int64_t timeout_ns);
+int  shmp_wake_u32(void *word, int32_t count);
+uint32_t shmp_load_u32(const void *word);               /* acquire load */
+int  shmp_store_u32(void *word, uint32_t value);        /* release store, then wake all */
+
+/* CDEF-END */
+
+#endif /* SHMPROC_H */

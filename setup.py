@@ -1,0 +1,48 @@
+"""Build glue: compiles csrc/ with cffi and ships docs/ as package data."""
+import pathlib
+import shutil
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+ROOT = pathlib.Path(__file__).resolve().parent
+
+
+class BuildExtWithClearErrors(build_ext):
+    """Turn a missing C compiler into one actionable message."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # distutils raises several unrelated types here
+            text = str(exc)
+            if any(k in text for k in ("gcc", "cc", "compiler", "No such file", "exit status")):
+                raise SystemExit(
+                    "shmproc: compiling the native core failed: " + text + "\n"
+                    "shmproc needs a C11 compiler and the Python headers. On Debian/Ubuntu: "
+                    "apt-get install build-essential python3-dev; on macOS: xcode-select --install."
+                ) from exc
+            raise
+
+
+class BuildPyWithDocs(build_py):
+    """Copy docs/*.md into shmproc/_docs so shmproc.docs.download() can find them."""
+
+    def run(self):
+        src = ROOT / "docs"
+        if src.is_dir():
+            dst = ROOT / "shmproc" / "_docs"
+            if dst.exists():
+                shutil.rmtree(dst)
+            for md in src.rglob("*.md"):
+                target = dst / md.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(md, target)
+        super().run()
+
+
+setup(
+    cffi_modules=["csrc/build_cffi.py:ffibuilder"],
+    cmdclass={"build_ext": BuildExtWithClearErrors, "build_py": BuildPyWithDocs},
+)

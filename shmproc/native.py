@@ -1,0 +1,311 @@
+"""The one module that talks to the compiled C core.
+
+Everything else in shmproc goes through the small classes here (Ring,
+Blob, ControlArray) or the helpers (check, now_ns, timeout_ns).  C status
+codes become Python exceptions in ``check`` and nowhere else; the
+flow-control codes (full, empty, timed out, interrupted) are returned to
+the caller, which decides what they mean (queue.Full, queue.Empty, retry).
+"""
+from __future__ import annotations
+
+import errno as _errno
+import math
+import os
+from functools import partial
+
+from ._shmp_cffi import ffi, lib
+from .errors import CorruptSharedMemoryError, SharedMemoryError
+
+__all__ = [
+    "ffi", "lib", "check", "now_ns", "timeout_ns", "Ring", "Blob", "ControlArray",
+    "open_peer_fd", "OK", "EFULL", "EEMPTY", "ETIMEDOUT", "EINTR", "ESMALLBUF",
+    "ETOOBIG", "ESTATE", "EPEER",
+]
+
+OK = lib.SHMP_OK
+EFULL = lib.SHMP_EFULL
+EEMPTY = lib.SHMP_EEMPTY
+ETIMEDOUT = lib.SHMP_ETIMEDOUT
+EINTR = lib.SHMP_EINTR
+ESMALLBUF = lib.SHMP_ESMALLBUF
+ETOOBIG = lib.SHMP_ETOOBIG
+ESTATE = lib.SHMP_ESTATE
+EPEER = lib.SHMP_EPEER
+
+now_ns = lib.shmp_now_ns
+FOREVER = -1
+
+
+def timeout_ns(timeout) -> int:
+    """Seconds (float, int or None) to the C convention: -1 forever, else >= 0 ns."""
+    if timeout is None:
+        return FOREVER
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+    if math.isinf(timeout):
+        return FOREVER
+    return min(int(timeout * 1e9), 2**62)
+
+
+def check(rc: int, what: str) -> int:
+    """Raise the exception for a failed C call; return rc otherwise."""
+    if rc >= 0:
+        return rc
+    text = ffi.string(lib.shmp_strerror(rc)).decode()
+    if rc == lib.SHMP_EINVAL or rc == lib.SHMP_ETOOBIG:
+        raise ValueError(f"{what}: {text}")
+    if rc == lib.SHMP_ENOMEM:
+        raise MemoryError(f"{what}: {text}")
+    if rc == lib.SHMP_ENOSPC:
+        err = lib.shmp_last_errno() or _errno.ENOSPC
+        raise SharedMemoryError(err, f"{what}: {text}")
+    if rc == lib.SHMP_ECORRUPT:
+        raise CorruptSharedMemoryError(f"{what}: {text}")
+    if rc == lib.SHMP_EOS:
+        err = lib.shmp_last_errno()
+        raise SharedMemoryError(err, f"{what}: {os.strerror(err) if err else text}")
+    if rc == lib.SHMP_ESTATE:
+        raise RuntimeError(f"{what}: {text}")
+    raise SharedMemoryError(f"{what}: {text} (status {rc})")
+
+
+def _fd_arg(fd) -> int:
+    if isinstance(fd, bool) or not isinstance(fd, int):
+        raise TypeError(f"file descriptor must be an int, not {type(fd).__name__}")
+    if fd < 0:
+        raise ValueError(f"file descriptor must be >= 0, got {fd}")
+    return fd
+
+
+def open_peer_fd(pid: int, fd: int) -> int:
+    """Open a descriptor held by live process `pid`; returns a new fd or raises.
+
+    Raises ProcessLookupError when the process or its descriptor is gone.
+    """
+    out = ffi.new("int *")
+    rc = lib.shmp_seg_open_peer(pid, fd, out)
+    if rc == EPEER:
+        raise ProcessLookupError(f"process {pid} or its descriptor {fd} is gone")
+    check(rc, "opening a peer's shared memory")
+    return out[0]
+
+
+class Ring:
+    """A process-local handle on a shared ring (see csrc/ring.c).
+
+    The operations are attributes bound to the C functions with the handle
+    already applied (functools.partial), so a hot path costs one C-level
+    call.  They return the raw status, letting callers branch on
+    EFULL/EEMPTY/ETIMEDOUT without exceptions; `check` turns the rest into
+    exceptions.  Signatures (timeouts in ns, -1 = for ever, 0 = try once):
+
+      put(data, len, tag, timeout)
+      put_many(blob, lens, tags, count, timeout, done_out)
+      get_into(dst, cap, timeout, len_out, tag_out)
+      get_many_into(dst, cap, max_count, timeout, lens_out, tags_out, count_out)
+    """
+
+    __slots__ = ("_h", "fd", "capacity", "max_record",
+                 "put", "put_many", "get_into", "get_many_into", "__weakref__")
+
+    def __init__(self, handle, fd: int):
+        self._h = handle
+        self.fd = fd
+        self.capacity = lib.shmp_ring_capacity(handle)
+        self.max_record = lib.shmp_ring_max_record(handle)
+        self.put = partial(lib.shmp_ring_put, handle)
+        self.put_many = partial(lib.shmp_ring_put_many, handle)
+        self.get_into = partial(lib.shmp_ring_get, handle)
+        self.get_many_into = partial(lib.shmp_ring_get_many, handle)
+
+    @classmethod
+    def create(cls, capacity: int, *, multi_producer=False, multi_consumer=False, max_items=0):
+        flags = (lib.SHMP_RING_MULTI_PRODUCER if multi_producer else 0) | \
+                (lib.SHMP_RING_MULTI_CONSUMER if multi_consumer else 0)
+        fd = ffi.new("int *")
+        h = ffi.new("shmp_ring **")
+        check(lib.shmp_ring_create(capacity, flags, max_items, fd, h),
+              f"creating a ring of {capacity} bytes")
+        return cls(h[0], fd[0])
+
+    @classmethod
+    def attach(cls, fd: int):
+        """Map the ring behind `fd`; takes ownership of `fd` (closed on failure)."""
+        h = ffi.new("shmp_ring **")
+        rc = lib.shmp_ring_attach(_fd_arg(fd), h)
+        if rc != OK:
+            os.close(fd)
+            check(rc, "attaching a ring")
+        return cls(h[0], fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._h is None
+
+    def close(self):
+        """Unmap and close the descriptor; idempotent.  Later calls raise."""
+        h, self._h = self._h, None
+        if h is not None:
+            self.put = self.put_many = self.get_into = self.get_many_into = _ring_closed
+            lib.shmp_ring_close(h)
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self):
+        self.close()
+
+    def reserve(self, size: int, timeout_ns: int = 0):
+        """Returns (status, writable buffer or None); commit() or abort() after."""
+        p = ffi.new("void **")
+        rc = lib.shmp_ring_reserve(self._h, size, timeout_ns, p)
+        return rc, (ffi.buffer(p[0], size) if rc == OK else None)
+
+    def commit(self, size: int, tag: int = 0) -> int:
+        return lib.shmp_ring_commit(self._h, size, tag)
+
+    def abort(self) -> int:
+        return lib.shmp_ring_abort(self._h)
+
+    def peek(self, timeout_ns: int = 0):
+        """Returns (status, read-only view or None, tag); release() after."""
+        p = ffi.new("const void **")
+        n = ffi.new("uint32_t *")
+        t = ffi.new("uint32_t *")
+        rc = lib.shmp_ring_peek(self._h, timeout_ns, p, n, t)
+        if rc != OK:
+            return rc, None, 0
+        return rc, memoryview(ffi.buffer(p[0], n[0])).toreadonly(), t[0]
+
+    def release(self) -> int:
+        return lib.shmp_ring_release(self._h)
+
+    def count(self) -> int:
+        return lib.shmp_ring_count(self._h)
+
+    def used_bytes(self) -> int:
+        return lib.shmp_ring_used_bytes(self._h)
+
+    def wait_data(self, timeout_ns: int) -> int:
+        return lib.shmp_ring_wait_data(self._h, timeout_ns)
+
+    def mark_closed(self):
+        check(lib.shmp_ring_mark_closed(self._h), "closing a ring")
+
+    def is_closed(self) -> bool:
+        return bool(lib.shmp_ring_is_closed(self._h))
+
+
+def _ring_closed(*args):
+    raise RuntimeError("operation on a closed ring")
+
+
+def _mapping(payload, size: int):
+    """A buffer over a mapped payload that unmaps when the last view dies.
+
+    ffi.gc ties the munmap to the pointer object; ffi.buffer keeps that
+    object alive, and every memoryview (and numpy array) made from the
+    buffer keeps the buffer alive.  So a result array may outlive the Blob
+    that produced it: the mapping goes only with the last reference.
+    """
+    owner = ffi.gc(ffi.cast("char *", payload), lambda p: lib.shmp_seg_unmap(p, size), size=size)
+    return ffi.buffer(owner, size)
+
+
+class Blob:
+    """A shared segment holding one out-of-band record (large buffers)."""
+
+    __slots__ = ("fd", "size", "buffer")
+
+    def __init__(self, fd: int, size: int, buffer):
+        self.fd = fd
+        self.size = size
+        self.buffer = buffer
+
+    @classmethod
+    def create(cls, size: int):
+        fd = ffi.new("int *")
+        p = ffi.new("void **")
+        check(lib.shmp_seg_create(lib.SHMP_KIND_BLOB, size, fd, p),
+              f"reserving {size} bytes of shared memory")
+        return cls(fd[0], size, _mapping(p[0], size))
+
+    @classmethod
+    def attach(cls, fd: int):
+        """Map the blob behind `fd`; the caller still owns `fd`."""
+        p = ffi.new("void **")
+        n = ffi.new("uint64_t *")
+        check(lib.shmp_seg_attach(_fd_arg(fd), lib.SHMP_KIND_BLOB, p, n), "attaching shared memory")
+        return cls(-1, n[0], _mapping(p[0], n[0]))
+
+    def close_fd(self):
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _word(self, offset: int):
+        if offset < 0 or offset + 4 > self.size or offset % 4:
+            raise ValueError(f"word offset {offset} outside a {self.size}-byte blob")
+        return ffi.cast("char *", ffi.from_buffer(self.buffer)) + offset
+
+    def load_word(self, offset: int) -> int:
+        """Atomic (acquire) read of the 32-bit word at `offset`."""
+        return lib.shmp_load_u32(self._word(offset))
+
+    def store_word(self, offset: int, value: int):
+        """Atomic (release) write of the 32-bit word at `offset`, waking sleepers."""
+        check(lib.shmp_store_u32(self._word(offset), value), "writing a shared word")
+
+    def wait_word(self, offset: int, expected: int, timeout_ns: int) -> int:
+        """Sleep while the word equals `expected`; returns OK, ETIMEDOUT or EINTR."""
+        return lib.shmp_wait_u32(self._word(offset), expected, timeout_ns)
+
+
+def _control_mapping(payload):
+    size = ffi.new("uint64_t *")
+    check(lib.shmp_seg_payload_size(payload, size), "sizing control blocks")
+    n = size[0]
+    return ffi.gc(payload, lambda p: lib.shmp_seg_unmap(p, n))
+
+
+class ControlArray:
+    """`count` control blocks in one shared segment (see csrc/control.c)."""
+
+    __slots__ = ("fd", "count", "_payload", "blocks", "__weakref__")
+
+    def __init__(self, fd: int, count: int, payload):
+        self.fd = fd
+        self.count = count
+        self._payload = payload
+        out = ffi.new("shmp_control **")
+        blocks = []
+        for i in range(count):
+            check(lib.shmp_ctl_get(payload, i, out), "locating a control block")
+            blocks.append(out[0])
+        self.blocks = blocks
+
+    @classmethod
+    def create(cls, count: int):
+        fd = ffi.new("int *")
+        p = ffi.new("void **")
+        check(lib.shmp_ctl_create(count, fd, p), f"creating {count} control blocks")
+        return cls(fd[0], count, _control_mapping(p[0]))
+
+    @classmethod
+    def attach(cls, fd: int):
+        """Map the control blocks behind `fd`; takes ownership of `fd` (closed on failure)."""
+        p = ffi.new("void **")
+        n = ffi.new("uint32_t *")
+        rc = lib.shmp_ctl_attach(_fd_arg(fd), p, n)
+        if rc != OK:
+            os.close(fd)
+            check(rc, "attaching control blocks")
+        return cls(fd, n[0], _control_mapping(p[0]))
+
+    def close(self):
+        """Close the descriptor; the mapping goes when the last block reference does."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)

@@ -1,0 +1,78 @@
+"""Serialization: pickle protocol 5 at C speed, cloudpickle where needed.
+
+``dumps`` first tries the C pickler.  It falls back to cloudpickle when the
+C pickler refuses the object (lambdas, closures, classes defined inside
+functions) or when the pickle refers to ``__main__`` by name, which a spawn
+or forkserver child could not resolve; cloudpickle then ships those by
+value.  So the result is what cloudpickle would produce wherever it
+matters, at the cost of the plain pickler for everyday data (cloudpickle
+builds a new Pickler per call: ~5 µs against ~0.5 µs).
+
+Contiguous buffers of at least ``OOB_THRESHOLD`` bytes (numpy arrays,
+PickleBuffer-wrapped bytearrays, ...) are kept out of the pickle stream
+and returned separately, so the caller can copy each one exactly once,
+straight into shared memory.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+
+import cloudpickle
+
+PROTOCOL = 5
+
+#: Buffers at least this large travel out-of-band.  Below it, copying the
+#: bytes into the pickle costs less than a shared segment (~20 µs to set up).
+OOB_THRESHOLD = 256 * 1024
+
+# Matches both b"__main__" and b"__mp_main__" in one scan.
+_MAIN_MARKER = b"main__"
+
+
+class SerializationError(TypeError):
+    """An object could not be serialized; the message names what and why."""
+
+
+def _collector(buffers: list):
+    def keep(pb: pickle.PickleBuffer):
+        try:
+            nbytes = pb.raw().nbytes
+        except BufferError:          # not contiguous: let pickle copy it in-band
+            return True
+        if nbytes < OOB_THRESHOLD:
+            return True              # in-band
+        buffers.append(pb)
+        return False                 # out-of-band
+    return keep
+
+
+def _cloudpickle(obj, buffers: list) -> bytes:
+    f = io.BytesIO()
+    cloudpickle.Pickler(f, protocol=PROTOCOL, buffer_callback=_collector(buffers)).dump(obj)
+    return f.getvalue()
+
+
+def dumps(obj) -> tuple[bytes, list]:
+    """Serialize `obj`; returns (pickle bytes, out-of-band PickleBuffers)."""
+    buffers: list = []
+    try:
+        data = pickle.dumps(obj, PROTOCOL, buffer_callback=_collector(buffers))
+    except (pickle.PicklingError, AttributeError, TypeError):
+        data = None
+    else:
+        if _MAIN_MARKER not in data:
+            return data, buffers
+    buffers.clear()
+    try:
+        return _cloudpickle(obj, buffers), buffers
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot serialize {type(obj).__module__}.{type(obj).__qualname__} object: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def loads(data, buffers=()):
+    """Inverse of dumps; `buffers` are the out-of-band buffers in order."""
+    return pickle.loads(data, buffers=buffers)

@@ -1,0 +1,65 @@
+"""Shared fixtures: start methods, and a leak check around every test.
+
+Every test runs inside `no_leaks`: after it, no shmproc shared memory may
+remain mapped or open in this process, /dev/shm must hold the same
+entries, and no child process may be left running.
+"""
+import gc
+import multiprocessing as mp
+import os
+
+import pytest
+
+START_METHODS = ["fork", "forkserver", "spawn"]
+
+
+def shmproc_fds():
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if "memfd:shmproc" in target or "/dev/shm/shmproc" in target:
+            out.append(fd)
+    return sorted(out)
+
+
+def shmproc_mappings():
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if "memfd:shmproc" in line or "/dev/shm/shmproc" in line)
+
+
+def dev_shm():
+    # Only our own names: other programs on a shared machine come and go.
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("shmproc")}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    if "allow_leaks" in request.keywords:
+        yield
+        return
+    gc.collect()
+    fds, maps, shm = shmproc_fds(), shmproc_mappings(), dev_shm()
+    yield
+    for child in mp.active_children():
+        child.join(timeout=10)
+    gc.collect()
+    assert not mp.active_children(), f"test left child processes: {mp.active_children()}"
+    assert shmproc_fds() == fds, "test leaked shmproc file descriptors"
+    assert shmproc_mappings() == maps, "test leaked shmproc mappings"
+    assert dev_shm() == shm, "test left entries in /dev/shm"
+
+
+@pytest.fixture(params=START_METHODS)
+def ctx(request):
+    """A multiprocessing context for each start method."""
+    return mp.get_context(request.param)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "allow_leaks: skip the leak check (the test checks itself)")

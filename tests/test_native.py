@@ -1,0 +1,494 @@
+"""Unit tests of each C function of the core, through shmproc.native.
+
+These run in one process (cross-process behaviour is in test_native_mp.py
+and test_stress.py) and are also run under AddressSanitizer + UBSan by
+tests/asan.py.
+"""
+import mmap
+import os
+import struct
+
+import pytest
+
+from shmproc import native
+from shmproc.errors import CorruptSharedMemoryError, SharedMemoryError
+from shmproc.native import EEMPTY, EFULL, ESMALLBUF, ESTATE, ETOOBIG, OK, ffi, lib
+
+pytestmark = pytest.mark.asan
+
+PAGE = 4096
+
+
+def out_u32(n=1):
+    return ffi.new("uint32_t[]", n)
+
+
+def get(ring, cap=1 << 20, timeout=0):
+    buf = bytearray(max(cap, 1))
+    out = out_u32(2)
+    rc = ring.get_into(ffi.from_buffer(buf), cap, timeout, out, out + 1)
+    if rc != OK:
+        return rc, None, None
+    return rc, bytes(buf[:out[0]]), out[1]
+
+
+# ---- basics ------------------------------------------------------------------
+
+def test_abi_clock_and_strings():
+    assert lib.shmp_abi_version() == 1
+    a = lib.shmp_now_ns()
+    b = lib.shmp_now_ns()
+    assert 0 < a <= b
+    for code in (OK, EFULL, EEMPTY, ESMALLBUF, ETOOBIG, ESTATE, lib.SHMP_ECORRUPT, -999):
+        assert ffi.string(lib.shmp_strerror(code))
+    assert lib.shmp_platform_features() & lib.SHMP_FEAT_MEMFD or os.uname().sysname != "Linux"
+
+
+def test_timeout_conversion():
+    assert native.timeout_ns(None) == -1
+    assert native.timeout_ns(0) == 0
+    assert native.timeout_ns(0.25) == 250_000_000
+    assert native.timeout_ns(float("inf")) == -1
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        native.timeout_ns(-1)
+    with pytest.raises(ValueError):
+        native.timeout_ns(float("nan"))
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        native.timeout_ns("1")
+    with pytest.raises(TypeError):
+        native.timeout_ns(True)
+
+
+def test_check_maps_codes_to_exceptions():
+    assert native.check(OK, "x") == OK
+    with pytest.raises(ValueError, match="doing it: invalid argument"):
+        native.check(lib.SHMP_EINVAL, "doing it")
+    with pytest.raises(CorruptSharedMemoryError):
+        native.check(lib.SHMP_ECORRUPT, "x")
+    with pytest.raises(MemoryError):
+        native.check(lib.SHMP_ENOMEM, "x")
+    with pytest.raises(SharedMemoryError):
+        native.check(lib.SHMP_ENOSPC, "x")
+    with pytest.raises(RuntimeError):
+        native.check(ESTATE, "x")
+
+
+# ---- segments ------------------------------------------------------------------
+
+def test_segment_create_attach_unmap():
+    fd = ffi.new("int *")
+    p = ffi.new("void **")
+    assert lib.shmp_seg_create(lib.SHMP_KIND_BLOB, 10000, fd, p) == OK
+    try:
+        assert int(ffi.cast("uintptr_t", p[0])) % PAGE == 0       # page-aligned payload
+        size = ffi.new("uint64_t *")
+        assert lib.shmp_seg_payload_size(p[0], size) == OK and size[0] == 10000
+        assert lib.shmp_seg_verify(p[0], lib.SHMP_KIND_BLOB) == OK
+        assert lib.shmp_seg_verify(p[0], lib.SHMP_KIND_RING) == lib.SHMP_ECORRUPT
+        ffi.memmove(p[0], b"hello", 5)
+        q = ffi.new("void **")
+        assert lib.shmp_seg_attach(fd[0], lib.SHMP_KIND_BLOB, q, size) == OK
+        assert ffi.buffer(q[0], 5)[:] == b"hello"                  # same memory
+        assert lib.shmp_seg_attach(fd[0], lib.SHMP_KIND_RING, q, size) == lib.SHMP_ECORRUPT
+        assert lib.shmp_seg_unmap(q[0], 10000) == OK
+        # the file cannot be resized under a mapping (sealed)
+        with pytest.raises(OSError):
+            os.ftruncate(fd[0], 100)
+    finally:
+        assert lib.shmp_seg_unmap(p[0], 10000) == OK
+        os.close(fd[0])
+
+
+def test_segment_bad_arguments():
+    fd = ffi.new("int *")
+    p = ffi.new("void **")
+    assert lib.shmp_seg_create(lib.SHMP_KIND_BLOB, 0, fd, p) == lib.SHMP_EINVAL
+    assert lib.shmp_seg_create(99, 100, fd, p) == lib.SHMP_EINVAL
+    assert lib.shmp_seg_create(lib.SHMP_KIND_BLOB, 1 << 50, fd, p) == lib.SHMP_EINVAL
+    assert lib.shmp_seg_create(lib.SHMP_KIND_BLOB, 100, ffi.NULL, p) == lib.SHMP_EINVAL
+    assert lib.shmp_seg_attach(-1, 0, p, ffi.NULL) == lib.SHMP_EINVAL
+    assert lib.shmp_seg_unmap(ffi.NULL, 1) == lib.SHMP_EINVAL
+    assert lib.shmp_seg_verify(ffi.cast("void *", 12345), 0) == lib.SHMP_EINVAL   # unaligned
+    assert lib.shmp_seg_open_peer(0, 3, fd) == lib.SHMP_EINVAL
+    assert lib.shmp_seg_open_peer(os.getpid(), -1, fd) == lib.SHMP_EINVAL
+
+
+def test_segment_attach_rejects_foreign_and_corrupt_files(tmp_path):
+    # A file that is not a segment at all.
+    path = tmp_path / "junk"
+    path.write_bytes(b"\0" * 3 * PAGE)
+    with open(path, "rb+") as f:
+        p = ffi.new("void **")
+        assert lib.shmp_seg_attach(f.fileno(), 0, p, ffi.NULL) == lib.SHMP_ECORRUPT
+    # A real segment whose header is damaged after creation.
+    blob = native.Blob.create(PAGE)
+    with mmap.mmap(blob.fd, PAGE) as m:
+        m[8:12] = b"\xff\xff\xff\xff"                       # ABI version
+    with pytest.raises(CorruptSharedMemoryError):
+        native.Blob.attach(blob.fd)
+    blob.close_fd()
+
+
+def test_peer_open_of_own_descriptor():
+    blob = native.Blob.create(PAGE)
+    blob.buffer[:3] = b"abc"
+    fd = native.open_peer_fd(os.getpid(), blob.fd)
+    try:
+        other = native.Blob.attach(fd)
+        assert other.buffer[:3] == b"abc"
+    finally:
+        os.close(fd)
+        blob.close_fd()
+    with pytest.raises(ProcessLookupError):
+        native.open_peer_fd(os.getpid(), 100000)
+
+
+def test_blob_words():
+    blob = native.Blob.create(PAGE)
+    assert blob.load_word(0) == 0
+    blob.store_word(8, 7)
+    assert blob.load_word(8) == 7
+    assert blob.wait_word(8, 0, 0) == OK                  # differs already: no wait
+    assert blob.wait_word(8, 7, 1_000_000) == native.ETIMEDOUT
+    with pytest.raises(ValueError):
+        blob.load_word(PAGE)
+    with pytest.raises(ValueError):
+        blob.store_word(3, 1)
+    blob.close_fd()
+
+
+def test_wait_wake_argument_checks():
+    assert lib.shmp_wait_u32(ffi.NULL, 0, 0) == lib.SHMP_EINVAL
+    assert lib.shmp_wake_u32(ffi.NULL, 1) == lib.SHMP_EINVAL
+    word = ffi.new("uint32_t *")
+    assert lib.shmp_wake_u32(word, 0) == lib.SHMP_EINVAL
+    assert lib.shmp_wake_u32(word, 1) == OK
+    assert lib.shmp_store_u32(ffi.NULL, 1) == lib.SHMP_EINVAL
+    assert lib.shmp_load_u32(ffi.NULL) == 0
+
+
+# ---- rings ---------------------------------------------------------------------
+
+def test_ring_create_validates():
+    for cap in (0, 63, 100, 1 << 40):
+        with pytest.raises(ValueError):
+            native.Ring.create(cap)
+    fd = ffi.new("int *")
+    h = ffi.new("shmp_ring **")
+    assert lib.shmp_ring_create(4096, 0x80, 0, fd, h) == lib.SHMP_EINVAL
+    with pytest.raises(TypeError):
+        native.Ring.attach("3")
+    with pytest.raises(ValueError):
+        native.Ring.attach(-1)
+
+
+@pytest.mark.parametrize("locked", [False, True])
+def test_ring_put_get_roundtrip_with_tags(locked):
+    r = native.Ring.create(4096, multi_producer=locked, multi_consumer=locked)
+    assert r.capacity == 4096 and r.max_record == 4096 - 8
+    assert r.count() == 0 and r.used_bytes() == 0
+    for i, payload in enumerate([b"", b"a", b"bc" * 10, bytes(range(256))]):
+        assert r.put(payload, len(payload), i, 0) == OK
+    assert r.count() == 4
+    assert r.used_bytes() == 8 + (8 + 8) + (8 + 24) + (8 + 256)   # header + 8-aligned payload each
+    for i, payload in enumerate([b"", b"a", b"bc" * 10, bytes(range(256))]):
+        assert get(r) == (OK, payload, i)
+    assert get(r)[0] == EEMPTY
+    r.close()
+
+
+def test_ring_tag_range():
+    r = native.Ring.create(4096)
+    assert r.put(b"x", 1, 0x7FFF, 0) == OK
+    assert r.put(b"x", 1, 0x8000, 0) == lib.SHMP_EINVAL
+    assert get(r)[2] == 0x7FFF
+    r.close()
+
+
+def test_ring_full_empty_and_timeouts():
+    r = native.Ring.create(256)
+    rec = b"x" * 56                                  # 64 bytes per record
+    for _ in range(4):
+        assert r.put(rec, 56, 0, 0) == OK
+    assert r.put(rec, 56, 0, 0) == EFULL
+    t = lib.shmp_now_ns()
+    assert r.put(rec, 56, 0, 20_000_000) == EFULL      # waited ~20 ms, then gave up
+    assert lib.shmp_now_ns() - t >= 19_000_000
+    for _ in range(4):
+        assert get(r)[0] == OK
+    t = lib.shmp_now_ns()
+    assert get(r, timeout=20_000_000)[0] == EEMPTY
+    assert lib.shmp_now_ns() - t >= 19_000_000
+    r.close()
+
+
+def test_ring_wraps_around_many_times():
+    r = native.Ring.create(1024)
+    import random
+    rnd = random.Random(1)
+    sent = []
+    for i in range(5000):
+        n = rnd.randrange(0, 300)
+        data = bytes([i % 251]) * n
+        while r.put(data, n, 0, 0) == EFULL:
+            sent.append(get(r)[1])
+        sent.append(None)
+    # drain and check order: every record equals what was put, in order
+    rnd = random.Random(1)
+    got = [s for s in sent if s is not None]
+    while True:
+        rc, data, _ = get(r)
+        if rc != OK:
+            break
+        got.append(data)
+    assert len(got) == 5000
+    for i, data in enumerate(got):
+        assert data == bytes([i % 251]) * rnd.randrange(0, 300)
+    r.close()
+
+
+def test_ring_oversized_and_small_buffer():
+    r = native.Ring.create(1024)
+    big = b"z" * 1017
+    assert r.put(big, 1017, 0, 0) == ETOOBIG
+    assert r.put(big, 1016, 0, 0) == OK               # max_record fits when empty
+    buf = ffi.new("char[]", 10)
+    out = out_u32(2)
+    assert r.get_into(buf, 10, 0, out, out + 1) == ESMALLBUF
+    assert out[0] == 1016                             # reports the size it needs
+    assert r.count() == 1                             # and consumed nothing
+    assert get(r, cap=2000) == (OK, big[:1016], 0)
+    r.close()
+
+
+def test_ring_put_many_get_many():
+    r = native.Ring.create(4096)
+    items = [bytes([i]) * i for i in range(40)]
+    blob = b"".join(items)
+    lens = ffi.new("uint32_t[]", [len(x) for x in items])
+    tags = ffi.new("uint32_t[]", list(range(40)))
+    done = ffi.new("uint32_t *")
+    assert r.put_many(blob, lens, tags, 40, 0, done) == OK and done[0] == 40
+    out = bytearray(1 << 16)
+    olens, otags, count = out_u32(64), out_u32(64), out_u32()
+    assert r.get_many_into(ffi.from_buffer(out), len(out), 64, 0, olens, otags, count) == OK
+    assert count[0] == 40
+    assert list(olens[0:40]) == [len(x) for x in items]
+    assert list(otags[0:40]) == list(range(40))
+    assert bytes(out[:len(blob)]) == blob
+    r.close()
+
+
+def test_ring_put_many_partial_when_full_and_too_big():
+    r = native.Ring.create(256)
+    lens = ffi.new("uint32_t[]", [56] * 6)
+    done = ffi.new("uint32_t *")
+    assert r.put_many(b"y" * 56 * 6, lens, ffi.NULL, 6, 0, done) == EFULL
+    assert done[0] == 4                                # the ones that fit were published
+    assert r.count() == 4
+    lens2 = ffi.new("uint32_t[]", [1, 5000])
+    r2 = native.Ring.create(256)
+    assert r2.put_many(b"a" + b"b" * 5000, lens2, ffi.NULL, 2, 0, done) == ETOOBIG
+    assert done[0] == 1
+    bad_tags = ffi.new("uint32_t[]", [0x9000])
+    assert r2.put_many(b"a", lens2, bad_tags, 1, 0, done) == lib.SHMP_EINVAL
+    r.close()
+    r2.close()
+
+
+def test_ring_get_many_stops_at_buffer_size_and_max_count():
+    r = native.Ring.create(4096)
+    for i in range(10):
+        assert r.put(b"q" * 100, 100, 0, 0) == OK
+    out = bytearray(250)
+    olens, count = out_u32(10), out_u32()
+    assert r.get_many_into(ffi.from_buffer(out), 250, 10, 0, olens, ffi.NULL, count) == OK
+    assert count[0] == 2                               # a third would not fit in 250 bytes
+    assert r.get_many_into(ffi.from_buffer(out), 250, 1, 0, olens, ffi.NULL, count) == OK
+    assert count[0] == 1
+    assert r.count() == 7
+    assert r.get_many_into(ffi.from_buffer(out), 50, 1, 0, olens, ffi.NULL, count) == ESMALLBUF
+    assert olens[0] == 100
+    assert r.get_many_into(ffi.from_buffer(out), 250, 0, 0, olens, ffi.NULL, count) == lib.SHMP_EINVAL
+    r.close()
+
+
+def test_ring_reserve_commit_abort_and_padding():
+    r = native.Ring.create(256)
+    # Move the write position to 200 so a 100-byte reservation must wrap.
+    assert r.put(b"p" * 192, 192, 0, 0) == OK
+    assert get(r)[0] == OK
+    rc, view = r.reserve(100)
+    assert rc == OK and len(view) == 100
+    assert r.put(b"x", 1, 0, 0) == ESTATE              # producer is mid-reservation
+    view[:] = b"r" * 100
+    assert r.commit(60, 5) == OK                       # may shrink
+    assert r.commit(1, 0) == ESTATE
+    assert get(r) == (OK, b"r" * 60, 5)                # the PAD was skipped
+    rc, view = r.reserve(10)
+    assert rc == OK
+    assert r.abort() == OK
+    assert r.abort() == ESTATE
+    assert get(r)[0] == EEMPTY
+    rc, _ = r.reserve(1000)
+    assert rc == ETOOBIG
+    rc, view = r.reserve(8)
+    assert rc == OK and r.commit(9, 0) == lib.SHMP_EINVAL
+    assert r.commit(8, 0) == OK
+    r.close()
+
+
+def test_ring_peek_release_in_place_and_wrapped():
+    r = native.Ring.create(256)
+    assert r.put(b"a" * 24, 24, 3, 0) == OK
+    rc, view, tag = r.peek()
+    assert rc == OK and bytes(view) == b"a" * 24 and tag == 3
+    assert view.readonly
+    assert r.peek()[0] == ESTATE                       # one peek at a time
+    assert r.release() == OK
+    assert r.release() == ESTATE
+    # a record that wraps comes back contiguous (bounce copy)
+    assert r.put(b"b" * 200, 200, 0, 0) == OK
+    assert get(r)[0] == OK
+    data = bytes(range(100))
+    assert r.put(data, 100, 0, 0) == OK                # crosses the end of the ring
+    rc, view, _ = r.peek()
+    assert rc == OK and bytes(view) == data
+    assert r.release() == OK
+    assert r.peek()[0] == EEMPTY
+    r.close()
+
+
+def test_ring_max_items():
+    fd = ffi.new("int *")
+    h = ffi.new("shmp_ring **")
+    assert lib.shmp_ring_create(4096, 0, 2, fd, h) == OK
+    r = native.Ring(h[0], fd[0])
+    assert lib.shmp_ring_max_items(h[0]) == 2
+    assert r.put(b"1", 1, 0, 0) == OK
+    assert r.put(b"2", 1, 0, 0) == OK
+    assert r.put(b"3", 1, 0, 0) == EFULL
+    assert get(r)[1] == b"1"
+    assert r.put(b"3", 1, 0, 0) == OK
+    r.close()
+
+
+def test_ring_mark_closed_wakes_and_refuses():
+    r = native.Ring.create(256)
+    assert r.put(b"last", 4, 0, 0) == OK
+    r.mark_closed()
+    assert r.is_closed()
+    assert r.put(b"x", 1, 0, 0) == ESTATE
+    assert get(r)[1] == b"last"                        # queued data still drains
+    assert r.wait_data(-1) == ESTATE                   # no hang on a closed, empty ring
+    r.close()
+
+
+def test_ring_attach_shares_memory_and_validates():
+    r = native.Ring.create(4096)
+    other = native.Ring.attach(os.dup(r.fd))
+    assert r.put(b"shared", 6, 0, 0) == OK
+    assert get(other) == (OK, b"shared", 0)
+    other.close()
+    # damage the capacity field: attach must refuse, not trust it
+    with mmap.mmap(r.fd, 2 * PAGE) as m:
+        cap_offset = PAGE                              # first field of the ring's shared block
+        old = m[cap_offset:cap_offset + 8]
+        m[cap_offset:cap_offset + 8] = struct.pack("<Q", 3000)
+        with pytest.raises(CorruptSharedMemoryError):
+            native.Ring.attach(os.dup(r.fd))
+        m[cap_offset:cap_offset + 8] = old
+    r.close()
+
+
+def test_ring_corrupt_record_header_is_an_error_not_a_crash():
+    r = native.Ring.create(4096)
+    assert r.put(b"MARKER-PAYLOAD", 14, 0, 0) == OK
+    with mmap.mmap(r.fd, 3 * PAGE) as m:
+        at = m.find(b"MARKER-PAYLOAD")
+        m[at - 8:at - 4] = struct.pack("<I", 1_000_000)   # len far beyond what was written
+        assert get(r)[0] == lib.SHMP_ECORRUPT
+        rc, view, _ = r.peek()
+        assert rc == lib.SHMP_ECORRUPT
+    r.close()
+
+
+def test_ring_use_after_close_raises():
+    r = native.Ring.create(4096)
+    r.close()
+    r.close()                                          # idempotent
+    with pytest.raises(RuntimeError, match="closed ring"):
+        r.put(b"x", 1, 0, 0)
+
+
+# ---- control blocks --------------------------------------------------------------
+
+def test_control_blocks_fields():
+    ctl = native.ControlArray.create(3)
+    c = ctl.blocks[1]
+    assert lib.shmp_ctl_state(c) == lib.SHMP_STATE_NEW
+    assert lib.shmp_ctl_set_state(c, lib.SHMP_STATE_RUNNING) == OK
+    assert lib.shmp_ctl_state(c) == lib.SHMP_STATE_RUNNING
+    assert lib.shmp_ctl_set_state(c, 99) == lib.SHMP_EINVAL
+    assert lib.shmp_ctl_stop_requested(c) == 0
+    assert lib.shmp_ctl_enter(c, 2, 5_000_000) == 0
+    assert lib.shmp_ctl_section(c) == 2
+    start, deadline = lib.shmp_ctl_section_start_ns(c), lib.shmp_ctl_deadline_ns(c)
+    assert deadline - start == 5_000_000
+    assert lib.shmp_ctl_leave(c) == OK and lib.shmp_ctl_deadline_ns(c) == 0
+    assert lib.shmp_ctl_enter(c, 1, 0) == 0 and lib.shmp_ctl_deadline_ns(c) == 0
+    assert lib.shmp_ctl_request_stop(c) == OK
+    assert lib.shmp_ctl_stop_requested(c) == 1
+    assert lib.shmp_ctl_end_lap(c) == 1                # returns the stop flag
+    assert lib.shmp_ctl_lap(c) == 1 and lib.shmp_ctl_heartbeat_ns(c) > 0
+    assert lib.shmp_ctl_set_lap(c, 41) == OK and lib.shmp_ctl_lap(c) == 41
+    assert lib.shmp_ctl_set_lives(c, 3) == OK and lib.shmp_ctl_lives(c) == 3
+    assert lib.shmp_ctl_set_pid(c, 1234) == OK and lib.shmp_ctl_pid(c) == 1234
+    assert lib.shmp_ctl_set_pid(c, -1) == lib.SHMP_EINVAL
+    assert lib.shmp_ctl_set_exit(c, -9, 9) == OK
+    code, sig = ffi.new("int32_t *"), ffi.new("int32_t *")
+    assert lib.shmp_ctl_exit(c, code, sig) == OK and (code[0], sig[0]) == (-9, 9)
+    assert lib.shmp_ctl_clear_stop(c) == OK and lib.shmp_ctl_stop_requested(c) == 0
+    # blocks are independent
+    other = ctl.blocks[0]
+    assert lib.shmp_ctl_lap(other) == 0 and lib.shmp_ctl_state(other) == lib.SHMP_STATE_NEW
+    assert lib.shmp_ctl_reset(c) == OK
+    assert lib.shmp_ctl_lap(c) == 0 and lib.shmp_ctl_pid(c) == 0
+    ctl.close()
+
+
+def test_control_waits_time_out_and_return():
+    ctl = native.ControlArray.create(1)
+    c = ctl.blocks[0]
+    assert lib.shmp_ctl_wait_state(c, lib.SHMP_STATE_DONE, 5_000_000) == native.ETIMEDOUT
+    assert lib.shmp_ctl_wait_stop(c, 5_000_000) == native.ETIMEDOUT
+    lib.shmp_ctl_set_state(c, lib.SHMP_STATE_DONE)
+    assert lib.shmp_ctl_wait_state(c, lib.SHMP_STATE_RUNNING, -1) == OK
+    lib.shmp_ctl_request_stop(c)
+    assert lib.shmp_ctl_wait_stop(c, -1) == OK
+    ctl.close()
+
+
+def test_control_bad_arguments():
+    fd = ffi.new("int *")
+    p = ffi.new("void **")
+    assert lib.shmp_ctl_create(0, fd, p) == lib.SHMP_EINVAL
+    assert lib.shmp_ctl_create(1 << 20, fd, p) == lib.SHMP_EINVAL
+    ctl = native.ControlArray.create(2)
+    out = ffi.new("shmp_control **")
+    assert lib.shmp_ctl_get(ctl._payload, 2, out) == lib.SHMP_EINVAL
+    for f in (lib.shmp_ctl_set_state, lib.shmp_ctl_set_lap, lib.shmp_ctl_set_lives):
+        assert f(ffi.NULL, 1) == lib.SHMP_EINVAL
+    assert lib.shmp_ctl_request_stop(ffi.NULL) == lib.SHMP_EINVAL
+    assert lib.shmp_ctl_lap(ffi.NULL) == 0
+    # a ring segment is not a control segment
+    r = native.Ring.create(4096)
+    count = ffi.new("uint32_t *")
+    assert lib.shmp_ctl_attach(r.fd, p, count) == lib.SHMP_ECORRUPT
+    r.close()
+    other = native.ControlArray.attach(os.dup(ctl.fd))
+    assert other.count == 2
+    lib.shmp_ctl_set_lap(ctl.blocks[1], 7)
+    assert lib.shmp_ctl_lap(other.blocks[1]) == 7
+    other.close()
+    ctl.close()
