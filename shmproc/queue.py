@@ -544,6 +544,8 @@ class Queue:
             fd, self._ring.fd = self._ring.fd, -1
             if fd >= 0:
                 os.close(fd)
+        if _pending.items:
+            _pending.sweep()
 
     def join_thread(self):
         """Wait until the large items this handle put were picked up (after close())."""

@@ -1,0 +1,252 @@
+"""Multi-process stress tests of every shared-memory path of the C core.
+
+Sizes scale with SHMPROC_STRESS_SCALE (default 1.0; tests/asan.py runs
+them at a smaller scale under AddressSanitizer, where copies are slower).
+"""
+import multiprocessing as mp
+import os
+import queue
+import random
+import struct
+import zlib
+
+import pytest
+
+import shmproc
+from shmproc import native
+from shmproc.native import EEMPTY, EFULL, OK, ffi, lib
+
+pytestmark = [pytest.mark.asan, pytest.mark.slow]
+
+SCALE = float(os.environ.get("SHMPROC_STRESS_SCALE", "1"))
+HDR = struct.Struct("<III")          # producer id, sequence number, crc32 of the body
+MAX_BODY = 64 * 1024
+
+
+def _sizes(rnd):
+    """Sizes 0 B .. 64 KiB, log-uniform: every scale is hit, mean ~6 KiB."""
+    while True:
+        yield int(2 ** rnd.uniform(0, 16)) - 1
+
+
+def _record(pool, pid, seq, size, rnd):
+    off = rnd.randrange(0, len(pool) - size + 1)
+    body = pool[off:off + size]
+    return HDR.pack(pid, seq, zlib.crc32(body)) + body
+
+
+def _check(rec):
+    pid, seq, crc = HDR.unpack_from(rec)
+    body = memoryview(rec)[HDR.size:]
+    assert zlib.crc32(body) == crc, f"producer {pid} record {seq}: corrupted body"
+    return pid, seq
+
+
+# ---- Queue: several producers, one consumer ------------------------------------
+
+def _queue_producer(q, pid, n, seed):
+    rnd = random.Random(seed)
+    pool = rnd.randbytes(2 * MAX_BODY)
+    sizes = _sizes(rnd)
+    seq = 0
+    while seq < n:
+        if rnd.random() < 0.3:                       # a batch through put_many
+            k = min(n - seq, rnd.randrange(1, 64))
+            q.put_many([_record(pool, pid, seq + i, next(sizes), rnd) for i in range(k)])
+            seq += k
+        else:
+            q.put(_record(pool, pid, seq, next(sizes), rnd))
+            seq += 1
+
+
+def _drain_checked(q, producers, n, expected_per_producer=None):
+    next_seq = [0] * producers
+    total = producers * n
+    got = 0
+    rnd = random.Random(7)
+    while got < total:
+        items = q.get_many(timeout=120, max_items=rnd.randrange(1, 200)) \
+            if rnd.random() < 0.5 else [q.get(timeout=120)]
+        for rec in items:
+            pid, seq = _check(rec)
+            assert seq == next_seq[pid], f"producer {pid}: got {seq}, expected {next_seq[pid]}"
+            next_seq[pid] += 1
+            got += 1
+    return next_seq
+
+
+@pytest.mark.parametrize("method,n", [("fork", 200_000), ("forkserver", 20_000), ("spawn", 20_000)])
+def test_queue_three_producers_one_consumer(method, n):
+    n = max(1000, int(n * SCALE))
+    ctx = mp.get_context(method)
+    q = shmproc.Queue(capacity=1 << 20)
+    procs = [ctx.Process(target=_queue_producer, args=(q, i, n, 100 + i)) for i in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        assert _drain_checked(q, 3, n) == [n] * 3     # nothing lost, duplicated or reordered
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.1)
+    finally:
+        for p in procs:
+            p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    q.close()
+
+
+def _queue_consumer(q, out):
+    seen = []
+    while True:
+        items = q.get_many(timeout=120, max_items=50)
+        for rec in items:
+            if rec == b"STOP":
+                out.put(seen)
+                return
+            seen.append(_check(rec))
+
+
+def test_queue_two_producers_two_consumers():
+    n = max(1000, int(50_000 * SCALE))
+    ctx = mp.get_context("fork")
+    q, out = shmproc.Queue(capacity=1 << 18), shmproc.Queue()
+    prods = [ctx.Process(target=_queue_producer, args=(q, i, n, 200 + i)) for i in range(2)]
+    cons = [ctx.Process(target=_queue_consumer, args=(q, out)) for _ in range(2)]
+    for p in prods + cons:
+        p.start()
+    for p in prods:
+        p.join(120)
+    seen = []
+    for _ in cons:                 # one STOP at a time, so each consumer gets exactly one
+        q.put(b"STOP")
+        seen += out.get(timeout=120)
+    for p in cons:
+        p.join(60)
+    assert sorted(seen) == sorted((pid, s) for pid in range(2) for s in range(n))
+    q.close()
+    out.close()
+
+
+# ---- the raw SPSC ring: lock-free paths, every producer and consumer call -------
+
+def _ring_producer(ring, n, seed):
+    rnd = random.Random(seed)
+    pool = rnd.randbytes(2 * MAX_BODY)
+    sizes = _sizes(rnd)
+    done = ffi.new("uint32_t *")
+    seq = 0
+    while seq < n:
+        mode = rnd.random()
+        if mode < 0.3:                                # put
+            rec = _record(pool, 0, seq, next(sizes), rnd)
+            assert ring.put(rec, len(rec), seq % 100, -1) == OK
+            seq += 1
+        elif mode < 0.6:                              # put_many
+            recs = [_record(pool, 0, seq + i, next(sizes), rnd)
+                    for i in range(min(n - seq, rnd.randrange(1, 32)))]
+            lens = ffi.new("uint32_t[]", [len(r) for r in recs])
+            tags = ffi.new("uint32_t[]", [(seq + i) % 100 for i in range(len(recs))])
+            assert ring.put_many(b"".join(recs), lens, tags, len(recs), -1, done) == OK
+            assert done[0] == len(recs)
+            seq += len(recs)
+        else:                                         # reserve, write in place, commit
+            rec = _record(pool, 0, seq, next(sizes), rnd)
+            rc, view = ring.reserve(len(rec) + 100, -1)
+            assert rc == OK
+            view[:len(rec)] = rec
+            assert ring.commit(len(rec), seq % 100) == OK
+            seq += 1
+
+
+def test_spsc_ring_every_call_across_processes():
+    n = max(2000, int(100_000 * SCALE))
+    ring = native.Ring.create(1 << 18)                # no locks: the lock-free path
+    p = mp.get_context("fork").Process(target=_ring_producer, args=(ring, n, 5))
+    p.start()
+    rnd = random.Random(9)
+    buf = bytearray(1 << 20)
+    ptr = ffi.from_buffer(buf)
+    out = ffi.new("uint32_t[2]")
+    lens, tags, count = ffi.new("uint32_t[64]"), ffi.new("uint32_t[64]"), ffi.new("uint32_t *")
+    expect = 0
+    while expect < n:
+        mode = rnd.random()
+        if mode < 0.4:
+            assert ring.get_into(ptr, len(buf), 30_000_000_000, out, out + 1) == OK
+            recs = [(bytes(buf[:out[0]]), out[1])]
+        elif mode < 0.7:
+            assert ring.get_many_into(ptr, len(buf), 64, 30_000_000_000, lens, tags, count) == OK
+            recs, off = [], 0
+            for i in range(count[0]):
+                recs.append((bytes(buf[off:off + lens[i]]), tags[i]))
+                off += lens[i]
+        else:
+            rc, view, tag = ring.peek(30_000_000_000)
+            assert rc == OK
+            recs = [(bytes(view), tag)]
+            assert ring.release() == OK
+        for rec, tag in recs:
+            _, seq = _check(rec)
+            assert seq == expect and tag == seq % 100
+            expect += 1
+    p.join(60)
+    assert p.exitcode == 0
+    assert ring.get_into(ptr, len(buf), 0, out, out + 1) == EEMPTY
+    ring.close()
+
+
+# ---- control blocks and wait/wake across processes --------------------------------
+
+def _worker_laps(ctl_array):
+    c = ctl_array.blocks[0]
+    lib.shmp_ctl_set_pid(c, os.getpid())
+    lib.shmp_ctl_set_state(c, lib.SHMP_STATE_RUNNING)
+    while True:
+        if lib.shmp_ctl_enter(c, 1, 1_000_000_000):
+            break
+        lib.shmp_ctl_leave(c)
+        if lib.shmp_ctl_end_lap(c):
+            break
+    lib.shmp_ctl_set_exit(c, 0, 0)
+    lib.shmp_ctl_set_state(c, lib.SHMP_STATE_DONE)
+
+
+def test_control_block_live_laps_and_stop_across_processes():
+    ctl = native.ControlArray.create(1)
+    c = ctl.blocks[0]
+    p = mp.get_context("fork").Process(target=_worker_laps, args=(ctl,))
+    p.start()
+    assert lib.shmp_ctl_wait_state(c, lib.SHMP_STATE_RUNNING, 30_000_000_000) == OK
+    assert lib.shmp_ctl_pid(c) == p.pid
+    first = lib.shmp_ctl_lap(c)
+    while lib.shmp_ctl_lap(c) < first + 10_000:      # live: the counter moves as we watch
+        pass
+    assert lib.shmp_ctl_request_stop(c) == OK
+    assert lib.shmp_ctl_wait_state(c, lib.SHMP_STATE_DONE, 30_000_000_000) == OK
+    final = lib.shmp_ctl_lap(c)
+    p.join(30)
+    assert final >= first + 10_000 and lib.shmp_ctl_lap(c) == final
+    ctl.close()
+
+
+def _waiter(ctl_array, rounds):
+    c = ctl_array.blocks[0]
+    for i in range(rounds):
+        # wait for the parent's stop flag, acknowledge by moving state, reset
+        assert lib.shmp_ctl_wait_stop(c, 30_000_000_000) == OK
+        lib.shmp_ctl_clear_stop(c)
+        lib.shmp_ctl_set_lap(c, i + 1)
+
+
+def test_wait_wake_ping_pong_never_loses_a_wakeup():
+    rounds = max(200, int(3000 * SCALE))
+    ctl = native.ControlArray.create(1)
+    c = ctl.blocks[0]
+    p = mp.get_context("fork").Process(target=_waiter, args=(ctl, rounds))
+    p.start()
+    for i in range(rounds):
+        lib.shmp_ctl_request_stop(c)
+        while lib.shmp_ctl_lap(c) != i + 1:          # the child acknowledged round i
+            pass
+    p.join(30)
+    assert p.exitcode == 0
+    ctl.close()
