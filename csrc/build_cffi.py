@@ -42,10 +42,13 @@ def compile_flags():
     return flags, link
 
 
-def make_builder(module_name: str = MODULE_NAME) -> FFI:
+def make_builder(module_name: str = MODULE_NAME, absolute_paths: bool = False) -> FFI:
+    """absolute_paths: for ffi.compile(tmpdir=...), which changes directory;
+    setuptools wants paths relative to the project root."""
     ffi = FFI()
     ffi.cdef(read_cdef(HERE / "shmproc.h"))
-    sources = sorted(str(p.relative_to(pathlib.Path.cwd()) if p.is_relative_to(pathlib.Path.cwd()) else p)
+    cwd = pathlib.Path.cwd()
+    sources = sorted(str(p if absolute_paths or not p.is_relative_to(cwd) else p.relative_to(cwd))
                      for p in HERE.glob("*.c"))
     cflags, lflags = compile_flags()
     libs = ["pthread"]

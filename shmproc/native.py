@@ -202,15 +202,24 @@ def _ring_closed(*args):
     raise RuntimeError("operation on a closed ring")
 
 
-def _mapping(payload, size: int):
+def _mapping(payload, size: int, release_word=None, release_value=0):
     """A buffer over a mapped payload that unmaps when the last view dies.
 
     ffi.gc ties the munmap to the pointer object; ffi.buffer keeps that
     object alive, and every memoryview (and numpy array) made from the
     buffer keeps the buffer alive.  So a result array may outlive the Blob
-    that produced it: the mapping goes only with the last reference.
+    that produced it: the mapping goes only with the last reference.  With
+    `release_word`, that moment is also announced to the segment's owner
+    by storing `release_value` there (see blobs.py).
     """
-    owner = ffi.gc(ffi.cast("char *", payload), lambda p: lib.shmp_seg_unmap(p, size), size=size)
+    if release_word is None:
+        def destroy(p):
+            lib.shmp_seg_unmap(p, size)
+    else:
+        def destroy(p):
+            lib.shmp_store_u32(p + release_word, release_value)
+            lib.shmp_seg_unmap(p, size)
+    owner = ffi.gc(ffi.cast("char *", payload), destroy, size=size)
     return ffi.buffer(owner, size)
 
 
@@ -233,12 +242,19 @@ class Blob:
         return cls(fd[0], size, _mapping(p[0], size))
 
     @classmethod
-    def attach(cls, fd: int):
-        """Map the blob behind `fd`; the caller still owns `fd`."""
+    def attach(cls, fd: int, release_word=None, release_value=0):
+        """Map the blob behind `fd`; the caller still owns `fd`.
+
+        With `release_word` (a byte offset), `release_value` is stored
+        there when the last view of this mapping dies.
+        """
         p = ffi.new("void **")
         n = ffi.new("uint64_t *")
         check(lib.shmp_seg_attach(_fd_arg(fd), lib.SHMP_KIND_BLOB, p, n), "attaching shared memory")
-        return cls(-1, n[0], _mapping(p[0], n[0]))
+        if release_word is not None and not 0 <= release_word <= n[0] - 4:
+            lib.shmp_seg_unmap(p[0], n[0])
+            raise ValueError(f"release word {release_word} outside a {n[0]}-byte blob")
+        return cls(-1, n[0], _mapping(p[0], n[0], release_word, release_value))
 
     def close_fd(self):
         fd, self.fd = self.fd, -1

@@ -16,29 +16,25 @@ reverse.
 
 Large objects.  A record bigger than a quarter of the ring, or any
 contiguous buffer of at least wire.OOB_THRESHOLD bytes (numpy arrays),
-goes into its own shared segment ("blob"): the producer copies it there
-once and puts a small descriptor in the ring; the consumer opens the
-producer's descriptor (Linux: /proc/PID/fd/N), maps it, acknowledges, and
-unpickles with zero-copy read-only views (``copy=True`` for writable
-copies).  The producer keeps each blob's descriptor open until the ack, so
-like multiprocessing.Queue (whose feeder thread must flush before exit) a
-producing process waits at exit until its large items were picked up, at
-most EXIT_FLUSH_TIMEOUT seconds; ``cancel_join_thread()`` skips the wait.
-A large item whose producer died before any consumer opened it is lost
-with that producer; ``get`` skips it and counts it in ``lost_items``.
+goes out-of-band through its own shared segment (see blobs.py): one copy
+on the producer side, read-only zero-copy views on the consumer side
+(``copy=True`` for writable copies).  Like multiprocessing.Queue, whose
+feeder thread must flush before exit, a producing process waits at exit
+until its large items were picked up (at most blobs.EXIT_FLUSH_TIMEOUT
+seconds); ``cancel_join_thread()`` skips the wait.  A large item whose
+producer died before any consumer opened it is lost with that producer;
+``get`` skips it and counts it in ``lost_items``.
 """
 from __future__ import annotations
 
 import os
 import pickle
 import queue as _stdlib_queue
-import struct
-import threading
 import time
-from multiprocessing import util as _mp_util
 
-from . import native, wire
-from .native import EEMPTY, EFULL, EINTR, ESMALLBUF, ETIMEDOUT, OK, ffi, lib
+from . import blobs, native, wire
+from .blobs import EXIT_FLUSH_TIMEOUT, LOST
+from .native import EEMPTY, EFULL, EINTR, ESMALLBUF, ETIMEDOUT, OK, ffi
 
 __all__ = ["Queue", "DEFAULT_CAPACITY", "EXIT_FLUSH_TIMEOUT"]
 
@@ -47,24 +43,7 @@ DEFAULT_CAPACITY = 4 * 1024 * 1024
 MIN_CAPACITY = 4096
 MAX_CAPACITY = 1 << 36
 
-#: How long a producing process waits at exit for its large items to be
-#: picked up before giving up on them (multiprocessing waits for ever).
-EXIT_FLUSH_TIMEOUT = 60.0
-
-# Blob layout: [ack word | pad to 64][main pickle][buffers, each 64-aligned]
-_BLOB_HEADER = 64
-_ACK_OFFSET = 0
-# Descriptor: pid, fd, blob size, main length, main kind (a tag), buffer
-# count; then (offset, length) per buffer.
-_DESC = struct.Struct("<iiQQII")
-_DESC_BUF = struct.Struct("<QQ")
-
 _SCRATCH_START = 64 * 1024
-_PEER_FD_OK = bool(lib.shmp_platform_features() & lib.SHMP_FEAT_PEER_FD)
-
-
-def _align64(n: int) -> int:
-    return (n + 63) & ~63
 
 
 def _round_capacity(capacity) -> int:
@@ -75,77 +54,6 @@ def _round_capacity(capacity) -> int:
     if capacity > MAX_CAPACITY:
         raise ValueError(f"capacity must be at most {MAX_CAPACITY} bytes, got {capacity}")
     return 1 << (capacity - 1).bit_length()     # next power of two
-
-
-# ---- large items waiting to be picked up (per process) ------------------------
-
-class _Pending:
-    """Blobs this process put and no consumer has acknowledged yet."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.items: list = []           # (blob, flush_token)
-        self.registered = False
-
-    def add(self, blob, token):
-        with self.lock:
-            self.items.append((blob, token))
-            if not self.registered:
-                # Runs at interpreter exit and at the end of a
-                # multiprocessing child (which skips atexit).
-                _mp_util.Finalize(None, self.flush_at_exit, exitpriority=-10)
-                self.registered = True
-
-    def sweep(self):
-        """Close descriptors of acknowledged blobs; cheap when there are none."""
-        with self.lock:
-            keep = []
-            for blob, token in self.items:
-                if blob.load_word(_ACK_OFFSET):
-                    blob.close_fd()
-                else:
-                    keep.append((blob, token))
-            self.items = keep
-
-    def wait(self, token, deadline):
-        """Wait until every blob of `token` (or all, if None) is acknowledged."""
-        while True:
-            self.sweep()
-            with self.lock:
-                mine = [b for b, t in self.items if (token is None or t is token) and t.wait]
-            if not mine:
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            mine[0].wait_word(_ACK_OFFSET, 0, int(min(left, 0.1) * 1e9))
-
-    def flush_at_exit(self):
-        self.wait(None, time.monotonic() + EXIT_FLUSH_TIMEOUT)
-        with self.lock:
-            items, self.items = self.items, []
-        for blob, _ in items:
-            blob.close_fd()
-
-    def forget_after_fork(self):
-        # A forked child holds copies of the parent's descriptors; they are
-        # the parent's business, so the child just closes its copies.
-        self.lock = threading.Lock()
-        items, self.items = self.items, []
-        self.registered = False
-        for blob, _ in items:
-            blob.close_fd()
-
-
-_pending = _Pending()
-os.register_at_fork(after_in_child=_pending.forget_after_fork)
-
-
-class _FlushToken:
-    __slots__ = ("wait",)
-
-    def __init__(self):
-        self.wait = True
 
 
 # ---- the queue ----------------------------------------------------------------
@@ -227,7 +135,7 @@ class Queue:
         self._maxsize = maxsize
         self._inband_max = min(ring.max_record, ring.capacity // 4)
         self._closed = False
-        self._token = _FlushToken()
+        self._token = blobs.FlushToken()
         self._scratch = []              # free list of _Scratch, one taken per get
         self._lost = 0
 
@@ -286,8 +194,8 @@ class Queue:
         data, tag, bufs = _encode(obj)
         if bufs or len(data) > self._inband_max:
             data, tag = self._to_blob(data, tag, bufs), _TAG_BLOB
-        if _pending.items:
-            _pending.sweep()
+        if blobs.pool.in_flight:
+            blobs.pool.sweep()
         rc = self._put(data, len(data), tag, tmo)
         if rc:
             self._put_retry(rc, data, tag, tmo)
@@ -337,8 +245,8 @@ class Queue:
     def _put_run(self, run, lens, tags, deadline, done_before, total):
         if not run:
             return 0
-        if _pending.items:
-            _pending.sweep()
+        if blobs.pool.in_flight:
+            blobs.pool.sweep()
         blob = b"".join(run)
         base = ffi.cast("char *", ffi.from_buffer(blob))   # `blob` keeps it alive
         n = len(run)
@@ -362,27 +270,14 @@ class Queue:
             native.check(rc, "putting items on a shmproc.Queue")
 
     def _to_blob(self, data, tag, bufs) -> bytes:
-        """Copy a large record into its own segment; returns the ring descriptor."""
+        """Send a large record out-of-band; returns the ring descriptor."""
         raws = [b.raw() for b in bufs] if bufs else []
-        if not _PEER_FD_OK:
+        if not blobs.PEER_FD_OK:
             raise ValueError(
                 f"object needs {len(data) + sum(r.nbytes for r in raws)} bytes, more than this "
                 f"queue carries in its ring ({self._inband_max}) and this platform cannot pass "
                 f"large items out-of-band; create the Queue with a larger capacity=")
-        layout = []
-        off = _align64(_BLOB_HEADER + len(data))
-        for raw in raws:
-            layout.append((off, raw.nbytes))
-            off = _align64(off + raw.nbytes)
-        blob = native.Blob.create(off)
-        view = memoryview(blob.buffer)
-        view[_BLOB_HEADER:_BLOB_HEADER + len(data)] = data
-        for raw, (o, n) in zip(raws, layout):
-            view[o:o + n] = raw
-        view.release()
-        _pending.add(blob, self._token)
-        desc = _DESC.pack(os.getpid(), blob.fd, blob.size, len(data), tag, len(layout))
-        return desc + b"".join(_DESC_BUF.pack(o, n) for o, n in layout)
+        return blobs.encode(data, tag, raws, self._token)
 
     # -- consumer -------------------------------------------------------------------
     def _take_scratch(self, need=0):
@@ -423,7 +318,7 @@ class Queue:
         while True:
             if rc == OK:
                 item = self._decode(s.view[:s.out[0]], s.out[1], copy)
-                if item is not _LOST:
+                if item is not LOST:
                     return item
             elif rc == ESMALLBUF:
                 self._scratch.append(self._take_scratch(s.out[0]))
@@ -496,38 +391,18 @@ class Queue:
         for ln, tag in zip(lens, tags):
             item = self._decode(view[off:off + ln], tag, copy)
             off += ln
-            if item is not _LOST:
+            if item is not LOST:
                 append(item)
         return out
 
     def _decode(self, record, tag, copy):
         if tag != _TAG_BLOB:
             return _decode_small(record, tag)
-        if len(record) < _DESC.size:
-            raise native.CorruptSharedMemoryError("truncated out-of-band descriptor")
-        pid, fd, size, main_len, kind, nbufs = _DESC.unpack_from(record)
-        try:
-            peer_fd = native.open_peer_fd(pid, fd)
-        except ProcessLookupError:
+        out = blobs.decode(record, copy)
+        if out is LOST:
             self._lost += 1
-            return _LOST
-        try:
-            blob = native.Blob.attach(peer_fd)
-        finally:
-            os.close(peer_fd)
-        blob.store_word(_ACK_OFFSET, 1)     # the producer may now close its descriptor
-        if blob.size != size or _BLOB_HEADER + main_len > blob.size or \
-                len(record) != _DESC.size + nbufs * _DESC_BUF.size:
-            raise native.CorruptSharedMemoryError("out-of-band descriptor does not match its segment")
-        view = memoryview(blob.buffer).toreadonly()
-        buffers = []
-        for i in range(nbufs):
-            o, n = _DESC_BUF.unpack_from(record, _DESC.size + i * _DESC_BUF.size)
-            if o + n > blob.size:
-                raise native.CorruptSharedMemoryError("out-of-band buffer outside its segment")
-            part = view[o:o + n]
-            buffers.append(bytearray(part) if copy else part)
-        main = view[_BLOB_HEADER:_BLOB_HEADER + main_len]
+            return LOST
+        main, kind, buffers = out
         if kind == _TAG_PICKLE:
             return _loads(main, buffers=buffers)
         return _decode_small(main, kind)
@@ -544,14 +419,15 @@ class Queue:
             fd, self._ring.fd = self._ring.fd, -1
             if fd >= 0:
                 os.close(fd)
-        if _pending.items:
-            _pending.sweep()
+        if blobs.pool.in_flight:
+            blobs.pool.sweep()
+        blobs.pool.trim()
 
     def join_thread(self):
         """Wait until the large items this handle put were picked up (after close())."""
         if not self._closed:
             raise ValueError("join_thread() is only valid after close()")
-        _pending.wait(self._token, time.monotonic() + EXIT_FLUSH_TIMEOUT)
+        blobs.pool.wait_opened(self._token, time.monotonic() + EXIT_FLUSH_TIMEOUT)
 
     def cancel_join_thread(self):
         """Do not wait at exit for this handle's large items to be picked up."""
@@ -572,13 +448,6 @@ def _left_ns(deadline):
     if deadline is None:
         return -1
     return max(0, int((deadline - time.monotonic()) * 1e9))
-
-
-class _LostType:
-    __slots__ = ()
-
-
-_LOST = _LostType()
 
 
 def _rebuild_queue(dupfd, maxsize):

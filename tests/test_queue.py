@@ -392,3 +392,23 @@ def test_closed_handle_inherited_by_fork_refuses_use():
     assert "closed" in out.get(timeout=30)
     p.join(30)
     out.close()
+
+
+def test_released_large_items_reuse_their_segment_and_held_ones_are_never_reused():
+    import gc
+
+    from shmproc import blobs
+    q = shmproc.Queue()
+    q.put(np.ones(100_000))
+    held = q.get()                                   # a view the consumer keeps
+    q.put(np.full(100_000, 2.0))                     # must not land in held's segment
+    second = q.get()
+    assert (held == 1).all() and (second == 2).all()
+    del second
+    gc.collect()                                     # its view died: segment released
+    blobs.pool.sweep()
+    assert len(blobs.pool.free) == 1
+    q.put(np.full(100_000, 3.0))                     # reuses the released segment
+    assert len(blobs.pool.free) == 0
+    assert (q.get() == 3).all() and (held == 1).all()
+    q.close()

@@ -14,7 +14,7 @@ import pytest
 
 import shmproc
 from shmproc import native
-from shmproc.native import EEMPTY, EFULL, OK, ffi, lib
+from shmproc.native import EEMPTY, OK, ffi, lib
 
 pytestmark = [pytest.mark.asan, pytest.mark.slow]
 
