@@ -623,6 +623,13 @@ int shmp_ring_get(shmp_ring *r, void *dst, uint64_t cap, int64_t timeout_ns,
     return SHMP_OK;
 }
 
+int64_t shmp_ring_get_record(shmp_ring *r, void *dst, uint64_t cap, int64_t timeout_ns)
+{
+    uint32_t len, tag;
+    int rc = shmp_ring_get(r, dst, cap, timeout_ns, &len, &tag);
+    return rc == SHMP_OK ? (int64_t)(((uint64_t)tag << 32) | len) : rc;
+}
+
 int shmp_ring_get_many(shmp_ring *r, void *dst, uint64_t cap, uint32_t max_count,
                        int64_t timeout_ns, uint32_t *lens_out, uint32_t *tags_out,
                        uint32_t *count_out)

@@ -134,6 +134,11 @@ int  shmp_ring_abort(shmp_ring *ring);
 /* consumer side */
 int  shmp_ring_get(shmp_ring *ring, void *dst, uint64_t cap, int64_t timeout_ns,
                    uint32_t *len_out, uint32_t *tag_out);
+/* get_record: the hot path of get, without out-parameters (each costs a
+ * Python->C conversion): returns (tag << 32) | len on success, or a
+ * negative status; SHMP_ESMALLBUF consumes nothing (use shmp_ring_get
+ * with cap 0 to learn the size).                                       */
+int64_t shmp_ring_get_record(shmp_ring *ring, void *dst, uint64_t cap, int64_t timeout_ns);
 int  shmp_ring_get_many(shmp_ring *ring, void *dst, uint64_t cap, uint32_t max_count,
                         int64_t timeout_ns, uint32_t *lens_out, uint32_t *tags_out,
                         uint32_t *count_out);

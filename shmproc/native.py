@@ -104,11 +104,12 @@ class Ring:
       put(data, len, tag, timeout)
       put_many(blob, lens, tags, count, timeout, done_out)
       get_into(dst, cap, timeout, len_out, tag_out)
+      get_record(dst, cap, timeout) -> (tag << 32) | len, or a negative status
       get_many_into(dst, cap, max_count, timeout, lens_out, tags_out, count_out)
     """
 
     __slots__ = ("_h", "fd", "capacity", "max_record",
-                 "put", "put_many", "get_into", "get_many_into", "__weakref__")
+                 "put", "put_many", "get_into", "get_record", "get_many_into", "__weakref__")
 
     def __init__(self, handle, fd: int):
         self._h = handle
@@ -118,6 +119,7 @@ class Ring:
         self.put = partial(lib.shmp_ring_put, handle)
         self.put_many = partial(lib.shmp_ring_put_many, handle)
         self.get_into = partial(lib.shmp_ring_get, handle)
+        self.get_record = partial(lib.shmp_ring_get_record, handle)
         self.get_many_into = partial(lib.shmp_ring_get_many, handle)
 
     @classmethod
@@ -148,7 +150,8 @@ class Ring:
         """Unmap and close the descriptor; idempotent.  Later calls raise."""
         h, self._h = self._h, None
         if h is not None:
-            self.put = self.put_many = self.get_into = self.get_many_into = _ring_closed
+            self.put = self.put_many = self.get_into = self.get_record = \
+                self.get_many_into = _ring_closed
             lib.shmp_ring_close(h)
         fd, self.fd = self.fd, -1
         if fd >= 0:

@@ -44,6 +44,7 @@ MIN_CAPACITY = 4096
 MAX_CAPACITY = 1 << 36
 
 _SCRATCH_START = 64 * 1024
+_MANY_MAX = 1024            # get_many arrays kept per scratch buffer
 
 
 def _round_capacity(capacity) -> int:
@@ -65,19 +66,11 @@ _TAG_BYTES = 1
 _TAG_STR = 2
 _TAG_BLOB = 3       # descriptor of an out-of-band record; its kind is inside
 
+_JUST_BYTES = {bytes}
 _dumps = wire.dumps
 _loads = pickle.loads
-
-
-def _encode(obj):
-    """obj -> (payload, tag, out-of-band buffers)."""
-    t = type(obj)
-    if t is bytes:
-        return obj, _TAG_BYTES, None
-    if t is str:
-        return obj.encode("utf-8", "surrogatepass"), _TAG_STR, None
-    data, bufs = _dumps(obj)
-    return data, _TAG_PICKLE, bufs
+_unpack = ffi.unpack
+_pool = blobs.pool
 
 
 def _decode_small(view, tag):
@@ -93,14 +86,23 @@ def _decode_small(view, tag):
 class _Scratch:
     """A reusable receive buffer with its C views (one per concurrent getter)."""
 
-    __slots__ = ("buf", "view", "ptr", "size", "out")
+    __slots__ = ("buf", "view", "ptr", "cptr", "size", "out", "_many")
 
     def __init__(self, size):
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.ptr = ffi.from_buffer(self.buf)
+        self.cptr = ffi.cast("char *", self.ptr)
         self.size = size
-        self.out = ffi.new("uint32_t[2]")      # length, tag
+        self.out = ffi.new("uint32_t[2]")      # length, tag (slow path)
+        self._many = None
+
+    def many(self):
+        """(lens, tags, count) arrays for get_many, allocated once."""
+        if self._many is None:
+            self._many = (ffi.new("uint32_t[]", _MANY_MAX), ffi.new("uint32_t[]", _MANY_MAX),
+                          ffi.new("uint32_t *"))
+        return self._many
 
 
 def _blocking_timeout(block, timeout) -> int:
@@ -131,7 +133,7 @@ class Queue:
     def _setup(self, ring, maxsize):
         self._ring = ring
         self._put = ring.put
-        self._get = ring.get_into
+        self._get = ring.get_record
         self._maxsize = maxsize
         self._inband_max = min(ring.max_record, ring.capacity // 4)
         self._closed = False
@@ -188,14 +190,22 @@ class Queue:
     # -- producer -------------------------------------------------------------------
     def put(self, obj, block: bool = True, timeout: float | None = None):
         """Put `obj`; with block and no timeout waits for room for ever."""
+        # Hot path: kept inline on purpose (each Python call costs ~0.1 µs).
         if self._closed:
             self._check_open()
-        tmo = _blocking_timeout(block, timeout)
-        data, tag, bufs = _encode(obj)
+        tmo = -1 if block and timeout is None else _blocking_timeout(block, timeout)
+        t = type(obj)
+        if t is bytes:
+            data, tag, bufs = obj, _TAG_BYTES, None
+        elif t is str:
+            data, tag, bufs = obj.encode("utf-8", "surrogatepass"), _TAG_STR, None
+        else:
+            data, bufs = _dumps(obj)
+            tag = _TAG_PICKLE
         if bufs or len(data) > self._inband_max:
             data, tag = self._to_blob(data, tag, bufs), _TAG_BLOB
-        if blobs.pool.in_flight:
-            blobs.pool.sweep()
+        if _pool.in_flight:
+            _pool.sweep()
         rc = self._put(data, len(data), tag, tmo)
         if rc:
             self._put_retry(rc, data, tag, tmo)
@@ -225,33 +235,45 @@ class Queue:
         deadline = _deadline(_blocking_timeout(block, timeout))
         objs = objs if isinstance(objs, (list, tuple)) else list(objs)
         total = len(objs)
+        inband_max = self._inband_max
+        if total and set(map(type, objs)) == _JUST_BYTES:
+            # A batch of raw bytes: no per-item Python work at all.
+            lens = list(map(len, objs))
+            if max(lens) <= inband_max:
+                self._put_run(objs, lens, None, deadline, 0, total)
+                return
         done = 0
         run, lens, tags = [], [], []
-        for obj in objs:
-            data, tag, bufs = _encode(obj)
-            if bufs or len(data) > self._inband_max:
+        for obj in objs:                     # encoding inlined: this loop is the hot path
+            t = type(obj)
+            bufs = None
+            if t is bytes:
+                data, tag = obj, _TAG_BYTES
+            elif t is str:
+                data, tag = obj.encode("utf-8", "surrogatepass"), _TAG_STR
+            else:
+                data, bufs = _dumps(obj)
+                tag = _TAG_PICKLE
+            if bufs or len(data) > inband_max:
                 done += self._put_run(run, lens, tags, deadline, done, total)
                 run, lens, tags = [], [], []
-                desc = self._to_blob(data, tag, bufs)
-                run.append(desc)
-                lens.append(len(desc))
-                tags.append(_TAG_BLOB)
-            else:
-                run.append(data)
-                lens.append(len(data))
-                tags.append(tag)
+                data, tag = self._to_blob(data, tag, bufs), _TAG_BLOB
+            run.append(data)
+            lens.append(len(data))
+            tags.append(tag)
         self._put_run(run, lens, tags, deadline, done, total)
 
     def _put_run(self, run, lens, tags, deadline, done_before, total):
         if not run:
             return 0
-        if blobs.pool.in_flight:
-            blobs.pool.sweep()
+        if _pool.in_flight:
+            _pool.sweep()
         blob = b"".join(run)
         base = ffi.cast("char *", ffi.from_buffer(blob))   # `blob` keeps it alive
         n = len(run)
         clens = ffi.new("uint32_t[]", lens)
-        ctags = ffi.new("uint32_t[]", tags)
+        # tags None: all raw bytes
+        ctags = ffi.new("uint32_t[]", [_TAG_BYTES] * n if tags is None else tags)
         done = ffi.new("uint32_t *")
         put = off = 0
         while True:
@@ -295,39 +317,40 @@ class Queue:
         Large numpy arrays come back as read-only views on shared memory
         unless ``copy=True``.
         """
+        # Hot path: kept inline on purpose (each Python call costs ~0.1 µs).
         if self._closed:
             self._check_open()
-        tmo = _blocking_timeout(block, timeout)
+        tmo = -1 if block and timeout is None else _blocking_timeout(block, timeout)
+        scratch = self._scratch
+        s = scratch.pop() if scratch else _Scratch(_SCRATCH_START)
         try:
-            s = self._scratch.pop()
-        except IndexError:
-            s = self._take_scratch()
-        try:
-            out = s.out
-            rc = self._get(s.ptr, s.size, tmo, out, out + 1)
-            if rc == OK:
-                tag = out[1]
-                if tag != _TAG_BLOB:
-                    return _decode_small(s.view[:out[0]], tag)
-            return self._get_slow(rc, s, tmo, copy)
+            rc = self._get(s.ptr, s.size, tmo)
+            if rc >= 0:
+                tag = rc >> 32
+                if tag == _TAG_PICKLE:
+                    return _loads(s.buf)             # pickle ignores the bytes after its end
+                if tag == _TAG_BYTES:
+                    return _unpack(s.cptr, rc & 0xFFFFFFFF)
+            return self._get_slow(rc, s, tmo, copy)     # other kinds, errors, waiting
         finally:
-            self._scratch.append(s)
+            scratch.append(s)
 
     def _get_slow(self, rc, s, tmo, copy):
         deadline = _deadline(tmo)
         while True:
-            if rc == OK:
-                item = self._decode(s.view[:s.out[0]], s.out[1], copy)
+            if rc >= 0:
+                item = self._decode(s.view[:rc & 0xFFFFFFFF], rc >> 32, copy)
                 if item is not LOST:
                     return item
             elif rc == ESMALLBUF:
-                self._scratch.append(self._take_scratch(s.out[0]))
-                s = self._scratch.pop()
+                # Learn the size (consumes nothing), then use a big enough buffer.
+                self._ring.get_into(ffi.NULL, 0, 0, s.out, s.out + 1)
+                s.__init__(max(s.out[0], _SCRATCH_START))   # grow in place: get() returns it
             elif rc == EEMPTY or rc == ETIMEDOUT:
                 raise _stdlib_queue.Empty
             elif rc != EINTR:
                 native.check(rc, "getting an item from a shmproc.Queue")
-            rc = self._get(s.ptr, s.size, _left_ns(deadline), s.out, s.out + 1)
+            rc = self._get(s.ptr, s.size, _left_ns(deadline))
 
     def get_nowait(self):
         return self.get(False)
@@ -345,21 +368,25 @@ class Queue:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         deadline = _deadline(_blocking_timeout(block, timeout))
-        lens = ffi.new("uint32_t[]", max_items)
-        tags = ffi.new("uint32_t[]", max_items)
-        count = ffi.new("uint32_t *")
         s = self._take_scratch()
+        if max_items <= _MANY_MAX:
+            lens, tags, count = s.many()
+        else:
+            lens, tags = ffi.new("uint32_t[]", max_items), ffi.new("uint32_t[]", max_items)
+            count = ffi.new("uint32_t *")
         try:
             while True:
                 rc = self._ring.get_many_into(s.ptr, s.size, max_items, _left_ns(deadline),
                                               lens, tags, count)
                 if rc == OK:
-                    out = self._decode_many(s.view, ffi.unpack(lens, count[0]),
-                                            ffi.unpack(tags, count[0]), copy)
+                    n = count[0]
+                    out = self._decode_many(s.view, ffi.unpack(lens, n), ffi.unpack(tags, n), copy)
                     if out:
                         return out
                 elif rc == ESMALLBUF:
-                    s = _Scratch(max(lens[0], _SCRATCH_START))
+                    s.__init__(max(lens[0], _SCRATCH_START))    # grow in place
+                    if max_items <= _MANY_MAX:
+                        lens, tags, count = s.many()
                 elif rc == EEMPTY or rc == ETIMEDOUT:
                     raise _stdlib_queue.Empty
                 elif rc != EINTR:
@@ -370,24 +397,29 @@ class Queue:
     def _decode_many(self, view, lens, tags, copy):
         out = []
         append = out.append
-        off = 0
-        kinds = set(tags)
-        if len(kinds) == 1 and _TAG_BLOB not in kinds:
-            # One kind of small record: the common batch, decoded in a tight loop.
-            tag = tags[0]
+        tag = tags[0]
+        if tags.count(tag) == len(tags) and tag != _TAG_BLOB:
+            # One kind of small record, the common batch: copy the records out
+            # in one go, then slice (cheaper than a memoryview per record).
+            data = view[:sum(lens)].tobytes()
+            off = 0
             if tag == _TAG_PICKLE:
                 for ln in lens:
-                    append(_loads(view[off:off + ln]))
-                    off += ln
+                    end = off + ln
+                    append(_loads(data[off:end]))
+                    off = end
             elif tag == _TAG_BYTES:
                 for ln in lens:
-                    append(view[off:off + ln].tobytes())
-                    off += ln
+                    end = off + ln
+                    append(data[off:end])
+                    off = end
             else:
                 for ln in lens:
-                    append(_decode_small(view[off:off + ln], tag))
-                    off += ln
+                    end = off + ln
+                    append(_decode_small(memoryview(data)[off:end], tag))
+                    off = end
             return out
+        off = 0
         for ln, tag in zip(lens, tags):
             item = self._decode(view[off:off + ln], tag, copy)
             off += ln

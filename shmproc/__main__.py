@@ -1,0 +1,6 @@
+"""python -m shmproc: run the demo (see shmproc/demo.py)."""
+import sys
+
+from .demo import main
+
+sys.exit(main())
