@@ -11,8 +11,9 @@ litter the user's disk::
         docs.download()                         # -> ~/Downloads/shmproc-docs
 
 Where the docs come from: the first folder of :data:`DOCS_SOURCE_DIRS` that
-holds any ``.md`` file -- the package data ``shmproc/_docs`` of an installed
-package, else the repository's ``docs/`` folder for editable installs.
+holds any ``.md`` file -- the repository's ``docs/`` folder in a source
+checkout (editable install), else the package data ``shmproc/_docs`` that
+the build copied into an installed package.
 Only the standard library is used.
 """
 
@@ -33,13 +34,15 @@ _PROJECT_MARKERS = (".git", "pyproject.toml", "setup.py", "setup.cfg")
 
 
 def _default_docs_source_dirs() -> tuple:
-    dirs = [_PACKAGE_DIR / "_docs"]  # package data of a built/installed package
+    dirs = []
     repo = _PACKAGE_DIR.parent
-    # The repository fallback only makes sense in a source checkout. In a
-    # normal install the parent is site-packages, whose "docs" folder (if
-    # any) would belong to some other distribution.
+    # In a source checkout (an editable install) the repository's docs/ is
+    # the live guide and comes first; shmproc/_docs is only the snapshot the
+    # build copied.  In a normal install the parent is site-packages, whose
+    # "docs" folder (if any) would belong to some other distribution.
     if any((repo / name).exists() for name in ("pyproject.toml", "setup.py", "setup.cfg")):
         dirs.append(repo / "docs")
+    dirs.append(_PACKAGE_DIR / "_docs")  # package data of a built/installed package
     return tuple(dirs)
 
 

@@ -198,11 +198,12 @@ def test_missing_docs_raise_file_not_found(project, tmp_path, monkeypatch):
     assert not (project / "out").exists()  # nothing created on failure
 
 
-def test_default_source_dirs_start_with_package_data():
+def test_default_source_dirs_prefer_the_checkout_then_package_data():
     package_dir = Path(docs.__file__).resolve().parent
-    assert docs.DOCS_SOURCE_DIRS[0] == package_dir / "_docs"
-    for extra in docs.DOCS_SOURCE_DIRS[1:]:
-        assert extra == package_dir.parent / "docs"
+    assert docs.DOCS_SOURCE_DIRS[-1] == package_dir / "_docs"
+    if (package_dir.parent / "pyproject.toml").exists():      # a source checkout
+        assert docs.DOCS_SOURCE_DIRS[0] == package_dir.parent / "docs"
+    assert len(docs.DOCS_SOURCE_DIRS) <= 2
 
 
 # -- project root ------------------------------------------------------------------
