@@ -1,6 +1,10 @@
 """Run the C core's tests and the stress tests under AddressSanitizer + UBSan.
 
-    python tests/asan.py [extra pytest args]
+    python tests/asan.py [--portable] [extra pytest args]
+
+--portable builds the portable segment/wait layer (unlinked shm_open, polling
+waits) instead of the Linux one (memfd, futex), so the fallback that other
+systems use is exercised here too.
 
 Builds a sanitized copy of the package in .asan-build/ (the installed one
 is untouched), then runs the tests marked `asan` against it with libasan
@@ -26,7 +30,7 @@ def runtime(name: str) -> str:
     return path
 
 
-def build():
+def build(portable: bool):
     if BUILD.exists():
         shutil.rmtree(BUILD)
     pkg = BUILD / "shmproc"
@@ -34,6 +38,8 @@ def build():
     for py in (ROOT / "shmproc").glob("*.py"):
         shutil.copy2(py, pkg / py.name)
     env = dict(os.environ, SHMPROC_SANITIZE="1")
+    if portable:
+        env["SHMPROC_PORTABLE"] = "1"
     code = (
         "import sys; sys.path.insert(0, %r); import build_cffi; "
         "build_cffi.make_builder(absolute_paths=True).compile(tmpdir=%r, verbose=False)"
@@ -43,7 +49,9 @@ def build():
 
 
 def main(argv):
-    build()
+    portable = "--portable" in argv
+    argv = [a for a in argv if a != "--portable"]
+    build(portable)
     env = dict(
         os.environ,
         PYTHONPATH=str(BUILD),
@@ -57,7 +65,7 @@ def main(argv):
         env=env, capture_output=True, text=True, cwd=BUILD)
     if probe.returncode != 0 or not probe.stdout.strip().endswith(" 1") or str(BUILD) not in probe.stdout:
         raise SystemExit(f"asan: the sanitized build did not load:\n{probe.stdout}{probe.stderr}")
-    print("asan: using", probe.stdout.strip(), flush=True)
+    print("asan: using", probe.stdout.strip(), "(portable layer)" if portable else "", flush=True)
     # Run from the build folder so `python -m` puts the sanitized package,
     # not the source tree, first on sys.path.
     cmd = [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "asan",
