@@ -185,11 +185,23 @@ int shmp_ctl_set_lap(shmp_control *c, uint64_t lap)
     return SHMP_OK;
 }
 
+/* Bits for the section being left: did it pass its deadline?  And is a
+ * stop requested?  Reads only words this worker wrote, plus `stop`.     */
+static int leave_bits(shmp_control_shared *s, uint64_t now)
+{
+    uint64_t old = atomic_load_explicit(&s->deadline_ns, RELAXED);
+    int bits = (int)atomic_load_explicit(&s->stop, RELAXED) ? SHMP_CTL_STOP : 0;
+    if (old != 0 && now > old)
+        bits |= SHMP_CTL_OVERRAN;
+    return bits;
+}
+
 int shmp_ctl_enter(shmp_control *c, uint32_t section, uint64_t timeout_ns)
 {
     if (c == NULL)
         return SHMP_EINVAL;
     uint64_t now = shmp_now_ns();
+    int bits = leave_bits(&c->s, now);
     uint64_t deadline = 0;
     if (timeout_ns != 0)
         deadline = UINT64_MAX - now < timeout_ns ? UINT64_MAX : now + timeout_ns;
@@ -198,16 +210,17 @@ int shmp_ctl_enter(shmp_control *c, uint32_t section, uint64_t timeout_ns)
     /* release: a watchdog that reads this deadline also reads the section
      * and start stamp stored above.                                      */
     atomic_store_explicit(&c->s.deadline_ns, deadline, RELEASE);
-    return (int)atomic_load_explicit(&c->s.stop, RELAXED);
+    return bits;
 }
 
 int shmp_ctl_leave(shmp_control *c)
 {
     if (c == NULL)
         return SHMP_EINVAL;
+    int bits = leave_bits(&c->s, shmp_now_ns());
     atomic_store_explicit(&c->s.deadline_ns, 0, RELEASE);
     atomic_store_explicit(&c->s.section, 0, RELAXED);
-    return SHMP_OK;
+    return bits;
 }
 
 uint32_t shmp_ctl_section(const shmp_control *c)
@@ -229,9 +242,13 @@ int shmp_ctl_end_lap(shmp_control *c)
 {
     if (c == NULL)
         return SHMP_EINVAL;
+    uint64_t now = shmp_now_ns();
+    int bits = leave_bits(&c->s, now);
+    atomic_store_explicit(&c->s.deadline_ns, 0, RELEASE);
+    atomic_store_explicit(&c->s.section, 0, RELAXED);
     atomic_fetch_add_explicit(&c->s.lap, 1, RELAXED);
-    atomic_store_explicit(&c->s.heartbeat_ns, shmp_now_ns(), RELAXED);
-    return (int)atomic_load_explicit(&c->s.stop, RELAXED);
+    atomic_store_explicit(&c->s.heartbeat_ns, now, RELAXED);
+    return bits;
 }
 
 /* ---- lives, heartbeat, identity, exit ------------------------------------------ */

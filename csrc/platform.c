@@ -23,6 +23,7 @@
 #if defined(__linux__) && !defined(SHMP_PORTABLE)
 #  define SHMP_LINUX 1
 #  include <linux/futex.h>
+#  include <sys/prctl.h>
 #  include <sys/syscall.h>
 #else
 #  define SHMP_LINUX 0
@@ -70,15 +71,11 @@ int64_t shmp_remaining(uint64_t deadline)
     return left > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)left;
 }
 
-/* Reserve the space now: on tmpfs, posix_fallocate allocates the pages, so
- * a full /dev/shm is ENOSPC here instead of SIGBUS on first touch.      */
-static int reserve(int fd, uint64_t size)
+/* Reserve space now: on tmpfs, posix_fallocate allocates the pages, so a
+ * full /dev/shm is ENOSPC here instead of SIGBUS on first touch.        */
+int shmp_os_reserve(int fd, uint64_t offset, uint64_t size)
 {
-    if (ftruncate(fd, (off_t)size) != 0) {
-        shmp_set_errno(errno);
-        return errno == ENOSPC || errno == EFBIG ? SHMP_ENOSPC : SHMP_EOS;
-    }
-    int rc = posix_fallocate(fd, 0, (off_t)size);
+    int rc = posix_fallocate(fd, (off_t)offset, (off_t)size);
     if (rc == ENOSPC || rc == EFBIG || rc == ENOMEM) {
         shmp_set_errno(rc);
         return SHMP_ENOSPC;
@@ -92,7 +89,16 @@ static int reserve(int fd, uint64_t size)
     return SHMP_OK;
 }
 
-int shmp_os_anon_fd(uint64_t size, int *fd_out)
+static int set_size(int fd, uint64_t size)
+{
+    if (ftruncate(fd, (off_t)size) != 0) {
+        shmp_set_errno(errno);
+        return errno == ENOSPC || errno == EFBIG ? SHMP_ENOSPC : SHMP_EOS;
+    }
+    return SHMP_OK;
+}
+
+int shmp_os_anon_fd(uint64_t size, int reserve_space, int *fd_out)
 {
     int fd;
 #if SHMP_LINUX
@@ -122,7 +128,9 @@ int shmp_os_anon_fd(uint64_t size, int *fd_out)
     if (fl >= 0)
         fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
 #endif
-    int rc = reserve(fd, size);
+    int rc = set_size(fd, size);
+    if (rc == SHMP_OK && reserve_space)
+        rc = shmp_os_reserve(fd, 0, size);
     if (rc != SHMP_OK) {
         close(fd);
         return rc;
@@ -163,6 +171,33 @@ int shmp_os_open_peer(int32_t pid, int32_t fd, int *fd_out)
     shmp_set_errno(ENOSYS);
     return SHMP_EPEER;
 #endif
+}
+
+int shmp_os_parent_death_signal(int signo)
+{
+#if defined(__linux__)
+    /* Not behind SHMP_PORTABLE: this is process hygiene, not shared memory. */
+    if (prctl(PR_SET_PDEATHSIG, signo) != 0) {
+        shmp_set_errno(errno);
+        return SHMP_EOS;
+    }
+#else
+    (void)signo;
+#endif
+    return SHMP_OK;
+}
+
+int shmp_parent_death_signal(int signo, int32_t expected_parent)
+{
+    if (signo < 0 || signo > 64)
+        return SHMP_EINVAL;
+    int rc = signo ? shmp_os_parent_death_signal(signo) : SHMP_OK;
+    if (rc != SHMP_OK)
+        return rc;
+    /* The parent may have died before the prctl: then no signal will come. */
+    if (expected_parent > 0 && getppid() != (pid_t)expected_parent)
+        return SHMP_EPEER;
+    return SHMP_OK;
 }
 
 /* ---- futex ------------------------------------------------------------- */

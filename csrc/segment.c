@@ -16,10 +16,16 @@
 #include <unistd.h>
 
 #ifdef MAP_POPULATE
-#  define SHMP_MAP_FLAGS (MAP_SHARED | MAP_POPULATE)  /* fault pages in one batch */
+#  define SHMP_POPULATE MAP_POPULATE    /* fault reserved pages in one batch */
 #else
-#  define SHMP_MAP_FLAGS MAP_SHARED
+#  define SHMP_POPULATE 0
 #endif
+
+/* Never prefault a sparse segment: that would allocate all of it. */
+static int map_flags(uint32_t seg_flags)
+{
+    return MAP_SHARED | ((seg_flags & SHMP_SEG_SPARSE) ? 0 : SHMP_POPULATE);
+}
 
 uint64_t shmp_seg_check_word(const shmp_seg_header *h)
 {
@@ -27,6 +33,7 @@ uint64_t shmp_seg_check_word(const shmp_seg_header *h)
     x ^= h->total_size * 0x9e3779b97f4a7c15ull;
     x ^= h->payload_size * 0xc2b2ae3d27d4eb4full;
     x ^= ((uint64_t)h->header_size << 32) ^ h->layout_size;
+    x ^= (uint64_t)h->flags << 17;
     return x;
 }
 
@@ -60,27 +67,33 @@ static int header_ok(const shmp_seg_header *h, uint32_t kind)
         return 0;
     if (h->layout_size != shmp_kind_layout_size(h->kind))
         return 0;
+    if ((h->flags & ~SHMP_SEG_SPARSE) != 0)
+        return 0;
     if (h->payload_size > SHMP_MAX_PAYLOAD ||
         h->total_size != SHMP_PAYLOAD_OFFSET + page_round(h->payload_size))
         return 0;
     return h->check == shmp_seg_check_word(h);
 }
 
-int shmp_seg_create(uint32_t kind, uint64_t payload_size, int *fd_out, void **payload_out)
+static int create(uint32_t kind, uint64_t payload_size, uint32_t flags, int *fd_out,
+                  void **payload_out)
 {
     if (fd_out == NULL || payload_out == NULL || shmp_kind_layout_size(kind) == UINT32_MAX)
         return SHMP_EINVAL;
     if (payload_size == 0 || payload_size > SHMP_MAX_PAYLOAD)
         return SHMP_EINVAL;
     uint64_t total = SHMP_PAYLOAD_OFFSET + page_round(payload_size);
-    int fd, rc = shmp_os_anon_fd(total, &fd);
+    int sparse = (flags & SHMP_SEG_SPARSE) != 0;
+    int fd, rc = shmp_os_anon_fd(total, !sparse, &fd);
     if (rc != SHMP_OK)
         return rc;
-    if ((rc = shmp_os_seal(fd)) != SHMP_OK) {
+    /* A sparse segment still needs its header page: reserve just that. */
+    if ((sparse && (rc = shmp_os_reserve(fd, 0, SHMP_PAYLOAD_OFFSET)) != SHMP_OK) ||
+        (rc = shmp_os_seal(fd)) != SHMP_OK) {
         close(fd);
         return rc;
     }
-    uint8_t *base = mmap(NULL, (size_t)total, PROT_READ | PROT_WRITE, SHMP_MAP_FLAGS, fd, 0);
+    uint8_t *base = mmap(NULL, (size_t)total, PROT_READ | PROT_WRITE, map_flags(flags), fd, 0);
     if (base == MAP_FAILED) {
         shmp_set_errno(errno);
         close(fd);
@@ -94,11 +107,39 @@ int shmp_seg_create(uint32_t kind, uint64_t payload_size, int *fd_out, void **pa
     h->payload_size = payload_size;
     h->header_size = sizeof(shmp_seg_header);
     h->layout_size = shmp_kind_layout_size(kind);
+    h->flags = flags;
     h->creator_pid = (uint64_t)getpid();
     h->check = shmp_seg_check_word(h);
     *fd_out = fd;
     *payload_out = base + SHMP_PAYLOAD_OFFSET;
     return SHMP_OK;
+}
+
+int shmp_seg_create(uint32_t kind, uint64_t payload_size, int *fd_out, void **payload_out)
+{
+    return create(kind, payload_size, 0, fd_out, payload_out);
+}
+
+int shmp_seg_create_sparse(uint32_t kind, uint64_t payload_size, int *fd_out, void **payload_out)
+{
+    /* Only blobs may be sparse: rings and control blocks are written at
+     * once and must never fault on memory that is not there.          */
+    if (kind != SHMP_KIND_BLOB)
+        return SHMP_EINVAL;
+    return create(kind, payload_size, SHMP_SEG_SPARSE, fd_out, payload_out);
+}
+
+int shmp_seg_reserve(int fd, uint64_t payload_offset, uint64_t length)
+{
+    if (fd < 0 || length == 0 || payload_offset > SHMP_MAX_PAYLOAD ||
+        length > SHMP_MAX_PAYLOAD - payload_offset)
+        return SHMP_EINVAL;
+    shmp_seg_header h;
+    if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h || !header_ok(&h, 0))
+        return SHMP_ECORRUPT;
+    if (payload_offset + length > h.payload_size)
+        return SHMP_EINVAL;
+    return shmp_os_reserve(fd, SHMP_PAYLOAD_OFFSET + payload_offset, length);
 }
 
 int shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload_size_out)
@@ -119,7 +160,7 @@ int shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload
     if (!header_ok(&h, kind) || (uint64_t)st.st_size != h.total_size)
         return SHMP_ECORRUPT;
     uint8_t *base = mmap(NULL, (size_t)h.total_size, PROT_READ | PROT_WRITE,
-                         SHMP_MAP_FLAGS, fd, 0);
+                         map_flags(h.flags), fd, 0);
     if (base == MAP_FAILED) {
         shmp_set_errno(errno);
         return SHMP_EOS;

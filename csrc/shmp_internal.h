@@ -36,6 +36,8 @@ typedef struct shmp_seg_header {
     uint64_t payload_size;      /* bytes usable after the header page */
     uint32_t header_size;       /* sizeof(shmp_seg_header): layout check */
     uint32_t layout_size;       /* sizeof of the kind's shared struct */
+    uint32_t flags;             /* SHMP_SEG_SPARSE: nothing reserved, never prefault */
+    uint32_t reserved0;
     uint64_t creator_pid;
     uint64_t check;             /* magic ^ kind ^ sizes: catches torn or stray writes */
 } shmp_seg_header;
@@ -43,6 +45,7 @@ typedef struct shmp_seg_header {
 /* The payload starts one page after the header so payloads stay page
  * aligned (large numpy arrays and rings get whole pages).               */
 #define SHMP_PAYLOAD_OFFSET SHMP_PAGE
+#define SHMP_SEG_SPARSE     1u
 
 uint64_t shmp_seg_check_word(const shmp_seg_header *h);
 /* Layout size recorded for each kind, compared on attach. */
@@ -122,7 +125,9 @@ typedef struct shmp_control_array {
 } shmp_control_array;
 
 /* ---- platform layer (platform.c): the only Linux-specific code ----------- */
-int  shmp_os_anon_fd(uint64_t size, int *fd_out);   /* memfd or unlinked shm_open */
+int  shmp_os_anon_fd(uint64_t size, int reserve_space, int *fd_out);   /* memfd or unlinked shm_open */
+int  shmp_os_reserve(int fd, uint64_t offset, uint64_t length);
+int  shmp_os_parent_death_signal(int signo);
 int  shmp_os_seal(int fd);                          /* forbid resizing where supported */
 int  shmp_os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
 int  shmp_os_futex_wake(_Atomic uint32_t *word, int32_t count);

@@ -76,6 +76,12 @@ enum {
     SHMP_FEAT_PEER_FD = 4           /* shmp_seg_open_peer works */
 };
 
+/* ---- bits returned by shmp_ctl_enter / shmp_ctl_leave / shmp_ctl_end_lap - */
+enum {
+    SHMP_CTL_STOP    = 1,
+    SHMP_CTL_OVERRAN = 2
+};
+
 /* ---- diagnostics ------------------------------------------------------- */
 uint32_t shmp_platform_features(void);
 int      shmp_last_errno(void);          /* errno of the last SHMP_EOS, per thread */
@@ -97,6 +103,12 @@ uint64_t shmp_now_ns(void);              /* monotonic, nanoseconds */
  * trusting the shared header, which another process could damage).  open_peer: opens a descriptor that a live process
  * holds (Linux: /proc/PID/fd/N) so out-of-band data needs no socket.    */
 int  shmp_seg_create(uint32_t kind, uint64_t payload_size, int *fd_out, void **payload_out);
+/* A sparse segment reserves nothing up front: pages are allocated when
+ * written, so a large arena (for results of unknown size) costs only what
+ * is used.  Reserve a range with shmp_seg_reserve before writing it, so a
+ * full memory is a clean SHMP_ENOSPC instead of SIGBUS.                 */
+int  shmp_seg_create_sparse(uint32_t kind, uint64_t payload_size, int *fd_out, void **payload_out);
+int  shmp_seg_reserve(int fd, uint64_t payload_offset, uint64_t length);
 int  shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload_size_out);
 int  shmp_seg_unmap(void *payload, uint64_t payload_size);
 int  shmp_seg_payload_size(const void *payload, uint64_t *size_out);
@@ -174,14 +186,18 @@ int  shmp_ctl_wait_stop(shmp_control *ctl, int64_t timeout_ns);
 
 uint64_t shmp_ctl_lap(const shmp_control *ctl);
 int  shmp_ctl_set_lap(shmp_control *ctl, uint64_t lap);
-/* enter a section: records section id, start time and deadline (0 = none);
- * returns 1 if a stop was requested, 0 otherwise, or a negative status.  */
+/* enter a section: records section id, start time and deadline (0 = none).
+ * Returns a bit set (or a negative status): SHMP_CTL_STOP if a stop was
+ * requested, SHMP_CTL_OVERRAN if the section being left had passed its
+ * deadline.  One call per section transition is the whole per-section
+ * cost of the engine's bookkeeping: stores and a vDSO clock read.       */
 int  shmp_ctl_enter(shmp_control *ctl, uint32_t section, uint64_t timeout_ns);
 int  shmp_ctl_leave(shmp_control *ctl);
 uint32_t shmp_ctl_section(const shmp_control *ctl);
 uint64_t shmp_ctl_section_start_ns(const shmp_control *ctl);
 uint64_t shmp_ctl_deadline_ns(const shmp_control *ctl);
-/* ends a lap: bumps the lap counter and the heartbeat; returns the stop flag */
+/* ends a lap: leaves the current section (same bits as enter), bumps the
+ * lap counter and the heartbeat.                                        */
 int  shmp_ctl_end_lap(shmp_control *ctl);
 
 uint32_t shmp_ctl_lives(const shmp_control *ctl);
@@ -196,6 +212,11 @@ int  shmp_ctl_exit(const shmp_control *ctl, int32_t *code_out, int32_t *signo_ou
 /* ---- wait/wake on a 32-bit shared word ----------------------------------
  * Exposed for tests and for the engine's own words; the ring and control
  * block use these internally.                                            */
+/* Linux: deliver `signo` to this process when its parent dies (prctl),
+ * then check the parent is still `expected_parent`; SHMP_EPEER if it is
+ * already gone.  Elsewhere: only the check.                              */
+int  shmp_parent_death_signal(int signo, int32_t expected_parent);
+
 int  shmp_wait_u32(void *word, uint32_t expected, int64_t timeout_ns);
 int  shmp_wake_u32(void *word, int32_t count);
 uint32_t shmp_load_u32(const void *word);               /* acquire load */

@@ -499,3 +499,65 @@ def test_control_bad_arguments():
     assert lib.shmp_ctl_lap(other.blocks[1]) == 7
     other.close()
     ctl.close()
+
+
+# ---- sparse segments, section overrun bits, parent-death signal ------------------
+
+def test_sparse_segment_reserves_on_demand():
+    fd = ffi.new("int *")
+    p = ffi.new("void **")
+    big = 1 << 36                                       # 64 GiB of address space, ~0 used
+    assert lib.shmp_seg_create_sparse(lib.SHMP_KIND_BLOB, big, fd, p) == OK
+    try:
+        assert lib.shmp_seg_create_sparse(lib.SHMP_KIND_RING, 4096, fd, p) == lib.SHMP_EINVAL
+        assert lib.shmp_seg_reserve(fd[0], 0, 1 << 20) == OK
+        ffi.memmove(p[0], b"x" * (1 << 20), 1 << 20)
+        assert lib.shmp_seg_reserve(fd[0], big - 4096, 4096) == OK
+        assert lib.shmp_seg_reserve(fd[0], big - 4096, 8192) == lib.SHMP_EINVAL   # past the end
+        assert lib.shmp_seg_reserve(fd[0], 0, 0) == lib.SHMP_EINVAL
+        assert lib.shmp_seg_reserve(-1, 0, 10) == lib.SHMP_EINVAL
+        assert os.fstat(fd[0]).st_blocks * 512 < 64 << 20      # only what was reserved
+        q = ffi.new("void **")
+        size = ffi.new("uint64_t *")
+        assert lib.shmp_seg_attach(fd[0], lib.SHMP_KIND_BLOB, q, size) == OK   # no prefault
+        assert size[0] == big and ffi.buffer(q[0], 3)[:] == b"xxx"
+        assert lib.shmp_seg_unmap(q[0], big) == OK
+        assert os.fstat(fd[0]).st_blocks * 512 < 64 << 20
+    finally:
+        assert lib.shmp_seg_unmap(p[0], big) == OK
+        os.close(fd[0])
+
+
+def test_reserve_rejects_a_non_segment(tmp_path):
+    path = tmp_path / "junk"
+    path.write_bytes(b"\0" * 3 * PAGE)
+    with open(path, "rb+") as f:
+        assert lib.shmp_seg_reserve(f.fileno(), 0, 10) == lib.SHMP_ECORRUPT
+
+
+def test_section_overrun_and_stop_bits():
+    ctl = native.ControlArray.create(1)
+    c = ctl.blocks[0]
+    assert lib.shmp_ctl_enter(c, 1, 1) == 0             # 1 ns deadline: overran at once
+    t = lib.shmp_now_ns()
+    while lib.shmp_now_ns() - t < 1000:
+        pass
+    assert lib.shmp_ctl_enter(c, 2, 10**12) == lib.SHMP_CTL_OVERRAN
+    assert lib.shmp_ctl_enter(c, 3, 0) == 0             # left section 2 in time
+    lib.shmp_ctl_request_stop(c)
+    assert lib.shmp_ctl_enter(c, 1, 1) == lib.SHMP_CTL_STOP
+    while lib.shmp_now_ns() - t < 5000:
+        pass
+    assert lib.shmp_ctl_end_lap(c) == lib.SHMP_CTL_STOP | lib.SHMP_CTL_OVERRAN
+    assert lib.shmp_ctl_deadline_ns(c) == 0 and lib.shmp_ctl_section(c) == 0
+    assert lib.shmp_ctl_enter(c, 1, 1) == lib.SHMP_CTL_STOP
+    while lib.shmp_now_ns() - t < 10000:
+        pass
+    assert lib.shmp_ctl_leave(c) == lib.SHMP_CTL_STOP | lib.SHMP_CTL_OVERRAN
+    ctl.close()
+
+
+def test_parent_death_signal_checks_the_parent():
+    assert lib.shmp_parent_death_signal(0, os.getppid()) == OK
+    assert lib.shmp_parent_death_signal(0, 1 if os.getppid() != 1 else 2) == lib.SHMP_EPEER
+    assert lib.shmp_parent_death_signal(-1, 0) == lib.SHMP_EINVAL
