@@ -17,7 +17,8 @@ from ._shmp_cffi import ffi, lib
 from .errors import CorruptSharedMemoryError, SharedMemoryError
 
 __all__ = [
-    "ffi", "lib", "check", "now_ns", "timeout_ns", "Ring", "Blob", "ControlArray",
+    "ffi", "lib", "check", "now_ns", "timeout_ns", "Ring", "Blob", "ControlArray", "Control",
+    "Arena", "parent_death_signal",
     "open_peer_fd", "OK", "EFULL", "EEMPTY", "ETIMEDOUT", "EINTR", "ESMALLBUF",
     "ETOOBIG", "ESTATE", "EPEER",
 ]
@@ -290,7 +291,11 @@ def _control_mapping(payload):
 
 
 class ControlArray:
-    """`count` control blocks in one shared segment (see csrc/control.c)."""
+    """`count` control blocks in one shared segment (see csrc/control.c).
+
+    Pickles by passing its descriptor (multiprocessing's DupFd), so it can
+    be handed to a spawn or forkserver child as a Process argument.
+    """
 
     __slots__ = ("fd", "count", "_payload", "blocks", "__weakref__")
 
@@ -323,8 +328,179 @@ class ControlArray:
             check(rc, "attaching control blocks")
         return cls(fd, n[0], _control_mapping(p[0]))
 
+    def control(self, index: int) -> "Control":
+        return Control(self, index)
+
     def close(self):
         """Close the descriptor; the mapping goes when the last block reference does."""
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
+
+    def __reduce__(self):
+        return _attach_control_array, (_dup_for_child(self.fd, "control blocks"),)
+
+
+def _attach_control_array(dupfd):
+    return ControlArray.attach(dupfd.detach())
+
+
+class Control:
+    """One worker's control block, with its calls bound (see csrc/control.c).
+
+    The worker's hot path uses `enter`, `end_lap` (stores and a vDSO clock
+    read, no syscall); the parent reads the rest at any time.
+    """
+
+    __slots__ = ("array", "index", "block", "enter", "end_lap", "leave", "lap")
+
+    def __init__(self, array: ControlArray, index: int):
+        if not 0 <= index < array.count:
+            raise IndexError(f"control block {index} of {array.count}")
+        self.array = array                      # keeps the mapping alive
+        self.index = index
+        self.block = b = array.blocks[index]
+        self.enter = partial(lib.shmp_ctl_enter, b)        # (section, timeout_ns) -> bits
+        self.end_lap = partial(lib.shmp_ctl_end_lap, b)    # () -> bits
+        self.leave = partial(lib.shmp_ctl_leave, b)        # () -> bits
+        self.lap = partial(lib.shmp_ctl_lap, b)            # () -> int
+
+    def reset(self):
+        check(lib.shmp_ctl_reset(self.block), "resetting a control block")
+
+    @property
+    def state(self) -> int:
+        return lib.shmp_ctl_state(self.block)
+
+    def set_state(self, state: int):
+        check(lib.shmp_ctl_set_state(self.block, state), "setting a worker state")
+
+    def wait_state(self, at_least: int, timeout_ns: int) -> int:
+        """OK once state >= at_least; ETIMEDOUT or EINTR otherwise."""
+        return lib.shmp_ctl_wait_state(self.block, at_least, timeout_ns)
+
+    def request_stop(self):
+        lib.shmp_ctl_request_stop(self.block)
+
+    def clear_stop(self):
+        lib.shmp_ctl_clear_stop(self.block)
+
+    @property
+    def stop_requested(self) -> bool:
+        return bool(lib.shmp_ctl_stop_requested(self.block))
+
+    def set_lap(self, lap: int):
+        lib.shmp_ctl_set_lap(self.block, lap)
+
+    @property
+    def section(self) -> int:
+        return lib.shmp_ctl_section(self.block)
+
+    @property
+    def section_start_ns(self) -> int:
+        return lib.shmp_ctl_section_start_ns(self.block)
+
+    @property
+    def deadline_ns(self) -> int:
+        return lib.shmp_ctl_deadline_ns(self.block)
+
+    @property
+    def lives(self) -> int:
+        return lib.shmp_ctl_lives(self.block)
+
+    def set_lives(self, lives: int):
+        lib.shmp_ctl_set_lives(self.block, lives)
+
+    @property
+    def heartbeat_ns(self) -> int:
+        return lib.shmp_ctl_heartbeat_ns(self.block)
+
+    def beat(self):
+        lib.shmp_ctl_beat(self.block)
+
+    @property
+    def pid(self) -> int:
+        return lib.shmp_ctl_pid(self.block)
+
+    def set_pid(self, pid: int):
+        check(lib.shmp_ctl_set_pid(self.block, pid), "recording a worker pid")
+
+    def set_exit(self, code: int, signo: int):
+        check(lib.shmp_ctl_set_exit(self.block, code, signo), "recording a worker exit")
+
+    def exit_info(self):
+        code, sig = ffi.new("int32_t *"), ffi.new("int32_t *")
+        check(lib.shmp_ctl_exit(self.block, code, sig), "reading a worker exit")
+        return code[0], sig[0]
+
+
+class Arena:
+    """A sparse shared segment for data of unknown size (state, results).
+
+    Costs address space, not memory: pages exist once written.  `reserve`
+    a range before writing it, so an exhausted machine gives a clean
+    SharedMemoryError rather than SIGBUS.  `view()` is a buffer whose life
+    keeps the mapping alive (see _mapping).
+    """
+
+    __slots__ = ("fd", "size", "buffer", "__weakref__")
+
+    def __init__(self, fd: int, size: int, buffer):
+        self.fd = fd
+        self.size = size
+        self.buffer = buffer
+
+    @classmethod
+    def create(cls, size: int):
+        fd = ffi.new("int *")
+        p = ffi.new("void **")
+        check(lib.shmp_seg_create_sparse(lib.SHMP_KIND_BLOB, size, fd, p),
+              f"creating a {size}-byte arena")
+        return cls(fd[0], size, _mapping(p[0], size))
+
+    @classmethod
+    def attach(cls, fd: int):
+        """Map the arena behind `fd`; takes ownership of `fd` (closed on failure)."""
+        p = ffi.new("void **")
+        n = ffi.new("uint64_t *")
+        rc = lib.shmp_seg_attach(_fd_arg(fd), lib.SHMP_KIND_BLOB, p, n)
+        if rc != OK:
+            os.close(fd)
+            check(rc, "attaching an arena")
+        return cls(fd, n[0], _mapping(p[0], n[0]))
+
+    def reserve(self, offset: int, length: int):
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ValueError(f"{length} bytes at {offset} do not fit in a {self.size}-byte arena")
+        if length:
+            check(lib.shmp_seg_reserve(self.fd, offset, length),
+                  f"reserving {length} bytes of shared memory")
+
+    def close(self):
+        """Close the descriptor; the mapping lives while views of it do."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __reduce__(self):
+        return _attach_arena, (_dup_for_child(self.fd, "an arena"),)
+
+
+def _attach_arena(dupfd):
+    return Arena.attach(dupfd.detach())
+
+
+def _dup_for_child(fd: int, what: str):
+    if fd < 0:
+        raise ValueError(f"{what} was closed in this process and cannot be sent to another")
+    from multiprocessing.reduction import DupFd
+    return DupFd(fd)
+
+
+def parent_death_signal(signo: int, expected_parent: int) -> bool:
+    """Ask for `signo` when the parent dies; False if it already has."""
+    rc = lib.shmp_parent_death_signal(signo, expected_parent)
+    if rc == EPEER:
+        return False
+    check(rc, "arranging for the parent's death signal")
+    return True

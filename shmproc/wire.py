@@ -53,15 +53,20 @@ def _cloudpickle(obj, buffers: list) -> bytes:
     return f.getvalue()
 
 
-def dumps(obj) -> tuple[bytes, list]:
-    """Serialize `obj`; returns (pickle bytes, out-of-band PickleBuffers)."""
+def dumps(obj, same_main: bool = False) -> tuple[bytes, list]:
+    """Serialize `obj`; returns (pickle bytes, out-of-band PickleBuffers).
+
+    same_main: the reader shares this process's __main__ (a fork child), so
+    references to __main__ objects resolve there and need not be shipped by
+    value (which costs ~1 ms for a class).
+    """
     buffers: list = []
     try:
         data = pickle.dumps(obj, PROTOCOL, buffer_callback=_collector(buffers))
     except (pickle.PicklingError, AttributeError, TypeError):
         data = None
     else:
-        if _MAIN_MARKER not in data:
+        if same_main or _MAIN_MARKER not in data:
             return data, buffers
     buffers.clear()
     try:
@@ -76,3 +81,35 @@ def dumps(obj) -> tuple[bytes, list]:
 def loads(data, buffers=()):
     """Inverse of dumps; `buffers` are the out-of-band buffers in order."""
     return pickle.loads(data, buffers=buffers)
+
+
+def find_unpicklable(obj, root: str = "self", max_depth: int = 6):
+    """(path, type, error) of the deepest part of `obj` that cannot be
+    serialized, or None.  Only called after a failure, so its cost does not
+    matter; it names the culprit, e.g. ``self.conn.sock``.
+    """
+    seen = set()
+
+    def children(o, path):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                yield (f"{path}.{k}" if path == root and isinstance(k, str) else f"{path}[{k!r}]"), v
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            for i, v in enumerate(o):
+                yield f"{path}[{i}]", v
+        elif hasattr(o, "__dict__") and not isinstance(o, type):
+            for k, v in vars(o).items():
+                yield f"{path}.{k}", v
+
+    def walk(o, path, depth):
+        if id(o) in seen or depth > max_depth:
+            return None
+        seen.add(id(o))
+        for p, v in children(o, path):
+            try:
+                dumps(v)
+            except Exception as exc:                 # noqa: BLE001 - any failure names it
+                return walk(v, p, depth + 1) or (p, type(v), exc.__cause__ or exc)
+        return None
+
+    return walk(obj, root, 0)

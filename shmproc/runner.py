@@ -1,0 +1,244 @@
+"""The worker side of a Process: its lifecycle, run in the child.
+
+    worker_entry (child main thread)
+      ├─ copy the serialized object out of the arena (kept for lives)
+      ├─ per life: rebuild the object, run laps
+      │     lap: [stop? num_loops? join_in?] → preloop → loop → postloop
+      │     each section: ctl.enter(section, timeout) — stores only
+      ├─ onfinish → result           (or __error__ when the run failed for good)
+      └─ write the outcome into the arena, set state DONE/FAILED
+
+The parent sees the lap counter and the current section live in the
+control block; nothing else crosses until the outcome.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from . import native, transfer
+from .errors import ProcessError, ResultError, TimeoutError as SectionTimeoutError
+from .native import lib
+from .watchdog import EXIT_ORPHANED, ParentWatch, Watchdog, send_alarm
+
+# Section ids in the control block (0 = none).
+PRELOOP, LOOP, POSTLOOP, ONFINISH, RESULT, ERROR = 1, 2, 3, 4, 5, 6
+SECTION_NAMES = {PRELOOP: "preloop", LOOP: "loop", POSTLOOP: "postloop", ONFINISH: "onfinish",
+                 RESULT: "result", ERROR: "error"}
+_RETRIED = (PRELOOP, LOOP, POSTLOOP)          # failures here consume a life
+
+STOP = lib.SHMP_CTL_STOP
+OVERRAN = lib.SHMP_CTL_OVERRAN
+
+# Outcome kinds written to the arena.
+OK_RESULT, FAILED_RESULT = 1, 2
+
+
+class _Timeout(BaseException):
+    """Raised inside a hook by the watchdog's signal; a BaseException so a
+    hook's ``except Exception`` does not swallow it."""
+
+
+class _Failure(Exception):
+    def __init__(self, section, error):
+        super().__init__(section)
+        self.section = section
+        self.error = error            # a ProcessError, ready for the parent
+
+
+def _timeout_ns(seconds):
+    return 0 if seconds is None else max(1, int(seconds * 1e9))
+
+
+class Runner:
+    """Runs one Process object's whole lifecycle in this (worker) process."""
+
+    def __init__(self, ctl, record: bytes, name: str):
+        self.ctl = ctl
+        self.record = record          # serialized object: lives restart from it
+        self.name = name
+        self.lap = 0
+        self.armed = False            # a hook is executing (timeouts may raise)
+        self.fired_start = -1         # section start stamp the watchdog fired for
+        self.obj = None
+
+    # -- timeouts ----------------------------------------------------------------
+    def on_alarm(self, signum, frame):
+        if self.armed and self.ctl.section_start_ns == self.fired_start:
+            raise _Timeout()
+
+    def fire(self, start_ns):
+        self.fired_start = start_ns
+        send_alarm(self.main_ident)
+
+    # -- one section -------------------------------------------------------------
+    def _failure(self, section, exc, timeout_s=None):
+        lap = self.lap
+        if isinstance(exc, _Timeout):
+            err = SectionTimeoutError(SECTION_NAMES[section], timeout_s, lap,
+                                      process_name=self.name,
+                                      traceback_text="".join(traceback.format_exception(exc)))
+        else:
+            err = ProcessError.wrap(SECTION_NAMES[section], exc, lap, process_name=self.name)
+        return _Failure(section, err)
+
+    def _overran(self, section, timeout_s):
+        err = SectionTimeoutError(SECTION_NAMES[section], timeout_s, self.lap, process_name=self.name)
+        return _Failure(section, err)
+
+    # -- the loop ----------------------------------------------------------------
+    def run_laps(self, obj):
+        """Run laps until a stop condition; raises _Failure."""
+        cfg = obj.config
+        tmo = cfg.timeouts
+        cls = type(obj)
+        from .process import Process
+        sections = []
+        for sec, attr, limit in ((PRELOOP, "__preloop__", tmo.preloop),
+                                 (LOOP, "__loop__", tmo.loop),
+                                 (POSTLOOP, "__postloop__", tmo.postloop)):
+            if getattr(cls, attr) is not getattr(Process, attr):      # skip the empty defaults
+                sections.append((sec, getattr(obj, attr), _timeout_ns(limit), limit))
+        num_loops, join_in = cfg.num_loops, cfg.join_in
+        enter, end_lap = self.ctl.enter, self.ctl.end_lap
+        stopping = self.ctl.stop_requested
+        started = time.monotonic()
+        last = (0, None)
+        while True:
+            if stopping or (num_loops is not None and self.lap >= num_loops):
+                break
+            if join_in is not None and time.monotonic() - started >= join_in:
+                break
+            for sec, hook, limit_ns, limit in sections:
+                bits = enter(sec, limit_ns)
+                if bits & OVERRAN:
+                    raise self._overran(*last)
+                last = (sec, limit)
+                self.armed = True
+                try:
+                    hook()
+                except BaseException as exc:
+                    self.armed = False
+                    raise self._failure(sec, exc, limit) from None
+                self.armed = False
+            bits = end_lap()
+            if bits & OVERRAN:
+                raise self._overran(*last)
+            stopping = bits & STOP
+            self.lap += 1
+            timers = obj.timers
+            if timers is not None:
+                timers.end_lap()
+
+    def run_single(self, obj, sec, attr, limit):
+        """Run one hook (onfinish, result, error) under its timeout; returns its value."""
+        self.ctl.enter(sec, _timeout_ns(limit))
+        self.armed = True
+        try:
+            value = getattr(obj, attr)()
+        except BaseException as exc:
+            self.armed = False
+            self.ctl.leave()
+            raise self._failure(sec, exc, limit) from None
+        self.armed = False
+        if self.ctl.leave() & OVERRAN:
+            raise self._overran(sec, limit)
+        return value
+
+    # -- the whole run -------------------------------------------------------------
+    def execute(self, obj):
+        """Run `obj` (the first life's object); returns (kind, payload) for the parent."""
+        lives = obj.config.lives
+        failure = None
+        while True:
+            obj._shmproc_bind_worker(self)
+            obj.config.lives = lives
+            self.ctl.set_lives(lives)
+            self.lap = 0
+            self.ctl.set_lap(0)
+            self.obj = obj
+            try:
+                self.run_laps(obj)
+                failure = None
+                break
+            except _Failure as f:
+                failure = f
+            if failure.section in _RETRIED and lives > 1:
+                lives -= 1
+                obj = transfer.loads_copy(self.record)      # fresh state for the next life
+                continue
+            break
+        self.ctl.set_state(lib.SHMP_STATE_FINISHING)
+        if failure is None:
+            try:
+                self.run_single(obj, ONFINISH, "__onfinish__", obj.config.timeouts.onfinish)
+                value = self.run_single(obj, RESULT, "__result__", None)
+                return OK_RESULT, (value, obj.timers, None, self.lap)
+            except _Failure as f:
+                failure = f
+        obj.error = failure.error
+        try:
+            value = self.run_single(obj, ERROR, "__error__", None)
+        except _Failure:
+            value = failure.error         # __error__ itself failed: report the run's error
+        return FAILED_RESULT, (value, obj.timers, failure.error, self.lap)
+
+
+def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direct_child: bool,
+                 use_pdeathsig: bool):
+    """The target of the worker process."""
+    ctl = ctl_array.control(index)
+    # Ctrl-C belongs to the parent: it stops us (then kills us if we linger).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = ParentWatch(parent_pid, direct_child)
+    if direct_child and use_pdeathsig:
+        if not native.parent_death_signal(signal.SIGKILL, parent_pid):
+            os._exit(EXIT_ORPHANED)                   # the parent is already gone
+    elif not parent.alive():
+        os._exit(EXIT_ORPHANED)
+    ctl.set_pid(os.getpid())
+    record = transfer.read_bytes(arena)
+    runner = Runner(ctl, record, name)
+    runner.main_ident = threading.main_thread().ident
+    signal.signal(signal.SIGALRM, runner.on_alarm)
+    ctl.set_state(lib.SHMP_STATE_RUNNING)
+    try:
+        obj = transfer.loads_copy(record)
+        t = obj.config.timeouts
+        limits = (t.preloop, t.loop, t.postloop, t.onfinish)
+    except BaseException as exc:                     # unpickling the state failed
+        _report(ctl, arena, FAILED_RESULT,
+                (ProcessError(f"could not rebuild the Process in the worker: "
+                              f"{type(exc).__name__}: {exc}",
+                              traceback_text="".join(traceback.format_exception(exc)),
+                              process_name=name), None, None, 0))
+        return
+    dog = Watchdog(ctl, limits, parent, runner.fire)
+    dog.start()
+    try:
+        kind, payload = runner.execute(obj)
+    finally:
+        dog.stop()
+    _report(ctl, arena, kind, payload)
+
+
+def _report(ctl, arena, kind, payload):
+    """Write the outcome; if it cannot be serialized, report that instead."""
+    try:
+        transfer.write(arena, payload, kind)
+    except BaseException as exc:
+        value, timers, _, lap = payload
+        err = ResultError(f"the result of __result__/__error__ could not be sent to the parent: "
+                          f"{type(exc).__name__}: {exc}", current_lap=lap, original_error=exc)
+        try:
+            transfer.write(arena, (err, timers, err, lap), FAILED_RESULT)
+        except BaseException:
+            transfer.write(arena, (err, None, err, lap), FAILED_RESULT)
+        kind = FAILED_RESULT
+    ctl.set_exit(0, 0)
+    ctl.set_state(lib.SHMP_STATE_DONE if kind == OK_RESULT else lib.SHMP_STATE_FAILED)
+    sys.stdout.flush()
