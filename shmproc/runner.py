@@ -123,6 +123,7 @@ class Runner:
                     hook()
                 except BaseException as exc:
                     self.armed = False
+                    self.ctl.leave()               # this section's deadline no longer applies
                     raise self._failure(sec, exc, limit) from None
                 self.armed = False
             bits = end_lap()
@@ -155,6 +156,7 @@ class Runner:
         lives = obj.config.lives
         failure = None
         while True:
+            self.ctl.leave()                       # no deadline carried into a new life
             obj._shmproc_bind_worker(self)
             obj.config.lives = lives
             self.ctl.set_lives(lives)
@@ -221,6 +223,13 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
     dog.start()
     try:
         kind, payload = runner.execute(obj)
+    except BaseException as exc:                     # a bug of ours: report it, don't just die
+        kind = FAILED_RESULT
+        err = ProcessError(f"the shmproc runner failed: {type(exc).__name__}: {exc}",
+                           current_lap=runner.lap,
+                           traceback_text="".join(traceback.format_exception(exc)),
+                           process_name=name)
+        payload = (err, None, err, runner.lap)
     finally:
         dog.stop()
     _report(ctl, arena, kind, payload)
