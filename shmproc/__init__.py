@@ -1,6 +1,6 @@
 """shmproc — class-based multiprocessing on lock-free shared-memory rings.
 
-    user code      Queue.put/get            (Process, Pool: coming in the engine)
+    user code      Process (start/wait/stop/result)     Queue.put/get
                          │
     wire           pickle protocol 5 (cloudpickle where needed); large
                    buffers out-of-band in their own shared segments
@@ -16,14 +16,19 @@ from .errors import CorruptSharedMemoryError, SharedMemoryError, ShmprocError
 
 __version__ = "0.1.0"
 
+_PROCESSING = (
+    "Process", "ProcessConfig", "TimeoutConfig", "ProcessTimers", "timesection",
+    "ProcessError", "PreloopError", "MainLoopError", "PostLoopError", "OnFinishError",
+    "ResultError", "TimeoutError", "ProcessCrashedError",
+)
+
 __all__ = [
     "Queue", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
-    "sktime", "circuit", "docs",
+    "sktime", "circuit", "docs", "processing", *_PROCESSING,
 ]
 
-_LAZY = {
-    "Queue": ("shmproc.queue", "Queue"),
-}
+_LAZY = {"Queue": ("shmproc.queue", "Queue")}
+_LAZY.update({name: ("shmproc.processing", name) for name in _PROCESSING})
 
 
 def __getattr__(name):
@@ -35,7 +40,7 @@ def __getattr__(name):
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
-    if name in ("sktime", "circuit", "docs", "native", "wire", "queue", "errors"):
+    if name in ("sktime", "circuit", "docs", "native", "wire", "queue", "errors", "processing"):
         return importlib.import_module(f"shmproc.{name}")
     raise AttributeError(f"module 'shmproc' has no attribute {name!r}")
 

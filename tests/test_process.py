@@ -646,3 +646,16 @@ def test_ctrl_c_stops_workers_without_orphans(tmp_path):
         parent.send_signal(signal.SIGINT)
         assert parent.wait(timeout=30) != 0               # KeyboardInterrupt ended it
     assert _wait_gone(worker), "the worker outlived Ctrl-C in the parent"
+
+
+def test_one_class_object_per_name_on_every_import_surface():
+    import shmproc.errors
+    import shmproc.process
+    for name in ("Process", "ProcessConfig", "TimeoutConfig", "ProcessTimers", "timesection",
+                 "ProcessError", "PreloopError", "MainLoopError", "PostLoopError",
+                 "OnFinishError", "ResultError", "TimeoutError", "ProcessCrashedError"):
+        assert getattr(shmproc, name) is getattr(processing, name), name
+    assert shmproc.Process is shmproc.process.Process
+    assert processing.TimeoutError is shmproc.errors.TimeoutError
+    from shmproc import circuit, docs, sktime                     # noqa: F401
+    assert callable(docs.download) and callable(sktime.Timer)
