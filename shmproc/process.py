@@ -21,7 +21,6 @@ import os
 import signal
 import threading
 import time
-import weakref
 
 from . import native, runner, transfer, wire
 from .config import ProcessConfig, default_start_method, validate
@@ -34,7 +33,7 @@ _HOOKS = ("__preloop__", "__loop__", "__postloop__", "__onfinish__", "__result__
 
 #: Address space reserved for one worker's state and result.  Sparse: only
 #: what is written costs memory.  A result larger than this is an error.
-ARENA_BYTES = 1 << 36
+ARENA_BYTES = 1 << 34
 
 #: How often a waiting parent checks that the worker is still alive.
 _LIVENESS_SLICE_NS = 20_000_000
@@ -239,13 +238,17 @@ class Process:
         _live.discard(self)
         if state in (lib.SHMP_STATE_DONE, lib.SHMP_STATE_FAILED) and not rt.killed:
             self._decode(rt)
+        else:
+            rt.arena = None                      # nothing to read from it
 
     def _decode(self, rt):
         if rt.decoded:
             return
-        (value, timers, error, lap), kind = transfer.read(rt.arena)
+        (value, timers, error, lap), kind, views = transfer.read(rt.arena)
         rt.outcome = (kind, value)
         rt.decoded = True
+        if not views:
+            rt.arena = None          # nothing refers to it: unmap now, not with the object
         self.timers = timers
         if error is not None:
             self.error = error.with_remote_traceback() if isinstance(error, ProcessError) else error
@@ -390,7 +393,9 @@ def _unserializable(proc, exc):
 
 # ---- shutdown: stop live workers, then kill them ---------------------------------------
 
-_live: "weakref.WeakSet[Process]" = weakref.WeakSet()
+# Strong references: a running worker must be stopped at exit even if the
+# user dropped its Process object.  Entries leave when the run ends.
+_live: "set[Process]" = set()
 _exit_hook_registered = False
 
 
@@ -410,6 +415,7 @@ def shutdown_all(grace: float = EXIT_GRACE_S):
     during the grace period kills at once.
     """
     procs = [p for p in list(_live) if p.is_alive]
+    _live.difference_update(procs)
     if not procs:
         return
     for p in procs:

@@ -60,7 +60,8 @@ def write(arena, obj, kind: int = 0, same_main: bool = False) -> int:
 
 
 def read(arena, copy: bool = False):
-    """(object, kind) written by `write`; buffers are read-only views unless copy."""
+    """(object, kind, views) written by `write`; buffers are read-only views
+    on the arena unless copy; `views` says whether any were made."""
     view = memoryview(arena.buffer).toreadonly()
     magic, kind, main_len, nbufs = _HEADER.unpack_from(view, 0)
     table = _HEADER.size + _BUF.size * nbufs
@@ -74,7 +75,7 @@ def read(arena, copy: bool = False):
             raise CorruptSharedMemoryError("a buffer lies outside the worker's arena")
         part = view[o:o + n]
         buffers.append(bytearray(part) if copy else part)
-    return wire.loads(view[main_at:main_at + main_len], buffers), kind
+    return wire.loads(view[main_at:main_at + main_len], buffers), kind, bool(buffers) and not copy
 
 
 def read_bytes(arena) -> bytes:
