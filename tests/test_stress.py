@@ -250,3 +250,49 @@ def test_wait_wake_ping_pong_never_loses_a_wakeup():
     p.join(30)
     assert p.exitcode == 0
     ctl.close()
+
+
+def _block_in_get(ring_fd_holder, out):
+    ring = ring_fd_holder
+    rc = ring.wait_data(-1)
+    out.put(rc)
+
+
+def test_mark_closed_wakes_a_consumer_blocked_in_another_process():
+    ring = native.Ring.create(4096)
+    out = shmproc.Queue()
+    p = mp.get_context("fork").Process(target=_block_in_get, args=(ring, out))
+    p.start()
+    import time
+    time.sleep(0.2)                                   # let it fall asleep on the futex
+    ring.mark_closed()
+    assert out.get(timeout=30) == native.ESTATE       # woke, saw the ring closed, no hang
+    p.join(30)
+    ring.close()
+    out.close()
+
+
+class _Burst(shmproc.Process):
+    """A short Process exercising control blocks, arenas and numpy results."""
+
+    def __init__(self, i):
+        self.i = i
+        self.config.num_loops = 50 + i
+        self.config.timeouts.loop = 5.0
+
+    def __loop__(self):
+        pass
+
+    def __result__(self):
+        import numpy as np
+        return np.full(1000 + self.i * 300_000, self.i, dtype=np.int32)
+
+
+def test_many_processes_at_once():
+    procs = [_Burst(i) for i in range(max(4, int(12 * SCALE)))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        arr = p.result
+        assert p.current_lap == 50 + p.i
+        assert arr.size == 1000 + p.i * 300_000 and (arr[::997] == p.i).all()
