@@ -18,8 +18,6 @@ from __future__ import annotations
 import io
 import pickle
 
-import cloudpickle
-
 PROTOCOL = 5
 
 #: Buffers at least this large travel out-of-band.  Below it, copying the
@@ -48,6 +46,7 @@ def _collector(buffers: list):
 
 
 def _cloudpickle(obj, buffers: list) -> bytes:
+    import cloudpickle          # imported on first need: a spawn child may never need it
     f = io.BytesIO()
     cloudpickle.Pickler(f, protocol=PROTOCOL, buffer_callback=_collector(buffers)).dump(obj)
     return f.getvalue()
