@@ -200,6 +200,22 @@ int shmp_parent_death_signal(int signo, int32_t expected_parent)
     return SHMP_OK;
 }
 
+int shmp_prefault(void *addr, uint64_t length)
+{
+    if (addr == NULL || length == 0)
+        return SHMP_EINVAL;
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+    uintptr_t start = (uintptr_t)addr & ~(uintptr_t)(SHMP_PAGE - 1);
+    uintptr_t end = (uintptr_t)addr + length;
+    if (madvise((void *)start, end - start, MADV_POPULATE_WRITE) != 0 &&
+        errno != EINVAL && errno != ENOSYS) {
+        shmp_set_errno(errno);
+        return errno == ENOMEM ? SHMP_ENOSPC : SHMP_EOS;
+    }
+#endif
+    return SHMP_OK;
+}
+
 /* ---- futex ------------------------------------------------------------- */
 
 int shmp_os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns)

@@ -23,7 +23,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 __all__ = ["download", "Permission", "find_docs_source", "project_root", "DOCS_SOURCE_DIRS"]
 

@@ -206,7 +206,7 @@ def _ring_closed(*args):
     raise RuntimeError("operation on a closed ring")
 
 
-def _mapping(payload, size: int, release_word=None, release_value=0):
+def _mapping(payload, size: int, release_word=None, release_value=0, on_unmap=None):
     """A buffer over a mapped payload that unmaps when the last view dies.
 
     ffi.gc ties the munmap to the pointer object; ffi.buffer keeps that
@@ -214,11 +214,14 @@ def _mapping(payload, size: int, release_word=None, release_value=0):
     buffer keeps the buffer alive.  So a result array may outlive the Blob
     that produced it: the mapping goes only with the last reference.  With
     `release_word`, that moment is also announced to the segment's owner
-    by storing `release_value` there (see blobs.py).
+    by storing `release_value` there (see blobs.py); `on_unmap()` is
+    called after the unmap (arena reuse, see process.py).
     """
     if release_word is None:
         def destroy(p):
             lib.shmp_seg_unmap(p, size)
+            if on_unmap is not None:
+                on_unmap()
     else:
         def destroy(p):
             lib.shmp_store_u32(p + release_word, release_value)
@@ -434,6 +437,10 @@ class Control:
         return code[0], sig[0]
 
 
+#: Ranges at least this large are faulted in with one call before writing.
+_PREFAULT_MIN = 1 << 20
+
+
 class Arena:
     """A sparse shared segment for data of unknown size (state, results).
 
@@ -451,15 +458,16 @@ class Arena:
         self.buffer = buffer
 
     @classmethod
-    def create(cls, size: int):
+    def create(cls, size: int, on_unmap=None):
+        """A new arena.  on_unmap(): called once this mapping is gone."""
         fd = ffi.new("int *")
         p = ffi.new("void **")
         check(lib.shmp_seg_create_sparse(lib.SHMP_KIND_BLOB, size, fd, p),
               f"creating a {size}-byte arena")
-        return cls(fd[0], size, _mapping(p[0], size))
+        return cls(fd[0], size, _mapping(p[0], size, on_unmap=on_unmap))
 
     @classmethod
-    def attach(cls, fd: int):
+    def attach(cls, fd: int, on_unmap=None):
         """Map the arena behind `fd`; takes ownership of `fd` (closed on failure)."""
         p = ffi.new("void **")
         n = ffi.new("uint64_t *")
@@ -467,7 +475,7 @@ class Arena:
         if rc != OK:
             os.close(fd)
             check(rc, "attaching an arena")
-        return cls(fd, n[0], _mapping(p[0], n[0]))
+        return cls(fd, n[0], _mapping(p[0], n[0], on_unmap=on_unmap))
 
     def reserve(self, offset: int, length: int):
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -475,6 +483,10 @@ class Arena:
         if length:
             check(lib.shmp_seg_reserve(self.fd, offset, length),
                   f"reserving {length} bytes of shared memory")
+            if length >= _PREFAULT_MIN:
+                base = ffi.cast("char *", ffi.from_buffer(self.buffer))
+                check(lib.shmp_prefault(base + offset, length),
+                      f"mapping {length} bytes of shared memory")
 
     def close(self):
         """Close the descriptor; the mapping lives while views of it do."""

@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 
-from . import native, runner, transfer, wire
+from . import arenas, native, runner, transfer, wire
 from .config import ProcessConfig, default_start_method, validate
 from .errors import ProcessCrashedError, ProcessError
 from .native import lib
@@ -30,10 +30,6 @@ from .native import lib
 __all__ = ["Process"]
 
 _HOOKS = ("__preloop__", "__loop__", "__postloop__", "__onfinish__", "__result__", "__error__")
-
-#: Address space reserved for one worker's state and result.  Sparse: only
-#: what is written costs memory.  A result larger than this is an error.
-ARENA_BYTES = 1 << 34
 
 #: How often a waiting parent checks that the worker is still alive.
 _LIVENESS_SLICE_NS = 20_000_000
@@ -164,8 +160,10 @@ class Process:
         validate(self.config)
         method = self.config.start_method or default_start_method()
         ctx = mp.get_context(method)
+        if method == "forkserver":
+            _preload_into_forkserver()
         ctl_array = native.ControlArray.create(1)
-        arena = native.Arena.create(ARENA_BYTES)
+        arena = arenas.pool.take()
         try:
             try:
                 transfer.write(arena, self, same_main=method == "fork")
@@ -183,8 +181,7 @@ class Process:
             )
             proc.start()
         except BaseException:
-            ctl_array.close()
-            arena.close()
+            ctl_array.close()                     # the arena goes back to the pool with its mapping
             raise
         # A fresh run: forget the previous one.
         rt.ctl_array, rt.ctl, rt.arena, rt.proc, rt.pid = ctl_array, ctl, arena, proc, proc.pid
@@ -234,7 +231,6 @@ class Process:
                 rt.ctl.set_state(lib.SHMP_STATE_CRASHED)
         rt.ended = True
         rt.ctl_array.close()                     # descriptors go now, mappings with their views
-        rt.arena.close()
         _live.discard(self)
         if state in (lib.SHMP_STATE_DONE, lib.SHMP_STATE_FAILED) and not rt.killed:
             self._decode(rt)
@@ -377,6 +373,23 @@ class Process:
         else:
             state = "killed" if rt.killed else "crashed" if rt.crashed else "finished"
         return f"<{type(self).__qualname__} {state}>"
+
+
+_PRELOAD = ["shmproc.runner", "shmproc.process", "cloudpickle"]
+
+
+def _preload_into_forkserver():
+    """Have the fork server import the runner once, instead of every worker
+    importing it (~40 ms each).  Only possible before the server starts;
+    modules the user asked to preload are kept."""
+    from multiprocessing import forkserver
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is not None:
+        return
+    current = list(getattr(server, "_preload_modules", ["__main__"]))
+    missing = [m for m in _PRELOAD if m not in current]
+    if missing:
+        server.set_forkserver_preload(current + missing)
 
 
 def _unserializable(proc, exc):

@@ -15,13 +15,19 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import statistics
 import threading
 import time
 import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple
+
+
+def _stats():
+    # statistics pulls in fractions and decimal (~6 ms): every worker
+    # imports this module, few ever ask for a median.
+    import statistics
+    return statistics
 
 __all__ = [
     "now",
@@ -351,12 +357,12 @@ class Timer:
     @property
     def mean(self) -> Optional[float]:
         times = self._snapshot()
-        return statistics.fmean(times) if times else None
+        return _stats().fmean(times) if times else None
 
     @property
     def median(self) -> Optional[float]:
         times = self._snapshot()
-        return statistics.median(times) if times else None
+        return _stats().median(times) if times else None
 
     @property
     def min(self) -> Optional[float]:
@@ -387,13 +393,13 @@ class Timer:
     def stdev(self) -> Optional[float]:
         """Sample standard deviation; None with fewer than 2 records."""
         times = self._snapshot()
-        return statistics.stdev(times) if len(times) >= 2 else None
+        return _stats().stdev(times) if len(times) >= 2 else None
 
     @property
     def variance(self) -> Optional[float]:
         """Sample variance; None with fewer than 2 records."""
         times = self._snapshot()
-        return statistics.variance(times) if len(times) >= 2 else None
+        return _stats().variance(times) if len(times) >= 2 else None
 
     def percentile(self, p: float) -> Optional[float]:
         """The ``p``-th percentile (0..100) of the records, None if empty.
@@ -423,16 +429,16 @@ class Timer:
             most_recent_index=len(times) - 1,
             total_time=math.fsum(times),
             total_time_paused=paused,
-            mean=statistics.fmean(times),
-            median=statistics.median(times),
+            mean=_stats().fmean(times),
+            median=_stats().median(times),
             min=lo,
             max=hi,
             fastest_time=lo,
             slowest_time=hi,
             fastest_lap=times.index(lo),
             slowest_lap=times.index(hi),
-            stdev=statistics.stdev(times) if many else None,
-            variance=statistics.variance(times) if many else None,
+            stdev=_stats().stdev(times) if many else None,
+            variance=_stats().variance(times) if many else None,
         )
 
 

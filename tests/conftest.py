@@ -51,9 +51,10 @@ def no_leaks(request):
     gc.collect()
     # Released out-of-band segments are cached for reuse by design; drop the
     # cache so what remains is a real leak (an item nobody released).
-    from shmproc import blobs
+    from shmproc import arenas, blobs
     blobs.pool.sweep()
     blobs.pool.trim()
+    arenas.pool.trim()          # finished runs' arenas are kept for reuse, likewise
     assert not mp.active_children(), f"test left child processes: {mp.active_children()}"
     assert shmproc_fds() == fds, "test leaked shmproc file descriptors"
     assert shmproc_mappings() == maps, "test leaked shmproc mappings"

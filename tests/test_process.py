@@ -659,3 +659,25 @@ def test_one_class_object_per_name_on_every_import_surface():
     assert processing.TimeoutError is shmproc.errors.TimeoutError
     from shmproc import circuit, docs, sktime                     # noqa: F401
     assert callable(docs.download) and callable(sktime.Timer)
+
+
+def test_finished_runs_arenas_are_reused_and_never_while_viewed():
+    from shmproc import arenas
+    arenas.pool.trim()
+    first = ArrayResult(500_000)
+    first.start()
+    held = first.result["a"]                   # a view: that arena must not be reused
+    del first
+    second = ArrayResult(500_000)
+    second.start()
+    out = second.result["a"]
+    assert (held == out).all() and held[123] == 123.0
+    assert not arenas.pool.kept                 # both arenas are still viewed
+    del out, second
+    import gc
+    gc.collect()
+    assert len(arenas.pool.kept) == 1           # released: kept with its pages
+    third = Counter(3)
+    third.start()
+    assert third.result == 3
+    assert held[-1] == 499_999.0                # the held view was never overwritten
