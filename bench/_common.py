@@ -60,12 +60,24 @@ __all__ = [
 class Settings:
     quick: bool
     repeat: int  # timed runs per measurement; the best one is reported
-    start_method: str
+    start_method: str | None  # None only when the script said so (see add_common_args)
     target_time: float  # seconds one timed run should take
     timeout: float  # seconds before a single measurement is declared hung
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
+def add_common_args(
+    parser: argparse.ArgumentParser,
+    *,
+    start_method_default: str | None = "fork",
+    start_method_help: str | None = None,
+) -> None:
+    """Add the options every script takes.
+
+    A script that compares several start methods by default passes
+    ``start_method_default=None`` (then ``Settings.start_method`` is None
+    unless the user picked one) and says what None means in
+    ``start_method_help``.
+    """
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -80,8 +92,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start-method",
         choices=("fork", "spawn", "forkserver"),
-        default="fork",
-        help="multiprocessing start method for every contender (default fork)",
+        default=start_method_default,
+        help=start_method_help
+        or f"multiprocessing start method for every contender (default {start_method_default})",
     )
     parser.add_argument(
         "--target-time",
