@@ -24,7 +24,7 @@ import time
 
 from . import arenas, native, runner, transfer, wire
 from .config import ProcessConfig, default_start_method, validate
-from .errors import ProcessCrashedError, ProcessError
+from .errors import ProcessCrashedError, ProcessError, ResultError
 from .native import lib
 
 __all__ = ["Process"]
@@ -37,6 +37,7 @@ _LIVENESS_SLICE_NS = 20_000_000
 EXIT_GRACE_S = 2.0
 
 _RT = "_shmproc_rt"          # instance attribute holding the runtime (never pickled)
+_USER_RESULT = "_shmproc_user_result"   # where a hook's `self.result = ...` goes
 
 
 class _Runtime:
@@ -240,9 +241,18 @@ class Process:
     def _decode(self, rt):
         if rt.decoded:
             return
-        (value, timers, error, lap), kind, views = transfer.read(rt.arena)
-        rt.outcome = (kind, value)
         rt.decoded = True
+        try:
+            (value, timers, error, lap), kind, views = transfer.read(rt.arena)
+        except Exception as exc:                 # noqa: BLE001 - e.g. a class missing here
+            err = ResultError(f"the worker's result could not be deserialized in the parent: "
+                              f"{type(exc).__name__}: {exc}", current_lap=rt.ctl.lap(),
+                              original_error=exc, process_name=type(self).__name__)
+            rt.outcome = (runner.FAILED_RESULT, err)
+            rt.arena = None
+            self.error = err
+            return
+        rt.outcome = (kind, value)
         if not views:
             rt.arena = None          # nothing refers to it: unmap now, not with the object
         self.timers = timers
@@ -345,6 +355,8 @@ class Process:
         """The value __result__ returned (waits if needed); raises what the run raised."""
         rt = self._rt()
         if rt.worker is not None:
+            if _USER_RESULT in self.__dict__:      # the hooks' own `self.result` attribute
+                return self.__dict__[_USER_RESULT]
             raise RuntimeError("`result` is read in the parent, after the run; inside the "
                                "worker, return the value from __result__ instead")
         if rt.proc is None:
@@ -361,6 +373,12 @@ class Process:
                 value.with_remote_traceback()
             raise value.with_traceback(None)
         return value
+
+    @result.setter
+    def result(self, value):
+        # Hooks may keep their own `self.result` (concept section 11 does);
+        # it stays a worker-side attribute and never shadows the run's result.
+        self.__dict__[_USER_RESULT] = value
 
     def __repr__(self):
         rt = self.__dict__.get(_RT)

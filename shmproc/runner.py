@@ -171,7 +171,15 @@ class Runner:
                 failure = f
             if failure.section in _RETRIED and lives > 1:
                 lives -= 1
-                obj = transfer.loads_copy(self.record)      # fresh state for the next life
+                try:
+                    obj = transfer.loads_copy(self.record)      # fresh state for the next life
+                except BaseException as exc:
+                    err = ProcessError(
+                        f"could not rebuild the Process in the worker for its next life "
+                        f"(after: {failure.error}): {type(exc).__name__}: {exc}",
+                        current_lap=self.lap, original_error=exc, process_name=self.name,
+                        traceback_text="".join(traceback.format_exception(exc)))
+                    return FAILED_RESULT, (err, obj.timers, err, self.lap)
                 continue
             break
         self.ctl.set_state(lib.SHMP_STATE_FINISHING)

@@ -154,22 +154,23 @@ def _decorate(func: Callable) -> Callable:
 
     @functools.wraps(func)
     def wrapper(self, *args, **kwargs):
+        timers = getattr(self, "timers", None)
+        if timers is None:
+            # Created before the first timed call, with this section's timer,
+            # so the hook itself may already read self.timers.<section>.
+            timers = self.timers = ProcessTimers()
+        elif not isinstance(timers, ProcessTimers):
+            raise TypeError(
+                f"self.timers must be a shmproc ProcessTimers (managed by @timesection()), "
+                f"got {type(timers).__name__}; do not assign to self.timers"
+            )
+        if getattr(timers, section) is None:
+            setattr(timers, section, Timer())
         t0 = _clock()
         try:
             return func(self, *args, **kwargs)
         finally:
-            elapsed = _clock() - t0
-            timers = getattr(self, "timers", None)
-            if timers is None:
-                # Created after the first call rather than before, so
-                # timers appear only once something has been measured.
-                timers = self.timers = ProcessTimers()
-            elif not isinstance(timers, ProcessTimers):
-                raise TypeError(
-                    f"self.timers must be a shmproc ProcessTimers (managed by @timesection()), "
-                    f"got {type(timers).__name__}; do not assign to self.timers"
-                )
-            timers._add(section, elapsed)
+            timers._add(section, _clock() - t0)
 
     setattr(wrapper, MARKER, section)
     return wrapper

@@ -62,7 +62,7 @@ def dumps(obj, same_main: bool = False) -> tuple[bytes, list]:
     buffers: list = []
     try:
         data = pickle.dumps(obj, PROTOCOL, buffer_callback=_collector(buffers))
-    except (pickle.PicklingError, AttributeError, TypeError):
+    except Exception:           # noqa: BLE001 - any refusal: let cloudpickle try, then explain
         data = None
     else:
         if same_main or _MAIN_MARKER not in data:
