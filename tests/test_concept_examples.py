@@ -59,7 +59,7 @@ def run(p, method=None, timeout=30):
 def outcome(fn, *args):
     """fn(*args) as ("ok", value) or ("raised", exception without traceback).
 
-    For the xfail tests: a failing test's traceback stays alive until the
+    Why: a failing test's traceback stays alive until the
     next test runs (pytest keeps it in sys.last_traceback), and Process
     objects in its frames would hold their shared memory past the leak check.
     """

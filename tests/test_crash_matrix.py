@@ -208,7 +208,7 @@ def wait_ended(p):
 def outcome(p):
     """p.result as ("ok", value) or ("raised", exception without traceback).
 
-    Keeps no frame alive: a failing (xfail) test's traceback survives until
+    Keeps no frame alive: a failing test's traceback survives until
     the next test, and a Process in it would hold shared memory past the
     leak check.
     """
@@ -324,7 +324,7 @@ def test_unpickling_the_state_for_the_next_life_raises(method, tmp_path):
     p = started("unpickle_state_retry", "raise", method, tmp_path)
     wait_ended(p)
     kind, err = outcome(p)
-    del p                             # keep no Process in this frame (xfail: see outcome())
+    del p                             # keep no Process in this frame (see outcome())
     assert kind == "raised" and isinstance(err, ProcessError), f"{kind}: {err!r}"
     text = str(err)
     assert "injected failure in the reconstructor" in text, text
