@@ -23,10 +23,12 @@
 #if defined(__linux__) && !defined(SHMP_PORTABLE)
 #  define SHMP_LINUX 1
 #  include <linux/futex.h>
-#  include <sys/prctl.h>
 #  include <sys/syscall.h>
 #else
 #  define SHMP_LINUX 0
+#endif
+#if defined(__linux__)
+#  include <sys/prctl.h>            /* process hygiene, used by the portable build too */
 #endif
 
 static _Thread_local int shmp_errno_value;
