@@ -1041,6 +1041,30 @@ def targets(start, laps, big, scaling) -> list[tuple]:
 # main
 
 
+def _ensure_bytecode(out) -> None:
+    """Compile shmproc's .pyc files if missing.
+
+    A spawn or forkserver child imports shmproc's worker modules; the
+    standard library it is compared with ships precompiled, and a normal
+    install (or any environment without PYTHONDONTWRITEBYTECODE) caches
+    shmproc's bytecode after the first import.  An editable install in an
+    environment that forbids writing bytecode would instead recompile
+    shmproc from source in every child (~30 ms), which is not what a user
+    pays, so compile it once here and say so.
+    """
+    if not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return
+    import compileall
+    import importlib.util
+    spec = importlib.util.find_spec("shmproc")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    folder = list(spec.submodule_search_locations)[0]
+    compileall.compile_dir(folder, quiet=1, maxlevels=0)
+    print(f"note: PYTHONDONTWRITEBYTECODE is set; compiled shmproc's bytecode in {folder} once, "
+          f"as a normal install or first import would", file=out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1087,6 +1111,7 @@ def main(argv=None) -> int:
         return (3, 1) if s.quick else (10, 1)
 
     out = sys.stdout
+    _ensure_bytecode(out)
     progress = Progress()
     shown = dataclasses.replace(
         s, start_method=args.start_method or "part 1: fork, forkserver, spawn; parts 2-4: fork",

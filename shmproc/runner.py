@@ -18,7 +18,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 
 from . import native, transfer
 from .errors import ProcessError, ResultError, TimeoutError as SectionTimeoutError
@@ -48,6 +47,11 @@ class _Failure(Exception):
         super().__init__(section)
         self.section = section
         self.error = error            # a ProcessError, ready for the parent
+
+
+def _format(exc) -> str:
+    import traceback            # only on failures: keeps worker start-up lean
+    return "".join(traceback.format_exception(exc))
 
 
 def _timeout_ns(seconds):
@@ -81,7 +85,7 @@ class Runner:
         if isinstance(exc, _Timeout):
             err = SectionTimeoutError(SECTION_NAMES[section], timeout_s, lap,
                                       process_name=self.name,
-                                      traceback_text="".join(traceback.format_exception(exc)))
+                                      traceback_text=_format(exc))
         else:
             err = ProcessError.wrap(SECTION_NAMES[section], exc, lap, process_name=self.name)
         return _Failure(section, err)
@@ -178,7 +182,7 @@ class Runner:
                         f"could not rebuild the Process in the worker for its next life "
                         f"(after: {failure.error}): {type(exc).__name__}: {exc}",
                         current_lap=self.lap, original_error=exc, process_name=self.name,
-                        traceback_text="".join(traceback.format_exception(exc)))
+                        traceback_text=_format(exc))
                     return FAILED_RESULT, (err, obj.timers, err, self.lap)
                 continue
             break
@@ -224,7 +228,7 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
         _report(ctl, arena, FAILED_RESULT,
                 (ProcessError(f"could not rebuild the Process in the worker: "
                               f"{type(exc).__name__}: {exc}",
-                              traceback_text="".join(traceback.format_exception(exc)),
+                              traceback_text=_format(exc),
                               process_name=name), None, None, 0))
         return
     dog = Watchdog(ctl, limits, parent, runner.fire)
@@ -235,7 +239,7 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
         kind = FAILED_RESULT
         err = ProcessError(f"the shmproc runner failed: {type(exc).__name__}: {exc}",
                            current_lap=runner.lap,
-                           traceback_text="".join(traceback.format_exception(exc)),
+                           traceback_text=_format(exc),
                            process_name=name)
         payload = (err, None, err, runner.lap)
     finally:
