@@ -23,11 +23,12 @@ _PROCESSING = (
 )
 
 __all__ = [
-    "Queue", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
+    "Queue", "Pool", "Task", "Progress", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
     "sktime", "circuit", "docs", "processing", *_PROCESSING,
 ]
 
-_LAZY = {"Queue": ("shmproc.queue", "Queue")}
+_LAZY = {"Queue": ("shmproc.queue", "Queue"), "Pool": ("shmproc.pool", "Pool"),
+         "Task": ("shmproc.pool", "Task"), "Progress": ("shmproc.pool", "Progress")}
 _LAZY.update({name: ("shmproc.processing", name) for name in _PROCESSING})
 
 
@@ -40,7 +41,7 @@ def __getattr__(name):
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
-    if name in ("sktime", "circuit", "docs", "native", "wire", "queue", "errors", "processing"):
+    if name in ("sktime", "circuit", "docs", "native", "wire", "queue", "errors", "processing", "pool"):
         return importlib.import_module(f"shmproc.{name}")
     raise AttributeError(f"module 'shmproc' has no attribute {name!r}")
 

@@ -148,6 +148,14 @@ class BlobPool:
         for blob in free:
             blob.close_fd()
 
+    def drop(self, token):
+        """Close our descriptors of `token`'s blobs: their reader is gone."""
+        with self.lock:
+            mine = [b for b, t in self.in_flight if t is token]
+            self.in_flight = [(b, t) for b, t in self.in_flight if t is not token]
+        for blob in mine:
+            blob.close_fd()
+
     def close_all(self):
         with self.lock:
             blobs = [b for b, _ in self.in_flight] + self.free

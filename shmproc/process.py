@@ -393,7 +393,7 @@ class Process:
         return f"<{type(self).__qualname__} {state}>"
 
 
-_PRELOAD = ["shmproc.runner", "shmproc.process", "cloudpickle"]
+_PRELOAD = ["shmproc.runner", "shmproc.process", "shmproc.pool_worker", "cloudpickle"]
 
 
 def _preload_into_forkserver():

@@ -70,6 +70,10 @@ class Runner:
         self.fired_start = -1         # section start stamp the watchdog fired for
         self.obj = None
 
+    def rebuild(self):
+        """A fresh copy of the object as it was at start (next life)."""
+        return transfer.loads_copy(self.record)
+
     # -- timeouts ----------------------------------------------------------------
     def on_alarm(self, signum, frame):
         if self.armed and self.ctl.section_start_ns == self.fired_start:
@@ -176,7 +180,7 @@ class Runner:
             if failure.section in _RETRIED and lives > 1:
                 lives -= 1
                 try:
-                    obj = transfer.loads_copy(self.record)      # fresh state for the next life
+                    obj = self.rebuild()                         # fresh state for the next life
                 except BaseException as exc:
                     err = ProcessError(
                         f"could not rebuild the Process in the worker for its next life "

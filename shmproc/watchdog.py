@@ -85,22 +85,37 @@ class Watchdog:
 
     def __init__(self, ctl, timeouts_s, parent: ParentWatch, fire):
         self.ctl = ctl
-        limits = [t for t in timeouts_s if t]
-        self.horizon_s = min(min(limits), PARENT_CHECK_S) if limits else PARENT_CHECK_S
+        self.horizon_s = _horizon(timeouts_s)
         self.parent = parent
         self.fire = fire                    # fire(start_ns): ask the main thread to raise
-        self.done = threading.Event()
+        self.done = False
+        self.wake = threading.Event()
+
+    def rearm(self, timeouts_s):
+        """New limits (a pool worker's next Process): wake the thread only if
+        the horizon shrinks, so a stream of Processes alike costs nothing."""
+        horizon = _horizon(timeouts_s)
+        if horizon < self.horizon_s:
+            self.horizon_s = horizon
+            self.wake.set()
+        else:
+            self.horizon_s = horizon
 
     def start(self):
         _thread.start_new_thread(self.run, ())
 
     def stop(self):
-        self.done.set()
+        self.done = True
+        self.wake.set()
 
     def run(self):
         ctl, fired, attempts = self.ctl, 0, 0
         sleep_s = self.horizon_s
-        while not self.done.wait(sleep_s):
+        while True:
+            if self.wake.wait(sleep_s):
+                self.wake.clear()
+            if self.done:
+                return
             if not self.parent.alive():
                 os._exit(EXIT_ORPHANED)
             start, deadline = ctl.section_start_ns, ctl.deadline_ns
@@ -119,6 +134,11 @@ class Watchdog:
                 os._exit(EXIT_UNRESPONSIVE)
             self.fire(start)
             sleep_s = min(sleep_s, 0.05 * attempts)     # re-check soon, backing off
+
+
+def _horizon(timeouts_s) -> float:
+    limits = [t for t in timeouts_s if t]
+    return min(min(limits), PARENT_CHECK_S) if limits else PARENT_CHECK_S
 
 
 def send_alarm(main_thread_id: int):

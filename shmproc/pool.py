@@ -1,0 +1,1100 @@
+"""Pool: warm workers for streams of tasks and batches of Processes.
+
+    caller's thread (map / imap / submit / Task.wait)
+      │  _feed: units of work ─► slot i's task ring ─► worker i (pool_worker.py)
+      │                                                  │ runs fn(*args) or a
+      │                                                  │ Process lifecycle
+      └─ _pump: results ◄──── one result ring, shared ◄───┘
+                 live counts ◄── control blocks (completed / failed / busy)
+
+There is no dispatcher thread: whichever thread waits drives the pool
+(encodes and sends the next units, decodes results, replaces dead
+workers), under one lock.  That keeps the hot path free of thread
+hand-offs, and it bounds what is in flight by what the caller consumes.
+
+Each worker gets only as much work ahead as it can do in about
+WINDOW_NS (from the measured time per item), so short tasks stream in
+long batches while long ones stay balanced across workers.  When a
+worker dies, the results it managed to send are taken first; the item it
+was running (known from its control block) fails with
+ProcessCrashedError, and everything else it had been given goes to its
+replacement.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import multiprocessing as mp
+import os
+import queue as _stdlib_queue
+import threading
+import time
+import weakref
+from concurrent.futures import CancelledError
+
+from . import blobs, native, taskwire, wire
+from .config import default_start_method
+from .errors import ProcessCrashedError, ProcessError, RemoteTraceback
+from .progressbar import ProgressBar
+from .queue import Queue
+from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP, R_CHUNK, R_ERROR,
+                       R_PROCESS, R_VALUE)
+
+__all__ = ["Pool", "Task", "Progress"]
+
+Progress = collections.namedtuple("Progress", "done total failed")
+Progress.__doc__ = "Items finished (failed ones included), items accepted, items that failed."
+
+#: Bytes of each worker's task ring, and of the result ring they share.
+TASK_RING_BYTES = 1 << 20
+RESULT_RING_BYTES = 4 << 20
+#: Work queued ahead per worker, in estimated nanoseconds of running time.
+WINDOW_NS = 2_000_000
+MAX_WINDOW_ITEMS = 1024
+#: Largest number of items in one record.
+MAX_CHUNK = 1 << 16
+#: How often a waiting caller checks that the workers are alive.
+SLICE_S = 0.02
+#: Functions remembered by the workers (by id) before the oldest are dropped.
+MAX_FUNCTIONS = 256
+#: Seconds a stopping worker gets to exit before it is killed.
+STOP_GRACE_S = 5.0
+
+_RUNNING, _CLOSED, _TERMINATED = "running", "closed", "terminated"
+_FAILED_KIND = 2            # runner.FAILED_RESULT, without importing the runner here
+
+
+# ---- units of work -------------------------------------------------------------------
+
+class _Unit:
+    """Items sent to one worker as one record: a call, a chunk, or a Process."""
+
+    __slots__ = ("id", "sink", "index", "op", "fn_id", "star", "items", "record", "slot", "stream")
+
+    def __init__(self, ident, sink, index, op, fn_id, star, items):
+        self.id = ident
+        self.sink = sink              # the Task or _Job the outcomes go to
+        self.index = index            # index of items[0] in the job
+        self.op = op
+        self.fn_id = fn_id
+        self.star = star
+        self.items = items            # OP_CHUNK: the items; OP_CALL: [(args, kwargs)]; OP_RUN: [proc]
+        self.record = None            # encoded, once
+        self.slot = None
+        self.stream = 0               # position of items[0] in its worker's item stream
+
+    def payload(self):
+        if self.op == OP_CHUNK:
+            return self.fn_id, self.star, self.items
+        if self.op == OP_CALL:
+            args, kwargs = self.items[0]
+            return self.fn_id, args, kwargs
+        return self.items[0]
+
+    def encode(self, token) -> bytes:
+        if self.record is None:
+            self.record = taskwire.encode(self.op, self.id, self.payload(), token)
+        return self.record
+
+    def split(self, ident, start, stop):
+        """A new unit for items[start:stop] (re-sent after a crash)."""
+        return _Unit(ident, self.sink, self.index + start, self.op, self.fn_id, self.star,
+                     self.items[start:stop])
+
+
+class _Slot:
+    """One worker: its process, its task ring, and what it was given."""
+
+    __slots__ = ("index", "proc", "pid", "task_q", "pctl", "rctl", "inflight", "busy_items",
+                 "sent_items", "allowance", "fns", "forget")
+
+    def __init__(self, index, proc, task_q, pctl, rctl, allowance):
+        self.index = index
+        self.proc = proc
+        self.pid = proc.pid
+        self.task_q = task_q
+        self.pctl = pctl
+        self.rctl = rctl
+        self.inflight = collections.deque()    # units sent, in order, not yet answered
+        self.busy_items = 0
+        self.sent_items = 0
+        self.allowance = allowance             # items left before it is recycled (None: no limit)
+        self.fns = set()                       # function ids this worker knows
+        self.forget = []                       # function ids to drop with the next batch
+
+
+# ---- results: single tasks and jobs ------------------------------------------------
+
+class Task:
+    """The handle `Pool.submit` returns: wait(timeout), result, cancel()."""
+
+    _PENDING, _SENT, _DONE, _CANCELLED = range(4)
+
+    def __init__(self, pool, name, proc=None, copy=False):
+        self._pool = pool
+        self._name = name
+        self._proc = proc             # submit(proc_instance): gets timers and error back
+        self._copy = copy
+        self._state = Task._PENDING
+        self._value = None
+        self._error = None
+        self._unit = None
+
+    # -- sink interface (called under the pool lock) --
+    def _dropped(self) -> bool:
+        return self._state == Task._CANCELLED
+
+    def _put(self, index, value):
+        self._value = _writable(value) if self._copy else value
+        self._state = Task._DONE
+
+    def _fail(self, index, exc):
+        self._error = exc
+        self._state = Task._DONE
+
+    def _process_outcome(self, index, kind, value, timers, error, lap):
+        if self._proc is not None:
+            self._proc.timers = timers
+            self._proc.error = error
+        _deliver_process(self, index, kind, value, error)
+
+    def _sent(self):
+        if self._state == Task._PENDING:
+            self._state = Task._SENT
+
+    # -- public --
+    def done(self) -> bool:
+        """True once the task finished (or was cancelled)."""
+        if self._state < Task._DONE:
+            self._pool._poll()
+        return self._state >= Task._DONE
+
+    @property
+    def cancelled(self) -> bool:
+        return self._state == Task._CANCELLED
+
+    def cancel(self) -> bool:
+        """Cancel the task if no worker has it yet; True if it is (now) cancelled."""
+        with self._pool._lock:
+            if self._state == Task._PENDING:
+                self._state = Task._CANCELLED
+                self._pool._drop_pending(self._unit)
+            return self._state == Task._CANCELLED
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the task finished; False if `timeout` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + native.timeout_ns(timeout) / 1e9
+        pool = self._pool
+        while self._state < Task._DONE:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            pool._wait_step(SLICE_S if left is None else min(left, SLICE_S))
+        return True
+
+    @property
+    def result(self):
+        """The task's return value (waits); raises what the task raised."""
+        self.wait()
+        if self._state == Task._CANCELLED:
+            raise CancelledError(f"task {self._name} was cancelled")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def __repr__(self):
+        state = ("pending", "running", "done", "cancelled")[self._state]
+        return f"<shmproc.Task {self._name} {state}>"
+
+
+class _Job:
+    """The items of one map / imap / starmap call and their outcomes."""
+
+    def __init__(self, pool, fn_id, name, star, source, total, chunksize, copy):
+        self.pool = pool
+        self.fn_id = fn_id
+        self.name = name
+        self.star = star
+        self.source = source          # iterator of items, or None when all were taken
+        self.total = total            # known length, or None while the source runs
+        self.chunksize = chunksize    # None: adaptive
+        self.copy = copy
+        self.taken = 0                # items taken from the source
+        self.source_error = None      # what the source raised, after `taken` items
+        self.values = {}
+        self.errors = {}
+        self.finished = 0
+        self.cancelled = False
+
+    def _dropped(self) -> bool:
+        return self.cancelled
+
+    def _sent(self):
+        pass
+
+    def _put(self, index, value):
+        self.values[index] = _writable(value) if self.copy else value
+        self.finished += 1
+
+    def _fail(self, index, exc):
+        self.errors[index] = exc
+        self.finished += 1
+
+    def _process_outcome(self, index, kind, value, timers, error, lap):
+        _deliver_process(self, index, kind, value, error)
+
+    def complete(self) -> bool:
+        return self.source is None and self.finished >= self.taken
+
+    def next_unit(self, pool, max_items):
+        """Take the next unit from the source, or None when it is exhausted."""
+        if self.source is None or self.cancelled:
+            return None
+        size = self.chunksize or pool._auto_chunk()
+        size = max(1, min(size, max_items))
+        items = []
+        try:
+            for item in itertools.islice(self.source, size):
+                items.append(item)
+        except Exception as exc:                 # noqa: BLE001 - the caller's iterable failed
+            self.source_error = exc
+            self.source = None
+        if len(items) < size:
+            self.source = None
+            self.total = self.taken + len(items)
+        if not items:
+            return None
+        index = self.taken
+        self.taken += len(items)
+        pool._total += len(items)
+        if size == 1 and not self.star:
+            # One item per record: a plain call, no chunk list to build.
+            return _Unit(pool._new_id(), self, index, OP_CALL, self.fn_id, False,
+                         [((items[0],), None)])
+        return _Unit(pool._new_id(), self, index, OP_CHUNK, self.fn_id, self.star, items)
+
+    def cancel(self):
+        self.cancelled = True
+        self.source = None
+        self.values.clear()
+
+
+def _deliver_process(sink, index, kind, value, error):
+    if kind == _FAILED_KIND and isinstance(value, BaseException):
+        if isinstance(value, ProcessError):
+            value.with_remote_traceback()
+        sink._fail(index, value)
+    else:
+        sink._put(index, value)
+
+
+def _writable(value):
+    """copy=True: private, writable copies of the read-only arrays in `value`."""
+    if isinstance(value, memoryview):
+        return bytearray(value)
+    if type(value).__name__ == "ndarray" and not value.flags.writeable:
+        return value.copy()
+    if isinstance(value, list):
+        return [_writable(v) for v in value]
+    if isinstance(value, tuple) and type(value) is tuple:
+        return tuple(_writable(v) for v in value)
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: _writable(v) for k, v in value.items()}
+    return value
+
+
+def _remote(exc, tb, what):
+    """The worker's exception, raised here with its traceback and task attached."""
+    if not isinstance(exc, BaseException):
+        exc = RuntimeError(repr(exc))
+    if tb:
+        exc.__cause__ = RemoteTraceback(tb)
+    if hasattr(exc, "add_note"):
+        exc.add_note(what)
+    exc.shmproc_task = what
+    return exc
+
+
+# ---- the pool ---------------------------------------------------------------------------
+
+def _check_workers(workers) -> int:
+    if workers is None:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:
+            return max(1, os.cpu_count() or 1)
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be an int >= 1 or None (one per CPU), "
+                        f"not {type(workers).__name__}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return workers
+
+
+def _check_max_tasks(n):
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"max_tasks_per_worker must be an int >= 1 or None, not {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"max_tasks_per_worker must be >= 1, got {n}")
+    return n
+
+
+def _check_method(method) -> str:
+    if method is None:
+        return default_start_method()
+    allowed = mp.get_all_start_methods()
+    if method not in allowed:
+        raise ValueError(f"start_method must be one of {allowed} or None, got {method!r}")
+    return method
+
+
+def _check_chunksize(chunksize):
+    if chunksize is None:
+        return None
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+        raise TypeError(f"chunksize must be an int >= 1 or None (automatic), "
+                        f"not {type(chunksize).__name__}")
+    if chunksize < 1:
+        raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+    return chunksize
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def _pickle_function(fn) -> bytes:
+    """The callable as one in-band pickle (it is sent to each worker once)."""
+    main, bufs = wire.dumps(fn)
+    if not bufs:
+        return main
+    import cloudpickle
+    return cloudpickle.dumps(fn, protocol=wire.PROTOCOL)
+
+
+def _is_process(obj) -> bool:
+    from .process import Process
+    return isinstance(obj, Process)
+
+
+class _Resources:
+    """What must be released when a pool ends, however it ends (also from a
+    weakref finalizer, so it must not refer to the Pool itself)."""
+
+    def __init__(self):
+        self.slots = []
+        self.ctl = None
+        self.results = None
+        self.token = blobs.FlushToken()
+        self.token.wait = False       # a task's arguments matter only while its worker lives
+
+    def kill(self):
+        slots, self.slots = self.slots, []
+        for slot in slots:
+            _kill(slot.proc)
+        for slot in slots:
+            slot.proc.join()
+            slot.task_q.close()
+        self.release()
+
+    def release(self):
+        if self.results is not None:
+            self.results.close()
+            self.results = None
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+        blobs.pool.drop(self.token)
+
+
+def _kill(proc):
+    if proc.exitcode is None:
+        try:
+            proc.kill()
+        except (ProcessLookupError, AttributeError):
+            pass
+
+
+class Pool:
+    """Warm worker processes for many tasks: map, imap, starmap, submit.
+
+    `fn` may be any callable (lambdas and closures included) or a Process
+    subclass, whose whole lifecycle then runs for each item on a warm
+    worker.  Use it as a context manager: leaving the block normally waits
+    for submitted tasks (close + join); leaving it with an exception
+    terminates the workers.
+    """
+
+    def __init__(self, workers: int | None = None, start_method: str | None = None,
+                 max_tasks_per_worker: int | None = None):
+        self._n = _check_workers(workers)
+        self._method = _check_method(start_method)
+        self._max_tasks = _check_max_tasks(max_tasks_per_worker)
+        self._ctx = mp.get_context(self._method)
+        self._lock = threading.RLock()
+        self._status = _RUNNING
+        self._ids = itertools.count(1)
+        self._fn_ids = itertools.count(1)
+        self._functions = collections.OrderedDict()     # id(fn) -> (fn id, fn, pickle)
+        self._units = {}                                # id -> unit a worker holds
+        self._pending = collections.deque()             # units ready to send
+        self._jobs = collections.deque()                # jobs whose source still yields
+        self._avg_item_ns = None                        # measured time per item (EWMA)
+        self._total = 0
+        self._retired_done = 0
+        self._retired_failed = 0
+        self._crashed = 0
+        self._next_check = 0.0
+        self._rr = 0
+        res = self._res = _Resources()
+        weakref.finalize(self, res.kill)
+        try:
+            res.ctl = native.ControlArray.create(2 * self._n)
+            res.results = Queue(capacity=RESULT_RING_BYTES)
+            if self._method == "forkserver":
+                from .process import _preload_into_forkserver
+                _preload_into_forkserver()
+            for i in range(self._n):
+                res.slots.append(self._start_worker(i))
+        except BaseException:
+            res.kill()
+            raise
+        _live_pools.add(self)
+        _ensure_exit_hook()
+
+    # -- workers -------------------------------------------------------------------------
+    def _start_worker(self, index) -> _Slot:
+        from . import pool_worker
+        res = self._res
+        pctl, rctl = res.ctl.control(2 * index), res.ctl.control(2 * index + 1)
+        pctl.reset()
+        rctl.reset()
+        pctl.set_state(0)
+        task_q = Queue(capacity=TASK_RING_BYTES)
+        main = threading.current_thread() is threading.main_thread()
+        try:
+            proc = self._ctx.Process(
+                target=pool_worker.main,
+                args=(index, res.ctl, task_q, res.results, os.getpid(),
+                      self._method != "forkserver", main, self._max_tasks),
+                name=f"shmproc:pool-worker-{index}")
+            proc.start()
+        except BaseException:
+            task_q.close()
+            raise
+        return _Slot(index, proc, task_q, pctl, rctl, self._max_tasks)
+
+    def _check_workers(self):
+        for slot in list(self._res.slots):
+            if slot.proc.exitcode is not None:
+                self._worker_ended(slot)
+
+    def _worker_ended(self, slot):
+        """A worker exited (crashed, or recycled): account, re-send, replace."""
+        self._drain()                            # what it sent before it went
+        slot.proc.join()
+        completed, failed = slot.pctl.lap(), slot.pctl.lives
+        busy = slot.pctl.section != 0
+        self._retired_done += completed
+        self._retired_failed += failed
+        code = slot.proc.exitcode
+        crashed_at = completed if busy else None
+        resend = []
+        for unit in slot.inflight:
+            self._units.pop(unit.id, None)
+            if unit.sink._dropped():
+                continue
+            n = len(unit.items)
+            if crashed_at is not None and unit.stream <= crashed_at < unit.stream + n:
+                k = crashed_at - unit.stream
+                self._crashed += 1
+                self._retired_done += 1
+                name = f"pool worker {slot.index}"
+                last_lap = None
+                if unit.op == OP_RUN or (unit.op in (OP_CALL, OP_CHUNK) and
+                                         _is_process_class(self._function(unit.fn_id))):
+                    last_lap = slot.rctl.lap()
+                    obj = unit.items[0] if unit.op == OP_RUN else self._function(unit.fn_id)
+                    name = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+                unit.sink._fail(unit.index + k, ProcessCrashedError(
+                    exitcode=code, last_lap=last_lap, pid=slot.pid, process_name=name))
+                if k:
+                    resend.append(unit.split(self._new_id(), 0, k))
+                if k + 1 < n:
+                    resend.append(unit.split(self._new_id(), k + 1, n))
+            else:
+                if unit.record is not None and unit.record[1] & taskwire.FLAG_BLOB:
+                    unit.record = None           # its segment may be gone: encode afresh
+                resend.append(unit)
+        slot.inflight.clear()
+        for unit in reversed(resend):
+            self._pending.appendleft(unit)
+        slot.task_q.close()
+        slots = self._res.slots
+        i = slots.index(slot)
+        if self._status == _TERMINATED:
+            slots.pop(i)
+            return
+        slots[i] = self._start_worker(slot.index)
+
+    def _function(self, fn_id):
+        for fid, fn, _ in self._functions.values():
+            if fid == fn_id:
+                return fn
+        return None
+
+    # -- functions -------------------------------------------------------------------------
+    def _register(self, fn) -> int:
+        """A function id for `fn`; its pickle goes to each worker before first use."""
+        key = id(fn)
+        entry = self._functions.get(key)
+        if entry is not None and entry[1] is fn:
+            self._functions.move_to_end(key)
+            return entry[0]
+        try:
+            data = _pickle_function(fn)
+        except wire.SerializationError as exc:
+            raise wire.SerializationError(
+                f"cannot send {_name(fn)!s} to the pool's workers: {exc}. Define it at module "
+                f"level, or make what it refers to picklable.") from exc.__cause__
+        fn_id = next(self._fn_ids)
+        self._functions[key] = (fn_id, fn, data)
+        while len(self._functions) > MAX_FUNCTIONS:
+            _, (old_id, _, _) = self._functions.popitem(last=False)
+            for slot in self._res.slots:
+                if old_id in slot.fns:
+                    slot.fns.discard(old_id)
+                    slot.forget.append(old_id)
+        return fn_id
+
+    def _new_id(self) -> int:
+        return next(self._ids)
+
+    # -- dispatch ---------------------------------------------------------------------------
+    def _window(self) -> int:
+        avg = self._avg_item_ns
+        if avg is None:
+            return 2
+        return max(2, min(MAX_WINDOW_ITEMS, int(WINDOW_NS / max(avg, 1.0))))
+
+    def _auto_chunk(self) -> int:
+        """Items per record when the caller did not say: ~1/4 of the window."""
+        avg = self._avg_item_ns
+        if avg is None:
+            return 1
+        return max(1, min(4096, int(WINDOW_NS / 4 / max(avg, 1.0))))
+
+    def _next_unit(self, max_items):
+        if self._pending:
+            return self._pending.popleft()
+        while self._jobs:
+            job = self._jobs[0]
+            unit = job.next_unit(self, max_items)
+            if unit is not None:
+                return unit
+            self._jobs.popleft()
+        return None
+
+    def _feed(self):
+        """Send units to every worker with room in its window."""
+        if not self._pending and not self._jobs:
+            return
+        window = self._window()
+        slots = self._res.slots
+        n = len(slots)
+        self._rr = (self._rr + 1) % max(n, 1)
+        for j in range(n):
+            slot = slots[(self._rr + j) % n]
+            batch, sent = [], []
+            while len(slot.inflight) < 2 or slot.busy_items < window:
+                room = window if slot.allowance is None else min(window, slot.allowance)
+                if room <= 0:
+                    break
+                unit = self._next_unit(slot.allowance or MAX_CHUNK)
+                if unit is None:
+                    break
+                if unit.sink._dropped():
+                    continue
+                n_items = len(unit.items)
+                if slot.allowance is not None and n_items > slot.allowance:
+                    rest = unit.split(self._new_id(), slot.allowance, n_items)
+                    self._pending.appendleft(rest)
+                    unit = unit.split(unit.id, 0, slot.allowance)
+                    n_items = slot.allowance
+                try:
+                    if unit.op != OP_RUN and unit.fn_id not in slot.fns:
+                        batch.append(taskwire.encode_raw(OP_DEF, unit.fn_id,
+                                                         self._fn_pickle(unit.fn_id)))
+                        slot.fns.add(unit.fn_id)
+                    rec = unit.encode(self._res.token)
+                except Exception as exc:         # noqa: BLE001 - an argument cannot travel
+                    self._unsendable(unit, exc)
+                    continue
+                for fid in slot.forget:
+                    batch.append(taskwire.encode_raw(OP_FORGET, fid))
+                slot.forget.clear()
+                batch.append(rec)
+                sent.append(unit)
+                unit.slot = slot
+                unit.stream = slot.sent_items
+                slot.sent_items += n_items
+                slot.busy_items += n_items
+                if slot.allowance is not None:
+                    slot.allowance -= n_items
+                slot.inflight.append(unit)
+                self._units[unit.id] = unit
+                unit.sink._sent()
+            if batch:
+                self._send(slot, batch, sent)
+
+    def _fn_pickle(self, fn_id) -> bytes:
+        for fid, _, data in self._functions.values():
+            if fid == fn_id:
+                return data
+        raise RuntimeError(f"function {fn_id} is no longer registered")
+
+    def _send(self, slot, batch, units):
+        try:
+            slot.task_q.put_many(batch, block=False)
+        except _stdlib_queue.Full as full:
+            # The ring is full (huge items): take back what did not go.
+            put = full.args[1] if len(full.args) > 1 else 0
+            records = set(map(id, batch[put:]))
+            back = [u for u in units if id(u.record) in records]
+            for unit in reversed(back):
+                slot.inflight.remove(unit)
+                self._units.pop(unit.id, None)
+                n_items = len(unit.items)
+                slot.sent_items -= n_items
+                slot.busy_items -= n_items
+                if slot.allowance is not None:
+                    slot.allowance += n_items
+                self._pending.appendleft(unit)
+            slot.fns.clear()          # definitions may not have gone either: send them again
+
+    def _unsendable(self, unit, exc):
+        found = wire.find_unpicklable(unit.payload(), "args")
+        where = f" ({found[0]} holds a {found[1].__module__}.{found[1].__qualname__})" \
+            if found else ""
+        err = wire.SerializationError(
+            f"item {unit.index} cannot be sent to a worker{where}: {type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        for k in range(len(unit.items)):
+            unit.sink._fail(unit.index + k, err)
+
+    def _drop_pending(self, unit):
+        try:
+            self._pending.remove(unit)
+        except ValueError:
+            pass
+
+    # -- results ------------------------------------------------------------------------------
+    def _drain(self):
+        while True:
+            try:
+                records = self._res.results.get_many(block=False, max_items=4096)
+            except _stdlib_queue.Empty:
+                return
+            for rec in records:
+                self._on_result(rec)
+
+    def _on_result(self, rec):
+        op, flags, _, elapsed_us, ident = taskwire.header(rec)
+        unit = self._units.pop(ident, None)
+        try:
+            body = taskwire.payload(rec, flags)      # always: it releases the segment's hold
+        except Exception as exc:                      # noqa: BLE001 - e.g. a class missing here
+            body = exc
+            op = -1
+        if unit is None:
+            return
+        slot = unit.slot
+        if slot.inflight and slot.inflight[0] is unit:
+            slot.inflight.popleft()
+        else:
+            try:
+                slot.inflight.remove(unit)
+            except ValueError:
+                pass
+        n = len(unit.items)
+        slot.busy_items -= n
+        per_item = elapsed_us * 1000.0 / n
+        avg = self._avg_item_ns
+        self._avg_item_ns = per_item if avg is None else avg + 0.25 * (per_item - avg)
+        sink = unit.sink
+        if sink._dropped():
+            return
+        if op == R_VALUE:
+            sink._put(unit.index, body)
+        elif op == R_CHUNK:
+            values, errors = body
+            for k, v in enumerate(values):
+                if k in errors:
+                    exc, tb = errors[k]
+                    sink._fail(unit.index + k, _remote(exc, tb, self._where(unit, k, slot)))
+                else:
+                    sink._put(unit.index + k, v)
+        elif op == R_ERROR:
+            exc, tb = body
+            sink._fail(unit.index, _remote(exc, tb, self._where(unit, 0, slot)))
+        elif op == R_PROCESS:
+            kind, value, timers, error, lap = body
+            sink._process_outcome(unit.index, kind, value, timers, error, lap)
+        else:
+            err = RuntimeError(f"the result of task {unit.index} could not be read in the "
+                               f"parent: {type(body).__name__}: {body}")
+            for k in range(n):
+                sink._fail(unit.index + k, err)
+
+    def _where(self, unit, k, slot):
+        fn = self._function(unit.fn_id)
+        return (f"in shmproc.Pool task {unit.index + k} ({_name(fn) if fn else 'a Process'}), "
+                f"worker pid {slot.pid}")
+
+    # -- driving --------------------------------------------------------------------------------
+    def _pump(self, wait_s):
+        """Send what can go, take results (waiting up to wait_s for the first)."""
+        self._feed()
+        records = ()
+        if self._units:
+            try:
+                records = self._res.results.get_many(timeout=wait_s, max_items=4096)
+            except _stdlib_queue.Empty:
+                pass
+        elif wait_s:
+            time.sleep(min(wait_s, 0.001))
+        for rec in records:
+            self._on_result(rec)
+        now = time.monotonic()
+        if not records or now >= self._next_check:
+            self._next_check = now + SLICE_S
+            self._check_workers()
+            self._recycle_spent()
+        if records:
+            self._feed()
+
+    def _recycle_spent(self):
+        """Workers that used up max_tasks_per_worker exit by themselves: replace them."""
+        if self._max_tasks is None:
+            return
+        for slot in list(self._res.slots):
+            if slot.allowance == 0 and not slot.inflight:
+                slot.proc.join(STOP_GRACE_S)
+                if slot.proc.exitcode is None:
+                    _kill(slot.proc)
+                self._worker_ended(slot)
+
+    def _wait_step(self, wait_s):
+        try:
+            with self._lock:
+                if self._status == _TERMINATED:
+                    raise RuntimeError("the pool was terminated")
+                self._pump(wait_s)
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+
+    def _poll(self):
+        with self._lock:
+            if self._status != _TERMINATED:
+                self._pump(0)
+
+    # -- public API ----------------------------------------------------------------------------
+    def _check_open(self):
+        if self._status != _RUNNING:
+            raise ValueError(f"the pool is {self._status}: no new tasks can be submitted")
+
+    def submit(self, fn, *args, copy: bool = False, **kwargs) -> Task:
+        """Run fn(*args, **kwargs) on a worker; returns a Task handle.
+
+        `fn` may be a Process subclass (constructed on the worker with the
+        arguments, then run) or an already-built Process object (no
+        arguments), whose timers and error are filled in when it is done.
+        """
+        with self._lock:
+            self._check_open()
+            if _is_process(fn):
+                if args or kwargs:
+                    raise TypeError("submit(process) takes no arguments: the Process object "
+                                    "is already built")
+                task = Task(self, type(fn).__name__, proc=fn, copy=copy)
+                unit = _Unit(self._new_id(), task, 0, OP_RUN, 0, False, [fn])
+            elif callable(fn):
+                fn_id = self._register(fn)
+                task = Task(self, _name(fn), copy=copy)
+                unit = _Unit(self._new_id(), task, 0, OP_CALL, fn_id, False,
+                             [(args, kwargs or None)])
+            else:
+                raise TypeError(f"submit() needs a callable or a Process, "
+                                f"not {type(fn).__name__}")
+            try:
+                unit.encode(self._res.token)       # an unpicklable argument fails here, not later
+            except Exception as exc:               # noqa: BLE001
+                raise self._submit_error(fn, unit, exc) from exc
+            task._unit = unit
+            self._total += 1
+            self._pending.append(unit)
+            self._feed()
+            return task
+
+    def _submit_error(self, fn, unit, exc):
+        if unit.op == OP_RUN:
+            from .process import _unserializable
+            return _unserializable(fn, exc)
+        found = wire.find_unpicklable({"args": unit.items[0][0], "kwargs": unit.items[0][1]},
+                                      "call")
+        where = ""
+        if found is not None:
+            path, typ, _ = found
+            path = path.replace("call.args", "args").replace("call.kwargs", "kwargs")
+            where = f": {path} is a {typ.__module__}.{typ.__qualname__}"
+        return wire.SerializationError(
+            f"cannot submit {_name(fn)}: its arguments cannot be sent to a worker{where} "
+            f"({type(exc).__name__}: {exc})")
+
+    def _start_job(self, fn, iterable, chunksize, star, copy, eager):
+        chunksize = _check_chunksize(chunksize)
+        if not callable(fn):
+            raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
+        with self._lock:
+            self._check_open()
+            fn_id = self._register(fn)
+        total = None
+        if eager:
+            items = list(iterable)            # as the stdlib: map takes the whole input first
+            total = len(items)
+            if chunksize is None:
+                chunksize = max(1, math.ceil(total / (4 * self._n))) if total else 1
+            source = iter(items)
+        else:
+            source = iter(iterable)
+        job = _Job(self, fn_id, _name(fn), star, source, total, chunksize, copy)
+        with self._lock:
+            self._jobs.append(job)
+        return job
+
+    def _drive(self, job, ordered, fail_fast, bar):
+        """Yield the job's results, driving the pool meanwhile."""
+        nxt = 0
+        try:
+            while True:
+                with self._lock:
+                    if self._status == _TERMINATED:
+                        raise RuntimeError("the pool was terminated while this map was running")
+                    if fail_fast and job.errors:
+                        index = min(job.errors)
+                        raise job.errors[index]
+                    ready = []
+                    if ordered:
+                        while True:
+                            if nxt in job.values:
+                                ready.append((True, job.values.pop(nxt)))
+                            elif nxt in job.errors:
+                                ready.append((False, job.errors.pop(nxt)))
+                            else:
+                                break
+                            nxt += 1
+                    else:
+                        ready = [(True, v) for v in job.values.values()]
+                        job.values.clear()
+                        if job.errors:
+                            index = min(job.errors)
+                            ready.append((False, job.errors.pop(index)))
+                    drained = job.complete() and not job.values and not job.errors
+                if bar is not None:
+                    bar.update(job.finished, job.total)
+                for ok, v in ready:
+                    if not ok:
+                        raise v
+                    yield v
+                if drained and (not ordered or nxt >= job.taken):
+                    if job.source_error is not None:
+                        raise job.source_error
+                    return
+                self._wait_step(SLICE_S)
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+        finally:
+            with self._lock:
+                if not job.complete() or job.values or job.errors:
+                    job.cancel()
+                    try:
+                        self._jobs.remove(job)
+                    except ValueError:
+                        pass
+            if bar is not None:
+                bar.close()
+
+    def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+            copy: bool = False) -> list:
+        """[fn(x) for x in iterable], in parallel; raises the first task error.
+
+        chunksize None picks a batch size (as multiprocessing.Pool.map
+        does); progress=True draws a progress bar on stderr; copy=True
+        returns writable copies of numpy arrays instead of read-only views.
+        """
+        job = self._start_job(fn, iterable, chunksize, False, copy, eager=True)
+        return list(self._drive(job, True, True, _bar(progress, job)))
+
+    def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+                copy: bool = False) -> list:
+        """[fn(*args) for args in iterable], in parallel."""
+        job = self._start_job(fn, iterable, chunksize, True, copy, eager=True)
+        return list(self._drive(job, True, True, _bar(progress, job)))
+
+    def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+             copy: bool = False):
+        """Lazy map: yields results in order as they are ready; reads the
+        input only as fast as workers need it.  A failed task raises when
+        its turn comes, after the results before it."""
+        job = self._start_job(fn, iterable, chunksize, False, copy, eager=False)
+        return self._drive(job, True, False, _bar(progress, job))
+
+    def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
+                       progress: bool = False, copy: bool = False):
+        """Like imap, but yields results in the order they finish."""
+        job = self._start_job(fn, iterable, chunksize, False, copy, eager=False)
+        return self._drive(job, False, False, _bar(progress, job))
+
+    def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+                 copy: bool = False):
+        """Lazy starmap, in order."""
+        job = self._start_job(fn, iterable, chunksize, True, copy, eager=False)
+        return self._drive(job, True, False, _bar(progress, job))
+
+    @property
+    def progress(self) -> Progress:
+        """Items done / accepted / failed over the pool's life, read live from
+        the workers' control blocks."""
+        with self._lock:
+            done = self._retired_done
+            failed = self._retired_failed + self._crashed
+            for slot in self._res.slots:
+                done += slot.pctl.lap()
+                failed += slot.pctl.lives
+            return Progress(done, self._total, failed)
+
+    @property
+    def workers(self) -> int:
+        return self._n
+
+    @property
+    def pids(self) -> list:
+        with self._lock:
+            return [slot.pid for slot in self._res.slots]
+
+    def close(self):
+        """No more tasks; those already submitted still run (then join())."""
+        with self._lock:
+            if self._status == _RUNNING:
+                self._status = _CLOSED
+
+    def join(self, timeout: float | None = None):
+        """Wait for every submitted task, then stop the workers.  Call close() first."""
+        if self._status == _RUNNING:
+            raise ValueError("join() needs close() (or terminate()) first")
+        if self._status == _TERMINATED:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                busy = self._units or self._pending or any(not j.complete() for j in self._jobs)
+            if not busy:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"the pool's tasks did not finish within {timeout} s")
+            self._wait_step(SLICE_S)
+        with self._lock:
+            self._stop_workers()
+
+    def _stop_workers(self):
+        res = self._res
+        for slot in res.slots:
+            try:
+                slot.task_q.put(taskwire.encode_raw(OP_STOP, 0), timeout=1.0)
+            except Exception:                          # noqa: BLE001 - it is killed below
+                pass
+        deadline = time.monotonic() + STOP_GRACE_S
+        for slot in res.slots:
+            while slot.proc.exitcode is None and time.monotonic() < deadline:
+                self._drain()                          # a worker waits for its results to be read
+                slot.proc.join(0.01)
+        self._status = _TERMINATED
+        _live_pools.discard(self)
+        res.kill()
+
+    def terminate(self):
+        """Kill the workers now; unfinished tasks are cancelled."""
+        with self._lock:
+            if self._status == _TERMINATED:
+                return
+            self._status = _TERMINATED
+            _live_pools.discard(self)
+            self._res.kill()
+            for unit in list(self._units.values()) + list(self._pending):
+                if isinstance(unit.sink, Task) and unit.sink._state < Task._DONE:
+                    unit.sink._state = Task._CANCELLED
+                elif isinstance(unit.sink, _Job):
+                    unit.sink.cancel()
+            for job in self._jobs:
+                job.cancel()
+            self._units.clear()
+            self._pending.clear()
+            self._jobs.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            self.join()
+        else:
+            self.terminate()
+
+    def __repr__(self):
+        return (f"<shmproc.Pool workers={self._n} start_method={self._method} "
+                f"{self._status} progress={tuple(self.progress)}>")
+
+
+def _is_process_class(fn) -> bool:
+    if not isinstance(fn, type):
+        return False
+    from .process import Process
+    return issubclass(fn, Process)
+
+
+def _bar(progress, job):
+    if not progress:
+        return None
+    return ProgressBar(job.total, desc=job.name)
+
+
+# ---- exit: no pool outlives the interpreter --------------------------------------------------
+
+_live_pools: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+_exit_hook = False
+
+
+def _ensure_exit_hook():
+    global _exit_hook
+    if not _exit_hook:
+        # Before multiprocessing joins its children at exit (see process.py).
+        mp.util.Finalize(None, _terminate_all, exitpriority=100)
+        _exit_hook = True
+
+
+def _terminate_all():
+    for pool in list(_live_pools):
+        pool.terminate()
+
+
+def _forget_after_fork():
+    _live_pools.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,349 @@
+"""The worker side of a Pool: a warm process that runs tasks until told to stop.
+
+    task ring (this worker's own) ──► decode ──► fn(*args) / Process lifecycle
+                                                      │
+    result ring (shared by the pool's workers) ◄── encode, a batch at a time
+
+Two control blocks per worker (see pool.py):
+  * the pool block: lap = items completed, lives = items that failed,
+    section BUSY while a batch of tasks runs.  The parent reads it for
+    live progress and, when the worker dies, to tell which item was
+    running (the one after the completed ones, if BUSY) from those that
+    never started (sent again to the replacement worker).
+  * the runner block: what a Process task's lifecycle uses, exactly as a
+    started Process uses its own (laps, section deadlines for the
+    watchdog's timeouts).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import threading
+
+from . import blobs, native, taskwire, wire
+from .errors import ProcessError, RemoteError, ResultError
+from .native import lib
+from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP, R_CHUNK, R_ERROR,
+                       R_PROCESS, R_VALUE)
+from .watchdog import EXIT_ORPHANED, ParentWatch, Watchdog
+
+#: Section id of the pool block while a batch of tasks runs.
+BUSY = 1
+#: Results are sent at least this often while a batch runs (latency bound).
+FLUSH_NS = 1_000_000
+#: A waiting worker wakes this often to notice that it should exit.
+IDLE_SLICE_S = 1.0
+#: Records taken from the task ring per call.
+BATCH = 256
+
+
+def _format(exc) -> str:
+    import traceback
+    return "".join(traceback.format_exception(exc))
+
+
+def _qualified(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_payload(exc):
+    """(exception, traceback text), with a stand-in if it cannot travel."""
+    tb = _format(exc)
+    try:
+        main, bufs = wire.dumps(exc)
+        wire.loads(main, [b.raw() for b in bufs])
+    except Exception:                       # noqa: BLE001 - any failure: send a stand-in
+        exc = RemoteError(_qualified(type(exc)), str(exc))
+    return exc, tb
+
+
+class _BrokenFn:
+    """A function that could not be rebuilt here: every call reports why."""
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __call__(self, *args, **kwargs):
+        raise self.exc
+
+
+class PoolWorker:
+    def __init__(self, slot, ctl_array, task_q, result_q, parent: ParentWatch, max_tasks):
+        self.slot = slot
+        self.pctl = ctl_array.control(2 * slot)
+        self.rctl = ctl_array.control(2 * slot + 1)
+        self.ctl_array = ctl_array
+        self.task_q = task_q
+        self.result_q = result_q
+        self.max_tasks = max_tasks
+        self.fns = {}                   # fn id -> callable (or Process subclass)
+        self.completed = 0
+        self.failed = 0
+        self.token = blobs.FlushToken()     # results: wait at exit until the parent opened them
+        self.out = []                   # encoded results not yet sent
+        self.runner = None              # the Runner of the Process task running now
+        self.main_ident = threading.main_thread().ident
+        self.dog = Watchdog(self.rctl, (), parent, self._fire)
+
+    # -- timeouts of Process tasks: the watchdog signals, the runner raises ------------
+    def _fire(self, start_ns):
+        r = self.runner
+        if r is not None:
+            r.fire(start_ns)
+
+    def _on_alarm(self, signum, frame):
+        r = self.runner
+        if r is not None:
+            r.on_alarm(signum, frame)
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self):
+        signal.signal(signal.SIGALRM, self._on_alarm)
+        self.dog.start()
+        pctl = self.pctl
+        pctl.set_pid(os.getpid())
+        pctl.set_state(lib.SHMP_STATE_RUNNING)
+        get_many, now = self.task_q.get_many, native.now_ns
+        try:
+            while True:
+                try:
+                    records = get_many(timeout=IDLE_SLICE_S, max_items=BATCH)
+                except queue.Empty:
+                    continue
+                pctl.enter(BUSY, 0)
+                flushed = now()
+                for rec in records:
+                    if not self.handle(rec):
+                        pctl.leave()
+                        self.flush()
+                        return
+                    if self.out and now() - flushed > FLUSH_NS:
+                        pctl.leave()
+                        self.flush()
+                        pctl.enter(BUSY, 0)
+                        flushed = now()
+                pctl.leave()
+                self.flush()
+                if self.max_tasks is not None and self.completed >= self.max_tasks:
+                    return                      # recycled: the parent starts a fresh worker
+        finally:
+            self.dog.stop()
+            pctl.set_state(lib.SHMP_STATE_DONE)
+
+    def flush(self):
+        if self.out:
+            out, self.out = self.out, []
+            self.result_q.put_many(out)
+
+    def _done(self, n=1):
+        self.completed += n
+        self.pctl.set_lap(self.completed)
+
+    def _failed(self):
+        self.failed += 1
+        self.pctl.set_lives(self.failed)
+
+    def _send(self, op, ident, payload, elapsed_ns):
+        us = min(elapsed_ns // 1000, 0xFFFFFFFF)
+        try:
+            rec = taskwire.encode(op, ident, payload, self.token, self.slot, us)
+        except Exception as exc:             # noqa: BLE001 - an unpicklable result
+            rec = self._unsendable(op, ident, payload, exc, us)
+        self.out.append(rec)
+
+    def _unsendable(self, op, ident, payload, exc, us):
+        what = f"cannot send the result of task {ident} back to the parent: " \
+               f"{type(exc).__name__}: {exc}"
+        if op == R_CHUNK:                   # fail only the items that cannot travel
+            values, errors = payload
+            for i, v in enumerate(values):
+                if i not in errors:
+                    try:
+                        wire.dumps(v)
+                    except Exception as e:   # noqa: BLE001
+                        values[i] = None
+                        errors[i] = error_payload(wire.SerializationError(
+                            f"cannot send the result of item {i} of this chunk back to the "
+                            f"parent: {type(e).__name__}: {e}"))
+                        self._failed()
+            for i, e in list(errors.items()):
+                try:
+                    wire.dumps(e)
+                except Exception:            # noqa: BLE001
+                    errors[i] = (RemoteError(_qualified(type(e[0])), str(e[0])), e[1])
+            try:
+                return taskwire.encode(R_CHUNK, ident, (values, errors), self.token, self.slot, us)
+            except Exception as e2:          # noqa: BLE001 - give up on the whole chunk
+                exc = e2
+        if op == R_PROCESS:
+            kind, value, timers, error, lap = payload
+            err = ResultError(what, current_lap=lap, original_error=exc)
+            return taskwire.encode(R_PROCESS, ident, (2, err, None, err, lap), self.token,
+                                   self.slot, us)
+        self._failed()
+        return taskwire.encode(R_ERROR, ident, error_payload(wire.SerializationError(what)),
+                               self.token, self.slot, us)
+
+    # -- one record -----------------------------------------------------------------------
+    def handle(self, rec) -> bool:
+        op, flags, _, _, ident = taskwire.header(rec)
+        if op == OP_STOP:
+            return False
+        if op == OP_DEF:
+            try:
+                self.fns[ident] = wire.loads(taskwire.raw_payload(rec))
+            except Exception as exc:         # noqa: BLE001 - reported by each call
+                self.fns[ident] = _BrokenFn(RuntimeError(
+                    f"the function could not be rebuilt in the worker: "
+                    f"{type(exc).__name__}: {exc}"))
+            return True
+        if op == OP_FORGET:
+            self.fns.pop(ident, None)
+            return True
+        start = native.now_ns()
+        try:
+            body = taskwire.payload(rec, flags)
+        except Exception as exc:             # noqa: BLE001 - e.g. an argument's class is missing
+            self._done()
+            self._failed()
+            err = RuntimeError(f"task {ident}'s arguments could not be rebuilt in the worker: "
+                               f"{type(exc).__name__}: {exc}")
+            self._send(R_ERROR, ident, error_payload(err), 0)
+            return True
+        if op == OP_CALL:
+            fn_id, args, kwargs = body
+            self.call(ident, self.fns[fn_id], args, kwargs, start)
+        elif op == OP_CHUNK:
+            fn_id, star, items = body
+            self.chunk(ident, self.fns[fn_id], star, items, start)
+        elif op == OP_RUN:
+            self._send(R_PROCESS, ident, self.run_process(body), native.now_ns() - start)
+            self._done()
+        return True
+
+    def call(self, ident, fn, args, kwargs, start):
+        if _is_process_class(fn):
+            out = self.run_process(self.construct(fn, args, kwargs))
+            self._send(R_PROCESS, ident, out, native.now_ns() - start)
+            self._done()
+            return
+        try:
+            value = fn(*args, **kwargs) if kwargs else fn(*args)
+        except BaseException as exc:         # noqa: BLE001 - the task's failure, not ours
+            self._done()
+            self._failed()
+            self._send(R_ERROR, ident, error_payload(exc), native.now_ns() - start)
+            return
+        self._done()
+        self._send(R_VALUE, ident, value, native.now_ns() - start)
+
+    def chunk(self, ident, fn, star, items, start):
+        values, errors = [], {}
+        if _is_process_class(fn):
+            for i, item in enumerate(items):
+                args = tuple(item) if star else (item,)
+                kind, value, timers, error, lap = self.run_process(self.construct(fn, args, {}))
+                if kind == 2 and isinstance(value, BaseException):
+                    values.append(None)
+                    errors[i] = (value, "")
+                else:
+                    values.append(value)
+                self._done()
+            self._send(R_CHUNK, ident, (values, errors), native.now_ns() - start)
+            return
+        append, done, set_lap = values.append, self.completed, self.pctl.set_lap
+        for i, item in enumerate(items):
+            try:
+                append(fn(*item) if star else fn(item))
+            except BaseException as exc:     # noqa: BLE001
+                append(None)
+                errors[i] = error_payload(exc)
+                self._failed()
+            done += 1
+            set_lap(done)
+        self.completed = done
+        self._send(R_CHUNK, ident, (values, errors), native.now_ns() - start)
+
+    # -- Process tasks ----------------------------------------------------------------------
+    def construct(self, cls, args, kwargs):
+        try:
+            return cls(*args, **kwargs)
+        except BaseException as exc:         # noqa: BLE001 - reported as the task's error
+            return _ConstructionFailed(cls, exc)
+
+    def run_process(self, obj):
+        """Run a Process object's whole lifecycle here; (kind, value, timers, error, lap)."""
+        from .config import validate
+        from .process import _HOOKS
+        from .runner import FAILED_RESULT, Runner
+        name = type(obj).__name__
+        if isinstance(obj, _ConstructionFailed):       # Cls(item) raised: that is the error
+            self._failed()
+            return FAILED_RESULT, obj.exc, None, None, 0
+        try:
+            validate(obj.config)
+            for hook in _HOOKS:
+                if not callable(getattr(obj, hook)):
+                    raise TypeError(f"{name}.{hook} must be callable")
+            snapshot = None
+            if obj.config.lives > 1:
+                main, bufs = wire.dumps(obj)
+                snapshot = (main, [bytearray(b.raw()) for b in bufs])
+        except BaseException as exc:         # noqa: BLE001
+            self._failed()
+            return FAILED_RESULT, exc, None, None, 0
+        rctl = self.rctl
+        rctl.reset()
+        rctl.set_state(lib.SHMP_STATE_RUNNING)
+        runner = Runner(rctl, None, name)
+        runner.main_ident = self.main_ident
+        if snapshot is not None:
+            runner.rebuild = lambda: wire.loads(snapshot[0], [bytearray(b) for b in snapshot[1]])
+        t = obj.config.timeouts
+        self.dog.rearm((t.preloop, t.loop, t.postloop, t.onfinish))
+        self.runner = runner
+        try:
+            kind, (value, timers, error, lap) = runner.execute(obj)
+        except BaseException as exc:         # noqa: BLE001 - a bug of ours: report it
+            err = ProcessError(f"the shmproc runner failed: {type(exc).__name__}: {exc}",
+                               current_lap=runner.lap, traceback_text=_format(exc),
+                               process_name=name)
+            kind, value, timers, error, lap = FAILED_RESULT, err, None, err, runner.lap
+        finally:
+            self.runner = None
+            rctl.leave()
+        if kind == FAILED_RESULT:
+            self._failed()
+        rctl.set_state(lib.SHMP_STATE_DONE if kind != FAILED_RESULT else lib.SHMP_STATE_FAILED)
+        return kind, value, timers, error, lap
+
+
+class _ConstructionFailed:
+    def __init__(self, cls, exc):
+        self.name = cls.__name__
+        self.exc = exc
+
+
+def _is_process_class(fn) -> bool:
+    if not isinstance(fn, type):
+        return False
+    from .process import Process
+    return issubclass(fn, Process)
+
+
+def main(slot, ctl_array, task_q, result_q, parent_pid, direct_child, use_pdeathsig, max_tasks):
+    """The target of a pool worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
+    parent = ParentWatch(parent_pid, direct_child)
+    if direct_child and use_pdeathsig:
+        if not native.parent_death_signal(signal.SIGKILL, parent_pid):
+            os._exit(EXIT_ORPHANED)
+    elif not parent.alive():
+        os._exit(EXIT_ORPHANED)
+    worker = PoolWorker(slot, ctl_array, task_q, result_q, parent, max_tasks)
+    try:
+        worker.run()
+    finally:
+        sys.stdout.flush()

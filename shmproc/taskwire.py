@@ -1,0 +1,79 @@
+"""What crosses a Pool's rings: record header, opcodes and payload codec.
+
+Every record is bytes: a fixed header, then a protocol-5 pickle of the
+payload.  The header sits outside the pickle so that a record whose
+payload cannot be rebuilt on the other side still names its task (the
+worker reports that task as failed instead of losing it).
+
+    header  op (u8) · flags (u8) · slot (u16) · elapsed µs (u32) · id (u64)
+
+When a payload carries large contiguous buffers (numpy arrays), the
+pickle and the buffers go to their own shared segment (blobs.py) and the
+record holds the segment's descriptor (flag BLOB): one copy on the
+writing side, read-only views with no copy on the reading side.
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+
+from . import blobs, wire
+
+HEADER = struct.Struct("<BBHIQ")
+HEADER_SIZE = HEADER.size
+
+# parent -> worker
+OP_DEF = 1          # id: function id; payload: the pickled callable (bytes)
+OP_FORGET = 2       # id: function id the parent no longer uses
+OP_CALL = 3         # id: task id; payload: (fn id, args, kwargs)
+OP_CHUNK = 4        # id: first task id; payload: (fn id, star, items)
+OP_RUN = 5          # id: task id; payload: a Process instance
+OP_STOP = 6         # finish and exit
+
+# worker -> parent
+R_VALUE = 16        # payload: the value
+R_ERROR = 17        # payload: (exception or RemoteError, worker traceback text)
+R_CHUNK = 18        # payload: (values, {offset: (exception, traceback text)})
+R_PROCESS = 19      # payload: (kind, value, timers, error, lap)
+
+FLAG_BLOB = 1
+
+
+class LostRecord(Exception):
+    """The writer of an out-of-band record died before it could be read."""
+
+
+def encode(op: int, ident: int, payload, token, slot: int = 0, elapsed_us: int = 0) -> bytes:
+    """A record; raises wire.SerializationError if `payload` cannot be pickled."""
+    main, bufs = wire.dumps(payload)
+    if not bufs:
+        return HEADER.pack(op, 0, slot, elapsed_us, ident) + main
+    if blobs.pool.in_flight:
+        blobs.pool.sweep()           # recycle segments whose views are gone
+    desc = blobs.encode(main, 0, [b.raw() for b in bufs], token)
+    return HEADER.pack(op, FLAG_BLOB, slot, elapsed_us, ident) + desc
+
+
+def encode_raw(op: int, ident: int, data: bytes = b"", slot: int = 0) -> bytes:
+    return HEADER.pack(op, 0, slot, 0, ident) + data
+
+
+def header(record):
+    """(op, flags, slot, elapsed µs, id)."""
+    return HEADER.unpack_from(record)
+
+
+def payload(record, flags: int):
+    """The payload of a record whose header was read with header()."""
+    body = memoryview(record)[HEADER_SIZE:]
+    if not flags & FLAG_BLOB:
+        return pickle.loads(body)
+    out = blobs.decode(body, False)
+    if out is blobs.LOST:
+        raise LostRecord("the process that wrote this record exited before it was read")
+    main, _, buffers = out
+    return pickle.loads(main, buffers=buffers)
+
+
+def raw_payload(record) -> bytes:
+    return bytes(memoryview(record)[HEADER_SIZE:])
