@@ -70,7 +70,8 @@ _FAILED_KIND = 2            # runner.FAILED_RESULT, without importing the runner
 class _Unit:
     """Items sent to one worker as one record: a call, a chunk, or a Process."""
 
-    __slots__ = ("id", "sink", "index", "op", "fn_id", "star", "items", "record", "slot", "stream")
+    __slots__ = ("id", "sink", "index", "op", "fn_id", "star", "items", "n", "record", "slot",
+                 "stream")
 
     def __init__(self, ident, sink, index, op, fn_id, star, items):
         self.id = ident
@@ -80,6 +81,7 @@ class _Unit:
         self.fn_id = fn_id
         self.star = star
         self.items = items            # OP_CHUNK: the items; OP_CALL: [(args, kwargs)]; OP_RUN: [proc]
+        self.n = len(items)
         self.record = None            # encoded, once
         self.slot = None
         self.stream = 0               # position of items[0] in its worker's item stream
@@ -137,14 +139,12 @@ class Task:
         self._proc = proc             # submit(proc_instance): gets timers and error back
         self._copy = copy
         self._state = Task._PENDING
+        self.dropped = False          # cancelled: outcomes are ignored
         self._value = None
         self._error = None
         self._unit = None
 
     # -- sink interface (called under the pool lock) --
-    def _dropped(self) -> bool:
-        return self._state == Task._CANCELLED
-
     def _put(self, index, value):
         self._value = _writable(value) if self._copy else value
         self._state = Task._DONE
@@ -179,6 +179,7 @@ class Task:
         with self._pool._lock:
             if self._state == Task._PENDING:
                 self._state = Task._CANCELLED
+                self.dropped = True
                 self._pool._drop_pending(self._unit)
             return self._state == Task._CANCELLED
 
@@ -209,7 +210,11 @@ class Task:
 
 
 class _Job:
-    """The items of one map / imap / starmap call and their outcomes."""
+    """The items of one map / imap / starmap call and their outcomes.
+
+    Values arrive a chunk at a time and are kept as lists keyed by the
+    index of their first item, so a chunk costs one dict entry, not one
+    per item."""
 
     def __init__(self, pool, fn_id, name, star, source, total, chunksize, copy):
         self.pool = pool
@@ -220,22 +225,25 @@ class _Job:
         self.total = total            # known length, or None while the source runs
         self.chunksize = chunksize    # None: adaptive
         self.copy = copy
-        self.taken = 0                # items taken from the source
+        self.taken = 0                # items taken from the source into units
+        self.buffered = collections.deque()   # read from the source, not yet in a unit
         self.source_error = None      # what the source raised, after `taken` items
-        self.values = {}
-        self.errors = {}
+        self.ready = {}               # index of first item -> list of values
+        self.errors = {}              # index -> exception
         self.finished = 0
-        self.cancelled = False
-
-    def _dropped(self) -> bool:
-        return self.cancelled
+        self.dropped = False          # cancelled: outcomes are ignored
 
     def _sent(self):
         pass
 
     def _put(self, index, value):
-        self.values[index] = _writable(value) if self.copy else value
+        self.ready[index] = [_writable(value) if self.copy else value]
         self.finished += 1
+
+    def _put_many(self, index, values):
+        if values:
+            self.ready[index] = [_writable(v) for v in values] if self.copy else values
+            self.finished += len(values)
 
     def _fail(self, index, exc):
         self.errors[index] = exc
@@ -244,40 +252,87 @@ class _Job:
     def _process_outcome(self, index, kind, value, timers, error, lap):
         _deliver_process(self, index, kind, value, error)
 
+    def known_total(self):
+        if self.total is None and self.source is None:
+            return self.taken + len(self.buffered)
+        return self.total
+
     def complete(self) -> bool:
-        return self.source is None and self.finished >= self.taken
+        return self.source is None and not self.buffered and self.finished >= self.taken
+
+    def take(self, pool, want, max_items):
+        """Units for about `want` items (one unit unless items go one per record)."""
+        size = self.chunksize or pool._auto_chunk()
+        if size > 1 or self.star:
+            unit = self.next_unit(pool, max_items)
+            return [unit] if unit is not None else None
+        if self.dropped:
+            return None
+        buffered = self.buffered
+        if len(buffered) < want:
+            self._read(buffered, want - len(buffered))
+        count = min(want, len(buffered), max_items)
+        if not count:
+            return None
+        index = self.taken
+        self.taken += count
+        pool._total += count
+        fn_id, ids, pop, job = self.fn_id, pool._ids, buffered.popleft, self
+        return [_Unit(next(ids), job, index + k, OP_CALL, fn_id, False, [((pop(),), None)])
+                for k in range(count)]
 
     def next_unit(self, pool, max_items):
         """Take the next unit from the source, or None when it is exhausted."""
-        if self.source is None or self.cancelled:
+        if self.dropped or (self.source is None and not self.buffered):
             return None
         size = self.chunksize or pool._auto_chunk()
         size = max(1, min(size, max_items))
-        items = []
-        try:
-            for item in itertools.islice(self.source, size):
-                items.append(item)
-        except Exception as exc:                 # noqa: BLE001 - the caller's iterable failed
-            self.source_error = exc
-            self.source = None
+        if size == 1 and not self.star:
+            # One item per record: a plain call, no chunk list to build.  Items
+            # are read from the source a few at a time (one islice per item
+            # would cost more than the rest of sending it).
+            buffered = self.buffered
+            if not buffered:
+                self._read(buffered, 1)
+                if not buffered:
+                    return None
+            item = buffered.popleft()
+            index = self.taken
+            self.taken += 1
+            pool._total += 1
+            return _Unit(pool._new_id(), self, index, OP_CALL, self.fn_id, False,
+                         [((item,), None)])
+        items = list(self.buffered)
+        self.buffered.clear()
         if len(items) < size:
-            self.source = None
-            self.total = self.taken + len(items)
+            self._read(items, size - len(items))
+        elif len(items) > size:
+            self.buffered.extend(items[size:])
+            del items[size:]
         if not items:
             return None
         index = self.taken
         self.taken += len(items)
         pool._total += len(items)
-        if size == 1 and not self.star:
-            # One item per record: a plain call, no chunk list to build.
-            return _Unit(pool._new_id(), self, index, OP_CALL, self.fn_id, False,
-                         [((items[0],), None)])
         return _Unit(pool._new_id(), self, index, OP_CHUNK, self.fn_id, self.star, items)
 
+    def _read(self, into, count):
+        if self.source is None:
+            return
+        before = len(into)
+        try:
+            into.extend(itertools.islice(self.source, count))
+        except Exception as exc:                 # noqa: BLE001 - the caller's iterable failed
+            self.source_error = exc
+            self.source = None
+        if len(into) - before < count:
+            self.source = None
+
     def cancel(self):
-        self.cancelled = True
+        self.dropped = True
         self.source = None
-        self.values.clear()
+        self.buffered.clear()
+        self.ready.clear()
 
 
 def _deliver_process(sink, index, kind, value, error):
@@ -505,9 +560,9 @@ class Pool:
         resend = []
         for unit in slot.inflight:
             self._units.pop(unit.id, None)
-            if unit.sink._dropped():
+            if unit.sink.dropped:
                 continue
-            n = len(unit.items)
+            n = unit.n
             if crashed_at is not None and unit.stream <= crashed_at < unit.stream + n:
                 k = crashed_at - unit.stream
                 self._crashed += 1
@@ -587,15 +642,24 @@ class Pool:
             return 1
         return max(1, min(4096, int(WINDOW_NS / 4 / max(avg, 1.0))))
 
-    def _next_unit(self, max_items):
-        if self._pending:
-            return self._pending.popleft()
-        while self._jobs:
-            job = self._jobs[0]
-            unit = job.next_unit(self, max_items)
-            if unit is not None:
-                return unit
-            self._jobs.popleft()
+    def _take(self, want, max_items):
+        """Up to `want` items' worth of units: re-sends first, then new work."""
+        pending = self._pending
+        if pending:
+            out = [pending.popleft()]
+            n = out[0].n
+            while pending and n < want:
+                unit = pending.popleft()
+                out.append(unit)
+                n += unit.n
+            return out
+        jobs = self._jobs
+        while jobs:
+            job = jobs[0]
+            out = job.take(self, want, max_items)
+            if out:
+                return out
+            jobs.popleft()
         return None
 
     def _feed(self):
@@ -606,48 +670,59 @@ class Pool:
         slots = self._res.slots
         n = len(slots)
         self._rr = (self._rr + 1) % max(n, 1)
+        token = self._res.token
+        units = self._units
         for j in range(n):
             slot = slots[(self._rr + j) % n]
+            inflight = slot.inflight
+            allowance = slot.allowance
+            busy = slot.busy_items
             batch, sent = [], []
-            while len(slot.inflight) < 2 or slot.busy_items < window:
-                room = window if slot.allowance is None else min(window, slot.allowance)
-                if room <= 0:
+            while len(inflight) + len(sent) < 2 or busy < window:
+                if allowance is not None and allowance <= 0:
                     break
-                unit = self._next_unit(slot.allowance or MAX_CHUNK)
-                if unit is None:
+                taken = self._take(max(1, window - busy), allowance or MAX_CHUNK)
+                if not taken:
                     break
-                if unit.sink._dropped():
-                    continue
-                n_items = len(unit.items)
-                if slot.allowance is not None and n_items > slot.allowance:
-                    rest = unit.split(self._new_id(), slot.allowance, n_items)
-                    self._pending.appendleft(rest)
-                    unit = unit.split(unit.id, 0, slot.allowance)
-                    n_items = slot.allowance
-                try:
-                    if unit.op != OP_RUN and unit.fn_id not in slot.fns:
-                        batch.append(taskwire.encode_raw(OP_DEF, unit.fn_id,
-                                                         self._fn_pickle(unit.fn_id)))
-                        slot.fns.add(unit.fn_id)
-                    rec = unit.encode(self._res.token)
-                except Exception as exc:         # noqa: BLE001 - an argument cannot travel
-                    self._unsendable(unit, exc)
-                    continue
-                for fid in slot.forget:
-                    batch.append(taskwire.encode_raw(OP_FORGET, fid))
+                for unit in taken:
+                    if unit.sink.dropped:
+                        continue
+                    if allowance is not None:
+                        if allowance <= 0:
+                            self._pending.appendleft(unit)
+                            continue
+                        if unit.n > allowance:
+                            self._pending.appendleft(unit.split(self._new_id(), allowance, unit.n))
+                            unit = unit.split(unit.id, 0, allowance)
+                        allowance -= unit.n
+                    try:
+                        if unit.op != OP_RUN and unit.fn_id not in slot.fns:
+                            batch.append(taskwire.encode_raw(OP_DEF, unit.fn_id,
+                                                             self._fn_pickle(unit.fn_id)))
+                            slot.fns.add(unit.fn_id)
+                        rec = unit.record or unit.encode(token)
+                    except Exception as exc:         # noqa: BLE001 - an argument cannot travel
+                        if allowance is not None:
+                            allowance += unit.n
+                        self._unsendable(unit, exc)
+                        continue
+                    batch.append(rec)
+                    sent.append(unit)
+                    unit.slot = slot
+                    unit.stream = slot.sent_items
+                    slot.sent_items += unit.n
+                    busy += unit.n
+                    units[unit.id] = unit
+            if slot.forget:
+                batch[:0] = [taskwire.encode_raw(OP_FORGET, fid) for fid in slot.forget]
                 slot.forget.clear()
-                batch.append(rec)
-                sent.append(unit)
-                unit.slot = slot
-                unit.stream = slot.sent_items
-                slot.sent_items += n_items
-                slot.busy_items += n_items
-                if slot.allowance is not None:
-                    slot.allowance -= n_items
-                slot.inflight.append(unit)
-                self._units[unit.id] = unit
-                unit.sink._sent()
-            if batch:
+            slot.busy_items = busy
+            slot.allowance = allowance
+            if sent:
+                inflight.extend(sent)
+                for unit in sent:
+                    if unit.op != OP_CHUNK:
+                        unit.sink._sent()
                 self._send(slot, batch, sent)
 
     def _fn_pickle(self, fn_id) -> bytes:
@@ -667,7 +742,7 @@ class Pool:
             for unit in reversed(back):
                 slot.inflight.remove(unit)
                 self._units.pop(unit.id, None)
-                n_items = len(unit.items)
+                n_items = unit.n
                 slot.sent_items -= n_items
                 slot.busy_items -= n_items
                 if slot.allowance is not None:
@@ -682,7 +757,7 @@ class Pool:
         err = wire.SerializationError(
             f"item {unit.index} cannot be sent to a worker{where}: {type(exc).__name__}: {exc}")
         err.__cause__ = exc
-        for k in range(len(unit.items)):
+        for k in range(unit.n):
             unit.sink._fail(unit.index + k, err)
 
     def _drop_pending(self, unit):
@@ -719,24 +794,28 @@ class Pool:
                 slot.inflight.remove(unit)
             except ValueError:
                 pass
-        n = len(unit.items)
+        n = unit.n
         slot.busy_items -= n
         per_item = elapsed_us * 1000.0 / n
         avg = self._avg_item_ns
         self._avg_item_ns = per_item if avg is None else avg + 0.25 * (per_item - avg)
         sink = unit.sink
-        if sink._dropped():
+        if sink.dropped:
             return
         if op == R_VALUE:
             sink._put(unit.index, body)
         elif op == R_CHUNK:
             values, errors = body
-            for k, v in enumerate(values):
-                if k in errors:
-                    exc, tb = errors[k]
-                    sink._fail(unit.index + k, _remote(exc, tb, self._where(unit, k, slot)))
-                else:
-                    sink._put(unit.index + k, v)
+            if not errors:
+                sink._put_many(unit.index, values)
+                return
+            start = 0
+            for k in sorted(errors):
+                sink._put_many(unit.index + start, values[start:k])
+                exc, tb = errors[k]
+                sink._fail(unit.index + k, _remote(exc, tb, self._where(unit, k, slot)))
+                start = k + 1
+            sink._put_many(unit.index + start, values[start:])
         elif op == R_ERROR:
             exc, tb = body
             sink._fail(unit.index, _remote(exc, tb, self._where(unit, 0, slot)))
@@ -878,39 +957,39 @@ class Pool:
 
     def _drive(self, job, ordered, fail_fast, bar):
         """Yield the job's results, driving the pool meanwhile."""
-        nxt = 0
+        nxt = 0                       # ordered: index of the next result to yield
         try:
             while True:
                 with self._lock:
                     if self._status == _TERMINATED:
                         raise RuntimeError("the pool was terminated while this map was running")
                     if fail_fast and job.errors:
-                        index = min(job.errors)
-                        raise job.errors[index]
-                    ready = []
+                        raise job.errors[min(job.errors)]
+                    ready, error = [], None
                     if ordered:
                         while True:
-                            if nxt in job.values:
-                                ready.append((True, job.values.pop(nxt)))
+                            chunk = job.ready.pop(nxt, None)
+                            if chunk is not None:
+                                ready.append(chunk)
+                                nxt += len(chunk)
                             elif nxt in job.errors:
-                                ready.append((False, job.errors.pop(nxt)))
+                                error = job.errors.pop(nxt)
+                                break
                             else:
                                 break
-                            nxt += 1
                     else:
-                        ready = [(True, v) for v in job.values.values()]
-                        job.values.clear()
+                        ready = list(job.ready.values())
+                        job.ready.clear()
                         if job.errors:
-                            index = min(job.errors)
-                            ready.append((False, job.errors.pop(index)))
-                    drained = job.complete() and not job.values and not job.errors
+                            error = job.errors.pop(min(job.errors))
+                    drained = job.complete() and not job.ready and not job.errors
                 if bar is not None:
-                    bar.update(job.finished, job.total)
-                for ok, v in ready:
-                    if not ok:
-                        raise v
-                    yield v
-                if drained and (not ordered or nxt >= job.taken):
+                    bar.update(job.finished, job.known_total())
+                for chunk in ready:
+                    yield from chunk
+                if error is not None:
+                    raise error
+                if drained:
                     if job.source_error is not None:
                         raise job.source_error
                     return
@@ -920,7 +999,7 @@ class Pool:
             raise
         finally:
             with self._lock:
-                if not job.complete() or job.values or job.errors:
+                if not job.complete() or job.ready or job.errors:
                     job.cancel()
                     try:
                         self._jobs.remove(job)
@@ -1038,6 +1117,7 @@ class Pool:
             for unit in list(self._units.values()) + list(self._pending):
                 if isinstance(unit.sink, Task) and unit.sink._state < Task._DONE:
                     unit.sink._state = Task._CANCELLED
+                    unit.sink.dropped = True
                 elif isinstance(unit.sink, _Job):
                     unit.sink.cancel()
             for job in self._jobs:

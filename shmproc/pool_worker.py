@@ -269,7 +269,7 @@ class PoolWorker:
     # -- Process tasks ----------------------------------------------------------------------
     def construct(self, cls, args, kwargs):
         try:
-            return cls(*args, **kwargs)
+            return cls(*args, **kwargs) if kwargs else cls(*args)
         except BaseException as exc:         # noqa: BLE001 - reported as the task's error
             return _ConstructionFailed(cls, exc)
 

@@ -43,8 +43,23 @@ class LostRecord(Exception):
     """The writer of an out-of-band record died before it could be read."""
 
 
+_pack = HEADER.pack
+_dumps = pickle.dumps
+_loads = pickle.loads
+_MAIN_MARKER = wire._MAIN_MARKER
+
+
 def encode(op: int, ident: int, payload, token, slot: int = 0, elapsed_us: int = 0) -> bytes:
     """A record; raises wire.SerializationError if `payload` cannot be pickled."""
+    # Fast path, the common small task or result: the C pickler took it, no
+    # buffers and nothing from __main__.  Anything else goes the long way.
+    bufs = []
+    try:
+        main = _dumps(payload, 5, buffer_callback=bufs.append)
+    except Exception:                       # noqa: BLE001 - wire.dumps explains or copes
+        main = None
+    if main is not None and not bufs and _MAIN_MARKER not in main:
+        return _pack(op, 0, slot, elapsed_us, ident) + main
     main, bufs = wire.dumps(payload)
     if not bufs:
         return HEADER.pack(op, 0, slot, elapsed_us, ident) + main
@@ -65,9 +80,9 @@ def header(record):
 
 def payload(record, flags: int):
     """The payload of a record whose header was read with header()."""
+    if not flags:
+        return _loads(record[HEADER_SIZE:])
     body = memoryview(record)[HEADER_SIZE:]
-    if not flags & FLAG_BLOB:
-        return pickle.loads(body)
     out = blobs.decode(body, False)
     if out is blobs.LOST:
         raise LostRecord("the process that wrote this record exited before it was read")

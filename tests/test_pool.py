@@ -1,0 +1,558 @@
+"""shmproc.Pool: ordering, laziness, submit/cancel, Process classes, numpy,
+crashes, task errors, recycling, Ctrl-C and bad input.  Every test runs
+inside the leak check of conftest.py (fds, mappings, /dev/shm, children)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import CancelledError
+
+import numpy as np
+import pytest
+
+import shmproc
+from shmproc import Pool
+from shmproc.errors import RemoteTraceback
+from shmproc.processing import MainLoopError, Process, ProcessCrashedError, TimeoutError
+from shmproc.wire import SerializationError
+
+
+# ---- module-level functions and classes: importable under every start method ------------
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def pid_of(_):
+    return os.getpid()
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def fail_on(x, bad=5):
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def die_on(x, bad=3):
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def make_lock(_):
+    return threading.Lock()
+
+
+def big_array(n):
+    return np.arange(n, dtype=np.float64)
+
+
+def array_sum(a):
+    return float(a.sum()), a.flags.writeable
+
+
+class Counter(Process):
+    def __init__(self, n):
+        self.config.num_loops = n
+        self.count = 0
+
+    def __loop__(self):
+        self.count += 1
+
+    def __result__(self):
+        return self.count
+
+
+class Trivial(Process):
+    def __init__(self, i):
+        self.i = i
+        self.config.num_loops = 1
+
+    def __result__(self):
+        return self.i
+
+
+class FlakyOnce(Process):
+    """Fails its first life (recorded in a file), succeeds in the second."""
+
+    def __init__(self, marker):
+        self.marker = marker
+        self.config.num_loops = 2
+        self.config.lives = 2
+        self.laps = 0
+
+    def __loop__(self):
+        self.laps += 1
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            raise RuntimeError("first life fails")
+
+    def __result__(self):
+        return self.laps
+
+
+class Sleepy(Process):
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.config.num_loops = 1
+        self.config.timeouts.loop = 0.2
+
+    def __loop__(self):
+        time.sleep(self.seconds)
+
+    def __result__(self):
+        return "woke"
+
+
+class Broken(Process):
+    def __init__(self):
+        self.config.num_loops = 3
+
+    def __loop__(self):
+        if self.current_lap == 1:
+            raise KeyError("lap one")
+
+
+class SelfKill(Process):
+    def __init__(self):
+        self.config.num_loops = 5
+
+    def __loop__(self):
+        if self.current_lap == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.fixture
+def pool():
+    with Pool(2) as p:
+        yield p
+
+
+# ---- map, imap, imap_unordered, starmap ----------------------------------------------------
+
+@pytest.mark.parametrize("chunksize", [None, 1, 7, 1000])
+def test_map_keeps_order(pool, chunksize):
+    assert pool.map(square, range(500), chunksize=chunksize) == [x * x for x in range(500)]
+
+
+def test_map_of_nothing(pool):
+    assert pool.map(square, []) == []
+    assert list(pool.imap(square, iter([]))) == []
+
+
+def test_imap_is_ordered_and_lazy(pool):
+    taken = []
+
+    def source():
+        for i in range(200):
+            taken.append(i)
+            yield i
+
+    it = pool.imap(square, source())
+    first = next(it)
+    assert first == 0
+    assert len(taken) < 200, "imap read the whole input before the first result"
+    assert [first] + list(it) == [x * x for x in range(200)]
+
+
+def test_imap_unordered_is_complete(pool):
+    out = list(pool.imap_unordered(nap, [0.02, 0.0, 0.01, 0.0] * 5, chunksize=1))
+    assert sorted(out) == sorted([0.02, 0.0, 0.01, 0.0] * 5)
+
+
+def test_starmap_and_istarmap(pool):
+    pairs = [(i, 10 * i) for i in range(50)]
+    assert pool.starmap(add, pairs) == [11 * i for i in range(50)]
+    assert list(pool.istarmap(add, iter(pairs), chunksize=1)) == [11 * i for i in range(50)]
+
+
+def test_lambdas_and_closures(pool):
+    k = 3
+    assert pool.map(lambda x: x * k, range(10)) == [x * 3 for x in range(10)]
+    assert pool.submit(lambda a, b=1: a - b, 10, b=4).result == 6
+
+
+def test_breaking_out_of_imap_leaves_the_pool_usable(pool):
+    for i, v in enumerate(pool.imap(square, range(10_000), chunksize=1)):
+        if i == 5:
+            break
+    assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+
+# ---- submit, wait, cancel ------------------------------------------------------------------
+
+def test_submit_result_and_wait(pool):
+    t = pool.submit(nap, 0.2)
+    assert t.wait(0.01) is False
+    assert t.wait() is True and t.done()
+    assert t.result == 0.2
+    assert "done" in repr(t)
+
+
+def test_cancel_before_it_runs(pool):
+    blockers = [pool.submit(nap, 0.3) for _ in range(6)]     # more than the workers take ahead
+    last = pool.submit(square, 4)
+    assert last.cancel() is True and last.cancelled
+    with pytest.raises(CancelledError):
+        last.result
+    assert [b.result for b in blockers] == [0.3] * 6
+    assert blockers[0].cancel() is False                      # already done
+
+
+def test_cancel_while_running_is_refused(pool):
+    t = pool.submit(nap, 0.3)
+    time.sleep(0.1)
+    assert t.cancel() is False
+    assert t.result == 0.3
+
+
+# ---- Process classes through the pool ----------------------------------------------------------
+
+def test_process_classes_through_map(pool):
+    assert pool.map(Counter, [1, 5, 10]) == [1, 5, 10]
+    assert pool.starmap(Counter, [(2,), (3,)]) == [2, 3]
+    assert pool.submit(Counter, 7).result == 7
+
+
+def test_a_thousand_trivial_processes(pool):
+    assert pool.map(Trivial, range(1000)) == list(range(1000))
+
+
+def test_process_instance_gets_timers_and_error(pool):
+    proc = Counter(4)
+    assert pool.submit(proc).result == 4
+    assert proc.timers is None or hasattr(proc.timers, "loop")
+    broken = Broken()
+    with pytest.raises(MainLoopError) as info:
+        pool.submit(broken).result
+    assert info.value.current_lap == 1
+    assert isinstance(info.value.original_error, KeyError)
+    assert isinstance(broken.error, MainLoopError)
+
+
+def test_process_lives_in_the_pool(pool, tmp_path):
+    assert pool.submit(FlakyOnce, str(tmp_path / "marker")).result == 2   # fresh state: 2, not 3
+
+
+def test_process_timeouts_in_the_pool(pool):
+    with pytest.raises(TimeoutError) as info:
+        pool.submit(Sleepy, 5).result
+    assert info.value.section == "__loop__"
+    assert pool.submit(Sleepy, 0).result == "woke"        # the worker is fine afterwards
+
+
+def test_process_crash_in_the_pool(pool):
+    with pytest.raises(ProcessCrashedError) as info:
+        pool.submit(SelfKill).result
+    assert info.value.signal_name == "SIGKILL"
+    assert info.value.last_lap == 2
+    assert pool.map(Counter, [3, 3]) == [3, 3]
+
+
+def test_process_construction_error_is_the_tasks_error(pool):
+    with pytest.raises(TypeError):
+        pool.submit(Counter).result           # missing argument
+    with pytest.raises(ValueError, match="num_loops"):        # validated as start() does
+        pool.map(Counter, [1, "x"], chunksize=1)
+
+
+# ---- numpy -----------------------------------------------------------------------------------
+
+def test_numpy_results_are_read_only_views_unless_copy(pool):
+    a = pool.submit(big_array, 1_000_000).result
+    assert a.shape == (1_000_000,) and a[123_456] == 123_456.0
+    assert not a.flags.writeable
+    b = pool.submit(big_array, 1_000_000, copy=True).result
+    assert b.flags.writeable
+    b[0] = 5
+    out = pool.map(big_array, [300_000, 10], copy=True)
+    assert out[0].flags.writeable and list(out[1]) == list(range(10))
+
+
+def test_numpy_arguments_travel_out_of_band(pool):
+    arrays = [np.full(200_000, i, dtype=np.float64) for i in range(6)]
+    out = pool.map(array_sum, arrays, chunksize=1)
+    assert [s for s, _ in out] == [200_000.0 * i for i in range(6)]
+    assert not any(w for _, w in out)          # the worker saw read-only views
+
+
+# ---- failures: task errors, crashes, recycling -------------------------------------------------
+
+def test_task_error_raises_from_map_with_index_and_traceback(pool):
+    with pytest.raises(ValueError, match="bad item 5") as info:
+        pool.map(fail_on, range(20), chunksize=1)
+    err = info.value
+    assert isinstance(err.__cause__, RemoteTraceback)
+    assert "fail_on" in str(err.__cause__)
+    assert "task 5" in err.shmproc_task
+    assert pool.map(square, range(3)) == [0, 1, 4]
+
+
+def test_imap_yields_up_to_the_failed_task(pool):
+    got = []
+    with pytest.raises(ValueError):
+        for v in pool.imap(fail_on, range(20), chunksize=3):
+            got.append(v)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_submit_error(pool):
+    t = pool.submit(fail_on, 5)
+    with pytest.raises(ValueError, match="bad item 5"):
+        t.result
+    assert pool.progress.failed >= 1
+
+
+def test_worker_killed_mid_task_fails_only_that_task(pool):
+    before = set(pool.pids)
+    tasks = [pool.submit(die_on, i) for i in range(8)]
+    for i, t in enumerate(tasks):
+        if i == 3:
+            with pytest.raises(ProcessCrashedError) as info:
+                t.result
+            assert info.value.signal_name == "SIGKILL"
+        else:
+            assert t.result == i
+    assert set(pool.pids) != before              # the dead worker was replaced
+    assert pool.map(square, range(10)) == [x * x for x in range(10)]
+
+
+def test_worker_killed_inside_a_chunk(pool):
+    got = []
+    with pytest.raises(ProcessCrashedError):
+        for v in pool.imap(die_on, range(30), chunksize=10):
+            got.append(v)
+    assert got == [0, 1, 2]
+    assert pool.map(square, range(30), chunksize=10) == [x * x for x in range(30)]
+
+
+def test_max_tasks_per_worker_recycles_workers():
+    with Pool(1, max_tasks_per_worker=3) as p:
+        pids = p.map(pid_of, range(10), chunksize=1)
+        assert len(pids) == 10
+        assert [pids.count(pid) for pid in dict.fromkeys(pids)] == [3, 3, 3, 1]
+        assert p.map(pid_of, range(4), chunksize=4)
+
+
+def test_progress_counts(pool):
+    pool.map(square, range(100))
+    with pytest.raises(ValueError):
+        pool.map(fail_on, range(10), chunksize=10)
+    done, total, failed = pool.progress
+    assert total == 110 and done == 110 and failed == 1
+
+
+def test_progress_bar_on_stderr(pool, capsys):
+    pool.map(square, range(50), progress=True)
+    err = capsys.readouterr().err
+    assert "50/50" in err
+
+
+# ---- start methods ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_other_start_methods(method):
+    with Pool(2, start_method=method) as p:
+        assert p.map(square, range(20), chunksize=3) == [x * x for x in range(20)]
+        assert p.submit(lambda: 41 + 1).result == 42
+        assert p.submit(Counter, 3).result == 3
+
+
+# ---- lifecycle ----------------------------------------------------------------------------------
+
+def test_close_join_and_submit_after_close():
+    p = Pool(2)
+    t = p.submit(nap, 0.1)
+    p.close()
+    with pytest.raises(ValueError, match="closed"):
+        p.submit(square, 2)
+    with pytest.raises(ValueError, match="closed"):
+        p.map(square, [1])
+    p.join()
+    assert t.result == 0.1
+    p.terminate()                               # idempotent after join
+
+
+def test_join_needs_close():
+    with Pool(1) as p:
+        with pytest.raises(ValueError, match="close"):
+            p.join()
+
+
+def test_terminate_cancels_unfinished_tasks():
+    p = Pool(1)
+    t = p.submit(nap, 5)
+    time.sleep(0.1)
+    p.terminate()
+    with pytest.raises(CancelledError):
+        t.result
+
+
+def test_leaving_the_block_with_an_exception_terminates():
+    with pytest.raises(KeyError):
+        with Pool(2) as p:
+            p.submit(nap, 5)
+            raise KeyError("out")
+    assert p.pids == []
+
+
+def test_pool_dropped_without_close_is_cleaned_up():
+    p = Pool(1)
+    assert p.map(square, [3]) == [9]
+    del p                                        # the finalizer kills the worker
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers, exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                          ("2", TypeError), (True, TypeError)])
+def test_bad_worker_counts(workers, exc):
+    with pytest.raises(exc, match="workers"):
+        Pool(workers)
+
+
+@pytest.mark.parametrize("kw, exc", [({"max_tasks_per_worker": 0}, ValueError),
+                                     ({"max_tasks_per_worker": "3"}, TypeError),
+                                     ({"start_method": "threads"}, ValueError)])
+def test_bad_pool_options(kw, exc):
+    with pytest.raises(exc):
+        Pool(1, **kw)
+
+
+def test_bad_chunksize(pool):
+    with pytest.raises(ValueError, match="chunksize"):
+        pool.map(square, [1], chunksize=0)
+    with pytest.raises(TypeError, match="chunksize"):
+        pool.map(square, [1], chunksize=2.0)
+    with pytest.raises(TypeError, match="callable"):
+        pool.map(3, [1])
+    with pytest.raises(TypeError, match="callable"):
+        pool.submit(3)
+
+
+def test_unpicklable_function_is_named_at_submit(pool):
+    lock = threading.Lock()
+
+    def uses_lock(x):
+        with lock:
+            return x
+
+    with pytest.raises(SerializationError, match="uses_lock"):
+        pool.submit(uses_lock, 1)
+    with pytest.raises(SerializationError, match="uses_lock"):
+        pool.map(uses_lock, [1, 2])
+    assert pool.map(square, [2]) == [4]
+
+
+def test_unpicklable_argument_is_named_at_submit(pool):
+    with pytest.raises(SerializationError, match=r"args\[1\].*lock"):
+        pool.submit(add, 1, threading.Lock())
+    with pytest.raises(SerializationError, match="item 1"):
+        pool.map(square, [1, threading.Lock(), 3], chunksize=1)
+    assert pool.submit(add, 1, 2).result == 3
+
+
+def test_generator_that_raises_mid_iteration(pool):
+    def source():
+        yield 1
+        yield 2
+        raise OSError("input broke")
+
+    with pytest.raises(OSError, match="input broke"):
+        pool.map(square, source())
+    got = []
+    with pytest.raises(OSError, match="input broke"):
+        for v in pool.imap(square, source(), chunksize=1):
+            got.append(v)
+    assert got == [1, 4]
+    assert pool.map(square, [3]) == [9]
+
+
+def test_unpicklable_result(pool):
+    with pytest.raises(SerializationError, match="cannot send the result"):
+        pool.submit(make_lock, 0).result
+    with pytest.raises(SerializationError):
+        pool.map(make_lock, range(3), chunksize=3)
+    assert pool.map(square, [5]) == [25]
+
+
+def test_submit_process_with_arguments_is_refused(pool):
+    with pytest.raises(TypeError, match="no arguments"):
+        pool.submit(Counter(1), 5)
+
+
+# ---- Ctrl-C and parent death (subprocesses) -------------------------------------------------------
+
+_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    from shmproc import Pool
+
+    def slow(x):
+        time.sleep(30)
+        return x
+
+    if __name__ == "__main__":
+        pool = Pool(2)
+        print(*pool.pids, flush=True)
+        {tail}
+""")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1][0] != "Z"
+
+
+def _wait_gone(pids, seconds=10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in pids):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_ctrl_c_in_map_stops_cleanly(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(_SCRIPT.format(tail="pool.map(slow, range(8), chunksize=1)"))
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as parent:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        time.sleep(0.5)
+        parent.send_signal(signal.SIGINT)
+        _, err = parent.communicate(timeout=30)
+        assert parent.returncode != 0
+    assert "KeyboardInterrupt" in err
+    assert _wait_gone(workers), "pool workers outlived Ctrl-C"
+
+
+def test_parent_death_takes_the_pool(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(_SCRIPT.format(tail="pool.submit(slow, 1); time.sleep(0.3); os._exit(0)"))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    workers = [int(p) for p in out.stdout.split()]
+    assert _wait_gone(workers), "pool workers outlived their parent"
+
+
+def test_exit_without_close_does_not_hang(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(_SCRIPT.format(tail="pool.submit(slow, 1); print('bye', flush=True)"))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "bye" in out.stdout
+    assert _wait_gone([int(p) for p in out.stdout.split()[:2]])
