@@ -51,7 +51,8 @@ MAX_OPENED_KEPT = 64
 
 PEER_FD_OK = bool(lib.shmp_platform_features() & lib.SHMP_FEAT_PEER_FD)
 
-# Blob layout: [state word | pad to 64][main payload][buffers, each 64-aligned]
+# Blob layout: [state word | pad to 64][main payload][buffers, each where its
+# source sits within a page (see native.copy_offset)]
 HEADER = 64
 _STATE = 0
 # Descriptor: pid, fd, blob size, main length, main kind, buffer count;
@@ -189,6 +190,7 @@ def encode(main: bytes, kind: int, raws, token) -> bytes:
     layout = []
     off = _align64(HEADER + len(main))
     for raw in raws:
+        off = native.copy_offset(off, raw)
         layout.append((off, raw.nbytes))
         off = _align64(off + raw.nbytes)
     blob = pool.acquire(off)

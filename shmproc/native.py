@@ -19,7 +19,7 @@ from .errors import CorruptSharedMemoryError, SharedMemoryError
 __all__ = [
     "ffi", "lib", "check", "now_ns", "timeout_ns", "Ring", "Blob", "ControlArray", "Control",
     "Arena", "parent_death_signal",
-    "open_peer_fd", "OK", "EFULL", "EEMPTY", "ETIMEDOUT", "EINTR", "ESMALLBUF",
+    "open_peer_fd", "copy_offset", "OK", "EFULL", "EEMPTY", "ETIMEDOUT", "EINTR", "ESMALLBUF",
     "ETOOBIG", "ESTATE", "EPEER",
 ]
 
@@ -200,6 +200,16 @@ class Ring:
 
     def is_closed(self) -> bool:
         return bool(lib.shmp_ring_is_closed(self._h))
+
+
+def copy_offset(cursor: int, raw) -> int:
+    """Where to put a copy of buffer `raw` in a page-aligned segment: the
+    first offset >= cursor with the same position within a page as the
+    source.  memcpy here runs ~3x slower (3 against 10 GB/s) when source
+    and destination sit at different offsets within a cache line."""
+    addr = int(ffi.cast("uintptr_t", ffi.from_buffer(raw)))
+    off = (cursor & ~4095) | (addr & 4095)
+    return off if off >= cursor else off + 4096
 
 
 def _ring_closed(*args):

@@ -27,6 +27,7 @@ import itertools
 import math
 import multiprocessing as mp
 import os
+import pickle
 import queue as _stdlib_queue
 import threading
 import time
@@ -39,9 +40,13 @@ from .errors import ProcessCrashedError, ProcessError, RemoteTraceback
 from .progressbar import ProgressBar
 from .queue import Queue
 from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP, R_CHUNK, R_ERROR,
-                       R_PROCESS, R_VALUE)
+                       R_PROCESS, R_VALUE, R_VALUES)
 
 __all__ = ["Pool", "Task", "Progress"]
+
+_dumps = pickle.dumps
+_pack = taskwire.HEADER.pack
+_MAIN_MARKER = wire._MAIN_MARKER
 
 Progress = collections.namedtuple("Progress", "done total failed")
 Progress.__doc__ = "Items finished (failed ones included), items accepted, items that failed."
@@ -148,10 +153,12 @@ class Task:
     def _put(self, index, value):
         self._value = _writable(value) if self._copy else value
         self._state = Task._DONE
+        self._unit = None             # no cycle: a result's memory goes with the Task
 
     def _fail(self, index, exc):
         self._error = exc
         self._state = Task._DONE
+        self._unit = None
 
     def _process_outcome(self, index, kind, value, timers, error, lap):
         if self._proc is not None:
@@ -277,9 +284,21 @@ class _Job:
         index = self.taken
         self.taken += count
         pool._total += count
-        fn_id, ids, pop, job = self.fn_id, pool._ids, buffered.popleft, self
-        return [_Unit(next(ids), job, index + k, OP_CALL, fn_id, False, [((pop(),), None)])
-                for k in range(count)]
+        fn_id, ids, pop = self.fn_id, pool._ids, buffered.popleft
+        out = []
+        for k in range(count):
+            item = pop()
+            unit = _Unit(next(ids), self, index + k, OP_CALL, fn_id, False, [((item,), None)])
+            # Encoded here, the common case inline (see taskwire.encode).
+            bufs = []
+            try:
+                main = _dumps((fn_id, (item,), None), 5, buffer_callback=bufs.append)
+            except Exception:                      # noqa: BLE001 - the general path decides
+                main = None
+            if main is not None and not bufs and _MAIN_MARKER not in main:
+                unit.record = _pack(OP_CALL, 0, 0, 0, unit.id) + main
+            out.append(unit)
+        return out
 
     def next_unit(self, pool, max_items):
         """Take the next unit from the source, or None when it is exhausted."""
@@ -733,7 +752,10 @@ class Pool:
 
     def _send(self, slot, batch, units):
         try:
-            slot.task_q.put_many(batch, block=False)
+            if len(batch) == 1:
+                slot.task_q.put(batch[0], block=False)    # cheaper than a batch of one
+            else:
+                slot.task_q.put_many(batch, block=False)
         except _stdlib_queue.Full as full:
             # The ring is full (huge items): take back what did not go.
             put = full.args[1] if len(full.args) > 1 else 0
@@ -778,14 +800,25 @@ class Pool:
 
     def _on_result(self, rec):
         op, flags, _, elapsed_us, ident = taskwire.header(rec)
-        unit = self._units.pop(ident, None)
         try:
             body = taskwire.payload(rec, flags)      # always: it releases the segment's hold
         except Exception as exc:                      # noqa: BLE001 - e.g. a class missing here
             body = exc
-            op = -1
-        if unit is None:
+            op = -1 if op != R_VALUES else op
+        if op == R_VALUES:                            # several plain values in one record
+            ids, values = body
+            each = elapsed_us // max(1, len(ids))
+            pop = self._units.pop
+            for ident, value in zip(ids, values):
+                unit = pop(ident, None)
+                if unit is not None:
+                    self._complete(unit, R_VALUE, value, each)
             return
+        unit = self._units.pop(ident, None)
+        if unit is not None:
+            self._complete(unit, op, body, elapsed_us)
+
+    def _complete(self, unit, op, body, elapsed_us):
         slot = unit.slot
         if slot.inflight and slot.inflight[0] is unit:
             slot.inflight.popleft()
@@ -839,8 +872,12 @@ class Pool:
         self._feed()
         records = ()
         if self._units:
+            results = self._res.results
             try:
-                records = self._res.results.get_many(timeout=wait_s, max_items=4096)
+                if results.qsize() > 1:
+                    records = results.get_many(block=False, max_items=4096)
+                else:
+                    records = (results.get(timeout=wait_s),)      # cheaper for one
             except _stdlib_queue.Empty:
                 pass
         elif wait_s:

@@ -17,6 +17,7 @@ Two control blocks per worker (see pool.py):
 from __future__ import annotations
 
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -26,8 +27,18 @@ from . import blobs, native, taskwire, wire
 from .errors import ProcessError, RemoteError, ResultError
 from .native import lib
 from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP, R_CHUNK, R_ERROR,
-                       R_PROCESS, R_VALUE)
+                       R_PROCESS, R_VALUE, R_VALUES)
 from .watchdog import EXIT_ORPHANED, ParentWatch, Watchdog
+
+_now = native.now_ns
+_unpack = taskwire.HEADER.unpack_from
+_loads = pickle.loads
+_encode = taskwire.encode
+_HS = taskwire.HEADER_SIZE
+
+#: Values that may share a record (R_VALUES): they cannot fail to unpickle
+#: in the parent, so one bad value can never take the others' ids with it.
+_SCALARS = frozenset((int, float, complex, bool, str, bytes, type(None)))
 
 #: Section id of the pool block while a batch of tasks runs.
 BUSY = 1
@@ -79,6 +90,9 @@ class PoolWorker:
         self.result_q = result_q
         self.max_tasks = max_tasks
         self.fns = {}                   # fn id -> callable (or Process subclass)
+        self.plain = {}                 # the same, only the plain callables
+        self.fast_ids, self.fast_values, self.fast_ns = [], [], 0   # see call_fast
+        self.set_lap = self.pctl.set_lap
         self.completed = 0
         self.failed = 0
         self.token = blobs.FlushToken()     # results: wait at exit until the parent opened them
@@ -105,21 +119,27 @@ class PoolWorker:
         pctl = self.pctl
         pctl.set_pid(os.getpid())
         pctl.set_state(lib.SHMP_STATE_RUNNING)
-        get_many, now = self.task_q.get_many, native.now_ns
+        task_q, now = self.task_q, native.now_ns
+        get, get_many, qsize = task_q.get, task_q.get_many, task_q.qsize
         try:
             while True:
                 try:
-                    records = get_many(timeout=IDLE_SLICE_S, max_items=BATCH)
+                    if qsize() > 1:
+                        records = get_many(block=False, max_items=BATCH)
+                    else:
+                        records = (get(timeout=IDLE_SLICE_S),)   # cheaper for one
                 except queue.Empty:
                     continue
                 pctl.enter(BUSY, 0)
                 flushed = now()
                 for rec in records:
-                    if not self.handle(rec):
+                    if rec[0] == OP_CALL and rec[1] == 0 and self.call_fast(rec):
+                        pass
+                    elif not self.handle(rec):
                         pctl.leave()
                         self.flush()
                         return
-                    if self.out and now() - flushed > FLUSH_NS:
+                    if (self.out or self.fast_ids) and now() - flushed > FLUSH_NS:
                         pctl.leave()
                         self.flush()
                         pctl.enter(BUSY, 0)
@@ -132,9 +152,59 @@ class PoolWorker:
             self.dog.stop()
             pctl.set_state(lib.SHMP_STATE_DONE)
 
+    def call_fast(self, rec) -> bool:
+        """The common record, a plain function call with small arguments,
+        without the general path's layers; False if it is not one."""
+        start = _now()
+        ident = _unpack(rec)[4]
+        try:
+            fn_id, args, kwargs = _loads(rec[_HS:])
+        except Exception:                    # noqa: BLE001 - handle() reports it
+            return False
+        fn = self.plain.get(fn_id)
+        if fn is None:
+            return False
+        try:
+            value = fn(*args, **kwargs) if kwargs else fn(*args)
+        except BaseException as exc:         # noqa: BLE001 - the task's failure, not ours
+            self._done()
+            self._failed()
+            self._send(R_ERROR, ident, error_payload(exc), _now() - start)
+            return True
+        self.completed += 1
+        self.set_lap(self.completed)
+        if type(value) not in _SCALARS:      # only values that surely unpickle in the parent
+            self._send(R_VALUE, ident, value, _now() - start)
+            return True
+        self.fast_ids.append(ident)
+        self.fast_values.append(value)
+        self.fast_ns += _now() - start
+        return True
+
+    def _coalesce(self):
+        """The fast path's values, as one record (each alone if that fails)."""
+        ids, values = self.fast_ids, self.fast_values
+        self.fast_ids, self.fast_values = [], []
+        us = min(self.fast_ns // 1000, 0xFFFFFFFF)
+        self.fast_ns = 0
+        if len(ids) > 1:
+            try:
+                self.out.append(_encode(R_VALUES, 0, (ids, values), self.token, self.slot, us))
+                return
+            except Exception:                # noqa: BLE001 - one of them cannot travel
+                pass
+        for ident, value in zip(ids, values):
+            self._send(R_VALUE, ident, value, us * 1000 // len(ids))
+
     def flush(self):
-        if self.out:
-            out, self.out = self.out, []
+        if self.fast_ids:
+            self._coalesce()
+        out = self.out
+        if len(out) == 1:
+            self.result_q.put(out[0])
+            out.clear()
+        elif out:
+            self.out = []
             self.result_q.put_many(out)
 
     def _done(self, n=1):
@@ -193,14 +263,18 @@ class PoolWorker:
             return False
         if op == OP_DEF:
             try:
-                self.fns[ident] = wire.loads(taskwire.raw_payload(rec))
+                fn = wire.loads(taskwire.raw_payload(rec))
             except Exception as exc:         # noqa: BLE001 - reported by each call
-                self.fns[ident] = _BrokenFn(RuntimeError(
+                fn = _BrokenFn(RuntimeError(
                     f"the function could not be rebuilt in the worker: "
                     f"{type(exc).__name__}: {exc}"))
+            self.fns[ident] = fn
+            if not _is_process_class(fn):
+                self.plain[ident] = fn
             return True
         if op == OP_FORGET:
             self.fns.pop(ident, None)
+            self.plain.pop(ident, None)
             return True
         start = native.now_ns()
         try:

@@ -35,6 +35,7 @@ R_VALUE = 16        # payload: the value
 R_ERROR = 17        # payload: (exception or RemoteError, worker traceback text)
 R_CHUNK = 18        # payload: (values, {offset: (exception, traceback text)})
 R_PROCESS = 19      # payload: (kind, value, timers, error, lap)
+R_VALUES = 20       # payload: (ids, values): several tasks' values in one record
 
 FLAG_BLOB = 1
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 
-from . import wire
+from . import native, wire
 from .errors import CorruptSharedMemoryError
 
 _MAGIC = 0x52504853          # "SHPR"
@@ -41,6 +41,7 @@ def write(arena, obj, kind: int = 0, same_main: bool = False) -> int:
     off = _align64(main_at + len(main))
     layout = []
     for raw in raws:
+        off = native.copy_offset(off, raw)
         layout.append((off, raw.nbytes))
         off = _align64(off + raw.nbytes)
     if off > arena.size:

@@ -1,0 +1,444 @@
+"""shmproc.Pool against multiprocessing.Pool, ProcessPoolExecutor, mpire and loky, in one run.
+
+    python bench/pool.py              # full run, ~2-3 minutes
+    python bench/pool.py --quick      # smoke run, rough numbers
+    python bench/pool.py --check-targets
+
+Every pool is created once, warmed up (each worker has run tasks), and then
+timed in the parent with perf_counter from the call to the last result in
+hand.  All pools have the same number of workers (--workers, default 2) and
+use fork (loky uses its own fork+exec start).  Ratios are against
+multiprocessing.Pool (1.00x).
+
+1. 100k trivial tasks (``noop(x) -> x``): each library's default batching
+   (mp.Pool, mpire and shmproc pick a chunk size; ProcessPoolExecutor and
+   loky default to 1, so they are also shown with chunksize=256), and
+   chunksize=1 (one task per dispatch).  tasks/s, best of --repeat.
+   Targets: shmproc chunksize 1 >= 100k/s and >= 5x mp.Pool chunksize 1;
+   shmproc default >= the best default of the anchors.
+2. 10k tasks of ~100 us of pure-Python CPU work each (a loop calibrated in
+   the parent), default batching and chunksize 1.  tasks/s.
+3. submit -> result on a warm pool, one task at a time: median and p90
+   latency over --latency-n calls (mp.Pool.apply, executor.submit().result(),
+   mpire apply, shmproc submit().result).  Target: shmproc median <= 100 us.
+4. A 256 MiB float64 array returned by a warm worker (the worker keeps the
+   array, so only the transfer is timed); GB/s = 10^9 B/s.  Contenders:
+   shmproc.Pool.submit, mp.Pool.apply, and a warm mp.Process answering
+   requests on an mp.Queue (the reference for this row); in-process
+   arr.copy() for scale.  Target: shmproc >= 25x mp.Queue.
+5. 1,000 trivial Process objects (num_loops=1, __result__ returns its
+   argument) through ``pool.map(Trivial, range(1000))`` vs the same Process
+   objects started one by one (start, result, next).  Target: >= 50x.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+_CHILD = __name__ == "__mp_main__"
+if __package__ in (None, ""):
+    # bench/ holds queue.py, which would shadow the stdlib module: keep bench/
+    # at the end of sys.path (see process.py).
+    _HERE = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+    sys.path.append(_HERE)
+    import _common as C
+else:
+    from . import _common as C
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import time
+
+import numpy as np
+
+import shmproc
+from shmproc.processing import Process
+
+# ---- workloads (module level: every library can pickle them by reference) ---------------
+
+
+def noop(x):
+    return x
+
+
+def spin(n):
+    for _ in range(n):
+        pass
+    return n
+
+
+_HELD = {}
+
+
+def held_array(nbytes):
+    """The worker's cached array: building it is not part of the transfer."""
+    a = _HELD.get(nbytes)
+    if a is None:
+        a = _HELD[nbytes] = np.ones(nbytes // 8)
+    return a
+
+
+class Trivial(Process):
+    def __init__(self, i):
+        self.i = i
+        self.config.num_loops = 1
+
+    def __result__(self):
+        return self.i
+
+
+def _queue_server(requests, replies, nbytes):
+    a = np.ones(nbytes // 8)
+    while requests.get() is not None:
+        replies.put(a)
+
+
+# ---- contenders ------------------------------------------------------------------------
+
+
+class Contender:
+    name = ""
+
+    def map(self, fn, items, chunksize):          # chunksize None: the library's default
+        raise NotImplementedError
+
+    def call(self, fn, arg):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+class ShmprocPool(Contender):
+    name = "shmproc.Pool"
+
+    def __init__(self, workers):
+        self.pool = shmproc.Pool(workers, start_method="fork")
+
+    def map(self, fn, items, chunksize):
+        return self.pool.map(fn, items, chunksize=chunksize)
+
+    def call(self, fn, arg):
+        return self.pool.submit(fn, arg).result
+
+    def close(self):
+        self.pool.terminate()
+
+
+class MpPool(Contender):
+    name = "multiprocessing.Pool"
+
+    def __init__(self, workers):
+        self.pool = mp.get_context("fork").Pool(workers)
+
+    def map(self, fn, items, chunksize):
+        return self.pool.map(fn, items, chunksize=chunksize)
+
+    def call(self, fn, arg):
+        return self.pool.apply(fn, (arg,))
+
+    def close(self):
+        self.pool.terminate()
+        self.pool.join()
+
+
+class Executor(Contender):
+    name = "ProcessPoolExecutor"
+
+    def __init__(self, workers):
+        from concurrent.futures import ProcessPoolExecutor
+        self.ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+
+    def map(self, fn, items, chunksize):
+        return list(self.ex.map(fn, items, chunksize=chunksize or 1))
+
+    def call(self, fn, arg):
+        return self.ex.submit(fn, arg).result()
+
+    def close(self):
+        self.ex.shutdown(wait=True, cancel_futures=True)
+
+
+class Loky(Executor):
+    name = "loky"
+
+    def __init__(self, workers):
+        from loky import get_reusable_executor
+        self.ex = get_reusable_executor(max_workers=workers, timeout=600)
+
+    def close(self):
+        self.ex.shutdown(wait=True, kill_workers=True)
+
+
+class Mpire(Contender):
+    name = "mpire"
+
+    def __init__(self, workers):
+        from mpire import WorkerPool
+        self.pool = WorkerPool(n_jobs=workers, start_method="fork", keep_alive=True)
+        self.pool.__enter__()
+
+    def map(self, fn, items, chunksize):
+        return self.pool.map(fn, items, chunk_size=chunksize, progress_bar=False)
+
+    def call(self, fn, arg):
+        return self.pool.apply(fn, (arg,))
+
+    def close(self):
+        self.pool.__exit__(None, None, None)
+
+
+CONTENDERS = [ShmprocPool, MpPool, Executor, Loky, Mpire]
+
+
+def available(workers):
+    out = []
+    for cls in CONTENDERS:
+        try:
+            out.append(cls(workers))
+        except ImportError as exc:
+            print(f"  ({cls.name} not measured: {exc}; pip install -e '.[bench]')")
+    return out
+
+
+# ---- measurements -------------------------------------------------------------------------
+
+
+def best_rate(run, n, repeat):
+    rates = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        rates.append(n / (time.perf_counter() - t0))
+    return max(rates)
+
+
+def throughput(contenders, fn, arg, n, settings, label, batched_extra=256):
+    """rows: (name, setting, tasks/s)"""
+    items = [arg] * n
+    rows = []
+    for c in contenders:
+        c.map(fn, items[: max(100, n // 20)], None)              # warm up
+        variants = [("default", None), ("chunksize 1", 1)]
+        if isinstance(c, Executor):
+            variants.insert(1, (f"chunksize {batched_extra}", batched_extra))
+        for vname, cs in variants:
+            count = n if cs != 1 else min(n, settings.single_n)
+            sub = items[:count]
+
+            def run():
+                out = c.map(fn, sub, cs)
+                assert len(out) == count and out[-1] == arg
+            rows.append((c.name, vname, best_rate(run, count, settings.repeat)))
+        print(f"  {label}: {c.name} done", flush=True)
+    return rows
+
+
+def latency(contenders, n):
+    rows = []
+    for c in contenders:
+        for _ in range(50):
+            c.call(noop, 1)
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            c.call(noop, 1)
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        rows.append((c.name, statistics.median(times), times[int(len(times) * 0.9)]))
+    return rows
+
+
+def big_result(contenders, nbytes, runs):
+    rows = []
+    for c in contenders:
+        if not isinstance(c, (ShmprocPool, MpPool)):
+            continue
+        c.call(held_array, nbytes)                               # the worker builds and keeps it
+        best = 0.0
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            a = c.call(held_array, nbytes)
+            ok = a.shape == (nbytes // 8,) and a[::4096].sum() == len(a[::4096])
+            dt = time.perf_counter() - t0
+            assert ok
+            del a
+            best = max(best, nbytes / dt / 1e9)
+        rows.append((c.name, best))
+    ctx = mp.get_context("fork")
+    req, rep = ctx.Queue(), ctx.Queue()
+    server = ctx.Process(target=_queue_server, args=(req, rep, nbytes))
+    server.start()
+    best = 0.0
+    for i in range(runs + 1):
+        t0 = time.perf_counter()
+        req.put(1)
+        a = rep.get()
+        assert a[::4096].sum() == len(a[::4096])
+        dt = time.perf_counter() - t0
+        del a
+        if i:
+            best = max(best, nbytes / dt / 1e9)
+    req.put(None)
+    server.join()
+    rows.append(("warm mp.Process + mp.Queue", best))
+    src = np.ones(nbytes // 8)
+    best = 0.0
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        b = src.copy()
+        best = max(best, nbytes / (time.perf_counter() - t0) / 1e9)
+        del b
+    rows.append(("in-process arr.copy()", best))
+    return rows
+
+
+def process_batch(pool, n_pool, n_single, repeat):
+    pool.map(Trivial, range(50))
+    best_pool = 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = pool.map(Trivial, range(n_pool))
+        dt = time.perf_counter() - t0
+        assert out == list(range(n_pool))
+        best_pool = max(best_pool, n_pool / dt)
+    t0 = time.perf_counter()
+    for i in range(n_single):
+        p = Trivial(i)
+        p.start()
+        assert p.result == i
+    single = n_single / (time.perf_counter() - t0)
+    return best_pool, single
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_common_args(p)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--latency-n", type=int, default=None)
+    p.add_argument("--json", metavar="FILE", help="also write every number to FILE as JSON")
+    p.add_argument("--check-targets", action="store_true",
+                   help="exit 2 if a target in DESIGN.md is missed")
+    args = p.parse_args(argv)
+    s = C.settings_from_args(args)
+    quick = s.quick
+
+    class Sizes:
+        trivial_n = 20_000 if quick else 100_000
+        single_n = 5_000 if quick else 20_000
+        work_n = 2_000 if quick else 10_000
+        latency_n = args.latency_n or (300 if quick else 2000)
+        nbytes = (32 if quick else 256) << 20
+        big_runs = 2 if quick else 5
+        proc_pool = 1000
+        proc_single = 20 if quick else 100
+        repeat = s.repeat
+    sizes = Sizes
+
+    print("\n".join(C.environment_lines(s, ["shmproc", "numpy", "mpire", "loky", "cloudpickle"])))
+    print(f"workers       {args.workers}")
+    # ~100 us of pure-Python work per task, calibrated here
+    k = 20_000
+    t0 = time.perf_counter()
+    spin(k)
+    per = (time.perf_counter() - t0) / k
+    k100 = max(1, int(100e-6 / per))
+    print(f"work task     spin({k100}) ~ {k100 * per * 1e6:.0f} us in-process\n", flush=True)
+
+    contenders = available(args.workers)
+    results = {}
+    try:
+        triv = throughput(contenders, noop, 1, sizes.trivial_n, sizes, "trivial")
+        work = throughput(contenders, spin, k100, sizes.work_n, sizes, "100 us")
+        lat = latency(contenders, sizes.latency_n)
+        big = big_result(contenders, sizes.nbytes, sizes.big_runs)
+        shm = contenders[0]
+        batch_pool, batch_single = process_batch(shm.pool, sizes.proc_pool, sizes.proc_single,
+                                                 sizes.repeat)
+    finally:
+        for c in contenders:
+            c.close()
+
+    def ref_of(rows, setting):
+        for name, v, rate in rows:
+            if name == "multiprocessing.Pool" and v == setting:
+                return rate
+        return None
+
+    for title, rows in ((f"1. {sizes.trivial_n:,} trivial tasks (noop), tasks/s; "
+                         f"chunksize 1 on {min(sizes.trivial_n, sizes.single_n):,}", triv),
+                        (f"2. {sizes.work_n:,} tasks of ~100 us CPU, tasks/s", work)):
+        print(title)
+        body = []
+        for name, v, rate in rows:
+            ref = ref_of(rows, "chunksize 1" if v == "chunksize 1" else "default")
+            body.append((name, v, C.si(rate), C.ratio(rate, ref)))
+        print(C.table(["pool", "chunking", "tasks/s", "vs mp.Pool"], body, "llrr"))
+        print()
+    results["trivial"] = triv
+    results["work"] = work
+
+    print(f"3. submit -> result on a warm pool, one at a time ({sizes.latency_n} calls)")
+    ref = next(m for n, m, _ in lat if n == "multiprocessing.Pool")
+    print(C.table(["pool", "median", "p90", "median vs mp.Pool"],
+                  [(n, f"{m * 1e6:.0f} us", f"{p90 * 1e6:.0f} us", C.ratio(ref, m))
+                   for n, m, p90 in lat], "lrrr"))
+    print()
+    results["latency"] = lat
+
+    print(f"4. {sizes.nbytes >> 20} MiB float64 result from a warm worker, GB/s (best of "
+          f"{sizes.big_runs})")
+    qref = next(g for n, g in big if n.startswith("warm mp.Process"))
+    print(C.table(["path", "GB/s", "vs mp.Queue"],
+                  [(n, f"{g:.2f}", C.ratio(g, qref)) for n, g in big], "lrr"))
+    print()
+    results["big_result"] = big
+
+    print("5. trivial Process objects, objects/s")
+    print(C.table(["how", "objects/s", "ratio"],
+                  [(f"pool.map(Trivial, range({sizes.proc_pool}))", C.si(batch_pool),
+                    C.ratio(batch_pool, batch_single)),
+                   (f"start() + result, one by one ({sizes.proc_single})", C.si(batch_single),
+                    "1.00x")], "lrr"))
+    print()
+    results["process_batch"] = (batch_pool, batch_single)
+
+    def get(rows, name, setting):
+        return next((r for n, v, r in rows if n == name and v == setting), None)
+
+    cs1 = get(triv, "shmproc.Pool", "chunksize 1")
+    mp1 = get(triv, "multiprocessing.Pool", "chunksize 1")
+    best_default = max(r for n, v, r in triv if n != "shmproc.Pool" and v != "chunksize 1")
+    shm_default = get(triv, "shmproc.Pool", "default")
+    shm_lat = next(m for n, m, _ in lat if n == "shmproc.Pool")
+    shm_big = next(g for n, g in big if n == "shmproc.Pool")
+    checks = [
+        ("one task per dispatch >= 100k tasks/s", cs1 >= 100e3, f"{C.si(cs1)}/s"),
+        ("one task per dispatch >= 5x mp.Pool chunksize 1", cs1 >= 5 * mp1,
+         C.ratio(cs1, mp1)),
+        ("default batching >= best anchor", shm_default >= best_default,
+         C.ratio(shm_default, best_default)),
+        ("warm submit -> result median <= 100 us", shm_lat <= 100e-6, f"{shm_lat * 1e6:.0f} us"),
+        ("256 MiB result >= 25x mp.Queue", shm_big >= 25 * qref, C.ratio(shm_big, qref)),
+        ("Process batch >= 50x one by one", batch_pool >= 50 * batch_single,
+         C.ratio(batch_pool, batch_single)),
+    ]
+    print("targets (DESIGN.md)")
+    print(C.table(["target", "verdict", "measured"],
+                  [(t, C.verdict(ok), m) for t, ok, m in checks], "llr"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    if args.check_targets and not all(ok for _, ok, _ in checks):
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
