@@ -10,13 +10,14 @@ hand.  All pools have the same number of workers (--workers, default 2) and
 use fork (loky uses its own fork+exec start).  Ratios are against
 multiprocessing.Pool (1.00x).
 
-1. 100k trivial tasks (``noop(x) -> x``): each library's default batching
-   (mp.Pool, mpire and shmproc pick a chunk size; ProcessPoolExecutor and
-   loky default to 1, so they are also shown with chunksize=256), and
-   chunksize=1 (one task per dispatch).  tasks/s, best of --repeat.
+1. Trivial tasks (``noop(x) -> x``), up to 100k per run: each library's
+   default batching (mp.Pool, mpire and shmproc pick a chunk size;
+   ProcessPoolExecutor and loky default to 1, so they are also shown with
+   chunksize=256), and chunksize=1 (one task per dispatch).  tasks/s, best
+   of --repeat; each run's size is calibrated to ~0.5 s (at least 1,000).
    Targets: shmproc chunksize 1 >= 100k/s and >= 5x mp.Pool chunksize 1;
    shmproc default >= the best default of the anchors.
-2. 10k tasks of ~100 us of pure-Python CPU work each (a loop calibrated in
+2. Up to 10k tasks of ~100 us of pure-Python CPU work each (a loop calibrated in
    the parent), default batching and chunksize 1.  tasks/s.
 3. submit -> result on a warm pool, one task at a time: median and p90
    latency over --latency-n calls (mp.Pool.apply, executor.submit().result(),
@@ -216,23 +217,27 @@ def best_rate(run, n, repeat):
     return max(rates)
 
 
-def throughput(contenders, fn, arg, n, settings, label, batched_extra=256):
-    """rows: (name, setting, tasks/s)"""
+def throughput(contenders, fn, arg, n, sizes, label):
+    """rows: (name, setting, tasks/s).  Each run's task count is calibrated to
+    take about sizes.run_s (at most n), so slow contenders do not take minutes."""
     items = [arg] * n
     rows = []
     for c in contenders:
-        c.map(fn, items[: max(100, n // 20)], None)              # warm up
         variants = [("default", None), ("chunksize 1", 1)]
-        if isinstance(c, Executor):
-            variants.insert(1, (f"chunksize {batched_extra}", batched_extra))
+        if isinstance(c, Executor):          # their default is 1: show a batched setting too
+            variants = [("chunksize 256", 256), ("chunksize 1 (default)", 1)]
         for vname, cs in variants:
-            count = n if cs != 1 else min(n, settings.single_n)
-            sub = items[:count]
-
-            def run():
-                out = c.map(fn, sub, cs)
+            def run(count):
+                t0 = time.perf_counter()
+                out = c.map(fn, items[:count], cs)
+                dt = time.perf_counter() - t0
                 assert len(out) == count and out[-1] == arg
-            rows.append((c.name, vname, best_rate(run, count, settings.repeat)))
+                return dt
+            probe = min(n, 2000)
+            rate = probe / run(probe)                             # warm-up and estimate
+            count = int(max(min(n, 1000), min(n, rate * sizes.run_s)))
+            best = max(count / run(count) for _ in range(sizes.repeat))
+            rows.append((c.name, vname, best))
         print(f"  {label}: {c.name} done", flush=True)
     return rows
 
@@ -257,7 +262,8 @@ def big_result(contenders, nbytes, runs):
     for c in contenders:
         if not isinstance(c, (ShmprocPool, MpPool)):
             continue
-        c.call(held_array, nbytes)                               # the worker builds and keeps it
+        for _ in range(4):                                        # every worker builds and keeps it
+            c.call(held_array, nbytes)
         best = 0.0
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -331,7 +337,7 @@ def main(argv=None) -> int:
 
     class Sizes:
         trivial_n = 20_000 if quick else 100_000
-        single_n = 5_000 if quick else 20_000
+        run_s = 0.1 if quick else 0.5
         work_n = 2_000 if quick else 10_000
         latency_n = args.latency_n or (300 if quick else 2000)
         nbytes = (32 if quick else 256) << 20
@@ -371,13 +377,13 @@ def main(argv=None) -> int:
                 return rate
         return None
 
-    for title, rows in ((f"1. {sizes.trivial_n:,} trivial tasks (noop), tasks/s; "
-                         f"chunksize 1 on {min(sizes.trivial_n, sizes.single_n):,}", triv),
-                        (f"2. {sizes.work_n:,} tasks of ~100 us CPU, tasks/s", work)):
+    for title, rows in ((f"1. trivial tasks (noop), up to {sizes.trivial_n:,} per run, tasks/s",
+                         triv),
+                        (f"2. tasks of ~100 us CPU, up to {sizes.work_n:,} per run, tasks/s", work)):
         print(title)
         body = []
         for name, v, rate in rows:
-            ref = ref_of(rows, "chunksize 1" if v == "chunksize 1" else "default")
+            ref = ref_of(rows, "chunksize 1" if v.startswith("chunksize 1") else "default")
             body.append((name, v, C.si(rate), C.ratio(rate, ref)))
         print(C.table(["pool", "chunking", "tasks/s", "vs mp.Pool"], body, "llrr"))
         print()
@@ -414,7 +420,8 @@ def main(argv=None) -> int:
 
     cs1 = get(triv, "shmproc.Pool", "chunksize 1")
     mp1 = get(triv, "multiprocessing.Pool", "chunksize 1")
-    best_default = max(r for n, v, r in triv if n != "shmproc.Pool" and v != "chunksize 1")
+    best_default = max(r for n, v, r in triv
+                       if n != "shmproc.Pool" and not v.startswith("chunksize 1"))
     shm_default = get(triv, "shmproc.Pool", "default")
     shm_lat = next(m for n, m, _ in lat if n == "shmproc.Pool")
     shm_big = next(g for n, g in big if n == "shmproc.Pool")

@@ -285,18 +285,22 @@ class _Job:
         self.taken += count
         pool._total += count
         fn_id, ids, pop = self.fn_id, pool._ids, buffered.popleft
+        dumps, pack, marker = _dumps, _pack, _MAIN_MARKER
+        oob = []                  # buffers pickle wants out-of-band: then the general path
+        keep = oob.append
         out = []
         for k in range(count):
             item = pop()
             unit = _Unit(next(ids), self, index + k, OP_CALL, fn_id, False, [((item,), None)])
             # Encoded here, the common case inline (see taskwire.encode).
-            bufs = []
             try:
-                main = _dumps((fn_id, (item,), None), 5, buffer_callback=bufs.append)
+                main = dumps((fn_id, (item,), None), 5, buffer_callback=keep)
             except Exception:                      # noqa: BLE001 - the general path decides
                 main = None
-            if main is not None and not bufs and _MAIN_MARKER not in main:
-                unit.record = _pack(OP_CALL, 0, 0, 0, unit.id) + main
+            if oob:
+                oob.clear()
+            elif main is not None and marker not in main:
+                unit.record = pack(OP_CALL, 0, 0, 0, unit.id) + main
             out.append(unit)
         return out
 
@@ -449,9 +453,19 @@ def _pickle_function(fn) -> bytes:
     return cloudpickle.dumps(fn, protocol=wire.PROTOCOL)
 
 
+_Process = None
+
+
+def _process_class():
+    global _Process
+    if _Process is None:                 # process.py imports the engine: only when needed
+        from .process import Process
+        _Process = Process
+    return _Process
+
+
 def _is_process(obj) -> bool:
-    from .process import Process
-    return isinstance(obj, Process)
+    return isinstance(obj, _process_class())
 
 
 class _Resources:
@@ -571,38 +585,35 @@ class Pool:
         self._drain()                            # what it sent before it went
         slot.proc.join()
         completed, failed = slot.pctl.lap(), slot.pctl.lives
-        busy = slot.pctl.section != 0
+        span = slot.pctl.section           # items from `completed` on that may have been running
         self._retired_done += completed
         self._retired_failed += failed
         code = slot.proc.exitcode
-        crashed_at = completed if busy else None
         resend = []
         for unit in slot.inflight:
             self._units.pop(unit.id, None)
             if unit.sink.dropped:
                 continue
-            n = unit.n
-            if crashed_at is not None and unit.stream <= crashed_at < unit.stream + n:
-                k = crashed_at - unit.stream
-                self._crashed += 1
-                self._retired_done += 1
-                name = f"pool worker {slot.index}"
-                last_lap = None
-                if unit.op == OP_RUN or (unit.op in (OP_CALL, OP_CHUNK) and
-                                         _is_process_class(self._function(unit.fn_id))):
-                    last_lap = slot.rctl.lap()
-                    obj = unit.items[0] if unit.op == OP_RUN else self._function(unit.fn_id)
-                    name = obj.__name__ if isinstance(obj, type) else type(obj).__name__
-                unit.sink._fail(unit.index + k, ProcessCrashedError(
-                    exitcode=code, last_lap=last_lap, pid=slot.pid, process_name=name))
-                if k:
-                    resend.append(unit.split(self._new_id(), 0, k))
-                if k + 1 < n:
-                    resend.append(unit.split(self._new_id(), k + 1, n))
-            else:
+            n, lo = unit.n, unit.stream
+            hit_lo, hit_hi = max(lo, completed), min(lo + n, completed + span)
+            if hit_lo >= hit_hi:                          # not running: send it again
                 if unit.record is not None and unit.record[1] & taskwire.FLAG_BLOB:
                     unit.record = None           # its segment may be gone: encode afresh
                 resend.append(unit)
+                continue
+            a, b = hit_lo - lo, hit_hi - lo
+            if a:
+                resend.append(unit.split(self._new_id(), 0, a))
+            if span == 1:                                 # exactly this item was running
+                self._crashed += 1
+                self._retired_done += 1
+                unit.sink._fail(unit.index + a, self._crash_error(unit, slot, code))
+            else:
+                # One of a block of items was running: run each again on its
+                # own; if one crashes again, it alone fails.
+                resend.extend(unit.split(self._new_id(), k, k + 1) for k in range(a, b))
+            if b < n:
+                resend.append(unit.split(self._new_id(), b, n))
         slot.inflight.clear()
         for unit in reversed(resend):
             self._pending.appendleft(unit)
@@ -613,6 +624,15 @@ class Pool:
             slots.pop(i)
             return
         slots[i] = self._start_worker(slot.index)
+
+    def _crash_error(self, unit, slot, code):
+        name, last_lap = f"pool worker {slot.index}", None
+        fn = self._function(unit.fn_id) if unit.op != OP_RUN else None
+        if unit.op == OP_RUN or _is_process_class(fn):
+            last_lap = slot.rctl.lap()
+            name = fn.__name__ if fn is not None else type(unit.items[0]).__name__
+        return ProcessCrashedError(exitcode=code, last_lap=last_lap, pid=slot.pid,
+                                   process_name=name)
 
     def _function(self, fn_id):
         for fid, fn, _ in self._functions.values():
@@ -806,17 +826,37 @@ class Pool:
             body = exc
             op = -1 if op != R_VALUES else op
         if op == R_VALUES:                            # several plain values in one record
+            # Single-item calls only: _complete's work, inline.
             ids, values = body
-            each = elapsed_us // max(1, len(ids))
+            if ids:
+                self._learn(elapsed_us * 1000.0 / len(ids))
             pop = self._units.pop
             for ident, value in zip(ids, values):
                 unit = pop(ident, None)
-                if unit is not None:
-                    self._complete(unit, R_VALUE, value, each)
+                if unit is None:
+                    continue
+                slot = unit.slot
+                inflight = slot.inflight
+                if inflight and inflight[0] is unit:
+                    inflight.popleft()
+                else:
+                    try:
+                        inflight.remove(unit)
+                    except ValueError:
+                        pass
+                slot.busy_items -= 1
+                sink = unit.sink
+                if not sink.dropped:
+                    sink._put(unit.index, value)
             return
         unit = self._units.pop(ident, None)
         if unit is not None:
             self._complete(unit, op, body, elapsed_us)
+
+    def _learn(self, per_item_ns):
+        """Fold a measured time per item into the running estimate."""
+        avg = self._avg_item_ns
+        self._avg_item_ns = per_item_ns if avg is None else avg + 0.25 * (per_item_ns - avg)
 
     def _complete(self, unit, op, body, elapsed_us):
         slot = unit.slot
@@ -829,9 +869,7 @@ class Pool:
                 pass
         n = unit.n
         slot.busy_items -= n
-        per_item = elapsed_us * 1000.0 / n
-        avg = self._avg_item_ns
-        self._avg_item_ns = per_item if avg is None else avg + 0.25 * (per_item - avg)
+        self._learn(elapsed_us * 1000.0 / n)
         sink = unit.sink
         if sink.dropped:
             return
@@ -1035,15 +1073,48 @@ class Pool:
             self.terminate()
             raise
         finally:
-            with self._lock:
-                if not job.complete() or job.ready or job.errors:
-                    job.cancel()
-                    try:
-                        self._jobs.remove(job)
-                    except ValueError:
-                        pass
+            self._end_job(job)
             if bar is not None:
                 bar.close()
+
+    def _collect(self, job, bar):
+        """map/starmap: wait for every result (the first error raises), then
+        join the chunks in order."""
+        try:
+            while True:
+                with self._lock:
+                    if self._status == _TERMINATED:
+                        raise RuntimeError("the pool was terminated while this map was running")
+                    if job.errors:
+                        raise job.errors[min(job.errors)]
+                    if job.complete():
+                        if job.source_error is not None:
+                            raise job.source_error
+                        out = []
+                        for index in sorted(job.ready):
+                            out.extend(job.ready[index])
+                        job.ready.clear()
+                        return out
+                if bar is not None:
+                    bar.update(job.finished, job.known_total())
+                self._wait_step(SLICE_S)
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+        finally:
+            self._end_job(job)
+            if bar is not None:
+                bar.update(job.finished, job.known_total())
+                bar.close()
+
+    def _end_job(self, job):
+        with self._lock:
+            if not job.complete() or job.ready or job.errors:
+                job.cancel()
+                try:
+                    self._jobs.remove(job)
+                except ValueError:
+                    pass
 
     def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
             copy: bool = False) -> list:
@@ -1054,13 +1125,13 @@ class Pool:
         returns writable copies of numpy arrays instead of read-only views.
         """
         job = self._start_job(fn, iterable, chunksize, False, copy, eager=True)
-        return list(self._drive(job, True, True, _bar(progress, job)))
+        return self._collect(job, _bar(progress, job))
 
     def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
                 copy: bool = False) -> list:
         """[fn(*args) for args in iterable], in parallel."""
         job = self._start_job(fn, iterable, chunksize, True, copy, eager=True)
-        return list(self._drive(job, True, True, _bar(progress, job)))
+        return self._collect(job, _bar(progress, job))
 
     def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
              copy: bool = False):
@@ -1179,10 +1250,7 @@ class Pool:
 
 
 def _is_process_class(fn) -> bool:
-    if not isinstance(fn, type):
-        return False
-    from .process import Process
-    return issubclass(fn, Process)
+    return isinstance(fn, type) and issubclass(fn, _process_class())
 
 
 def _bar(progress, job):

@@ -16,6 +16,7 @@ Two control blocks per worker (see pool.py):
 """
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import queue
@@ -40,12 +41,18 @@ _HS = taskwire.HEADER_SIZE
 #: in the parent, so one bad value can never take the others' ids with it.
 _SCALARS = frozenset((int, float, complex, bool, str, bytes, type(None)))
 
-#: Section id of the pool block while a batch of tasks runs.
+#: The pool block's section while tasks run: how many items, counted from
+#: the lap counter (items done), may be running.  0: idle.
 BUSY = 1
 #: Results are sent at least this often while a batch runs (latency bound).
 FLUSH_NS = 1_000_000
 #: A waiting worker wakes this often to notice that it should exit.
 IDLE_SLICE_S = 1.0
+#: Items of a chunk run in blocks of 1..MAX_BLOCK, sized to take between
+#: BLOCK_MIN_NS and BLOCK_MAX_NS each.
+MAX_BLOCK = 4096
+BLOCK_MIN_NS = 200_000
+BLOCK_MAX_NS = 2_000_000
 #: Records taken from the task ring per call.
 BATCH = 256
 
@@ -92,6 +99,7 @@ class PoolWorker:
         self.fns = {}                   # fn id -> callable (or Process subclass)
         self.plain = {}                 # the same, only the plain callables
         self.fast_ids, self.fast_values, self.fast_ns = [], [], 0   # see call_fast
+        self.block = 1                  # items per block in chunk()
         self.set_lap = self.pctl.set_lap
         self.completed = 0
         self.failed = 0
@@ -327,17 +335,36 @@ class PoolWorker:
                 self._done()
             self._send(R_CHUNK, ident, (values, errors), native.now_ns() - start)
             return
-        append, done, set_lap = values.append, self.completed, self.pctl.set_lap
-        for i, item in enumerate(items):
+        # Items run in blocks through map() in C, a block at a time: the
+        # control block says which block is running (lap = items done,
+        # section = the block's length), so if this worker dies the parent
+        # knows which items may have been running; it re-sends those one per
+        # record, which pins the culprit down if it crashes again.  Blocks
+        # grow while they take under BLOCK_MIN_NS and shrink past BLOCK_MAX_NS.
+        mapper = itertools.starmap if star else map
+        pctl, set_lap, now = self.pctl, self.set_lap, _now
+        base, n, it = self.completed, len(items), iter(items)
+        block = self.block
+        while len(values) < n:
+            b = min(block, n - len(values))
+            set_lap(base + len(values))
+            pctl.enter(b, 0)
+            t0 = now()
             try:
-                append(fn(*item) if star else fn(item))
-            except BaseException as exc:     # noqa: BLE001
-                append(None)
-                errors[i] = error_payload(exc)
+                values.extend(mapper(fn, itertools.islice(it, b)))
+            except BaseException as exc:     # noqa: BLE001 - the item after the last value failed
+                errors[len(values)] = error_payload(exc)
+                values.append(None)
                 self._failed()
-            done += 1
-            set_lap(done)
-        self.completed = done
+            dt = now() - t0
+            if dt < BLOCK_MIN_NS and block < MAX_BLOCK:
+                block *= 2
+            elif dt > BLOCK_MAX_NS and block > 1:
+                block //= 2
+        self.block = block
+        pctl.enter(BUSY, 0)
+        self.completed = base + n
+        set_lap(self.completed)
         self._send(R_CHUNK, ident, (values, errors), native.now_ns() - start)
 
     # -- Process tasks ----------------------------------------------------------------------
