@@ -557,3 +557,10 @@ def test_exit_without_close_does_not_hang(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "bye" in out.stdout
     assert _wait_gone([int(p) for p in out.stdout.split()[:2]])
+
+
+def test_the_readme_demo_runs():
+    out = subprocess.run([sys.executable, "-m", "shmproc", "--quick", "--workers", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "speed-up" in out.stdout and "every tile was checked" in out.stdout
