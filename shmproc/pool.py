@@ -537,6 +537,8 @@ class Pool:
         self._crashed = 0
         self._next_check = 0.0
         self._rr = 0
+        self._pumper = None                             # see _ensure_pumper
+        self._background_error = None
         res = self._res = _Resources()
         weakref.finalize(self, res.kill)
         try:
@@ -942,14 +944,44 @@ class Pool:
                 self._worker_ended(slot)
 
     def _wait_step(self, wait_s):
+        """Drive the pool for up to wait_s (or return once another thread has)."""
         try:
-            with self._lock:
+            if not self._lock.acquire(timeout=max(wait_s, 0.001)):
+                return                    # another thread is driving: the caller re-checks
+            try:
+                if self._background_error is not None:
+                    err, self._background_error = self._background_error, None
+                    raise err
                 if self._status == _TERMINATED:
                     raise RuntimeError("the pool was terminated")
                 self._pump(wait_s)
+            finally:
+                self._lock.release()
         except KeyboardInterrupt:
             self.terminate()
             raise
+
+    def _ensure_pumper(self):
+        """Submitted tasks beyond the workers' windows still get sent when
+        nobody waits: a helper thread drives the pool until they are done."""
+        if self._pumper is None and self._pending:
+            self._pumper = threading.Thread(target=self._pump_in_background, daemon=True,
+                                            name="shmproc-pool-driver")
+            self._pumper.start()
+
+    def _pump_in_background(self):
+        try:
+            while True:
+                with self._lock:
+                    if self._status == _TERMINATED or not (self._pending or self._units):
+                        self._pumper = None
+                        return
+                    self._pump(0.005)
+                time.sleep(0.0005)              # let a waiting caller take the lock
+        except BaseException as exc:            # noqa: BLE001 - handed to the next caller
+            with self._lock:
+                self._background_error = exc
+                self._pumper = None
 
     def _poll(self):
         with self._lock:
@@ -992,6 +1024,7 @@ class Pool:
             self._total += 1
             self._pending.append(unit)
             self._feed()
+            self._ensure_pumper()
             return task
 
     def _submit_error(self, fn, unit, exc):

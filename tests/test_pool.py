@@ -564,3 +564,12 @@ def test_the_readme_demo_runs():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "speed-up" in out.stdout and "every tile was checked" in out.stdout
+
+
+def test_submitted_tasks_run_without_anyone_waiting(pool):
+    tasks = [pool.submit(nap, 0.01) for _ in range(60)]     # far more than the windows hold
+    deadline = time.monotonic() + 30
+    while pool.progress.done < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)                                     # nobody calls result meanwhile
+    assert pool.progress == (60, 60, 0)
+    assert all(t.done() for t in tasks)
