@@ -14,7 +14,8 @@ multiprocessing.Pool (1.00x).
    default batching (mp.Pool, mpire and shmproc pick a chunk size;
    ProcessPoolExecutor and loky default to 1, so they are also shown with
    chunksize=256), and chunksize=1 (one task per dispatch).  tasks/s, best
-   of --repeat; each run's size is calibrated to ~0.5 s (at least 1,000).
+   of max(--repeat, 5) runs taken in turns by the contenders; each run's
+   size is calibrated to ~0.5 s (at most 100k, at least 1,000).
    Targets: shmproc chunksize 1 >= 100k/s and >= 5x mp.Pool chunksize 1;
    shmproc default >= the best default of the anchors.
 2. Up to 10k tasks of ~100 us of pure-Python CPU work each (a loop calibrated in
@@ -219,15 +220,17 @@ def best_rate(run, n, repeat):
 
 def throughput(contenders, fn, arg, n, sizes, label):
     """rows: (name, setting, tasks/s).  Each run's task count is calibrated to
-    take about sizes.run_s (at most n), so slow contenders do not take minutes."""
+    take about sizes.run_s (at most n), so slow contenders do not take
+    minutes; then the contenders take turns, run by run, so a burst of load
+    on this shared machine hits them all alike."""
     items = [arg] * n
-    rows = []
+    plans = []
     for c in contenders:
         variants = [("default", None), ("chunksize 1", 1)]
         if isinstance(c, Executor):          # their default is 1: show a batched setting too
             variants = [("chunksize 256", 256), ("chunksize 1 (default)", 1)]
         for vname, cs in variants:
-            def run(count):
+            def run(count, c=c, cs=cs):
                 t0 = time.perf_counter()
                 out = c.map(fn, items[:count], cs)
                 dt = time.perf_counter() - t0
@@ -236,10 +239,13 @@ def throughput(contenders, fn, arg, n, sizes, label):
             probe = min(n, 2000)
             rate = probe / run(probe)                             # warm-up and estimate
             count = int(max(min(n, 1000), min(n, rate * sizes.run_s)))
-            best = max(count / run(count) for _ in range(sizes.repeat))
-            rows.append((c.name, vname, best))
-        print(f"  {label}: {c.name} done", flush=True)
-    return rows
+            plans.append((c.name, vname, run, count))
+        print(f"  {label}: {c.name} calibrated", flush=True)
+    best = {}
+    for _ in range(sizes.repeat):
+        for name, vname, run, count in plans:
+            best[name, vname] = max(best.get((name, vname), 0.0), count / run(count))
+    return [(name, vname, best[name, vname]) for name, vname, _, _ in plans]
 
 
 def latency(contenders, n):
@@ -344,7 +350,7 @@ def main(argv=None) -> int:
         big_runs = 2 if quick else 5
         proc_pool = 1000
         proc_single = 20 if quick else 100
-        repeat = s.repeat
+        repeat = max(s.repeat, 1 if quick else 5)
     sizes = Sizes
 
     print("\n".join(C.environment_lines(s, ["shmproc", "numpy", "mpire", "loky", "cloudpickle"])))

@@ -1267,6 +1267,10 @@ class Pool:
             self._pending.clear()
             self._jobs.clear()
 
+    def __reduce__(self):
+        raise TypeError("a shmproc.Pool belongs to the process that created it and cannot be "
+                        "sent to another process; create a Pool where it is used")
+
     def __enter__(self):
         return self
 

@@ -573,3 +573,12 @@ def test_submitted_tasks_run_without_anyone_waiting(pool):
         time.sleep(0.05)                                     # nobody calls result meanwhile
     assert pool.progress == (60, 60, 0)
     assert all(t.done() for t in tasks)
+
+
+def test_a_pool_cannot_be_sent_to_a_worker(pool):
+    import pickle
+    with pytest.raises(TypeError, match="cannot be sent"):
+        pickle.dumps(pool)
+    with pytest.raises(SerializationError):
+        pool.submit(len, pool)
+    assert pool.submit(len, "abc").result == 3
