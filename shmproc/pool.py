@@ -485,7 +485,7 @@ class _Resources:
             _kill(slot.proc)
         for slot in slots:
             slot.proc.join()
-            slot.task_q.close()
+            _close_task_queue(slot.task_q)
         self.release()
 
     def release(self):
@@ -496,6 +496,13 @@ class _Resources:
             self.ctl.close()
             self.ctl = None
         blobs.pool.drop(self.token)
+
+
+def _close_task_queue(q):
+    """Close a worker's task queue once the worker is gone, with the large
+    records it never read (the Queue keeps their segments for its reader)."""
+    q.close()
+    blobs.pool.drop(q._token)
 
 
 def _kill(proc):
@@ -564,6 +571,7 @@ class Pool:
         rctl.reset()
         pctl.set_state(0)
         task_q = Queue(capacity=TASK_RING_BYTES)
+        task_q.cancel_join_thread()        # its large records matter only while the worker lives
         main = threading.current_thread() is threading.main_thread()
         try:
             proc = self._ctx.Process(
@@ -619,7 +627,7 @@ class Pool:
         slot.inflight.clear()
         for unit in reversed(resend):
             self._pending.appendleft(unit)
-        slot.task_q.close()
+        _close_task_queue(slot.task_q)
         slots = self._res.slots
         i = slots.index(slot)
         if self._status == _TERMINATED:

@@ -582,3 +582,52 @@ def test_a_pool_cannot_be_sent_to_a_worker(pool):
     with pytest.raises(SerializationError):
         pool.submit(len, pool)
     assert pool.submit(len, "abc").result == 3
+
+
+# ---- stress: many records of every size, a worker killed from outside mid-stream -----------------
+
+def checksum(data):
+    import zlib
+    return len(data), zlib.crc32(memoryview(data).cast("B"))
+
+
+def test_stress_mixed_sizes_with_a_worker_killed_midstream():
+    import zlib
+    rng = np.random.default_rng(7)
+    sizes = [int(s) for s in np.exp(rng.uniform(0, np.log(700_000), 3000))]
+    payloads = [np.frombuffer(rng.bytes(n), dtype=np.uint8) if n >= 200_000 else rng.bytes(n)
+                for n in sizes]
+    expect = [(len(p), zlib.crc32(memoryview(p).cast("B"))) for p in payloads]
+    with Pool(3) as pool:
+        tasks = [pool.submit(checksum, p) for p in payloads]
+        crashed = 0
+        for i, t in enumerate(tasks):
+            if i == 1000:
+                os.kill(pool.pids[1], signal.SIGKILL)        # from outside, mid-stream
+            try:
+                assert t.result == expect[i], i
+            except ProcessCrashedError:
+                crashed += 1
+        assert crashed <= 1                                 # only the task it was running, if any
+        # The same through chunks: the item that was running fails (if it was
+        # running alone); the others of its chunk still come back, in order.
+        got = []
+        try:
+            for i, v in enumerate(pool.imap(checksum, payloads, chunksize=50)):
+                if i == 1000:
+                    os.kill(pool.pids[0], signal.SIGKILL)
+                got.append(v)
+        except ProcessCrashedError:
+            crashed += 1
+            assert len(got) > 1000
+        assert got == expect[:len(got)]
+        assert pool.map(checksum, payloads[:100], chunksize=7) == expect[:100]
+        done, total, failed = pool.progress
+        assert failed == crashed <= 2
+
+
+def test_plain_progress_line_without_tqdm(pool, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)          # import tqdm -> ImportError
+    assert list(pool.imap(square, iter(range(40)), progress=True)) == [x * x for x in range(40)]
+    err = capsys.readouterr().err
+    assert "100%" in err and "40/40" in err and "tasks/s" in err
