@@ -59,6 +59,8 @@ WINDOW_NS = 2_000_000
 MAX_WINDOW_ITEMS = 1024
 #: Largest number of items in one record.
 MAX_CHUNK = 1 << 16
+#: A caller waiting on a few tasks polls this long before sleeping.
+SPIN_NS = 200_000
 #: How often a waiting caller checks that the workers are alive.
 SLICE_S = 0.02
 #: Functions remembered by the workers (by id) before the oldest are dropped.
@@ -396,6 +398,10 @@ def _remote(exc, tb, what):
 
 # ---- the pool ---------------------------------------------------------------------------
 
+def _load(slot):
+    return slot.busy_items, slot.index
+
+
 def _check_workers(workers) -> int:
     if workers is None:
         try:
@@ -543,7 +549,6 @@ class Pool:
         self._retired_failed = 0
         self._crashed = 0
         self._next_check = 0.0
-        self._rr = 0
         self._pumper = None                             # see _ensure_pumper
         self._background_error = None
         res = self._res = _Resources()
@@ -716,13 +721,12 @@ class Pool:
         if not self._pending and not self._jobs:
             return
         window = self._window()
-        slots = self._res.slots
-        n = len(slots)
-        self._rr = (self._rr + 1) % max(n, 1)
+        # Least loaded first (ties: lowest index): a lone task goes to the same
+        # worker as the last one, which is the one most likely still awake.
+        slots = sorted(self._res.slots, key=_load)
         token = self._res.token
         units = self._units
-        for j in range(n):
-            slot = slots[(self._rr + j) % n]
+        for slot in slots:
             inflight = slot.inflight
             allowance = slot.allowance
             busy = slot.busy_items
@@ -921,6 +925,13 @@ class Pool:
         records = ()
         if self._units:
             results = self._res.results
+            if wait_s and len(self._units) <= len(self._res.slots):
+                # Few tasks out, so a core is free: a reply is usually tens of
+                # microseconds away, and spinning for it beats a futex sleep
+                # and wake-up (which costs as much again on a VM).
+                qsize, end = results.qsize, native.now_ns() + SPIN_NS
+                while not qsize() and native.now_ns() < end:
+                    pass
             try:
                 if results.qsize() > 1:
                     records = results.get_many(block=False, max_items=4096)

@@ -48,6 +48,8 @@ BUSY = 1
 FLUSH_NS = 1_000_000
 #: A waiting worker wakes this often to notice that it should exit.
 IDLE_SLICE_S = 1.0
+#: After finishing work, watch the task ring this long before sleeping.
+LINGER_NS = 100_000
 #: Items of a chunk run in blocks of 1..MAX_BLOCK, sized to take between
 #: BLOCK_MIN_NS and BLOCK_MAX_NS each.
 MAX_BLOCK = 4096
@@ -129,8 +131,15 @@ class PoolWorker:
         pctl.set_state(lib.SHMP_STATE_RUNNING)
         task_q, now = self.task_q, native.now_ns
         get, get_many, qsize = task_q.get, task_q.get_many, task_q.qsize
+        last_work = 0
         try:
             while True:
+                if not qsize() and now() - last_work < LINGER_NS:
+                    # Just busy: the next task often follows within
+                    # microseconds; watching the ring beats a futex sleep and wake.
+                    end = last_work + LINGER_NS
+                    while not qsize() and now() < end:
+                        pass
                 try:
                     if qsize() > 1:
                         records = get_many(block=False, max_items=BATCH)
@@ -154,6 +163,7 @@ class PoolWorker:
                         flushed = now()
                 pctl.leave()
                 self.flush()
+                last_work = now()
                 if self.max_tasks is not None and self.completed >= self.max_tasks:
                     return                      # recycled: the parent starts a fresh worker
         finally:
