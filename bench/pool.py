@@ -14,8 +14,10 @@ multiprocessing.Pool (1.00x).
    default batching (mp.Pool, mpire and shmproc pick a chunk size;
    ProcessPoolExecutor and loky default to 1, so they are also shown with
    chunksize=256), and chunksize=1 (one task per dispatch).  tasks/s, best
-   of max(--repeat, 5) runs taken in turns by the contenders; each run's
-   size is calibrated to ~0.5 s (at most 100k, at least 1,000).
+   of max(--repeat, 5) runs taken in turns by the contenders; batched
+   runs use all 100k (so every pool chunks the same input alike) unless that
+   would take over 2 s; chunksize-1 runs are calibrated to ~0.5 s (at least
+   1,000 tasks).
    Targets: shmproc chunksize 1 >= 100k/s and >= 5x mp.Pool chunksize 1;
    shmproc default >= the best default of the anchors.
 2. Up to 10k tasks of ~100 us of pure-Python CPU work each (a loop calibrated in
@@ -240,7 +242,10 @@ def throughput(contenders, fn, arg, n, sizes, label):
                 return dt
             probe = min(n, 2000)
             rate = probe / run(probe)                             # warm-up and estimate
-            count = int(max(min(n, 1000), min(n, rate * sizes.run_s)))
+            if cs != 1 and n / rate <= 4 * sizes.run_s:
+                count = n             # batched runs: everyone gets the same chunking
+            else:
+                count = int(max(min(n, 1000), min(n, rate * sizes.run_s)))
             plans.append((c.name, vname, run, count))
         print(f"  {label}: {c.name} calibrated", flush=True)
     best = {}
