@@ -375,7 +375,10 @@ def main(argv=None) -> int:
         repeat = max(s.repeat, 1 if quick else 5)
     sizes = Sizes
 
-    print("\n".join(C.environment_lines(s, ["shmproc", "numpy", "mpire", "loky", "cloudpickle"])))
+    import dataclasses
+    shown = dataclasses.replace(s, repeat=sizes.repeat, target_time=sizes.run_s)
+    print("\n".join(C.environment_lines(shown, ["shmproc", "numpy", "mpire", "loky",
+                                                 "cloudpickle"])))
     print(f"workers       {args.workers}")
     # ~100 us of pure-Python work per task, calibrated here
     k = 20_000

@@ -925,10 +925,13 @@ class Pool:
         records = ()
         if self._units:
             results = self._res.results
-            if wait_s and len(self._units) <= len(self._res.slots):
-                # Few tasks out, so a core is free: a reply is usually tens of
-                # microseconds away, and spinning for it beats a futex sleep
-                # and wake-up (which costs as much again on a VM).
+            slots = self._res.slots
+            avg = self._avg_item_ns
+            if (wait_s and (avg is None or avg < SPIN_NS)
+                    and sum(slot.busy_items for slot in slots) <= len(slots)):
+                # At most one short task per worker out: a reply is usually
+                # tens of microseconds away, and spinning for it beats a futex
+                # sleep and wake-up (which costs as much again on a VM).
                 qsize, end = results.qsize, native.now_ns() + SPIN_NS
                 while not qsize() and native.now_ns() < end:
                     pass
