@@ -231,6 +231,7 @@ class _Job:
         self.name = name
         self.star = star
         self.source = source          # iterator of items, or None when all were taken
+        self.seq = None               # map over a list/tuple/range: sliced into chunks
         self.total = total            # known length, or None while the source runs
         self.chunksize = chunksize    # None: adaptive
         self.copy = copy
@@ -327,6 +328,18 @@ class _Job:
             pool._total += 1
             return _Unit(pool._new_id(), self, index, OP_CALL, self.fn_id, False,
                          [((item,), None)])
+        if self.seq is not None:
+            # A list, tuple or range: chunks are slices (a range's slices are
+            # ranges, which cost nothing to send).
+            start = self.taken
+            items = self.seq[start:start + size]
+            if start + len(items) >= len(self.seq):
+                self.seq = self.source = None
+            if not items:
+                return None
+            self.taken += len(items)
+            pool._total += len(items)
+            return _Unit(pool._new_id(), self, start, OP_CHUNK, self.fn_id, self.star, items)
         items = list(self.buffered)
         self.buffered.clear()
         if len(items) < size:
@@ -1072,15 +1085,21 @@ class Pool:
             self._check_open()
             fn_id = self._register(fn)
         total = None
+        seq = None
         if eager:
-            items = list(iterable)            # as the stdlib: map takes the whole input first
+            # As the stdlib: map takes the whole input first (a list, tuple or
+            # range as it is).
+            items = iterable if type(iterable) in (list, tuple, range) else list(iterable)
             total = len(items)
             if chunksize is None:
                 chunksize = max(1, math.ceil(total / (4 * self._n))) if total else 1
             source = iter(items)
+            if chunksize > 1 or star:
+                seq = items
         else:
             source = iter(iterable)
         job = _Job(self, fn_id, _name(fn), star, source, total, chunksize, copy)
+        job.seq = seq
         with self._lock:
             self._jobs.append(job)
         return job
