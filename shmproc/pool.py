@@ -47,6 +47,7 @@ __all__ = ["Pool", "Task", "Progress"]
 _dumps = pickle.dumps
 _pack = taskwire.HEADER.pack
 _MAIN_MARKER = wire._MAIN_MARKER
+_NUMBERS = frozenset((int, float, bool, type(None)))
 
 Progress = collections.namedtuple("Progress", "done total failed")
 Progress.__doc__ = "Items finished (failed ones included), items accepted, items that failed."
@@ -294,16 +295,20 @@ class _Job:
         out = []
         for k in range(count):
             item = pop()
-            unit = _Unit(next(ids), self, index + k, OP_CALL, fn_id, False, [((item,), None)])
+            args = (item,)
+            unit = _Unit(next(ids), self, index + k, OP_CALL, fn_id, False, [(args, None)])
             # Encoded here, the common case inline (see taskwire.encode).
-            try:
-                main = dumps((fn_id, (item,), None), 5, buffer_callback=keep)
-            except Exception:                      # noqa: BLE001 - the general path decides
-                main = None
-            if oob:
-                oob.clear()
-            elif main is not None and marker not in main:
-                unit.record = pack(OP_CALL, 0, 0, 0, unit.id) + main
+            if type(item) in _NUMBERS:              # cannot fail, refer to __main__ or go OOB
+                unit.record = pack(OP_CALL, 0, 0, 0, unit.id) + dumps((fn_id, args, None), 5)
+            else:
+                try:
+                    main = dumps((fn_id, args, None), 5, buffer_callback=keep)
+                except Exception:                  # noqa: BLE001 - the general path decides
+                    main = None
+                if oob:
+                    oob.clear()
+                elif main is not None and marker not in main:
+                    unit.record = pack(OP_CALL, 0, 0, 0, unit.id) + main
             out.append(unit)
         return out
 
