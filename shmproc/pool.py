@@ -689,13 +689,24 @@ class Pool:
                 f"level, or make what it refers to picklable.") from exc.__cause__
         fn_id = next(self._fn_ids)
         self._functions[key] = (fn_id, fn, data)
-        while len(self._functions) > MAX_FUNCTIONS:
-            _, (old_id, _, _) = self._functions.popitem(last=False)
+        if len(self._functions) > MAX_FUNCTIONS:
+            self._forget_functions()
+        return fn_id
+
+    def _forget_functions(self):
+        """Drop the oldest functions no task still needs (rare: many distinct ones)."""
+        in_use = {u.fn_id for u in self._units.values()} | {u.fn_id for u in self._pending} | \
+                 {j.fn_id for j in self._jobs}
+        for key, (old_id, _, _) in list(self._functions.items()):
+            if len(self._functions) <= MAX_FUNCTIONS:
+                break
+            if old_id in in_use:
+                continue
+            del self._functions[key]
             for slot in self._res.slots:
                 if old_id in slot.fns:
                     slot.fns.discard(old_id)
                     slot.forget.append(old_id)
-        return fn_id
 
     def _new_id(self) -> int:
         return next(self._ids)

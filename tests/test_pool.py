@@ -631,3 +631,11 @@ def test_plain_progress_line_without_tqdm(pool, capsys, monkeypatch):
     assert list(pool.imap(square, iter(range(40)), progress=True)) == [x * x for x in range(40)]
     err = capsys.readouterr().err
     assert "100%" in err and "40/40" in err and "tasks/s" in err
+
+
+def test_many_distinct_functions_in_flight(pool):
+    from shmproc import pool as pool_module
+    fns = [(lambda x, k=k: x + k) for k in range(pool_module.MAX_FUNCTIONS + 40)]
+    tasks = [pool.submit(fn, 1) for fn in fns]                # all registered before any returns
+    assert [t.result for t in tasks] == [1 + k for k in range(len(fns))]
+    assert pool.submit(fns[0], 5).result == 5                 # re-registered after being dropped
