@@ -149,6 +149,24 @@ class BlobPool:
         for blob in free:
             blob.close_fd()
 
+    def republish(self, fd: int) -> bool:
+        """The reader of blob `fd` died before releasing it: mark it unread so
+        a new reader can open it.  False if we no longer hold it."""
+        with self.lock:
+            for blob, _ in self.in_flight:
+                if blob.fd == fd:
+                    blob.store_word(_STATE, PUBLISHED)
+                    return True
+        return False
+
+    def discard(self, fd: int):
+        """Forget blob `fd` (its record will never be read): close our descriptor."""
+        with self.lock:
+            mine = [b for b, _ in self.in_flight if b.fd == fd]
+            self.in_flight = [(b, t) for b, t in self.in_flight if b.fd != fd]
+        for blob in mine:
+            blob.close_fd()
+
     def drop(self, token):
         """Close our descriptors of `token`'s blobs: their reader is gone."""
         with self.lock:

@@ -60,12 +60,16 @@ WINDOW_NS = 2_000_000
 MAX_WINDOW_ITEMS = 1024
 #: Largest number of items in one record.
 MAX_CHUNK = 1 << 16
+#: A lazy call (imap...) reads at most this many items ahead of its caller.
+READ_AHEAD_ITEMS = 4096
 #: A caller waiting on a few tasks polls this long before sleeping.
 SPIN_NS = 200_000
 #: How often a waiting caller checks that the workers are alive.
 SLICE_S = 0.02
 #: Functions remembered by the workers (by id) before the oldest are dropped.
 MAX_FUNCTIONS = 256
+#: A task started on this many workers that died is failed, not sent again.
+MAX_RESENDS = 3
 #: Seconds a stopping worker gets to exit before it is killed.
 STOP_GRACE_S = 5.0
 
@@ -79,7 +83,7 @@ class _Unit:
     """Items sent to one worker as one record: a call, a chunk, or a Process."""
 
     __slots__ = ("id", "sink", "index", "op", "fn_id", "star", "items", "n", "record", "slot",
-                 "stream")
+                 "stream", "resends")
 
     def __init__(self, ident, sink, index, op, fn_id, star, items):
         self.id = ident
@@ -93,6 +97,7 @@ class _Unit:
         self.record = None            # encoded, once
         self.slot = None
         self.stream = 0               # position of items[0] in its worker's item stream
+        self.resends = 0              # times sent again after a worker died with it started
 
     def payload(self):
         if self.op == OP_CHUNK:
@@ -104,7 +109,8 @@ class _Unit:
 
     def encode(self, token) -> bytes:
         if self.record is None:
-            self.record = taskwire.encode(self.op, self.id, self.payload(), token)
+            self.record = taskwire.encode(self.op, self.id, self.payload(), token,
+                                          elapsed_us=self.n)     # the header's count field
         return self.record
 
     def split(self, ident, start, stop):
@@ -238,6 +244,8 @@ class _Job:
         self.copy = copy
         self.taken = 0                # items taken from the source into units
         self.buffered = collections.deque()   # read from the source, not yet in a unit
+        self.handed = 0               # results given to the caller (lazy calls)
+        self.lazy = total is None     # imap & co: read the input only as results are taken
         self.source_error = None      # what the source raised, after `taken` items
         self.ready = {}               # index of first item -> list of values
         self.errors = {}              # index -> exception
@@ -271,8 +279,20 @@ class _Job:
     def complete(self) -> bool:
         return self.source is None and not self.buffered and self.finished >= self.taken
 
+    def exhausted(self) -> bool:
+        return self.dropped or (self.source is None and not self.buffered)
+
+    def paused(self, pool) -> bool:
+        """A lazy call whose caller has not taken its results: read no further."""
+        if not self.lazy:
+            return False
+        ahead = max(READ_AHEAD_ITEMS, 2 * (self.chunksize or 1) * len(pool._res.slots))
+        return self.taken - self.handed >= ahead
+
     def take(self, pool, want, max_items):
         """Units for about `want` items (one unit unless items go one per record)."""
+        if self.paused(pool):
+            return None
         size = self.chunksize or pool._auto_chunk()
         if size > 1 or self.star:
             unit = self.next_unit(pool, max_items)
@@ -299,7 +319,7 @@ class _Job:
             unit = _Unit(next(ids), self, index + k, OP_CALL, fn_id, False, [(args, None)])
             # Encoded here, the common case inline (see taskwire.encode).
             if type(item) in _NUMBERS:              # cannot fail, refer to __main__ or go OOB
-                unit.record = pack(OP_CALL, 0, 0, 0, unit.id) + dumps((fn_id, args, None), 5)
+                unit.record = pack(OP_CALL, 0, 0, 1, unit.id) + dumps((fn_id, args, None), 5)
             else:
                 try:
                     main = dumps((fn_id, args, None), 5, buffer_callback=keep)
@@ -308,7 +328,7 @@ class _Job:
                 if oob:
                     oob.clear()
                 elif main is not None and marker not in main:
-                    unit.record = pack(OP_CALL, 0, 0, 0, unit.id) + main
+                    unit.record = pack(OP_CALL, 0, 0, 1, unit.id) + main
             out.append(unit)
         return out
 
@@ -502,8 +522,11 @@ class _Resources:
         self.results = None
         self.token = blobs.FlushToken()
         self.token.wait = False       # a task's arguments matter only while its worker lives
+        self.owner = os.getpid()
 
     def kill(self):
+        if os.getpid() != self.owner:
+            return                    # a fork child's copy: the workers are the parent's
         slots, self.slots = self.slots, []
         for slot in slots:
             _kill(slot.proc)
@@ -628,25 +651,32 @@ class Pool:
             if unit.sink.dropped:
                 continue
             n, lo = unit.n, unit.stream
-            hit_lo, hit_hi = max(lo, completed), min(lo + n, completed + span)
-            if hit_lo >= hit_hi:                          # not running: send it again
-                if unit.record is not None and unit.record[1] & taskwire.FLAG_BLOB:
-                    unit.record = None           # its segment may be gone: encode afresh
-                resend.append(unit)
+            # Items [0, a): finished, result lost: run again.  [a, b): may have
+            # been running.  [b, n): never started.
+            a = min(n, max(0, completed - lo))
+            b = min(n, max(a, completed + span - lo))
+            self._retired_done -= a                       # counted as done, yet to be redone
+            if a == 0 and b == 0:                         # not started: send it again as it is
+                self._resend_whole(unit, resend)
                 continue
-            a, b = hit_lo - lo, hit_hi - lo
             if a:
-                resend.append(unit.split(self._new_id(), 0, a))
-            if span == 1:                                 # exactly this item was running
+                self._resend_part(unit, 0, a, resend, slot, code)
+            if b - a == 1 and span == 1:                  # exactly this item was running
                 self._crashed += 1
                 self._retired_done += 1
                 unit.sink._fail(unit.index + a, self._crash_error(unit, slot, code))
             else:
                 # One of a block of items was running: run each again on its
                 # own; if one crashes again, it alone fails.
-                resend.extend(unit.split(self._new_id(), k, k + 1) for k in range(a, b))
+                for k in range(a, b):
+                    self._resend_part(unit, k, k + 1, resend, slot, code)
             if b < n:
-                resend.append(unit.split(self._new_id(), b, n))
+                part = unit.split(self._new_id(), b, n)
+                part.resends = unit.resends
+                resend.append(part)
+            fd = taskwire.blob_fd(unit.record) if unit.record is not None else None
+            if fd is not None:
+                blobs.pool.discard(fd)                    # the parts are encoded afresh
         slot.inflight.clear()
         for unit in reversed(resend):
             self._pending.appendleft(unit)
@@ -658,13 +688,34 @@ class Pool:
             return
         slots[i] = self._start_worker(slot.index)
 
-    def _crash_error(self, unit, slot, code):
+    def _resend_whole(self, unit, resend):
+        fd = taskwire.blob_fd(unit.record) if unit.record is not None else None
+        if fd is not None and not blobs.pool.republish(fd):
+            unit.record = None                            # its segment is gone: encode afresh
+        resend.append(unit)
+
+    def _resend_part(self, unit, start, stop, resend, slot, code):
+        """Items that were started on a worker that died: run them again,
+        unless that already happened MAX_RESENDS times."""
+        part = unit.split(self._new_id(), start, stop)
+        part.resends = unit.resends + 1
+        if part.resends <= MAX_RESENDS:
+            resend.append(part)
+            return
+        err = self._crash_error(unit, slot, code, f"its worker died {part.resends} times "
+                                                  f"while it was running or being reported")
+        for k in range(start, stop):
+            self._crashed += 1
+            self._retired_done += 1
+            unit.sink._fail(unit.index + k, err)
+
+    def _crash_error(self, unit, slot, code, message=None):
         name, last_lap = f"pool worker {slot.index}", None
         fn = self._function(unit.fn_id) if unit.op != OP_RUN else None
         if unit.op == OP_RUN or _is_process_class(fn):
             last_lap = slot.rctl.lap()
             name = fn.__name__ if fn is not None else type(unit.items[0]).__name__
-        return ProcessCrashedError(exitcode=code, last_lap=last_lap, pid=slot.pid,
+        return ProcessCrashedError(message, exitcode=code, last_lap=last_lap, pid=slot.pid,
                                    process_name=name)
 
     def _function(self, fn_id):
@@ -697,7 +748,7 @@ class Pool:
         """Drop the oldest functions no task still needs (rare: many distinct ones)."""
         in_use = {u.fn_id for u in self._units.values()} | {u.fn_id for u in self._pending} | \
                  {j.fn_id for j in self._jobs}
-        for key, (old_id, _, _) in list(self._functions.items()):
+        for key, (old_id, _, _) in list(self._functions.items())[:-1]:   # never the newest
             if len(self._functions) <= MAX_FUNCTIONS:
                 break
             if old_id in in_use:
@@ -725,7 +776,7 @@ class Pool:
             return 1
         return max(1, min(4096, int(WINDOW_NS / 4 / max(avg, 1.0))))
 
-    def _take(self, want, max_items):
+    def _take(self, want, max_items, feed_jobs=True):
         """Up to `want` items' worth of units: re-sends first, then new work."""
         pending = self._pending
         if pending:
@@ -737,17 +788,23 @@ class Pool:
                 n += unit.n
             return out
         jobs = self._jobs
-        while jobs:
+        for _ in range(len(jobs)):
+            if not jobs:
+                break
             job = jobs[0]
-            out = job.take(self, want, max_items)
+            out = None if not feed_jobs else job.take(self, want, max_items)
+            if job.exhausted():
+                jobs.popleft()
+            else:
+                jobs.rotate(-1)          # jobs take turns: one never starves another
             if out:
                 return out
-            jobs.popleft()
         return None
 
-    def _feed(self):
-        """Send units to every worker with room in its window."""
-        if not self._pending and not self._jobs:
+    def _feed(self, feed_jobs=True):
+        """Send units to every worker with room in its window (feed_jobs:
+        also new items of map/imap calls, not only submitted tasks)."""
+        if not self._pending and not (feed_jobs and self._jobs):
             return
         window = self._window()
         # Least loaded first (ties: lowest index): a lone task goes to the same
@@ -763,7 +820,7 @@ class Pool:
             while len(inflight) + len(sent) < 2 or busy < window:
                 if allowance is not None and allowance <= 0:
                     break
-                taken = self._take(max(1, window - busy), allowance or MAX_CHUNK)
+                taken = self._take(max(1, window - busy), allowance or MAX_CHUNK, feed_jobs)
                 if not taken:
                     break
                 for unit in taken:
@@ -795,7 +852,7 @@ class Pool:
                     slot.sent_items += unit.n
                     busy += unit.n
                     units[unit.id] = unit
-            if slot.forget:
+            if slot.forget and sent:                     # with the next batch that goes
                 batch[:0] = [taskwire.encode_raw(OP_FORGET, fid) for fid in slot.forget]
                 slot.forget.clear()
             slot.busy_items = busy
@@ -865,6 +922,10 @@ class Pool:
         op, flags, _, elapsed_us, ident = taskwire.header(rec)
         try:
             body = taskwire.payload(rec, flags)      # always: it releases the segment's hold
+        except taskwire.LostRecord:
+            # Its worker died before we read its large result: leave the task
+            # in flight, so that _worker_ended runs it again.
+            return
         except Exception as exc:                      # noqa: BLE001 - e.g. a class missing here
             body = exc
             op = -1 if op != R_VALUES else op
@@ -932,7 +993,9 @@ class Pool:
             sink._put_many(unit.index + start, values[start:])
         elif op == R_ERROR:
             exc, tb = body
-            sink._fail(unit.index, _remote(exc, tb, self._where(unit, 0, slot)))
+            err = _remote(exc, tb, self._where(unit, 0, slot))
+            for k in range(n):                # a record that failed as a whole fails its items
+                sink._fail(unit.index + k, err)
         elif op == R_PROCESS:
             kind, value, timers, error, lap = body
             sink._process_outcome(unit.index, kind, value, timers, error, lap)
@@ -948,9 +1011,9 @@ class Pool:
                 f"worker pid {slot.pid}")
 
     # -- driving --------------------------------------------------------------------------------
-    def _pump(self, wait_s):
+    def _pump(self, wait_s, feed_jobs=True):
         """Send what can go, take results (waiting up to wait_s for the first)."""
-        self._feed()
+        self._feed(feed_jobs)
         records = ()
         if self._units:
             results = self._res.results
@@ -981,7 +1044,7 @@ class Pool:
             self._check_workers()
             self._recycle_spent()
         if records:
-            self._feed()
+            self._feed(feed_jobs)
 
     def _recycle_spent(self):
         """Workers that used up max_tasks_per_worker exit by themselves: replace them."""
@@ -1024,10 +1087,10 @@ class Pool:
         try:
             while True:
                 with self._lock:
-                    if self._status == _TERMINATED or not (self._pending or self._units):
+                    if self._status == _TERMINATED or not self._pending:
                         self._pumper = None
                         return
-                    self._pump(0.005)
+                    self._pump(0.005, feed_jobs=False)   # imap & co. read as their caller takes
                 time.sleep(0.0005)              # let a waiting caller take the lock
         except BaseException as exc:            # noqa: BLE001 - handed to the next caller
             with self._lock:
@@ -1099,7 +1162,7 @@ class Pool:
             raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
         with self._lock:
             self._check_open()
-            fn_id = self._register(fn)
+            self._register(fn)               # an unpicklable function fails here, in the caller
         total = None
         seq = None
         if eager:
@@ -1114,11 +1177,27 @@ class Pool:
                 seq = items
         else:
             source = iter(iterable)
-        job = _Job(self, fn_id, _name(fn), star, source, total, chunksize, copy)
-        job.seq = seq
-        with self._lock:
+        with self._lock:                     # registered and queued under one hold
+            self._check_open()
+            job = _Job(self, self._register(fn), _name(fn), star, source, total, chunksize, copy)
+            job.seq = seq
             self._jobs.append(job)
         return job
+
+    def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress):
+        """imap & co.: bad arguments fail now; the work starts with the first
+        next() (a generator never started runs nothing)."""
+        _check_chunksize(chunksize)
+        if not callable(fn):
+            raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
+        with self._lock:
+            self._check_open()
+            self._register(fn)
+        return self._lazy_results(fn, iterable, chunksize, star, copy, ordered, progress)
+
+    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress):
+        job = self._start_job(fn, iterable, chunksize, star, copy, eager=False)
+        yield from self._drive(job, ordered, False, _bar(progress, job))
 
     def _drive(self, job, ordered, fail_fast, bar):
         """Yield the job's results, driving the pool meanwhile."""
@@ -1126,8 +1205,6 @@ class Pool:
         try:
             while True:
                 with self._lock:
-                    if self._status == _TERMINATED:
-                        raise RuntimeError("the pool was terminated while this map was running")
                     if fail_fast and job.errors:
                         raise job.errors[min(job.errors)]
                     ready, error = [], None
@@ -1151,6 +1228,7 @@ class Pool:
                 if bar is not None:
                     bar.update(job.finished, job.known_total())
                 for chunk in ready:
+                    job.handed += len(chunk)
                     yield from chunk
                 if error is not None:
                     raise error
@@ -1158,6 +1236,12 @@ class Pool:
                     if job.source_error is not None:
                         raise job.source_error
                     return
+                if ready:
+                    continue                  # more may have come while the caller had these
+                if self._status == _TERMINATED:
+                    # Results already in hand were given out above (even after
+                    # close() + join()); the rest will never come.
+                    raise RuntimeError("the pool was terminated while this map was running")
                 self._wait_step(SLICE_S)
         except KeyboardInterrupt:
             self.terminate()
@@ -1228,20 +1312,17 @@ class Pool:
         """Lazy map: yields results in order as they are ready; reads the
         input only as fast as workers need it.  A failed task raises when
         its turn comes, after the results before it."""
-        job = self._start_job(fn, iterable, chunksize, False, copy, eager=False)
-        return self._drive(job, True, False, _bar(progress, job))
+        return self._lazy(fn, iterable, chunksize, False, copy, True, progress)
 
     def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
                        progress: bool = False, copy: bool = False):
         """Like imap, but yields results in the order they finish."""
-        job = self._start_job(fn, iterable, chunksize, False, copy, eager=False)
-        return self._drive(job, False, False, _bar(progress, job))
+        return self._lazy(fn, iterable, chunksize, False, copy, False, progress)
 
     def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
                  copy: bool = False):
         """Lazy starmap, in order."""
-        job = self._start_job(fn, iterable, chunksize, True, copy, eager=False)
-        return self._drive(job, True, False, _bar(progress, job))
+        return self._lazy(fn, iterable, chunksize, True, copy, True, progress)
 
     @property
     def progress(self) -> Progress:

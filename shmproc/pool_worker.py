@@ -185,15 +185,16 @@ class PoolWorker:
         try:
             value = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:         # noqa: BLE001 - the task's failure, not ours
+            self._send(R_ERROR, ident, error_payload(exc), _now() - start)
             self._done()
             self._failed()
-            self._send(R_ERROR, ident, error_payload(exc), _now() - start)
             return True
-        self.completed += 1
-        self.set_lap(self.completed)
         if type(value) not in _SCALARS:      # only values that surely unpickle in the parent
-            self._send(R_VALUE, ident, value, _now() - start)
+            self._send(R_VALUE, ident, value, _now() - start)   # counted once it is encoded
+            self._done()
             return True
+        self.completed += 1                  # a scalar: encoding it cannot fail or crash
+        self.set_lap(self.completed)
         self.fast_ids.append(ident)
         self.fast_values.append(value)
         self.fast_ns += _now() - start
@@ -276,7 +277,7 @@ class PoolWorker:
 
     # -- one record -----------------------------------------------------------------------
     def handle(self, rec) -> bool:
-        op, flags, _, _, ident = taskwire.header(rec)
+        op, flags, _, count, ident = taskwire.header(rec)     # count: items in a task record
         if op == OP_STOP:
             return False
         if op == OP_DEF:
@@ -298,11 +299,12 @@ class PoolWorker:
         try:
             body = taskwire.payload(rec, flags)
         except Exception as exc:             # noqa: BLE001 - e.g. an argument's class is missing
-            self._done()
-            self._failed()
             err = RuntimeError(f"task {ident}'s arguments could not be rebuilt in the worker: "
                                f"{type(exc).__name__}: {exc}")
             self._send(R_ERROR, ident, error_payload(err), 0)
+            self._done(max(1, count))        # every item of the record fails with it
+            for _ in range(max(1, count)):
+                self._failed()
             return True
         if op == OP_CALL:
             fn_id, args, kwargs = body
@@ -324,12 +326,14 @@ class PoolWorker:
         try:
             value = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:         # noqa: BLE001 - the task's failure, not ours
+            self._send(R_ERROR, ident, error_payload(exc), native.now_ns() - start)
             self._done()
             self._failed()
-            self._send(R_ERROR, ident, error_payload(exc), native.now_ns() - start)
             return
-        self._done()
+        # Counted only once its result is encoded: a crash while encoding it
+        # (the OOM killer on a huge result) is then blamed on this task.
         self._send(R_VALUE, ident, value, native.now_ns() - start)
+        self._done()
 
     def chunk(self, ident, fn, star, items, start):
         values, errors = [], {}
@@ -343,7 +347,7 @@ class PoolWorker:
                 else:
                     values.append(value)
                 self._done()
-            self._send(R_CHUNK, ident, (values, errors), native.now_ns() - start)
+            self._send_chunk(ident, values, errors, start, len(items))
             return
         # Items run in blocks through map() in C, a block at a time: the
         # control block says which block is running (lap = items done,
@@ -372,10 +376,19 @@ class PoolWorker:
             elif dt > BLOCK_MAX_NS and block > 1:
                 block //= 2
         self.block = block
-        pctl.enter(BUSY, 0)
         self.completed = base + n
-        set_lap(self.completed)
+        self._send_chunk(ident, values, errors, start, n)
+
+    def _send_chunk(self, ident, values, errors, start, n):
+        """Encode a chunk's result with all its items marked as possibly
+        running: a crash while encoding re-runs them one by one (the one
+        whose result cannot be encoded then fails alone)."""
+        done = self.completed
+        self.set_lap(done - n)
+        self.pctl.enter(n, 0)
         self._send(R_CHUNK, ident, (values, errors), native.now_ns() - start)
+        self.pctl.enter(BUSY, 0)
+        self.set_lap(done)
 
     # -- Process tasks ----------------------------------------------------------------------
     def construct(self, cls, args, kwargs):

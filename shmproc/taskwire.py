@@ -5,7 +5,10 @@ payload.  The header sits outside the pickle so that a record whose
 payload cannot be rebuilt on the other side still names its task (the
 worker reports that task as failed instead of losing it).
 
-    header  op (u8) · flags (u8) · slot (u16) · elapsed µs (u32) · id (u64)
+    header  op (u8) · flags (u8) · slot (u16) · count (u32) · id (u64)
+
+count: in a task record, how many items it carries; in a result, the
+microseconds the worker spent on it.
 
 When a payload carries large contiguous buffers (numpy arrays), the
 pickle and the buffers go to their own shared segment (blobs.py) and the
@@ -89,6 +92,13 @@ def payload(record, flags: int):
         raise LostRecord("the process that wrote this record exited before it was read")
     main, _, buffers = out
     return pickle.loads(main, buffers=buffers)
+
+
+def blob_fd(record):
+    """Our descriptor of the segment an out-of-band record points to, or None."""
+    if not record[1] & FLAG_BLOB:
+        return None
+    return blobs.DESC.unpack_from(record, HEADER_SIZE)[1]
 
 
 def raw_payload(record) -> bytes:

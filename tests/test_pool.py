@@ -639,3 +639,95 @@ def test_many_distinct_functions_in_flight(pool):
     tasks = [pool.submit(fn, 1) for fn in fns]                # all registered before any returns
     assert [t.result for t in tasks] == [1 + k for k in range(len(fns))]
     assert pool.submit(fns[0], 5).result == 5                 # re-registered after being dropped
+
+
+# ---- regressions found in review ------------------------------------------------------------------
+
+class ExitsWhenPickled:
+    def __reduce__(self):
+        os._exit(7)
+
+
+def result_kills_worker(x):
+    return ExitsWhenPickled() if x == 1 else x
+
+
+def test_a_result_that_kills_its_worker_fails_only_that_task():
+    with Pool(1) as p:
+        before = p.pids
+        with pytest.raises(ProcessCrashedError) as info:
+            p.submit(result_kills_worker, 1).result
+        assert info.value.exitcode == 7
+        assert p.map(result_kills_worker, [0, 2, 3], chunksize=1) == [0, 2, 3]
+        with pytest.raises(ProcessCrashedError):
+            p.map(result_kills_worker, [0, 1, 2], chunksize=3)     # inside a chunk's result
+        assert p.pids != before and p.map(square, [4]) == [16]
+
+
+class RebuildsOnlyInTheParent:
+    parent = os.getpid()
+
+    def __reduce__(self):
+        return _rebuild_only_in_parent, (RebuildsOnlyInTheParent.parent,)
+
+
+def _rebuild_only_in_parent(parent):
+    if os.getpid() != parent:
+        raise RuntimeError("cannot be rebuilt here")
+    return RebuildsOnlyInTheParent()
+
+
+def test_a_chunk_whose_arguments_cannot_be_rebuilt_fails_all_its_items(pool):
+    with pytest.raises(RuntimeError, match="could not be rebuilt"):
+        pool.map(square, [RebuildsOnlyInTheParent(), 1, 2, 3], chunksize=4)
+    assert pool.progress.failed == 4
+    assert pool.map(square, [1, 2, 3], chunksize=3) == [1, 4, 9]
+
+
+def test_a_large_result_read_after_its_worker_died_is_run_again():
+    with Pool(1) as p:
+        first = p.submit(big_array, 100_000)          # out-of-band result
+        time.sleep(0.3)                                # finished; nobody has read it
+        dies = p.submit(die_on, 3)
+        time.sleep(0.3)                                # the worker died with it unread
+        assert first.result.shape == (100_000,)
+        with pytest.raises(ProcessCrashedError):
+            dies.result
+
+
+def test_crashes_do_not_pile_up_argument_segments():
+    from shmproc import blobs
+    arr = np.ones(1 << 17)                             # 1 MiB: travels out-of-band
+    with Pool(1) as p:
+        for _ in range(3):
+            tasks = [p.submit(die_on, 3)] + [p.submit(array_sum, arr) for _ in range(3)]
+            for t in tasks:
+                try:
+                    t.result
+                except ProcessCrashedError:
+                    pass
+        unread = [b for b, _ in blobs.pool.in_flight if b.load_word(0) == blobs.PUBLISHED]
+        assert len(unread) <= 1
+
+
+def test_imap_results_survive_close_and_join():
+    p = Pool(2)
+    it = p.imap(square, range(10))
+    first = next(it)
+    p.close()
+    p.join()
+    assert [first] + list(it) == [x * x for x in range(10)]
+
+
+def test_an_imap_never_started_runs_nothing(pool):
+    pool.imap(square, range(100))                      # dropped without a next()
+    assert pool.map(square, [2]) == [4]
+    assert pool.progress.total == 1
+
+
+def test_a_paused_imap_does_not_starve_other_calls(pool):
+    it = pool.imap(square, iter(range(10**9)), chunksize=1)
+    assert next(it) == 0                               # then the caller stops reading it
+    assert pool.map(square, [1, 2, 3]) == [1, 4, 9]
+    assert pool.progress.total < 20_000                # read ahead by a bounded amount
+    it.close()
