@@ -934,6 +934,8 @@ class Pool:
             ids, values = body
             if ids:
                 self._learn(elapsed_us * 1000.0 / len(ids))
+            if len(ids) > 1 and self._values_in_a_row(ids, values):
+                return
             pop = self._units.pop
             for ident, value in zip(ids, values):
                 unit = pop(ident, None)
@@ -956,6 +958,30 @@ class Pool:
         unit = self._units.pop(ident, None)
         if unit is not None:
             self._complete(unit, op, body, elapsed_us)
+
+    def _values_in_a_row(self, ids, values) -> bool:
+        """The usual R_VALUES record: consecutive items of one map, at the
+        front of their worker's queue.  Delivered as one slice; False (and
+        nothing done) otherwise."""
+        first = self._units.get(ids[0])
+        if first is None:
+            return False
+        sink, slot, start = first.sink, first.slot, first.index
+        inflight, n = slot.inflight, len(ids)
+        if type(sink) is not _Job or sink.dropped or len(inflight) < n:
+            return False
+        for k, ident in enumerate(ids):
+            unit = inflight[k]
+            if unit.id != ident or unit.sink is not sink or unit.index != start + k:
+                return False
+        units = self._units
+        for ident in ids:
+            del units[ident]
+        for _ in range(n):
+            inflight.popleft()
+        slot.busy_items -= n
+        sink._put_many(start, values)
+        return True
 
     def _learn(self, per_item_ns):
         """Fold a measured time per item into the running estimate."""
