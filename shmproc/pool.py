@@ -39,6 +39,7 @@ from .config import default_start_method
 from .errors import ProcessCrashedError, ProcessError, RemoteTraceback
 from .progressbar import ProgressBar
 from .queue import Queue
+from .pool_worker import is_process_class as _is_process_class, process_class
 from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP, R_CHUNK, R_ERROR,
                        R_PROCESS, R_VALUE, R_VALUES)
 
@@ -338,21 +339,6 @@ class _Job:
             return None
         size = self.chunksize or pool._auto_chunk()
         size = max(1, min(size, max_items))
-        if size == 1 and not self.star:
-            # One item per record: a plain call, no chunk list to build.  Items
-            # are read from the source a few at a time (one islice per item
-            # would cost more than the rest of sending it).
-            buffered = self.buffered
-            if not buffered:
-                self._read(buffered, 1)
-                if not buffered:
-                    return None
-            item = buffered.popleft()
-            index = self.taken
-            self.taken += 1
-            pool._total += 1
-            return _Unit(pool._new_id(), self, index, OP_CALL, self.fn_id, False,
-                         [((item,), None)])
         if self.seq is not None:
             # A list, tuple or range: chunks are slices (a range's slices are
             # ranges, which cost nothing to send).
@@ -440,28 +426,25 @@ def _load(slot):
     return slot.busy_items, slot.index
 
 
-def _check_workers(workers) -> int:
-    if workers is None:
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:
-            return max(1, os.cpu_count() or 1)
-    if isinstance(workers, bool) or not isinstance(workers, int):
-        raise TypeError(f"workers must be an int >= 1 or None (one per CPU), "
-                        f"not {type(workers).__name__}")
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    return workers
-
-
-def _check_max_tasks(n):
-    if n is None:
+def _positive_int(value, name: str, none_means: str):
+    """Validate an option that is an int >= 1 or None; returns it."""
+    if value is None:
         return None
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"max_tasks_per_worker must be an int >= 1 or None, not {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"max_tasks_per_worker must be >= 1, got {n}")
-    return n
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1 or None ({none_means}), "
+                        f"not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _worker_count(workers) -> int:
+    if _positive_int(workers, "workers", "one per CPU") is not None:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
 
 
 def _check_method(method) -> str:
@@ -474,14 +457,7 @@ def _check_method(method) -> str:
 
 
 def _check_chunksize(chunksize):
-    if chunksize is None:
-        return None
-    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
-        raise TypeError(f"chunksize must be an int >= 1 or None (automatic), "
-                        f"not {type(chunksize).__name__}")
-    if chunksize < 1:
-        raise ValueError(f"chunksize must be >= 1, got {chunksize}")
-    return chunksize
+    return _positive_int(chunksize, "chunksize", "automatic")
 
 
 def _name(fn) -> str:
@@ -497,19 +473,8 @@ def _pickle_function(fn) -> bytes:
     return cloudpickle.dumps(fn, protocol=wire.PROTOCOL)
 
 
-_Process = None
-
-
-def _process_class():
-    global _Process
-    if _Process is None:                 # process.py imports the engine: only when needed
-        from .process import Process
-        _Process = Process
-    return _Process
-
-
 def _is_process(obj) -> bool:
-    return isinstance(obj, _process_class())
+    return isinstance(obj, process_class())
 
 
 class _Resources:
@@ -572,9 +537,9 @@ class Pool:
 
     def __init__(self, workers: int | None = None, start_method: str | None = None,
                  max_tasks_per_worker: int | None = None):
-        self._n = _check_workers(workers)
+        self._n = _worker_count(workers)
         self._method = _check_method(start_method)
-        self._max_tasks = _check_max_tasks(max_tasks_per_worker)
+        self._max_tasks = _positive_int(max_tasks_per_worker, "max_tasks_per_worker", "no limit")
         self._ctx = mp.get_context(self._method)
         self._lock = threading.RLock()
         self._status = _RUNNING
@@ -1449,9 +1414,6 @@ class Pool:
         return (f"<shmproc.Pool workers={self._n} start_method={self._method} "
                 f"{self._status} progress={tuple(self.progress)}>")
 
-
-def _is_process_class(fn) -> bool:
-    return isinstance(fn, type) and issubclass(fn, _process_class())
 
 
 def _bar(progress, job):

@@ -288,7 +288,7 @@ class PoolWorker:
                     f"the function could not be rebuilt in the worker: "
                     f"{type(exc).__name__}: {exc}"))
             self.fns[ident] = fn
-            if not _is_process_class(fn):
+            if not is_process_class(fn):
                 self.plain[ident] = fn
             return True
         if op == OP_FORGET:
@@ -308,17 +308,23 @@ class PoolWorker:
             return True
         if op == OP_CALL:
             fn_id, args, kwargs = body
-            self.call(ident, self.fns[fn_id], args, kwargs, start)
+            self.call(ident, self._fn(fn_id), args, kwargs, start)
         elif op == OP_CHUNK:
             fn_id, star, items = body
-            self.chunk(ident, self.fns[fn_id], star, items, start)
+            self.chunk(ident, self._fn(fn_id), star, items, start)
         elif op == OP_RUN:
             self._send(R_PROCESS, ident, self.run_process(body), native.now_ns() - start)
             self._done()
         return True
 
+    def _fn(self, fn_id):
+        fn = self.fns.get(fn_id)
+        if fn is None:          # a bug of ours: fail the task, keep the worker
+            return _BrokenFn(RuntimeError(f"function {fn_id} was never sent to this worker"))
+        return fn
+
     def call(self, ident, fn, args, kwargs, start):
-        if _is_process_class(fn):
+        if is_process_class(fn):
             out = self.run_process(self.construct(fn, args, kwargs))
             self._send(R_PROCESS, ident, out, native.now_ns() - start)
             self._done()
@@ -337,7 +343,7 @@ class PoolWorker:
 
     def chunk(self, ident, fn, star, items, start):
         values, errors = [], {}
-        if _is_process_class(fn):
+        if is_process_class(fn):
             for i, item in enumerate(items):
                 args = tuple(item) if star else (item,)
                 kind, value, timers, error, lap = self.run_process(self.construct(fn, args, {}))
@@ -450,11 +456,20 @@ class _ConstructionFailed:
         self.exc = exc
 
 
-def _is_process_class(fn) -> bool:
-    if not isinstance(fn, type):
-        return False
-    from .process import Process
-    return issubclass(fn, Process)
+_Process = None
+
+
+def process_class():
+    """shmproc's Process, imported on first need (it pulls in the engine)."""
+    global _Process
+    if _Process is None:
+        from .process import Process
+        _Process = Process
+    return _Process
+
+
+def is_process_class(fn) -> bool:
+    return isinstance(fn, type) and issubclass(fn, process_class())
 
 
 def main(slot, ctl_array, task_q, result_q, parent_pid, direct_child, use_pdeathsig, max_tasks):

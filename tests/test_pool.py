@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 import shmproc
+from proc_helpers import wait_gone
 from shmproc import Pool
 from shmproc.errors import RemoteTraceback
-from shmproc.processing import MainLoopError, Process, ProcessCrashedError, TimeoutError
+from shmproc.processing import (MainLoopError, Process, ProcessCrashedError, TimeoutError,
+                                timesection)
 from shmproc.wire import SerializationError
 
 
@@ -231,10 +233,17 @@ def test_a_thousand_trivial_processes(pool):
     assert pool.map(Trivial, range(1000)) == list(range(1000))
 
 
+class TimedCounter(Counter):
+    @timesection()
+    def __loop__(self):
+        self.count += 1
+
+
 def test_process_instance_gets_timers_and_error(pool):
-    proc = Counter(4)
+    proc = TimedCounter(4)
+    assert proc.timers is None
     assert pool.submit(proc).result == 4
-    assert proc.timers is None or hasattr(proc.timers, "loop")
+    assert proc.timers is not None and proc.timers.loop is not None     # the run's timers
     broken = Broken()
     with pytest.raises(MainLoopError) as info:
         pool.submit(broken).result
@@ -511,24 +520,6 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(") ")[1][0] != "Z"
-
-
-def _wait_gone(pids, seconds=10):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not any(_alive(p) for p in pids):
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_ctrl_c_in_map_stops_cleanly(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(_SCRIPT.format(tail="pool.map(slow, range(8), chunksize=1)"))
@@ -540,7 +531,7 @@ def test_ctrl_c_in_map_stops_cleanly(tmp_path):
         _, err = parent.communicate(timeout=30)
         assert parent.returncode != 0
     assert "KeyboardInterrupt" in err
-    assert _wait_gone(workers), "pool workers outlived Ctrl-C"
+    assert wait_gone(workers), "pool workers outlived Ctrl-C"
 
 
 def test_parent_death_takes_the_pool(tmp_path):
@@ -548,7 +539,7 @@ def test_parent_death_takes_the_pool(tmp_path):
     script.write_text(_SCRIPT.format(tail="pool.submit(slow, 1); time.sleep(0.3); os._exit(0)"))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     workers = [int(p) for p in out.stdout.split()]
-    assert _wait_gone(workers), "pool workers outlived their parent"
+    assert wait_gone(workers), "pool workers outlived their parent"
 
 
 def test_exit_without_close_does_not_hang(tmp_path):
@@ -556,7 +547,7 @@ def test_exit_without_close_does_not_hang(tmp_path):
     script.write_text(_SCRIPT.format(tail="pool.submit(slow, 1); print('bye', flush=True)"))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "bye" in out.stdout
-    assert _wait_gone([int(p) for p in out.stdout.split()[:2]])
+    assert wait_gone([int(p) for p in out.stdout.split()[:2]])
 
 
 def test_the_readme_demo_runs():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import shmproc
+from proc_helpers import wait_gone
 from shmproc import processing
 from shmproc.processing import (
     MainLoopError, OnFinishError, PostLoopError, PreloopError, Process, ProcessConfig,
@@ -611,30 +612,12 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(") ")[1][0] != "Z"
-
-
-def _wait_gone(pid, seconds=10):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_parent_death_takes_its_workers(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(_SCRIPT.format(tail="time.sleep(0.3); os._exit(0)"))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     worker = int(out.stdout.split()[0])
-    assert _wait_gone(worker), "the worker outlived its parent"
+    assert wait_gone(worker), "the worker outlived its parent"
 
 
 def test_ctrl_c_stops_workers_without_orphans(tmp_path):
@@ -645,7 +628,7 @@ def test_ctrl_c_stops_workers_without_orphans(tmp_path):
         worker = int(parent.stdout.readline())
         parent.send_signal(signal.SIGINT)
         assert parent.wait(timeout=30) != 0               # KeyboardInterrupt ended it
-    assert _wait_gone(worker), "the worker outlived Ctrl-C in the parent"
+    assert wait_gone(worker), "the worker outlived Ctrl-C in the parent"
 
 
 def test_one_class_object_per_name_on_every_import_surface():
