@@ -563,8 +563,8 @@ class Pool:
             res.ctl = native.ControlArray.create(2 * self._n)
             res.results = Queue(capacity=RESULT_RING_BYTES)
             if self._method == "forkserver":
-                from .process import _preload_into_forkserver
-                _preload_into_forkserver()
+                from .local_backend import preload_into_forkserver
+                preload_into_forkserver()
             for i in range(self._n):
                 res.slots.append(self._start_worker(i))
         except BaseException:
@@ -1134,8 +1134,8 @@ class Pool:
 
     def _submit_error(self, fn, unit, exc):
         if unit.op == OP_RUN:
-            from .process import _unserializable
-            return _unserializable(fn, exc)
+            from .process import unserializable
+            return unserializable(fn, exc)
         found = wire.find_unpicklable({"args": unit.items[0][0], "kwargs": unit.items[0][1]},
                                       "call")
         where = ""

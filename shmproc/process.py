@@ -1,38 +1,25 @@
 """Process: the class users subclass, and its parent-side handle.
 
-    parent                                   worker (runner.py)
-    ------                                   ------
-    start(): validate config, serialize ──► arena (sparse shared segment)
-             create control block ────────► control block: state, stop, lap,
-             launch (fork/forkserver/spawn)                section, deadline
-    current_lap ◄── read live ──────────────── lap counter (plain stores)
-    stop()  ──── stop flag ────────────────►  checked between laps
-    wait()  ◄── futex on the state word ────  state DONE / FAILED
-    result  ◄── outcome, numpy as views ────  arena (written over the state)
-
-No pipe, queue or Manager carries data: state, control and results live in
-two shared segments per run.  multiprocessing only creates the process.
+The handle is backend-neutral: start(on=...) asks a backend (backends.py)
+for a Run, and wait / stop / kill / result / current_lap read that Run.
+The local backend (local_backend.py) forks a worker that runs runner.py;
+the Ray backend runs the same runner on a cluster node.
 """
 from __future__ import annotations
 
 import functools
 import multiprocessing as mp
 import os
-import signal
-import threading
 import time
 
-from . import arenas, native, runner, transfer, wire
-from .config import ProcessConfig, default_start_method, validate
-from .errors import ProcessCrashedError, ProcessError, ResultError
-from .native import lib
+from . import backends, wire
+from .config import ProcessConfig, validate
+from .errors import ProcessError
 
 __all__ = ["Process"]
 
 _HOOKS = ("__preloop__", "__loop__", "__postloop__", "__onfinish__", "__result__", "__error__")
 
-#: How often a waiting parent checks that the worker is still alive.
-_LIVENESS_SLICE_NS = 20_000_000
 #: Grace between asking live workers to stop and killing them at exit.
 EXIT_GRACE_S = 2.0
 
@@ -43,18 +30,12 @@ _USER_RESULT = "_shmproc_user_result"   # where a hook's `self.result = ...` goe
 class _Runtime:
     """Everything a Process object needs at run time; not part of its state."""
 
-    __slots__ = ("ctl_array", "ctl", "arena", "proc", "ended", "outcome", "decoded",
-                 "killed", "crashed", "worker", "pid", "__weakref__")
+    __slots__ = ("run", "collected", "worker", "__weakref__")
 
     def __init__(self):
-        self.ctl_array = self.ctl = self.arena = self.proc = None
-        self.ended = False
-        self.outcome = None           # (kind, value, timers, error, lap) once decoded
-        self.decoded = False
-        self.killed = False
-        self.crashed = None           # ProcessCrashedError
+        self.run = None               # the backends.Run of the latest start()
+        self.collected = False        # its outcome's timers/error copied onto the object
         self.worker = None            # the Runner, when this object lives in the worker
-        self.pid = None
 
 
 class _StopEvent:
@@ -70,8 +51,9 @@ class _StopEvent:
 
     def is_set(self) -> bool:
         rt = self._proc.__dict__[_RT]
-        ctl = rt.worker.ctl if rt.worker is not None else rt.ctl
-        return bool(ctl is not None and ctl.stop_requested)
+        if rt.worker is not None:
+            return bool(rt.worker.ctl.stop_requested)
+        return rt.run is not None and rt.run.stop_requested()
 
 
 class Process:
@@ -145,49 +127,28 @@ class Process:
         return self.error
 
     # -- parent-side control -------------------------------------------------------------
-    def start(self):
-        """Validate the config, serialize the object and launch its worker."""
+    def start(self, on=None):
+        """Validate the config, serialize the object and launch its worker.
+
+        `on` picks where it runs: None or "local" (a process on this
+        machine), "ray" or a shmproc.RayBackend(...) (a Ray cluster).
+        """
         rt = self._rt()
         if rt.worker is not None:
             raise RuntimeError("start() was called inside the worker process; start Processes "
                                "from the parent")
-        if rt.proc is not None and not self._check_ended(rt):
-            raise RuntimeError(f"{type(self).__name__} is already running (pid {rt.pid}); "
+        if rt.run is not None and not self._check_ended(rt):
+            raise RuntimeError(f"{type(self).__name__} is already running (pid {rt.run.pid}); "
                                f"wait() for it, or stop() it, before starting it again")
+        backend = backends.resolve(on)
         for name in _HOOKS:
             if not callable(getattr(self, name)):
                 raise TypeError(f"{type(self).__name__}.{name} must be callable, "
                                 f"not {type(getattr(self, name)).__name__}")
         validate(self.config)
-        method = self.config.start_method or default_start_method()
-        ctx = mp.get_context(method)
-        if method == "forkserver":
-            _preload_into_forkserver()
-        ctl_array = native.ControlArray.create(1)
-        arena = arenas.pool.take()
-        try:
-            try:
-                transfer.write(arena, self, same_main=method == "fork")
-            except wire.SerializationError as exc:
-                raise _unserializable(self, exc) from exc.__cause__
-            ctl = ctl_array.control(0)
-            ctl.set_lives(self.config.lives)
-            ctl.set_state(lib.SHMP_STATE_STARTING)
-            main = threading.current_thread() is threading.main_thread()
-            proc = ctx.Process(
-                target=runner.worker_entry,
-                args=(ctl_array, 0, arena, os.getpid(), type(self).__name__,
-                      method != "forkserver", main),
-                name=f"shmproc:{type(self).__name__}",
-            )
-            proc.start()
-        except BaseException:
-            ctl_array.close()                     # the arena goes back to the pool with its mapping
-            raise
+        run = backend.launch(self)
         # A fresh run: forget the previous one.
-        rt.ctl_array, rt.ctl, rt.arena, rt.proc, rt.pid = ctl_array, ctl, arena, proc, proc.pid
-        rt.ended = rt.decoded = rt.killed = False
-        rt.outcome = rt.crashed = None
+        rt.run, rt.collected = run, False
         self.timers = None
         self.error = None
         _live.add(self)
@@ -195,89 +156,35 @@ class Process:
         return self
 
     def _check_ended(self, rt) -> bool:
-        """Non-blocking: has the worker ended?  Records a crash if it died."""
-        if rt.ended or rt.proc is None:
+        """Non-blocking: has the run ended?  Collects its timers and error once."""
+        if rt.collected or rt.run is None:
             return True
-        if rt.ctl.state >= lib.SHMP_STATE_DONE:
-            self._finish(rt)
-            return True
-        if rt.proc.exitcode is None:            # waitpid(WNOHANG)
+        if not rt.run.ended():
             return False
-        self._finish(rt)
+        self._collect(rt)
         return True
 
-    def _finish(self, rt):
-        """The worker has ended: it reported (DONE/FAILED), died, or was killed.
-
-        A worker that reported counts as ended at once: all that remains of
-        it is interpreter teardown (~2 ms), which the parent need not wait
-        for; multiprocessing reaps the process later.
-        """
-        if rt.ended:
+    def _collect(self, rt):
+        if rt.collected:
             return
-        state = rt.ctl.state
-        if rt.killed:
-            rt.proc.join()
-            rt.ctl.set_state(lib.SHMP_STATE_KILLED)
-        elif state < lib.SHMP_STATE_DONE:
-            rt.proc.join()
-            state = rt.ctl.state                  # it may have reported just before dying
-            if state < lib.SHMP_STATE_DONE:
-                code = rt.proc.exitcode
-                rt.crashed = ProcessCrashedError(
-                    exitcode=code, last_lap=rt.ctl.lap(), pid=rt.pid,
-                    process_name=type(self).__name__)
-                rt.ctl.set_exit(code if code is not None else 0,
-                                -code if code and code < 0 else 0)
-                rt.ctl.set_state(lib.SHMP_STATE_CRASHED)
-        rt.ended = True
-        rt.ctl_array.close()                     # descriptors go now, mappings with their views
+        rt.collected = True
         _live.discard(self)
-        if state in (lib.SHMP_STATE_DONE, lib.SHMP_STATE_FAILED) and not rt.killed:
-            self._decode(rt)
-        else:
-            rt.arena = None                      # nothing to read from it
-
-    def _decode(self, rt):
-        if rt.decoded:
-            return
-        rt.decoded = True
-        try:
-            (value, timers, error, lap), kind, views = transfer.read(rt.arena)
-        except Exception as exc:                 # noqa: BLE001 - e.g. a class missing here
-            err = ResultError(f"the worker's result could not be deserialized in the parent: "
-                              f"{type(exc).__name__}: {exc}", current_lap=rt.ctl.lap(),
-                              original_error=exc, process_name=type(self).__name__)
-            rt.outcome = (runner.FAILED_RESULT, err)
-            rt.arena = None
-            self.error = err
-            return
-        rt.outcome = (kind, value)
-        if not views:
-            rt.arena = None          # nothing refers to it: unmap now, not with the object
-        self.timers = timers
-        if error is not None:
-            self.error = error.with_remote_traceback() if isinstance(error, ProcessError) else error
+        out = rt.run.outcome()
+        if out.status in ("ok", "failed"):
+            self.timers = out.timers
+            self.error = out.error
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the worker has ended; False if `timeout` seconds pass first."""
         rt = self._rt()
         if rt.worker is not None:
             raise RuntimeError("wait() was called inside the worker process")
-        if rt.proc is None or rt.ended:
+        if rt.run is None or rt.collected:
             return True
-        deadline = None if timeout is None else time.monotonic() + native.timeout_ns(timeout) / 1e9
-        ctl = rt.ctl
-        while True:
-            if self._check_ended(rt):
-                return True
-            slice_ns = _LIVENESS_SLICE_NS
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                slice_ns = min(slice_ns, int(left * 1e9) + 1)
-            ctl.wait_state(lib.SHMP_STATE_DONE, slice_ns)
+        if not rt.run.wait(timeout):
+            return False
+        self._collect(rt)
+        return True
 
     def stop(self):
         """Ask the worker to finish its current lap, then onfinish and result.
@@ -286,23 +193,20 @@ class Process:
         the worker it requests the stop from within a hook.
         """
         rt = self._rt()
-        ctl = rt.worker.ctl if rt.worker is not None else rt.ctl
-        if ctl is not None and not rt.ended:
-            ctl.request_stop()
+        if rt.worker is not None:
+            rt.worker.ctl.request_stop()
+        elif rt.run is not None and not rt.collected:
+            rt.run.stop()
 
     def kill(self):
         """SIGKILL the worker now: no onfinish, no result (result is None)."""
         rt = self._rt()
         if rt.worker is not None:
             raise RuntimeError("kill() was called inside the worker process; use stop()")
-        if rt.proc is None or rt.ended:
+        if rt.run is None or rt.collected:
             return
-        rt.killed = True
-        try:
-            os.kill(rt.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self._finish(rt)
+        rt.run.kill()
+        self._collect(rt)
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -310,11 +214,13 @@ class Process:
         rt = self._rt()
         if rt.worker is not None:
             return True
-        return rt.proc is not None and not self._check_ended(rt)
+        return rt.run is not None and not self._check_ended(rt)
 
     @property
     def pid(self):
-        return self._rt().pid
+        """The worker's process id (on its node, for a cluster backend)."""
+        rt = self._rt()
+        return rt.run.pid if rt.run is not None else None
 
     @property
     def exitcode(self):
@@ -324,15 +230,9 @@ class Process:
         finished exiting, the exit status it reported (0) stands in.
         """
         rt = self._rt()
-        if rt.proc is None or not self._check_ended(rt):
+        if rt.run is None or not self._check_ended(rt):
             return None
-        if rt.killed:
-            return -signal.SIGKILL
-        real = rt.proc.exitcode
-        if real is not None:
-            return real
-        code, sig = rt.ctl.exit_info()
-        return -sig if sig else code
+        return rt.run.exitcode
 
     @property
     def current_lap(self) -> int:
@@ -340,7 +240,7 @@ class Process:
         rt = self._rt()
         if rt.worker is not None:
             return rt.worker.lap
-        return rt.ctl.lap() if rt.ctl is not None else 0
+        return rt.run.lap() if rt.run is not None else 0
 
     @property
     def _current_lap(self) -> int:
@@ -359,16 +259,15 @@ class Process:
                 return self.__dict__[_USER_RESULT]
             raise RuntimeError("`result` is read in the parent, after the run; inside the "
                                "worker, return the value from __result__ instead")
-        if rt.proc is None:
+        if rt.run is None:
             return None
         self.wait()
-        if rt.killed:
+        status, value = rt.run.outcome()[:2]
+        if status == "killed":
             return None
-        if rt.crashed is not None:
-            raise rt.crashed
-        self._decode(rt)
-        kind, value = rt.outcome
-        if kind == runner.FAILED_RESULT and isinstance(value, BaseException):
+        if status == "crashed":
+            raise value
+        if status == "failed" and isinstance(value, BaseException):
             if isinstance(value, ProcessError):
                 value.with_remote_traceback()
             raise value.with_traceback(None)
@@ -382,35 +281,19 @@ class Process:
 
     def __repr__(self):
         rt = self.__dict__.get(_RT)
-        if rt is None or rt.proc is None:
-            state = "not started"
-        elif rt.worker is not None:
+        if rt is not None and rt.worker is not None:
             state = "in worker"
-        elif not rt.ended:
-            state = f"running pid={rt.pid} lap={self.current_lap}"
+        elif rt is None or rt.run is None:
+            state = "not started"
+        elif not rt.collected:
+            state = f"running pid={rt.run.pid} lap={self.current_lap}"
         else:
-            state = "killed" if rt.killed else "crashed" if rt.crashed else "finished"
+            status = rt.run.outcome().status
+            state = status if status in ("killed", "crashed") else "finished"
         return f"<{type(self).__qualname__} {state}>"
 
 
-_PRELOAD = ["shmproc.runner", "shmproc.process", "shmproc.pool_worker", "cloudpickle"]
-
-
-def _preload_into_forkserver():
-    """Have the fork server import the runner once, instead of every worker
-    importing it (~40 ms each).  Only possible before the server starts;
-    modules the user asked to preload are kept."""
-    from multiprocessing import forkserver
-    server = getattr(forkserver, "_forkserver", None)
-    if server is None or getattr(server, "_forkserver_pid", None) is not None:
-        return
-    current = list(getattr(server, "_preload_modules", ["__main__"]))
-    missing = [m for m in _PRELOAD if m not in current]
-    if missing:
-        server.set_forkserver_preload(current + missing)
-
-
-def _unserializable(proc, exc):
+def unserializable(proc, exc):
     found = wire.find_unpicklable(proc.__getstate__(), "self")
     name = type(proc).__name__
     if found is None:

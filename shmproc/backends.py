@@ -1,0 +1,98 @@
+"""Where Processes and Pools run: the backend interface.
+
+A backend knows how to start one run of a Process and how to build a
+pool; everything else (the lifecycle, lives, timeouts, errors) is the
+local runtime's, wherever it runs.  Two implementations exist:
+
+    LocalBackend   this machine: fork/forkserver/spawn a worker (local_backend.py)
+    RayBackend     a Ray cluster: launcher actors that run the local runtime
+                   on their node and fork one child per run (ray_backend.py)
+
+`Process.start(on=...)` and `Pool(backend=...)` accept a backend object,
+or the names "local" and "ray" (a RayBackend with default options).
+"""
+from __future__ import annotations
+
+import abc
+import collections
+
+__all__ = ["Backend", "Run", "Outcome", "resolve"]
+
+Outcome = collections.namedtuple("Outcome", "status value timers error lap exitcode")
+Outcome.__doc__ = """How a run ended.
+
+status: "ok" (value is __result__'s return), "failed" (value is the error
+to raise, or what __error__ returned instead), "killed" (kill() ended it),
+"crashed" (the worker died; value is the ProcessCrashedError).  timers and
+error are the worker's ProcessTimers and its error; lap the laps completed.
+"""
+
+
+class Run(abc.ABC):
+    """One run of one Process, as its parent sees it.  `pid` is the worker's."""
+
+    pid = None
+
+    @abc.abstractmethod
+    def ended(self) -> bool:
+        """Non-blocking: has the run ended (reported, died or was killed)?"""
+
+    @abc.abstractmethod
+    def wait(self, timeout: float | None) -> bool:
+        """Block until the run ended; False if `timeout` seconds pass first."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Ask the worker to finish its lap, then onfinish and result."""
+
+    @abc.abstractmethod
+    def stop_requested(self) -> bool:
+        """Has stop() been asked for (by the parent or a hook)?"""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """End the worker now: no onfinish, no result.  Returns once it has ended."""
+
+    @abc.abstractmethod
+    def lap(self) -> int:
+        """Laps completed so far (live while running, final after)."""
+
+    @property
+    @abc.abstractmethod
+    def exitcode(self):
+        """As multiprocessing's: None while running, negative signal number if killed."""
+
+    @abc.abstractmethod
+    def outcome(self) -> Outcome:
+        """How the run ended; only called once ended() is True."""
+
+
+class Backend(abc.ABC):
+    """Starts Process runs and builds pools somewhere."""
+
+    name = "?"
+
+    @abc.abstractmethod
+    def launch(self, proc) -> Run:
+        """Start one run of `proc` (config already validated); return its Run."""
+
+    @abc.abstractmethod
+    def pool(self, workers, start_method, max_tasks_per_worker):
+        """A pool with shmproc.Pool's API whose workers run on this backend."""
+
+    def __repr__(self):
+        return f"<shmproc {type(self).__name__}>"
+
+
+def resolve(on) -> Backend:
+    """None / "local" / "ray" / a Backend -> a Backend."""
+    if on is None or on == "local":
+        from .local_backend import LOCAL
+        return LOCAL
+    if isinstance(on, Backend):
+        return on
+    if on == "ray":
+        from .ray_backend import RayBackend
+        return RayBackend()
+    raise TypeError(f"unknown backend {on!r}: use None or 'local' (this machine), 'ray', "
+                    f"or a backend object such as shmproc.RayBackend(address=...)")

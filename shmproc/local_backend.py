@@ -1,0 +1,222 @@
+"""The local backend: one worker process per run, on this machine.
+
+    parent (LocalRun)                        worker (runner.py)
+    ------                                   ------
+    launch: serialize ──────────────────►  arena (sparse shared segment)
+            create control block ────────►  control block: state, stop, lap,
+            fork/forkserver/spawn                           section, deadline
+    lap()   ◄── read live ──────────────────  lap counter (plain stores)
+    stop()  ──── stop flag ────────────────►  checked between laps
+    wait()  ◄── futex on the state word ────  state DONE / FAILED
+    outcome ◄── numpy as views ──────────────  arena (written over the state)
+
+No pipe, queue or Manager carries data: state, control and results live in
+two shared segments per run.  multiprocessing only creates the process.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+
+from . import arenas, native, runner, transfer, wire
+from .backends import Backend, Outcome, Run
+from .config import default_start_method
+from .errors import ProcessCrashedError, ProcessError, ResultError
+from .native import lib
+
+__all__ = ["LocalBackend", "LocalRun", "LOCAL"]
+
+#: How often a waiting parent checks that the worker is still alive.
+_LIVENESS_SLICE_NS = 20_000_000
+
+
+class LocalRun(Run):
+    """A worker process on this machine, read through its control block."""
+
+    def __init__(self, obj, serialize_error):
+        method = obj.config.start_method or default_start_method()
+        ctx = mp.get_context(method)
+        if method == "forkserver":
+            preload_into_forkserver()
+        ctl_array = native.ControlArray.create(1)
+        arena = arenas.pool.take()
+        try:
+            try:
+                transfer.write(arena, obj, same_main=method == "fork")
+            except wire.SerializationError as exc:
+                raise serialize_error(obj, exc) from exc.__cause__
+            ctl = ctl_array.control(0)
+            ctl.set_lives(obj.config.lives)
+            ctl.set_state(lib.SHMP_STATE_STARTING)
+            main = threading.current_thread() is threading.main_thread()
+            proc = ctx.Process(
+                target=runner.worker_entry,
+                args=(ctl_array, 0, arena, os.getpid(), type(obj).__name__,
+                      method != "forkserver", main),
+                name=f"shmproc:{type(obj).__name__}",
+            )
+            proc.start()
+        except BaseException:
+            ctl_array.close()                     # the arena goes back to the pool with its mapping
+            raise
+        self.ctl_array, self.ctl, self.arena, self.proc = ctl_array, ctl, arena, proc
+        self.pid = proc.pid
+        self.name = type(obj).__name__
+        self.ended_ = self.killed = self._views = False
+        self._outcome = None
+        self._finishing = threading.Lock()        # kill() and a waiting thread may race to _finish
+
+    def ended(self) -> bool:
+        if self.ended_:
+            return True
+        if self.ctl.state >= lib.SHMP_STATE_DONE:
+            self._finish()
+            return True
+        if self.proc.exitcode is None:            # waitpid(WNOHANG)
+            return False
+        self._finish()
+        return True
+
+    def _finish(self):
+        """The worker has ended: it reported (DONE/FAILED), died, or was killed.
+
+        A worker that reported counts as ended at once: all that remains of
+        it is interpreter teardown (~2 ms), which the parent need not wait
+        for; multiprocessing reaps the process later.
+        """
+        with self._finishing:
+            if not self.ended_:
+                self._finish_once()
+
+    def _finish_once(self):
+        ctl = self.ctl
+        state = ctl.state
+        if self.killed:
+            self.proc.join()
+            ctl.set_state(lib.SHMP_STATE_KILLED)
+            self._outcome = Outcome("killed", None, None, None, ctl.lap(), -signal.SIGKILL)
+        elif state < lib.SHMP_STATE_DONE:
+            self.proc.join()
+            state = ctl.state                     # it may have reported just before dying
+            if state < lib.SHMP_STATE_DONE:
+                code = self.proc.exitcode
+                crashed = ProcessCrashedError(exitcode=code, last_lap=ctl.lap(), pid=self.pid,
+                                              process_name=self.name)
+                ctl.set_exit(code if code is not None else 0, -code if code and code < 0 else 0)
+                ctl.set_state(lib.SHMP_STATE_CRASHED)
+                self._outcome = Outcome("crashed", crashed, None, None, ctl.lap(), code)
+        self.ctl_array.close()                    # descriptors go now, mappings with their views
+        if self._outcome is None:
+            self._outcome = self._decode()
+        if not self._views:
+            self.arena = None                     # nothing refers to it: unmap now, not with us
+        self.ended_ = True                        # last: ended() promises an outcome
+
+    def _decode(self) -> Outcome:
+        lap = self.ctl.lap()
+        code, sig = self.ctl.exit_info()          # what the worker reported
+        code = -sig if sig else code
+        try:
+            (value, timers, error, _), kind, views = transfer.read(self.arena)
+        except Exception as exc:                 # noqa: BLE001 - e.g. a class missing here
+            err = ResultError(f"the worker's result could not be deserialized in the parent: "
+                              f"{type(exc).__name__}: {exc}", current_lap=lap,
+                              original_error=exc, process_name=self.name)
+            return Outcome("failed", err, None, err, lap, code)
+        self._views = bool(views)                # views keep the arena (and its mapping) alive
+        if error is not None and isinstance(error, ProcessError):
+            error = error.with_remote_traceback()
+        status = "failed" if kind == runner.FAILED_RESULT else "ok"
+        return Outcome(status, value, timers, error, lap, code)
+
+    def wait(self, timeout: float | None) -> bool:
+        if self.ended_:
+            return True
+        deadline = None if timeout is None else time.monotonic() + native.timeout_ns(timeout) / 1e9
+        ctl = self.ctl
+        while True:
+            if self.ended():
+                return True
+            slice_ns = _LIVENESS_SLICE_NS
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                slice_ns = min(slice_ns, int(left * 1e9) + 1)
+            ctl.wait_state(lib.SHMP_STATE_DONE, slice_ns)
+
+    def stop(self):
+        if not self.ended_:
+            self.ctl.request_stop()
+
+    def stop_requested(self) -> bool:
+        return bool(self.ctl.stop_requested)
+
+    def kill(self):
+        if self.ended_:
+            return
+        self.killed = True
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._finish()
+
+    def lap(self) -> int:
+        return self.ctl.lap()
+
+    @property
+    def exitcode(self):
+        """A worker that reported its outcome is done; until its process has
+        finished exiting, the exit status it reported (0) stands in."""
+        if not self.ended_:
+            return None
+        if self.killed:
+            return -signal.SIGKILL
+        real = self.proc.exitcode
+        if real is not None:
+            return real
+        code, sig = self.ctl.exit_info()
+        return -sig if sig else code
+
+    def outcome(self) -> Outcome:
+        return self._outcome
+
+
+class LocalBackend(Backend):
+    """Runs each Process in a worker process on this machine (the default)."""
+
+    name = "local"
+
+    def launch(self, proc) -> LocalRun:
+        from .process import unserializable
+        return LocalRun(proc, unserializable)
+
+    def pool(self, workers, start_method, max_tasks_per_worker):
+        from .pool import Pool
+        return Pool(workers, start_method, max_tasks_per_worker)
+
+    def __repr__(self):
+        return "<shmproc LocalBackend>"
+
+
+LOCAL = LocalBackend()
+
+PRELOAD = ["shmproc.runner", "shmproc.process", "shmproc.pool_worker", "cloudpickle"]
+
+
+def preload_into_forkserver():
+    """Have the fork server import the runner once, instead of every worker
+    importing it (~40 ms each).  Only possible before the server starts;
+    modules the user asked to preload are kept."""
+    from multiprocessing import forkserver
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is not None:
+        return
+    current = list(getattr(server, "_preload_modules", ["__main__"]))
+    missing = [m for m in PRELOAD if m not in current]
+    if missing:
+        server.set_forkserver_preload(current + missing)
