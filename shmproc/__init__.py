@@ -23,12 +23,16 @@ _PROCESSING = (
 )
 
 __all__ = [
-    "Queue", "Pool", "Task", "Progress", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
+    "Queue", "Pool", "Task", "Progress", "Backend", "LocalBackend", "RayBackend", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
     "sktime", "circuit", "docs", "processing", *_PROCESSING,
 ]
 
 _LAZY = {"Queue": ("shmproc.queue", "Queue"), "Pool": ("shmproc.pool", "Pool"),
-         "Task": ("shmproc.pool", "Task"), "Progress": ("shmproc.pool", "Progress")}
+         "Task": ("shmproc.pool", "Task"), "Progress": ("shmproc.pool", "Progress"),
+         "Backend": ("shmproc.backends", "Backend"),
+         "LocalBackend": ("shmproc.local_backend", "LocalBackend"),
+         # Importing the Ray backend does not import Ray: that waits for first use.
+         "RayBackend": ("shmproc.ray_backend", "RayBackend")}
 _LAZY.update({name: ("shmproc.processing", name) for name in _PROCESSING})
 
 
@@ -41,7 +45,8 @@ def __getattr__(name):
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
-    if name in ("sktime", "circuit", "docs", "native", "wire", "queue", "errors", "processing", "pool"):
+    if name in ("sktime", "circuit", "docs", "native", "wire", "queue", "errors", "processing", "pool",
+                "backends"):
         return importlib.import_module(f"shmproc.{name}")
     raise AttributeError(f"module 'shmproc' has no attribute {name!r}")
 

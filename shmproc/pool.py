@@ -535,8 +535,19 @@ class Pool:
     terminates the workers.
     """
 
+    def __new__(cls, workers=None, start_method=None, max_tasks_per_worker=None, backend=None):
+        if backend is None or backend == "local":
+            return super().__new__(cls)
+        from .backends import resolve
+        from .local_backend import LocalBackend
+        chosen = resolve(backend)
+        if isinstance(chosen, LocalBackend):
+            return super().__new__(cls)
+        # Another backend's pool has the same API; __init__ below is not run for it.
+        return chosen.pool(workers, start_method, max_tasks_per_worker)
+
     def __init__(self, workers: int | None = None, start_method: str | None = None,
-                 max_tasks_per_worker: int | None = None):
+                 max_tasks_per_worker: int | None = None, backend=None):
         self._n = _worker_count(workers)
         self._method = _check_method(start_method)
         self._max_tasks = _positive_int(max_tasks_per_worker, "max_tasks_per_worker", "no limit")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing as mp
+import multiprocessing.util  # noqa: F401 - mp.util.Finalize below
 import os
 import time
 

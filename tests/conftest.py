@@ -69,3 +69,60 @@ def ctx(request):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "allow_leaks: skip the leak check (the test checks itself)")
+
+
+# ---- one Ray cluster for the whole session (tests/test_backends.py) -----------------------
+
+def _processes_mentioning(text):
+    """Pids whose command line mentions `text` (the cluster's temp dir)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A small local Ray cluster: 2 CPUs, no dashboard, a small object store,
+    its temp dir and HOME inside the test tmp dir, usage stats off.  Skips
+    when Ray is not installed.  Afterwards nothing of it may remain."""
+    ray = pytest.importorskip("ray")
+    import shutil
+    import time as _time
+
+    base = tmp_path_factory.mktemp("ray")
+    home = base / "home"
+    home.mkdir()
+    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_USAGE_STATS_ENABLED", "PYTHONPATH")}
+    os.environ["HOME"] = str(home)
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Workers import this directory's test modules (their Process classes).
+    here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, saved["PYTHONPATH"]) if p)
+    temp_dir = str(base / "t")
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20,
+                 _temp_dir=temp_dir, configure_logging=False, log_to_driver=False)
+        yield ray
+    finally:
+        from shmproc import ray_backend
+        ray_backend.shutdown()
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        deadline = _time.monotonic() + 30
+        while _processes_mentioning(temp_dir) and _time.monotonic() < deadline:
+            _time.sleep(0.2)
+        left = _processes_mentioning(temp_dir)
+        shutil.rmtree(base, ignore_errors=True)
+        assert not left, f"Ray processes left after the session: {left}"

@@ -1,0 +1,532 @@
+"""The Ray backend: the same Processes and Pools on a Ray cluster.
+
+    driver                                         cluster node
+    ------                                         ------------
+    p.start(on=RayBackend()) ── serialize ─────►  launcher actor (ray_launcher.py)
+      RayRun: wait / stop / kill / lap ────────►    LocalBackend: fork one child per run
+      result  ◄──── Outcome via the object store ─  (lives, timeouts, stop: all local)
+    Pool(backend="ray") ── chunks of items ─────►  one launcher per slot, each with
+      (ray_pool.py)     ◄──── values ────────────    a local one-worker shmproc.Pool
+
+Ray is the scheduler: a launcher is an actor holding the resources asked
+for (one CPU by default).  Launchers are long-lived and shared by every
+backend object in this process: a run or a pool slot that ends gives its
+launcher back, so the next start costs a fork (~20 ms), not a new actor
+(~1 s).  Idle launchers of another resource shape are released before a
+new one is asked for, so they never starve a request.
+
+Ray is imported only when a backend is first used; without it, a clear
+error says how to install it.
+"""
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import socket
+import threading
+import time
+import weakref
+
+from .backends import Backend, Outcome, Run
+from .errors import ProcessCrashedError
+
+__all__ = ["RayBackend", "RayNotInstalled", "ClusterUnreachable", "ResourcesUnavailable"]
+
+INSTALL_HINT = "pip install 'shmproc[ray]'"
+#: Default seconds to reach a cluster, and for a launcher to be granted its resources.
+CONNECT_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 60.0
+#: Seconds an idle launcher is kept for reuse before its resources are given back.
+IDLE_LAUNCHER_S = 30.0
+#: Grace for live runs to stop at interpreter exit before they are killed.
+EXIT_GRACE_S = 2.0
+
+
+class RayNotInstalled(ImportError):
+    """The Ray backend was asked for, and Ray is not installed."""
+
+
+class ClusterUnreachable(ConnectionError):
+    """The Ray cluster could not be reached (in the time allowed)."""
+
+
+class ResourcesUnavailable(RuntimeError):
+    """The cluster cannot grant a launcher the resources asked for."""
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayNotInstalled(f"the Ray backend needs Ray, which is not installed here: "
+                              f"{INSTALL_HINT}") from exc
+    return ray
+
+
+# ---- resources -------------------------------------------------------------------------------
+
+_RAY_NAMES = {"num_cpus": "CPU", "cpu": "CPU", "num_gpus": "GPU", "gpu": "GPU"}
+
+
+def normalize_resources(resources) -> dict:
+    """{"CPU": 1, "GPU": 0.5, "memory": bytes, "custom": n} in Ray's own names."""
+    if resources is None:
+        return {"CPU": 1.0}
+    if not isinstance(resources, dict):
+        raise TypeError(f"resources must be a dict such as {{'CPU': 2, 'GPU': 1}}, "
+                        f"not {type(resources).__name__}")
+    out = {}
+    for key, amount in resources.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"resource names are strings such as 'CPU', not {key!r}")
+        name = _RAY_NAMES.get(key.lower(), key)
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) \
+                or not math.isfinite(amount) or amount < 0:
+            raise ValueError(f"resources[{key!r}] must be a non-negative number, not {amount!r}")
+        out[name] = float(amount)
+    out.setdefault("CPU", 1.0)
+    return out
+
+
+def _actor_options(spec: dict, runtime_env) -> dict:
+    opts = {"num_cpus": spec.get("CPU", 0.0), "num_gpus": spec.get("GPU", 0.0),
+            "max_concurrency": 64}
+    if "memory" in spec:
+        opts["memory"] = spec["memory"]
+    custom = {k: v for k, v in spec.items() if k not in ("CPU", "GPU", "memory")}
+    if custom:
+        opts["resources"] = custom
+    if runtime_env:
+        opts["runtime_env"] = runtime_env
+    return opts
+
+
+def _fits(spec: dict, offered: dict) -> bool:
+    return all(offered.get(k, 0.0) + 1e-9 >= v for k, v in spec.items() if v > 0)
+
+
+def _describe(resources: dict) -> str:
+    parts = []
+    for k in sorted(resources):
+        v = resources[k]
+        if k.startswith("node:") or k.startswith("accelerator_type"):
+            continue
+        if k in ("memory", "object_store_memory"):
+            parts.append(f"{k} {v / 2**30:.1f} GiB")
+        else:
+            parts.append(f"{k} {v:g}")
+    return ", ".join(parts) or "nothing"
+
+
+# ---- the connection ---------------------------------------------------------------------------
+
+class _Cluster:
+    """This process's one connection to Ray, and the launchers it holds."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.ray = None
+        self.actor_class = None
+        self.started_here = False
+        self.hanging = None            # a connection attempt that timed out (its thread)
+        self.idle = []                 # [(spec key, launcher, since)]
+        self.busy = set()
+        self.runs = weakref.WeakSet()  # live RayRuns (stopped, then killed, at exit)
+        self.pools = weakref.WeakSet()
+        self.exit_hook = False
+
+    # -- connecting --
+    def connect(self, address, timeout):
+        with self.lock:
+            ray = import_ray()
+            if self.ray is not None and ray.is_initialized():
+                return ray
+            if self.hanging is not None and self.hanging.is_alive():
+                raise ClusterUnreachable(
+                    "an earlier attempt to reach the Ray cluster is still hanging in ray.init(); "
+                    "fix the address and start a new interpreter")
+            if not ray.is_initialized():
+                if address is None:
+                    address = os.environ.get("RAY_ADDRESS") or None
+                if address is None:
+                    self._start_local(ray, timeout)
+                else:
+                    self._connect(ray, address, timeout)
+            self.ray = ray
+            self.actor_class = ray.remote(_launcher_class())
+            if not self.exit_hook:
+                # Registered after ray.init, so it runs before Ray's own shutdown.
+                atexit.register(self.shutdown)
+                self.exit_hook = True
+            return ray
+
+    def _start_local(self, ray, timeout):
+        def init():
+            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True)
+        self._in_thread(init, max(timeout, 60.0), "start a local Ray cluster")
+        self.started_here = True
+
+    def _connect(self, ray, address, timeout):
+        hostport = address.split("://", 1)[-1]
+        if address != "auto" and ":" in hostport:
+            _probe(hostport, timeout)
+        self._in_thread(lambda: ray.init(address=address, configure_logging=False),
+                        timeout, f"connect to the Ray cluster at {address!r}")
+
+    def _in_thread(self, fn, timeout, what):
+        """ray.init under our own timeout: a wrong address must not hang for minutes."""
+        box = {}
+
+        def target():
+            try:
+                fn()
+            except BaseException as exc:          # noqa: BLE001 - re-raised below
+                box["error"] = exc
+        thread = threading.Thread(target=target, name="shmproc-ray-init", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            self.hanging = thread
+            raise ClusterUnreachable(f"could not {what} within {timeout:g} s (ray.init did not "
+                                     f"return); check the address and that the cluster runs, "
+                                     f"or raise connect_timeout")
+        err = box.get("error")
+        if err is not None:
+            raise ClusterUnreachable(f"could not {what}: {type(err).__name__}: {err}") from err
+
+    # -- launchers --
+    def check_feasible(self, spec):
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        if any(_fits(spec, n.get("Resources", {})) for n in nodes):
+            return
+        offered = "; ".join(f"{n.get('NodeManagerAddress', '?')}: {_describe(n.get('Resources', {}))}"
+                            for n in nodes) or "no live nodes"
+        raise ResourcesUnavailable(f"no node of the Ray cluster has {_describe(spec)} for one "
+                                   f"worker (nodes offer {offered}); ask for less, or add a node "
+                                   f"that has it")
+
+    def acquire(self, spec, runtime_env, count, timeout):
+        """`count` ready launchers for `spec`: idle ones first, then new actors."""
+        key = (tuple(sorted(spec.items())), repr(runtime_env))
+        got = []
+        with self.lock:
+            self._expire()
+            keep = []
+            for item in self.idle:
+                if item[0] == key and len(got) < count:
+                    got.append(item[1])
+                else:
+                    keep.append(item)
+            if len(got) < count:
+                # Idle launchers of another shape may hold what the new ones need.
+                for _, launcher, _ in keep:
+                    self._kill(launcher)
+                keep = []
+            self.idle = keep
+            self.busy.update(got)
+        if len(got) < count:
+            self.check_feasible(spec)
+            try:
+                got.extend(self._create(spec, runtime_env, count - len(got), timeout))
+            except BaseException:
+                self.release(got)
+                raise
+        for launcher in got:
+            launcher.key = key
+        return got
+
+    def _create(self, spec, runtime_env, count, timeout):
+        ray = self.ray
+        opts = _actor_options(spec, runtime_env)
+        actors = [self.actor_class.options(**opts).remote() for _ in range(count)]
+        refs = [a.ready.remote() for a in actors]
+        try:
+            ready, _ = ray.wait(refs, num_returns=count, timeout=timeout)
+            if len(ready) < count:
+                raise ResourcesUnavailable(
+                    f"the Ray cluster did not grant {count - len(ready)} of {count} worker(s) "
+                    f"{_describe(spec)} within {timeout:g} s: its resources are in use "
+                    f"(cluster total {_describe(ray.cluster_resources())}, free now "
+                    f"{_describe(ray.available_resources())}); wait for other work, ask for "
+                    f"fewer workers, or raise start_timeout")
+            infos = ray.get(refs)
+        except BaseException:
+            for a in actors:
+                ray.kill(a)
+            raise
+        out = []
+        with self.lock:
+            for actor, (pid, node) in zip(actors, infos):
+                launcher = _Launcher(actor, pid, node)
+                self.busy.add(launcher)
+                out.append(launcher)
+        return out
+
+    def release(self, launchers, broken=False):
+        with self.lock:
+            for launcher in launchers:
+                self.busy.discard(launcher)
+                if broken or self.ray is None:
+                    self._kill(launcher)
+                else:
+                    self.idle.append((launcher.key, launcher, time.monotonic()))
+            self._expire()
+
+    def _expire(self):
+        now = time.monotonic()
+        keep = []
+        for item in self.idle:
+            if now - item[2] > IDLE_LAUNCHER_S:
+                self._kill(item[1])
+            else:
+                keep.append(item)
+        self.idle = keep
+
+    def _kill(self, launcher):
+        try:
+            self.ray.kill(launcher.actor)
+        except Exception:                          # noqa: BLE001 - already gone
+            pass
+
+    def shutdown(self):
+        """At exit (or on demand): end pools and runs, free launchers, and stop
+        the local cluster if this process started it."""
+        with self.lock:
+            if self.ray is None:
+                return
+            for pool in list(self.pools):
+                pool.terminate()
+            runs = [r for r in list(self.runs) if not r.ended()]
+        for run in runs:
+            run.stop()
+        deadline = time.monotonic() + EXIT_GRACE_S
+        for run in runs:
+            try:
+                if not run.wait(max(0.0, deadline - time.monotonic())):
+                    run.kill()
+            except Exception:                      # noqa: BLE001 - the cluster may be gone
+                pass
+        with self.lock:
+            for _, launcher, _ in self.idle:
+                self._kill(launcher)
+            for launcher in list(self.busy):
+                self._kill(launcher)
+            self.idle, self.busy = [], set()
+            ray, self.ray = self.ray, None
+            if self.started_here:
+                self.started_here = False
+                ray.shutdown()
+
+
+_cluster = _Cluster()
+
+
+def _probe(hostport, timeout):
+    host, _, port = hostport.rpartition(":")
+    port = port.split("/", 1)[0]
+    if not port.isdigit():
+        raise ClusterUnreachable(f"bad Ray address {hostport!r}: expected host:port, 'auto', "
+                                 f"or ray://host:port")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout, 10.0)):
+            pass
+    except socket.gaierror as exc:
+        raise ClusterUnreachable(f"cannot resolve the Ray head {host!r}: {exc}") from None
+    except ConnectionRefusedError:
+        raise ClusterUnreachable(f"nothing listens at {host}:{port} (connection refused): is the "
+                                 f"Ray head running there (`ray start --head`)?") from None
+    except (socket.timeout, OSError) as exc:
+        raise ClusterUnreachable(f"the Ray head at {host}:{port} does not answer "
+                                 f"({type(exc).__name__}: {exc})") from None
+
+
+def _launcher_class():
+    from .ray_launcher import Launcher
+    return Launcher
+
+
+class _Launcher:
+    """A launcher actor as the driver holds it."""
+
+    __slots__ = ("actor", "pid", "node", "key", "known", "__weakref__")
+
+    def __init__(self, actor, pid, node):
+        self.actor, self.pid, self.node, self.key = actor, pid, node, None
+        self.known = set()             # pool function keys it was sent (it may forget some)
+
+
+# ---- Process runs -----------------------------------------------------------------------------
+
+class RayRun(Run):
+    """One Process run in a launcher on the cluster."""
+
+    def __init__(self, backend, proc):
+        import cloudpickle
+        from . import wire
+        from .process import unserializable
+        try:
+            blob = cloudpickle.dumps(proc, protocol=5)
+        except Exception as exc:                   # noqa: BLE001
+            raise unserializable(proc, wire.SerializationError(str(exc))) from exc
+        ray = backend.connect()
+        self._ray = ray
+        self._name = type(proc).__name__
+        self._launcher = _cluster.acquire(backend.spec, backend.runtime_env, 1,
+                                          backend.start_timeout)[0]
+        actor = self._launcher.actor
+        try:
+            reply = ray.get(actor.start.remote(blob), timeout=backend.start_timeout)
+        except BaseException:
+            _cluster.release([self._launcher], broken=True)
+            raise
+        if reply[0] == "error":
+            _cluster.release([self._launcher])
+            raise wire.SerializationError(
+                f"cannot start {self._name} on the Ray cluster: node {self._launcher.node} could "
+                f"not rebuild it ({reply[1]}). Make its module importable there "
+                f"(RayBackend(runtime_env={{'working_dir': ...}} or {{'py_modules': [...]}})), "
+                f"or define the class in the script you run")
+        self._id, self.pid = reply
+        self.node = self._launcher.node
+        self._ref = actor.outcome.remote(self._id)
+        self._outcome = None
+        self._stop_sent = False
+        self._last_lap = 0
+        _cluster.runs.add(self)
+
+    def _take(self):
+        """The run ended: fetch its outcome, hand the launcher back."""
+        if self._outcome is not None:
+            return
+        ray = self._ray
+        try:
+            out = ray.get(self._ref)
+        except Exception as exc:                   # noqa: BLE001 - the actor or node died
+            crashed = ProcessCrashedError(
+                f"the Ray actor hosting {self._name} (worker pid {self.pid} on "
+                f"{self.node}) died: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                last_lap=self._last_lap, pid=self.pid, process_name=self._name)
+            self._outcome = Outcome("crashed", crashed, None, None, self._last_lap, None)
+            _cluster.release([self._launcher], broken=True)
+            return
+        if out.status in ("ok", "failed"):
+            for err in (out.error, out.value):
+                if hasattr(err, "with_remote_traceback"):
+                    err.with_remote_traceback()
+        self._outcome = out
+        _cluster.release([self._launcher])
+
+    def ended(self) -> bool:
+        if self._outcome is not None:
+            return True
+        if _cluster.ray is None:                   # Ray was shut down under us
+            return self.wait(0.1)
+        ready, _ = self._ray.wait([self._ref], timeout=0)
+        if ready:
+            self._take()
+        return bool(ready)
+
+    def wait(self, timeout):
+        if self._outcome is not None:
+            return True
+        try:
+            ready, _ = self._ray.wait([self._ref], timeout=timeout)
+        except Exception:                          # noqa: BLE001 - Ray shut down: the run is gone
+            ready = [self._ref]
+        if not ready:
+            return False
+        self._take()
+        return True
+
+    def stop(self):
+        if self._outcome is None:
+            self._stop_sent = True
+            self._launcher.actor.stop.remote(self._id)
+
+    def stop_requested(self) -> bool:
+        return self._stop_sent
+
+    def kill(self):
+        if self._outcome is not None:
+            return
+        try:
+            self._ray.get(self._launcher.actor.kill.remote(self._id))
+        except Exception:                          # noqa: BLE001 - the actor is gone already
+            pass
+        self.wait(None)
+
+    def lap(self) -> int:
+        if self._outcome is not None:
+            return self._outcome.lap
+        try:
+            lap = self._ray.get(self._launcher.actor.lap.remote(self._id))
+        except Exception:                          # noqa: BLE001 - the actor is gone
+            lap = None
+        if lap is None:                            # it ended meanwhile
+            if self.wait(None):
+                return self._outcome.lap
+        self._last_lap = lap
+        return lap
+
+    @property
+    def exitcode(self):
+        return None if self._outcome is None else self._outcome.exitcode
+
+    def outcome(self) -> Outcome:
+        return self._outcome
+
+
+class RayBackend(Backend):
+    """Run Processes and Pools on a Ray cluster.
+
+    address: None means $RAY_ADDRESS if set, else a local single-node
+    cluster started on first use (and shut down at exit); "auto", a
+    "host:port" or "ray://host:port" connect to a running cluster, within
+    connect_timeout seconds.  resources: what each worker (one Process run,
+    or one pool slot) holds, in Ray's names, e.g. {"CPU": 2, "GPU": 1};
+    default one CPU.  start_timeout bounds the wait for the cluster to grant
+    them.  runtime_env is passed to the launcher actors (ship your code
+    with {"working_dir": "."} on a remote cluster).
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, resources: dict | None = None, *,
+                 connect_timeout: float = CONNECT_TIMEOUT_S,
+                 start_timeout: float = START_TIMEOUT_S, runtime_env: dict | None = None):
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise TypeError(f"address must be a string such as 'auto', 'host:6379' or "
+                            f"'ray://host:10001', or None; not {address!r}")
+        for name, value in (("connect_timeout", connect_timeout),
+                            ("start_timeout", start_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if runtime_env is not None and not isinstance(runtime_env, dict):
+            raise TypeError(f"runtime_env must be a dict, not {type(runtime_env).__name__}")
+        self.address = address
+        self.spec = normalize_resources(resources)
+        self.connect_timeout = float(connect_timeout)
+        self.start_timeout = float(start_timeout)
+        self.runtime_env = runtime_env
+
+    def connect(self):
+        """Connect to (or start) the cluster now; later calls reuse the connection."""
+        return _cluster.connect(self.address, self.connect_timeout)
+
+    def launch(self, proc) -> RayRun:
+        return RayRun(self, proc)
+
+    def pool(self, workers, start_method, max_tasks_per_worker):
+        from .ray_pool import RayPool
+        return RayPool(self, workers, start_method, max_tasks_per_worker)
+
+    def __repr__(self):
+        return (f"<shmproc RayBackend address={self.address!r} "
+                f"resources={_describe(self.spec)}>")
+
+
+def shutdown():
+    """End this process's Ray pools and runs, free its launchers, and stop the
+    local cluster if shmproc started it.  Runs at exit on its own."""
+    _cluster.shutdown()

@@ -1,0 +1,179 @@
+"""The launcher: a long-lived Ray actor that runs the local runtime on its node.
+
+    driver (RayRun / RayPool)             launcher actor (this module)        children
+    ------                                -----------------------------        --------
+    start(blob) ─── actor call ─────────► rebuild the Process, LocalBackend ─► fork: runner.py
+    outcome(id) ─── pending call ───────► waits for the run; returns its        (lives, timeouts,
+                    (object store) ◄────  Outcome; numpy goes zero-copy          stop: all local)
+    stop / kill / lap ──────────────────► the run's control block
+    pool_run(chunk) ────────────────────► a local shmproc.Pool(1) ─────────► warm worker
+
+Forked children never call Ray: they run the local runtime only and exit
+with os._exit; they die with the actor (PR_SET_PDEATHSIG or the pidfd
+watch).  This module is imported on cluster nodes and does not import Ray
+itself (Ray wraps the class when the driver connects); it is an async
+actor so that stop/kill/lap are answered while an outcome() waits.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import os
+import socket
+
+from .backends import Outcome
+from .errors import RemoteTraceback
+
+#: Functions a launcher keeps unpickled for its pool (least recently used go).
+MAX_FUNCTIONS = 64
+
+
+def node_name() -> str:
+    try:
+        return socket.gethostname()
+    except OSError:
+        return "?"
+
+
+def _strip_local_task(exc):
+    """An error from the launcher's local pool, ready to travel: the local
+    task note (its index is within one chunk) goes; the driver adds the
+    global one.  Returns (exception, worker traceback text)."""
+    tb = str(exc.__cause__) if isinstance(exc.__cause__, RemoteTraceback) else None
+    where = getattr(exc, "shmproc_task", None)
+    if where is not None:
+        del exc.shmproc_task
+        notes = getattr(exc, "__notes__", None)
+        if notes and where in notes:
+            notes.remove(where)
+    exc.__cause__ = None
+    try:
+        import cloudpickle
+        cloudpickle.dumps(exc)
+    except Exception:                             # noqa: BLE001 - it must reach the driver
+        exc = RuntimeError(f"{type(exc).__qualname__}: {exc} (the exception itself could not "
+                           f"be pickled)")
+    return exc, tb
+
+
+class Launcher:
+    """One pool slot, or the host of one Process run at a time."""
+
+    def __init__(self):
+        self._runs = {}
+        self._ids = itertools.count(1)
+        self._pool = None
+        self._functions = collections.OrderedDict()
+
+    async def ready(self):
+        return os.getpid(), node_name()
+
+    # -- Process runs ---------------------------------------------------------------------------
+    async def start(self, blob: bytes):
+        """Rebuild the Process and start it locally; (run id, pid) or ("error", text)."""
+        import cloudpickle
+        from .local_backend import LOCAL
+        try:
+            proc = cloudpickle.loads(blob)
+        except Exception as exc:                  # noqa: BLE001 - reported to the driver
+            return ("error", f"{type(exc).__name__}: {exc}")
+        if proc.config.start_method is None:
+            proc.config.start_method = "fork"     # the launcher's own default, whatever the driver's
+        run = LOCAL.launch(proc)
+        run_id = next(self._ids)
+        self._runs[run_id] = run
+        return run_id, run.pid
+
+    async def outcome(self, run_id: int) -> Outcome:
+        run = self._runs[run_id]
+        await asyncio.to_thread(run.wait, None)
+        del self._runs[run_id]
+        return run.outcome()
+
+    async def stop(self, run_id: int):
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.stop()
+
+    async def kill(self, run_id: int):
+        run = self._runs.get(run_id)
+        if run is not None:
+            await asyncio.to_thread(run.kill)
+
+    async def lap(self, run_id: int):
+        run = self._runs.get(run_id)
+        return None if run is None else run.lap()
+
+    # -- pool slot ------------------------------------------------------------------------------
+    async def pool_open(self, start_method, max_tasks):
+        from .pool import Pool
+        if self._pool is not None:
+            self._pool.terminate()
+        self._pool = Pool(1, start_method or "fork", max_tasks)
+        return self._pool.pids
+
+    async def pool_pids(self):
+        return [] if self._pool is None else self._pool.pids
+
+    async def pool_run(self, kind, fn_key, fn_ref, items, star, copy):
+        """Run a unit of pool work: ("ok", values, extra), ("error", k, values, exc, tb,
+        extra), or ("missing",) when the function is not known here (send it again)."""
+        fn = None
+        if kind != "process":
+            fn = await self._function(fn_key, fn_ref)
+            if fn is None:
+                return ("missing",)
+        return await asyncio.to_thread(self._run_unit, kind, fn, items, star, copy)
+
+    async def _function(self, key, ref):
+        # The pickle comes (as a nested ObjectRef) only with a function's first
+        # unit here: passing a reference on every call costs Ray a borrow each.
+        fn = self._functions.get(key)
+        if fn is None:
+            if ref is None:
+                return None
+            import cloudpickle
+            fn = cloudpickle.loads(await ref[0])
+            self._functions[key] = fn
+            while len(self._functions) > MAX_FUNCTIONS:
+                self._functions.popitem(last=False)
+        else:
+            self._functions.move_to_end(key)
+        return fn
+
+    def _run_unit(self, kind, fn, items, star, copy):
+        pool = self._pool
+        values = []
+        try:
+            if kind == "process":                 # submit(a built Process): timers and error back
+                proc = items[0]
+                task = pool.submit(proc, copy=copy)
+                try:
+                    return ("ok", [task.result], (proc.timers, proc.error))
+                except BaseException as exc:      # noqa: BLE001
+                    return ("error", 0, [], *_strip_local_task(exc), (proc.timers, proc.error))
+            if kind == "call":
+                args, kwargs = items[0]
+                return ("ok", [pool.submit(fn, *args, copy=copy, **(kwargs or {})).result], None)
+            run = pool.istarmap if star else pool.imap
+            for value in run(fn, items, copy=copy):
+                values.append(value)
+            return ("ok", values, None)
+        except BaseException as exc:              # noqa: BLE001 - the driver raises it
+            return ("error", len(values), values, *_strip_local_task(exc), None)
+
+    async def pool_close(self):
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(_close_pool, pool)
+
+    async def pool_terminate(self):
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.terminate()
+
+
+def _close_pool(pool):
+    pool.close()
+    pool.join()

@@ -1,0 +1,628 @@
+"""RayPool: shmproc.Pool's API with its workers on a Ray cluster.
+
+    caller (map / imap / submit)      dispatcher thread              launcher actor (per slot)
+      │ units: chunks of items ──►     keeps <= DEPTH units per  ──►   pool_run: a local
+      │                                slot in flight; refills         one-worker shmproc.Pool
+      └ results, in order ◄─────────   as results come back   ◄──     (crash isolation,
+                                       (ray.wait)                      Process lifecycles)
+
+Each slot is a launcher actor holding the backend's resources; its
+local pool runs the items in a forked worker, so a task that crashes
+fails alone (ProcessCrashedError) exactly as on the local backend.  A
+launcher that dies (node lost, actor killed) is replaced and its units
+are sent again, once.  Values come back through Ray's object store.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import threading
+import time
+import weakref
+
+from .errors import ProcessCrashedError, ProcessError
+from .pool import (Progress, Task, _bar, _check_chunksize, _is_process, _name, _pickle_function,
+                   _positive_int, _remote, _writable)
+from .ray_backend import _cluster
+
+__all__ = ["RayPool"]
+
+#: Units in flight per slot: one running, one queued behind it (hides a round trip).
+DEPTH = 2
+#: Seconds of work an imap unit aims for when chunksize is None.
+LAZY_UNIT_S = 0.02
+MAX_LAZY_CHUNK = 4096
+#: How long the dispatcher waits on results before looking for new work.
+POLL_S = 0.005
+SLICE_S = 0.05
+#: Units sent again after their launcher died, before they fail.
+MAX_RESENDS = 1
+
+_RUNNING, _CLOSED, _TERMINATED = "running", "closed", "terminated"
+#: Function keys, unique in this process: launchers outlive pools and keep functions by key.
+_fn_keys = itertools.count(1)
+
+
+class _Slot:
+    __slots__ = ("launcher", "inflight", "index")
+
+    def __init__(self, index, launcher):
+        self.index, self.launcher, self.inflight = index, launcher, 0
+
+
+class _Unit:
+    __slots__ = ("sink", "index", "kind", "fn", "items", "star", "resends")
+
+    def __init__(self, sink, index, kind, fn, items, star):
+        self.sink, self.index, self.kind, self.fn = sink, index, kind, fn
+        self.items, self.star, self.resends = items, star, 0
+
+
+class _Fn:
+    """A function as the launchers get it: a key and its pickle in the object store."""
+
+    __slots__ = ("key", "ref", "name")
+
+    def __init__(self, key, ref, name):
+        self.key, self.ref, self.name = key, ref, name
+
+
+class _Job:
+    """The items of one map / imap call and their outcomes."""
+
+    def __init__(self, fn, star, source, total, chunksize, copy):
+        self.fn, self.star, self.source, self.total = fn, star, source, total
+        self.chunksize, self.copy = chunksize, copy
+        self.read = 0                 # items taken from the source
+        self.outstanding = 0          # units sent or waiting
+        self.finished = 0
+        self.ready = {}               # index of a unit's first item -> values
+        self.errors = {}              # item index -> exception
+        self.source_error = None
+        self.dropped = False
+
+    def take(self, count):
+        """The next `count` items as (first index, list), or None when exhausted."""
+        if self.source is None:
+            return None
+        items = []
+        try:
+            for item in itertools.islice(self.source, count):
+                items.append(item)
+        except Exception as exc:      # noqa: BLE001 - the caller's generator raised
+            self.source_error = exc
+            self.source = None
+        if len(items) < count:
+            self.source = None
+        if not items:
+            return None
+        first = self.read
+        self.read += len(items)
+        return first, items
+
+    def complete(self) -> bool:
+        return self.source is None and self.outstanding == 0
+
+    def known_total(self):
+        return self.total if self.total is not None else (None if self.source else self.read)
+
+    def _put_many(self, index, values):
+        if not self.dropped:
+            self.ready[index] = _writable(values) if self.copy else values
+        self.finished += len(values)
+
+    def _fail(self, index, exc):
+        if not self.dropped:
+            self.errors[index] = exc
+        self.finished += 1
+
+    def cancel(self):
+        self.dropped = True
+        self.source = None
+        self.ready.clear()
+
+
+class RayPool:
+    """shmproc.Pool's API (map, imap, imap_unordered, starmap, istarmap,
+    submit) with one launcher actor per worker on a Ray cluster."""
+
+    def __init__(self, backend, workers, start_method, max_tasks_per_worker):
+        from .pool import _check_method
+        if start_method is not None:
+            _check_method(start_method)
+        max_tasks = _positive_int(max_tasks_per_worker, "max_tasks_per_worker", "no limit")
+        n = _positive_int(workers, "workers", "one per CPU of the cluster")
+        self._backend = backend
+        ray = self._ray = backend.connect()
+        if n is None:
+            cpus = ray.cluster_resources().get("CPU", 1.0)
+            per = backend.spec.get("CPU", 1.0)
+            n = max(1, int(cpus // per)) if per > 0 else max(1, int(cpus))
+        self._n = n
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._status = _RUNNING
+        self._pending = collections.deque()
+        self._jobs = collections.deque()
+        self._inflight = {}                 # ref -> (slot, unit, sent at)
+        self._functions = {}                # id(fn) -> (fn, _Fn)
+        self._total = self._done = self._failed = 0
+        self._item_s = None                 # measured seconds per item (EWMA)
+        launchers = _cluster.acquire(backend.spec, backend.runtime_env, n, backend.start_timeout)
+        self._slots = [_Slot(i, launcher) for i, launcher in enumerate(launchers)]
+        try:
+            ray.get([s.launcher.actor.pool_open.remote(start_method, max_tasks)
+                     for s in self._slots], timeout=backend.start_timeout)
+        except BaseException:
+            _cluster.release(launchers, broken=True)
+            raise
+        self._method = start_method or "fork"
+        self._max_tasks = max_tasks
+        _cluster.pools.add(self)
+        self._thread = threading.Thread(target=_dispatch, args=(weakref.ref(self),),
+                                        name="shmproc-ray-pool", daemon=True)
+        self._thread.start()
+
+    # -- functions ----------------------------------------------------------------------------
+    def _register(self, fn) -> _Fn:
+        entry = self._functions.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            return entry[1]
+        blob = _pickle_function(fn)                # an unpicklable function fails here
+        handle = _Fn(next(_fn_keys), self._ray.put(blob), _name(fn))
+        self._functions[id(fn)] = (fn, handle)
+        return handle
+
+    # -- dispatching (dispatcher thread, and callers that add work) --------------------------------
+    def _fill(self):
+        """Give every slot with room its next unit."""
+        for slot in self._slots:
+            while slot.inflight < DEPTH:
+                unit = self._next_unit()
+                if unit is None:
+                    return
+                self._send(slot, unit)
+
+    def _next_unit(self):
+        if self._pending:
+            return self._pending.popleft()
+        for _ in range(len(self._jobs)):
+            job = self._jobs[0]
+            self._jobs.rotate(-1)                  # round robin between running maps
+            size = job.chunksize or self._lazy_chunk()
+            got = job.take(size)
+            if job.source is None:
+                self._jobs.remove(job)
+            if got is not None:
+                job.outstanding += 1
+                self._total += len(got[1])
+                return _Unit(job, got[0], "chunk", job.fn, got[1], job.star)
+        return None
+
+    def _lazy_chunk(self) -> int:
+        if self._item_s is None:
+            return 1
+        return max(1, min(MAX_LAZY_CHUNK, int(LAZY_UNIT_S / max(self._item_s, 1e-7))))
+
+    def _send(self, slot, unit, with_function=False):
+        fn = unit.fn
+        key, ref = 0, None
+        if fn is not None:
+            key = fn.key
+            known = slot.launcher.known
+            if with_function or key not in known:
+                ref = [fn.ref]
+                known.add(key)
+        ref_out = slot.launcher.actor.pool_run.remote(unit.kind, key, ref, unit.items, unit.star,
+                                                      False)
+        self._inflight[ref_out] = (slot, unit, time.monotonic(), slot.launcher)
+        slot.inflight += 1
+        if isinstance(unit.sink, Task):
+            unit.sink._sent()
+
+    def _complete(self, ref):
+        slot, unit, sent, launcher = self._inflight.pop(ref)
+        slot.inflight -= 1
+        try:
+            reply = self._ray.get(ref)
+        except Exception as exc:                   # noqa: BLE001 - the launcher died
+            self._launcher_died(slot, launcher, unit, exc)
+            return
+        if reply[0] == "missing":                  # the launcher let the function go
+            self._send(slot, unit, with_function=True)
+            return
+        n = len(unit.items)
+        per = (time.monotonic() - sent) / n
+        self._item_s = per if self._item_s is None else 0.7 * self._item_s + 0.3 * per
+        sink = unit.sink
+        if isinstance(sink, _Job):
+            sink.outstanding -= 1
+        extra = reply[-1]
+        if unit.kind == "process" and extra is not None:
+            sink._proc.timers, sink._proc.error = extra
+            if hasattr(extra[1], "with_remote_traceback"):
+                extra[1].with_remote_traceback()
+        if reply[0] == "ok":
+            self._deliver(sink, unit.index, reply[1])
+            return
+        _, k, values, exc, tb, _ = reply
+        self._total -= len(unit.items) - k - 1     # items after a failure in a unit never run
+        if values:
+            self._deliver(sink, unit.index, values)
+        if isinstance(exc, ProcessError):          # a Process task: its own traceback, as locally
+            exc.with_remote_traceback()
+        else:
+            exc = _remote(exc, tb, self._where(unit, k, slot))
+        self._failed += 1
+        self._done += 1
+        sink._fail(unit.index + k, exc)
+
+    def _deliver(self, sink, index, values):
+        self._done += len(values)
+        if isinstance(sink, Task):
+            sink._put(index, values[0])
+        else:
+            sink._put_many(index, values)
+
+    def _where(self, unit, k, slot):
+        what = unit.fn.name if unit.fn is not None else "a Process"
+        return (f"in shmproc.Pool task {unit.index + k} ({what}), Ray launcher pid "
+                f"{slot.launcher.pid} on {slot.launcher.node}")
+
+    def _launcher_died(self, slot, launcher, unit, exc):
+        """Replace the slot's launcher (once); send the unit again, or fail it."""
+        if slot.launcher is launcher:
+            slot.launcher = None
+            _cluster.release([launcher], broken=True)
+            try:
+                fresh = _cluster.acquire(self._backend.spec, self._backend.runtime_env, 1,
+                                         self._backend.start_timeout)[0]
+                self._ray.get(fresh.actor.pool_open.remote(self._method, self._max_tasks))
+                slot.launcher = fresh
+            except Exception:                      # noqa: BLE001 - the slot is lost
+                self._slots.remove(slot)
+        if unit.resends < MAX_RESENDS and self._slots and self._status != _TERMINATED:
+            unit.resends += 1
+            self._pending.appendleft(unit)
+            return
+        if isinstance(unit.sink, _Job):
+            unit.sink.outstanding -= 1
+        err = ProcessCrashedError(
+            f"the Ray actor running shmproc.Pool task {unit.index} died "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            process_name=unit.fn.name if unit.fn is not None else "a Process")
+        self._failed += 1
+        self._done += 1
+        unit.sink._fail(unit.index, err)
+
+    # -- what Task needs from its pool -------------------------------------------------------------
+    def _poll(self):
+        pass                                        # the dispatcher thread delivers
+
+    def _wait_step(self, wait_s):
+        with self._cond:
+            self._cond.wait(wait_s)
+
+    def _drop_pending(self, unit):
+        try:
+            self._pending.remove(unit)
+        except ValueError:
+            pass
+
+    # -- public API ----------------------------------------------------------------------------------
+    def _check_open(self):
+        if self._status != _RUNNING:
+            raise ValueError(f"the pool is {self._status}: it takes no new tasks")
+
+    def submit(self, fn, *args, copy: bool = False, **kwargs) -> Task:
+        """Run fn(*args, **kwargs) on a worker; returns a Task handle."""
+        import cloudpickle
+        from . import wire
+        with self._lock:
+            self._check_open()
+            if _is_process(fn):
+                if args or kwargs:
+                    raise TypeError("submit(process) takes no arguments: the Process object "
+                                    "is already built")
+                task = Task(self, type(fn).__name__, proc=fn, copy=copy)
+                unit = _Unit(task, 0, "process", None, [fn], False)
+                payload = fn
+            elif callable(fn):
+                task = Task(self, _name(fn), copy=copy)
+                unit = _Unit(task, 0, "call", self._register(fn), [(args, kwargs or None)], False)
+                payload = unit.items
+            else:
+                raise TypeError(f"submit() needs a callable or a Process, "
+                                f"not {type(fn).__name__}")
+            try:
+                cloudpickle.dumps(payload, protocol=5)  # fail here, in the caller, not on a node
+            except Exception as exc:                  # noqa: BLE001
+                if unit.kind == "process":
+                    from .process import unserializable
+                    raise unserializable(fn, wire.SerializationError(str(exc))) from exc
+                raise wire.SerializationError(
+                    f"cannot submit {_name(fn)}: its arguments cannot be sent to a worker "
+                    f"({type(exc).__name__}: {exc})") from exc
+            if copy:
+                task._copy = True
+            task._unit = unit
+            self._total += 1
+            self._pending.append(unit)
+            self._fill()
+            self._cond.notify_all()
+            return task
+
+    def _start_job(self, fn, iterable, chunksize, star, copy, eager):
+        chunksize = _check_chunksize(chunksize)
+        if not callable(fn):
+            raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
+        with self._lock:
+            self._check_open()
+            handle = self._register(fn)
+        total = None
+        if eager:
+            items = iterable if type(iterable) in (list, tuple, range) else list(iterable)
+            total = len(items)
+            if chunksize is None:
+                chunksize = max(1, math.ceil(total / (4 * self._n))) if total else 1
+            source = iter(items)
+        else:
+            source = iter(iterable)
+        job = _Job(handle, star, source, total, chunksize, copy)
+        with self._lock:
+            self._check_open()
+            self._jobs.append(job)
+            self._fill()
+            self._cond.notify_all()
+        return job
+
+    def _collect(self, job, bar):
+        try:
+            with self._lock:
+                while True:
+                    if self._status == _TERMINATED:
+                        raise RuntimeError("the pool was terminated while this map was running")
+                    if job.errors:
+                        raise job.errors[min(job.errors)]
+                    if job.complete():
+                        if job.source_error is not None:
+                            raise job.source_error
+                        out = []
+                        for index in sorted(job.ready):
+                            out.extend(job.ready[index])
+                        return out
+                    if bar is not None:
+                        bar.update(job.finished, job.known_total())
+                    self._cond.wait(SLICE_S)
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+        finally:
+            self._end_job(job)
+            if bar is not None:
+                bar.update(job.finished, job.known_total())
+                bar.close()
+
+    def _drive(self, job, ordered, bar):
+        nxt = 0
+        try:
+            while True:
+                with self._lock:
+                    ready, error = [], None
+                    if ordered:
+                        while True:
+                            chunk = job.ready.pop(nxt, None)
+                            if chunk is not None:
+                                ready.append(chunk)
+                                nxt += len(chunk)
+                            else:
+                                error = job.errors.pop(nxt, None)
+                                break
+                    else:
+                        ready = list(job.ready.values())
+                        job.ready.clear()
+                        if job.errors:
+                            error = job.errors.pop(min(job.errors))
+                    drained = job.complete() and not job.ready and not job.errors
+                    if not ready and error is None and not drained:
+                        if self._status == _TERMINATED:
+                            raise RuntimeError("the pool was terminated while this map was "
+                                               "running")
+                        self._cond.wait(SLICE_S)
+                if bar is not None:
+                    bar.update(job.finished, job.known_total())
+                for chunk in ready:
+                    yield from chunk
+                if error is not None:
+                    raise error
+                if drained:
+                    if job.source_error is not None:
+                        raise job.source_error
+                    return
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+        finally:
+            self._end_job(job)
+            if bar is not None:
+                bar.close()
+
+    def _end_job(self, job):
+        with self._lock:
+            if not job.complete() or job.ready or job.errors:
+                job.cancel()
+                try:
+                    self._jobs.remove(job)
+                except ValueError:
+                    pass
+
+    def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress):
+        _check_chunksize(chunksize)
+        if not callable(fn):
+            raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
+        with self._lock:
+            self._check_open()
+            self._register(fn)
+
+        def results():
+            job = self._start_job(fn, iterable, chunksize, star, copy, eager=False)
+            yield from self._drive(job, ordered, _bar(progress, job))
+        return results()
+
+    def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+            copy: bool = False) -> list:
+        """[fn(x) for x in iterable] on the cluster; raises the first task error."""
+        job = self._start_job(fn, iterable, chunksize, False, copy, eager=True)
+        return self._collect(job, _bar(progress, job))
+
+    def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+                copy: bool = False) -> list:
+        job = self._start_job(fn, iterable, chunksize, True, copy, eager=True)
+        return self._collect(job, _bar(progress, job))
+
+    def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+             copy: bool = False):
+        return self._lazy(fn, iterable, chunksize, False, copy, True, progress)
+
+    def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
+                       progress: bool = False, copy: bool = False):
+        return self._lazy(fn, iterable, chunksize, False, copy, False, progress)
+
+    def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+                 copy: bool = False):
+        return self._lazy(fn, iterable, chunksize, True, copy, True, progress)
+
+    @property
+    def progress(self) -> Progress:
+        """Items done / accepted / failed, counted as results reach the driver."""
+        with self._lock:
+            return Progress(self._done, self._total, self._failed)
+
+    @property
+    def workers(self) -> int:
+        return self._n
+
+    @property
+    def pids(self) -> list:
+        """Pids of the workers (on their nodes)."""
+        refs = [s.launcher.actor.pool_pids.remote() for s in self._slots if s.launcher]
+        return [pid for pids in self._ray.get(refs) for pid in pids]
+
+    def close(self):
+        with self._lock:
+            if self._status == _RUNNING:
+                self._status = _CLOSED
+
+    def _busy(self):
+        return self._inflight or self._pending or any(not j.complete() for j in self._jobs)
+
+    def join(self, timeout: float | None = None):
+        """Wait for every submitted task, then give the workers back.  Call close() first."""
+        if self._status == _RUNNING:
+            raise ValueError("join() needs close() (or terminate()) first")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._status != _TERMINATED and self._busy():
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"the pool's tasks did not finish within {timeout} s")
+                self._cond.wait(SLICE_S)
+            if self._status == _TERMINATED:
+                return
+            self._status = _TERMINATED
+            self._cond.notify_all()
+        self._give_back("pool_close")
+
+    def terminate(self):
+        """Kill the workers' running tasks now; unfinished tasks are cancelled."""
+        with self._lock:
+            if self._status == _TERMINATED:
+                return
+            self._status = _TERMINATED
+            for _, unit, _, _ in self._inflight.values():
+                _cancel(unit)
+            for unit in self._pending:
+                _cancel(unit)
+            for job in self._jobs:
+                job.cancel()
+            self._pending.clear()
+            self._jobs.clear()
+            self._cond.notify_all()
+        self._give_back("pool_terminate")
+
+    def _give_back(self, how):
+        _cluster.pools.discard(self)
+        launchers = [s.launcher for s in self._slots if s.launcher is not None]
+        try:
+            self._ray.get([getattr(l.actor, how).remote() for l in launchers], timeout=30)
+            broken = False
+        except Exception:                          # noqa: BLE001 - do not reuse them
+            broken = True
+        self._inflight.clear()
+        _cluster.release(launchers, broken=broken)
+        for s in self._slots:
+            s.launcher = None
+
+    def __reduce__(self):
+        raise TypeError("a shmproc.Pool belongs to the process that created it and cannot be "
+                        "sent to another process; create a Pool where it is used")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            self.join()
+        else:
+            self.terminate()
+
+    def __repr__(self):
+        return (f"<shmproc.Pool backend=ray workers={self._n} {self._status} "
+                f"progress={tuple(self.progress)}>")
+
+
+def _cancel(unit):
+    sink = unit.sink
+    if isinstance(sink, Task):
+        if sink._state < Task._DONE:
+            sink._state = Task._CANCELLED
+            sink.dropped = True
+    else:
+        sink.cancel()
+
+
+def _dispatch(pool_ref):
+    """The dispatcher: send work to slots with room, take results as they come."""
+    while True:
+        pool = pool_ref()
+        if pool is None:
+            return
+        with pool._lock:
+            if pool._status == _TERMINATED:
+                return
+            pool._fill()
+            refs = list(pool._inflight)
+            if not refs:
+                pool._cond.wait(SLICE_S)
+                continue
+        ray = pool._ray
+        del pool                                   # no strong reference while waiting
+        try:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
+            if ready and len(refs) > 1:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        except Exception:                          # noqa: BLE001 - Ray shut down
+            return
+        pool = pool_ref()
+        if pool is None:
+            return
+        with pool._lock:
+            if pool._status == _TERMINATED:
+                return
+            for ref in ready:
+                if ref in pool._inflight:
+                    pool._complete(ref)
+            if ready:
+                pool._cond.notify_all()
+        del pool
