@@ -141,12 +141,15 @@ class _Cluster:
         with self.lock:
             ray = import_ray()
             if self.ray is not None and ray.is_initialized():
+                _check_same_cluster(ray, address)
                 return ray
             if self.hanging is not None and self.hanging.is_alive():
                 raise ClusterUnreachable(
                     "an earlier attempt to reach the Ray cluster is still hanging in ray.init(); "
                     "fix the address and start a new interpreter")
-            if not ray.is_initialized():
+            if ray.is_initialized():
+                _check_same_cluster(ray, address)
+            else:
                 if address is None:
                     address = os.environ.get("RAY_ADDRESS") or None
                 if address is None:
@@ -162,9 +165,13 @@ class _Cluster:
             return ray
 
     def _start_local(self, ray, timeout):
-        def init():
+        # In this thread: nothing to wait for on a network, and Ray sets its
+        # signal handlers only from the main thread.
+        try:
             ray.init(include_dashboard=False, configure_logging=False, log_to_driver=True)
-        self._in_thread(init, max(timeout, 60.0), "start a local Ray cluster")
+        except Exception as exc:                   # noqa: BLE001
+            raise ClusterUnreachable(f"could not start a local Ray cluster: "
+                                     f"{type(exc).__name__}: {exc}") from exc
         self.started_here = True
 
     def _connect(self, ray, address, timeout):
@@ -320,6 +327,21 @@ class _Cluster:
 
 
 _cluster = _Cluster()
+
+
+def _check_same_cluster(ray, address):
+    """One process talks to one cluster: a different explicit address is an error."""
+    if address is None or address == "auto" or "://" in address:
+        return
+    try:
+        current = ray.get_runtime_context().gcs_address
+    except Exception:                              # noqa: BLE001 - cannot tell; let it be
+        return
+    if current and address != current and address.rsplit(":", 1)[-1] != current.rsplit(":", 1)[-1]:
+        raise ClusterUnreachable(f"this process is already connected to the Ray cluster at "
+                                 f"{current}; it cannot also use {address}. One process uses "
+                                 f"one cluster (call shmproc.ray_backend.shutdown() and "
+                                 f"ray.shutdown() first to switch)")
 
 
 def _probe(hostport, timeout):

@@ -446,6 +446,44 @@ def test_unreachable_addresses_fail_fast_and_clearly(tmp_path):
     assert all(float(line.split()[0]) < 30 for line in lines)
 
 
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("ray"), reason="Ray not installed")
+def test_no_address_starts_a_local_cluster_and_stops_it_at_exit(tmp_path):
+    import shutil
+    import tempfile
+    short = tempfile.mkdtemp(prefix="shmproc-rt-")    # Ray's socket paths must stay short
+    try:
+        _auto_started_cluster(tmp_path, short)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def _auto_started_cluster(tmp_path, short):
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "HOME": str(tmp_path), "RAY_TMPDIR": short,
+           "RAY_ADDRESS": "", "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}
+    out = _run("""
+        from shmproc import Pool, RayBackend
+        from test_backends import Echo, square
+        print(Echo(21).start(on=RayBackend()).result)
+        with Pool(2, backend="ray") as pool:
+            print(sum(pool.map(square, range(10))))
+    """, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["42", "285"]
+    from conftest import _processes_mentioning
+    deadline = time.monotonic() + 20
+    while _processes_mentioning(short) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_mentioning(short), "the cluster outlived its driver"
+
+
+def test_another_address_while_connected_is_refused(ray_cluster):
+    from shmproc import RayBackend
+    from shmproc.ray_backend import ClusterUnreachable
+    RayBackend().connect()
+    with pytest.raises(ClusterUnreachable, match="already connected"):
+        RayBackend(address="10.1.2.3:1").connect()
+
+
 def test_bad_backend_arguments():
     from shmproc import RayBackend
     with pytest.raises(ValueError, match="resources"):

@@ -314,6 +314,7 @@ def test_examples_run(path, tmp_path):
     env["HOME"] = str(home)
     env["USERPROFILE"] = str(home)
     env.pop("PYTHONSTARTUP", None)
+    ray_dir = _ray_example_env(env) if "RayBackend(" in path.read_text(encoding="utf-8") else None
     # Import the same shmproc as this test process, keeping any PYTHONPATH.
     pythonpath = [str(Path(shmproc.__file__).resolve().parent.parent)]
     if env.get("PYTHONPATH"):
@@ -331,6 +332,9 @@ def test_examples_run(path, tmp_path):
             timeout=120,
         )
     except subprocess.TimeoutExpired as exc:
+        if ray_dir:
+            import shutil
+            shutil.rmtree(ray_dir, ignore_errors=True)
         out = exc.stdout or ""
         err = exc.stderr or ""
         if isinstance(out, bytes):
@@ -342,12 +346,29 @@ def test_examples_run(path, tmp_path):
             f"{_last_block(err)}\n--- stdout ---\n{out[-4000:]}\n--- stderr ---\n{err[-4000:]}",
             pytrace=False,
         )
+    if ray_dir:
+        import shutil
+        shutil.rmtree(ray_dir, ignore_errors=True)
     if proc.returncode != 0 or "@@done" not in proc.stderr:
         pytest.fail(
             f"{_rel(path)}: example failed (exit code {proc.returncode}) in {_last_block(proc.stderr)}\n"
             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-8000:]}",
             pytrace=False,
         )
+
+
+def _ray_example_env(env):
+    """Pages using Ray start a cluster: its files go to a short temp dir
+    (Ray's socket paths are limited), removed after the run."""
+    import importlib.util
+    import tempfile
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed (pip install 'shmproc[ray]')")
+    short = tempfile.mkdtemp(prefix="shmproc-doc-ray-")
+    env["RAY_TMPDIR"] = short
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.pop("RAY_ADDRESS", None)
+    return short
 
 
 def _last_block(stderr: str) -> str:
