@@ -10,6 +10,8 @@ end) and measures both backends -- and plain Ray as an anchor -- while that
 cluster runs, so the local numbers pay the same background cost.  RayBackend()
 reuses the already-initialized Ray.  Times are taken in the driver with
 perf_counter, from the call to the value in hand.  Ratios are ray / local.
+Without Ray installed the script says so (pip install 'shmproc[ray]') and
+exits with status 2, having measured nothing.
 
 1. Process start -> result: a trivial Process (num_loops=1, __result__
    returns its argument), started and waited for one at a time; median and
@@ -22,11 +24,13 @@ perf_counter, from the call to the value in hand.  Ratios are ray / local.
    map of a trivial function over 100k items (default chunking) and over
    2,000 items with chunksize=1 (one dispatch per item), map of 1,000 tasks
    of ~1 ms of pure-Python CPU (a loop calibrated in the driver, default
-   chunking); tasks/s, best of --repeat (default 3, quick 1) after a warm-up.
-   And submit -> result one task at a time (median and p90 over 300 calls,
-   quick 50).  Anchors: plain Ray tasks, ``ray.get([f.remote(x) for x in
-   range(N)])`` for the trivial function (N=2,000, one task per item) and
-   the ~1 ms tasks (N=1,000), and one plain task round trip at a time.
+   chunking); tasks/s, best of --repeat (default 3, quick 1) after a warm-up,
+   the two pools taking turns run by run.  And submit -> result one task at
+   a time (median and p90 over 300 calls, quick 50, in rounds of 25 calls
+   per pool).  Anchors: plain Ray tasks, ``ray.get([f.remote(x) for x in
+   range(N)])``, for the trivial function (N=2,000, one task per item, the
+   same N as the chunksize=1 row; quick: 500 for both) and the ~1 ms
+   tasks (N=1,000), and one plain task round trip at a time.
    shmproc's idle launcher actors keep their CPU for reuse, so before plain
    Ray runs the script hands them back (ray_backend.shutdown(), which does
    not stop a cluster shmproc did not start).
@@ -34,10 +38,10 @@ perf_counter, from the call to the value in hand.  Ratios are ray / local.
    "result path" runs from __result__ returning (a wall-clock stamp in the
    array's first element) to the array in the driver's hands; GB/s = 10^9 B/s,
    best of 3 after a full-size warm-up.  The end-to-end start -> result time
-   (fork and np.ones included) is shown too.  Ray's result arrays are read-only views of the
-   object store (zero-copy); the local backend's are views of its shared
-   segment.  Anchors: a plain Ray task returning the same array, and an
-   in-process arr.copy().
+   (fork and np.ones included) is shown too.  Ray's result arrays are
+   read-only views of the object store (zero-copy); the local backend's are
+   read-only views of its shared segment.  Anchors: a plain Ray task
+   returning the same array, and an in-process arr.copy().
 """
 from __future__ import annotations
 
@@ -55,7 +59,6 @@ else:
     from . import _common as C
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import shutil
@@ -145,8 +148,7 @@ def us(seconds):
 
 
 def best_rate(run, n, repeat):
-    """Warm up once, then the best of `repeat` runs of `run()` (n units each), units/s."""
-    run()
+    """The best of `repeat` runs of `run()` (n units each), units/s."""
     rates = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -232,14 +234,16 @@ def plain_ray_tasks(ray, k1ms, sizes):
     ray_noop = ray.remote(noop)
     ray_spin = ray.remote(spin)
 
-    def trivial():
-        out = ray.get([ray_noop.remote(x) for x in range(sizes.single_n)])
-        assert out[-1] == sizes.single_n - 1
+    def trivial(n=sizes.single_n):
+        out = ray.get([ray_noop.remote(x) for x in range(n)])
+        assert out[-1] == n - 1
 
     def work():
         out = ray.get([ray_spin.remote(k1ms) for _ in range(sizes.work_n)])
         assert len(out) == sizes.work_n
 
+    trivial(200)                                   # warm-up: both workers, both functions
+    ray.get([ray_spin.remote(1) for _ in range(200)])
     return {
         "single_tasks_s": best_rate(trivial, sizes.single_n, sizes.repeat),
         "work_tasks_s": best_rate(work, sizes.work_n, sizes.repeat),
@@ -248,37 +252,61 @@ def plain_ray_tasks(ray, k1ms, sizes):
 
 
 def pool_numbers(backend, k1ms, sizes, method):
-    t0 = time.perf_counter()
-    pool = shmproc.Pool(workers=2, backend=backend, start_method=method)
+    """Both pools side by side; the measurements take turns, run by run (and
+    call by call for latency), so a burst of load on this shared machine
+    hits both alike."""
+    pools, out = {}, {}
     try:
-        assert pool.submit(noop, 1).result == 1
-        created = time.perf_counter() - t0
+        for name, on in (("local", None), ("ray", backend)):
+            t0 = time.perf_counter()
+            pools[name] = shmproc.Pool(workers=2, backend=on, start_method=method)
+            assert pools[name].submit(noop, 1).result == 1
+            out[name] = {"create_s": time.perf_counter() - t0}
         items = list(range(sizes.trivial_n))
         single_items = list(range(sizes.single_n))
         work_items = [k1ms] * sizes.work_n
-
-        def trivial():
-            out = pool.map(noop, items)
-            assert len(out) == len(items) and out[-1] == items[-1]
-
-        def single():
-            out = pool.map(noop, single_items, chunksize=1)
-            assert len(out) == len(single_items) and out[-1] == single_items[-1]
-
-        def work():
-            out = pool.map(spin, work_items)
-            assert len(out) == len(work_items)
-
-        return {
-            "create_s": created,
-            "trivial_tasks_s": best_rate(trivial, sizes.trivial_n, sizes.repeat),
-            "single_tasks_s": best_rate(single, sizes.single_n, sizes.repeat),
-            "work_tasks_s": best_rate(work, sizes.work_n, sizes.repeat),
-            "submit_result": call_latency(lambda: pool.submit(noop, 1).result, sizes.latency_n),
+        workloads = {
+            "trivial_tasks_s": lambda pool: pool.map(noop, items),
+            "single_tasks_s": lambda pool: pool.map(noop, single_items, chunksize=1),
+            "work_tasks_s": lambda pool: pool.map(spin, work_items),
         }
+        sizes_of = {"trivial_tasks_s": items, "single_tasks_s": single_items,
+                    "work_tasks_s": work_items}
+        for pool in pools.values():                        # warm-up: workers, functions
+            assert pool.map(spin, [1] * 200)[-1] == 1
+            assert pool.map(noop, range(200), chunksize=1)[-1] == 199
+        for key, run in workloads.items():
+            expected = sizes_of[key]
+            for name in pools:
+                out[name][key] = 0.0
+            for _ in range(sizes.repeat):
+                for name, pool in pools.items():
+                    t0 = time.perf_counter()
+                    got = run(pool)
+                    rate = len(expected) / (time.perf_counter() - t0)
+                    assert len(got) == len(expected) and got[-1] == expected[-1]
+                    out[name][key] = max(out[name][key], rate)
+
+        # Latency in rounds of 25 calls per pool, each after 5 unrecorded ones:
+        # back-to-back calls as in bench/pool.py, yet both pools see the same
+        # stretches of machine load.
+        times = {name: [] for name in pools}
+        while len(times["local"]) < sizes.latency_n:
+            block = min(25, sizes.latency_n - len(times["local"]))
+            for name, pool in pools.items():
+                for _ in range(5):
+                    pool.submit(noop, 1).result
+                for _ in range(block):
+                    t0 = time.perf_counter()
+                    assert pool.submit(noop, 1).result == 1
+                    times[name].append(time.perf_counter() - t0)
+        for name in pools:
+            out[name]["submit_result"] = stats(times[name])
+        return out["local"], out["ray"]
     finally:
-        pool.close()
-        pool.join()
+        for pool in pools.values():
+            pool.close()
+            pool.join()
 
 
 # ---- 3. a 64 MiB result ------------------------------------------------------------------------
@@ -325,7 +353,7 @@ def big_result(ray, backend, runs, method):
     return rows
 
 
-# ---- report ---------------------------------------------------------------------------------------
+# ---- report --------------------------------------------------------------------------------
 
 
 def main(argv=None) -> int:
@@ -354,7 +382,7 @@ def main(argv=None) -> int:
         starts = 8 if quick else 30
         actors = 3 if quick else 8
         trivial_n = 100_000
-        single_n = 2_000
+        single_n = 500 if quick else 2_000
         work_n = 1_000
         latency_n = 50 if quick else 300
         repeat = args.repeat if args.repeat is not None else (1 if quick else 3)
@@ -372,10 +400,11 @@ def main(argv=None) -> int:
     print(f"timing        median/p90 of {sizes.starts} starts; throughputs best of "
           f"{sizes.repeat} after a warm-up{'  [--quick: rough numbers]' if quick else ''}")
 
-    k = 200_000
-    t0 = time.perf_counter()
-    spin(k)
-    per = (time.perf_counter() - t0) / k
+    k, per = 500_000, float("inf")
+    for _ in range(5):                                 # ~15 ms each; the fastest counts
+        t0 = time.perf_counter()
+        spin(k)
+        per = min(per, (time.perf_counter() - t0) / k)
     k1ms = max(1, int(1e-3 / per))
     print(f"work task     spin({k1ms}) ~ {k1ms * per * 1e3:.2f} ms in-process")
 
@@ -386,8 +415,11 @@ def main(argv=None) -> int:
     results = {"quick": quick, "start_method": method, "spin_1ms": k1ms}
     try:
         t0 = time.perf_counter()
-        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-                 _temp_dir=temp_dir, configure_logging=False, log_to_driver=False)
+        # address="local": always a new cluster of our own, never one found via
+        # RAY_ADDRESS or /tmp/ray (other Ray clusters may run on this machine).
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 object_store_memory=100 * 2**20, _temp_dir=temp_dir,
+                 configure_logging=False, log_to_driver=False)
         results["ray_init_s"] = time.perf_counter() - t0
         print(f"ray cluster   ray.init(num_cpus=2, object store 100 MiB) took "
               f"{results['ray_init_s']:.1f} s; temp dir {temp_dir}\n", flush=True)
@@ -398,10 +430,8 @@ def main(argv=None) -> int:
         with C.Watchdog("2. plain Ray tasks", sizes.timeout):
             release_launchers(ray, 2)
             plain = plain_ray_tasks(ray, k1ms, sizes)
-        with C.Watchdog("2. local pool", sizes.timeout):
-            local_pool = pool_numbers(None, k1ms, sizes, method)
-        with C.Watchdog("2. ray pool", sizes.timeout):
-            ray_pool = pool_numbers(backend, k1ms, sizes, method)
+        with C.Watchdog("2. pools", sizes.timeout):
+            local_pool, ray_pool = pool_numbers(backend, k1ms, sizes, method)
         with C.Watchdog("3. 64 MiB result", sizes.timeout):
             release_launchers(ray, 2)
             big = big_result(ray, backend, sizes.big_runs, method)

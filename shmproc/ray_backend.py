@@ -106,6 +106,16 @@ def _fits(spec: dict, offered: dict) -> bool:
     return all(offered.get(k, 0.0) + 1e-9 >= v for k, v in spec.items() if v > 0)
 
 
+def _how_many(spec: dict, offered: dict) -> int:
+    """Workers of `spec` that fit in `offered` (a node's total resources)."""
+    counts = [int((offered.get(k, 0.0) + 1e-9) // v) for k, v in spec.items() if v > 0]
+    return min(counts) if counts else 1 << 30
+
+
+def _free(available: dict, spec: dict) -> str:
+    return _describe({k: available.get(k, 0.0) for k in spec})
+
+
 def _describe(resources: dict) -> str:
     parts = []
     for k in sorted(resources):
@@ -135,6 +145,7 @@ class _Cluster:
         self.runs = weakref.WeakSet()  # live RayRuns (stopped, then killed, at exit)
         self.pools = weakref.WeakSet()
         self.exit_hook = False
+        self.reaper = None             # thread that releases launchers idle too long
 
     # -- connecting --
     def connect(self, address, timeout):
@@ -203,21 +214,28 @@ class _Cluster:
             raise ClusterUnreachable(f"could not {what}: {type(err).__name__}: {err}") from err
 
     # -- launchers --
-    def check_feasible(self, spec):
+    def check_feasible(self, spec, count):
+        """Fail at once when the cluster could never hold `count` workers of `spec`."""
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
-        if any(_fits(spec, n.get("Resources", {})) for n in nodes):
-            return
         offered = "; ".join(f"{n.get('NodeManagerAddress', '?')}: {_describe(n.get('Resources', {}))}"
                             for n in nodes) or "no live nodes"
-        raise ResourcesUnavailable(f"no node of the Ray cluster has {_describe(spec)} for one "
-                                   f"worker (nodes offer {offered}); ask for less, or add a node "
-                                   f"that has it")
+        if not any(_fits(spec, n.get("Resources", {})) for n in nodes):
+            raise ResourcesUnavailable(f"no node of the Ray cluster has {_describe(spec)} for "
+                                       f"one worker (nodes offer {offered}); ask for less, or "
+                                       f"add a node that has it")
+        room = sum(_how_many(spec, n.get("Resources", {})) for n in nodes)
+        if room < count:
+            raise ResourcesUnavailable(f"the Ray cluster can hold at most {room} worker(s) of "
+                                       f"{_describe(spec)} at once (nodes offer {offered}); "
+                                       f"{count} were asked for: ask for fewer workers or less "
+                                       f"per worker")
 
     def acquire(self, spec, runtime_env, count, timeout):
         """`count` ready launchers for `spec`: idle ones first, then new actors."""
         key = (tuple(sorted(spec.items())), repr(runtime_env))
         got = []
         with self.lock:
+            self._reap_finished_runs()
             self._expire()
             keep = []
             for item in self.idle:
@@ -233,8 +251,8 @@ class _Cluster:
             self.idle = keep
             self.busy.update(got)
         if len(got) < count:
-            self.check_feasible(spec)
             try:
+                self.check_feasible(spec, count)
                 got.extend(self._create(spec, runtime_env, count - len(got), timeout))
             except BaseException:
                 self.release(got)
@@ -254,8 +272,8 @@ class _Cluster:
                 raise ResourcesUnavailable(
                     f"the Ray cluster did not grant {count - len(ready)} of {count} worker(s) "
                     f"{_describe(spec)} within {timeout:g} s: its resources are in use "
-                    f"(cluster total {_describe(ray.cluster_resources())}, free now "
-                    f"{_describe(ray.available_resources())}); wait for other work, ask for "
+                    f"(free now: {_free(ray.available_resources(), spec)}; this process's "
+                    f"shmproc workers hold {len(self.busy)}); wait for other work, ask for "
                     f"fewer workers, or raise start_timeout")
             infos = ray.get(refs)
         except BaseException:
@@ -270,6 +288,12 @@ class _Cluster:
                 out.append(launcher)
         return out
 
+    def _reap_finished_runs(self):
+        """Runs that ended but that nobody looked at still hold their launcher:
+        take their outcomes now, which hands the launchers back."""
+        for run in list(self.runs):
+            run.ended()
+
     def release(self, launchers, broken=False):
         with self.lock:
             for launcher in launchers:
@@ -279,6 +303,22 @@ class _Cluster:
                 else:
                     self.idle.append((launcher.key, launcher, time.monotonic()))
             self._expire()
+            if self.idle and (self.reaper is None or not self.reaper.is_alive()):
+                self.reaper = threading.Thread(target=self._reap_idle, daemon=True,
+                                               name="shmproc-ray-idle")
+                self.reaper.start()
+
+    def _reap_idle(self):
+        """Give idle launchers' resources back to the cluster after IDLE_LAUNCHER_S."""
+        while True:
+            time.sleep(IDLE_LAUNCHER_S / 4)
+            with self.lock:
+                if self.ray is None:
+                    return
+                self._expire()
+                if not self.idle:
+                    self.reaper = None
+                    return
 
     def _expire(self):
         now = time.monotonic()
@@ -430,6 +470,7 @@ class RayRun(Run):
                 f"{self.node}) died: {type(exc).__name__}: {str(exc).splitlines()[0]}",
                 last_lap=self._last_lap, pid=self.pid, process_name=self._name)
             self._outcome = Outcome("crashed", crashed, None, None, self._last_lap, None)
+            _cluster.runs.discard(self)
             _cluster.release([self._launcher], broken=True)
             return
         if out.status in ("ok", "failed"):
@@ -437,6 +478,7 @@ class RayRun(Run):
                 if hasattr(err, "with_remote_traceback"):
                     err.with_remote_traceback()
         self._outcome = out
+        _cluster.runs.discard(self)
         _cluster.release([self._launcher])
 
     def ended(self) -> bool:

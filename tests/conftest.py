@@ -107,6 +107,7 @@ def ray_cluster(tmp_path_factory):
     here = os.path.dirname(os.path.abspath(__file__))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, saved["PYTHONPATH"]) if p)
     temp_dir = str(base / "t")
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     try:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20,
                  _temp_dir=temp_dir, configure_logging=False, log_to_driver=False)
@@ -126,3 +127,5 @@ def ray_cluster(tmp_path_factory):
         left = _processes_mentioning(temp_dir)
         shutil.rmtree(base, ignore_errors=True)
         assert not left, f"Ray processes left after the session: {left}"
+        shm_after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+        assert not (shm_after - shm_before), f"/dev/shm entries left: {shm_after - shm_before}"

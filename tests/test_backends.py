@@ -512,6 +512,28 @@ def test_resources_no_node_has_fail_at_once(ray_cluster):
         Pool(2, backend=RayBackend(resources={"GPU": 2}))
 
 
+def test_more_workers_than_the_cluster_holds_fail_at_once(ray_cluster):
+    from shmproc import RayBackend
+    from shmproc.ray_backend import ResourcesUnavailable
+    start = time.monotonic()
+    with pytest.raises(ResourcesUnavailable, match="at most 2 worker"):
+        Pool(3, backend=RayBackend())
+    with pytest.raises(ResourcesUnavailable, match="at most 1 worker"):
+        Pool(2, backend=RayBackend(resources={"CPU": 1.5}))
+    assert time.monotonic() - start < 10
+
+
+def test_an_unread_run_gives_its_launcher_back(ray_cluster):
+    from shmproc import RayBackend
+    for n in range(4):                 # 2 CPUs: the third start needs the first launcher back
+        p = Echo(n).start(on=RayBackend(start_timeout=20))
+        # Ended, but nobody asked: the run still holds its launcher.
+        ray_cluster.wait([p._rt().run._ref], timeout=20)
+        del p
+    with Pool(2, backend=RayBackend(start_timeout=20)) as p:
+        assert p.map(square, [3]) == [9]
+
+
 def test_resources_in_use_fail_after_start_timeout(ray_cluster):
     from shmproc import RayBackend
     from shmproc.ray_backend import ResourcesUnavailable
