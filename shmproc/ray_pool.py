@@ -38,6 +38,8 @@ POLL_S = 0.005
 SLICE_S = 0.05
 #: Units sent again after their launcher died, before they fail.
 MAX_RESENDS = 1
+#: Results an imap may hold that its caller has not taken yet; beyond it, reading pauses.
+READ_AHEAD_ITEMS = 4096
 
 _RUNNING, _CLOSED, _TERMINATED = "running", "closed", "terminated"
 #: Function keys, unique in this process: launchers outlive pools and keep functions by key.
@@ -75,6 +77,8 @@ class _Job:
         self.fn, self.star, self.source, self.total = fn, star, source, total
         self.chunksize, self.copy = chunksize, copy
         self.read = 0                 # items taken from the source
+        self.handed = 0               # results given to the caller (imap)
+        self.lazy = total is None
         self.outstanding = 0          # units sent or waiting
         self.finished = 0
         self.ready = {}               # index of a unit's first item -> values
@@ -160,6 +164,8 @@ class RayPool:
         self._method = start_method or "fork"
         self._max_tasks = max_tasks
         _cluster.pools.add(self)
+        # A pool dropped without close() or terminate() still gives its launchers back.
+        self._finalizer = weakref.finalize(self, _abandon, self._ray, self._slots)
         self._thread = threading.Thread(target=_dispatch, args=(weakref.ref(self),),
                                         name="shmproc-ray-pool", daemon=True)
         self._thread.start()
@@ -190,6 +196,8 @@ class RayPool:
         for _ in range(len(self._jobs)):
             job = self._jobs[0]
             self._jobs.rotate(-1)                  # round robin between running maps
+            if job.lazy and job.read - job.handed >= READ_AHEAD_ITEMS:
+                continue                           # its caller is behind: read no further
             size = job.chunksize or self._lazy_chunk()
             got = job.take(size)
             if job.source is None:
@@ -344,8 +352,6 @@ class RayPool:
                 raise wire.SerializationError(
                     f"cannot submit {_name(fn)}: its arguments cannot be sent to a worker "
                     f"({type(exc).__name__}: {exc})") from exc
-            if copy:
-                task._copy = True
             task._unit = unit
             self._total += 1
             self._pending.append(unit)
@@ -425,6 +431,9 @@ class RayPool:
                         if job.errors:
                             error = job.errors.pop(min(job.errors))
                     drained = job.complete() and not job.ready and not job.errors
+                    if ready:
+                        job.handed += sum(len(chunk) for chunk in ready)
+                        self._cond.notify_all()    # the dispatcher may read further now
                     if not ready and error is None and not drained:
                         if self._status == _TERMINATED:
                             raise RuntimeError("the pool was terminated while this map was "
@@ -551,6 +560,7 @@ class RayPool:
         self._give_back("pool_terminate")
 
     def _give_back(self, how):
+        self._finalizer.detach()
         _cluster.pools.discard(self)
         launchers = [s.launcher for s in self._slots if s.launcher is not None]
         try:
@@ -582,6 +592,16 @@ class RayPool:
                 f"progress={tuple(self.progress)}>")
 
 
+def _abandon(ray, slots):
+    launchers = [s.launcher for s in slots if s.launcher is not None]
+    try:
+        ray.get([l.actor.pool_terminate.remote() for l in launchers], timeout=30)
+        broken = False
+    except Exception:                              # noqa: BLE001 - do not reuse them
+        broken = True
+    _cluster.release(launchers, broken=broken)
+
+
 def _cancel(unit):
     sink = unit.sink
     if isinstance(sink, Task):
@@ -603,11 +623,12 @@ def _dispatch(pool_ref):
                 return
             pool._fill()
             refs = list(pool._inflight)
-            if not refs:
-                pool._cond.wait(SLICE_S)
-                continue
-        ray = pool._ray
+        ray, cond = pool._ray, pool._cond
         del pool                                   # no strong reference while waiting
+        if not refs:
+            with cond:
+                cond.wait(SLICE_S)
+            continue
         try:
             ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
             if ready and len(refs) > 1:

@@ -364,6 +364,16 @@ def test_pool_progress_and_lifecycle(backend):
         q.map(square, [1])
 
 
+def test_pool_imap_over_an_endless_input_reads_ahead_only_so_far(pool):
+    import itertools
+    it = pool.imap(square, itertools.count())
+    assert [next(it) for _ in range(10)] == [x * x for x in range(10)]
+    time.sleep(0.5)
+    assert pool.progress.total < 20_000            # paused, not reading the input for ever
+    it.close()
+    assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+
 def test_pool_cannot_be_pickled(pool):
     import pickle
     with pytest.raises(TypeError, match="cannot be sent"):
@@ -580,6 +590,17 @@ def test_launchers_are_reused(ray_cluster):
     again = Echo(2).start(on=backend)
     assert again.result == 4
     assert again._rt().run._launcher is launcher
+
+
+def test_a_dropped_ray_pool_gives_its_launchers_back(ray_cluster):
+    import gc
+    from shmproc import RayBackend
+    p = Pool(2, backend=RayBackend())
+    assert p.map(square, [2]) == [4]
+    del p
+    gc.collect()
+    with Pool(2, backend=RayBackend(start_timeout=10)) as again:   # needs both CPUs back
+        assert again.map(square, [3]) == [9]
 
 
 def test_ray_pool_survives_a_dead_launcher(ray_cluster):
