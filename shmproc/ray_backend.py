@@ -31,14 +31,16 @@ import weakref
 from .backends import Backend, Outcome, Run
 from .errors import ProcessCrashedError
 
-__all__ = ["RayBackend", "RayNotInstalled", "ClusterUnreachable", "ResourcesUnavailable"]
+__all__ = ["RayBackend", "RayNotInstalled", "ClusterUnreachable", "ResourcesUnavailable",
+           "release_idle", "shutdown"]
 
 INSTALL_HINT = "pip install 'shmproc[ray]'"
 #: Default seconds to reach a cluster, and for a launcher to be granted its resources.
 CONNECT_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 60.0
-#: Seconds an idle launcher is kept for reuse before its resources are given back.
-IDLE_LAUNCHER_S = 30.0
+#: Seconds an idle launcher is kept for reuse before its resources go back to the
+#: cluster: long enough for a loop of starts, short enough not to starve other Ray work.
+IDLE_LAUNCHER_S = 10.0
 #: Grace for live runs to stop at interpreter exit before they are killed.
 EXIT_GRACE_S = 2.0
 
@@ -588,6 +590,15 @@ class RayBackend(Backend):
     def __repr__(self):
         return (f"<shmproc RayBackend address={self.address!r} "
                 f"resources={_describe(self.spec)}>")
+
+
+def release_idle():
+    """Give the resources of every idle launcher back to the cluster now
+    (instead of after IDLE_LAUNCHER_S), e.g. before running plain Ray work."""
+    with _cluster.lock:
+        for _, launcher, _ in _cluster.idle:
+            _cluster._kill(launcher)
+        _cluster.idle = []
 
 
 def shutdown():

@@ -36,6 +36,8 @@ MAX_LAZY_CHUNK = 4096
 #: How long the dispatcher waits on results before looking for new work.
 POLL_S = 0.005
 SLICE_S = 0.05
+#: How long an idle dispatcher sleeps; new work wakes it at once.
+IDLE_S = 1.0
 #: Units sent again after their launcher died, before they fail.
 MAX_RESENDS = 1
 #: Results an imap may hold that its caller has not taken yet; beyond it, reading pauses.
@@ -153,6 +155,7 @@ class RayPool:
         self._functions = {}                # id(fn) -> (fn, _Fn)
         self._total = self._done = self._failed = 0
         self._item_s = None                 # measured seconds per item (EWMA)
+        self._events = [0]                  # see _wake
         launchers = _cluster.acquire(backend.spec, backend.runtime_env, n, backend.start_timeout)
         self._slots = [_Slot(i, launcher) for i, launcher in enumerate(launchers)]
         try:
@@ -304,6 +307,13 @@ class RayPool:
         self._done += 1
         unit.sink._fail(unit.index, err)
 
+    def _wake(self):
+        """Wake the dispatcher and waiting callers (under the lock).  The
+        counter lets an idle dispatcher see work that came while it was
+        not yet waiting."""
+        self._events[0] += 1
+        self._cond.notify_all()
+
     # -- what Task needs from its pool -------------------------------------------------------------
     def _poll(self):
         pass                                        # the dispatcher thread delivers
@@ -356,7 +366,7 @@ class RayPool:
             self._total += 1
             self._pending.append(unit)
             self._fill()
-            self._cond.notify_all()
+            self._wake()
             return task
 
     def _start_job(self, fn, iterable, chunksize, star, copy, eager):
@@ -380,7 +390,7 @@ class RayPool:
             self._check_open()
             self._jobs.append(job)
             self._fill()
-            self._cond.notify_all()
+            self._wake()
         return job
 
     def _collect(self, job, bar):
@@ -433,7 +443,7 @@ class RayPool:
                     drained = job.complete() and not job.ready and not job.errors
                     if ready:
                         job.handed += sum(len(chunk) for chunk in ready)
-                        self._cond.notify_all()    # the dispatcher may read further now
+                        self._wake()    # the dispatcher may read further now
                     if not ready and error is None and not drained:
                         if self._status == _TERMINATED:
                             raise RuntimeError("the pool was terminated while this map was "
@@ -539,7 +549,7 @@ class RayPool:
             if self._status == _TERMINATED:
                 return
             self._status = _TERMINATED
-            self._cond.notify_all()
+            self._wake()
         self._give_back("pool_close")
 
     def terminate(self):
@@ -556,7 +566,7 @@ class RayPool:
                 job.cancel()
             self._pending.clear()
             self._jobs.clear()
-            self._cond.notify_all()
+            self._wake()
         self._give_back("pool_terminate")
 
     def _give_back(self, how):
@@ -623,11 +633,13 @@ def _dispatch(pool_ref):
                 return
             pool._fill()
             refs = list(pool._inflight)
-        ray, cond = pool._ray, pool._cond
+            seen = pool._events[0]
+        ray, cond, events = pool._ray, pool._cond, pool._events
         del pool                                   # no strong reference while waiting
         if not refs:
             with cond:
-                cond.wait(SLICE_S)
+                if events[0] == seen:              # nothing came since the look above
+                    cond.wait(IDLE_S)
             continue
         try:
             ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)
