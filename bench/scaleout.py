@@ -31,9 +31,8 @@ exits with status 2, having measured nothing.
    range(N)])``, for the trivial function (N=2,000, one task per item, the
    same N as the chunksize=1 row; quick: 500 for both) and the ~1 ms
    tasks (N=1,000), and one plain task round trip at a time.
-   shmproc's idle launcher actors keep their CPU for reuse, so before plain
-   Ray runs the script hands them back (ray_backend.shutdown(), which does
-   not stop a cluster shmproc did not start).
+   shmproc's idle launcher actors keep their CPU for reuse (for 10 s), so
+   before plain Ray runs the script hands them back (ray_backend.release_idle()).
 3. A 64 MiB float64 array returned by a Process (built in __result__): the
    "result path" runs from __result__ returning (a wall-clock stamp in the
    array's first element) to the array in the driver's hands; GB/s = 10^9 B/s,
@@ -171,12 +170,11 @@ def call_latency(call, n, warmup=20):
 def release_launchers(ray, cpus, timeout=30.0):
     """Give shmproc's idle launcher actors back and wait until `cpus` CPUs are free.
 
-    Idle launchers keep the CPU they hold (for reuse) and are only released
-    by a later shmproc acquire/release; plain Ray tasks queued meanwhile
-    would wait for them.  ray_backend.shutdown() frees them (it does not stop
-    a cluster shmproc did not start)."""
+    Idle launchers keep the CPU they hold for reuse (IDLE_LAUNCHER_S); plain
+    Ray tasks queued meanwhile would wait for them.  release_idle() frees
+    them now."""
     from shmproc import ray_backend
-    ray_backend.shutdown()
+    ray_backend.release_idle()
     deadline = time.monotonic() + timeout
     while ray.available_resources().get("CPU", 0.0) + 1e-9 < cpus:
         if time.monotonic() > deadline:
