@@ -314,7 +314,8 @@ def test_examples_run(path, tmp_path):
     env["HOME"] = str(home)
     env["USERPROFILE"] = str(home)
     env.pop("PYTHONSTARTUP", None)
-    ray_dir = _ray_example_env(env) if "RayBackend(" in path.read_text(encoding="utf-8") else None
+    uses_ray = any("RayBackend(" in b.code or '"ray"' in b.code for b in blocks)
+    ray_dir = _ray_example_env(env) if uses_ray else None
     # Import the same shmproc as this test process, keeping any PYTHONPATH.
     pythonpath = [str(Path(shmproc.__file__).resolve().parent.parent)]
     if env.get("PYTHONPATH"):
