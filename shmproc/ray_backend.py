@@ -43,6 +43,8 @@ START_TIMEOUT_S = 60.0
 IDLE_LAUNCHER_S = 10.0
 #: Grace for live runs to stop at interpreter exit before they are killed.
 EXIT_GRACE_S = 2.0
+#: Longest wait for ray.shutdown() before the local cluster is killed.
+SHUTDOWN_TIMEOUT_S = 20.0
 
 
 class RayNotInstalled(ImportError):
@@ -365,7 +367,32 @@ class _Cluster:
             ray, self.ray = self.ray, None
             if self.started_here:
                 self.started_here = False
-                ray.shutdown()
+                stop_ray(ray)
+
+
+def stop_ray(ray, timeout=SHUTDOWN_TIMEOUT_S):
+    """ray.shutdown() within `timeout` seconds.
+
+    It can block for ever in a gRPC call to a cluster that stopped
+    answering (seen at the end of long test sessions); then the local
+    cluster's processes are killed, which ends that call, and Ray's own
+    exit hook (which would block on the same lock) is removed.
+    """
+    thread = threading.Thread(target=ray.shutdown, name="shmproc-ray-shutdown", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not thread.is_alive():
+        return True
+    try:
+        from ray._private import worker as ray_worker
+        node = getattr(ray_worker, "_global_node", None)
+        if node is not None:
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+        atexit.unregister(ray_worker.shutdown)
+    except Exception:                              # noqa: BLE001 - best effort, private API
+        pass
+    thread.join(5.0)
+    return not thread.is_alive()
 
 
 _cluster = _Cluster()

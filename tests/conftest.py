@@ -115,7 +115,14 @@ def ray_cluster(tmp_path_factory):
     finally:
         from shmproc import ray_backend
         ray_backend.shutdown()
-        ray.shutdown()
+        if not ray_backend.stop_ray(ray):              # bounded: see stop_ray
+            import sys
+            print("\nray.shutdown() hung; the test cluster was killed", file=sys.stderr)
+            for pid in _processes_mentioning(temp_dir):
+                try:
+                    os.kill(pid, 9)
+                except OSError:
+                    pass
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
