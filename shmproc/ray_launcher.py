@@ -116,15 +116,22 @@ class Launcher:
     async def pool_pids(self):
         return [] if self._pool is None else self._pool.pids
 
-    async def pool_run(self, kind, fn_key, fn_ref, items, star, copy):
-        """Run a unit of pool work: ("ok", values, extra), ("error", k, values, exc, tb,
-        extra), or ("missing",) when the function is not known here (send it again)."""
-        fn = None
-        if kind != "process":
-            fn = await self._function(fn_key, fn_ref)
-            if fn is None:
-                return ("missing",)
-        return await asyncio.to_thread(self._run_unit, kind, fn, items, star, copy)
+    async def pool_run(self, units):
+        """Run a batch of pool work units (kind, function key, its pickle or None,
+        items, star); one reply each: ("ok", values, extra), ("error", k, values,
+        exc, tb, extra), or ("missing",) when the function is not known here."""
+        work = []
+        for kind, fn_key, fn_ref, items, star in units:
+            fn = None
+            if kind != "process":
+                fn = await self._function(fn_key, fn_ref)
+            work.append((kind, fn, items, star))
+        return await asyncio.to_thread(self._run_batch, work)
+
+    def _run_batch(self, work):
+        return [("missing",) if kind != "process" and fn is None
+                else self._run_unit(kind, fn, items, star, False)
+                for kind, fn, items, star in work]
 
     async def _function(self, key, ref):
         # The pickle comes (as a nested ObjectRef) only with a function's first

@@ -33,6 +33,8 @@ DEPTH = 2
 #: Seconds of work an imap unit aims for when chunksize is None.
 LAZY_UNIT_S = 0.02
 MAX_LAZY_CHUNK = 4096
+#: Units one actor call may carry (see _next_batch).
+MAX_BATCH_UNITS = 64
 #: How long the dispatcher waits on results before looking for new work.
 POLL_S = 0.005
 SLICE_S = 0.05
@@ -185,13 +187,32 @@ class RayPool:
 
     # -- dispatching (dispatcher thread, and callers that add work) --------------------------------
     def _fill(self):
-        """Give every slot with room its next unit."""
+        """Give every slot with room its next batch of units."""
         for slot in self._slots:
             while slot.inflight < DEPTH:
-                unit = self._next_unit()
-                if unit is None:
+                batch = self._next_batch()
+                if not batch:
                     return
-                self._send(slot, unit)
+                self._send(slot, batch)
+
+    def _next_batch(self):
+        """Units for one actor call: as many as make about LAZY_UNIT_S of
+        measured work (one while nothing is measured), so that one-item
+        units (chunksize=1, submit) share the call's ~ms cost."""
+        unit = self._next_unit()
+        if unit is None:
+            return []
+        batch = [unit]
+        if self._item_s is None:
+            return batch
+        work = self._item_s * len(unit.items)
+        while len(batch) < MAX_BATCH_UNITS and work < LAZY_UNIT_S:
+            unit = self._next_unit()
+            if unit is None:
+                break
+            batch.append(unit)
+            work += self._item_s * len(unit.items)
+        return batch
 
     def _next_unit(self):
         if self._pending:
@@ -216,36 +237,47 @@ class RayPool:
             return 1
         return max(1, min(MAX_LAZY_CHUNK, int(LAZY_UNIT_S / max(self._item_s, 1e-7))))
 
-    def _send(self, slot, unit, with_function=False):
-        fn = unit.fn
-        key, ref = 0, None
-        if fn is not None:
-            key = fn.key
-            known = slot.launcher.known
-            if with_function or key not in known:
-                ref = [fn.ref]
-                known.add(key)
-        ref_out = slot.launcher.actor.pool_run.remote(unit.kind, key, ref, unit.items, unit.star,
-                                                      False)
-        self._inflight[ref_out] = (slot, unit, time.monotonic(), slot.launcher)
+    def _send(self, slot, batch, with_function=False):
+        known = slot.launcher.known
+        wire = []
+        for unit in batch:
+            fn = unit.fn
+            key, ref = 0, None
+            if fn is not None:
+                key = fn.key
+                if with_function or key not in known:
+                    ref = [fn.ref]
+                    known.add(key)
+            wire.append((unit.kind, key, ref, unit.items, unit.star))
+            if isinstance(unit.sink, Task):
+                unit.sink._sent()
+        ref_out = slot.launcher.actor.pool_run.remote(wire)
+        self._inflight[ref_out] = (slot, batch, time.monotonic(), slot.launcher)
         slot.inflight += 1
-        if isinstance(unit.sink, Task):
-            unit.sink._sent()
 
     def _complete(self, ref):
-        slot, unit, sent, launcher = self._inflight.pop(ref)
+        slot, batch, sent, launcher = self._inflight.pop(ref)
         slot.inflight -= 1
         try:
-            reply = self._ray.get(ref)
+            replies = self._ray.get(ref)
         except Exception as exc:                   # noqa: BLE001 - the launcher died
-            self._launcher_died(slot, launcher, unit, exc)
+            died = self._launcher_died(slot, launcher, exc)
+            for unit in batch:
+                self._lost(unit, died)
             return
-        if reply[0] == "missing":                  # the launcher let the function go
-            self._send(slot, unit, with_function=True)
-            return
-        n = len(unit.items)
+        n = sum(len(unit.items) for unit in batch)
         per = (time.monotonic() - sent) / n
         self._item_s = per if self._item_s is None else 0.7 * self._item_s + 0.3 * per
+        missing = []
+        for unit, reply in zip(batch, replies):
+            if reply[0] == "missing":              # the launcher let the function go
+                missing.append(unit)
+            else:
+                self._outcome(slot, unit, reply)
+        if missing:
+            self._send(slot, missing, with_function=True)
+
+    def _outcome(self, slot, unit, reply):
         sink = unit.sink
         if isinstance(sink, _Job):
             sink.outstanding -= 1
@@ -281,8 +313,8 @@ class RayPool:
         return (f"in shmproc.Pool task {unit.index + k} ({what}), Ray launcher pid "
                 f"{slot.launcher.pid} on {slot.launcher.node}")
 
-    def _launcher_died(self, slot, launcher, unit, exc):
-        """Replace the slot's launcher (once); send the unit again, or fail it."""
+    def _launcher_died(self, slot, launcher, exc):
+        """Replace the slot's launcher (once per death); returns the error text."""
         if slot.launcher is launcher:
             slot.launcher = None
             _cluster.release([launcher], broken=True)
@@ -293,6 +325,10 @@ class RayPool:
                 slot.launcher = fresh
             except Exception:                      # noqa: BLE001 - the slot is lost
                 self._slots.remove(slot)
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+    def _lost(self, unit, why):
+        """A unit whose launcher died: send it again, or fail it."""
         if unit.resends < MAX_RESENDS and self._slots and self._status != _TERMINATED:
             unit.resends += 1
             self._pending.appendleft(unit)
@@ -300,8 +336,7 @@ class RayPool:
         if isinstance(unit.sink, _Job):
             unit.sink.outstanding -= 1
         err = ProcessCrashedError(
-            f"the Ray actor running shmproc.Pool task {unit.index} died "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            f"the Ray actor running shmproc.Pool task {unit.index} died ({why})",
             process_name=unit.fn.name if unit.fn is not None else "a Process")
         self._failed += 1
         self._done += 1
@@ -558,8 +593,9 @@ class RayPool:
             if self._status == _TERMINATED:
                 return
             self._status = _TERMINATED
-            for _, unit, _, _ in self._inflight.values():
-                _cancel(unit)
+            for _, batch, _, _ in self._inflight.values():
+                for unit in batch:
+                    _cancel(unit)
             for unit in self._pending:
                 _cancel(unit)
             for job in self._jobs:

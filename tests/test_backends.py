@@ -374,6 +374,15 @@ def test_pool_imap_over_an_endless_input_reads_ahead_only_so_far(pool):
     assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
 
 
+def test_pool_many_distinct_functions(pool):
+    # More than a Ray launcher keeps (64): the early ones are forgotten there
+    # and sent again when used again.
+    fns = [lambda x, k=k: x + k for k in range(150)]
+    assert [pool.submit(f, 1).result for f in fns] == [1 + k for k in range(150)]
+    assert pool.map(fns[0], [5, 6]) == [5, 6]
+    assert pool.submit(fns[1], 1).result == 2
+
+
 def test_pool_cannot_be_pickled(pool):
     import pickle
     with pytest.raises(TypeError, match="cannot be sent"):
