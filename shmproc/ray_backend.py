@@ -45,6 +45,8 @@ IDLE_LAUNCHER_S = 10.0
 EXIT_GRACE_S = 2.0
 #: Longest wait for ray.shutdown() before the local cluster is killed.
 SHUTDOWN_TIMEOUT_S = 20.0
+#: Longest wait for a launcher to answer stop/kill/lap.
+CALL_TIMEOUT_S = 30.0
 
 
 class RayNotInstalled(ImportError):
@@ -150,14 +152,17 @@ class _Cluster:
         self.pools = weakref.WeakSet()
         self.exit_hook = False
         self.reaper = None             # thread that releases launchers idle too long
+        self.job = None                # the Ray job the launchers belong to
 
     # -- connecting --
     def connect(self, address, timeout):
         with self.lock:
             ray = import_ray()
-            if self.ray is not None and ray.is_initialized():
+            if self.ray is not None and ray.is_initialized() and self.job == _job_id(ray):
                 _check_same_cluster(ray, address)
                 return ray
+            if self.ray is not None:
+                self._forget()                     # Ray was shut down (or restarted) under us
             if self.hanging is not None and self.hanging.is_alive():
                 raise ClusterUnreachable(
                     "an earlier attempt to reach the Ray cluster is still hanging in ray.init(); "
@@ -172,6 +177,7 @@ class _Cluster:
                 else:
                     self._connect(ray, address, timeout)
             self.ray = ray
+            self.job = _job_id(ray)
             self.actor_class = ray.remote(_launcher_class())
             if not self.exit_hook:
                 # Registered after ray.init, so it runs before Ray's own shutdown.
@@ -301,8 +307,10 @@ class _Cluster:
     def release(self, launchers, broken=False):
         with self.lock:
             for launcher in launchers:
+                if launcher not in self.busy:
+                    continue                       # handed back already (or forgotten)
                 self.busy.discard(launcher)
-                if broken or self.ray is None:
+                if broken or not self.usable():
                     self._kill(launcher)
                 else:
                     self.idle.append((launcher.key, launcher, time.monotonic()))
@@ -334,7 +342,25 @@ class _Cluster:
                 keep.append(item)
         self.idle = keep
 
+    def usable(self) -> bool:
+        """Connected, and to the Ray session the launchers belong to?  (Calls on
+        stale handles after the user's ray.shutdown() would start a new cluster.)"""
+        return (self.ray is not None and self.ray.is_initialized()
+                and self.job == _job_id(self.ray))
+
+    def _forget(self):
+        """Drop every handle of a Ray session that is gone, without calling Ray."""
+        self.idle, self.busy = [], set()
+        for pool in list(self.pools):
+            pool._lost_cluster()
+        self.pools = weakref.WeakSet()
+        self.runs = weakref.WeakSet()
+        self.ray = None
+        self.started_here = False
+
     def _kill(self, launcher):
+        if not self.usable():
+            return
         try:
             self.ray.kill(launcher.actor)
         except Exception:                          # noqa: BLE001 - already gone
@@ -346,8 +372,13 @@ class _Cluster:
         with self.lock:
             if self.ray is None:
                 return
-            for pool in list(self.pools):
-                pool.terminate()
+            if not self.usable():
+                self._forget()
+                return
+            pools = list(self.pools)
+        for pool in pools:                         # outside our lock: a pool takes its own first
+            pool.terminate()
+        with self.lock:
             runs = [r for r in list(self.runs) if not r.ended()]
         for run in runs:
             run.stop()
@@ -396,6 +427,13 @@ def stop_ray(ray, timeout=SHUTDOWN_TIMEOUT_S):
 
 
 _cluster = _Cluster()
+
+
+def _job_id(ray):
+    try:
+        return ray.get_runtime_context().get_job_id()
+    except Exception:                              # noqa: BLE001
+        return None
 
 
 def _check_same_cluster(ray, address):
@@ -468,6 +506,11 @@ class RayRun(Run):
         actor = self._launcher.actor
         try:
             reply = ray.get(actor.start.remote(blob), timeout=backend.start_timeout)
+        except ray.exceptions.GetTimeoutError:
+            _cluster.release([self._launcher], broken=True)
+            raise ClusterUnreachable(
+                f"the launcher on {self._launcher.node} did not start {self._name} within "
+                f"{backend.start_timeout:g} s") from None
         except BaseException:
             _cluster.release([self._launcher], broken=True)
             raise
@@ -482,43 +525,48 @@ class RayRun(Run):
         self.node = self._launcher.node
         self._ref = actor.outcome.remote(self._id)
         self._outcome = None
-        self._stop_sent = False
+        self._taking = threading.Lock()            # a waiter and a reaper may both see the end
+        self._stop_sent = self._kill_sent = False
         self._last_lap = 0
         _cluster.runs.add(self)
 
     def _take(self):
-        """The run ended: fetch its outcome, hand the launcher back."""
-        if self._outcome is not None:
-            return
+        """The run ended: fetch its outcome (once), hand the launcher back."""
+        with self._taking:
+            if self._outcome is None:
+                self._outcome, broken = self._fetch()
+                _cluster.runs.discard(self)
+                _cluster.release([self._launcher], broken=broken)
+
+    def _fetch(self):
         ray = self._ray
         try:
             out = ray.get(self._ref)
-        except Exception as exc:                   # noqa: BLE001 - the actor or node died
+        except ray.exceptions.RayActorError as exc:    # the launcher or its node died
             crashed = ProcessCrashedError(
                 f"the Ray actor hosting {self._name} (worker pid {self.pid} on "
-                f"{self.node}) died: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                f"{self.node}) died: {type(exc).__name__}: {_first_line(exc)}",
                 last_lap=self._last_lap, pid=self.pid, process_name=self._name)
-            self._outcome = Outcome("crashed", crashed, None, None, self._last_lap, None)
-            _cluster.runs.discard(self)
-            _cluster.release([self._launcher], broken=True)
-            return
+            return Outcome("crashed", crashed, None, None, self._last_lap, None), True
+        except Exception as exc:                   # noqa: BLE001 - e.g. a class missing here
+            from .errors import ResultError
+            err = ResultError(f"the worker's result could not be deserialized in the parent: "
+                              f"{type(exc).__name__}: {_first_line(exc)}",
+                              current_lap=self._last_lap, original_error=None,
+                              process_name=self._name)
+            return Outcome("failed", err, None, err, self._last_lap, 0), False
+        if self._kill_sent:                        # killed after it ended, before anyone looked
+            return Outcome("killed", None, None, None, out.lap, -9), False
         if out.status in ("ok", "failed"):
             for err in (out.error, out.value):
                 if hasattr(err, "with_remote_traceback"):
                     err.with_remote_traceback()
-        self._outcome = out
-        _cluster.runs.discard(self)
-        _cluster.release([self._launcher])
+        return out, False
 
     def ended(self) -> bool:
         if self._outcome is not None:
             return True
-        if _cluster.ray is None:                   # Ray was shut down under us
-            return self.wait(0.1)
-        ready, _ = self._ray.wait([self._ref], timeout=0)
-        if ready:
-            self._take()
-        return bool(ready)
+        return self.wait(0)
 
     def wait(self, timeout):
         if self._outcome is not None:
@@ -543,22 +591,29 @@ class RayRun(Run):
     def kill(self):
         if self._outcome is not None:
             return
+        self._kill_sent = True
         try:
-            self._ray.get(self._launcher.actor.kill.remote(self._id))
-        except Exception:                          # noqa: BLE001 - the actor is gone already
-            pass
-        self.wait(None)
+            self._ray.get(self._launcher.actor.kill.remote(self._id), timeout=CALL_TIMEOUT_S)
+        except Exception:                          # noqa: BLE001 - the actor is gone (or hangs)
+            _cluster.release([self._launcher], broken=True)
+        self.wait(CALL_TIMEOUT_S)
+        if self._outcome is None:                  # its launcher does not answer: give up on it
+            with self._taking:
+                if self._outcome is None:
+                    self._outcome = Outcome("killed", None, None, None, self._last_lap, -9)
+                    _cluster.runs.discard(self)
 
     def lap(self) -> int:
         if self._outcome is not None:
             return self._outcome.lap
         try:
-            lap = self._ray.get(self._launcher.actor.lap.remote(self._id))
-        except Exception:                          # noqa: BLE001 - the actor is gone
-            lap = None
+            lap = self._ray.get(self._launcher.actor.lap.remote(self._id),
+                                timeout=CALL_TIMEOUT_S)
+        except Exception:                          # noqa: BLE001 - the actor is gone or slow
+            return self._last_lap if not self.ended() else self._outcome.lap
         if lap is None:                            # it ended meanwhile
-            if self.wait(None):
-                return self._outcome.lap
+            self.wait(None)
+            return self._outcome.lap
         self._last_lap = lap
         return lap
 
@@ -568,6 +623,11 @@ class RayRun(Run):
 
     def outcome(self) -> Outcome:
         return self._outcome
+
+
+def _first_line(exc) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
 
 
 class RayBackend(Backend):

@@ -35,6 +35,8 @@ LAZY_UNIT_S = 0.02
 MAX_LAZY_CHUNK = 4096
 #: Units one actor call may carry (see _next_batch).
 MAX_BATCH_UNITS = 64
+#: Functions the driver keeps registered (and their pickles in the object store).
+MAX_FUNCTIONS = 256
 #: How long the dispatcher waits on results before looking for new work.
 POLL_S = 0.005
 SLICE_S = 0.05
@@ -79,6 +81,7 @@ class _Job:
 
     def __init__(self, fn, star, source, total, chunksize, copy):
         self.fn, self.star, self.source, self.total = fn, star, source, total
+        self.name = fn.name
         self.chunksize, self.copy = chunksize, copy
         self.read = 0                 # items taken from the source
         self.handed = 0               # results given to the caller (imap)
@@ -154,7 +157,9 @@ class RayPool:
         self._pending = collections.deque()
         self._jobs = collections.deque()
         self._inflight = {}                 # ref -> (slot, unit, sent at)
-        self._functions = {}                # id(fn) -> (fn, _Fn)
+        self._functions = collections.OrderedDict()     # id(fn) -> (fn, _Fn), newest last
+        self._broken = None                 # why the pool cannot go on (see _break)
+        self._replacing = False
         self._total = self._done = self._failed = 0
         self._item_s = None                 # measured seconds per item (EWMA)
         self._events = [0]                  # see _wake
@@ -179,17 +184,21 @@ class RayPool:
     def _register(self, fn) -> _Fn:
         entry = self._functions.get(id(fn))
         if entry is not None and entry[0] is fn:
+            self._functions.move_to_end(id(fn))
             return entry[1]
         blob = _pickle_function(fn)                # an unpicklable function fails here
         handle = _Fn(next(_fn_keys), self._ray.put(blob), _name(fn))
         self._functions[id(fn)] = (fn, handle)
+        while len(self._functions) > MAX_FUNCTIONS:
+            # Units in flight keep their own handle; launchers ask again if they forgot.
+            self._functions.popitem(last=False)
         return handle
 
     # -- dispatching (dispatcher thread, and callers that add work) --------------------------------
     def _fill(self):
         """Give every slot with room its next batch of units."""
         for slot in self._slots:
-            while slot.inflight < DEPTH:
+            while slot.launcher is not None and slot.inflight < DEPTH:
                 batch = self._next_batch()
                 if not batch:
                     return
@@ -215,8 +224,10 @@ class RayPool:
         return batch
 
     def _next_unit(self):
-        if self._pending:
-            return self._pending.popleft()
+        while self._pending:
+            unit = self._pending.popleft()
+            if not _dropped(unit):
+                return unit
         for _ in range(len(self._jobs)):
             job = self._jobs[0]
             self._jobs.rotate(-1)                  # round robin between running maps
@@ -251,19 +262,53 @@ class RayPool:
             wire.append((unit.kind, key, ref, unit.items, unit.star))
             if isinstance(unit.sink, Task):
                 unit.sink._sent()
-        ref_out = slot.launcher.actor.pool_run.remote(wire)
+        try:
+            ref_out = slot.launcher.actor.pool_run.remote(wire)
+        except Exception as exc:                   # noqa: BLE001 - an item Ray cannot pickle
+            if len(batch) > 1:
+                for unit in batch:                 # find it: the others go on
+                    self._send(slot, [unit], with_function)
+            else:
+                self._unsendable(batch[0], exc)
+            return
         self._inflight[ref_out] = (slot, batch, time.monotonic(), slot.launcher)
         slot.inflight += 1
+
+    def _unsendable(self, unit, exc):
+        from .wire import SerializationError
+        if isinstance(unit.sink, _Job):
+            unit.sink.outstanding -= 1
+        self._total -= len(unit.items) - 1
+        self._failed += 1
+        self._done += 1
+        err = SerializationError(f"task {unit.index} cannot be sent to a worker: "
+                                 f"{type(exc).__name__}: {_first_line(exc)}")
+        unit.sink._fail(unit.index, err)
 
     def _complete(self, ref):
         slot, batch, sent, launcher = self._inflight.pop(ref)
         slot.inflight -= 1
+        ray = self._ray
         try:
-            replies = self._ray.get(ref)
-        except Exception as exc:                   # noqa: BLE001 - the launcher died
-            died = self._launcher_died(slot, launcher, exc)
+            replies = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:    # the launcher (or its node) died
+            if slot.launcher is launcher:
+                slot.launcher = None               # the dispatcher replaces it, unlocked
+                _cluster.release([launcher], broken=True)
+            why = f"{type(exc).__name__}: {_first_line(exc)}"
             for unit in batch:
-                self._lost(unit, died)
+                self._lost(unit, why)
+            return
+        except Exception as exc:                   # noqa: BLE001 - e.g. a value that cannot load here
+            for unit in batch:
+                if isinstance(unit.sink, _Job):
+                    unit.sink.outstanding -= 1
+                self._total -= len(unit.items) - 1
+                self._failed += 1
+                self._done += 1
+                unit.sink._fail(unit.index, RuntimeError(
+                    f"the result of task {unit.index} could not be read in the parent: "
+                    f"{type(exc).__name__}: {_first_line(exc)}"))
             return
         n = sum(len(unit.items) for unit in batch)
         per = (time.monotonic() - sent) / n
@@ -310,25 +355,46 @@ class RayPool:
 
     def _where(self, unit, k, slot):
         what = unit.fn.name if unit.fn is not None else "a Process"
+        where = slot.launcher or _Gone
         return (f"in shmproc.Pool task {unit.index + k} ({what}), Ray launcher pid "
-                f"{slot.launcher.pid} on {slot.launcher.node}")
+                f"{where.pid} on {where.node}")
 
-    def _launcher_died(self, slot, launcher, exc):
-        """Replace the slot's launcher (once per death); returns the error text."""
-        if slot.launcher is launcher:
-            slot.launcher = None
-            _cluster.release([launcher], broken=True)
+    def _replace_launchers(self):
+        """Called by the dispatcher without the lock: new launchers for slots
+        whose launcher died.  A slot that cannot get one is dropped; a pool
+        left with none is broken."""
+        with self._lock:
+            empty = [slot for slot in self._slots if slot.launcher is None]
+            if not empty or self._status == _TERMINATED:
+                return
+        backend = self._backend
+        for slot in empty:
             try:
-                fresh = _cluster.acquire(self._backend.spec, self._backend.runtime_env, 1,
-                                         self._backend.start_timeout)[0]
-                self._ray.get(fresh.actor.pool_open.remote(self._method, self._max_tasks))
+                fresh = _cluster.acquire(backend.spec, backend.runtime_env, 1,
+                                         backend.start_timeout)[0]
+                self._ray.get(fresh.actor.pool_open.remote(self._method, self._max_tasks),
+                              timeout=backend.start_timeout)
+            except Exception as exc:               # noqa: BLE001 - the slot is lost
+                with self._lock:
+                    self._slots.remove(slot)
+                    if not self._slots:
+                        self._break(ProcessCrashedError(
+                            f"every worker of this Ray pool was lost and none could be "
+                            f"replaced ({type(exc).__name__}: {_first_line(exc)})"))
+                continue
+            with self._lock:
+                if self._status == _TERMINATED:
+                    _cluster.release([fresh])
+                    return
                 slot.launcher = fresh
-            except Exception:                      # noqa: BLE001 - the slot is lost
-                self._slots.remove(slot)
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self._wake()
 
     def _lost(self, unit, why):
         """A unit whose launcher died: send it again, or fail it."""
+        if _dropped(unit):
+            if isinstance(unit.sink, _Job):
+                unit.sink.outstanding -= 1
+            return
         if unit.resends < MAX_RESENDS and self._slots and self._status != _TERMINATED:
             unit.resends += 1
             self._pending.appendleft(unit)
@@ -357,6 +423,35 @@ class RayPool:
         with self._cond:
             self._cond.wait(wait_s)
 
+    def _break(self, exc):
+        """The pool cannot go on (its dispatcher failed, or it lost every worker):
+        fail what is waiting, refuse new work, wake everyone (under the lock)."""
+        if self._broken is None:
+            self._broken = exc
+        err = self._broken
+        for _, batch, _, _ in self._inflight.values():
+            for unit in batch:
+                _fail_unit(unit, err)
+        for unit in self._pending:
+            _fail_unit(unit, err)
+        self._inflight.clear()
+        self._pending.clear()
+        for job in self._jobs:
+            job.source = None
+        self._wake()
+
+    def _lost_cluster(self):
+        """Ray was shut down under this pool."""
+        with self._lock:
+            self._break(RuntimeError("Ray was shut down while this pool was open"))
+            self._status = _TERMINATED
+            self._finalizer.detach()
+
+    def _check_broken(self):
+        if self._broken is not None:
+            raise RuntimeError(f"this Ray pool cannot go on: {type(self._broken).__name__}: "
+                               f"{self._broken}") from self._broken
+
     def _drop_pending(self, unit):
         try:
             self._pending.remove(unit)
@@ -365,6 +460,7 @@ class RayPool:
 
     # -- public API ----------------------------------------------------------------------------------
     def _check_open(self):
+        self._check_broken()
         if self._status != _RUNNING:
             raise ValueError(f"the pool is {self._status}: it takes no new tasks")
 
@@ -432,6 +528,7 @@ class RayPool:
         try:
             with self._lock:
                 while True:
+                    self._check_broken()
                     if self._status == _TERMINATED:
                         raise RuntimeError("the pool was terminated while this map was running")
                     if job.errors:
@@ -480,6 +577,7 @@ class RayPool:
                         job.handed += sum(len(chunk) for chunk in ready)
                         self._wake()    # the dispatcher may read further now
                     if not ready and error is None and not drained:
+                        self._check_broken()
                         if self._status == _TERMINATED:
                             raise RuntimeError("the pool was terminated while this map was "
                                                "running")
@@ -577,7 +675,7 @@ class RayPool:
             raise ValueError("join() needs close() (or terminate()) first")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._status != _TERMINATED and self._busy():
+            while self._status != _TERMINATED and self._broken is None and self._busy():
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"the pool's tasks did not finish within {timeout} s")
                 self._cond.wait(SLICE_S)
@@ -609,6 +707,8 @@ class RayPool:
         self._finalizer.detach()
         _cluster.pools.discard(self)
         launchers = [s.launcher for s in self._slots if s.launcher is not None]
+        if not _cluster.usable():                  # Ray is gone: nothing to give back
+            return
         try:
             self._ray.get([getattr(l.actor, how).remote() for l in launchers], timeout=30)
             broken = False
@@ -638,8 +738,35 @@ class RayPool:
                 f"progress={tuple(self.progress)}>")
 
 
+class _Gone:
+    pid = node = "?"
+
+
+def _first_line(exc) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
+
+
+def _dropped(unit) -> bool:
+    sink = unit.sink
+    return sink.dropped if isinstance(sink, _Job) else sink._state == Task._CANCELLED
+
+
+def _fail_unit(unit, err):
+    sink = unit.sink
+    if isinstance(sink, Task):
+        if sink._state < Task._DONE:
+            sink._fail(0, err)
+    elif not sink.dropped:
+        sink.outstanding = 0
+        sink.source = None
+        sink._fail(unit.index, err)
+
+
 def _abandon(ray, slots):
     launchers = [s.launcher for s in slots if s.launcher is not None]
+    if not _cluster.usable():
+        return
     try:
         ray.get([l.actor.pool_terminate.remote() for l in launchers], timeout=30)
         broken = False
@@ -659,23 +786,38 @@ def _cancel(unit):
 
 
 def _dispatch(pool_ref):
-    """The dispatcher: send work to slots with room, take results as they come."""
+    """The dispatcher thread: whatever goes wrong in it breaks the pool
+    (callers get the error) instead of leaving them waiting for ever."""
+    try:
+        _dispatch_loop(pool_ref)
+    except BaseException as exc:                   # noqa: BLE001 - handed to the callers
+        pool = pool_ref()
+        if pool is not None:
+            with pool._lock:
+                pool._break(exc)
+
+
+def _dispatch_loop(pool_ref):
+    """Send work to slots with room, take results as they come, replace
+    launchers that died."""
     while True:
         pool = pool_ref()
         if pool is None:
             return
+        pool._replace_launchers()
         with pool._lock:
-            if pool._status == _TERMINATED:
+            if pool._status == _TERMINATED or pool._broken is not None:
                 return
             pool._fill()
             refs = list(pool._inflight)
             seen = pool._events[0]
-        ray, cond, events = pool._ray, pool._cond, pool._events
+            ray, cond, events = pool._ray, pool._cond, pool._events
+            idle_s = SLICE_S if any(s.launcher is None for s in pool._slots) else IDLE_S
         del pool                                   # no strong reference while waiting
         if not refs:
             with cond:
                 if events[0] == seen:              # nothing came since the look above
-                    cond.wait(IDLE_S)
+                    cond.wait(idle_s)
             continue
         try:
             ready, _ = ray.wait(refs, num_returns=1, timeout=POLL_S)

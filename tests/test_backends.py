@@ -167,6 +167,24 @@ def pid_of_worker(_):
     return os.getpid()
 
 
+IN_DRIVER = False            # set by the tests in the driver only (workers import us fresh)
+
+
+def _explode_in_driver():
+    if IN_DRIVER:
+        raise RuntimeError("this value cannot be loaded in the driver")
+    return LoadsOnlyInWorkers()           # a launcher loads it, and sends it on as it was
+
+
+class LoadsOnlyInWorkers:
+    def __reduce__(self):
+        return (_explode_in_driver, ())
+
+
+def unloadable_result(_):
+    return LoadsOnlyInWorkers()
+
+
 # ---- Process: the same semantics on every backend ------------------------------------------
 
 def test_lifecycle_result_laps_and_timers(backend):
@@ -269,6 +287,14 @@ def test_restart_after_finish(backend):
     p.x = 5
     p.start(on=backend)
     assert p.result == 10
+
+
+def test_kill_after_it_ended_unseen_counts_as_killed(backend):
+    p = Echo(1).start(on=backend)
+    time.sleep(1.0)                        # it has ended; nobody has looked
+    p.kill()
+    assert p.result is None
+    assert p.exitcode == -signal.SIGKILL
 
 
 def test_unserializable_process_is_refused_at_start(backend):
@@ -381,6 +407,28 @@ def test_pool_many_distinct_functions(pool):
     assert [pool.submit(f, 1).result for f in fns] == [1 + k for k in range(150)]
     assert pool.map(fns[0], [5, 6]) == [5, 6]
     assert pool.submit(fns[1], 1).result == 2
+
+
+def test_pool_unpicklable_item_fails_only_that_item(pool):
+    with pytest.raises(SerializationError):
+        pool.map(square, [1, threading.Lock(), 3], chunksize=1)
+    assert pool.submit(square, 4).result == 16
+    assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+
+def test_pool_result_that_cannot_load_in_the_driver(pool, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "IN_DRIVER", True)
+    with pytest.raises(RuntimeError, match="could not be read in the parent"):
+        pool.submit(unloadable_result, 0).result
+    assert pool.submit(square, 3).result == 9
+
+
+@pytest.mark.parametrize("call", ["map", "imap"])
+def test_pool_progress_bar(pool, call, capsys):
+    if call == "map":
+        assert pool.map(square, range(20), progress=True) == [x * x for x in range(20)]
+    else:
+        assert list(pool.imap(square, range(20), progress=True)) == [x * x for x in range(20)]
 
 
 def test_pool_cannot_be_pickled(pool):
@@ -610,6 +658,60 @@ def test_a_dropped_ray_pool_gives_its_launchers_back(ray_cluster):
     gc.collect()
     with Pool(2, backend=RayBackend(start_timeout=10)) as again:   # needs both CPUs back
         assert again.map(square, [3]) == [9]
+
+
+def test_a_launcher_handed_back_twice_is_idle_once(ray_cluster):
+    from shmproc import RayBackend
+    from shmproc.ray_backend import _cluster
+    backend = RayBackend()
+    backend.connect()
+    launcher = _cluster.acquire(backend.spec, None, 1, 30)[0]
+    _cluster.release([launcher])
+    _cluster.release([launcher])
+    assert [item[1] for item in _cluster.idle].count(launcher) == 1
+
+
+def test_after_the_users_ray_shutdown_nothing_starts_a_new_cluster(tmp_path):
+    import shutil
+    import tempfile
+    pytest.importorskip("ray")
+    short = tempfile.mkdtemp(prefix="shmproc-rt-")
+    code = f"""
+        import ray, time
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 object_store_memory=80 * 2**20, _temp_dir={short!r}, log_to_driver=False)
+        from shmproc import Pool, RayBackend
+        from test_backends import Echo, square
+        assert Echo(2).start(on=RayBackend()).result == 4
+        pool = Pool(2, backend="ray")
+        assert pool.map(square, [3]) == [9]
+        ray.shutdown()                            # the user's own: stale handles everywhere
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 object_store_memory=80 * 2**20, _temp_dir={short!r}, log_to_driver=False)
+        assert Echo(3).start(on=RayBackend()).result == 6   # fresh launchers, new session
+        ray.shutdown()
+        t = time.monotonic()
+        print("done")
+    """
+    env = {"RAY_USAGE_STATS_ENABLED": "0", "HOME": str(tmp_path), "RAY_ADDRESS": "",
+           "PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}
+    try:
+        start = time.monotonic()
+        out = _run(code, env=env)
+        took = time.monotonic() - start
+    finally:
+        from conftest import _processes_mentioning
+        deadline = time.monotonic() + 20
+        while _processes_mentioning(short) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _processes_mentioning(short)
+        shutil.rmtree(short, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["done"]
+    assert out.stderr.count("Started a local Ray instance") == 2     # the user's two, no more
+    assert not os.path.exists(os.path.join(str(tmp_path), "ray"))
+    assert not left
+    assert took < 100
 
 
 def test_ray_pool_survives_a_dead_launcher(ray_cluster):
