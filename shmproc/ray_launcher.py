@@ -163,12 +163,28 @@ class Launcher:
             if kind == "call":
                 args, kwargs = items[0]
                 return ("ok", [pool.submit(fn, *args, copy=copy, **(kwargs or {})).result], None)
-            run = pool.istarmap if star else pool.imap
-            for value in run(fn, items, copy=copy):
-                values.append(value)
-            return ("ok", values, None)
+            return self._run_chunk(pool, fn, items, star, copy)
         except BaseException as exc:              # noqa: BLE001 - the driver raises it
             return ("error", len(values), values, *_strip_local_task(exc), None)
+
+    def _run_chunk(self, pool, fn, items, star, copy):
+        """Every item runs, as on the local pool: a failed one is noted and the
+        rest go on.  ("ok", values, None), or ("errors", values with None where
+        an item failed, [(position, exc, tb)], None)."""
+        run = pool.istarmap if star else pool.imap
+        values, errors = [], []
+        while len(values) < len(items):
+            try:
+                for value in run(fn, items[len(values):], copy=copy):
+                    values.append(value)
+            except Exception as exc:              # noqa: BLE001 - one item's error
+                if self._pool is not pool:        # terminated: the rest will not run
+                    raise
+                errors.append((len(values), *_strip_local_task(exc)))
+                values.append(None)
+        if errors:
+            return ("errors", values, errors, None)
+        return ("ok", values, None)
 
     async def pool_close(self):
         pool, self._pool = self._pool, None

@@ -334,10 +334,24 @@ class RayPool:
         if reply[0] == "ok":
             self._deliver(sink, unit.index, reply[1])
             return
+        if reply[0] == "errors":                   # a chunk whose items failed here and there
+            _, values, errors, _ = reply
+            start = 0
+            for k, exc, tb in errors:
+                if k > start:
+                    self._deliver(sink, unit.index + start, values[start:k])
+                self._fail(sink, unit, slot, k, exc, tb)
+                start = k + 1
+            if start < len(values):
+                self._deliver(sink, unit.index + start, values[start:])
+            return
         _, k, values, exc, tb, _ = reply
         self._total -= len(unit.items) - k - 1     # items after a failure in a unit never run
         if values:
             self._deliver(sink, unit.index, values)
+        self._fail(sink, unit, slot, k, exc, tb)
+
+    def _fail(self, sink, unit, slot, k, exc, tb):
         if isinstance(exc, ProcessError):          # a Process task: its own traceback, as locally
             exc.with_remote_traceback()
         else:

@@ -342,6 +342,19 @@ def test_pool_task_error_names_the_task(pool):
     assert got == list(range(7))
 
 
+def test_pool_items_after_a_failure_in_their_chunk_still_run(backend):
+    with Pool(2, backend=backend) as p:
+        got = []
+        with pytest.raises(ValueError):
+            for v in p.imap_unordered(fails_on_seven, range(10), chunksize=10):
+                got.append(v)
+        assert sorted(got) == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+    with Pool(2, backend=backend) as p:
+        with pytest.raises(ValueError, match="bad 7"):
+            p.map(fails_on_seven, range(10), chunksize=10)
+        assert tuple(p.progress) == (10, 10, 1)
+
+
 def test_pool_crash_fails_only_that_task(pool):
     tasks = [pool.submit(dies_on_five, i) for i in range(8)]
     for i, t in enumerate(tasks):
