@@ -142,4 +142,8 @@ def pytest_collection_modifyitems(config, items):
     # Tests on the Ray cluster run last: the rest of the suite then neither
     # runs beside the cluster's processes nor forks a driver with Ray loaded
     # (a fork of it costs ~3x more).  Order within each group is kept.
-    items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))
+    def on_ray(item):
+        callspec = getattr(item, "callspec", None)
+        return ("ray_cluster" in getattr(item, "fixturenames", ())
+                or (callspec is not None and callspec.params.get("backend") == "ray"))
+    items.sort(key=on_ray)
