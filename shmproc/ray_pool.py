@@ -1,10 +1,11 @@
 """RayPool: shmproc.Pool's API with its workers on a Ray cluster.
 
     caller (map / imap / submit)      dispatcher thread              launcher actor (per slot)
-      │ units: chunks of items ──►     keeps <= DEPTH units per  ──►   pool_run: a local
-      │                                slot in flight; refills         one-worker shmproc.Pool
-      └ results, in order ◄─────────   as results come back   ◄──     (crash isolation,
-                                       (ray.wait)                      Process lifecycles)
+      │ units: chunks of items ──►     keeps <= DEPTH calls per  ──►   pool_run: a local
+      │                                slot in flight, each a          one-worker shmproc.Pool
+      │                                batch of ~20 ms of units;       (crash isolation,
+      └ results, in order ◄─────────   refills as results come  ◄──    Process lifecycles)
+                                       back (ray.wait)
 
 Each slot is a launcher actor holding the backend's resources; its
 local pool runs the items in a forked worker, so a task that crashes
