@@ -312,6 +312,16 @@ class Watchdog:
         os._exit(3)
 
 
+def best_rate(run, n: int, repeat: int) -> float:
+    """The best of `repeat` runs of `run()` (n units each), in units/s."""
+    rates = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        rates.append(n / (time.perf_counter() - t0))
+    return max(rates)
+
+
 def die_with_parent() -> None:
     """Call first thing in a benchmark child: the kernel kills it (SIGKILL)
     when the parent dies, so an aborted run leaves no orphan blocked in a

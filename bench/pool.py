@@ -213,15 +213,6 @@ def available(workers):
 # ---- measurements -------------------------------------------------------------------------
 
 
-def best_rate(run, n, repeat):
-    rates = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run()
-        rates.append(n / (time.perf_counter() - t0))
-    return max(rates)
-
-
 def throughput(contenders, fn, arg, n, sizes, label):
     """rows: (name, setting, tasks/s).  Each run's task count is calibrated to
     take about sizes.run_s (at most n), so slow contenders do not take

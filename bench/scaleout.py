@@ -146,16 +146,6 @@ def us(seconds):
     return f"{seconds * 1e6:.0f} us"
 
 
-def best_rate(run, n, repeat):
-    """The best of `repeat` runs of `run()` (n units each), units/s."""
-    rates = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run()
-        rates.append(n / (time.perf_counter() - t0))
-    return max(rates)
-
-
 def call_latency(call, n, warmup=20):
     for _ in range(warmup):
         call()
@@ -243,8 +233,8 @@ def plain_ray_tasks(ray, k1ms, sizes):
     trivial(200)                                   # warm-up: both workers, both functions
     ray.get([ray_spin.remote(1) for _ in range(200)])
     return {
-        "single_tasks_s": best_rate(trivial, sizes.single_n, sizes.repeat),
-        "work_tasks_s": best_rate(work, sizes.work_n, sizes.repeat),
+        "single_tasks_s": C.best_rate(trivial, sizes.single_n, sizes.repeat),
+        "work_tasks_s": C.best_rate(work, sizes.work_n, sizes.repeat),
         "one_at_a_time": call_latency(lambda: ray.get(ray_noop.remote(1)), sizes.latency_n),
     }
 

@@ -43,7 +43,7 @@ from .pool_worker import is_process_class as _is_process_class, process_class
 from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP, R_CHUNK, R_ERROR,
                        R_PROCESS, R_VALUE, R_VALUES)
 
-__all__ = ["Pool", "Task", "Progress"]
+__all__ = ["Pool", "PoolCalls", "Task", "Progress"]
 
 _dumps = pickle.dumps
 _pack = taskwire.HEADER.pack
@@ -525,7 +525,75 @@ def _kill(proc):
             pass
 
 
-class Pool:
+class PoolCalls:
+    """The calls every pool has, local or on another backend (ray_pool.py).
+
+    A pool provides _start_job(fn, iterable, chunksize, star, copy, eager),
+    _collect(job, bar), _lazy_results(...), _check_open(), _register(fn),
+    _lock, and close/join/terminate.
+    """
+
+    def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+            copy: bool = False) -> list:
+        """[fn(x) for x in iterable], in parallel; raises the first task error.
+
+        chunksize None picks a batch size (as multiprocessing.Pool.map
+        does); progress=True draws a progress bar on stderr; copy=True
+        returns writable copies of numpy arrays instead of read-only views.
+        """
+        job = self._start_job(fn, iterable, chunksize, False, copy, eager=True)
+        return self._collect(job, _bar(progress, job))
+
+    def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+                copy: bool = False) -> list:
+        """[fn(*args) for args in iterable], in parallel."""
+        job = self._start_job(fn, iterable, chunksize, True, copy, eager=True)
+        return self._collect(job, _bar(progress, job))
+
+    def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+             copy: bool = False):
+        """Lazy map: yields results in order as they are ready; reads the
+        input only as fast as workers need it.  A failed task raises when
+        its turn comes, after the results before it."""
+        return self._lazy(fn, iterable, chunksize, False, copy, True, progress)
+
+    def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
+                       progress: bool = False, copy: bool = False):
+        """Like imap, but yields results in the order they finish."""
+        return self._lazy(fn, iterable, chunksize, False, copy, False, progress)
+
+    def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+                 copy: bool = False):
+        """Lazy starmap, in order."""
+        return self._lazy(fn, iterable, chunksize, True, copy, True, progress)
+
+    def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress):
+        """imap & co.: bad arguments fail now; the work starts with the first
+        next() (a generator never started runs nothing)."""
+        _check_chunksize(chunksize)
+        if not callable(fn):
+            raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
+        with self._lock:
+            self._check_open()
+            self._register(fn)
+        return self._lazy_results(fn, iterable, chunksize, star, copy, ordered, progress)
+
+    def __reduce__(self):
+        raise TypeError("a shmproc.Pool belongs to the process that created it and cannot be "
+                        "sent to another process; create a Pool where it is used")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            self.join()
+        else:
+            self.terminate()
+
+
+class Pool(PoolCalls):
     """Warm worker processes for many tasks: map, imap, starmap, submit.
 
     `fn` may be any callable (lambdas and closures included) or a Process
@@ -1186,17 +1254,6 @@ class Pool:
             self._jobs.append(job)
         return job
 
-    def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress):
-        """imap & co.: bad arguments fail now; the work starts with the first
-        next() (a generator never started runs nothing)."""
-        _check_chunksize(chunksize)
-        if not callable(fn):
-            raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
-        with self._lock:
-            self._check_open()
-            self._register(fn)
-        return self._lazy_results(fn, iterable, chunksize, star, copy, ordered, progress)
-
     def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress):
         job = self._start_job(fn, iterable, chunksize, star, copy, eager=False)
         yield from self._drive(job, ordered, False, _bar(progress, job))
@@ -1292,40 +1349,6 @@ class Pool:
                 except ValueError:
                     pass
 
-    def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-            copy: bool = False) -> list:
-        """[fn(x) for x in iterable], in parallel; raises the first task error.
-
-        chunksize None picks a batch size (as multiprocessing.Pool.map
-        does); progress=True draws a progress bar on stderr; copy=True
-        returns writable copies of numpy arrays instead of read-only views.
-        """
-        job = self._start_job(fn, iterable, chunksize, False, copy, eager=True)
-        return self._collect(job, _bar(progress, job))
-
-    def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                copy: bool = False) -> list:
-        """[fn(*args) for args in iterable], in parallel."""
-        job = self._start_job(fn, iterable, chunksize, True, copy, eager=True)
-        return self._collect(job, _bar(progress, job))
-
-    def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-             copy: bool = False):
-        """Lazy map: yields results in order as they are ready; reads the
-        input only as fast as workers need it.  A failed task raises when
-        its turn comes, after the results before it."""
-        return self._lazy(fn, iterable, chunksize, False, copy, True, progress)
-
-    def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
-                       progress: bool = False, copy: bool = False):
-        """Like imap, but yields results in the order they finish."""
-        return self._lazy(fn, iterable, chunksize, False, copy, False, progress)
-
-    def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                 copy: bool = False):
-        """Lazy starmap, in order."""
-        return self._lazy(fn, iterable, chunksize, True, copy, True, progress)
-
     @property
     def progress(self) -> Progress:
         """Items done / accepted / failed over the pool's life, read live from
@@ -1406,20 +1429,6 @@ class Pool:
             self._units.clear()
             self._pending.clear()
             self._jobs.clear()
-
-    def __reduce__(self):
-        raise TypeError("a shmproc.Pool belongs to the process that created it and cannot be "
-                        "sent to another process; create a Pool where it is used")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-            self.join()
-        else:
-            self.terminate()
 
     def __repr__(self):
         return (f"<shmproc.Pool workers={self._n} start_method={self._method} "

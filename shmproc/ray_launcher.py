@@ -130,7 +130,7 @@ class Launcher:
 
     def _run_batch(self, work):
         return [("missing",) if kind != "process" and fn is None
-                else self._run_unit(kind, fn, items, star, False)
+                else self._run_unit(kind, fn, items, star)
                 for kind, fn, items, star in work]
 
     async def _function(self, key, ref):
@@ -149,25 +149,24 @@ class Launcher:
             self._functions.move_to_end(key)
         return fn
 
-    def _run_unit(self, kind, fn, items, star, copy):
+    def _run_unit(self, kind, fn, items, star):
         pool = self._pool
-        values = []
         try:
             if kind == "process":                 # submit(a built Process): timers and error back
                 proc = items[0]
-                task = pool.submit(proc, copy=copy)
+                task = pool.submit(proc)
                 try:
                     return ("ok", [task.result], (proc.timers, proc.error))
                 except BaseException as exc:      # noqa: BLE001
                     return ("error", 0, [], *_strip_local_task(exc), (proc.timers, proc.error))
             if kind == "call":
                 args, kwargs = items[0]
-                return ("ok", [pool.submit(fn, *args, copy=copy, **(kwargs or {})).result], None)
-            return self._run_chunk(pool, fn, items, star, copy)
+                return ("ok", [pool.submit(fn, *args, **(kwargs or {})).result], None)
+            return self._run_chunk(pool, fn, items, star)
         except BaseException as exc:              # noqa: BLE001 - the driver raises it
-            return ("error", len(values), values, *_strip_local_task(exc), None)
+            return ("error", 0, [], *_strip_local_task(exc), None)
 
-    def _run_chunk(self, pool, fn, items, star, copy):
+    def _run_chunk(self, pool, fn, items, star):
         """Every item runs, as on the local pool: a failed one is noted and the
         rest go on.  ("ok", values, None), or ("errors", values with None where
         an item failed, [(position, exc, tb)], None)."""
@@ -175,7 +174,7 @@ class Launcher:
         values, errors = [], []
         while len(values) < len(items):
             try:
-                for value in run(fn, items[len(values):], copy=copy):
+                for value in run(fn, items[len(values):]):
                     values.append(value)
             except Exception as exc:              # noqa: BLE001 - one item's error
                 if self._pool is not pool:        # terminated: the rest will not run

@@ -23,8 +23,8 @@ import time
 import weakref
 
 from .errors import ProcessCrashedError, ProcessError
-from .pool import (Progress, Task, _bar, _check_chunksize, _is_process, _name, _pickle_function,
-                   _positive_int, _remote, _writable)
+from .pool import (PoolCalls, Progress, Task, _bar, _check_chunksize, _is_process, _name,
+                   _pickle_function, _positive_int, _remote, _writable)
 from .ray_backend import _cluster
 
 __all__ = ["RayPool"]
@@ -135,7 +135,7 @@ class _Job:
         self.ready.clear()
 
 
-class RayPool:
+class RayPool(PoolCalls):
     """shmproc.Pool's API (map, imap, imap_unordered, starmap, istarmap,
     submit) with one launcher actor per worker on a Ray cluster."""
 
@@ -624,41 +624,9 @@ class RayPool:
                 except ValueError:
                     pass
 
-    def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress):
-        _check_chunksize(chunksize)
-        if not callable(fn):
-            raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
-        with self._lock:
-            self._check_open()
-            self._register(fn)
-
-        def results():
-            job = self._start_job(fn, iterable, chunksize, star, copy, eager=False)
-            yield from self._drive(job, ordered, _bar(progress, job))
-        return results()
-
-    def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-            copy: bool = False) -> list:
-        """[fn(x) for x in iterable] on the cluster; raises the first task error."""
-        job = self._start_job(fn, iterable, chunksize, False, copy, eager=True)
-        return self._collect(job, _bar(progress, job))
-
-    def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                copy: bool = False) -> list:
-        job = self._start_job(fn, iterable, chunksize, True, copy, eager=True)
-        return self._collect(job, _bar(progress, job))
-
-    def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-             copy: bool = False):
-        return self._lazy(fn, iterable, chunksize, False, copy, True, progress)
-
-    def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
-                       progress: bool = False, copy: bool = False):
-        return self._lazy(fn, iterable, chunksize, False, copy, False, progress)
-
-    def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                 copy: bool = False):
-        return self._lazy(fn, iterable, chunksize, True, copy, True, progress)
+    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress):
+        job = self._start_job(fn, iterable, chunksize, star, copy, eager=False)
+        yield from self._drive(job, ordered, _bar(progress, job))
 
     @property
     def progress(self) -> Progress:
@@ -733,20 +701,6 @@ class RayPool:
         _cluster.release(launchers, broken=broken)
         for s in self._slots:
             s.launcher = None
-
-    def __reduce__(self):
-        raise TypeError("a shmproc.Pool belongs to the process that created it and cannot be "
-                        "sent to another process; create a Pool where it is used")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.close()
-            self.join()
-        else:
-            self.terminate()
 
     def __repr__(self):
         return (f"<shmproc.Pool backend=ray workers={self._n} {self._status} "
