@@ -352,6 +352,15 @@ static int check_tag(uint32_t tag)
 
 int shmp_ring_put(shmp_ring *r, const char *data, uint32_t len, uint32_t tag, int64_t timeout_ns)
 {
+    uint64_t seq;
+    return shmp_ring_put_tracked(r, data, len, tag, timeout_ns, &seq);
+}
+
+int shmp_ring_put_tracked(shmp_ring *r, const char *data, uint32_t len, uint32_t tag,
+                          int64_t timeout_ns, uint64_t *seq_out)
+{
+    if (seq_out == NULL)
+        return SHMP_EINVAL;
     if (r == NULL || (data == NULL && len != 0) || check_tag(tag) != SHMP_OK)
         return SHMP_EINVAL;
     if (r->reserving)
@@ -369,7 +378,7 @@ int shmp_ring_put(shmp_ring *r, const char *data, uint32_t len, uint32_t tag, in
     /* release: publishes header and payload; pairs with the consumer's
      * acquire load of tail.                                              */
     atomic_store_explicit(&r->sh->tail, tail + need, memory_order_release);
-    atomic_fetch_add_explicit(&r->sh->tail_count, 1, memory_order_release);
+    *seq_out = atomic_fetch_add_explicit(&r->sh->tail_count, 1, memory_order_release);
     PUNLOCK(r);
     wake_consumers(r);
     return SHMP_OK;
@@ -743,6 +752,14 @@ uint64_t shmp_ring_count(const shmp_ring *r)
     uint64_t done = atomic_load_explicit(&r->sh->head_count, memory_order_acquire);
     uint64_t made = atomic_load_explicit(&r->sh->tail_count, memory_order_acquire);
     return made > done ? made - done : 0;
+}
+
+uint64_t shmp_ring_taken(const shmp_ring *r)
+{
+    if (r == NULL)
+        return 0;
+    /* acquire: pairs with finish_consume's release of head_count. */
+    return atomic_load_explicit(&r->sh->head_count, memory_order_acquire);
 }
 
 uint64_t shmp_ring_used_bytes(const shmp_ring *r)

@@ -139,6 +139,10 @@ uint64_t shmp_ring_max_items(const shmp_ring *ring);
 /* producer side */
 int  shmp_ring_put(shmp_ring *ring, const char *data, uint32_t len, uint32_t tag,
                    int64_t timeout_ns);
+/* put_tracked: put, and say which record this was: *seq_out is the number
+ * of records ever put before it (compare with shmp_ring_taken).        */
+int  shmp_ring_put_tracked(shmp_ring *ring, const char *data, uint32_t len, uint32_t tag,
+                           int64_t timeout_ns, uint64_t *seq_out);
 /* put_many: `count` records laid end to end in `blob`; tags may be NULL (all 0) */
 int  shmp_ring_put_many(shmp_ring *ring, const void *blob, const uint32_t *lens,
                         const uint32_t *tags, uint32_t count, int64_t timeout_ns,
@@ -164,6 +168,7 @@ int  shmp_ring_release(shmp_ring *ring);
 
 /* either side */
 uint64_t shmp_ring_count(const shmp_ring *ring);      /* records queued (approximate under concurrency) */
+uint64_t shmp_ring_taken(const shmp_ring *ring);      /* records ever taken by consumers */
 uint64_t shmp_ring_used_bytes(const shmp_ring *ring);
 int  shmp_ring_wait_data(shmp_ring *ring, int64_t timeout_ns);
 int  shmp_ring_mark_closed(shmp_ring *ring);          /* wakes every waiter; later puts fail */
@@ -225,6 +230,10 @@ int  shmp_wait_u32(void *word, uint32_t expected, int64_t timeout_ns);
 int  shmp_wake_u32(void *word, int32_t count);
 uint32_t shmp_load_u32(const void *word);               /* acquire load */
 int  shmp_store_u32(void *word, uint32_t value);        /* release store, then wake all */
+/* fetch-add (acq_rel) of a signed delta; returns the old value (0 on a bad word) */
+uint32_t shmp_add_u32(void *word, int32_t delta);
+/* compare-and-swap (acq_rel), then wake all; SHMP_ESTATE if the word was not `expected` */
+int  shmp_cas_u32(void *word, uint32_t expected, uint32_t desired);
 
 /* CDEF-END */
 

@@ -91,3 +91,26 @@ int shmp_store_u32(void *word, uint32_t value)
     atomic_store_explicit((_Atomic uint32_t *)word, value, memory_order_release);
     return shmp_os_futex_wake((_Atomic uint32_t *)word, INT_MAX);
 }
+
+uint32_t shmp_add_u32(void *word, int32_t delta)
+{
+    if (word == NULL || ((uintptr_t)word & 3u) != 0)
+        return 0;
+    /* acq_rel: a holder's reads of the segment happen before its release
+     * is counted (release), and the one that takes the count to zero sees
+     * every other holder's release (acquire).                            */
+    return atomic_fetch_add_explicit((_Atomic uint32_t *)word, (uint32_t)delta,
+                                     memory_order_acq_rel);
+}
+
+int shmp_cas_u32(void *word, uint32_t expected, uint32_t desired)
+{
+    if (word == NULL || ((uintptr_t)word & 3u) != 0)
+        return SHMP_EINVAL;
+    /* acq_rel: on success we own the transition (acquire: the writer's
+     * bytes; release: our claim), and a waiter is woken as by a store.  */
+    if (!atomic_compare_exchange_strong_explicit((_Atomic uint32_t *)word, &expected, desired,
+                                                 memory_order_acq_rel, memory_order_acquire))
+        return SHMP_ESTATE;
+    return shmp_os_futex_wake((_Atomic uint32_t *)word, INT_MAX);
+}

@@ -28,6 +28,7 @@ class ArenaPool:
     def __init__(self):
         self.lock = threading.Lock()
         self.kept: list = []            # (fd, bytes of pages it holds)
+        self.exposed: dict = {}         # id(box) -> box, of arenas whose views users hold
 
     def take(self) -> native.Arena:
         """An arena for a new run: a kept one if any, else a new one."""
@@ -35,16 +36,33 @@ class ArenaPool:
             fd = self.kept.pop()[0] if self.kept else None
         # The descriptor belongs to the mapping: it comes back here when the
         # mapping goes.  Never close such an Arena's fd yourself.
-        box = []
-        on_unmap = lambda: self._returned(box[0])       # noqa: E731
+        box = {"fd": -1, "pinned": False}
+        on_unmap = lambda: self._returned(box)         # noqa: E731
         if fd is None:
             arena = native.Arena.create(ARENA_BYTES, on_unmap=on_unmap)
         else:
             arena = native.Arena.attach(fd, on_unmap=on_unmap)
-        box.append(arena.fd)
+        box["fd"] = arena.fd
+        arena.box = box
         return arena
 
-    def _returned(self, fd: int):
+    def expose(self, arena):
+        """Views of `arena` were handed to the user: if this process forks
+        while they live, a child holds them too, so the pages must never
+        be reused for another run (see _pin_for_fork)."""
+        box = arena.box
+        if box is None:
+            return                      # not one of ours (a worker's attached copy)
+        with self.lock:
+            self.exposed[id(box)] = box
+
+    def _returned(self, box):
+        fd = box["fd"]
+        with self.lock:
+            self.exposed.pop(id(box), None)
+        if box["pinned"]:
+            os.close(fd)                # a fork child may still read these pages
+            return
         try:
             held = os.fstat(fd).st_blocks * 512
         except OSError:
@@ -62,12 +80,21 @@ class ArenaPool:
         for fd, _ in kept:
             os.close(fd)
 
+    def _pin_for_fork(self):
+        # A fork child inherits the mappings of the views the user holds;
+        # once the parent drops its views the arena would be reused under
+        # the child.  So such arenas are never reused, only freed.
+        with self.lock:
+            for box in self.exposed.values():
+                box["pinned"] = True
+
     def _after_fork_in_child(self):
         self.lock = threading.Lock()
+        self.exposed = {}
         kept, self.kept = self.kept, []
         for fd, _ in kept:
             os.close(fd)
 
 
 pool = ArenaPool()
-os.register_at_fork(after_in_child=pool._after_fork_in_child)
+os.register_at_fork(before=pool._pin_for_fork, after_in_child=pool._after_fork_in_child)

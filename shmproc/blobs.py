@@ -9,21 +9,38 @@ the object on read-only views of the mapping: no copy on that side.
 The zero-copy lifetime problem, and how it is solved
 ----------------------------------------------------
 The producer must keep its descriptor open until a consumer has opened it,
-and may reuse the blob's (already faulted-in) pages only once no consumer
-view is left.  Both facts live in one 32-bit word at the start of the blob:
+and may reuse the blob's (already faulted-in) pages only once no process
+maps it any more.  The blob's header says where it stands:
 
-    PUBLISHED (0) --consumer maps it--> OPENED (1) --last view dies--> RELEASED (2)
+    state  PUBLISHED (0) --a consumer claims it--> OPENED (1)
+                         --the last mapping in any process dies--> RELEASED (2)
+    refs   how many mappings (in any process) hold a lease on it
+    nonce  64 random bits, new at each publication, also in the descriptor
 
-The consumer's mapping is owned by a cffi gc object that every view keeps
-alive (native._mapping); its destructor stores RELEASED and unmaps.  The
-producer sweeps its blobs now and then: OPENED ones no longer hold up its
-exit; RELEASED ones go to a small free list and are reused for the next
-large item of a similar size.  Fresh shared pages cost ~3.5 µs each to
-fault in here, so reuse turns a 64 MB put from ~90 ms into a memcpy.
+A consumer first checks, without writing anything, that the segment its
+descriptor names is a blob of the right size whose nonce matches: a
+corrupt descriptor, or a dead producer's process id now used by another
+shmproc process, can then never touch someone else's item.  Only then does
+it claim the blob (an atomic PUBLISHED -> OPENED) and count its mapping in
+`refs` (native.Blob.claim).  Every view keeps the mapping alive; when the
+last one dies the mapping counts itself out, and the mapping that takes
+`refs` to zero stores RELEASED.  A fork copies mappings into the child, so
+each leased mapping counts once more before any fork (native.py): a view a
+fork child inherited never changes under it.  The producer sweeps its
+blobs now and then: RELEASED ones go to a small free list and are reused
+for the next large item of a similar size.  Fresh shared pages cost ~3.5 µs
+each to fault in here, so reuse turns a 64 MB put from ~90 ms into a memcpy.
+
+A put that fails after the blob was written (queue full, timeout, closed
+queue, Ctrl-C) retracts it: nobody ever saw its descriptor, so it goes
+straight back to the free list.
 
 Like multiprocessing.Queue's feeder thread, a producing process waits at
 exit until its blobs were at least OPENED (at most EXIT_FLUSH_TIMEOUT),
-unless the token's owner opted out (Queue.cancel_join_thread).
+unless the token's owner opted out (Queue.cancel_join_thread).  It does
+not wait for an item whose record a consumer already took from the ring
+but never opened (that consumer died): TAKEN_GRACE after the record was
+seen taken, the item is given up.
 """
 from __future__ import annotations
 
@@ -36,12 +53,16 @@ from multiprocessing import util as _mp_util
 from . import native
 from .native import lib
 
-__all__ = ["BlobPool", "pool", "PEER_FD_OK", "EXIT_FLUSH_TIMEOUT", "encode", "decode", "LOST"]
+__all__ = ["BlobPool", "pool", "PEER_FD_OK", "EXIT_FLUSH_TIMEOUT", "encode", "encode_blob",
+           "decode", "LOST"]
 
 PUBLISHED, OPENED, RELEASED = 0, 1, 2
 
 #: Seconds a producing process waits at exit for its blobs to be opened.
 EXIT_FLUSH_TIMEOUT = 60.0
+#: Seconds an item whose record was taken from its ring may stay unopened
+#: before the producer stops waiting for it (its consumer died).
+TAKEN_GRACE = 1.0
 #: Released blobs kept for reuse, and their total size at most.
 MAX_FREE_BLOBS = 4
 MAX_FREE_BYTES = 512 * 1024 * 1024
@@ -51,14 +72,17 @@ MAX_OPENED_KEPT = 64
 
 PEER_FD_OK = bool(lib.shmp_platform_features() & lib.SHMP_FEAT_PEER_FD)
 
-# Blob layout: [state word | pad to 64][main payload][buffers, each where its
-# source sits within a page (see native.copy_offset)]
+# Blob layout: [state u32 | refs u32 | nonce u64 | pad to 64][main payload]
+# [buffers, each where its source sits within a page (see native.copy_offset)]
 HEADER = 64
-_STATE = 0
-# Descriptor: pid, fd, blob size, main length, main kind, buffer count;
-# then (offset, length) per buffer.
-DESC = struct.Struct("<iiQQII")
+_STATE, _REFS, _NONCE = 0, 4, 8
+_U64 = struct.Struct("<Q")
+# Descriptor: pid, fd, blob size, main length, main kind, buffer count,
+# nonce; then (offset, length) per buffer.
+DESC = struct.Struct("<iiQQIIQ")
 DESC_BUF = struct.Struct("<QQ")
+#: Buffers one descriptor may carry (a bound on what a decoder accepts).
+MAX_BUFFERS = 1 << 16
 
 
 def _align64(n: int) -> int:
@@ -72,12 +96,32 @@ def _granule(n: int) -> int:
     return (n + g - 1) // g * g
 
 
+class Sent:
+    """One published blob: whose it is, and where its descriptor went."""
+
+    __slots__ = ("blob", "token", "nonce", "ring", "seq", "taken_at")
+
+    def __init__(self, blob, token, nonce):
+        self.blob = blob
+        self.token = token
+        self.nonce = nonce
+        self.ring = None            # the ring its descriptor was put on (put_tracked)
+        self.seq = 0                # records put on that ring before it
+        self.taken_at = None        # when its record was first seen taken
+
+    def record_taken(self) -> bool:
+        ring = self.ring
+        if ring is None or ring.closed:
+            return False
+        return ring.taken() > self.seq
+
+
 class BlobPool:
     """Blobs this process produced: in flight, and free for reuse."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.in_flight: list = []       # (blob, token): published or opened
+        self.in_flight: list = []       # Sent: published or opened
         self.free: list = []            # released blobs, ready for reuse
         self.registered = False
 
@@ -87,32 +131,50 @@ class BlobPool:
             for i, blob in enumerate(self.free):
                 if need <= blob.size <= need + need // 4 + 65536:
                     del self.free[i]
-                    blob.store_word(_STATE, PUBLISHED)
                     return blob
         return native.Blob.create(_granule(need))
 
-    def publish(self, blob, token):
+    def publish(self, blob, token) -> Sent:
+        """Give `blob` a new identity and count it in flight."""
+        nonce = int.from_bytes(os.urandom(8), "little")
+        view = memoryview(blob.buffer)
+        _U64.pack_into(view, _NONCE, nonce)
+        view.release()
+        blob.store_word(_REFS, 0)
+        blob.store_word(_STATE, PUBLISHED)      # release: the nonce and payload before it
+        sent = Sent(blob, token, nonce)
         with self.lock:
-            self.in_flight.append((blob, token))
+            self.in_flight.append(sent)
             if not self.registered:
                 # Runs at interpreter exit and at the end of a
                 # multiprocessing child (which skips atexit).
                 _mp_util.Finalize(None, self.flush_at_exit, exitpriority=-10)
                 self.registered = True
+        return sent
+
+    def retract(self, sent: Sent):
+        """A put of `sent`'s descriptor failed: nobody saw it; reuse the blob."""
+        with self.lock:
+            try:
+                self.in_flight.remove(sent)
+            except ValueError:
+                return
+            self._recycle(sent.blob)
 
     def sweep(self):
         """Recycle released blobs, bound the opened ones; cheap when idle."""
         with self.lock:
             keep, opened = [], 0
-            for blob, token in reversed(self.in_flight):     # newest first
+            for sent in reversed(self.in_flight):     # newest first
+                blob = sent.blob
                 state = blob.load_word(_STATE)
                 if state == RELEASED:
                     self._recycle(blob)
                 elif state == OPENED and opened >= MAX_OPENED_KEPT:
-                    blob.close_fd()                          # the consumer has its own mapping
+                    blob.close_fd()                    # the consumer has its own mapping
                 else:
                     opened += state == OPENED
-                    keep.append((blob, token))
+                    keep.append(sent)
             keep.reverse()
             self.in_flight = keep
 
@@ -123,61 +185,89 @@ class BlobPool:
         else:
             blob.close_fd()
 
+    def _unopened(self, token, now):
+        """Blobs of `token` (all, if None) still waiting for a live reader."""
+        waiting = []
+        with self.lock:
+            for sent in self.in_flight:
+                if token is not None and sent.token is not token:
+                    continue
+                if not sent.token.wait or sent.blob.load_word(_STATE) != PUBLISHED:
+                    continue
+                if sent.record_taken():
+                    # Taken from the ring but not opened: its reader is
+                    # opening it now, or died doing so.
+                    if sent.taken_at is None:
+                        sent.taken_at = now
+                    elif now - sent.taken_at > TAKEN_GRACE:
+                        continue
+                waiting.append(sent)
+        return waiting
+
     def wait_opened(self, token, deadline) -> bool:
-        """Wait until every blob of `token` (all, if None) was opened by a consumer."""
+        """Wait until every blob of `token` (all, if None) was opened by a
+        consumer, or can no longer be (see TAKEN_GRACE)."""
         while True:
             self.sweep()
-            with self.lock:
-                waiting = [b for b, t in self.in_flight
-                           if (token is None or t is token) and t.wait
-                           and b.load_word(_STATE) == PUBLISHED]
+            now = time.monotonic()
+            waiting = self._unopened(token, now)
             if not waiting:
                 return True
-            left = deadline - time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return False
-            waiting[0].wait_word(_STATE, PUBLISHED, int(min(left, 0.1) * 1e9))
+            waiting[0].blob.wait_word(_STATE, PUBLISHED, int(min(left, 0.05) * 1e9))
 
     def flush_at_exit(self):
         self.wait_opened(None, time.monotonic() + EXIT_FLUSH_TIMEOUT)
         self.close_all()
 
     def trim(self):
-        """Drop the free list (Queue.close and tests call this)."""
+        """Drop the free list and the descriptors of opened blobs (kept only
+        for reuse: their readers hold their own mappings).  Queue.close and
+        tests call this."""
         with self.lock:
-            free, self.free = self.free, []
+            free, self.free, keep = self.free, [], []
+            for sent in self.in_flight:
+                if sent.blob.load_word(_STATE) == OPENED:
+                    free.append(sent.blob)
+                else:
+                    keep.append(sent)
+            self.in_flight = keep
         for blob in free:
             blob.close_fd()
 
     def republish(self, fd: int) -> bool:
         """The reader of blob `fd` died before releasing it: mark it unread so
-        a new reader can open it.  False if we no longer hold it."""
+        a new reader can open it (same descriptor, same nonce).  False if we
+        no longer hold it."""
         with self.lock:
-            for blob, _ in self.in_flight:
-                if blob.fd == fd:
-                    blob.store_word(_STATE, PUBLISHED)
+            for sent in self.in_flight:
+                if sent.blob.fd == fd:
+                    sent.blob.store_word(_REFS, 0)         # the dead reader's lease
+                    sent.blob.store_word(_STATE, PUBLISHED)
                     return True
         return False
 
     def discard(self, fd: int):
         """Forget blob `fd` (its record will never be read): close our descriptor."""
         with self.lock:
-            mine = [b for b, _ in self.in_flight if b.fd == fd]
-            self.in_flight = [(b, t) for b, t in self.in_flight if b.fd != fd]
+            mine = [s.blob for s in self.in_flight if s.blob.fd == fd]
+            self.in_flight = [s for s in self.in_flight if s.blob.fd != fd]
         for blob in mine:
             blob.close_fd()
 
     def drop(self, token):
         """Close our descriptors of `token`'s blobs: their reader is gone."""
         with self.lock:
-            mine = [b for b, t in self.in_flight if t is token]
-            self.in_flight = [(b, t) for b, t in self.in_flight if t is not token]
+            mine = [s.blob for s in self.in_flight if s.token is token]
+            self.in_flight = [s for s in self.in_flight if s.token is not token]
         for blob in mine:
             blob.close_fd()
 
     def close_all(self):
         with self.lock:
-            blobs = [b for b, _ in self.in_flight] + self.free
+            blobs = [s.blob for s in self.in_flight] + self.free
             self.in_flight, self.free = [], []
         for blob in blobs:
             blob.close_fd()
@@ -203,8 +293,9 @@ class FlushToken:
         self.wait = True
 
 
-def encode(main: bytes, kind: int, raws, token) -> bytes:
-    """Copy `main` and the buffers `raws` into a blob; returns its descriptor."""
+def encode_blob(main: bytes, kind: int, raws, token):
+    """Copy `main` and the buffers `raws` into a published blob; returns
+    (descriptor, Sent).  Retract the Sent if the descriptor is never put."""
     layout = []
     off = _align64(HEADER + len(main))
     for raw in raws:
@@ -217,9 +308,14 @@ def encode(main: bytes, kind: int, raws, token) -> bytes:
     for raw, (o, n) in zip(raws, layout):
         view[o:o + n] = raw
     view.release()
-    pool.publish(blob, token)
-    desc = DESC.pack(os.getpid(), blob.fd, blob.size, len(main), kind, len(layout))
-    return desc + b"".join(DESC_BUF.pack(o, n) for o, n in layout)
+    sent = pool.publish(blob, token)
+    desc = DESC.pack(os.getpid(), blob.fd, blob.size, len(main), kind, len(layout), sent.nonce)
+    return desc + b"".join(DESC_BUF.pack(o, n) for o, n in layout), sent
+
+
+def encode(main: bytes, kind: int, raws, token) -> bytes:
+    """Copy `main` and the buffers `raws` into a blob; returns its descriptor."""
+    return encode_blob(main, kind, raws, token)[0]
 
 
 class _Lost:
@@ -229,34 +325,72 @@ class _Lost:
         return "<lost out-of-band item>"
 
 
-#: Returned by decode() when the producer died before the item was opened.
+#: Returned by decode() when the item's producer is gone (it exited before
+#: the item was opened, so its process id or descriptor no longer names it).
 LOST = _Lost()
 
 
+def _corrupt(what: str):
+    return native.CorruptSharedMemoryError(f"out-of-band descriptor {what}")
+
+
+def _layout(record, size, main_len, nbufs):
+    """The buffers' (offset, length), checked against the blob's size."""
+    if HEADER + main_len > size:
+        raise _corrupt(f"says its {main_len}-byte main part fits a {size}-byte segment")
+    layout = []
+    for i in range(nbufs):
+        o, n = DESC_BUF.unpack_from(record, DESC.size + i * DESC_BUF.size)
+        if o < HEADER + main_len or o > size or n > size - o:
+            raise _corrupt(f"puts buffer {i} ({n} bytes at {o}) outside its {size}-byte segment")
+        layout.append((o, n))
+    return layout
+
+
 def decode(record, copy: bool):
-    """Descriptor -> (main view, kind, buffers) or LOST."""
+    """Descriptor -> (main view, kind, buffers) or LOST.
+
+    Everything is checked before anything is written to the segment: the
+    descriptor's own lengths, then that the segment it names is a blob of
+    the stated size holding the stated nonce, unclaimed.
+    """
     if len(record) < DESC.size:
-        raise native.CorruptSharedMemoryError("truncated out-of-band descriptor")
-    pid, fd, size, main_len, kind, nbufs = DESC.unpack_from(record)
-    if len(record) != DESC.size + nbufs * DESC_BUF.size:
-        raise native.CorruptSharedMemoryError("out-of-band descriptor has a bad length")
+        raise _corrupt(f"is truncated ({len(record)} bytes, at least {DESC.size} needed)")
+    pid, fd, size, main_len, kind, nbufs, nonce = DESC.unpack_from(record)
+    if nbufs > MAX_BUFFERS or len(record) != DESC.size + nbufs * DESC_BUF.size:
+        raise _corrupt(f"has a bad length ({len(record)} bytes for {nbufs} buffers)")
+    if size < HEADER:
+        raise _corrupt(f"names a {size}-byte segment, smaller than a blob header")
+    layout = _layout(record, size, main_len, nbufs)
+    if pid <= 0 or fd < 0:
+        raise _corrupt(f"names process {pid} descriptor {fd}")
     try:
         peer_fd = native.open_peer_fd(pid, fd)
     except ProcessLookupError:
         return LOST
     try:
-        blob = native.Blob.attach(peer_fd, release_word=_STATE, release_value=RELEASED)
+        blob = native.Blob.attach(peer_fd)
+    except (native.CorruptSharedMemoryError, ValueError, OSError):
+        return LOST             # that descriptor is not a shmproc blob (any more)
     finally:
         os.close(peer_fd)
-    blob.store_word(_STATE, OPENED)      # the producer may stop waiting for it
-    if blob.size != size or HEADER + main_len > size:
-        raise native.CorruptSharedMemoryError("out-of-band descriptor does not match its segment")
+    view = memoryview(blob.buffer)
+    try:
+        # acquire load of the state first: the nonce was written before it.
+        state = blob.load_word(_STATE)
+        if blob.size != size or _U64.unpack_from(view, _NONCE)[0] != nonce:
+            return LOST         # not this item: its producer is gone, its pid reused
+        if state != PUBLISHED:
+            raise _corrupt("names an item another reader already claimed")
+        try:
+            blob.claim(_STATE, _REFS, PUBLISHED, OPENED, RELEASED)
+        except RuntimeError:
+            raise _corrupt("names an item another reader already claimed") from None
+    finally:
+        view.release()
     view = memoryview(blob.buffer).toreadonly()
     buffers = []
-    for i in range(nbufs):
-        o, n = DESC_BUF.unpack_from(record, DESC.size + i * DESC_BUF.size)
-        if o < HEADER or o + n > size:
-            raise native.CorruptSharedMemoryError("out-of-band buffer outside its segment")
+    for o, n in layout:
         part = view[o:o + n]
         buffers.append(bytearray(part) if copy else part)
     return view[HEADER:HEADER + main_len], kind, buffers

@@ -127,6 +127,8 @@ class LocalRun(Run):
                               original_error=exc, process_name=self.name)
             return Outcome("failed", err, None, err, lap, code)
         self._views = bool(views)                # views keep the arena (and its mapping) alive
+        if views:
+            arenas.pool.expose(self.arena)
         if error is not None and isinstance(error, ProcessError):
             error = error.with_remote_traceback()
         status = "failed" if kind == runner.FAILED_RESULT else "ok"

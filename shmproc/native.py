@@ -9,8 +9,10 @@ the caller, which decides what they mean (queue.Full, queue.Empty, retry).
 from __future__ import annotations
 
 import errno as _errno
+import gc
 import math
 import os
+import threading
 from functools import partial
 
 from ._shmp_cffi import ffi, lib
@@ -73,10 +75,18 @@ def check(rc: int, what: str) -> int:
 
 
 def _fd_arg(fd) -> int:
+    """Check a descriptor handed to an attach call and make it close-on-exec.
+
+    Descriptors arrive from multiprocessing (spawn's pass_fds, forkserver's
+    and resource_sharer's SCM_RIGHTS) inheritable; left so, os.system,
+    subprocess.Popen(close_fds=False) or exec* in user code would hand
+    our shared memory to an unrelated program.
+    """
     if isinstance(fd, bool) or not isinstance(fd, int):
         raise TypeError(f"file descriptor must be an int, not {type(fd).__name__}")
     if fd < 0:
         raise ValueError(f"file descriptor must be >= 0, got {fd}")
+    os.set_inheritable(fd, False)
     return fd
 
 
@@ -103,14 +113,15 @@ class Ring:
     exceptions.  Signatures (timeouts in ns, -1 = for ever, 0 = try once):
 
       put(data, len, tag, timeout)
+      put_tracked(data, len, tag, timeout, seq_out): seq_out[0] = records put before it
       put_many(blob, lens, tags, count, timeout, done_out)
       get_into(dst, cap, timeout, len_out, tag_out)
       get_record(dst, cap, timeout) -> (tag << 32) | len, or a negative status
       get_many_into(dst, cap, max_count, timeout, lens_out, tags_out, count_out)
     """
 
-    __slots__ = ("_h", "fd", "capacity", "max_record",
-                 "put", "put_many", "get_into", "get_record", "get_many_into", "__weakref__")
+    __slots__ = ("_h", "fd", "capacity", "max_record", "put", "put_tracked",
+                 "put_many", "get_into", "get_record", "get_many_into", "__weakref__")
 
     def __init__(self, handle, fd: int):
         self._h = handle
@@ -118,6 +129,7 @@ class Ring:
         self.capacity = lib.shmp_ring_capacity(handle)
         self.max_record = lib.shmp_ring_max_record(handle)
         self.put = partial(lib.shmp_ring_put, handle)
+        self.put_tracked = partial(lib.shmp_ring_put_tracked, handle)
         self.put_many = partial(lib.shmp_ring_put_many, handle)
         self.get_into = partial(lib.shmp_ring_get, handle)
         self.get_record = partial(lib.shmp_ring_get_record, handle)
@@ -151,8 +163,8 @@ class Ring:
         """Unmap and close the descriptor; idempotent.  Later calls raise."""
         h, self._h = self._h, None
         if h is not None:
-            self.put = self.put_many = self.get_into = self.get_record = \
-                self.get_many_into = _ring_closed
+            self.put = self.put_tracked = self.put_many = self.get_into = \
+                self.get_record = self.get_many_into = _ring_closed
             lib.shmp_ring_close(h)
         fd, self.fd = self.fd, -1
         if fd >= 0:
@@ -189,6 +201,10 @@ class Ring:
     def count(self) -> int:
         return lib.shmp_ring_count(self._h)
 
+    def taken(self) -> int:
+        """Records ever taken by consumers (see put_tracked's sequence)."""
+        return lib.shmp_ring_taken(self._h)
+
     def used_bytes(self) -> int:
         return lib.shmp_ring_used_bytes(self._h)
 
@@ -216,39 +232,85 @@ def _ring_closed(*args):
     raise RuntimeError("operation on a closed ring")
 
 
-def _mapping(payload, size: int, release_word=None, release_value=0, on_unmap=None):
+def _mapping(payload, size: int, on_unmap=None, lease=None):
     """A buffer over a mapped payload that unmaps when the last view dies.
 
     ffi.gc ties the munmap to the pointer object; ffi.buffer keeps that
     object alive, and every memoryview (and numpy array) made from the
     buffer keeps the buffer alive.  So a result array may outlive the Blob
-    that produced it: the mapping goes only with the last reference.  With
-    `release_word`, that moment is also announced to the segment's owner
-    by storing `release_value` there (see blobs.py); `on_unmap()` is
-    called after the unmap (arena reuse, see process.py).
+    that produced it: the mapping goes only with the last reference.
+    `on_unmap()` is called after the unmap (arena reuse, see arenas.py).
+    `lease`, a one-item list, may later be filled by Blob.claim with the
+    lease this mapping holds; it is given back before the unmap.
     """
-    if release_word is None:
-        def destroy(p):
-            lib.shmp_seg_unmap(p, size)
-            if on_unmap is not None:
-                on_unmap()
-    else:
-        def destroy(p):
-            lib.shmp_store_u32(p + release_word, release_value)
-            lib.shmp_seg_unmap(p, size)
+    def destroy(p):
+        if lease is not None and lease[0] is not None:
+            _end_lease(p, lease[0])
+        lib.shmp_seg_unmap(p, size)
+        if on_unmap is not None:
+            on_unmap()
     owner = ffi.gc(ffi.cast("char *", payload), destroy, size=size)
     return ffi.buffer(owner, size)
+
+
+# ---- leases: zero-copy views of a segment another process reuses ------------
+#
+# A producer reuses an out-of-band segment (blobs.py) once no process maps
+# it any more.  Each mapping that may hold views counts itself in the
+# segment's `refs` word (Blob.claim); its destructor counts itself out, and
+# the one that takes the count to zero stores the RELEASED state.  A fork
+# copies every mapping into the child, so before any fork each leased
+# mapping counts once more, for the child: the child's copy of the
+# mapping gives that count back when it dies in the child.  A child that
+# exits without running destructors (os._exit) leaves its count behind:
+# the segment is then never reused, only freed, which is safe.
+
+_leases: dict = {}                      # payload address -> (pointer, refs offset)
+_lease_lock = threading.RLock()
+
+
+def _end_lease(p, lease):
+    state_off, refs_off, released = lease
+    with _lease_lock:
+        _leases.pop(int(ffi.cast("uintptr_t", p)), None)
+        # acq_rel fetch-add (csrc/wait.c): the holder that counts the last
+        # mapping out publishes RELEASED; the producer may then reuse it.
+        if lib.shmp_add_u32(p + refs_off, -1) == 1:
+            lib.shmp_store_u32(p + state_off, released)
+
+
+def _count_fork_children():
+    # Before fork: the child will hold a copy of every leased mapping.
+    _lease_lock.acquire()
+    enabled = gc.isenabled()
+    gc.disable()                # no destructor may unmap a segment while we count
+    try:
+        for p, refs_off in list(_leases.values()):
+            lib.shmp_add_u32(p + refs_off, 1)
+    finally:
+        if enabled:
+            gc.enable()
+        _lease_lock.release()
+
+
+def _reset_lease_lock():
+    global _lease_lock
+    _lease_lock = threading.RLock()     # another thread may have held it at fork
+
+
+os.register_at_fork(before=_count_fork_children, after_in_child=_reset_lease_lock)
 
 
 class Blob:
     """A shared segment holding one out-of-band record (large buffers)."""
 
-    __slots__ = ("fd", "size", "buffer")
+    __slots__ = ("fd", "size", "buffer", "_lease")
 
-    def __init__(self, fd: int, size: int, buffer):
+    def __init__(self, fd: int, size: int, buffer, lease=None):
         self.fd = fd
         self.size = size
         self.buffer = buffer
+        self._lease = lease
 
     @classmethod
     def create(cls, size: int):
@@ -259,19 +321,35 @@ class Blob:
         return cls(fd[0], size, _mapping(p[0], size))
 
     @classmethod
-    def attach(cls, fd: int, release_word=None, release_value=0):
-        """Map the blob behind `fd`; the caller still owns `fd`.
+    def attach(cls, fd: int):
+        """Map the blob behind `fd` read-write; the caller still owns `fd`.
 
-        With `release_word` (a byte offset), `release_value` is stored
-        there when the last view of this mapping dies.
+        Nothing is written to the segment until claim() succeeds.
         """
         p = ffi.new("void **")
         n = ffi.new("uint64_t *")
         check(lib.shmp_seg_attach(_fd_arg(fd), lib.SHMP_KIND_BLOB, p, n), "attaching shared memory")
-        if release_word is not None and not 0 <= release_word <= n[0] - 4:
-            lib.shmp_seg_unmap(p[0], n[0])
-            raise ValueError(f"release word {release_word} outside a {n[0]}-byte blob")
-        return cls(-1, n[0], _mapping(p[0], n[0], release_word, release_value))
+        lease = [None]
+        return cls(-1, n[0], _mapping(p[0], n[0], lease=lease), lease)
+
+    def claim(self, state_off: int, refs_off: int, expected: int, claimed: int, released: int):
+        """Move the state word from `expected` to `claimed` (atomically) and
+        count this mapping in `refs`; when the last counted mapping in any
+        process dies, `released` is stored in the state word.  Raises
+        RuntimeError if the state was not `expected` (someone else claimed
+        it, or it is not published)."""
+        if self._lease is None or self._lease[0] is not None:
+            raise RuntimeError("this blob mapping cannot be claimed (again)")
+        self._word(refs_off)
+        rc = lib.shmp_cas_u32(self._word(state_off), expected, claimed)
+        if rc == ESTATE:
+            raise RuntimeError(f"blob state is {self.load_word(state_off)}, not {expected}")
+        check(rc, "claiming a shared segment")
+        base = ffi.cast("char *", ffi.from_buffer(self.buffer))
+        with _lease_lock:
+            lib.shmp_add_u32(base + refs_off, 1)
+            self._lease[0] = (state_off, refs_off, released)
+            _leases[int(ffi.cast("uintptr_t", base))] = (base, refs_off)
 
     def close_fd(self):
         fd, self.fd = self.fd, -1
@@ -457,15 +535,17 @@ class Arena:
     Costs address space, not memory: pages exist once written.  `reserve`
     a range before writing it, so an exhausted machine gives a clean
     SharedMemoryError rather than SIGBUS.  `view()` is a buffer whose life
-    keeps the mapping alive (see _mapping).
+    keeps the mapping alive (see _mapping).  `box`: the owner's notes on
+    this mapping (arenas.py).
     """
 
-    __slots__ = ("fd", "size", "buffer", "__weakref__")
+    __slots__ = ("fd", "size", "buffer", "box", "__weakref__")
 
     def __init__(self, fd: int, size: int, buffer):
         self.fd = fd
         self.size = size
         self.buffer = buffer
+        self.box = None
 
     @classmethod
     def create(cls, size: int, on_unmap=None):

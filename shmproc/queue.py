@@ -73,14 +73,50 @@ _unpack = ffi.unpack
 _pool = blobs.pool
 
 
+def _unpickle(view, buffers=()):
+    """Unpickle exactly one record; a malformed one is CorruptSharedMemoryError."""
+    try:
+        return _loads(view, buffers=buffers)
+    except Exception as exc:
+        raise _corrupt_pickle(exc, len(view)) from exc
+
+
+def _corrupt_pickle(exc, n):
+    """`exc` from pickle.loads of an n-byte record (caught in the frame that
+    called loads), or the error to raise instead.
+
+    The unpickler's own complaints (truncated, unknown opcode, bad memo,
+    bad length) mean the record is not a pickle we wrote: corruption.  An
+    exception raised by a class's own code while it is rebuilt (a Python
+    frame below loads), or a class this process cannot import, is the
+    item's own error and is raised as it is, as multiprocessing.Queue does.
+    """
+    tb = exc.__traceback__          # starts at the frame that called loads
+    own = tb is not None and tb.tb_next is not None
+    if own or isinstance(exc, (ImportError, AttributeError)):
+        return exc
+    return native.CorruptSharedMemoryError(
+        f"a shmproc.Queue record of {n} bytes is not a valid pickle "
+        f"({type(exc).__name__}: {exc})")
+
+
 def _decode_small(view, tag):
     if tag == _TAG_PICKLE:
-        return _loads(view)
+        return _unpickle(view)
     if tag == _TAG_BYTES:
         return view.tobytes()
     if tag == _TAG_STR:
         return str(view, "utf-8", "surrogatepass")
     raise native.CorruptSharedMemoryError(f"unknown record tag {tag} in a shmproc.Queue")
+
+
+class _Failed:
+    """An item that could not be decoded, kept to be raised in its turn."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc):
+        self.exc = exc
 
 
 class _Scratch:
@@ -140,6 +176,7 @@ class Queue:
         self._token = blobs.FlushToken()
         self._scratch = []              # free list of _Scratch, one taken per get
         self._lost = 0
+        self._backlog = []              # items of a batch taken behind one that failed
 
     # -- pickling: hand the ring's descriptor to the other process ------------
     def __reduce__(self):
@@ -203,12 +240,36 @@ class Queue:
             data, bufs = _dumps(obj)
             tag = _TAG_PICKLE
         if bufs or len(data) > self._inband_max:
-            data, tag = self._to_blob(data, tag, bufs), _TAG_BLOB
+            self._put_blob(data, tag, bufs, _deadline(tmo))
+            return
         if _pool.in_flight:
             _pool.sweep()
         rc = self._put(data, len(data), tag, tmo)
         if rc:
             self._put_retry(rc, data, tag, tmo)
+
+    def _put_blob(self, data, tag, bufs, deadline):
+        """Put a large item out-of-band; a put that fails retracts its blob."""
+        if _pool.in_flight:
+            _pool.sweep()
+        desc, sent = self._to_blob(data, tag, bufs)
+        seq = ffi.new("uint64_t *")
+        try:
+            while True:
+                rc = self._ring.put_tracked(desc, len(desc), _TAG_BLOB, _left_ns(deadline), seq)
+                if rc != EINTR:             # EINTR: a signal handler ran and did not raise
+                    break
+            if rc == OK:
+                # The exit flush needs to know when this record leaves the ring.
+                sent.seq = seq[0]
+                sent.ring = self._ring
+                return
+            if rc == EFULL or rc == ETIMEDOUT:
+                raise _stdlib_queue.Full
+            native.check(rc, "putting an item on a shmproc.Queue")
+        except BaseException:
+            _pool.retract(sent)         # nobody saw its descriptor: reuse it, wait for nothing
+            raise
 
     def _put_retry(self, rc, data, tag, tmo):
         deadline = _deadline(tmo)
@@ -257,7 +318,13 @@ class Queue:
             if bufs or len(data) > inband_max:
                 done += self._put_run(run, lens, tags, deadline, done, total)
                 run, lens, tags = [], [], []
-                data, tag = self._to_blob(data, tag, bufs), _TAG_BLOB
+                try:
+                    self._put_blob(data, tag, bufs, deadline)
+                except _stdlib_queue.Full:
+                    raise _stdlib_queue.Full(
+                        f"queue full after putting {done} of {total} items", done) from None
+                done += 1
+                continue
             run.append(data)
             lens.append(len(data))
             tags.append(tag)
@@ -291,15 +358,15 @@ class Queue:
                     done_before + put)
             native.check(rc, "putting items on a shmproc.Queue")
 
-    def _to_blob(self, data, tag, bufs) -> bytes:
-        """Send a large record out-of-band; returns the ring descriptor."""
+    def _to_blob(self, data, tag, bufs):
+        """Copy a large record out-of-band; returns (descriptor, blobs.Sent)."""
         raws = [b.raw() for b in bufs] if bufs else []
         if not blobs.PEER_FD_OK:
             raise ValueError(
                 f"object needs {len(data) + sum(r.nbytes for r in raws)} bytes, more than this "
                 f"queue carries in its ring ({self._inband_max}) and this platform cannot pass "
                 f"large items out-of-band; create the Queue with a larger capacity=")
-        return blobs.encode(data, tag, raws, self._token)
+        return blobs.encode_blob(data, tag, raws, self._token)
 
     # -- consumer -------------------------------------------------------------------
     def _take_scratch(self, need=0):
@@ -320,6 +387,8 @@ class Queue:
         # Hot path: kept inline on purpose (each Python call costs ~0.1 µs).
         if self._closed:
             self._check_open()
+        if self._backlog:
+            return self._from_backlog()
         tmo = -1 if block and timeout is None else _blocking_timeout(block, timeout)
         scratch = self._scratch
         s = scratch.pop() if scratch else _Scratch(_SCRATCH_START)
@@ -328,7 +397,13 @@ class Queue:
             if rc >= 0:
                 tag = rc >> 32
                 if tag == _TAG_PICKLE:
-                    return _loads(s.buf)             # pickle ignores the bytes after its end
+                    # Exactly the record's bytes: what lies after them in the
+                    # scratch buffer is an older item.
+                    n = rc & 0xFFFFFFFF
+                    try:
+                        return _loads(s.view[:n])
+                    except Exception as exc:
+                        raise _corrupt_pickle(exc, n) from exc
                 if tag == _TAG_BYTES:
                     return _unpack(s.cptr, rc & 0xFFFFFFFF)
             return self._get_slow(rc, s, tmo, copy)     # other kinds, errors, waiting
@@ -343,9 +418,16 @@ class Queue:
                 if item is not LOST:
                     return item
             elif rc == ESMALLBUF:
-                # Learn the size (consumes nothing), then use a big enough buffer.
-                self._ring.get_into(ffi.NULL, 0, 0, s.out, s.out + 1)
-                s.__init__(max(s.out[0], _SCRATCH_START))   # grow in place: get() returns it
+                # Another consumer may have taken that record meanwhile, so ask
+                # again with this buffer: the next record is either taken
+                # (whatever its size, even 0) or reported with its size, never
+                # consumed and dropped.
+                probe = self._ring.get_into(s.ptr, s.size, 0, s.out, s.out + 1)
+                if probe == OK:
+                    rc = (s.out[1] << 32) | s.out[0]
+                    continue
+                if probe == ESMALLBUF:
+                    s.__init__(max(s.out[0], _SCRATCH_START))   # grow in place: get() returns it
             elif rc == EEMPTY or rc == ETIMEDOUT:
                 raise _stdlib_queue.Empty
             elif rc != EINTR:
@@ -367,6 +449,11 @@ class Queue:
             raise TypeError(f"max_items must be an int, not {type(max_items).__name__}")
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
+        if self._backlog:
+            out = [self._from_backlog()]
+            while self._backlog and len(out) < max_items and type(self._backlog[0]) is not _Failed:
+                out.append(self._backlog.pop(0))
+            return out
         deadline = _deadline(_blocking_timeout(block, timeout))
         s = self._take_scratch()
         if max_items <= _MANY_MAX:
@@ -403,29 +490,57 @@ class Queue:
             # in one go, then slice (cheaper than a memoryview per record).
             data = view[:sum(lens)].tobytes()
             off = 0
-            if tag == _TAG_PICKLE:
-                for ln in lens:
-                    end = off + ln
-                    append(_loads(data[off:end]))
-                    off = end
-            elif tag == _TAG_BYTES:
+            if tag == _TAG_BYTES:
                 for ln in lens:
                     end = off + ln
                     append(data[off:end])
                     off = end
-            else:
+                return out
+            try:
                 for ln in lens:
                     end = off + ln
                     append(_decode_small(memoryview(data)[off:end], tag))
                     off = end
+            except Exception as exc:
+                return self._after_bad_item(out, exc, memoryview(data), lens, tags, end, copy)
             return out
         off = 0
         for ln, tag in zip(lens, tags):
-            item = self._decode(view[off:off + ln], tag, copy)
-            off += ln
+            end = off + ln
+            try:
+                item = self._decode(view[off:end], tag, copy)
+            except Exception as exc:
+                return self._after_bad_item(out, exc, view, lens, tags, end, copy)
+            off = end
             if item is not LOST:
                 append(item)
         return out
+
+    def _after_bad_item(self, good, exc, view, lens, tags, end, copy):
+        """Item len(good) of a batch failed to decode.  The whole batch left
+        the ring, so nothing may be dropped: the items before it are
+        returned now, the error is raised by the next get, the rest follow."""
+        done = len(good)
+        rest = []
+        off = end
+        for ln, tag in zip(lens[done + 1:], tags[done + 1:]):
+            try:
+                item = self._decode(view[off:off + ln], tag, copy)
+            except Exception as later:      # noqa: BLE001 - kept to be raised in turn
+                item = _Failed(later)
+            off += ln
+            if item is not LOST:
+                rest.append(item)
+        self._backlog[:0] = [_Failed(exc)] + rest
+        if good:
+            return good
+        return [self._from_backlog()]
+
+    def _from_backlog(self):
+        item = self._backlog.pop(0)
+        if type(item) is _Failed:
+            raise item.exc
+        return item
 
     def _decode(self, record, tag, copy):
         if tag != _TAG_BLOB:
@@ -436,7 +551,7 @@ class Queue:
             return LOST
         main, kind, buffers = out
         if kind == _TAG_PICKLE:
-            return _loads(main, buffers=buffers)
+            return _unpickle(main, buffers)
         return _decode_small(main, kind)
 
     # -- lifecycle --------------------------------------------------------------------

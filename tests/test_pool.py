@@ -697,7 +697,7 @@ def test_crashes_do_not_pile_up_argument_segments():
                     t.result
                 except ProcessCrashedError:
                     pass
-        unread = [b for b, _ in blobs.pool.in_flight if b.load_word(0) == blobs.PUBLISHED]
+        unread = [s for s in blobs.pool.in_flight if s.blob.load_word(0) == blobs.PUBLISHED]
         assert len(unread) <= 1
 
 
