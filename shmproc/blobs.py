@@ -50,7 +50,7 @@ import threading
 import time
 from multiprocessing import util as _mp_util
 
-from . import native
+from . import faults, native
 from .native import lib
 
 __all__ = ["BlobPool", "pool", "PEER_FD_OK", "EXIT_FLUSH_TIMEOUT", "encode", "encode_blob",
@@ -186,8 +186,10 @@ class BlobPool:
             blob.close_fd()
 
     def _unopened(self, token, now):
-        """Blobs of `token` (all, if None) still waiting for a live reader."""
-        waiting = []
+        """Blobs of `token` (all, if None) still waiting for a live reader.
+        Those whose record was taken TAKEN_GRACE ago and still not opened
+        are given up: their reader died, nobody else can ever open them."""
+        waiting, abandoned = [], []
         with self.lock:
             for sent in self.in_flight:
                 if token is not None and sent.token is not token:
@@ -200,8 +202,13 @@ class BlobPool:
                     if sent.taken_at is None:
                         sent.taken_at = now
                     elif now - sent.taken_at > TAKEN_GRACE:
+                        abandoned.append(sent)
                         continue
                 waiting.append(sent)
+            if abandoned:
+                self.in_flight = [s for s in self.in_flight if s not in abandoned]
+        for sent in abandoned:
+            sent.blob.close_fd()
         return waiting
 
     def wait_opened(self, token, deadline) -> bool:
@@ -388,6 +395,7 @@ def decode(record, copy: bool):
             raise _corrupt("names an item another reader already claimed") from None
     finally:
         view.release()
+    faults.point("blob.claimed")
     view = memoryview(blob.buffer).toreadonly()
     buffers = []
     for o, n in layout:

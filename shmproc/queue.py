@@ -32,7 +32,7 @@ import pickle
 import queue as _stdlib_queue
 import time
 
-from . import blobs, native, wire
+from . import blobs, faults, native, wire
 from .blobs import EXIT_FLUSH_TIMEOUT, LOST
 from .native import EEMPTY, EFULL, EINTR, ESMALLBUF, ETIMEDOUT, OK, ffi
 
@@ -255,6 +255,7 @@ class Queue:
         desc, sent = self._to_blob(data, tag, bufs)
         seq = ffi.new("uint64_t *")
         try:
+            faults.point("queue.blob_written")
             while True:
                 rc = self._ring.put_tracked(desc, len(desc), _TAG_BLOB, _left_ns(deadline), seq)
                 if rc != EINTR:             # EINTR: a signal handler ran and did not raise
@@ -263,6 +264,7 @@ class Queue:
                 # The exit flush needs to know when this record leaves the ring.
                 sent.seq = seq[0]
                 sent.ring = self._ring
+                faults.point("queue.blob_put")
                 return
             if rc == EFULL or rc == ETIMEDOUT:
                 raise _stdlib_queue.Full
@@ -545,6 +547,7 @@ class Queue:
     def _decode(self, record, tag, copy):
         if tag != _TAG_BLOB:
             return _decode_small(record, tag)
+        faults.point("queue.record_taken")
         out = blobs.decode(record, copy)
         if out is LOST:
             self._lost += 1

@@ -147,3 +147,9 @@ def pytest_collection_modifyitems(config, items):
         return ("ray_cluster" in getattr(item, "fixturenames", ())
                 or (callspec is not None and callspec.params.get("backend") == "ray"))
     items.sort(key=on_ray)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", default=False,
+                     help="soak mode: fault-injection storms run for $SHMPROC_SOAK_SECONDS "
+                          "(default 600) each instead of a CI-sized number of rounds")
