@@ -48,6 +48,7 @@ import os
 import struct
 import threading
 import time
+import zlib
 from multiprocessing import util as _mp_util
 
 from . import faults, native
@@ -72,15 +73,19 @@ MAX_OPENED_KEPT = 64
 
 PEER_FD_OK = bool(lib.shmp_platform_features() & lib.SHMP_FEAT_PEER_FD)
 
-# Blob layout: [state u32 | refs u32 | nonce u64 | pad to 64][main payload]
-# [buffers, each where its source sits within a page (see native.copy_offset)]
+# Blob layout: [state u32 | refs u32 | nonce u64 | descriptor crc u32 | pad
+# to 64][main payload][buffers, each where its source sits within a page
+# (see native.copy_offset)].  The crc covers everything the descriptor says
+# after (pid, fd): a descriptor altered in any field is refused.
 HEADER = 64
-_STATE, _REFS, _NONCE = 0, 4, 8
+_STATE, _REFS, _NONCE, _CRC = 0, 4, 8, 16
 _U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 # Descriptor: pid, fd, blob size, main length, main kind, buffer count,
 # nonce; then (offset, length) per buffer.
 DESC = struct.Struct("<iiQQIIQ")
 DESC_BUF = struct.Struct("<QQ")
+_DESC_ID = 8                # descriptor bytes after (pid, fd): the item's identity
 #: Buffers one descriptor may carry (a bound on what a decoder accepts).
 MAX_BUFFERS = 1 << 16
 
@@ -134,11 +139,14 @@ class BlobPool:
                     return blob
         return native.Blob.create(_granule(need))
 
-    def publish(self, blob, token) -> Sent:
-        """Give `blob` a new identity and count it in flight."""
+    def publish(self, blob, token, describe) -> tuple:
+        """Give `blob` a new identity, count it in flight; returns
+        (descriptor, Sent), the descriptor made by describe(nonce)."""
         nonce = int.from_bytes(os.urandom(8), "little")
+        desc = describe(nonce)
         view = memoryview(blob.buffer)
         _U64.pack_into(view, _NONCE, nonce)
+        _U32.pack_into(view, _CRC, zlib.crc32(desc[_DESC_ID:]))
         view.release()
         blob.store_word(_REFS, 0)
         blob.store_word(_STATE, PUBLISHED)      # release: the nonce and payload before it
@@ -150,7 +158,7 @@ class BlobPool:
                 # multiprocessing child (which skips atexit).
                 _mp_util.Finalize(None, self.flush_at_exit, exitpriority=-10)
                 self.registered = True
-        return sent
+        return desc, sent
 
     def retract(self, sent: Sent):
         """A put of `sent`'s descriptor failed: nobody saw it; reuse the blob."""
@@ -315,9 +323,10 @@ def encode_blob(main: bytes, kind: int, raws, token):
     for raw, (o, n) in zip(raws, layout):
         view[o:o + n] = raw
     view.release()
-    sent = pool.publish(blob, token)
-    desc = DESC.pack(os.getpid(), blob.fd, blob.size, len(main), kind, len(layout), sent.nonce)
-    return desc + b"".join(DESC_BUF.pack(o, n) for o, n in layout), sent
+    tail = b"".join(DESC_BUF.pack(o, n) for o, n in layout)
+    pid = os.getpid()
+    return pool.publish(blob, token, lambda nonce: DESC.pack(
+        pid, blob.fd, blob.size, len(main), kind, len(layout), nonce) + tail)
 
 
 def encode(main: bytes, kind: int, raws, token) -> bytes:
@@ -373,8 +382,8 @@ def decode(record, copy: bool):
         raise _corrupt(f"names process {pid} descriptor {fd}")
     try:
         peer_fd = native.open_peer_fd(pid, fd)
-    except ProcessLookupError:
-        return LOST
+    except (ProcessLookupError, OSError):
+        return LOST             # gone, or something that is no segment (a socket, ...)
     try:
         blob = native.Blob.attach(peer_fd)
     except (native.CorruptSharedMemoryError, ValueError, OSError):
@@ -385,7 +394,8 @@ def decode(record, copy: bool):
     try:
         # acquire load of the state first: the nonce was written before it.
         state = blob.load_word(_STATE)
-        if blob.size != size or _U64.unpack_from(view, _NONCE)[0] != nonce:
+        if blob.size != size or _U64.unpack_from(view, _NONCE)[0] != nonce \
+                or _U32.unpack_from(view, _CRC)[0] != zlib.crc32(record[_DESC_ID:]):
             return LOST         # not this item: its producer is gone, its pid reused
         if state != PUBLISHED:
             raise _corrupt("names an item another reader already claimed")
