@@ -35,3 +35,26 @@ const char *shmp_strerror(int status)
     default:             return "unknown status";
     }
 }
+
+#ifdef SHMP_FAULT_INJECTION
+#include <signal.h>
+
+/* Process-local on purpose: nothing in shared memory can trigger a fault. */
+static _Atomic uint32_t fault_armed;
+
+int shmp_fault_arm(uint32_t point)
+{
+    atomic_store_explicit(&fault_armed, point, memory_order_relaxed);
+    return SHMP_OK;
+}
+
+void shmp_fault_point(uint32_t point)
+{
+    uint32_t want = point;
+    /* Fires once: the exchange disarms it, so a continued process goes on. */
+    if (point != SHMP_FAULT_NONE &&
+        atomic_compare_exchange_strong_explicit(&fault_armed, &want, SHMP_FAULT_NONE,
+                                                memory_order_relaxed, memory_order_relaxed))
+        raise(SIGSTOP);
+}
+#endif

@@ -369,6 +369,7 @@ int shmp_ring_put(shmp_ring *r, const char *data, uint32_t len, uint32_t tag, in
     /* release: publishes header and payload; pairs with the consumer's
      * acquire load of tail.                                              */
     atomic_store_explicit(&r->sh->tail, tail + need, memory_order_release);
+    SHMP_FAULT(SHMP_FAULT_PRODUCER_PUBLISHED);
     atomic_fetch_add_explicit(&r->sh->tail_count, 1, memory_order_release);
     PUNLOCK(r);
     wake_consumers(r);
@@ -419,6 +420,7 @@ int shmp_ring_put_many(shmp_ring *r, const void *blob, const uint32_t *lens,
         } while (done < count && lens[done] <= maxrec &&
                  free_bytes(r, tail) >= rec_size(lens[done]));
         atomic_store_explicit(&r->sh->tail, tail, memory_order_release);   /* publish batch */
+        SHMP_FAULT(SHMP_FAULT_PRODUCER_PUBLISHED);
         atomic_fetch_add_explicit(&r->sh->tail_count, done - first, memory_order_release);
         PUNLOCK(r);
         wake_consumers(r);
@@ -593,6 +595,7 @@ static void finish_consume(shmp_ring *r, uint64_t new_head, uint64_t records)
     /* release: our reads of the records are done before the producer may
      * reuse their bytes; pairs with the producer's acquire load of head. */
     atomic_store_explicit(&r->sh->head, new_head, memory_order_release);
+    SHMP_FAULT(SHMP_FAULT_CONSUMER_PUBLISHED);
     atomic_fetch_add_explicit(&r->sh->head_count, records, memory_order_release);
 }
 

@@ -149,6 +149,14 @@ int  shmp_lock_init(pthread_mutex_t *m);
 int  shmp_lock_acquire(pthread_mutex_t *m, int64_t timeout_ns);
 void shmp_lock_release(pthread_mutex_t *m);
 
+/* Fault points (shmproc.h, test builds only). */
+#ifdef SHMP_FAULT_INJECTION
+void shmp_fault_point(uint32_t point);
+#  define SHMP_FAULT(point) shmp_fault_point(point)
+#else
+#  define SHMP_FAULT(point) ((void)0)
+#endif
+
 /* Wait until *word != expected, with spinning first (wait.c). */
 int  shmp_wait_change(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
 /* Deadline helpers: negative timeout = forever (deadline UINT64_MAX). */

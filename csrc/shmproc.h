@@ -228,4 +228,21 @@ int  shmp_store_u32(void *word, uint32_t value);        /* release store, then w
 
 /* CDEF-END */
 
+/* ---- fault injection: test builds only ----------------------------------
+ * Compiled only with -DSHMP_FAULT_INJECTION (SHMPROC_FAULTS=1 at build
+ * time; tests/faults.py and tests/asan.py build such a copy), so release
+ * builds carry no hook.  An armed point stops the calling process with
+ * SIGSTOP when it is reached, once; the test then kills it there, which
+ * is how a death between two shared stores is made deterministic.      */
+#ifdef SHMP_FAULT_INJECTION
+/* CDEF-FAULTS-BEGIN */
+enum {
+    SHMP_FAULT_NONE               = 0,
+    SHMP_FAULT_PRODUCER_PUBLISHED = 1,  /* after the tail store, before tail_count */
+    SHMP_FAULT_CONSUMER_PUBLISHED = 2   /* after the head store, before head_count */
+};
+int shmp_fault_arm(uint32_t point);
+/* CDEF-FAULTS-END */
+#endif
+
 #endif /* SHMPROC_H */
