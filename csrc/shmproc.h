@@ -234,15 +234,13 @@ int  shmp_store_u32(void *word, uint32_t value);        /* release store, then w
  * builds carry no hook.  An armed point stops the calling process with
  * SIGSTOP when it is reached, once; the test then kills it there, which
  * is how a death between two shared stores is made deterministic.      */
-#ifdef SHMP_FAULT_INJECTION
 /* CDEF-FAULTS-BEGIN */
 enum {
     SHMP_FAULT_NONE               = 0,
     SHMP_FAULT_PRODUCER_PUBLISHED = 1,  /* after the tail store, before tail_count */
     SHMP_FAULT_CONSUMER_PUBLISHED = 2   /* after the head store, before head_count */
 };
-int shmp_fault_arm(uint32_t point);
+int shmp_fault_arm(uint32_t point);     /* defined only with SHMP_FAULT_INJECTION */
 /* CDEF-FAULTS-END */
-#endif
 
 #endif /* SHMPROC_H */

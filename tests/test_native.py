@@ -40,7 +40,7 @@ def get(ring, cap=1 << 20, timeout=0):
 # ---- basics ------------------------------------------------------------------
 
 def test_abi_clock_and_strings():
-    assert lib.shmp_abi_version() == 1
+    assert lib.shmp_abi_version() == 2
     a = lib.shmp_now_ns()
     b = lib.shmp_now_ns()
     assert 0 < a <= b
