@@ -8,6 +8,7 @@ the test SIGKILLs it there.
 """
 import multiprocessing as mp
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -142,3 +143,127 @@ def test_producer_killed_between_tail_and_count_keeps_max_items(op):
         assert ring.count() == 1
     finally:
         ring.close()
+
+
+@pytest.mark.parametrize("multi", [True, False])
+def test_producer_killed_before_its_wake_up_strands_no_sleeping_consumer(multi):
+    import threading
+    ring = native.Ring.create(4096, multi_producer=multi, multi_consumer=multi)
+    result = []
+
+    def consume():
+        t0 = time.monotonic()
+        result.append((get(ring, timeout=6_000_000_000), time.monotonic() - t0))
+
+    try:
+        th = threading.Thread(target=consume)
+        th.start()
+        time.sleep(0.3)                         # asleep on the futex by now
+        killed = time.monotonic()
+        kill_at(ring, "SHMP_FAULT_PRODUCER_PUBLISHED", "put")   # published, no wake-up
+        th.join(10)
+        (rc, data), _ = result[0]
+        assert (rc, data) == (OK, b"late")
+        # Before: asleep until its own timeout (6 s), the record in plain view.
+        assert time.monotonic() - killed < 3.0
+    finally:
+        ring.close()
+
+
+# ---- 9d: Ctrl-C while another process sits on the side lock -------------------
+
+def _hold_consumer_lock_and_stop(fd):
+    ring = native.Ring.attach(os.dup(fd))
+    rc, _, _ = ring.peek(-1)                # peek keeps the consumer lock until release()
+    if rc != OK:
+        os._exit(2)
+    os.kill(os.getpid(), signal.SIGSTOP)
+    os._exit(3)
+
+
+class StoppedLockHolder:
+    """A child process stopped while it holds `ring`'s consumer lock."""
+
+    def __init__(self, ring):
+        self.proc = FORK.Process(target=_hold_consumer_lock_and_stop, args=(ring.fd,))
+
+    def __enter__(self):
+        self.proc.start()
+        try:
+            _wait_stopped(self.proc)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.join(10)
+
+
+def test_lock_wait_returns_eintr_between_slices():
+    ring = native.Ring.create(4096, multi_producer=True, multi_consumer=True)
+    try:
+        assert ring.put(b"one", 3, 0, 0) == OK
+        assert ring.put(b"two", 3, 0, 0) == OK
+        with StoppedLockHolder(ring):
+            t0 = time.monotonic()
+            rc, _ = get(ring, timeout=3_000_000_000)
+            waited = time.monotonic() - t0
+        # Before: the lock wait ran to its deadline, deaf to signals (ETIMEDOUT).
+        assert rc == native.EINTR and waited < 2.0
+        # The holder died in its peek, before release: "one" was never taken.
+        assert get(ring, timeout=1_000_000_000) == (OK, b"one")
+    finally:
+        ring.close()
+
+
+def _blocked_get(q, conn):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    import threading
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    try:
+        q.get()
+        conn.send(("got an item", 0.0))
+    except KeyboardInterrupt:
+        conn.send(("interrupted", time.monotonic() - t0))
+    os._exit(0)
+
+
+def test_ctrl_c_interrupts_a_get_blocked_on_a_stopped_lock_holder():
+    q = shmproc.Queue()
+    try:
+        q.put(b"one")
+        q.put(b"two")
+        with StoppedLockHolder(q._ring):
+            mine, theirs = FORK.Pipe(duplex=False)
+            victim = FORK.Process(target=_blocked_get, args=(q, theirs))
+            victim.start()
+            try:
+                answered = mine.poll(10)
+                outcome = mine.recv() if answered else ("still blocked", None)
+            finally:
+                victim.kill()
+                victim.join(10)
+                mine.close()
+                theirs.close()
+        assert outcome[0] == "interrupted", outcome
+        assert outcome[1] < 5.0
+    finally:
+        q.close()
+
+
+def test_timeout_bounds_a_get_blocked_on_a_stopped_lock_holder():
+    q = shmproc.Queue()
+    try:
+        q.put(b"one")
+        q.put(b"two")
+        with StoppedLockHolder(q._ring):
+            t0 = time.monotonic()
+            with pytest.raises(queue.Empty):
+                q.get(timeout=0.5)
+            waited = time.monotonic() - t0
+        assert 0.4 < waited < 5.0
+    finally:
+        q.close()
