@@ -32,6 +32,8 @@ const char *shmp_strerror(int status)
     case SHMP_ESMALLBUF: return "destination buffer too small";
     case SHMP_ESTATE:    return "operation not valid in the current state";
     case SHMP_EPEER:     return "peer process or descriptor is gone";
+    case SHMP_EABI:      return "shared memory was made by a different shmproc version";
+    case SHMP_EFOREIGN:  return "shared memory belongs to another user";
     default:             return "unknown status";
     }
 }

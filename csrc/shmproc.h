@@ -41,7 +41,9 @@ enum {
     SHMP_ETOOBIG    = -10,  /* record can never fit in this ring */
     SHMP_ESMALLBUF  = -11,  /* destination buffer too small; need is reported */
     SHMP_ESTATE     = -12,  /* call not valid in the current state */
-    SHMP_EPEER      = -13   /* the peer process or its descriptor is gone */
+    SHMP_EPEER      = -13,  /* the peer process or its descriptor is gone */
+    SHMP_EABI       = -14,  /* segment made by another shmproc ABI version; see shmp_seg_identify */
+    SHMP_EFOREIGN   = -15   /* segment owned by another user; see shmp_seg_identify */
 };
 
 /* ---- segment kinds ----------------------------------------------------- */
@@ -118,6 +120,10 @@ int  shmp_seg_unmap(void *payload, uint64_t payload_size);
 int  shmp_seg_payload_size(const void *payload, uint64_t *size_out);
 int  shmp_seg_open_peer(int32_t pid, int32_t fd, int *fd_out);
 int  shmp_seg_verify(const void *payload, uint32_t kind);
+/* What a descriptor holds, to explain SHMP_EABI / SHMP_EFOREIGN: the ABI
+ * version in its header (0 if it has no shmproc magic) and its owner's
+ * uid.  Reads with pread/fstat; maps nothing.                           */
+int  shmp_seg_identify(int fd, uint32_t *abi_out, uint32_t *owner_uid_out);
 
 /* ---- ring: bounded ring of variable-length records ---------------------
  * Lives in its own segment.  Single-producer/single-consumer operations are
@@ -171,12 +177,16 @@ int  shmp_ring_is_closed(const shmp_ring *ring);
 
 /* ---- control blocks: one cache-line-aligned block per worker -----------
  * A control segment holds `count` blocks.  The worker writes with plain
- * atomic stores; the parent reads at any time.                          */
+ * atomic stores; the parent reads at any time.  `count` passed to get and
+ * payload_size is the caller's own (from create or attach), never re-read
+ * from shared memory, so a damaged count cannot move a block pointer or
+ * an unmap outside the segment.                                         */
 typedef struct shmp_control shmp_control;
 
 int  shmp_ctl_create(uint32_t count, int *fd_out, void **payload_out);
 int  shmp_ctl_attach(int fd, void **payload_out, uint32_t *count_out);
-int  shmp_ctl_get(void *payload, uint32_t index, shmp_control **ctl_out);
+int  shmp_ctl_get(void *payload, uint32_t count, uint32_t index, shmp_control **ctl_out);
+uint64_t shmp_ctl_payload_size(uint32_t count);     /* 0 if count is out of range */
 int  shmp_ctl_reset(shmp_control *ctl);
 
 uint32_t shmp_ctl_state(const shmp_control *ctl);

@@ -267,3 +267,80 @@ def test_timeout_bounds_a_get_blocked_on_a_stopped_lock_holder():
         assert 0.4 < waited < 5.0
     finally:
         q.close()
+
+
+# ---- 10: segments from another ABI version or another user ----------------------
+
+PAGE = 4096
+
+
+def test_segment_of_another_abi_version_names_both_versions():
+    blob = native.Blob.create(PAGE)
+    ring = native.Ring.create(4096)
+    try:
+        for fd in (blob.fd, ring.fd):
+            with open(f"/proc/self/fd/{fd}", "r+b", buffering=0) as f:
+                f.seek(8)
+                f.write((1).to_bytes(4, "little"))          # abi_version: an older shmproc
+        with pytest.raises(shmproc.SharedMemoryVersionError,
+                           match="ABI version 1, this shmproc speaks version 2") as info:
+            native.Blob.attach(blob.fd)
+        assert (info.value.found, info.value.expected) == (1, lib.shmp_abi_version())
+        assert isinstance(info.value, CorruptSharedMemoryError)
+        with pytest.raises(shmproc.SharedMemoryVersionError, match="version 1"):
+            native.Ring.attach(os.dup(ring.fd))
+    finally:
+        blob.close_fd()
+        ring.close()
+
+
+def _make_segment_as(uid, conn):
+    os.setgid(uid)
+    os.setuid(uid)
+    blob = native.Blob.create(PAGE)
+    conn.send(blob.fd)
+    conn.recv()                             # keep the descriptor open until the parent has it
+    os._exit(0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_segment_of_another_user_is_refused():
+    mine, theirs = FORK.Pipe()
+    p = FORK.Process(target=_make_segment_as, args=(65534, theirs))
+    p.start()
+    try:
+        their_fd = mine.recv()
+        fd = native.open_peer_fd(p.pid, their_fd)
+        mine.send("done")
+        try:
+            with pytest.raises(shmproc.ForeignSharedMemoryError, match="belongs to user 65534") as info:
+                native.Blob.attach(fd)
+            assert info.value.owner_uid == 65534
+        finally:
+            os.close(fd)
+    finally:
+        p.join(10)
+        mine.close()
+        theirs.close()
+
+
+def test_control_block_count_is_bounded_by_the_callers_count():
+    ctl = native.ControlArray.create(2)
+    try:
+        out = ffi.new("shmp_control **")
+        with open(f"/proc/self/fd/{ctl.fd}", "r+b", buffering=0) as f:
+            f.seek(PAGE)                                    # the shared count
+            f.write((1000).to_bytes(4, "little"))
+            # The shared count no longer matches ours: an error, and never a
+            # block pointer beyond the two blocks that exist.
+            assert lib.shmp_ctl_get(ctl._payload, 2, 1, out) == lib.SHMP_ECORRUPT
+            assert lib.shmp_ctl_get(ctl._payload, 2, 500, out) == lib.SHMP_EINVAL
+            with pytest.raises(CorruptSharedMemoryError):
+                native.ControlArray.attach(os.dup(ctl.fd))
+            f.seek(PAGE)
+            f.write((2).to_bytes(4, "little"))
+        other = native.ControlArray.attach(os.dup(ctl.fd))
+        assert other.count == 2
+        other.close()
+    finally:
+        ctl.close()

@@ -483,7 +483,7 @@ def test_control_bad_arguments():
     assert lib.shmp_ctl_create(1 << 20, fd, p) == lib.SHMP_EINVAL
     ctl = native.ControlArray.create(2)
     out = ffi.new("shmp_control **")
-    assert lib.shmp_ctl_get(ctl._payload, 2, out) == lib.SHMP_EINVAL
+    assert lib.shmp_ctl_get(ctl._payload, ctl.count, 2, out) == lib.SHMP_EINVAL
     for f in (lib.shmp_ctl_set_state, lib.shmp_ctl_set_lap, lib.shmp_ctl_set_lives):
         assert f(ffi.NULL, 1) == lib.SHMP_EINVAL
     assert lib.shmp_ctl_request_stop(ffi.NULL) == lib.SHMP_EINVAL
