@@ -12,7 +12,9 @@
  *   - Out-parameters are written only on success unless documented.
  *   - Timeouts are in nanoseconds; a negative timeout means "wait forever";
  *     0 means "do not wait".  Waits may return SHMP_EINTR when a signal
- *     arrives so that the caller (Python) can run its signal handlers.
+ *     arrives, and a wait for a ring's side lock returns it after each
+ *     50 ms slice, so that the caller (Python) can run its signal handlers;
+ *     the caller then retries with the time left.
  *   - File descriptors handed to *_attach are borrowed: the caller keeps
  *     ownership and may close them once the call returns (the mapping
  *     stays valid).  Descriptors returned by *_create are owned by the
@@ -37,7 +39,7 @@ enum {
     SHMP_EFULL      = -6,   /* ring has no room for the record now */
     SHMP_EEMPTY     = -7,   /* ring has no record now */
     SHMP_ETIMEDOUT  = -8,   /* a wait ran out of time */
-    SHMP_EINTR      = -9,   /* a wait was interrupted by a signal */
+    SHMP_EINTR      = -9,   /* a wait was interrupted (a signal, or a lock-wait slice): retry */
     SHMP_ETOOBIG    = -10,  /* record can never fit in this ring */
     SHMP_ESMALLBUF  = -11,  /* destination buffer too small; need is reported */
     SHMP_ESTATE     = -12,  /* call not valid in the current state */

@@ -295,22 +295,24 @@ def test_segment_of_another_abi_version_names_both_versions():
 
 
 def _make_segment_as(uid, conn):
+    from multiprocessing.reduction import send_handle
     os.setgid(uid)
     os.setuid(uid)
     blob = native.Blob.create(PAGE)
-    conn.send(blob.fd)
-    conn.recv()                             # keep the descriptor open until the parent has it
+    send_handle(conn, blob.fd, os.getppid())
+    conn.poll(20)                           # keep the segment until the parent has it
     os._exit(0)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 def test_segment_of_another_user_is_refused():
+    from multiprocessing.reduction import recv_handle
     mine, theirs = FORK.Pipe()
     p = FORK.Process(target=_make_segment_as, args=(65534, theirs))
     p.start()
     try:
-        their_fd = mine.recv()
-        fd = native.open_peer_fd(p.pid, their_fd)
+        assert mine.poll(20), "the other user's process sent no descriptor"
+        fd = recv_handle(mine)
         mine.send("done")
         try:
             with pytest.raises(shmproc.ForeignSharedMemoryError, match="belongs to user 65534") as info:
@@ -319,7 +321,10 @@ def test_segment_of_another_user_is_refused():
         finally:
             os.close(fd)
     finally:
-        p.join(10)
+        p.join(20)
+        if p.exitcode is None:
+            p.kill()
+            p.join(10)
         mine.close()
         theirs.close()
 
