@@ -172,9 +172,12 @@ def test_producer_killed_before_its_wake_up_strands_no_sleeping_consumer(multi):
 
 # ---- 9d: Ctrl-C while another process sits on the side lock -------------------
 
-def _hold_consumer_lock_and_stop(fd):
+def _hold_lock_and_stop(fd, side):
     ring = native.Ring.attach(os.dup(fd))
-    rc, _, _ = ring.peek(-1)                # peek keeps the consumer lock until release()
+    if side == "consumer":
+        rc, _, _ = ring.peek(-1)            # peek keeps the consumer lock until release()
+    else:
+        rc, _ = ring.reserve(8, -1)         # reserve keeps the producer lock until commit()
     if rc != OK:
         os._exit(2)
     os.kill(os.getpid(), signal.SIGSTOP)
@@ -182,10 +185,10 @@ def _hold_consumer_lock_and_stop(fd):
 
 
 class StoppedLockHolder:
-    """A child process stopped while it holds `ring`'s consumer lock."""
+    """A child process stopped while it holds one of `ring`'s side locks."""
 
-    def __init__(self, ring):
-        self.proc = FORK.Process(target=_hold_consumer_lock_and_stop, args=(ring.fd,))
+    def __init__(self, ring, side="consumer"):
+        self.proc = FORK.Process(target=_hold_lock_and_stop, args=(ring.fd, side))
 
     def __enter__(self):
         self.proc.start()
@@ -218,27 +221,31 @@ def test_lock_wait_returns_eintr_between_slices():
         ring.close()
 
 
-def _blocked_get(q, conn):
+def _blocked_call(q, side, conn):
     signal.signal(signal.SIGINT, signal.default_int_handler)
     import threading
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
     t0 = time.monotonic()
     try:
-        q.get()
-        conn.send(("got an item", 0.0))
+        if side == "consumer":
+            q.get()
+        else:
+            q.put(b"blocked")
+        conn.send(("returned", 0.0))
     except KeyboardInterrupt:
         conn.send(("interrupted", time.monotonic() - t0))
     os._exit(0)
 
 
-def test_ctrl_c_interrupts_a_get_blocked_on_a_stopped_lock_holder():
+@pytest.mark.parametrize("side", ["consumer", "producer"])
+def test_ctrl_c_interrupts_a_call_blocked_on_a_stopped_lock_holder(side):
     q = shmproc.Queue()
     try:
         q.put(b"one")
         q.put(b"two")
-        with StoppedLockHolder(q._ring):
+        with StoppedLockHolder(q._ring, side):
             mine, theirs = FORK.Pipe(duplex=False)
-            victim = FORK.Process(target=_blocked_get, args=(q, theirs))
+            victim = FORK.Process(target=_blocked_call, args=(q, side, theirs))
             victim.start()
             try:
                 answered = mine.poll(10)
