@@ -241,6 +241,9 @@ def test_fuzz_control_blocks(count, edits):
     try:
         for off, value in edits:
             write_at(ctl.fd, PAGE + off, value)
+        size = os.fstat(ctl.fd).st_size
+        blocks_at, blocks_end = PAGE + 64, PAGE + 64 + 128 * count     # csrc/shmp_internal.h
+        before = read_at(ctl.fd, 0, size)
         try:
             other = native.ControlArray.attach(os.dup(ctl.fd))
         except CorruptSharedMemoryError:
@@ -257,6 +260,10 @@ def test_fuzz_control_blocks(count, edits):
                 assert c.enter(1, 1000) >= 0 and c.leave() >= 0 and c.end_lap() >= 0
         if other is not None:
             other.close()
+        # The calls wrote inside the blocks and nowhere else.
+        after = read_at(ctl.fd, 0, size)
+        assert after[:blocks_at] == before[:blocks_at]
+        assert after[blocks_end:] == before[blocks_end:]
     finally:
         ctl.close()
 

@@ -8,6 +8,7 @@ the test SIGKILLs it there.
 """
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import subprocess
@@ -294,6 +295,8 @@ def test_segment_of_another_abi_version_names_both_versions():
             native.Blob.attach(blob.fd)
         assert (info.value.found, info.value.expected) == (1, lib.shmp_abi_version())
         assert isinstance(info.value, CorruptSharedMemoryError)
+        again = pickle.loads(pickle.dumps(info.value))          # errors travel between processes
+        assert (again.found, again.expected, str(again)) == (1, 2, str(info.value))
         with pytest.raises(shmproc.SharedMemoryVersionError, match="version 1"):
             native.Ring.attach(os.dup(ring.fd))
     finally:
