@@ -127,6 +127,34 @@ def test_queue_maxsize_one_survives_a_consumer_killed_mid_get():
         q.close()
 
 
+def test_producer_already_waiting_for_room_notices_the_dead_consumer():
+    import threading
+    q = shmproc.Queue(maxsize=1)
+    outcome = []
+
+    def produce():
+        try:
+            q.put(b"second", timeout=8)
+            outcome.append("put")
+        except queue.Full:
+            outcome.append("full")
+
+    try:
+        q.put(b"first")
+        th = threading.Thread(target=produce)
+        th.start()
+        time.sleep(0.3)                         # asleep, waiting for room
+        killed = time.monotonic()
+        kill_at(q._ring, "SHMP_FAULT_CONSUMER_PUBLISHED", "get")
+        th.join(15)
+        # Nobody wakes it and no consumer comes: it must find the dead
+        # consumer's count itself, well before its own timeout.
+        assert outcome == ["put"] and time.monotonic() - killed < 4.0
+        assert q.get(timeout=5) == b"second"
+    finally:
+        q.close()
+
+
 @pytest.mark.parametrize("op", ["put", "put_many"])
 def test_producer_killed_between_tail_and_count_keeps_max_items(op):
     ring = native.Ring.create(4096, multi_producer=True, multi_consumer=True, max_items=1)
