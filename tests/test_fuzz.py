@@ -15,14 +15,12 @@ SHMPROC_FUZZ_EXAMPLES raises the number of examples (default: modest, so
 that this file stays well under a minute).
 """
 import os
-import pickle
 import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import shmproc
 from shmproc import native, taskwire, transfer
 from shmproc.errors import CorruptSharedMemoryError
 from shmproc.native import OK, ffi, lib

@@ -11,9 +11,6 @@ import os
 import pickle
 import queue
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
