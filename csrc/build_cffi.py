@@ -7,6 +7,7 @@ part of ``shmproc.h`` and the sources are every ``*.c`` here.
 Environment switches (read at build time):
   SHMPROC_SANITIZE=1   build with AddressSanitizer + UBSan (tests/asan.py)
   SHMPROC_PORTABLE=1   use the portable segment/wait layer even on Linux
+  SHMPROC_FAULTS=1     compile the test-only fault points (shmproc.h, tests/faults.py)
 """
 import os
 import pathlib
@@ -18,14 +19,19 @@ HERE = pathlib.Path(__file__).resolve().parent
 MODULE_NAME = "shmproc._shmp_cffi"
 
 
-def read_cdef(header: pathlib.Path) -> str:
+def read_cdef(header: pathlib.Path, part: str = "CDEF") -> str:
     text = header.read_text()
+    begin, end_mark = f"/* {part}-BEGIN */", f"/* {part}-END */"
     try:
-        start = text.index("/* CDEF-BEGIN */") + len("/* CDEF-BEGIN */")
-        end = text.index("/* CDEF-END */")
+        start = text.index(begin) + len(begin)
+        end = text.index(end_mark)
     except ValueError:
-        raise RuntimeError(f"{header} lacks the CDEF-BEGIN/CDEF-END markers") from None
+        raise RuntimeError(f"{header} lacks the {part}-BEGIN/{part}-END markers") from None
     return text[start:end]
+
+
+def fault_injection() -> bool:
+    return os.environ.get("SHMPROC_FAULTS") == "1"
 
 
 def compile_flags():
@@ -39,6 +45,8 @@ def compile_flags():
         link += san
     if os.environ.get("SHMPROC_PORTABLE") == "1":
         flags.append("-DSHMP_PORTABLE=1")
+    if fault_injection():
+        flags.append("-DSHMP_FAULT_INJECTION=1")
     return flags, link
 
 
@@ -47,6 +55,8 @@ def make_builder(module_name: str = MODULE_NAME, absolute_paths: bool = False) -
     setuptools wants paths relative to the project root."""
     ffi = FFI()
     ffi.cdef(read_cdef(HERE / "shmproc.h"))
+    if fault_injection():
+        ffi.cdef(read_cdef(HERE / "shmproc.h", "CDEF-FAULTS"))
     cwd = pathlib.Path.cwd()
     sources = sorted(str(p if absolute_paths or not p.is_relative_to(cwd) else p.relative_to(cwd))
                      for p in HERE.glob("*.c"))

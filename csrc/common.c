@@ -32,6 +32,31 @@ const char *shmp_strerror(int status)
     case SHMP_ESMALLBUF: return "destination buffer too small";
     case SHMP_ESTATE:    return "operation not valid in the current state";
     case SHMP_EPEER:     return "peer process or descriptor is gone";
+    case SHMP_EABI:      return "shared memory was made by a different shmproc version";
+    case SHMP_EFOREIGN:  return "shared memory belongs to another user";
     default:             return "unknown status";
     }
 }
+
+#ifdef SHMP_FAULT_INJECTION
+#include <signal.h>
+
+/* Process-local on purpose: nothing in shared memory can trigger a fault. */
+static _Atomic uint32_t fault_armed;
+
+int shmp_fault_arm(uint32_t point)
+{
+    atomic_store_explicit(&fault_armed, point, memory_order_relaxed);
+    return SHMP_OK;
+}
+
+void shmp_fault_point(uint32_t point)
+{
+    uint32_t want = point;
+    /* Fires once: the exchange disarms it, so a continued process goes on. */
+    if (point != SHMP_FAULT_NONE &&
+        atomic_compare_exchange_strong_explicit(&fault_armed, &want, SHMP_FAULT_NONE,
+                                                memory_order_relaxed, memory_order_relaxed))
+        raise(SIGSTOP);
+}
+#endif

@@ -19,11 +19,18 @@
 #define ACQUIRE memory_order_acquire
 #define RELEASE memory_order_release
 
+uint64_t shmp_ctl_payload_size(uint32_t count)
+{
+    if (count == 0 || count > MAX_BLOCKS)
+        return 0;
+    return sizeof(shmp_control_array) + (uint64_t)count * sizeof(shmp_control_shared);
+}
+
 int shmp_ctl_create(uint32_t count, int *fd_out, void **payload_out)
 {
     if (count == 0 || count > MAX_BLOCKS || fd_out == NULL || payload_out == NULL)
         return SHMP_EINVAL;
-    uint64_t size = sizeof(shmp_control_array) + (uint64_t)count * sizeof(shmp_control_shared);
+    uint64_t size = shmp_ctl_payload_size(count);
     int rc = shmp_seg_create(SHMP_KIND_CONTROL, size, fd_out, payload_out);
     if (rc == SHMP_OK)
         ((shmp_control_array *)*payload_out)->count = count;   /* pages start zeroed */
@@ -39,9 +46,10 @@ int shmp_ctl_attach(int fd, void **payload_out, uint32_t *count_out)
     int rc = shmp_seg_attach(fd, SHMP_KIND_CONTROL, &payload, &size);
     if (rc != SHMP_OK)
         return rc;
+    /* Exactly the size create() makes for this count: the caller unmaps
+     * with shmp_ctl_payload_size(count), so it must be the mapped size.  */
     uint32_t count = ((shmp_control_array *)payload)->count;
-    if (count == 0 || count > MAX_BLOCKS ||
-        sizeof(shmp_control_array) + (uint64_t)count * sizeof(shmp_control_shared) > size) {
+    if (count == 0 || count > MAX_BLOCKS || shmp_ctl_payload_size(count) != size) {
         shmp_seg_unmap(payload, size);
         return SHMP_ECORRUPT;
     }
@@ -50,16 +58,19 @@ int shmp_ctl_attach(int fd, void **payload_out, uint32_t *count_out)
     return SHMP_OK;
 }
 
-int shmp_ctl_get(void *payload, uint32_t index, shmp_control **ctl_out)
+int shmp_ctl_get(void *payload, uint32_t count, uint32_t index, shmp_control **ctl_out)
 {
-    if (payload == NULL || ctl_out == NULL)
+    if (payload == NULL || ctl_out == NULL || count == 0 || count > MAX_BLOCKS)
         return SHMP_EINVAL;
     int rc = shmp_seg_verify(payload, SHMP_KIND_CONTROL);
     if (rc != SHMP_OK)
         return rc;
     shmp_control_array *a = payload;
-    if (index >= a->count || a->count > MAX_BLOCKS)
+    if (index >= count)
         return SHMP_EINVAL;
+    /* The bound is the caller's count; the shared one must agree with it. */
+    if (a->count != count)
+        return SHMP_ECORRUPT;
     *ctl_out = (shmp_control *)&a->blocks[index];
     return SHMP_OK;
 }

@@ -4,10 +4,18 @@
  *
  * Why robust: a process can be SIGKILLed while it holds the lock.  A
  * robust mutex hands the next locker EOWNERDEAD instead of blocking it for
- * ever.  The ring keeps its shared state consistent at every instant (a
- * record becomes visible only through one final index store), so the
- * recovering process marks the mutex consistent and carries on: the dead
- * holder's half-written record simply never existed.
+ * ever.  A record becomes visible only through one index store, so a dead
+ * holder's half-written record simply never existed; the one thing it can
+ * leave half done is the record count stored after the index, which the
+ * caller repairs from the side's journal when told SHMP_LOCK_RECOVERED
+ * (ring.c).  The lock is marked consistent here, before the repair: it is
+ * held by us either way, and no one else can see the difference.
+ *
+ * What cannot be checked: the mutex itself lives in shared memory and
+ * glibc follows the pointers of its robust list there.  A process that
+ * scribbles over a held lock can crash the holder; that is why every
+ * process holding a segment's descriptor is trusted (docs/architecture.md,
+ * "Trust boundary").
  */
 #define _GNU_SOURCE
 #include "shmp_internal.h"
@@ -63,7 +71,7 @@ int shmp_lock_acquire(pthread_mutex_t *m, int64_t timeout_ns)
         /* The previous holder died inside its critical section; the ring
          * state it guards is consistent by construction (see above).      */
         pthread_mutex_consistent(m);
-        return SHMP_OK;
+        return SHMP_LOCK_RECOVERED;
     }
     if (rc == EBUSY || rc == ETIMEDOUT)
         return SHMP_ETIMEDOUT;

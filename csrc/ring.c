@@ -24,9 +24,18 @@
  *
  * Sides.  Single-producer/single-consumer use takes no lock at all.  With
  * SHMP_RING_MULTI_PRODUCER (or _CONSUMER) the side's operations are
- * serialised by a robust process-shared mutex (lock.c); a holder that dies
- * leaves no trace because nothing is visible until the final index store.
- * Waiting for space or data happens with the lock released.
+ * serialised by a robust process-shared mutex (lock.c).  Nothing a holder
+ * writes is visible before its index store, so a holder that dies leaves
+ * no half record; what it can leave half done is the record count stored
+ * just after the index, and the side's journal (below) repairs that.
+ * Waiting for space or data happens with the lock released, and waiting
+ * for the lock itself happens in slices, so Ctrl-C works while another
+ * process sits on the lock (side_lock).
+ *
+ * Trust.  Every index, length and flag read from shared memory is checked
+ * before it is used to address the data area: a damaged ring gives
+ * SHMP_ECORRUPT, never an access outside the data area (docs/architecture.md,
+ * "Trust boundary").
  */
 #include "shmp_internal.h"
 
@@ -38,7 +47,19 @@
 #define REC_HDR   8u
 #define MIN_CAP   64u
 #define MAX_CAP   (1ull << 36)          /* 64 GiB of ring is plenty */
-#define LOCK_SLICE_NS 50000000          /* try-ops wait this long for a busy side lock */
+/* A side lock is awaited in slices this long; between slices a blocking
+ * call returns SHMP_EINTR so the caller (Python) can run its signal
+ * handlers, then calls again with the time left.  A try-op (timeout 0)
+ * waits one slice: the lock is normally held only for a copy.          */
+#define LOCK_SLICE_NS 50000000
+/* A sleeper re-checks its condition at least this often even if no wake-up
+ * comes: a peer killed after publishing but before its wake-up call must
+ * not leave anyone asleep for ever (DESIGN: a dead writer blocks no one
+ * for more than 1 s).                                                  */
+#define WAIT_SLICE_NS 200000000
+/* A producer held back by max_items looks this often for a consumer that
+ * died holding the consumer lock (recover_dead_consumer).              */
+#define PROBE_NS      100000000
 
 struct shmp_ring {
     shmp_ring_shared *sh;
@@ -48,9 +69,19 @@ struct shmp_ring {
     uint64_t mask;
     uint64_t max_items;
     uint32_t flags;
-    /* Each side's last view of the other's index.  Atomic (relaxed) only
-     * because threads of one process may share a handle; a stale value is
-     * always safe: it under-states both free space and available data.  */
+    /* Each side's last view of the other's index.  Threads of one process
+     * may share a handle, and a thread may act on a view another thread
+     * stored: the unlocked spin in wait_for() stores views outside the side
+     * lock.  A relaxed view would carry the number but not the ordering: a
+     * consumer thread could read a record's bytes through a cached tail
+     * without the happens-before that the storing thread's acquire load of
+     * `tail` gave it (stale bytes on ARM), and a producer thread could
+     * overwrite bytes a consumer is still reading.  So views are stored
+     * with release (VIEW_STORE) after the acquire load of the peer's index,
+     * and loaded with acquire (VIEW_LOAD): the chain consumer-release ->
+     * thread A acquire -> A release view -> thread B acquire view carries
+     * the peer's ordering to B.  Free on x86.  A stale value is always safe:
+     * it under-states both free space and available data.              */
     _Atomic uint64_t cached_head;       /* producer's view of head */
     _Atomic uint64_t cached_tail;       /* consumer's view of tail */
     /* reserve/commit state (producer) */
@@ -63,6 +94,10 @@ struct shmp_ring {
     uint8_t *bounce;                    /* contiguous copy of a wrapped record */
     uint64_t bounce_cap;
 };
+
+/* Views (see struct shmp_ring): release store pairs with acquire load. */
+#define VIEW_LOAD(x)     atomic_load_explicit(&(x), memory_order_acquire)
+#define VIEW_STORE(x, v) atomic_store_explicit(&(x), (v), memory_order_release)
 
 static inline uint64_t rec_size(uint32_t len)
 {
@@ -92,6 +127,10 @@ static int handle_for(void *payload, uint64_t payload_size, shmp_ring **out)
     if (sizeof(shmp_ring_shared) + cap > payload_size)
         return SHMP_ECORRUPT;
     if ((sh->flags & ~(uint32_t)(SHMP_RING_MULTI_PRODUCER | SHMP_RING_MULTI_CONSUMER)) != 0)
+        return SHMP_ECORRUPT;
+    /* A record takes at least REC_HDR bytes, so more items than that can
+     * never be queued; creation clamps to it, a larger value is damage.  */
+    if (sh->max_items > cap / REC_HDR)
         return SHMP_ECORRUPT;
     uint64_t head = atomic_load_explicit(&sh->head, memory_order_acquire);
     uint64_t tail = atomic_load_explicit(&sh->tail, memory_order_acquire);
@@ -130,7 +169,9 @@ int shmp_ring_create(uint64_t capacity, uint32_t flags, uint64_t max_items,
         return rc;
     shmp_ring_shared *sh = payload;     /* fresh pages are zero */
     sh->capacity = capacity;
-    sh->max_items = max_items;
+    /* No more than capacity / REC_HDR records ever fit: a larger bound
+     * means the same, and attach can then reject larger values as damage. */
+    sh->max_items = max_items > capacity / REC_HDR ? capacity / REC_HDR : max_items;
     sh->flags = flags;
     if ((rc = shmp_lock_init(&sh->producer_lock)) != SHMP_OK ||
         (rc = shmp_lock_init(&sh->consumer_lock)) != SHMP_OK ||
@@ -172,15 +213,32 @@ void shmp_ring_close(shmp_ring *r)
 
 /* ---- side locks ------------------------------------------------------------ */
 
+static void recovered(shmp_ring *r, uint32_t flag);
+
+/* Take a side lock, or return SHMP_EINTR after one slice of waiting.
+ *
+ * pthread_mutex_lock and _clocklock restart their futex wait after a
+ * signal handler returns, so a process stopped (SIGSTOP, a debugger) while
+ * holding the lock would make a blocked get() deaf to Ctrl-C: Python runs
+ * its handlers only when the C call returns.  Waiting in slices and
+ * returning SHMP_EINTR between them gives it that chance; the caller
+ * retries with the time left (queue.py does), so a timeout still bounds
+ * the whole wait and a wait without one still waits for ever.          */
 static int side_lock(shmp_ring *r, uint32_t flag, pthread_mutex_t *m, uint64_t deadline)
 {
     if (!(r->flags & flag))
         return SHMP_OK;
     int64_t left = shmp_remaining(deadline);
-    /* A try-op still waits briefly: the lock is held only for a copy. */
-    if (left == 0)
-        left = LOCK_SLICE_NS;
-    return shmp_lock_acquire(m, left);
+    bool try_op = left == 0;
+    int64_t slice = (try_op || left < 0 || left > LOCK_SLICE_NS) ? LOCK_SLICE_NS : left;
+    int rc = shmp_lock_acquire(m, slice);
+    if (rc == SHMP_LOCK_RECOVERED) {
+        recovered(r, flag);
+        return SHMP_OK;
+    }
+    if (rc == SHMP_ETIMEDOUT && !try_op && shmp_remaining(deadline) != 0)
+        return SHMP_EINTR;
+    return rc;
 }
 
 static void side_unlock(shmp_ring *r, uint32_t flag, pthread_mutex_t *m)
@@ -216,6 +274,117 @@ static void wake_producers(shmp_ring *r)
         shmp_os_futex_wake(&r->sh->space_seq, INT_MAX);
     }
 }
+
+/* ---- the side journal ----------------------------------------------------------
+ *
+ * Finishing an operation takes two stores: the index (tail or head; the
+ * commit point, what the other side acts on) and then the record count
+ * beside it (what max_items and qsize read).  A lock holder killed between
+ * the two would leave the count wrong for ever: a consumer's death leaves
+ * the queue one item fuller than it is (a maxsize=1 queue then stays
+ * full), a producer's lets one item too many in.
+ *
+ * Things that don't work: one store for both (no portable 128-bit
+ * atomic); deriving the count from the bytes (the other side moves them
+ * concurrently); clearing a "busy" flag after the stores (the dead
+ * holder's flag says nothing about which store it reached).
+ *
+ * Solution: a locked side first writes its journal: the index and count
+ * it is about to store.  The next holder of the lock, told by the robust
+ * mutex that its owner died (SHMP_LOCK_RECOVERED), replays: if the index
+ * equals the journal's, the commit happened, so the count is set to the
+ * journal's; otherwise nothing was published and nothing is done.  The
+ * journal is never cleared: a stale entry replays to the values already
+ * there, because the index only moves forward and the count moves only
+ * after a journalled index store.  Journal index first, then journal
+ * count: a death between those two leaves a new index in the journal,
+ * which the old index cannot equal.
+ *
+ * Unlocked sides (single producer or consumer) have no journal: nobody
+ * takes over their side, so there is nothing to replay.
+ */
+static void publish(shmp_ring *r, uint32_t flag, _Atomic uint64_t *index,
+                    _Atomic uint64_t *count, _Atomic uint64_t *j_index,
+                    _Atomic uint64_t *j_count, uint64_t new_index, uint64_t records,
+                    uint32_t fault)
+{
+    (void)fault;
+    /* Our side's count: only we (the lock holder, or the single side) store it. */
+    uint64_t new_count = atomic_load_explicit(count, memory_order_relaxed) + records;
+    if (r->flags & flag) {
+        atomic_store_explicit(j_index, new_index, memory_order_relaxed);
+        /* release: keeps the journal index store before this one even for
+         * a process killed between them (the compiler may not swap them). */
+        atomic_store_explicit(j_count, new_count, memory_order_release);
+    }
+    /* release: publishes the records (producer) or ends our reads of them
+     * (consumer), and the journal above; pairs with the other side's
+     * acquire load of this index, and with replay()'s.                   */
+    atomic_store_explicit(index, new_index, memory_order_release);
+    SHMP_FAULT(fault);
+    /* release: pairs with the acquire load of the counts in room_state()
+     * and shmp_ring_count().                                             */
+    atomic_store_explicit(count, new_count, memory_order_release);
+}
+
+static void replay(_Atomic uint64_t *index, _Atomic uint64_t *count,
+                   _Atomic uint64_t *j_index, _Atomic uint64_t *j_count)
+{
+    /* acquire: pairs with publish()'s release store of the index, so seeing
+     * the dead holder's index means seeing its journal.  (Its stores all
+     * happened before its death; the kernel marks the lock owner-dead from
+     * the dying thread itself, and our lock acquisition read that mark.) */
+    uint64_t at = atomic_load_explicit(index, memory_order_acquire);
+    if (at == atomic_load_explicit(j_index, memory_order_relaxed))
+        atomic_store_explicit(count, atomic_load_explicit(j_count, memory_order_relaxed),
+                              memory_order_release);   /* pairs as publish()'s count store */
+}
+
+static void wake_consumers(shmp_ring *r);
+static void wake_producers(shmp_ring *r);
+
+/* We hold a side lock whose previous holder died: finish its count. */
+static void recovered(shmp_ring *r, uint32_t flag)
+{
+    shmp_ring_shared *sh = r->sh;
+    if (flag == SHMP_RING_MULTI_PRODUCER) {
+        replay(&sh->tail, &sh->tail_count, &sh->tail_journal, &sh->tail_count_journal);
+        wake_consumers(r);          /* it may have died before its wake-up call */
+    } else {
+        replay(&sh->head, &sh->head_count, &sh->head_journal, &sh->head_count_journal);
+        wake_producers(r);          /* its count held producers back */
+    }
+}
+
+/* A consumer killed between its head and count stores leaves the count
+ * high until the next consumer takes the lock.  A producer held back by
+ * max_items must not wait for that: there may be no next consumer, or it
+ * may be asleep waiting for data that this producer cannot put.  So the
+ * producer looks (try-lock only: a live holder is left alone) and replays
+ * the consumer's journal itself.  Lock order: producer, then consumer;
+ * nothing takes them the other way round.  True if it repaired a count. */
+static bool recover_dead_consumer(shmp_ring *r)
+{
+    if (!(r->flags & SHMP_RING_MULTI_CONSUMER))
+        return false;
+    int rc = shmp_lock_acquire(&r->sh->consumer_lock, 0);
+    if (rc < 0)
+        return false;               /* busy: its holder is alive (or we look later) */
+    if (rc == SHMP_LOCK_RECOVERED)
+        replay(&r->sh->head, &r->sh->head_count, &r->sh->head_journal,
+               &r->sh->head_count_journal);
+    shmp_lock_release(&r->sh->consumer_lock);
+    return rc == SHMP_LOCK_RECOVERED;
+}
+
+#define PUBLISH_TAIL(r, t, n) \
+    publish((r), SHMP_RING_MULTI_PRODUCER, &(r)->sh->tail, &(r)->sh->tail_count, \
+            &(r)->sh->tail_journal, &(r)->sh->tail_count_journal, (t), (n), \
+            SHMP_FAULT_PRODUCER_PUBLISHED)
+#define PUBLISH_HEAD(r, h, n) \
+    publish((r), SHMP_RING_MULTI_CONSUMER, &(r)->sh->head, &(r)->sh->head_count, \
+            &(r)->sh->head_journal, &(r)->sh->head_count_journal, (h), (n), \
+            SHMP_FAULT_CONSUMER_PUBLISHED)
 
 /* Wait until `ready(r, arg)` holds, the deadline passes or a signal comes.
  * First spin on the condition itself, without registering as a waiter, so
@@ -260,10 +429,10 @@ static int wait_for(shmp_ring *r, _Atomic uint32_t *seq, _Atomic uint32_t *waite
         atomic_thread_fence(memory_order_seq_cst);  /* pairs with wake_*() fence */
         int rc = SHMP_OK;
         if (!ready(r, arg) && !atomic_load_explicit(&r->sh->closed, memory_order_acquire))
-            rc = shmp_os_futex_wait(seq, s, left);
+            rc = shmp_os_futex_wait(seq, s, (left < 0 || left > WAIT_SLICE_NS) ? WAIT_SLICE_NS : left);
         atomic_fetch_sub_explicit(waiters, 1, memory_order_relaxed);
         if (rc == SHMP_ETIMEDOUT)
-            return ready(r, arg) ? SHMP_OK : SHMP_ETIMEDOUT;
+            continue;               /* a slice ended: the loop re-checks condition and time */
         if (rc != SHMP_OK)
             return rc;
     }
@@ -271,38 +440,57 @@ static int wait_for(shmp_ring *r, _Atomic uint32_t *seq, _Atomic uint32_t *waite
 
 /* ---- producer ---------------------------------------------------------------- */
 
-#define LOAD_RELAXED(x)     atomic_load_explicit(&(x), memory_order_relaxed)
-#define STORE_RELAXED(x, v) atomic_store_explicit(&(x), (v), memory_order_relaxed)
-
 static uint64_t free_bytes(shmp_ring *r, uint64_t tail)
 {
     /* Another producer may have moved tail far past a stale cached head. */
-    uint64_t used = tail - LOAD_RELAXED(r->cached_head);
+    uint64_t used = tail - VIEW_LOAD(r->cached_head);
     return used >= r->cap ? 0 : r->cap - used;
 }
 
+enum { ROOM_YES, ROOM_NO_BYTES, ROOM_NO_ITEMS, ROOM_CORRUPT };
+
 /* Room for `need` bytes (and one more record if bounded)?  Refreshes the
- * cached head only when the cached view says no.                          */
-static bool has_room(shmp_ring *r, uint64_t need)
+ * cached head only when the cached view says no.  Checks what it reads:
+ * a tail off the 8-byte grid would put a record header across the end of
+ * the data area, and tail - head beyond the capacity means one of them
+ * is damaged.                                                           */
+static int room_state(shmp_ring *r, uint64_t need)
 {
     uint64_t tail = atomic_load_explicit(&r->sh->tail, memory_order_relaxed);
+    if ((tail & 7u) != 0)
+        return ROOM_CORRUPT;
     if (free_bytes(r, tail) < need) {
         /* acquire: pairs with the consumer's release store of head, so its
          * reads of the bytes we are about to overwrite are complete.     */
-        STORE_RELAXED(r->cached_head, atomic_load_explicit(&r->sh->head, memory_order_acquire));
+        uint64_t head = atomic_load_explicit(&r->sh->head, memory_order_acquire);
+        if (tail - head > r->cap || (head & 7u) != 0)
+            return ROOM_CORRUPT;
+        VIEW_STORE(r->cached_head, head);   /* release: pairs with VIEW_LOAD in free_bytes */
         if (free_bytes(r, tail) < need)
-            return false;
+            return ROOM_NO_BYTES;
     }
     if (r->max_items != 0) {
-        uint64_t n = atomic_load_explicit(&r->sh->tail_count, memory_order_relaxed) -
-                     atomic_load_explicit(&r->sh->head_count, memory_order_acquire);
-        if ((int64_t)n >= (int64_t)r->max_items)
-            return false;
+        /* acquire: pairs with the release store of head_count in publish(). */
+        int64_t n = (int64_t)(atomic_load_explicit(&r->sh->tail_count, memory_order_relaxed) -
+                              atomic_load_explicit(&r->sh->head_count, memory_order_acquire));
+        /* The counts may disagree with the bytes by a batch in flight either
+         * way (each side stores its count after its index), never by more
+         * than a few ringfuls of minimal records.                         */
+        int64_t limit = 4 * (int64_t)(r->cap / REC_HDR);
+        if (n > limit || n < -limit)
+            return ROOM_CORRUPT;
+        if (n >= (int64_t)r->max_items)
+            return ROOM_NO_ITEMS;
     }
-    return true;
+    return ROOM_YES;
 }
 
-static bool room_ready(shmp_ring *r, uint64_t need) { return has_room(r, need); }
+/* Ready to look again: room, or damage to report under the lock. */
+static bool room_ready(shmp_ring *r, uint64_t need)
+{
+    int s = room_state(r, need);
+    return s == ROOM_YES || s == ROOM_CORRUPT;
+}
 
 static void write_bytes(shmp_ring *r, uint64_t index, const void *src, uint64_t len)
 {
@@ -325,6 +513,8 @@ static void write_record(shmp_ring *r, uint64_t index, const void *data, uint32_
         write_bytes(r, index + REC_HDR, data, len);
 }
 
+static bool recover_dead_consumer(shmp_ring *r);
+
 /* Wait for room with the producer lock released, then take it again. */
 static int acquire_room(shmp_ring *r, uint64_t need, uint64_t deadline, int64_t timeout_ns)
 {
@@ -332,14 +522,30 @@ static int acquire_room(shmp_ring *r, uint64_t need, uint64_t deadline, int64_t 
         int rc = PLOCK(r, deadline);
         if (rc != SHMP_OK)
             return rc;
-        if (has_room(r, need))
+        int room = room_state(r, need);
+        if (room == ROOM_NO_ITEMS && recover_dead_consumer(r))
+            room = room_state(r, need);
+        if (room == ROOM_YES)
             return SHMP_OK;
         PUNLOCK(r);
+        if (room == ROOM_CORRUPT)
+            return SHMP_ECORRUPT;
         if (timeout_ns == 0)
             return SHMP_EFULL;
-        rc = wait_for(r, &r->sh->space_seq, &r->sh->space_waiters, room_ready, need, deadline);
-        if (rc == SHMP_ETIMEDOUT)
-            return SHMP_EFULL;
+        /* Held back by the item count: come back to look for a dead
+         * consumer now and then, since its count may be what holds us.  */
+        uint64_t until = deadline;
+        if (room == ROOM_NO_ITEMS && (r->flags & SHMP_RING_MULTI_CONSUMER)) {
+            uint64_t probe = shmp_deadline(PROBE_NS);
+            if (probe < until)
+                until = probe;
+        }
+        rc = wait_for(r, &r->sh->space_seq, &r->sh->space_waiters, room_ready, need, until);
+        if (rc == SHMP_ETIMEDOUT) {
+            if (shmp_remaining(deadline) == 0)
+                return SHMP_EFULL;
+            continue;
+        }
         if (rc != SHMP_OK)
             return rc;
     }
@@ -375,10 +581,10 @@ int shmp_ring_put_tracked(shmp_ring *r, const char *data, uint32_t len, uint32_t
         return rc;
     uint64_t tail = atomic_load_explicit(&r->sh->tail, memory_order_relaxed);
     write_record(r, tail, data, len, tag);
-    /* release: publishes header and payload; pairs with the consumer's
-     * acquire load of tail.                                              */
-    atomic_store_explicit(&r->sh->tail, tail + need, memory_order_release);
-    *seq_out = atomic_fetch_add_explicit(&r->sh->tail_count, 1, memory_order_release);
+    /* Our record's number: the count of records before it (stable: we
+     * are the only producer, or hold the producer lock).                 */
+    *seq_out = atomic_load_explicit(&r->sh->tail_count, memory_order_relaxed);
+    PUBLISH_TAIL(r, tail + need, 1);        /* header and payload become visible */
     PUNLOCK(r);
     wake_consumers(r);
     return SHMP_OK;
@@ -427,8 +633,7 @@ int shmp_ring_put_many(shmp_ring *r, const void *blob, const uint32_t *lens,
                 break;                  /* bounded: re-check the item limit per record */
         } while (done < count && lens[done] <= maxrec &&
                  free_bytes(r, tail) >= rec_size(lens[done]));
-        atomic_store_explicit(&r->sh->tail, tail, memory_order_release);   /* publish batch */
-        atomic_fetch_add_explicit(&r->sh->tail_count, done - first, memory_order_release);
+        PUBLISH_TAIL(r, tail, done - first);    /* the whole batch at once */
         PUNLOCK(r);
         wake_consumers(r);
     }
@@ -482,10 +687,7 @@ int shmp_ring_commit(shmp_ring *r, uint32_t len, uint32_t tag)
         return SHMP_EINVAL;                 /* may shrink, never grow */
     shmp_rec_header h = { len, tag };
     memcpy(r->data + (r->reserve_pos & r->mask), &h, sizeof h);
-    /* release: publishes the bytes written in place; pairs with the
-     * consumer's acquire load of tail.                                   */
-    atomic_store_explicit(&r->sh->tail, r->reserve_pos + rec_size(len), memory_order_release);
-    atomic_fetch_add_explicit(&r->sh->tail_count, 1, memory_order_release);
+    PUBLISH_TAIL(r, r->reserve_pos + rec_size(len), 1);    /* the bytes written in place */
     r->reserving = 0;
     PUNLOCK(r);
     wake_consumers(r);
@@ -505,16 +707,19 @@ int shmp_ring_abort(shmp_ring *r)
 
 /* ---- consumer ---------------------------------------------------------------- */
 
+/* Data to take (or damage to report under the lock)? */
 static bool has_data(shmp_ring *r, uint64_t unused)
 {
     (void)unused;
     uint64_t head = atomic_load_explicit(&r->sh->head, memory_order_relaxed);
     /* `<=`, not `==`: another consumer may have moved head past our view. */
-    if (LOAD_RELAXED(r->cached_tail) <= head) {
+    if (VIEW_LOAD(r->cached_tail) <= head) {
         /* acquire: pairs with the producer's release store of tail. */
         uint64_t tail = atomic_load_explicit(&r->sh->tail, memory_order_acquire);
-        STORE_RELAXED(r->cached_tail, tail);
-        if (tail <= head)
+        VIEW_STORE(r->cached_tail, tail);   /* release: pairs with VIEW_LOAD here and in next_record */
+        /* A fresh tail behind a head loaded before it is damage, not an
+         * empty ring: say "ready" so that next_record() reports it.      */
+        if (tail == head)
             return false;
     }
     return true;
@@ -537,16 +742,26 @@ static void read_bytes(shmp_ring *r, uint64_t index, void *dst, uint64_t len)
 static int next_record(shmp_ring *r, uint64_t *head, shmp_rec_header *out)
 {
     for (;;) {
-        uint64_t tail = LOAD_RELAXED(r->cached_tail);
-        if (tail <= *head)
-            return SHMP_EEMPTY;
+        uint64_t tail = VIEW_LOAD(r->cached_tail);
+        if (tail <= *head) {
+            /* The view may be older than our head (another thread of this
+             * process stored it); only a fresh tail can say "damaged".   */
+            tail = atomic_load_explicit(&r->sh->tail, memory_order_acquire);  /* pairs with publish() */
+            VIEW_STORE(r->cached_tail, tail);
+            if (tail == *head)
+                return SHMP_EEMPTY;
+            if (tail < *head)
+                return SHMP_ECORRUPT;   /* head past tail: one of them is damaged */
+        }
         uint64_t avail = tail - *head;
-        if (avail < REC_HDR || avail > r->cap)
+        /* A head off the 8-byte grid would read a header across the end of
+         * the data area.                                                 */
+        if (avail < REC_HDR || avail > r->cap || (*head & 7u) != 0)
             return SHMP_ECORRUPT;
         shmp_rec_header h;
         memcpy(&h, r->data + (*head & r->mask), sizeof h);
         uint64_t size = rec_size(h.len);
-        if (h.flags & SHMP_REC_PAD) {
+        if (h.flags == SHMP_REC_PAD) {
             uint64_t to_end = r->cap - (*head & r->mask);
             if (size != to_end || size > avail)
                 return SHMP_ECORRUPT;
@@ -556,7 +771,9 @@ static int next_record(shmp_ring *r, uint64_t *head, shmp_rec_header *out)
             atomic_store_explicit(&r->sh->head, *head, memory_order_release);
             continue;
         }
-        if (size > avail || h.len > shmp_ring_max_record(r))
+        /* Beyond the published bytes, or flags that are neither a tag nor
+         * exactly PAD: damage.                                           */
+        if (size > avail || h.len > shmp_ring_max_record(r) || h.flags >= SHMP_REC_PAD)
             return SHMP_ECORRUPT;
         *out = h;
         return SHMP_OK;
@@ -599,10 +816,10 @@ static int acquire_record(shmp_ring *r, uint64_t deadline, int64_t timeout_ns,
 
 static void finish_consume(shmp_ring *r, uint64_t new_head, uint64_t records)
 {
-    /* release: our reads of the records are done before the producer may
-     * reuse their bytes; pairs with the producer's acquire load of head. */
-    atomic_store_explicit(&r->sh->head, new_head, memory_order_release);
-    atomic_fetch_add_explicit(&r->sh->head_count, records, memory_order_release);
+    /* Our reads of the records are done before the producer may reuse
+     * their bytes: publish()'s release store of head pairs with the
+     * producer's acquire load in room_state().                          */
+    PUBLISH_HEAD(r, new_head, records);
 }
 
 int shmp_ring_get(shmp_ring *r, void *dst, uint64_t cap, int64_t timeout_ns,
@@ -674,7 +891,7 @@ int shmp_ring_get_many(shmp_ring *r, void *dst, uint64_t cap, uint32_t max_count
         head += rec_size(h.len);
         if (n == max_count)
             break;
-        if (LOAD_RELAXED(r->cached_tail) <= head && !has_data(r, 0))
+        if (VIEW_LOAD(r->cached_tail) <= head && !has_data(r, 0))
             break;
         rc = next_record(r, &head, &h);
         if (rc == SHMP_EEMPTY)

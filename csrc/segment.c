@@ -52,9 +52,22 @@ static uint64_t page_round(uint64_t n)
     return (n + SHMP_PAGE - 1) & ~(uint64_t)(SHMP_PAGE - 1);
 }
 
+static int header_ok(const shmp_seg_header *h, uint32_t kind);
+
 static shmp_seg_header *header_of(const void *payload)
 {
     return (shmp_seg_header *)((uint8_t *)payload - SHMP_PAYLOAD_OFFSET);
+}
+
+/* SHMP_OK, SHMP_EABI (ours by magic, another version: its layout, check
+ * word included, may differ, so nothing else is read) or SHMP_ECORRUPT. */
+static int header_check(const shmp_seg_header *h, uint32_t kind)
+{
+    if (h->magic != SHMP_MAGIC)
+        return SHMP_ECORRUPT;
+    if (h->abi_version != SHMP_ABI_VERSION)
+        return SHMP_EABI;
+    return header_ok(h, kind) ? SHMP_OK : SHMP_ECORRUPT;
 }
 
 static int header_ok(const shmp_seg_header *h, uint32_t kind)
@@ -135,7 +148,13 @@ int shmp_seg_reserve(int fd, uint64_t payload_offset, uint64_t length)
         length > SHMP_MAX_PAYLOAD - payload_offset)
         return SHMP_EINVAL;
     shmp_seg_header h;
-    if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h || !header_ok(&h, 0))
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        shmp_set_errno(errno);
+        return SHMP_EOS;
+    }
+    if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h || !header_ok(&h, 0) ||
+        (uint64_t)st.st_size != h.total_size)
         return SHMP_ECORRUPT;
     if (payload_offset + length > h.payload_size)
         return SHMP_EINVAL;
@@ -151,13 +170,21 @@ int shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload
         shmp_set_errno(errno);
         return SHMP_EOS;
     }
+    /* Trust boundary: a segment is shared only among processes of one
+     * user (docs/architecture.md).  The kernel's owner cannot be forged
+     * by writing the header.                                          */
+    if (st.st_uid != geteuid())
+        return SHMP_EFOREIGN;
     shmp_seg_header h;
     if ((uint64_t)st.st_size < SHMP_PAYLOAD_OFFSET ||
         pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
         return SHMP_ECORRUPT;
+    int rc = header_check(&h, kind);
+    if (rc != SHMP_OK)
+        return rc;
     /* The file size must be exactly what the header claims: a shorter file
      * would SIGBUS on access, a larger one means the header lies.       */
-    if (!header_ok(&h, kind) || (uint64_t)st.st_size != h.total_size)
+    if ((uint64_t)st.st_size != h.total_size)
         return SHMP_ECORRUPT;
     uint8_t *base = mmap(NULL, (size_t)h.total_size, PROT_READ | PROT_WRITE,
                          map_flags(h.flags), fd, 0);
@@ -175,6 +202,24 @@ int shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload
     *payload_out = base + SHMP_PAYLOAD_OFFSET;
     if (payload_size_out != NULL)
         *payload_size_out = h.payload_size;
+    return SHMP_OK;
+}
+
+int shmp_seg_identify(int fd, uint32_t *abi_out, uint32_t *owner_uid_out)
+{
+    if (fd < 0 || abi_out == NULL || owner_uid_out == NULL)
+        return SHMP_EINVAL;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        shmp_set_errno(errno);
+        return SHMP_EOS;
+    }
+    shmp_seg_header h;
+    *abi_out = 0;
+    if ((uint64_t)st.st_size >= sizeof h && pread(fd, &h, sizeof h, 0) == (ssize_t)sizeof h &&
+        h.magic == SHMP_MAGIC)
+        *abi_out = h.abi_version;
+    *owner_uid_out = (uint32_t)st.st_uid;
     return SHMP_OK;
 }
 

@@ -16,7 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SHMP_ABI_VERSION   1u
+/* 2: ring side journals (ring.c); max_items at most capacity / 8. */
+#define SHMP_ABI_VERSION   2u
 #define SHMP_MAGIC         0x434f5250504d4853ull   /* "SHMPPROC" little-endian */
 #define SHMP_CACHE_LINE    64
 #define SHMP_PAGE          4096u
@@ -66,10 +67,14 @@ typedef struct shmp_ring_shared {
     /* line 1: producer */
     SHMP_ALIGNED _Atomic uint64_t tail;         /* bytes ever written (free-running) */
     _Atomic uint64_t tail_count;                /* records ever written */
+    _Atomic uint64_t tail_journal;              /* multi-producer: the tail and count the */
+    _Atomic uint64_t tail_count_journal;        /* lock holder is storing (ring.c, journal) */
 
     /* line 2: consumer */
     SHMP_ALIGNED _Atomic uint64_t head;         /* bytes ever consumed */
     _Atomic uint64_t head_count;                /* records ever consumed */
+    _Atomic uint64_t head_journal;              /* multi-consumer: likewise for head */
+    _Atomic uint64_t head_count_journal;
 
     /* line 3: consumers sleeping for data */
     SHMP_ALIGNED _Atomic uint32_t data_seq;     /* futex word, bumped on publish */
@@ -90,7 +95,7 @@ typedef struct shmp_ring_shared {
 /* Record header: 8 bytes, 8-byte aligned, always contiguous in the ring. */
 typedef struct shmp_rec_header {
     uint32_t len;           /* payload bytes */
-    uint32_t flags;         /* low 16: SHMP_REC_* and PAD; high 16: user tag */
+    uint32_t flags;         /* the 15-bit user tag, or exactly SHMP_REC_PAD; high 16 bits zero */
 } shmp_rec_header;
 
 #define SHMP_REC_PAD        0x8000u     /* filler to the end of the data area */
@@ -144,10 +149,22 @@ static inline void shmp_cpu_relax(void)
 #endif
 }
 
-/* Robust process-shared mutex helpers (lock.c). */
+/* Robust process-shared mutex helpers (lock.c).  shmp_lock_acquire
+ * returns SHMP_OK, or SHMP_LOCK_RECOVERED when the previous holder died
+ * holding it (the lock is then held and consistent again, and the caller
+ * repairs what the holder left half done), or a negative status.       */
+#define SHMP_LOCK_RECOVERED 1
 int  shmp_lock_init(pthread_mutex_t *m);
 int  shmp_lock_acquire(pthread_mutex_t *m, int64_t timeout_ns);
 void shmp_lock_release(pthread_mutex_t *m);
+
+/* Fault points (shmproc.h, test builds only). */
+#ifdef SHMP_FAULT_INJECTION
+void shmp_fault_point(uint32_t point);
+#  define SHMP_FAULT(point) shmp_fault_point(point)
+#else
+#  define SHMP_FAULT(point) ((void)0)
+#endif
 
 /* Wait until *word != expected, with spinning first (wait.c). */
 int  shmp_wait_change(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);

@@ -12,7 +12,9 @@
  *   - Out-parameters are written only on success unless documented.
  *   - Timeouts are in nanoseconds; a negative timeout means "wait forever";
  *     0 means "do not wait".  Waits may return SHMP_EINTR when a signal
- *     arrives so that the caller (Python) can run its signal handlers.
+ *     arrives, and a wait for a ring's side lock returns it after each
+ *     50 ms slice, so that the caller (Python) can run its signal handlers;
+ *     the caller then retries with the time left.
  *   - File descriptors handed to *_attach are borrowed: the caller keeps
  *     ownership and may close them once the call returns (the mapping
  *     stays valid).  Descriptors returned by *_create are owned by the
@@ -37,11 +39,13 @@ enum {
     SHMP_EFULL      = -6,   /* ring has no room for the record now */
     SHMP_EEMPTY     = -7,   /* ring has no record now */
     SHMP_ETIMEDOUT  = -8,   /* a wait ran out of time */
-    SHMP_EINTR      = -9,   /* a wait was interrupted by a signal */
+    SHMP_EINTR      = -9,   /* a wait was interrupted (a signal, or a lock-wait slice): retry */
     SHMP_ETOOBIG    = -10,  /* record can never fit in this ring */
     SHMP_ESMALLBUF  = -11,  /* destination buffer too small; need is reported */
     SHMP_ESTATE     = -12,  /* call not valid in the current state */
-    SHMP_EPEER      = -13   /* the peer process or its descriptor is gone */
+    SHMP_EPEER      = -13,  /* the peer process or its descriptor is gone */
+    SHMP_EABI       = -14,  /* segment made by another shmproc ABI version; see shmp_seg_identify */
+    SHMP_EFOREIGN   = -15   /* segment owned by another user; see shmp_seg_identify */
 };
 
 /* ---- segment kinds ----------------------------------------------------- */
@@ -118,6 +122,10 @@ int  shmp_seg_unmap(void *payload, uint64_t payload_size);
 int  shmp_seg_payload_size(const void *payload, uint64_t *size_out);
 int  shmp_seg_open_peer(int32_t pid, int32_t fd, int *fd_out);
 int  shmp_seg_verify(const void *payload, uint32_t kind);
+/* What a descriptor holds, to explain SHMP_EABI / SHMP_EFOREIGN: the ABI
+ * version in its header (0 if it has no shmproc magic) and its owner's
+ * uid.  Reads with pread/fstat; maps nothing.                           */
+int  shmp_seg_identify(int fd, uint32_t *abi_out, uint32_t *owner_uid_out);
 
 /* ---- ring: bounded ring of variable-length records ---------------------
  * Lives in its own segment.  Single-producer/single-consumer operations are
@@ -176,12 +184,16 @@ int  shmp_ring_is_closed(const shmp_ring *ring);
 
 /* ---- control blocks: one cache-line-aligned block per worker -----------
  * A control segment holds `count` blocks.  The worker writes with plain
- * atomic stores; the parent reads at any time.                          */
+ * atomic stores; the parent reads at any time.  `count` passed to get and
+ * payload_size is the caller's own (from create or attach), never re-read
+ * from shared memory, so a damaged count cannot move a block pointer or
+ * an unmap outside the segment.                                         */
 typedef struct shmp_control shmp_control;
 
 int  shmp_ctl_create(uint32_t count, int *fd_out, void **payload_out);
 int  shmp_ctl_attach(int fd, void **payload_out, uint32_t *count_out);
-int  shmp_ctl_get(void *payload, uint32_t index, shmp_control **ctl_out);
+int  shmp_ctl_get(void *payload, uint32_t count, uint32_t index, shmp_control **ctl_out);
+uint64_t shmp_ctl_payload_size(uint32_t count);     /* 0 if count is out of range */
 int  shmp_ctl_reset(shmp_control *ctl);
 
 uint32_t shmp_ctl_state(const shmp_control *ctl);
@@ -236,5 +248,20 @@ uint32_t shmp_add_u32(void *word, int32_t delta);
 int  shmp_cas_u32(void *word, uint32_t expected, uint32_t desired);
 
 /* CDEF-END */
+
+/* ---- fault injection: test builds only ----------------------------------
+ * Compiled only with -DSHMP_FAULT_INJECTION (SHMPROC_FAULTS=1 at build
+ * time; tests/faults.py and tests/asan.py build such a copy), so release
+ * builds carry no hook.  An armed point stops the calling process with
+ * SIGSTOP when it is reached, once; the test then kills it there, which
+ * is how a death between two shared stores is made deterministic.      */
+/* CDEF-FAULTS-BEGIN */
+enum {
+    SHMP_FAULT_NONE               = 0,
+    SHMP_FAULT_PRODUCER_PUBLISHED = 1,  /* after the tail store, before tail_count */
+    SHMP_FAULT_CONSUMER_PUBLISHED = 2   /* after the head store, before head_count */
+};
+int shmp_fault_arm(uint32_t point);     /* defined only with SHMP_FAULT_INJECTION */
+/* CDEF-FAULTS-END */
 
 #endif /* SHMPROC_H */

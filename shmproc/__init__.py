@@ -12,7 +12,8 @@
 Importing shmproc is cheap: the native library, numpy and cloudpickle load
 only when something that needs them is first used.
 """
-from .errors import CorruptSharedMemoryError, SharedMemoryError, ShmprocError
+from .errors import (CorruptSharedMemoryError, ForeignSharedMemoryError, SharedMemoryError,
+                     SharedMemoryVersionError, ShmprocError)
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ _PROCESSING = (
 
 __all__ = [
     "Queue", "Pool", "Task", "Progress", "Backend", "LocalBackend", "RayBackend", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
+    "SharedMemoryVersionError", "ForeignSharedMemoryError",
     "sktime", "circuit", "docs", "processing", *_PROCESSING,
 ]
 

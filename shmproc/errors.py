@@ -29,6 +29,23 @@ class CorruptSharedMemoryError(SharedMemoryError):
     """
 
 
+class SharedMemoryVersionError(CorruptSharedMemoryError):
+    """A segment made by another version of shmproc's shared layouts.
+
+    ``found`` and ``expected`` are the two ABI versions: processes of one
+    program must run the same shmproc (an upgrade while workers run, or
+    two virtual environments, gives this).
+    """
+
+
+class ForeignSharedMemoryError(CorruptSharedMemoryError):
+    """A segment owned by another user (``owner_uid``; ours: ``uid``).
+
+    Only processes of one user share segments: a descriptor from another
+    user's process is refused before anything is mapped.
+    """
+
+
 # ---------------------------------------------------------------------------
 # Errors of a Process run.
 #

@@ -16,7 +16,8 @@ import threading
 from functools import partial
 
 from ._shmp_cffi import ffi, lib
-from .errors import CorruptSharedMemoryError, SharedMemoryError
+from .errors import (CorruptSharedMemoryError, ForeignSharedMemoryError, SharedMemoryError,
+                     SharedMemoryVersionError)
 
 __all__ = [
     "ffi", "lib", "check", "now_ns", "timeout_ns", "Ring", "Blob", "ControlArray", "Control",
@@ -72,6 +73,26 @@ def check(rc: int, what: str) -> int:
     if rc == lib.SHMP_ESTATE:
         raise RuntimeError(f"{what}: {text}")
     raise SharedMemoryError(f"{what}: {text} (status {rc})")
+
+
+def _attach_failed(rc: int, fd: int, what: str):
+    """Raise for a failed attach of `fd`; names versions and owners when they differ."""
+    if rc == lib.SHMP_EABI or rc == lib.SHMP_EFOREIGN:
+        abi, uid = ffi.new("uint32_t *"), ffi.new("uint32_t *")
+        if lib.shmp_seg_identify(fd, abi, uid) == OK:
+            ours = lib.shmp_abi_version()
+            if rc == lib.SHMP_EABI:
+                err = SharedMemoryVersionError(
+                    f"{what}: the segment was made by shmproc ABI version {abi[0]}, this shmproc "
+                    f"speaks version {ours}: every process sharing it must run the same shmproc")
+                err.found, err.expected = abi[0], ours
+            else:
+                err = ForeignSharedMemoryError(
+                    f"{what}: the segment belongs to user {uid[0]}, not to this process's user "
+                    f"{os.geteuid()}; shmproc shares memory only among one user's processes")
+                err.owner_uid, err.uid = uid[0], os.geteuid()
+            raise err
+    check(rc, what)
 
 
 def _fd_arg(fd) -> int:
@@ -151,8 +172,10 @@ class Ring:
         h = ffi.new("shmp_ring **")
         rc = lib.shmp_ring_attach(_fd_arg(fd), h)
         if rc != OK:
-            os.close(fd)
-            check(rc, "attaching a ring")
+            try:
+                _attach_failed(rc, fd, "attaching a ring")
+            finally:
+                os.close(fd)
         return cls(h[0], fd)
 
     @property
@@ -328,7 +351,9 @@ class Blob:
         """
         p = ffi.new("void **")
         n = ffi.new("uint64_t *")
-        check(lib.shmp_seg_attach(_fd_arg(fd), lib.SHMP_KIND_BLOB, p, n), "attaching shared memory")
+        rc = lib.shmp_seg_attach(_fd_arg(fd), lib.SHMP_KIND_BLOB, p, n)
+        if rc != OK:
+            _attach_failed(rc, fd, "attaching shared memory")
         lease = [None]
         return cls(-1, n[0], _mapping(p[0], n[0], lease=lease), lease)
 
@@ -374,10 +399,10 @@ class Blob:
         return lib.shmp_wait_u32(self._word(offset), expected, timeout_ns)
 
 
-def _control_mapping(payload):
-    size = ffi.new("uint64_t *")
-    check(lib.shmp_seg_payload_size(payload, size), "sizing control blocks")
-    n = size[0]
+def _control_mapping(payload, count: int):
+    # The size comes from our count, never from the shared header: a
+    # damaged header must not make us unmap someone else's memory.
+    n = lib.shmp_ctl_payload_size(count)
     return ffi.gc(payload, lambda p: lib.shmp_seg_unmap(p, n))
 
 
@@ -397,7 +422,7 @@ class ControlArray:
         out = ffi.new("shmp_control **")
         blocks = []
         for i in range(count):
-            check(lib.shmp_ctl_get(payload, i, out), "locating a control block")
+            check(lib.shmp_ctl_get(payload, count, i, out), "locating a control block")
             blocks.append(out[0])
         self.blocks = blocks
 
@@ -406,7 +431,7 @@ class ControlArray:
         fd = ffi.new("int *")
         p = ffi.new("void **")
         check(lib.shmp_ctl_create(count, fd, p), f"creating {count} control blocks")
-        return cls(fd[0], count, _control_mapping(p[0]))
+        return cls(fd[0], count, _control_mapping(p[0], count))
 
     @classmethod
     def attach(cls, fd: int):
@@ -415,9 +440,11 @@ class ControlArray:
         n = ffi.new("uint32_t *")
         rc = lib.shmp_ctl_attach(_fd_arg(fd), p, n)
         if rc != OK:
-            os.close(fd)
-            check(rc, "attaching control blocks")
-        return cls(fd, n[0], _control_mapping(p[0]))
+            try:
+                _attach_failed(rc, fd, "attaching control blocks")
+            finally:
+                os.close(fd)
+        return cls(fd, n[0], _control_mapping(p[0], n[0]))
 
     def control(self, index: int) -> "Control":
         return Control(self, index)
@@ -563,8 +590,10 @@ class Arena:
         n = ffi.new("uint64_t *")
         rc = lib.shmp_seg_attach(_fd_arg(fd), lib.SHMP_KIND_BLOB, p, n)
         if rc != OK:
-            os.close(fd)
-            check(rc, "attaching an arena")
+            try:
+                _attach_failed(rc, fd, "attaching an arena")
+            finally:
+                os.close(fd)
         return cls(fd, n[0], _mapping(p[0], n[0], on_unmap=on_unmap))
 
     def reserve(self, offset: int, length: int):

@@ -21,6 +21,7 @@ import pickle
 import struct
 
 from . import blobs, wire
+from .errors import CorruptSharedMemoryError
 
 HEADER = struct.Struct("<BBHIQ")
 HEADER_SIZE = HEADER.size
@@ -78,14 +79,26 @@ def encode_raw(op: int, ident: int, data: bytes = b"", slot: int = 0) -> bytes:
 
 
 def header(record):
-    """(op, flags, slot, elapsed µs, id)."""
+    """(op, flags, slot, elapsed µs, id); CorruptSharedMemoryError if too short."""
+    if len(record) < HEADER_SIZE:
+        raise CorruptSharedMemoryError(f"a {len(record)}-byte pool record has no header")
     return HEADER.unpack_from(record)
 
 
 def payload(record, flags: int):
-    """The payload of a record whose header was read with header()."""
+    """The payload of a record whose header was read with header().
+
+    Damaged framing (unknown flags, a pickle cut short) raises
+    CorruptSharedMemoryError; a payload whose class is missing here raises
+    what unpickling raises, for the caller to report.
+    """
     if not flags:
-        return _loads(record[HEADER_SIZE:])
+        try:
+            return _loads(record[HEADER_SIZE:])
+        except (pickle.UnpicklingError, EOFError) as exc:
+            raise CorruptSharedMemoryError(f"a pool record does not unpickle: {exc}") from exc
+    if flags != FLAG_BLOB:
+        raise CorruptSharedMemoryError(f"a pool record has unknown flags {flags:#x}")
     body = memoryview(record)[HEADER_SIZE:]
     out = blobs.decode(body, False)
     if out is blobs.LOST:

@@ -6,6 +6,13 @@ starting it; the worker copies it out, and at the end writes its outcome
 
     [header][buffer table][pad to 64][main pickle][buffer][buffer]...
 
+The header ends with a CRC-32 of itself and the buffer table, so damage
+to the framing (lengths, offsets, counts) is a CorruptSharedMemoryError
+rather than a pickle read from the wrong place; every length and offset is
+also checked against the arena before it is used.  The pickle itself is
+trusted: whoever can write the arena can already send code
+(docs/architecture.md, "Trust boundary").
+
 Large contiguous buffers (numpy arrays) are copied once into the arena by
 the writer and read back as read-only views on the arena mapping, so a big
 result costs one copy in the worker and none in the parent; the views keep
@@ -13,13 +20,16 @@ the mapping alive for as long as the caller holds them.
 """
 from __future__ import annotations
 
+import pickle
 import struct
+import zlib
 
 from . import native, wire
 from .errors import CorruptSharedMemoryError
 
 _MAGIC = 0x52504853          # "SHPR"
-_HEADER = struct.Struct("<IIQI")      # magic, kind, main length, buffer count
+_HEADER = struct.Struct("<IIQII")     # magic, kind, main length, buffer count, check
+_CHECKED = 20                         # the header bytes before `check`
 _BUF = struct.Struct("<QQ")           # offset, length
 
 
@@ -49,9 +59,10 @@ def write(arena, obj, kind: int = 0, same_main: bool = False) -> int:
     arena.reserve(0, off)
     view = memoryview(arena.buffer)
     try:
-        _HEADER.pack_into(view, 0, _MAGIC, kind, len(main), len(raws))
+        _HEADER.pack_into(view, 0, _MAGIC, kind, len(main), len(raws), 0)
         for i, (o, n) in enumerate(layout):
             _BUF.pack_into(view, _HEADER.size + i * _BUF.size, o, n)
+        struct.pack_into("<I", view, _CHECKED, _check(view, table))
         view[main_at:main_at + len(main)] = main
         for raw, (o, n) in zip(raws, layout):
             view[o:o + n] = raw
@@ -60,37 +71,59 @@ def write(arena, obj, kind: int = 0, same_main: bool = False) -> int:
     return off
 
 
+def _check(view, table_end: int) -> int:
+    return zlib.crc32(view[_HEADER.size:table_end], zlib.crc32(view[:_CHECKED]))
+
+
+def _frame(view, size: int):
+    """(kind, main_at, main_len, [(offset, length)], end) of the record in
+    `view`, every number checked against `size`; raises CorruptSharedMemoryError."""
+    if size < _HEADER.size or len(view) < size:
+        raise CorruptSharedMemoryError("the worker's arena holds no valid record")
+    magic, kind, main_len, nbufs, check = _HEADER.unpack_from(view, 0)
+    if magic != _MAGIC:
+        raise CorruptSharedMemoryError("the worker's arena holds no valid record")
+    if nbufs > (size - _HEADER.size) // _BUF.size:
+        raise CorruptSharedMemoryError(f"the worker's arena record claims {nbufs} buffers")
+    table = _HEADER.size + _BUF.size * nbufs
+    if check != _check(view, table):
+        raise CorruptSharedMemoryError("the worker's arena record header is damaged")
+    main_at = _align64(table)
+    end = main_at + main_len
+    if end > size:
+        raise CorruptSharedMemoryError("the worker's arena record is truncated")
+    layout = []
+    for i in range(nbufs):
+        o, n = _BUF.unpack_from(view, _HEADER.size + i * _BUF.size)
+        if o < main_at + main_len or o + n > size:
+            raise CorruptSharedMemoryError("a buffer lies outside the worker's arena")
+        layout.append((o, n))
+        end = max(end, o + n)
+    return kind, main_at, main_len, layout, end
+
+
 def read(arena, copy: bool = False):
     """(object, kind, views) written by `write`; buffers are read-only views
     on the arena unless copy; `views` says whether any were made."""
     view = memoryview(arena.buffer).toreadonly()
-    magic, kind, main_len, nbufs = _HEADER.unpack_from(view, 0)
-    table = _HEADER.size + _BUF.size * nbufs
-    main_at = _align64(table)
-    if magic != _MAGIC or nbufs > 1 << 20 or main_at + main_len > arena.size:
-        raise CorruptSharedMemoryError("the worker's arena holds no valid record")
+    kind, main_at, main_len, layout, _ = _frame(view, arena.size)
     buffers = []
-    for i in range(nbufs):
-        o, n = _BUF.unpack_from(view, _HEADER.size + i * _BUF.size)
-        if o < main_at + main_len or o + n > arena.size:
-            raise CorruptSharedMemoryError("a buffer lies outside the worker's arena")
+    for o, n in layout:
         part = view[o:o + n]
         buffers.append(bytearray(part) if copy else part)
-    return wire.loads(view[main_at:main_at + main_len], buffers), kind, bool(buffers) and not copy
+    try:
+        obj = wire.loads(view[main_at:main_at + main_len], buffers)
+    except (pickle.UnpicklingError, EOFError) as exc:
+        # A pickle cut short or out of step with its buffers: framing damage.
+        # (A class missing here raises its own error, for the caller.)
+        raise CorruptSharedMemoryError(f"the worker's arena record does not unpickle: {exc}") from exc
+    return obj, kind, bool(buffers) and not copy
 
 
 def read_bytes(arena) -> bytes:
     """The raw record (header included), to rebuild the object later (lives)."""
-    view = memoryview(arena.buffer)
-    magic, _, main_len, nbufs = _HEADER.unpack_from(view, 0)
-    if magic != _MAGIC:
-        raise CorruptSharedMemoryError("the worker's arena holds no valid record")
-    end = _align64(_HEADER.size + _BUF.size * nbufs) + main_len
-    for i in range(nbufs):
-        o, n = _BUF.unpack_from(view, _HEADER.size + i * _BUF.size)
-        end = max(end, o + n)
-    if end > arena.size:
-        raise CorruptSharedMemoryError("the worker's arena record is truncated")
+    view = memoryview(arena.buffer).toreadonly()
+    end = _frame(view, arena.size)[4]
     return bytes(view[:end])
 
 

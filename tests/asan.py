@@ -20,6 +20,8 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = ROOT / ".asan-build"
+# The files whose `asan`-marked tests run sanitized.
+ASAN_FILES = ["test_native.py", "test_stress.py", "test_ring_faults.py", "test_fuzz.py"]
 
 
 def runtime(name: str) -> str:
@@ -37,7 +39,8 @@ def build(portable: bool):
     pkg.mkdir(parents=True)
     for py in (ROOT / "shmproc").glob("*.py"):
         shutil.copy2(py, pkg / py.name)
-    env = dict(os.environ, SHMPROC_SANITIZE="1")
+    # With the test-only fault points (tests/fault_build.py uses this build's).
+    env = dict(os.environ, SHMPROC_SANITIZE="1", SHMPROC_FAULTS="1")
     if portable:
         env["SHMPROC_PORTABLE"] = "1"
     code = (
@@ -70,7 +73,7 @@ def main(argv):
     # not the source tree, first on sys.path.
     cmd = [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "asan",
            "-p", "no:cacheprovider", "-q",
-           str(ROOT / "tests" / "test_native.py"), str(ROOT / "tests" / "test_stress.py"), *argv]
+           *(str(ROOT / "tests" / name) for name in ASAN_FILES), *argv]
     return subprocess.run(cmd, cwd=BUILD, env=env).returncode
 
 

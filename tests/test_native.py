@@ -40,7 +40,7 @@ def get(ring, cap=1 << 20, timeout=0):
 # ---- basics ------------------------------------------------------------------
 
 def test_abi_clock_and_strings():
-    assert lib.shmp_abi_version() == 1
+    assert lib.shmp_abi_version() == 2
     a = lib.shmp_now_ns()
     b = lib.shmp_now_ns()
     assert 0 < a <= b
@@ -483,7 +483,7 @@ def test_control_bad_arguments():
     assert lib.shmp_ctl_create(1 << 20, fd, p) == lib.SHMP_EINVAL
     ctl = native.ControlArray.create(2)
     out = ffi.new("shmp_control **")
-    assert lib.shmp_ctl_get(ctl._payload, 2, out) == lib.SHMP_EINVAL
+    assert lib.shmp_ctl_get(ctl._payload, ctl.count, 2, out) == lib.SHMP_EINVAL
     for f in (lib.shmp_ctl_set_state, lib.shmp_ctl_set_lap, lib.shmp_ctl_set_lives):
         assert f(ffi.NULL, 1) == lib.SHMP_EINVAL
     assert lib.shmp_ctl_request_stop(ffi.NULL) == lib.SHMP_EINVAL
