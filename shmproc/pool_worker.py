@@ -22,14 +22,13 @@ import pickle
 import queue
 import signal
 import sys
-import threading
 
 from . import blobs, native, taskwire, wire
 from .errors import ProcessError, RemoteError, ResultError
 from .native import lib
 from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP, R_CHUNK, R_ERROR,
                        R_PROCESS, R_VALUE, R_VALUES)
-from .watchdog import EXIT_ORPHANED, ParentWatch, Watchdog
+from .watchdog import EXIT_ORPHANED, Watchdog
 
 _now = native.now_ns
 _unpack = taskwire.HEADER.unpack_from
@@ -90,7 +89,7 @@ class _BrokenFn:
 
 
 class PoolWorker:
-    def __init__(self, slot, ctl_array, task_q, result_q, parent: ParentWatch, max_tasks):
+    def __init__(self, slot, ctl_array, task_q, result_q, parent_pid, direct_child, max_tasks):
         self.slot = slot
         self.pctl = ctl_array.control(2 * slot)
         self.rctl = ctl_array.control(2 * slot + 1)
@@ -108,15 +107,10 @@ class PoolWorker:
         self.token = blobs.FlushToken()     # results: wait at exit until the parent opened them
         self.out = []                   # encoded results not yet sent
         self.runner = None              # the Runner of the Process task running now
-        self.main_ident = threading.main_thread().ident
-        self.dog = Watchdog(self.rctl, (), parent, self._fire)
+        self.dog = Watchdog(self.rctl, (), parent_pid, direct_child)
+        self.lives_next = None          # lives left for the next Process task (OP_RETRY)
 
-    # -- timeouts of Process tasks: the watchdog signals, the runner raises ------------
-    def _fire(self, start_ns):
-        r = self.runner
-        if r is not None:
-            r.fire(start_ns)
-
+    # -- timeouts of Process tasks: the guard signals, the runner raises ---------------
     def _on_alarm(self, signum, frame):
         r = self.runner
         if r is not None:
@@ -125,7 +119,8 @@ class PoolWorker:
     # -- the loop -------------------------------------------------------------------------
     def run(self):
         signal.signal(signal.SIGALRM, self._on_alarm)
-        self.dog.start()
+        if not self.dog.start():
+            os._exit(EXIT_ORPHANED)                 # the parent is already gone
         pctl = self.pctl
         pctl.set_pid(os.getpid())
         pctl.set_state(lib.SHMP_STATE_RUNNING)
@@ -428,7 +423,6 @@ class PoolWorker:
         rctl.reset()
         rctl.set_state(lib.SHMP_STATE_RUNNING)
         runner = Runner(rctl, None, name)
-        runner.main_ident = self.main_ident
         if snapshot is not None:
             runner.rebuild = lambda: wire.loads(snapshot[0], [bytearray(b) for b in snapshot[1]])
         t = obj.config.timeouts
@@ -475,13 +469,10 @@ def is_process_class(fn) -> bool:
 def main(slot, ctl_array, task_q, result_q, parent_pid, direct_child, use_pdeathsig, max_tasks):
     """The target of a pool worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
-    parent = ParentWatch(parent_pid, direct_child)
     if direct_child and use_pdeathsig:
         if not native.parent_death_signal(signal.SIGKILL, parent_pid):
             os._exit(EXIT_ORPHANED)
-    elif not parent.alive():
-        os._exit(EXIT_ORPHANED)
-    worker = PoolWorker(slot, ctl_array, task_q, result_q, parent, max_tasks)
+    worker = PoolWorker(slot, ctl_array, task_q, result_q, parent_pid, direct_child, max_tasks)
     try:
         worker.run()
     finally:
