@@ -26,8 +26,8 @@ import sys
 from . import blobs, native, taskwire, wire
 from .errors import ProcessError, RemoteError, ResultError
 from .native import lib
-from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP, R_CHUNK, R_ERROR,
-                       R_PROCESS, R_VALUE, R_VALUES)
+from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP, R_CHUNK,
+                       R_ERROR, R_PROCESS, R_VALUE, R_VALUES)
 from .watchdog import EXIT_ORPHANED, Watchdog
 
 _now = native.now_ns
@@ -301,6 +301,8 @@ class PoolWorker:
             for _ in range(max(1, count)):
                 self._failed()
             return True
+        if op == OP_RETRY:                   # a Process task's next life: pool.py _expired_item
+            self.lives_next, op, body = body
         if op == OP_CALL:
             fn_id, args, kwargs = body
             self.call(ident, self._fn(fn_id), args, kwargs, start)
@@ -404,10 +406,13 @@ class PoolWorker:
         from .process import _HOOKS
         from .runner import FAILED_RESULT, Runner
         name = type(obj).__name__
+        lives, self.lives_next = self.lives_next, None
         if isinstance(obj, _ConstructionFailed):       # Cls(item) raised: that is the error
             self._failed()
             return FAILED_RESULT, obj.exc, None, None, 0
         try:
+            if lives is not None:
+                obj.config.lives = lives
             validate(obj.config)
             for hook in _HOOKS:
                 if not callable(getattr(obj, hook)):
