@@ -352,12 +352,3 @@ uint32_t shmp_ctl_expired(const shmp_control *c, uint64_t *timeout_ns_out, uint6
     }
     return section;
 }
-
-int shmp_ctl_clear_expired(shmp_control *c)
-{
-    if (c == NULL)
-        return SHMP_EINVAL;
-    atomic_store_explicit(&c->s.expired_section, 0, RELEASE);
-    atomic_store_explicit(&c->s.alarm_start_ns, 0, RELAXED);
-    return SHMP_OK;
-}

@@ -223,9 +223,8 @@ int  shmp_ctl_exit(const shmp_control *ctl, int32_t *code_out, int32_t *signo_ou
 uint64_t shmp_ctl_alarm_start_ns(const shmp_control *ctl);
 /* Which section the guard ended the worker in (0 = it did not), with that
  * section's timeout and the lap it was on; written before the worker
- * exits with SHMP_EXIT_EXPIRED.  clear_expired: before a block is reused. */
+ * exits with SHMP_EXIT_EXPIRED.  shmp_ctl_reset clears it.              */
 uint32_t shmp_ctl_expired(const shmp_control *ctl, uint64_t *timeout_ns_out, uint64_t *lap_out);
-int  shmp_ctl_clear_expired(shmp_control *ctl);
 
 /* ---- the guard: a native watchdog thread in the worker (guard.c) -------
  * One per process, started by the worker's main thread, which becomes the

@@ -458,9 +458,6 @@ class Control:
         section = lib.shmp_ctl_expired(self.block, tmo, lap)
         return (section, tmo[0], lap[0]) if section else None
 
-    def clear_expired(self):
-        check(lib.shmp_ctl_clear_expired(self.block), "clearing a worker's timeout record")
-
 
 #: Ranges at least this large are faulted in with one call before writing.
 _PREFAULT_MIN = 1 << 20

@@ -70,7 +70,8 @@ def main(argv):
     # not the source tree, first on sys.path.
     cmd = [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "asan",
            "-p", "no:cacheprovider", "-q",
-           str(ROOT / "tests" / "test_native.py"), str(ROOT / "tests" / "test_stress.py"), *argv]
+           str(ROOT / "tests" / "test_native.py"), str(ROOT / "tests" / "test_stress.py"),
+           str(ROOT / "tests" / "test_guard.py"), *argv]
     return subprocess.run(cmd, cwd=BUILD, env=env).returncode
 
 
