@@ -30,6 +30,7 @@ from proc_helpers import alive, wait_gone
 from shmproc import local_backend, native
 from shmproc.native import lib
 from shmproc.processing import Process, TimeoutError
+from shmproc.runner import LOOP
 from shmproc.watchdog import EXIT_EXPIRED, EXIT_ORPHANED
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,7 +40,6 @@ BOUND_S = 3.0
 START_METHODS = ["fork", "forkserver", "spawn"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(shmproc.__file__)))
 
-LOOP = 2                # section ids of the control block (runner.py)
 
 
 class StuckInC(Process):
