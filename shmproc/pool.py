@@ -18,7 +18,9 @@ long batches while long ones stay balanced across workers.  When a
 worker dies, the results it managed to send are taken first; the item it
 was running (known from its control block) fails with
 ProcessCrashedError, and everything else it had been given goes to its
-replacement.
+replacement.  A worker ended by its guard (a Process task's hook stuck
+past its timeout, see watchdog.py) fails that task with the section's
+TimeoutError instead, or sends it to the replacement for its next life.
 """
 from __future__ import annotations
 

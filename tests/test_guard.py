@@ -68,6 +68,9 @@ class StuckInC(Process):
         self.seen.append((self.config.lives, self.current_lap))
         self._maybe_stick("loop")
 
+    def __onfinish__(self):
+        self._maybe_stick("onfinish")
+
     def __result__(self):
         return self.seen
 
@@ -103,6 +106,16 @@ def test_preloop_stuck_in_c_on_a_later_lap_times_out():
     assert isinstance(out, TimeoutError), out
     assert (out.section, out.timeout, out.current_lap) == ("__preloop__", 0.3, 1)
     assert took < 0.3 + BOUND_S
+
+
+def test_onfinish_stuck_in_c_times_out_and_is_not_retried():
+    p = StuckInC("onfinish", 0.2, lives=2, stuck_lives=(1, 2), stuck_lap=2)
+    p.start()
+    first_pid = p.pid
+    out, took = _timed_result(p)
+    assert isinstance(out, TimeoutError), out
+    assert (out.section, out.current_lap) == ("__onfinish__", 2)
+    assert p.pid == first_pid and took < 0.2 + BOUND_S
 
 
 @pytest.mark.parametrize("method", START_METHODS)
