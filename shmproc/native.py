@@ -20,7 +20,7 @@ __all__ = [
     "ffi", "lib", "check", "now_ns", "timeout_ns", "Ring", "Blob", "ControlArray", "Control",
     "Arena", "parent_death_signal", "guard_start", "guard_rearm", "guard_stop", "guard_running",
     "open_peer_fd", "copy_offset", "OK", "EFULL", "EEMPTY", "ETIMEDOUT", "EINTR", "ESMALLBUF",
-    "ETOOBIG", "ESTATE", "EPEER",
+    "ETOOBIG", "ESTATE", "EPEER", "EXIT_EXPIRED", "EXIT_ORPHANED",
 ]
 
 OK = lib.SHMP_OK
@@ -32,6 +32,9 @@ ESMALLBUF = lib.SHMP_ESMALLBUF
 ETOOBIG = lib.SHMP_ETOOBIG
 ESTATE = lib.SHMP_ESTATE
 EPEER = lib.SHMP_EPEER
+#: Exit statuses of a worker its guard ended (csrc/guard.c).
+EXIT_EXPIRED = lib.SHMP_EXIT_EXPIRED
+EXIT_ORPHANED = lib.SHMP_EXIT_ORPHANED
 
 now_ns = lib.shmp_now_ns
 FOREVER = -1

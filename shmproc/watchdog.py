@@ -67,7 +67,6 @@ from __future__ import annotations
 import signal
 
 from . import native
-from .native import lib
 
 #: How long past its deadline a hook gets to honour SIGALRM before the
 #: guard ends the worker.  A hook running Python code unwinds within
@@ -76,8 +75,8 @@ from .native import lib
 GRACE_S = 0.5
 #: Exit status of a worker whose hook outlived its deadline + GRACE_S, and
 #: of an orphan.
-EXIT_EXPIRED = lib.SHMP_EXIT_EXPIRED
-EXIT_ORPHANED = lib.SHMP_EXIT_ORPHANED
+EXIT_EXPIRED = native.EXIT_EXPIRED
+EXIT_ORPHANED = native.EXIT_ORPHANED
 
 
 class Watchdog:
