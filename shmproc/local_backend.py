@@ -58,7 +58,7 @@ class LocalRun(Run):
         except BaseException:
             ctl_array.close()                     # the arena goes back to the pool with its mapping
             raise
-        self.ended_ = self.killed = self._views = False
+        self.ended_ = self.killed = self._views = self._stop_asked = False
         self._outcome = None
         self._finishing = threading.Lock()        # kill() and a waiting thread may race to _finish
 
@@ -150,9 +150,9 @@ class LocalRun(Run):
         ctl = self.ctl
         lives = ctl.lives
         if section in runner.RETRIED and lives > 1:
-            stop = ctl.stop_requested
+            stop = ctl.stop_requested             # by the parent, or by the dead life's hooks
             ctl.reset()                           # lap, section, deadline, the guard's record
-            if stop:
+            if stop or self._stop_asked:          # (the latter: a stop() during the reset)
                 ctl.request_stop()
             ctl.set_lives(lives - 1)
             ctl.set_state(lib.SHMP_STATE_STARTING)
@@ -200,6 +200,7 @@ class LocalRun(Run):
 
     def stop(self):
         if not self.ended_:
+            self._stop_asked = True
             self.ctl.request_stop()
 
     def stop_requested(self) -> bool:

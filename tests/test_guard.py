@@ -132,6 +132,38 @@ def test_lives_apply_after_a_life_stuck_in_c(method):
     assert took < 0.2 + BOUND_S + 2
 
 
+class StuckFirstLife(Process):
+    def __init__(self, marker):
+        self.marker = marker
+        self.config.num_loops = 1000
+        self.config.lives = 2
+        self.config.timeouts.loop = 0.2
+        self.laps = 0
+
+    def __loop__(self):
+        self.laps += 1
+        if self.config.lives == 2:
+            open(self.marker, "w").close()
+            sum(range(FOREVER_IN_C))
+
+    def __result__(self):
+        return self.config.lives, self.laps
+
+
+def test_a_stop_asked_while_a_life_is_stuck_carries_into_the_next(tmp_path):
+    marker = tmp_path / "in-c"
+    p = StuckFirstLife(str(marker))
+    p.start()
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    p.stop()                                               # the stuck life cannot see it
+    out, took = _timed_result(p)
+    assert out == (1, 0), out                              # the next life stopped before a lap
+    assert took < 0.2 + BOUND_S
+
+
 def test_the_last_life_stuck_in_c_reports_the_timeout():
     p = StuckInC("loop", 0.2, lives=2, stuck_lives=(1, 2))
     p.start()
