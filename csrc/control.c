@@ -90,6 +90,10 @@ int shmp_ctl_reset(shmp_control *c)
     atomic_store_explicit(&s->exit_code, 0, RELAXED);
     atomic_store_explicit(&s->exit_signal, 0, RELAXED);
     atomic_store_explicit(&s->stop, 0, RELAXED);
+    atomic_store_explicit(&s->alarm_start_ns, 0, RELAXED);
+    atomic_store_explicit(&s->expired_timeout_ns, 0, RELAXED);
+    atomic_store_explicit(&s->expired_lap, 0, RELAXED);
+    atomic_store_explicit(&s->expired_section, 0, RELAXED);
     /* release: the resets above are visible to whoever sees state NEW. */
     atomic_store_explicit(&s->state, SHMP_STATE_NEW, RELEASE);
     return SHMP_OK;
@@ -320,4 +324,42 @@ int shmp_ctl_exit(const shmp_control *c, int32_t *code_out, int32_t *signo_out)
     *code_out = atomic_load_explicit(&c->s.exit_code, RELAXED);
     *signo_out = atomic_load_explicit(&c->s.exit_signal, RELAXED);
     return SHMP_OK;
+}
+
+/* ---- the guard's words (guard.c) ------------------------------------------------ */
+
+void shmp_ctl_store_alarm(shmp_control *c, uint64_t start_ns)
+{
+    /* release: pairs with the acquire in shmp_ctl_alarm_start_ns, read by
+     * the SIGALRM handler that this store precedes (pthread_kill).      */
+    atomic_store_explicit(&c->s.alarm_start_ns, start_ns, RELEASE);
+}
+
+uint64_t shmp_ctl_alarm_start_ns(const shmp_control *c)
+{
+    return c ? atomic_load_explicit(&c->s.alarm_start_ns, ACQUIRE) : 0;
+}
+
+void shmp_ctl_record_expired(shmp_control *c, uint32_t section, uint64_t timeout_ns)
+{
+    atomic_store_explicit(&c->s.expired_timeout_ns, timeout_ns, RELAXED);
+    atomic_store_explicit(&c->s.expired_lap, atomic_load_explicit(&c->s.lap, RELAXED), RELAXED);
+    atomic_store_explicit(&c->s.exit_code, SHMP_EXIT_EXPIRED, RELAXED);
+    /* release: a reader that sees the section also sees the timeout, lap
+     * and exit code stored above (pairs with shmp_ctl_expired's acquire). */
+    atomic_store_explicit(&c->s.expired_section, section, RELEASE);
+}
+
+uint32_t shmp_ctl_expired(const shmp_control *c, uint64_t *timeout_ns_out, uint64_t *lap_out)
+{
+    if (c == NULL)
+        return 0;
+    uint32_t section = atomic_load_explicit(&c->s.expired_section, ACQUIRE);
+    if (section != 0) {
+        if (timeout_ns_out != NULL)
+            *timeout_ns_out = atomic_load_explicit(&c->s.expired_timeout_ns, RELAXED);
+        if (lap_out != NULL)
+            *lap_out = atomic_load_explicit(&c->s.expired_lap, RELAXED);
+    }
+    return section;
 }

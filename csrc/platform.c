@@ -30,6 +30,8 @@
 #if defined(__linux__)
 #  include <sys/prctl.h>            /* process hygiene, used by the portable build too */
 #endif
+#include <poll.h>
+#include <signal.h>
 
 static _Thread_local int shmp_errno_value;
 
@@ -200,6 +202,43 @@ int shmp_parent_death_signal(int signo, int32_t expected_parent)
     if (expected_parent > 0 && getppid() != (pid_t)expected_parent)
         return SHMP_EPEER;
     return SHMP_OK;
+}
+
+/* ---- is a process alive? (the guard's orphan check) -------------------- */
+
+int shmp_os_pidfd_open(int32_t pid)
+{
+#if SHMP_LINUX && defined(SYS_pidfd_open)
+    /* A pidfd names the process itself, never a later one that reuses its
+     * pid, and turns readable when it exits.  Linux 5.3+; -1 elsewhere.  */
+    if (pid <= 0)
+        return -1;
+    long fd = syscall(SYS_pidfd_open, (pid_t)pid, 0);
+    if (fd < 0)
+        return -1;
+    int fl = fcntl((int)fd, F_GETFD);          /* pidfds are close-on-exec already; be sure */
+    if (fl >= 0 && !(fl & FD_CLOEXEC))
+        fcntl((int)fd, F_SETFD, fl | FD_CLOEXEC);
+    return (int)fd;
+#else
+    (void)pid;
+    return -1;
+#endif
+}
+
+int shmp_os_process_alive(int32_t pid, int pidfd, int is_parent)
+{
+    if (pid <= 0)
+        return 1;
+    if (pidfd >= 0) {
+        struct pollfd p = { .fd = pidfd, .events = POLLIN };
+        int r = poll(&p, 1, 0);
+        return !(r > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR)));
+    }
+    if (is_parent)
+        return getppid() == (pid_t)pid;      /* reparented: the parent is gone */
+    /* Fallback: the pid may be reused by then, which only delays noticing. */
+    return !(kill((pid_t)pid, 0) != 0 && errno == ESRCH);
 }
 
 int shmp_prefault(void *addr, uint64_t length)

@@ -104,7 +104,8 @@ typedef struct shmp_rec_header {
 /* ---- control block ----------------------------------------------------------
  * Two lines per worker.  Line 0 is the hot line the worker writes every
  * section (lap, section, start stamp, deadline); line 1 holds words the
- * parent writes (stop) or reads rarely (exit info).                      */
+ * parent writes (stop) or reads rarely (exit info), and the guard's words
+ * (written only on an overrun, so they never touch the hot line).       */
 typedef struct shmp_control_shared {
     SHMP_ALIGNED _Atomic uint64_t lap;
     _Atomic uint64_t section_start_ns;
@@ -120,6 +121,10 @@ typedef struct shmp_control_shared {
     _Atomic int32_t  exit_signal;
     _Atomic uint32_t state_waiters;
     _Atomic uint32_t stop_waiters;
+    _Atomic uint32_t expired_section;   /* guard: the section it ended the worker in */
+    _Atomic uint64_t expired_timeout_ns;
+    _Atomic uint64_t expired_lap;
+    _Atomic uint64_t alarm_start_ns;    /* guard: section start its SIGALRM is meant for */
 } shmp_control_shared;
 
 struct shmp_control { shmp_control_shared s; };
@@ -138,6 +143,13 @@ int  shmp_os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeo
 int  shmp_os_futex_wake(_Atomic uint32_t *word, int32_t count);
 int  shmp_os_open_peer(int32_t pid, int32_t fd, int *fd_out);
 void shmp_set_errno(int err);
+/* Is process `pid` alive?  `pidfd` from shmp_os_pidfd_open (or -1); with
+ * `is_parent`, getppid() answers for a direct parent.  pidfd: Linux 5.3+. */
+int  shmp_os_pidfd_open(int32_t pid);
+int  shmp_os_process_alive(int32_t pid, int pidfd, int is_parent);
+/* The guard records why it ends the worker (control.c). */
+void shmp_ctl_record_expired(shmp_control *c, uint32_t section, uint64_t timeout_ns);
+void shmp_ctl_store_alarm(shmp_control *c, uint64_t start_ns);
 
 /* spin hint for the brief busy-wait before sleeping */
 static inline void shmp_cpu_relax(void)

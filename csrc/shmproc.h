@@ -80,6 +80,12 @@ enum {
     SHMP_FEAT_PEER_FD = 4           /* shmp_seg_open_peer works */
 };
 
+/* ---- exit statuses of a worker ended by its native guard (guard.c) -------- */
+enum {
+    SHMP_EXIT_EXPIRED  = 86,        /* a section ran past its deadline plus the grace */
+    SHMP_EXIT_ORPHANED = 87         /* the process that started the worker is gone */
+};
+
 /* ---- bits returned by shmp_ctl_enter / shmp_ctl_leave / shmp_ctl_end_lap - */
 enum {
     SHMP_CTL_STOP    = 1,
@@ -229,6 +235,32 @@ int32_t shmp_ctl_pid(const shmp_control *ctl);
 int  shmp_ctl_set_pid(shmp_control *ctl, int32_t pid);
 int  shmp_ctl_set_exit(shmp_control *ctl, int32_t code, int32_t signo);
 int  shmp_ctl_exit(const shmp_control *ctl, int32_t *code_out, int32_t *signo_out);
+/* The section start stamp the guard's latest SIGALRM was meant for: the
+ * handler raises only while that same section is still running.        */
+uint64_t shmp_ctl_alarm_start_ns(const shmp_control *ctl);
+/* Which section the guard ended the worker in (0 = it did not), with that
+ * section's timeout and the lap it was on; written before the worker
+ * exits with SHMP_EXIT_EXPIRED.  shmp_ctl_reset clears it.              */
+uint32_t shmp_ctl_expired(const shmp_control *ctl, uint64_t *timeout_ns_out, uint64_t *lap_out);
+
+/* ---- the guard: a native watchdog thread in the worker (guard.c) -------
+ * One per process, started by the worker's main thread, which becomes the
+ * target of its SIGALRMs.  It sleeps until the current section's deadline
+ * in `ctl` (or at most `horizon_ns`, the smallest timeout a new section
+ * can have; 0 = no timeouts), signals `alarm_signo` on overrun, backing
+ * off, and ends the process with SHMP_EXIT_EXPIRED once the section has
+ * run `grace_ns` past its deadline.  It also ends the process with
+ * SHMP_EXIT_ORPHANED when `parent_pid` exits (`parent_is_parent`: it is
+ * our parent, so getppid() can tell; else a pidfd or kill(pid, 0)).
+ * start: SHMP_ESTATE if one runs already, SHMP_EPEER if the parent is
+ * already gone.  rearm: a new horizon (a pool worker's next Process).
+ * stop: ends and joins the thread; idempotent.  A fork() child has no
+ * guard (threads do not survive fork) and may start its own.           */
+int  shmp_guard_start(shmp_control *ctl, int32_t parent_pid, int parent_is_parent,
+                      uint64_t horizon_ns, uint64_t grace_ns, int alarm_signo);
+int  shmp_guard_rearm(uint64_t horizon_ns);
+int  shmp_guard_stop(void);
+int  shmp_guard_running(void);
 
 /* ---- wait/wake on a 32-bit shared word ----------------------------------
  * Exposed for tests and for the engine's own words; the ring and control

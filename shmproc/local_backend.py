@@ -25,6 +25,7 @@ from . import arenas, native, runner, transfer, wire
 from .backends import Backend, Outcome, Run
 from .config import default_start_method
 from .errors import ProcessCrashedError, ProcessError, ResultError
+from .errors import TimeoutError as SectionTimeoutError
 from .native import lib
 
 __all__ = ["LocalBackend", "LocalRun", "LOCAL"]
@@ -51,23 +52,31 @@ class LocalRun(Run):
             ctl = ctl_array.control(0)
             ctl.set_lives(obj.config.lives)
             ctl.set_state(lib.SHMP_STATE_STARTING)
-            main = threading.current_thread() is threading.main_thread()
-            proc = ctx.Process(
-                target=runner.worker_entry,
-                args=(ctl_array, 0, arena, os.getpid(), type(obj).__name__,
-                      method != "forkserver", main),
-                name=f"shmproc:{type(obj).__name__}",
-            )
-            proc.start()
+            self.ctx, self.method, self.name = ctx, method, type(obj).__name__
+            self.ctl_array, self.ctl, self.arena = ctl_array, ctl, arena
+            self._spawn()
         except BaseException:
             ctl_array.close()                     # the arena goes back to the pool with its mapping
             raise
-        self.ctl_array, self.ctl, self.arena, self.proc = ctl_array, ctl, arena, proc
-        self.pid = proc.pid
-        self.name = type(obj).__name__
-        self.ended_ = self.killed = self._views = False
+        self.ended_ = self.killed = self._views = self._stop_asked = False
         self._outcome = None
         self._finishing = threading.Lock()        # kill() and a waiting thread may race to _finish
+
+    def _spawn(self):
+        """Start a worker on the state in the arena (the first life, or a
+        later one after the guard ended a worker stuck past its timeout)."""
+        main = threading.current_thread() is threading.main_thread()
+        proc = self.ctx.Process(
+            target=runner.worker_entry,
+            args=(self.ctl_array, 0, self.arena, os.getpid(), self.name,
+                  self.method != "forkserver", main),
+            name=f"shmproc:{self.name}",
+        )
+        proc.start()
+        self.proc, self.pid = proc, proc.pid
+        # Signals go through a pidfd: it names this process even after it
+        # has been reaped, when its pid may already belong to another.
+        self._pidfd = _open_pidfd(proc.pid)
 
     def ended(self) -> bool:
         if self.ended_:
@@ -78,7 +87,7 @@ class LocalRun(Run):
         if self.proc.exitcode is None:            # waitpid(WNOHANG)
             return False
         self._finish()
-        return True
+        return self.ended_                        # False: a next life started in a new worker
 
     def _finish(self):
         """The worker has ended: it reported (DONE/FAILED), died, or was killed.
@@ -91,17 +100,30 @@ class LocalRun(Run):
             if not self.ended_:
                 self._finish_once()
 
+    def _reaped(self):
+        self.proc.join()
+        self._close_pidfd()
+
+    def _close_pidfd(self):
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            os.close(fd)
+
     def _finish_once(self):
         ctl = self.ctl
         state = ctl.state
         if self.killed:
-            self.proc.join()
+            self._reaped()
             ctl.set_state(lib.SHMP_STATE_KILLED)
             self._outcome = Outcome("killed", None, None, None, ctl.lap(), -signal.SIGKILL)
         elif state < lib.SHMP_STATE_DONE:
-            self.proc.join()
+            self._reaped()
             state = ctl.state                     # it may have reported just before dying
-            if state < lib.SHMP_STATE_DONE:
+            expired = ctl.expired() if state < lib.SHMP_STATE_DONE else None
+            if expired is not None:
+                if self._expired(*expired):
+                    return                        # a next life runs: not ended
+            elif state < lib.SHMP_STATE_DONE:
                 code = self.proc.exitcode
                 crashed = ProcessCrashedError(exitcode=code, last_lap=ctl.lap(), pid=self.pid,
                                               process_name=self.name)
@@ -109,11 +131,39 @@ class LocalRun(Run):
                 ctl.set_state(lib.SHMP_STATE_CRASHED)
                 self._outcome = Outcome("crashed", crashed, None, None, ctl.lap(), code)
         self.ctl_array.close()                    # descriptors go now, mappings with their views
+        self._close_pidfd()                       # a worker that reported may still be exiting
         if self._outcome is None:
             self._outcome = self._decode()
         if not self._views:
             self.arena = None                     # nothing refers to it: unmap now, not with us
         self.ended_ = True                        # last: ended() promises an outcome
+
+    def _expired(self, section, timeout_ns, lap) -> bool:
+        """The guard ended the worker: a hook ran past its timeout and did
+        not give way (stuck in C holding the GIL, or it swallowed the
+        TimeoutError).  Its state died with it, so lives are applied here:
+        with lives left a new worker runs the next life from the state
+        serialized at start(), which is still in the arena (the worker only
+        writes there when it reports); True then.  Otherwise the outcome is
+        that section's TimeoutError (__error__ cannot run: the object it
+        would run on is gone)."""
+        ctl = self.ctl
+        lives = ctl.lives
+        if section in runner.RETRIED and lives > 1:
+            stop = ctl.stop_requested             # by the parent, or by the dead life's hooks
+            ctl.reset()                           # lap, section, deadline, the guard's record
+            if stop or self._stop_asked:          # (the latter: a stop() during the reset)
+                ctl.request_stop()
+            ctl.set_lives(lives - 1)
+            ctl.set_state(lib.SHMP_STATE_STARTING)
+            self._spawn()
+            return True
+        err = SectionTimeoutError(runner.SECTION_NAMES[section], timeout_ns / 1e9, lap,
+                                  process_name=self.name)
+        ctl.set_exit(self.proc.exitcode or 0, 0)
+        ctl.set_state(lib.SHMP_STATE_FAILED)
+        self._outcome = Outcome("failed", err, None, err, lap, self.proc.exitcode)
+        return False
 
     def _decode(self) -> Outcome:
         lap = self.ctl.lap()
@@ -152,19 +202,32 @@ class LocalRun(Run):
 
     def stop(self):
         if not self.ended_:
+            self._stop_asked = True
             self.ctl.request_stop()
 
     def stop_requested(self) -> bool:
         return bool(self.ctl.stop_requested)
 
     def kill(self):
-        if self.ended_:
-            return
-        self.killed = True
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        with self._finishing:
+            if self.ended_:
+                return
+            self.killed = True
+            if self._pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                except ProcessLookupError:        # it has exited: nothing to kill
+                    pass
+            elif self.proc.exitcode is None:
+                # No pidfd: signal only a worker not reaped yet.  exitcode
+                # reaps it if it has exited (waitpid), so a pid that may be
+                # reused is never signalled -- unless a thread reaps it
+                # between these two lines (multiprocessing.active_children()
+                # elsewhere); pidfds close that gap.
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         self._finish()
 
     def lap(self) -> int:
@@ -206,6 +269,17 @@ class LocalBackend(Backend):
 
 
 LOCAL = LocalBackend()
+
+
+def _open_pidfd(pid: int):
+    """A pidfd for our child `pid` (not reaped yet: only we reap it), or
+    None where the system has none (not Linux 5.3+)."""
+    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
 
 PRELOAD = ["shmproc.runner", "shmproc.process", "shmproc.pool_worker", "cloudpickle"]
 

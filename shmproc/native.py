@@ -21,9 +21,9 @@ from .errors import (CorruptSharedMemoryError, ForeignSharedMemoryError, SharedM
 
 __all__ = [
     "ffi", "lib", "check", "now_ns", "timeout_ns", "Ring", "Blob", "ControlArray", "Control",
-    "Arena", "parent_death_signal",
+    "Arena", "parent_death_signal", "guard_start", "guard_rearm", "guard_stop", "guard_running",
     "open_peer_fd", "copy_offset", "OK", "EFULL", "EEMPTY", "ETIMEDOUT", "EINTR", "ESMALLBUF",
-    "ETOOBIG", "ESTATE", "EPEER",
+    "ETOOBIG", "ESTATE", "EPEER", "EXIT_EXPIRED", "EXIT_ORPHANED",
 ]
 
 OK = lib.SHMP_OK
@@ -35,6 +35,9 @@ ESMALLBUF = lib.SHMP_ESMALLBUF
 ETOOBIG = lib.SHMP_ETOOBIG
 ESTATE = lib.SHMP_ESTATE
 EPEER = lib.SHMP_EPEER
+#: Exit statuses of a worker its guard ended (csrc/guard.c).
+EXIT_EXPIRED = lib.SHMP_EXIT_EXPIRED
+EXIT_ORPHANED = lib.SHMP_EXIT_ORPHANED
 
 now_ns = lib.shmp_now_ns
 FOREVER = -1
@@ -551,6 +554,18 @@ class Control:
         check(lib.shmp_ctl_exit(self.block, code, sig), "reading a worker exit")
         return code[0], sig[0]
 
+    @property
+    def alarm_start_ns(self) -> int:
+        """The section start stamp the guard's latest SIGALRM was meant for."""
+        return lib.shmp_ctl_alarm_start_ns(self.block)
+
+    def expired(self):
+        """(section, timeout_ns, lap) if the guard ended the worker on an
+        overrun, else None."""
+        tmo, lap = ffi.new("uint64_t *"), ffi.new("uint64_t *")
+        section = lib.shmp_ctl_expired(self.block, tmo, lap)
+        return (section, tmo[0], lap[0]) if section else None
+
 
 #: Ranges at least this large are faulted in with one call before writing.
 _PREFAULT_MIN = 1 << 20
@@ -626,6 +641,30 @@ def _dup_for_child(fd: int, what: str):
         raise ValueError(f"{what} was closed in this process and cannot be sent to another")
     from multiprocessing.reduction import DupFd
     return DupFd(fd)
+
+
+def guard_start(ctl: Control, parent_pid: int, parent_is_parent: bool, horizon_ns: int,
+                grace_ns: int, alarm_signo: int) -> bool:
+    """Start this process's native guard on `ctl` (see csrc/guard.c), from
+    the main thread; False if the parent is already gone."""
+    rc = lib.shmp_guard_start(ctl.block, parent_pid or 0, bool(parent_is_parent), horizon_ns,
+                              grace_ns, alarm_signo)
+    if rc == EPEER:
+        return False
+    check(rc, "starting the worker's timeout guard")
+    return True
+
+
+def guard_rearm(horizon_ns: int):
+    check(lib.shmp_guard_rearm(horizon_ns), "re-arming the worker's timeout guard")
+
+
+def guard_stop():
+    check(lib.shmp_guard_stop(), "stopping the worker's timeout guard")
+
+
+def guard_running() -> bool:
+    return bool(lib.shmp_guard_running())
 
 
 def parent_death_signal(signo: int, expected_parent: int) -> bool:

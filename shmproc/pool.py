@@ -18,7 +18,9 @@ long batches while long ones stay balanced across workers.  When a
 worker dies, the results it managed to send are taken first; the item it
 was running (known from its control block) fails with
 ProcessCrashedError, and everything else it had been given goes to its
-replacement.
+replacement.  A worker ended by its guard (a Process task's hook stuck
+past its timeout, see watchdog.py) fails that task with the section's
+TimeoutError instead, or sends it to the replacement for its next life.
 """
 from __future__ import annotations
 
@@ -40,8 +42,10 @@ from .errors import ProcessCrashedError, ProcessError, RemoteTraceback
 from .progressbar import ProgressBar
 from .queue import Queue
 from .pool_worker import is_process_class as _is_process_class, process_class
-from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP, R_CHUNK, R_ERROR,
-                       R_PROCESS, R_VALUE, R_VALUES)
+from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP, R_CHUNK,
+                       R_ERROR, R_PROCESS, R_VALUE, R_VALUES)
+from .errors import TimeoutError as SectionTimeoutError
+from .runner import RETRIED, SECTION_NAMES
 
 __all__ = ["Pool", "PoolCalls", "Task", "Progress"]
 
@@ -84,7 +88,7 @@ class _Unit:
     """Items sent to one worker as one record: a call, a chunk, or a Process."""
 
     __slots__ = ("id", "sink", "index", "op", "fn_id", "star", "items", "n", "record", "slot",
-                 "stream", "resends")
+                 "stream", "resends", "lives")
 
     def __init__(self, ident, sink, index, op, fn_id, star, items):
         self.id = ident
@@ -99,6 +103,7 @@ class _Unit:
         self.slot = None
         self.stream = 0               # position of items[0] in its worker's item stream
         self.resends = 0              # times sent again after a worker died with it started
+        self.lives = None             # a Process task's lives left, if not its config's
 
     def payload(self):
         if self.op == OP_CHUNK:
@@ -110,14 +115,19 @@ class _Unit:
 
     def encode(self, token) -> bytes:
         if self.record is None:
-            self.record = taskwire.encode(self.op, self.id, self.payload(), token,
+            op, payload = self.op, self.payload()
+            if self.lives is not None:
+                op, payload = OP_RETRY, (self.lives, op, payload)
+            self.record = taskwire.encode(op, self.id, payload, token,
                                           elapsed_us=self.n)     # the header's count field
         return self.record
 
     def split(self, ident, start, stop):
         """A new unit for items[start:stop] (re-sent after a crash)."""
-        return _Unit(ident, self.sink, self.index + start, self.op, self.fn_id, self.star,
+        part = _Unit(ident, self.sink, self.index + start, self.op, self.fn_id, self.star,
                      self.items[start:stop])
+        part.lives = self.lives
+        return part
 
 
 class _Slot:
@@ -706,9 +716,10 @@ class Pool(PoolCalls):
             if a:
                 self._resend_part(unit, 0, a, resend, slot, code)
             if b - a == 1 and span == 1:                  # exactly this item was running
-                self._crashed += 1
-                self._retired_done += 1
-                unit.sink._fail(unit.index + a, self._crash_error(unit, slot, code))
+                if not self._expired_item(unit, a, slot, resend):
+                    self._crashed += 1
+                    self._retired_done += 1
+                    unit.sink._fail(unit.index + a, self._crash_error(unit, slot, code))
             else:
                 # One of a block of items was running: run each again on its
                 # own; if one crashes again, it alone fails.
@@ -752,6 +763,30 @@ class Pool(PoolCalls):
             self._crashed += 1
             self._retired_done += 1
             unit.sink._fail(unit.index + k, err)
+
+    def _expired_item(self, unit, k, slot, resend) -> bool:
+        """Item k, a Process, was ended by its worker's guard past a section's
+        timeout (watchdog.py): it fails with that section's TimeoutError, or
+        with lives left runs again, from its start state, with one life
+        fewer.  False if the worker died otherwise."""
+        expired = slot.rctl.expired()
+        if expired is None:
+            return False
+        section, timeout_ns, lap = expired
+        lives = slot.rctl.lives
+        if section in RETRIED and lives > 1:
+            part = unit.split(self._new_id(), k, k + 1)
+            part.resends = unit.resends               # a life used up, not a crash
+            part.lives = lives - 1
+            resend.append(part)
+            return True
+        self._crashed += 1                            # counted with the failures
+        self._retired_done += 1
+        fn = self._function(unit.fn_id) if unit.op != OP_RUN else None
+        name = fn.__name__ if fn is not None else type(unit.items[0]).__name__
+        unit.sink._fail(unit.index + k, SectionTimeoutError(
+            SECTION_NAMES[section], timeout_ns / 1e9, lap, process_name=name))
+        return True
 
     def _crash_error(self, unit, slot, code, message=None):
         name, last_lap = f"pool worker {slot.index}", None

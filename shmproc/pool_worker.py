@@ -22,14 +22,13 @@ import pickle
 import queue
 import signal
 import sys
-import threading
 
 from . import blobs, native, taskwire, wire
 from .errors import ProcessError, RemoteError, ResultError
 from .native import lib
-from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP, R_CHUNK, R_ERROR,
-                       R_PROCESS, R_VALUE, R_VALUES)
-from .watchdog import EXIT_ORPHANED, ParentWatch, Watchdog
+from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP, R_CHUNK,
+                       R_ERROR, R_PROCESS, R_VALUE, R_VALUES)
+from .watchdog import EXIT_ORPHANED, Watchdog
 
 _now = native.now_ns
 _unpack = taskwire.HEADER.unpack_from
@@ -90,7 +89,7 @@ class _BrokenFn:
 
 
 class PoolWorker:
-    def __init__(self, slot, ctl_array, task_q, result_q, parent: ParentWatch, max_tasks):
+    def __init__(self, slot, ctl_array, task_q, result_q, parent_pid, direct_child, max_tasks):
         self.slot = slot
         self.pctl = ctl_array.control(2 * slot)
         self.rctl = ctl_array.control(2 * slot + 1)
@@ -108,15 +107,10 @@ class PoolWorker:
         self.token = blobs.FlushToken()     # results: wait at exit until the parent opened them
         self.out = []                   # encoded results not yet sent
         self.runner = None              # the Runner of the Process task running now
-        self.main_ident = threading.main_thread().ident
-        self.dog = Watchdog(self.rctl, (), parent, self._fire)
+        self.dog = Watchdog(self.rctl, (), parent_pid, direct_child)
+        self.lives_next = None          # lives left for the next Process task (OP_RETRY)
 
-    # -- timeouts of Process tasks: the watchdog signals, the runner raises ------------
-    def _fire(self, start_ns):
-        r = self.runner
-        if r is not None:
-            r.fire(start_ns)
-
+    # -- timeouts of Process tasks: the guard signals, the runner raises ---------------
     def _on_alarm(self, signum, frame):
         r = self.runner
         if r is not None:
@@ -125,7 +119,8 @@ class PoolWorker:
     # -- the loop -------------------------------------------------------------------------
     def run(self):
         signal.signal(signal.SIGALRM, self._on_alarm)
-        self.dog.start()
+        if not self.dog.start():
+            os._exit(EXIT_ORPHANED)                 # the parent is already gone
         pctl = self.pctl
         pctl.set_pid(os.getpid())
         pctl.set_state(lib.SHMP_STATE_RUNNING)
@@ -306,6 +301,8 @@ class PoolWorker:
             for _ in range(max(1, count)):
                 self._failed()
             return True
+        if op == OP_RETRY:                   # a Process task's next life: pool.py _expired_item
+            self.lives_next, op, body = body
         if op == OP_CALL:
             fn_id, args, kwargs = body
             self.call(ident, self._fn(fn_id), args, kwargs, start)
@@ -409,10 +406,13 @@ class PoolWorker:
         from .process import _HOOKS
         from .runner import FAILED_RESULT, Runner
         name = type(obj).__name__
+        lives, self.lives_next = self.lives_next, None
         if isinstance(obj, _ConstructionFailed):       # Cls(item) raised: that is the error
             self._failed()
             return FAILED_RESULT, obj.exc, None, None, 0
         try:
+            if lives is not None:
+                obj.config.lives = lives
             validate(obj.config)
             for hook in _HOOKS:
                 if not callable(getattr(obj, hook)):
@@ -428,7 +428,6 @@ class PoolWorker:
         rctl.reset()
         rctl.set_state(lib.SHMP_STATE_RUNNING)
         runner = Runner(rctl, None, name)
-        runner.main_ident = self.main_ident
         if snapshot is not None:
             runner.rebuild = lambda: wire.loads(snapshot[0], [bytearray(b) for b in snapshot[1]])
         t = obj.config.timeouts
@@ -475,13 +474,10 @@ def is_process_class(fn) -> bool:
 def main(slot, ctl_array, task_q, result_q, parent_pid, direct_child, use_pdeathsig, max_tasks):
     """The target of a pool worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
-    parent = ParentWatch(parent_pid, direct_child)
     if direct_child and use_pdeathsig:
         if not native.parent_death_signal(signal.SIGKILL, parent_pid):
             os._exit(EXIT_ORPHANED)
-    elif not parent.alive():
-        os._exit(EXIT_ORPHANED)
-    worker = PoolWorker(slot, ctl_array, task_q, result_q, parent, max_tasks)
+    worker = PoolWorker(slot, ctl_array, task_q, result_q, parent_pid, direct_child, max_tasks)
     try:
         worker.run()
     finally:

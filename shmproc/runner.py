@@ -16,19 +16,18 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 
 from . import native, transfer
 from .errors import ProcessError, ResultError, TimeoutError as SectionTimeoutError
 from .native import lib
-from .watchdog import EXIT_ORPHANED, ParentWatch, Watchdog, send_alarm
+from .watchdog import EXIT_ORPHANED, Watchdog, timeout_ns as _timeout_ns
 
 # Section ids in the control block (0 = none).
 PRELOOP, LOOP, POSTLOOP, ONFINISH, RESULT, ERROR = 1, 2, 3, 4, 5, 6
 SECTION_NAMES = {PRELOOP: "preloop", LOOP: "loop", POSTLOOP: "postloop", ONFINISH: "onfinish",
                  RESULT: "result", ERROR: "error"}
-_RETRIED = (PRELOOP, LOOP, POSTLOOP)          # failures here consume a life
+RETRIED = (PRELOOP, LOOP, POSTLOOP)           # failures here consume a life
 
 STOP = lib.SHMP_CTL_STOP
 OVERRAN = lib.SHMP_CTL_OVERRAN
@@ -54,10 +53,6 @@ def _format(exc) -> str:
     return "".join(traceback.format_exception(exc))
 
 
-def _timeout_ns(seconds):
-    return 0 if seconds is None else max(1, int(seconds * 1e9))
-
-
 class Runner:
     """Runs one Process object's whole lifecycle in this (worker) process."""
 
@@ -67,7 +62,6 @@ class Runner:
         self.name = name
         self.lap = 0
         self.armed = False            # a hook is executing (timeouts may raise)
-        self.fired_start = -1         # section start stamp the watchdog fired for
         self.obj = None
 
     def rebuild(self):
@@ -76,12 +70,12 @@ class Runner:
 
     # -- timeouts ----------------------------------------------------------------
     def on_alarm(self, signum, frame):
-        if self.armed and self.ctl.section_start_ns == self.fired_start:
+        # The guard (csrc/guard.c) stored the start stamp of the section it
+        # signals for: a signal that arrives after that section ended, or
+        # between hooks, raises nothing.
+        ctl = self.ctl
+        if self.armed and ctl.section_start_ns == ctl.alarm_start_ns:
             raise _Timeout()
-
-    def fire(self, start_ns):
-        self.fired_start = start_ns
-        send_alarm(self.main_ident)
 
     # -- one section -------------------------------------------------------------
     def _failure(self, section, exc, timeout_s=None):
@@ -159,9 +153,13 @@ class Runner:
         return value
 
     # -- the whole run -------------------------------------------------------------
-    def execute(self, obj):
-        """Run `obj` (the first life's object); returns (kind, payload) for the parent."""
-        lives = obj.config.lives
+    def execute(self, obj, lives=None):
+        """Run `obj` (the first life's object); returns (kind, payload) for the parent.
+
+        lives: the lives left, when the parent restarts a run whose worker
+        the guard ended (a hook stuck past its timeout); else config.lives.
+        """
+        lives = lives or obj.config.lives
         failure = None
         while True:
             self.ctl.leave()                       # no deadline carried into a new life
@@ -177,7 +175,7 @@ class Runner:
                 break
             except _Failure as f:
                 failure = f
-            if failure.section in _RETRIED and lives > 1:
+            if failure.section in RETRIED and lives > 1:
                 lives -= 1
                 try:
                     obj = self.rebuild()                         # fresh state for the next life
@@ -212,16 +210,23 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
     ctl = ctl_array.control(index)
     # Ctrl-C belongs to the parent: it stops us (then kills us if we linger).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = ParentWatch(parent_pid, direct_child)
     if direct_child and use_pdeathsig:
         if not native.parent_death_signal(signal.SIGKILL, parent_pid):
             os._exit(EXIT_ORPHANED)                   # the parent is already gone
-    elif not parent.alive():
+    dog = Watchdog(ctl, (), parent_pid, direct_child)
+    if not dog.start():
         os._exit(EXIT_ORPHANED)
+    try:
+        _run(ctl, arena, name, dog)
+    finally:
+        dog.stop()                                    # joined: no thread outlives the run
+
+
+def _run(ctl, arena, name, dog):
+    lives = ctl.lives                                 # set by the parent: fewer on a restart
     ctl.set_pid(os.getpid())
     record = transfer.read_bytes(arena)
     runner = Runner(ctl, record, name)
-    runner.main_ident = threading.main_thread().ident
     signal.signal(signal.SIGALRM, runner.on_alarm)
     ctl.set_state(lib.SHMP_STATE_RUNNING)
     try:
@@ -235,10 +240,9 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
                               traceback_text=_format(exc),
                               process_name=name), None, None, 0))
         return
-    dog = Watchdog(ctl, limits, parent, runner.fire)
-    dog.start()
+    dog.rearm(limits)
     try:
-        kind, payload = runner.execute(obj)
+        kind, payload = runner.execute(obj, lives)
     except BaseException as exc:                     # a bug of ours: report it, don't just die
         kind = FAILED_RESULT
         err = ProcessError(f"the shmproc runner failed: {type(exc).__name__}: {exc}",
@@ -246,8 +250,6 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
                            traceback_text=_format(exc),
                            process_name=name)
         payload = (err, None, err, runner.lap)
-    finally:
-        dog.stop()
     _report(ctl, arena, kind, payload)
 
 

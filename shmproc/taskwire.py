@@ -33,6 +33,8 @@ OP_CALL = 3         # id: task id; payload: (fn id, args, kwargs)
 OP_CHUNK = 4        # id: first task id; payload: (fn id, star, items)
 OP_RUN = 5          # id: task id; payload: a Process instance
 OP_STOP = 6         # finish and exit
+OP_RETRY = 7        # id: task id; payload: (lives left, op, that op's payload): a Process
+                    # task's next life, after its worker was ended past a timeout
 
 # worker -> parent
 R_VALUE = 16        # payload: the value

@@ -6,140 +6,115 @@ Things that don't work
   boundary, which is most of the per-lap budget.
 * Checking the clock between sections only: cannot interrupt a hook that
   blocks in ``time.sleep`` or a socket read.
+* A Python watchdog thread (what shmproc had first).  It needs the GIL to
+  wake up, and a hook stuck in C code that holds the GIL (``sum(range(
+  10**10))``, a long regex, many extensions) holds it for as long as it
+  runs: a 0.2 s timeout was enforced after 6.5 s, and the thread's hard
+  exit and its dead-parent check never ran meanwhile.
+* Interrupting the C code in place: nothing can safely unwind a C call
+  from outside (no longjmp out of arbitrary extensions).  The only bound
+  on a hook stuck in C is ending its process.
 
 Solution
 --------
 The worker's hot path only *stores* each section's start stamp and
 deadline in its control block (shmp_ctl_enter: a vDSO clock read and a
-few stores).  This thread sleeps until the current deadline, or at most
-until the earliest deadline any new section could have (now + the
-smallest configured timeout), so it is never late and wakes rarely (once
-per 30 s with the default timeouts).  On an overrun it sends SIGALRM to
-the worker's main thread; the handler raises only if that same section is
-still running (same start stamp) and a hook is executing, so a late signal
-can never hit the wrong section or the runner's own code.  A hook that
-swallows the exception is caught anyway when it returns: enter/end_lap
-report the overrun (SHMP_CTL_OVERRAN).  One that swallows it and never
-returns is signalled again, and after UNRESPONSIVE_SIGNALS attempts the
-worker exits hard; the parent then reports a crash.
+few stores).  A native thread, the guard (csrc/guard.c), started by the
+worker's main thread, needs no interpreter: it sleeps in poll() until the
+current deadline, or at most until the earliest deadline any new section
+could have (now + the smallest configured timeout), so it is never late
+and wakes rarely (never, with no timeouts and a pidfd on the parent).
+On an overrun it sends SIGALRM to the worker's main thread; the handler
+(Runner.on_alarm) raises only if that same section is still running (its
+start stamp is the one the guard wrote to ``alarm_start_ns``) and a hook
+is executing, so a late signal can never hit the wrong section or the
+runner's own code.  That stays the normal way a timeout ends a hook: it
+unwinds in Python, and lives, ``__error__`` and the result work as for
+any failure.  A hook that swallows the exception is caught anyway when it
+returns: enter/end_lap report the overrun (SHMP_CTL_OVERRAN).
 
-The same thread checks every second that the process that started the
-worker is alive (ParentWatch), beside PR_SET_PDEATHSIG, which only covers
-the parent *thread* and does not apply to forkserver children.
+One that does not return -- it swallows the exception and carries on, or
+it sits in C holding the GIL so the handler never runs -- is signalled
+again, backing off, and once it is GRACE_S past its deadline the guard
+writes the section, its timeout and the lap into the control block and
+ends the process (exit status EXIT_EXPIRED).  The parent reads that
+record and reports the section's TimeoutError, not a crash.  The
+worker's state died with it, so *the parent* applies lives: with lives
+left it starts a new worker on the state serialized at start() (still in
+the run's arena) with one life fewer; on the last life it reports the
+TimeoutError itself, and ``__error__`` does not run (the object it would
+run on is gone).  A Pool does the same for a Process task: the task fails
+with the TimeoutError, or runs again on the replacement worker with one
+life fewer.  So a hook stuck in C ends within its timeout + GRACE_S (+ the
+parent's 20 ms liveness poll), whatever it holds.
+
+The guard also ends the worker when the process that started it exits
+(it need not be our parent: forkserver children are the fork server's):
+it sleeps on that process's pidfd where the system has one, so an orphan
+goes at once, else it checks at least every second (getppid() for direct
+children, kill(pid, 0) otherwise).  This backs up PR_SET_PDEATHSIG, which
+only covers the parent *thread* and does not apply to forkserver
+children.
+
+fork() in user code: the guard does not survive into the child (no
+thread does), and the child does not restart it: the control block is
+the worker's, and a stale deadline there must never end a child that only
+forked off.  A child that becomes a worker of its own (a nested Process)
+starts its own guard on its own control block.
 """
 from __future__ import annotations
 
-import _thread
-import os
-import select
 import signal
-import threading
 
 from . import native
 
-#: Signals sent to a hook that keeps running past its deadline before the
-#: worker gives up on it and exits.
-UNRESPONSIVE_SIGNALS = 5
-#: Longest sleep, so a dead parent is noticed within this many seconds.
-PARENT_CHECK_S = 1.0
-#: Exit status of a worker whose hook ignored its timeout, and of an orphan.
-EXIT_UNRESPONSIVE = 86
-EXIT_ORPHANED = 87
-
-
-class ParentWatch:
-    """Is the process that started us alive?  (It need not be our parent:
-    forkserver children are the fork server's.)  A pidfd where the system
-    has one; else getppid() for direct children, kill(pid, 0) otherwise."""
-
-    def __init__(self, pid: int, direct_child: bool):
-        self.pid = pid
-        self.direct = direct_child
-        self.pidfd = None
-        if pid and hasattr(os, "pidfd_open"):
-            try:
-                self.pidfd = os.pidfd_open(pid)
-            except OSError:
-                self.pidfd = None
-
-    def alive(self) -> bool:
-        if not self.pid:
-            return True
-        if self.pidfd is not None:
-            readable, _, _ = select.select([self.pidfd], [], [], 0)
-            return not readable                     # a pidfd turns readable when the process exits
-        if self.direct:
-            return os.getppid() == self.pid
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
+#: How long past its deadline a hook gets to honour SIGALRM before the
+#: guard ends the worker.  A hook running Python code unwinds within
+#: microseconds; this only has to cover a slow ``finally``/``__exit__``.
+#: Short, so that a stuck hook ends within its timeout + 1 s.
+GRACE_S = 0.5
+#: Exit status of a worker whose hook outlived its deadline + GRACE_S, and
+#: of an orphan.
+EXIT_EXPIRED = native.EXIT_EXPIRED
+EXIT_ORPHANED = native.EXIT_ORPHANED
 
 
 class Watchdog:
-    """A daemon thread; start() does not wait for it to be scheduled (which
-    threading.Thread.start does, ~0.5 ms of every worker's start-up here)."""
+    """The worker's guard (one per process), with its limits in seconds.
 
-    def __init__(self, ctl, timeouts_s, parent: ParentWatch, fire):
+    start() returns False if the process that started us is already gone.
+    """
+
+    def __init__(self, ctl, timeouts_s, parent_pid: int, direct_child: bool):
         self.ctl = ctl
-        self.horizon_s = _horizon(timeouts_s)
-        self.parent = parent
-        self.fire = fire                    # fire(start_ns): ask the main thread to raise
-        self.done = False
-        self.wake = threading.Event()
+        self.horizon_ns = horizon_ns(timeouts_s)
+        self.parent_pid = parent_pid
+        self.direct = direct_child
+
+    def start(self) -> bool:
+        return native.guard_start(self.ctl, self.parent_pid, self.direct, self.horizon_ns,
+                                  int(GRACE_S * 1e9), signal.SIGALRM)
 
     def rearm(self, timeouts_s):
-        """New limits (a pool worker's next Process): wake the thread only if
-        the horizon shrinks, so a stream of Processes alike costs nothing."""
-        horizon = _horizon(timeouts_s)
-        if horizon < self.horizon_s:
-            self.horizon_s = horizon
-            self.wake.set()
-        else:
-            self.horizon_s = horizon
-
-    def start(self):
-        _thread.start_new_thread(self.run, ())
+        """New limits (the first life's, or a pool worker's next Process):
+        the guard is woken only if the horizon shrinks, so a stream of
+        Processes alike costs nothing."""
+        horizon = horizon_ns(timeouts_s)
+        if horizon != self.horizon_ns:
+            self.horizon_ns = horizon
+            native.guard_rearm(horizon)
 
     def stop(self):
-        self.done = True
-        self.wake.set()
-
-    def run(self):
-        ctl, fired, attempts = self.ctl, 0, 0
-        sleep_s = self.horizon_s
-        while True:
-            if self.wake.wait(sleep_s):
-                self.wake.clear()
-            if self.done:
-                return
-            if not self.parent.alive():
-                os._exit(EXIT_ORPHANED)
-            start, deadline = ctl.section_start_ns, ctl.deadline_ns
-            now = native.now_ns()
-            sleep_s = self.horizon_s
-            if not deadline:
-                continue
-            if now < deadline:
-                sleep_s = min(sleep_s, (deadline - now) / 1e9)
-                continue
-            if start != fired:
-                fired, attempts = start, 0
-            attempts += 1
-            if attempts > UNRESPONSIVE_SIGNALS:
-                ctl.set_exit(EXIT_UNRESPONSIVE, 0)
-                os._exit(EXIT_UNRESPONSIVE)
-            self.fire(start)
-            sleep_s = min(sleep_s, 0.05 * attempts)     # re-check soon, backing off
+        native.guard_stop()
 
 
-def _horizon(timeouts_s) -> float:
+def horizon_ns(timeouts_s) -> int:
+    """The smallest limit (0: none), as the guard's longest sleep."""
     limits = [t for t in timeouts_s if t]
-    return min(min(limits), PARENT_CHECK_S) if limits else PARENT_CHECK_S
+    return timeout_ns(min(limits)) if limits else 0
 
 
-def send_alarm(main_thread_id: int):
-    signal.pthread_kill(main_thread_id, signal.SIGALRM)
+def timeout_ns(seconds) -> int:
+    """Seconds to the control block's nanoseconds (0: no limit).  Rounded,
+    so the parent recovers the configured float exactly (0.57 s)."""
+    return 0 if seconds is None else max(1, round(seconds * 1e9))

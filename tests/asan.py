@@ -21,7 +21,8 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = ROOT / ".asan-build"
 # The files whose `asan`-marked tests run sanitized.
-ASAN_FILES = ["test_native.py", "test_stress.py", "test_ring_faults.py", "test_fuzz.py"]
+ASAN_FILES = ["test_native.py", "test_stress.py", "test_ring_faults.py", "test_fuzz.py",
+              "test_guard.py"]
 
 
 def runtime(name: str) -> str:
