@@ -25,7 +25,6 @@ later task runs in an interpreter that may be left inconsistent.
 from __future__ import annotations
 
 import itertools
-import operator
 import os
 import pickle
 import queue
@@ -49,8 +48,6 @@ _HS = taskwire.HEADER_SIZE
 #: Values that may share a record (R_VALUES): they cannot fail to unpickle
 #: in the parent, so one bad value can never take the others' ids with it.
 _SCALARS = frozenset((int, float, complex, bool, str, bytes, type(None)))
-_setitem = operator.setitem
-_first = operator.itemgetter(0)
 
 #: Phases of the pool block's lap word, (k << 2) | phase, where k counts
 #: the items of this worker's stream that finished.  Only the worker writes
@@ -387,26 +384,26 @@ class PoolWorker:
             self._process_chunk(ident, fn, star, items, start)
             return
         # Items run in blocks through map() in C.  Each item's start is
-        # published as it is taken (zip pulls the item, then stores the
-        # word), so the parent can tell, if this worker dies, which items
-        # finished, which one was running and which never started.  Between
+        # published as it is taken (native marked(): a store in C as the
+        # iterator hands the item out), so the parent can tell, if this
+        # worker dies, which items finished, which one was running and
+        # which never started.  Between
         # two items of a block the finished one still reads as running: a
         # worker killed from outside at that instant has it blamed.  Blocks
         # grow while they take under BLOCK_MIN_NS and shrink past
         # BLOCK_MAX_NS; results go out at least every FLUSH_NS (R_PART).
         mapper = itertools.starmap if star else map
-        progress, now = self.progress, _now
+        progress, marked, now = self.progress, self.pctl.marked, _now
         values, errors, sent = [], {}, 0
         base, it = self.completed, iter(items)
         block = self.block
         part_start = start
         while len(values) < n:
             b = min(block, n - len(values))
-            marks = map(_setitem, itertools.repeat(progress), itertools.repeat(0),
-                        itertools.count((base + len(values)) << 2 | RUNNING, 4))
+            batch = marked(it, (base + len(values)) << 2 | RUNNING, 4, b)
             t0 = now()
             try:
-                values.extend(mapper(fn, map(_first, zip(itertools.islice(it, b), marks))))
+                values.extend(mapper(fn, batch))
             except BaseException as exc:     # noqa: BLE001 - the item after the last value failed
                 errors[len(values)] = error_payload(exc)
                 values.append(None)
