@@ -26,6 +26,7 @@ fresh worker.  Items that never started go to the replacement.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import math
 import multiprocessing as mp
@@ -486,6 +487,8 @@ def check_retries(retries, default=None):
 
 
 def _name(fn) -> str:
+    if isinstance(fn, functools.partial):
+        return f"partial({_name(fn.func)})"
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
