@@ -1,7 +1,9 @@
 """shmproc.Pool: ordering, laziness, submit/cancel, Process classes, numpy,
 crashes, task errors, recycling, Ctrl-C and bad input.  Every test runs
 inside the leak check of conftest.py (fds, mappings, /dev/shm, children)."""
+import logging
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from shmproc import Pool
 from shmproc.errors import RemoteTraceback
 from shmproc.processing import (MainLoopError, Process, ProcessCrashedError, TimeoutError,
                                 timesection)
+from shmproc.watchdog import EXIT_UNRESPONSIVE
 from shmproc.wire import SerializationError
 
 
@@ -261,6 +264,82 @@ def test_process_timeouts_in_the_pool(pool):
         pool.submit(Sleepy, 5).result
     assert info.value.section == "__loop__"
     assert pool.submit(Sleepy, 0).result == "woke"        # the worker is fine afterwards
+
+
+# A timeout is raised asynchronously, wherever the hook is: here, often
+# inside queue.Queue.put between Condition.__enter__'s lock acquire and the
+# with block (a non-reentrant lock, left held).  The next task that logs in
+# that interpreter would block for ever, so a worker in which a timeout was
+# raised reports that task and is replaced.
+
+class QueueingHandler(logging.Handler):
+    """Hands each record through a queue.Queue, as logging.handlers.QueueHandler does."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = queue.Queue()
+
+    def emit(self, record):
+        self.q.put(record)
+        self.q.get()
+
+
+chatty_log = logging.getLogger("shmproc.tests.chatty")
+chatty_log.propagate = False
+chatty_log.setLevel(logging.INFO)
+chatty_log.addHandler(QueueingHandler())
+
+
+class Chatty(Process):
+    """Logs until its 2 ms loop timeout interrupts it."""
+
+    def __init__(self, i):
+        self.i = i
+        self.config.num_loops = 1
+        self.config.timeouts.loop = 0.002
+
+    def __loop__(self):
+        while True:
+            chatty_log.info("item %s", self.i)
+
+
+def log_once(i):
+    chatty_log.info("after %s", i)
+    return i
+
+
+def test_a_worker_whose_task_timed_out_is_replaced():
+    with Pool(1) as p:
+        first = p.submit(os.getpid).result
+        with pytest.raises(TimeoutError):
+            p.submit(Sleepy, 5).result
+        assert p.submit(os.getpid).result != first       # the next task ran elsewhere
+        assert p.submit(Sleepy, 0).result == "woke"
+
+
+def _timed_out(task) -> bool:
+    """The task's loop timed out: TimeoutError, or, rarely on a starved
+    machine, the watchdog ended the worker as unresponsive (see watchdog.py)."""
+    try:
+        task.result
+    except TimeoutError as exc:
+        return exc.section == "__loop__"
+    except ProcessCrashedError as exc:
+        return exc.exitcode == EXIT_UNRESPONSIVE
+    return False
+
+
+@pytest.mark.timeout(120)      # without the replacement, log_once below blocks for ever
+def test_timeouts_inside_library_code_never_wedge_a_later_task():
+    # Without the fix a worker wedges within a few of these timeouts
+    # (3, 6 and 9 in three runs of the unfixed code).
+    with Pool(1) as p:
+        tasks = [p.submit(Chatty, i) for i in range(30)]
+        assert all(_timed_out(t) for t in tasks)
+        with pytest.raises((TimeoutError, ProcessCrashedError)):   # chunks of Process classes
+            p.map(Chatty, range(8), chunksize=4)
+        assert [p.submit(log_once, i).result for i in range(3)] == [0, 1, 2]
+        assert p.map(log_once, range(10), chunksize=5) == list(range(10))
 
 
 def test_process_crash_in_the_pool(pool):
