@@ -1429,6 +1429,29 @@ class Pool(PoolCalls):
                 bar.update(job.finished, job.known_total())
                 bar.close()
 
+    def _outcomes(self, fn, items, star, retries=None):
+        """Run every item once, whatever fails: (values with None where an
+        item failed, {index: exception}).  For the Ray launcher, which
+        reports a chunk's items one by one (map stops at the first error;
+        running the rest again would run finished items twice)."""
+        job = self._start_job(fn, items, None, star, False, True, retries)
+        try:
+            while True:
+                with self._lock:
+                    if self._status == _TERMINATED:
+                        raise RuntimeError("the pool was terminated while this map was running")
+                    if job.complete():
+                        values = [None] * job.taken
+                        for index, chunk in job.ready.items():
+                            values[index:index + len(chunk)] = chunk
+                        errors = dict(job.errors)
+                        job.ready.clear()
+                        job.errors.clear()
+                        return values, errors
+                self._wait_step(SLICE_S)
+        finally:
+            self._end_job(job)
+
     def _end_job(self, job):
         with self._lock:
             if not job.complete() or job.ready or job.errors:

@@ -167,21 +167,12 @@ class Launcher:
             return ("error", 0, [], *_strip_local_task(exc), None)
 
     def _run_chunk(self, pool, fn, items, star, retries):
-        """Every item runs, as on the local pool: a failed one is noted and the
-        rest go on.  ("ok", values, None), or ("errors", values with None where
-        an item failed, [(position, exc, tb)], None)."""
-        run = pool.istarmap if star else pool.imap
-        values, errors = [], []
-        while len(values) < len(items):
-            try:
-                for value in run(fn, items[len(values):], retries=retries):
-                    values.append(value)
-            except Exception as exc:              # noqa: BLE001 - one item's error
-                if self._pool is not pool:        # terminated: the rest will not run
-                    raise
-                errors.append((len(values), *_strip_local_task(exc)))
-                values.append(None)
-        if errors:
+        """Every item runs once, as on the local pool: a failed one is noted
+        and the rest go on.  ("ok", values, None), or ("errors", values
+        with None where an item failed, [(position, exc, tb)], None)."""
+        values, failed = pool._outcomes(fn, items, star, retries)
+        if failed:
+            errors = [(k, *_strip_local_task(failed[k])) for k in sorted(failed)]
             return ("errors", values, errors, None)
         return ("ok", values, None)
 

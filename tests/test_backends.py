@@ -348,11 +348,17 @@ def test_pool_items_after_a_failure_in_their_chunk_still_run(backend):
         with pytest.raises(ValueError):
             for v in p.imap_unordered(fails_on_seven, range(10), chunksize=10):
                 got.append(v)
-        assert sorted(got) == [0, 1, 2, 3, 4, 5, 6, 8, 9]
-    with Pool(2, backend=backend) as p:
+        if backend is None:
+            # A local chunk's results may come in parts (at least every
+            # millisecond): those after the error may come after it raised.
+            assert set(range(7)) <= set(got) <= {0, 1, 2, 3, 4, 5, 6, 8, 9}, got
+        else:                           # a Ray unit's results come in one reply
+            assert sorted(got) == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+    with Pool(1, backend=backend) as p:
         with pytest.raises(ValueError, match="bad 7"):
             p.map(fails_on_seven, range(10), chunksize=10)
-        assert tuple(p.progress) == (10, 10, 1)
+        assert p.submit(square, 3).result == 9      # after the chunk, on the one worker
+        assert tuple(p.progress) == (11, 11, 1)      # so every item ran, once
 
 
 def test_pool_crash_fails_only_that_task(pool):
