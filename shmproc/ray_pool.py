@@ -631,8 +631,8 @@ class RayPool(PoolCalls):
                 except ValueError:
                     pass
 
-    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress):
-        job = self._start_job(fn, iterable, chunksize, star, copy, eager=False)
+    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress, retries):
+        job = self._start_job(fn, iterable, chunksize, star, copy, False, retries)
         yield from self._drive(job, ordered, _bar(progress, job))
 
     @property
