@@ -43,8 +43,7 @@ from .config import default_start_method
 from .errors import ProcessCrashedError, ProcessError, RemoteTraceback
 from .progressbar import ProgressBar
 from .queue import Queue
-from .pool_worker import is_process_class as _is_process_class, process_class
-from .pool_worker import DECODING, IDLE
+from .pool_worker import DECODING, IDLE, is_process_class as _is_process_class, process_class
 from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP, R_CHUNK, R_ERROR,
                        R_PART, R_PROCESS, R_VALUE, R_VALUES)
 
