@@ -473,7 +473,7 @@ def _check_chunksize(chunksize):
     return _positive_int(chunksize, "chunksize", "automatic")
 
 
-def check_retries(retries, default=None):
+def _check_retries(retries, default=None):
     """`retries`: an int >= 0; None means `default` (a call's: the pool's)."""
     if retries is None and default is not None:
         return default
@@ -602,7 +602,7 @@ class PoolCalls:
         """imap & co.: bad arguments fail now; the work starts with the first
         next() (a generator never started runs nothing)."""
         _check_chunksize(chunksize)
-        check_retries(retries, 0)
+        _check_retries(retries, 0)
         if not callable(fn):
             raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
         with self._lock:
@@ -654,7 +654,7 @@ class Pool(PoolCalls):
 
     def __init__(self, workers: int | None = None, start_method: str | None = None,
                  max_tasks_per_worker: int | None = None, backend=None, retries: int = 0):
-        self._retries = check_retries(retries)
+        self._retries = _check_retries(retries)
         self._n = _worker_count(workers)
         self._method = _check_method(start_method)
         self._max_tasks = _positive_int(max_tasks_per_worker, "max_tasks_per_worker", "no limit")
@@ -1269,6 +1269,9 @@ class Pool(PoolCalls):
         `fn` may be a Process subclass (constructed on the worker with the
         arguments, then run) or an already-built Process object (no
         arguments), whose timers and error are filled in when it is done.
+        If its worker dies while running it, it fails with
+        ProcessCrashedError, or runs again on a fresh worker up to the
+        pool's `retries` times.
         """
         with self._lock:
             self._check_open()
@@ -1314,7 +1317,7 @@ class Pool(PoolCalls):
 
     def _start_job(self, fn, iterable, chunksize, star, copy, eager, retries=None):
         chunksize = _check_chunksize(chunksize)
-        retries = check_retries(retries, self._retries)
+        retries = _check_retries(retries, self._retries)
         if not callable(fn):
             raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
         with self._lock:

@@ -23,8 +23,8 @@ import time
 import weakref
 
 from .errors import ProcessCrashedError, ProcessError
-from .pool import (PoolCalls, Progress, Task, _bar, _check_chunksize, _is_process, _name,
-                   _pickle_function, _positive_int, _remote, _writable, check_retries)
+from .pool import (PoolCalls, Progress, Task, _bar, _check_chunksize, _check_retries,
+                   _is_process, _name, _pickle_function, _positive_int, _remote, _writable)
 from .ray_backend import _cluster
 
 __all__ = ["RayPool"]
@@ -147,7 +147,7 @@ class RayPool(PoolCalls):
         max_tasks = _positive_int(max_tasks_per_worker, "max_tasks_per_worker", "no limit")
         # Each launcher runs a one-worker local Pool with these retries: an
         # item whose worker dies while running it runs again there, as locally.
-        self._retries = check_retries(retries)
+        self._retries = _check_retries(retries)
         n = _positive_int(workers, "workers", "one per CPU of the cluster")
         self._backend = backend
         ray = self._ray = backend.connect()
@@ -523,7 +523,7 @@ class RayPool(PoolCalls):
 
     def _start_job(self, fn, iterable, chunksize, star, copy, eager, retries=None):
         chunksize = _check_chunksize(chunksize)
-        retries = check_retries(retries, self._retries)
+        retries = _check_retries(retries, self._retries)
         if not callable(fn):
             raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
         with self._lock:
