@@ -141,9 +141,10 @@ class PoolWorker:
             except BaseException:
                 # The timeout is raised wherever the hook was, maybe inside a
                 # library between taking a lock and the try that releases it
-                # (logging's handler lock, an import lock): this interpreter
-                # may be wedged for the next task.  Finish this one, then let
-                # a fresh worker take over.
+                # (queue.Queue's, in Condition.__enter__; a logging handler
+                # that hands records to a queue): this interpreter may be
+                # wedged for the next task.  Finish this one, then let a
+                # fresh worker take over.
                 self.retiring = True
                 raise
 
@@ -387,11 +388,11 @@ class PoolWorker:
         # published as it is taken (native marked(): a store in C as the
         # iterator hands the item out), so the parent can tell, if this
         # worker dies, which items finished, which one was running and
-        # which never started.  Between
-        # two items of a block the finished one still reads as running: a
-        # worker killed from outside at that instant has it blamed.  Blocks
-        # grow while they take under BLOCK_MIN_NS and shrink past
-        # BLOCK_MAX_NS; results go out at least every FLUSH_NS (R_PART).
+        # which never started.  Between two items of a block the finished
+        # one still reads as running: a worker killed from outside at that
+        # instant has it blamed.  Blocks grow while they take under
+        # BLOCK_MIN_NS and shrink past BLOCK_MAX_NS; results go out at
+        # least every FLUSH_NS (R_PART).
         mapper = itertools.starmap if star else map
         progress, marked, now = self.progress, self.pctl.marked, _now
         values, errors, sent = [], {}, 0
@@ -424,9 +425,11 @@ class PoolWorker:
         self._send_part(R_CHUNK, ident, values, errors, sent, part_start)
 
     def _process_chunk(self, ident, fn, star, items, start):
-        """A chunk of Process classes, one lifecycle per item."""
+        """A chunk of Process classes, one lifecycle per item; results go
+        out at least every FLUSH_NS (R_PART), as for plain chunks."""
         values, errors, sent = [], {}, 0
-        progress = self.progress
+        progress, n = self.progress, len(items)
+        part_start = start
         for item in items:
             progress[0] = self.completed << 2 | RUNNING
             args = tuple(item) if star else (item,)
@@ -437,11 +440,15 @@ class PoolWorker:
             else:
                 values.append(value)
             self._done()
-            if self.retiring and len(values) < len(items):
+            if self.retiring and len(values) < n:
                 # The rest of the chunk goes to the replacement worker.
-                self._send_part(R_PART, ident, values, errors, sent, start)
+                self._send_part(R_PART, ident, values, errors, sent, part_start)
                 return
-        self._send_part(R_CHUNK, ident, values, errors, sent, start)
+            if len(values) < n and _now() - part_start > FLUSH_NS:
+                sent = self._send_part(R_PART, ident, values, errors, sent, part_start)
+                self.flush()
+                part_start = _now()
+        self._send_part(R_CHUNK, ident, values, errors, sent, part_start)
 
     def _send_part(self, op, ident, values, errors, sent, start) -> int:
         """Send the results of items [sent, len(values)) of a chunk; returns

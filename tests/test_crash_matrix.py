@@ -523,11 +523,12 @@ def items_for(point, how):
     return items
 
 
-def imap_outcome(pool, fn, items, **kw):
+def imap_outcome(pool, fn, items, star=False, **kw):
     """(values yielded, then the exception raised, without traceback)."""
     got, err = [], None
+    run = pool.istarmap if star else pool.imap
     try:
-        for v in pool.imap(fn, items, chunksize=len(items), **kw):
+        for v in run(fn, items, chunksize=len(items), **kw):
             got.append(v)
     except BaseException as exc:                           # noqa: BLE001 - checked by the caller
         exc.__traceback__ = None
@@ -695,3 +696,40 @@ def test_pool_retries_is_validated(bad, error):
     if bad is not True:
         with Pool(1) as pool:
             assert pool.map(abs, [-1], retries=None) == [1]
+
+
+class Recorded(Process):
+    """A Process class as a pool task: its one lap records the run, sleeps
+    2 ms (like work()), and item K's first run dies by SIGKILL."""
+
+    def __init__(self, path, i):
+        self.path = path
+        self.i = i
+        self.config.num_loops = 1
+
+    def __loop__(self):
+        import time
+        record_run(self.path, self.i)
+        time.sleep(0.002)
+        if self.i == K and runs(self.path).get(K) == 1:
+            fail("sigkill", "__loop__")
+
+    def __result__(self):
+        return self.i
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_pool_process_class_chunk_crash(retries, tmp_path):
+    path = str(tmp_path / "runs")
+    with Pool(1, retries=retries) as pool:
+        got, err = imap_outcome(pool, Recorded, [(path, i) for i in range(N)], star=True)
+        settle(pool)
+        counted = runs(path)
+        if retries:
+            assert (got, err) == (list(range(N)), None)
+            assert counted == {i: 2 if i == K else 1 for i in range(N)}
+        else:
+            assert got == [0, 1] and isinstance(err, ProcessCrashedError), (got, err)
+            assert err.signal_name == "SIGKILL" and f"task {K} " in err.shmproc_task
+            assert all(counted[i] == 1 for i in range(K + 1))
+            assert all(counted.get(i, 0) <= 1 for i in range(K + 1, N))
