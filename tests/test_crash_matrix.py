@@ -733,3 +733,18 @@ def test_pool_process_class_chunk_crash(retries, tmp_path):
             assert err.signal_name == "SIGKILL" and f"task {K} " in err.shmproc_task
             assert all(counted[i] == 1 for i in range(K + 1))
             assert all(counted.get(i, 0) <= 1 for i in range(K + 1, N))
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_pool_single_call_that_dies_encoding_its_result(retries, tmp_path):
+    # A single call's result is encoded as part of running it: dying there
+    # is that call's crash (re-run with retries), not a lost finished result.
+    path = str(tmp_path / "runs")
+    with Pool(1, retries=retries) as pool:
+        task = pool.submit(work, path, "pickle_result", "sigkill", False, K)
+        with pytest.raises(ProcessCrashedError) as info:
+            task.result
+        assert "had finished" not in str(info.value)
+        assert (f"ran {retries + 1} times" in str(info.value)) == bool(retries)
+        assert runs(path) == {K: retries + 1}
+        assert pool.submit(work, path, "none", "sigkill", False, 1).result == 1
