@@ -77,8 +77,9 @@ class Backend(abc.ABC):
         """Start one run of `proc` (config already validated); return its Run."""
 
     @abc.abstractmethod
-    def pool(self, workers, start_method, max_tasks_per_worker):
-        """A pool with shmproc.Pool's API whose workers run on this backend."""
+    def pool(self, workers, start_method, max_tasks_per_worker, retries=0):
+        """A pool with shmproc.Pool's API whose workers run on this backend
+        (`retries`: as Pool's, already validated)."""
 
     def __repr__(self):
         return f"<shmproc {type(self).__name__}>"

@@ -260,9 +260,9 @@ class LocalBackend(Backend):
         from .process import unserializable
         return LocalRun(proc, unserializable)
 
-    def pool(self, workers, start_method, max_tasks_per_worker):
+    def pool(self, workers, start_method, max_tasks_per_worker, retries=0):
         from .pool import Pool
-        return Pool(workers, start_method, max_tasks_per_worker)
+        return Pool(workers, start_method, max_tasks_per_worker, retries=retries)
 
     def __repr__(self):
         return "<shmproc LocalBackend>"

@@ -15,16 +15,21 @@ hand-offs, and it bounds what is in flight by what the caller consumes.
 Each worker gets only as much work ahead as it can do in about
 WINDOW_NS (from the measured time per item), so short tasks stream in
 long batches while long ones stay balanced across workers.  When a
-worker dies, the results it managed to send are taken first; the item it
-was running (known from its control block) fails with
-ProcessCrashedError, and everything else it had been given goes to its
-replacement.  A worker ended by its guard (a Process task's hook stuck
-past its timeout, see watchdog.py) fails that task with the section's
-TimeoutError instead, or sends it to the replacement for its next life.
+worker dies, the results it managed to send are taken first; then its
+control block (the lap word: items finished, and the one running) sorts
+the rest of what it had been given.  Finished items are final: never run
+again, even when their results died with the worker (those fail with
+ProcessCrashedError).  The item that was running fails with
+ProcessCrashedError, or, if its call allows `retries`, runs again on a
+fresh worker.  Items that never started go to the replacement.  A worker
+ended by its guard (a Process task's hook stuck past its timeout, see
+watchdog.py) fails that task with the section's TimeoutError instead, or
+sends it to the replacement for its next life.
 """
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import math
 import multiprocessing as mp
@@ -41,9 +46,9 @@ from .config import default_start_method
 from .errors import ProcessCrashedError, ProcessError, RemoteTraceback
 from .progressbar import ProgressBar
 from .queue import Queue
-from .pool_worker import is_process_class as _is_process_class, process_class
-from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP, R_CHUNK,
-                       R_ERROR, R_PROCESS, R_VALUE, R_VALUES)
+from .pool_worker import DECODING, IDLE, is_process_class as _is_process_class, process_class
+from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP,
+                       R_CHUNK, R_ERROR, R_PART, R_PROCESS, R_VALUE, R_VALUES)
 from .errors import TimeoutError as SectionTimeoutError
 from .runner import RETRIED, SECTION_NAMES
 
@@ -73,8 +78,6 @@ SPIN_NS = 200_000
 SLICE_S = 0.02
 #: Functions remembered by the workers (by id) before the oldest are dropped.
 MAX_FUNCTIONS = 256
-#: A task started on this many workers that died is failed, not sent again.
-MAX_RESENDS = 3
 #: Seconds a stopping worker gets to exit before it is killed.
 STOP_GRACE_S = 5.0
 
@@ -88,7 +91,7 @@ class _Unit:
     """Items sent to one worker as one record: a call, a chunk, or a Process."""
 
     __slots__ = ("id", "sink", "index", "op", "fn_id", "star", "items", "n", "record", "slot",
-                 "stream", "resends", "lives")
+                 "stream", "crashes", "cut", "lives")
 
     def __init__(self, ident, sink, index, op, fn_id, star, items):
         self.id = ident
@@ -102,7 +105,8 @@ class _Unit:
         self.record = None            # encoded, once
         self.slot = None
         self.stream = 0               # position of items[0] in its worker's item stream
-        self.resends = 0              # times sent again after a worker died with it started
+        self.crashes = 0              # times its worker died while it (one item) was running
+        self.cut = False              # its first items were answered (R_PART) and dropped
         self.lives = None             # a Process task's lives left, if not its config's
 
     def payload(self):
@@ -128,6 +132,14 @@ class _Unit:
                      self.items[start:stop])
         part.lives = self.lives
         return part
+
+    def cut_answered(self, m):
+        """Its first m items were answered (R_PART): it now holds the rest."""
+        self.items = self.items[m:]
+        self.index += m
+        self.stream += m
+        self.n -= m
+        self.cut = True
 
 
 class _Slot:
@@ -158,9 +170,10 @@ class Task:
 
     _PENDING, _SENT, _DONE, _CANCELLED = range(4)
 
-    def __init__(self, pool, name, proc=None, copy=False):
+    def __init__(self, pool, name, proc=None, copy=False, retries=0):
         self._pool = pool
         self._name = name
+        self.retries = retries        # re-runs allowed if its worker dies while running it
         self._proc = proc             # submit(proc_instance): gets timers and error back
         self._copy = copy
         self._state = Task._PENDING
@@ -243,8 +256,9 @@ class _Job:
     index of their first item, so a chunk costs one dict entry, not one
     per item."""
 
-    def __init__(self, pool, fn_id, name, star, source, total, chunksize, copy):
+    def __init__(self, pool, fn_id, name, star, source, total, chunksize, copy, retries):
         self.pool = pool
+        self.retries = retries        # re-runs allowed per item whose worker dies running it
         self.fn_id = fn_id
         self.name = name
         self.star = star
@@ -470,7 +484,21 @@ def _check_chunksize(chunksize):
     return _positive_int(chunksize, "chunksize", "automatic")
 
 
+def _check_retries(retries, default=None):
+    """`retries`: an int >= 0; None means `default` (a call's: the pool's)."""
+    if retries is None and default is not None:
+        return default
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        what = "an int >= 0" + (" or None (the pool's)" if default is not None else "")
+        raise TypeError(f"retries must be {what}, not {type(retries).__name__}")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+    return retries
+
+
 def _name(fn) -> str:
+    if isinstance(fn, functools.partial):
+        return f"partial({_name(fn.func)})"
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
@@ -538,55 +566,60 @@ def _kill(proc):
 class PoolCalls:
     """The calls every pool has, local or on another backend (ray_pool.py).
 
-    A pool provides _start_job(fn, iterable, chunksize, star, copy, eager),
-    _collect(job, bar), _lazy_results(...), _check_open(), _register(fn),
-    _lock, and close/join/terminate.
+    A pool provides _start_job(fn, iterable, chunksize, star, copy, eager,
+    retries), _collect(job, bar), _lazy_results(...), _check_open(),
+    _register(fn), _lock, and close/join/terminate.
     """
 
     def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-            copy: bool = False) -> list:
+            copy: bool = False, retries: int | None = None) -> list:
         """[fn(x) for x in iterable], in parallel; raises the first task error.
 
         chunksize None picks a batch size (as multiprocessing.Pool.map
         does); progress=True draws a progress bar on stderr; copy=True
-        returns writable copies of numpy arrays instead of read-only views.
+        returns writable copies of numpy arrays instead of read-only views;
+        retries: how many times an item whose worker dies while running it
+        is run again on a fresh worker before it fails with
+        ProcessCrashedError (None: the pool's `retries`).  Items that
+        finished are never run again.
         """
-        job = self._start_job(fn, iterable, chunksize, False, copy, eager=True)
+        job = self._start_job(fn, iterable, chunksize, False, copy, True, retries)
         return self._collect(job, _bar(progress, job))
 
     def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                copy: bool = False) -> list:
+                copy: bool = False, retries: int | None = None) -> list:
         """[fn(*args) for args in iterable], in parallel."""
-        job = self._start_job(fn, iterable, chunksize, True, copy, eager=True)
+        job = self._start_job(fn, iterable, chunksize, True, copy, True, retries)
         return self._collect(job, _bar(progress, job))
 
     def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-             copy: bool = False):
+             copy: bool = False, retries: int | None = None):
         """Lazy map: yields results in order as they are ready; reads the
         input only as fast as workers need it.  A failed task raises when
         its turn comes, after the results before it."""
-        return self._lazy(fn, iterable, chunksize, False, copy, True, progress)
+        return self._lazy(fn, iterable, chunksize, False, copy, True, progress, retries)
 
     def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
-                       progress: bool = False, copy: bool = False):
+                       progress: bool = False, copy: bool = False, retries: int | None = None):
         """Like imap, but yields results in the order they finish."""
-        return self._lazy(fn, iterable, chunksize, False, copy, False, progress)
+        return self._lazy(fn, iterable, chunksize, False, copy, False, progress, retries)
 
     def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                 copy: bool = False):
+                 copy: bool = False, retries: int | None = None):
         """Lazy starmap, in order."""
-        return self._lazy(fn, iterable, chunksize, True, copy, True, progress)
+        return self._lazy(fn, iterable, chunksize, True, copy, True, progress, retries)
 
-    def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress):
+    def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress, retries):
         """imap & co.: bad arguments fail now; the work starts with the first
         next() (a generator never started runs nothing)."""
         _check_chunksize(chunksize)
+        _check_retries(retries, 0)
         if not callable(fn):
             raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
         with self._lock:
             self._check_open()
             self._register(fn)
-        return self._lazy_results(fn, iterable, chunksize, star, copy, ordered, progress)
+        return self._lazy_results(fn, iterable, chunksize, star, copy, ordered, progress, retries)
 
     def __reduce__(self):
         raise TypeError("a shmproc.Pool belongs to the process that created it and cannot be "
@@ -611,9 +644,15 @@ class Pool(PoolCalls):
     worker.  Use it as a context manager: leaving the block normally waits
     for submitted tasks (close + join); leaving it with an exception
     terminates the workers.
+
+    retries: how many times a task (an item) whose worker dies while
+    running it runs again on a fresh worker before it fails with
+    ProcessCrashedError; default 0.  The map calls take their own
+    `retries=`; submit uses the pool's.  Tasks that finished never run again.
     """
 
-    def __new__(cls, workers=None, start_method=None, max_tasks_per_worker=None, backend=None):
+    def __new__(cls, workers=None, start_method=None, max_tasks_per_worker=None, backend=None,
+                retries=0):
         if backend is None or backend == "local":
             return super().__new__(cls)
         from .backends import resolve
@@ -622,10 +661,11 @@ class Pool(PoolCalls):
         if isinstance(chosen, LocalBackend):
             return super().__new__(cls)
         # Another backend's pool has the same API; __init__ below is not run for it.
-        return chosen.pool(workers, start_method, max_tasks_per_worker)
+        return chosen.pool(workers, start_method, max_tasks_per_worker, retries)
 
     def __init__(self, workers: int | None = None, start_method: str | None = None,
-                 max_tasks_per_worker: int | None = None, backend=None):
+                 max_tasks_per_worker: int | None = None, backend=None, retries: int = 0):
+        self._retries = _check_retries(retries)
         self._n = _worker_count(workers)
         self._method = _check_method(start_method)
         self._max_tasks = _positive_int(max_tasks_per_worker, "max_tasks_per_worker", "no limit")
@@ -691,13 +731,17 @@ class Pool(PoolCalls):
                 self._worker_ended(slot)
 
     def _worker_ended(self, slot):
-        """A worker exited (crashed, or recycled): account, re-send, replace."""
+        """A worker exited (crashed, recycled, or retired after a timeout):
+        account, fail or re-send what it held, replace it."""
         self._drain()                            # what it sent before it went
         slot.proc.join()
-        completed, failed = slot.pctl.lap(), slot.pctl.lives
-        span = slot.pctl.section           # items from `completed` on that may have been running
-        self._retired_done += completed
-        self._retired_failed += failed
+        # The lap word, as the worker left it (reaped: all its stores are
+        # visible): items [0, k) of its stream finished; item k was running,
+        # or its record being decoded, unless the phase is IDLE.
+        word = slot.pctl.lap()
+        k, phase = word >> 2, word & 3
+        self._retired_done += k
+        self._retired_failed += slot.pctl.lives
         code = slot.proc.exitcode
         resend = []
         for unit in slot.inflight:
@@ -705,30 +749,34 @@ class Pool(PoolCalls):
             if unit.sink.dropped:
                 continue
             n, lo = unit.n, unit.stream
-            # Items [0, a): finished, result lost: run again.  [a, b): may have
-            # been running.  [b, n): never started.
-            a = min(n, max(0, completed - lo))
-            b = min(n, max(a, completed + span - lo))
-            self._retired_done -= a                       # counted as done, yet to be redone
-            if a == 0 and b == 0:                         # not started: send it again as it is
-                self._resend_whole(unit, resend)
+            # Items [0, done): finished, results lost with the worker.
+            # Item `running`, if any: the worker died in it.  The rest never started.
+            done = min(n, max(0, k - lo))
+            running = k - lo if phase != IDLE and lo <= k < lo + n else None
+            if done:
+                for i in range(done):
+                    unit.sink._fail(unit.index + i, self._crash_error(unit, i, slot, code, True))
+                self._crashed += done
+            rest = done
+            if running is not None:
+                if phase == DECODING and n > 1:
+                    # It died decoding the record, before any item ran: one
+                    # record per item now, so that the item whose arguments
+                    # kill a worker fails alone.
+                    for i in range(n):
+                        part = unit.split(self._new_id(), i, i + 1)
+                        part.crashes = unit.crashes
+                        resend.append(part)
+                    rest = n
+                else:
+                    if not self._expired_item(unit, running, slot, resend):
+                        self._crashed_item(unit, running, slot, code, resend)
+                    rest = running + 1
+            if rest == 0 and not unit.cut:
+                self._resend_whole(unit, resend)          # not started: send it again as it is
                 continue
-            if a:
-                self._resend_part(unit, 0, a, resend, slot, code)
-            if b - a == 1 and span == 1:                  # exactly this item was running
-                if not self._expired_item(unit, a, slot, resend):
-                    self._crashed += 1
-                    self._retired_done += 1
-                    unit.sink._fail(unit.index + a, self._crash_error(unit, slot, code))
-            else:
-                # One of a block of items was running: run each again on its
-                # own; if one crashes again, it alone fails.
-                for k in range(a, b):
-                    self._resend_part(unit, k, k + 1, resend, slot, code)
-            if b < n:
-                part = unit.split(self._new_id(), b, n)
-                part.resends = unit.resends
-                resend.append(part)
+            if rest < n:
+                resend.append(unit.split(self._new_id(), rest, n))
             fd = taskwire.blob_fd(unit.record) if unit.record is not None else None
             if fd is not None:
                 blobs.pool.discard(fd)                    # the parts are encoded afresh
@@ -749,20 +797,19 @@ class Pool(PoolCalls):
             unit.record = None                            # its segment is gone: encode afresh
         resend.append(unit)
 
-    def _resend_part(self, unit, start, stop, resend, slot, code):
-        """Items that were started on a worker that died: run them again,
-        unless that already happened MAX_RESENDS times."""
-        part = unit.split(self._new_id(), start, stop)
-        part.resends = unit.resends + 1
-        if part.resends <= MAX_RESENDS:
+    def _crashed_item(self, unit, i, slot, code, resend):
+        """Item i of `unit` was running when its worker died: run it again
+        on a fresh worker if its call allows another retry, else fail it."""
+        retries = unit.sink.retries
+        if unit.crashes < retries:
+            part = unit.split(self._new_id(), i, i + 1)
+            part.crashes = unit.crashes + 1
             resend.append(part)
             return
-        err = self._crash_error(unit, slot, code, f"its worker died {part.resends} times "
-                                                  f"while it was running or being reported")
-        for k in range(start, stop):
-            self._crashed += 1
-            self._retired_done += 1
-            unit.sink._fail(unit.index + k, err)
+        self._crashed += 1
+        self._retired_done += 1
+        unit.sink._fail(unit.index + i, self._crash_error(unit, i, slot, code, False,
+                                                           unit.crashes + 1))
 
     def _expired_item(self, unit, k, slot, resend) -> bool:
         """Item k, a Process, was ended by its worker's guard past a section's
@@ -776,7 +823,7 @@ class Pool(PoolCalls):
         lives = slot.rctl.lives
         if section in RETRIED and lives > 1:
             part = unit.split(self._new_id(), k, k + 1)
-            part.resends = unit.resends               # a life used up, not a crash
+            part.crashes = unit.crashes               # a life used up, not a crash
             part.lives = lives - 1
             resend.append(part)
             return True
@@ -788,14 +835,32 @@ class Pool(PoolCalls):
             SECTION_NAMES[section], timeout_ns / 1e9, lap, process_name=name))
         return True
 
-    def _crash_error(self, unit, slot, code, message=None):
+    def _crash_error(self, unit, i, slot, code, lost, runs=1):
+        """ProcessCrashedError for item i of `unit`, whose worker died: it
+        had finished (lost: its result died with the worker), or it was
+        running (its `runs`-th run)."""
         name, last_lap = f"pool worker {slot.index}", None
         fn = self._function(unit.fn_id) if unit.op != OP_RUN else None
         if unit.op == OP_RUN or _is_process_class(fn):
-            last_lap = slot.rctl.lap()
+            last_lap = slot.rctl.lap() if not lost else None
             name = fn.__name__ if fn is not None else type(unit.items[0]).__name__
-        return ProcessCrashedError(message, exitcode=code, last_lap=last_lap, pid=slot.pid,
-                                   process_name=name)
+        err = ProcessCrashedError(exitcode=code, last_lap=last_lap, pid=slot.pid,
+                                  process_name=name)
+        what = None
+        if lost:
+            what = (f"{err}: this task had finished, its result was lost with the worker "
+                    f"(finished tasks are not run again)")
+        elif runs > 1:
+            what = f"{err}; it ran {runs} times (retries={unit.sink.retries}), each run crashed"
+        if what is not None:
+            err = ProcessCrashedError(what, exitcode=code, last_lap=last_lap, pid=slot.pid,
+                                      process_name=name)
+        where = (f"in shmproc.Pool task {unit.index + i} "
+                 f"({_name(fn) if fn is not None else name}), worker pid {slot.pid}")
+        if hasattr(err, "add_note"):              # Python 3.11+
+            err.add_note(where)
+        err.shmproc_task = where
+        return err
 
     def _function(self, fn_id):
         for fid, fn, _ in self._functions.values():
@@ -1034,9 +1099,27 @@ class Pool(PoolCalls):
                 if not sink.dropped:
                     sink._put(unit.index, value)
             return
+        if op == R_PART:                              # a chunk's first items; it goes on
+            unit = self._units.get(ident)
+            if unit is not None:
+                self._partial(unit, body, elapsed_us)
+            return
         unit = self._units.pop(ident, None)
         if unit is not None:
             self._complete(unit, op, body, elapsed_us)
+
+    def _partial(self, unit, body, elapsed_us):
+        """Deliver the first items of a chunk still running; the unit keeps
+        the rest (so a crash now cannot fail the delivered ones)."""
+        values, errors = body
+        m = len(values)
+        if not m:
+            return
+        self._learn(elapsed_us * 1000.0 / m)
+        unit.slot.busy_items -= m
+        if not unit.sink.dropped:
+            self._deliver_chunk(unit, values, errors, unit.slot)
+        unit.cut_answered(m)
 
     def _values_in_a_row(self, ids, values) -> bool:
         """The usual R_VALUES record: consecutive items of one map, at the
@@ -1086,16 +1169,7 @@ class Pool(PoolCalls):
             sink._put(unit.index, body)
         elif op == R_CHUNK:
             values, errors = body
-            if not errors:
-                sink._put_many(unit.index, values)
-                return
-            start = 0
-            for k in sorted(errors):
-                sink._put_many(unit.index + start, values[start:k])
-                exc, tb = errors[k]
-                sink._fail(unit.index + k, _remote(exc, tb, self._where(unit, k, slot)))
-                start = k + 1
-            sink._put_many(unit.index + start, values[start:])
+            self._deliver_chunk(unit, values, errors, slot)
         elif op == R_ERROR:
             exc, tb = body
             err = _remote(exc, tb, self._where(unit, 0, slot))
@@ -1109,6 +1183,19 @@ class Pool(PoolCalls):
                                f"parent: {type(body).__name__}: {body}")
             for k in range(n):
                 sink._fail(unit.index + k, err)
+
+    def _deliver_chunk(self, unit, values, errors, slot):
+        sink = unit.sink
+        if not errors:
+            sink._put_many(unit.index, values)
+            return
+        start = 0
+        for k in sorted(errors):
+            sink._put_many(unit.index + start, values[start:k])
+            exc, tb = errors[k]
+            sink._fail(unit.index + k, _remote(exc, tb, self._where(unit, k, slot)))
+            start = k + 1
+        sink._put_many(unit.index + start, values[start:])
 
     def _where(self, unit, k, slot):
         fn = self._function(unit.fn_id)
@@ -1218,6 +1305,9 @@ class Pool(PoolCalls):
         `fn` may be a Process subclass (constructed on the worker with the
         arguments, then run) or an already-built Process object (no
         arguments), whose timers and error are filled in when it is done.
+        If its worker dies while running it, it fails with
+        ProcessCrashedError, or runs again on a fresh worker up to the
+        pool's `retries` times.
         """
         with self._lock:
             self._check_open()
@@ -1225,11 +1315,11 @@ class Pool(PoolCalls):
                 if args or kwargs:
                     raise TypeError("submit(process) takes no arguments: the Process object "
                                     "is already built")
-                task = Task(self, type(fn).__name__, proc=fn, copy=copy)
+                task = Task(self, type(fn).__name__, proc=fn, copy=copy, retries=self._retries)
                 unit = _Unit(self._new_id(), task, 0, OP_RUN, 0, False, [fn])
             elif callable(fn):
                 fn_id = self._register(fn)
-                task = Task(self, _name(fn), copy=copy)
+                task = Task(self, _name(fn), copy=copy, retries=self._retries)
                 unit = _Unit(self._new_id(), task, 0, OP_CALL, fn_id, False,
                              [(args, kwargs or None)])
             else:
@@ -1261,8 +1351,9 @@ class Pool(PoolCalls):
             f"cannot submit {_name(fn)}: its arguments cannot be sent to a worker{where} "
             f"({type(exc).__name__}: {exc})")
 
-    def _start_job(self, fn, iterable, chunksize, star, copy, eager):
+    def _start_job(self, fn, iterable, chunksize, star, copy, eager, retries=None):
         chunksize = _check_chunksize(chunksize)
+        retries = _check_retries(retries, self._retries)
         if not callable(fn):
             raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
         with self._lock:
@@ -1284,13 +1375,14 @@ class Pool(PoolCalls):
             source = iter(iterable)
         with self._lock:                     # registered and queued under one hold
             self._check_open()
-            job = _Job(self, self._register(fn), _name(fn), star, source, total, chunksize, copy)
+            job = _Job(self, self._register(fn), _name(fn), star, source, total, chunksize, copy,
+                       retries)
             job.seq = seq
             self._jobs.append(job)
         return job
 
-    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress):
-        job = self._start_job(fn, iterable, chunksize, star, copy, eager=False)
+    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress, retries):
+        job = self._start_job(fn, iterable, chunksize, star, copy, False, retries)
         yield from self._drive(job, ordered, False, _bar(progress, job))
 
     def _drive(self, job, ordered, fail_fast, bar):
@@ -1375,6 +1467,29 @@ class Pool(PoolCalls):
                 bar.update(job.finished, job.known_total())
                 bar.close()
 
+    def _outcomes(self, fn, items, star, retries=None):
+        """Run every item once, whatever fails: (values with None where an
+        item failed, {index: exception}).  For the Ray launcher, which
+        reports a chunk's items one by one (map stops at the first error;
+        running the rest again would run finished items twice)."""
+        job = self._start_job(fn, items, None, star, False, True, retries)
+        try:
+            while True:
+                with self._lock:
+                    if self._status == _TERMINATED:
+                        raise RuntimeError("the pool was terminated while this map was running")
+                    if job.complete():
+                        values = [None] * job.taken
+                        for index, chunk in job.ready.items():
+                            values[index:index + len(chunk)] = chunk
+                        errors = dict(job.errors)
+                        job.ready.clear()
+                        job.errors.clear()
+                        return values, errors
+                self._wait_step(SLICE_S)
+        finally:
+            self._end_job(job)
+
     def _end_job(self, job):
         with self._lock:
             if not job.complete() or job.ready or job.errors:
@@ -1392,7 +1507,7 @@ class Pool(PoolCalls):
             done = self._retired_done
             failed = self._retired_failed + self._crashed
             for slot in self._res.slots:
-                done += slot.pctl.lap()
+                done += slot.pctl.lap() >> 2          # see pool_worker.IDLE
                 failed += slot.pctl.lives
             return Progress(done, self._total, failed)
 

@@ -5,14 +5,22 @@
     result ring (shared by the pool's workers) ◄── encode, a batch at a time
 
 Two control blocks per worker (see pool.py):
-  * the pool block: lap = items completed, lives = items that failed,
-    section BUSY while a batch of tasks runs.  The parent reads it for
-    live progress and, when the worker dies, to tell which item was
-    running (the one after the completed ones, if BUSY) from those that
-    never started (sent again to the replacement worker).
+  * the pool block: its lap word is this worker's progress through the
+    stream of items it is sent, (k << 2) | phase (see IDLE, RUNNING,
+    DECODING below), stored once per item; lives = items that failed.
+    The parent reads it for live progress and, when the worker dies, to
+    sort what it had given the worker into items that finished (never
+    run again: their results, if lost, fail), the item that was running
+    (fails, or is re-run if the call allows retries) and items that never
+    started (sent to the replacement worker).
   * the runner block: what a Process task's lifecycle uses, exactly as a
     started Process uses its own (laps, section deadlines for the
     watchdog's timeouts).
+
+A worker in which a section timeout was raised asynchronously (SIGALRM
+in the middle of whatever the hook was doing, possibly inside a library
+holding a lock) reports that task and exits: the pool replaces it, so no
+later task runs in an interpreter that may be left inconsistent.
 """
 from __future__ import annotations
 
@@ -26,8 +34,8 @@ import sys
 from . import blobs, native, taskwire, wire
 from .errors import ProcessError, RemoteError, ResultError
 from .native import lib
-from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP, R_CHUNK,
-                       R_ERROR, R_PROCESS, R_VALUE, R_VALUES)
+from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP,
+                       R_CHUNK, R_ERROR, R_PART, R_PROCESS, R_VALUE, R_VALUES)
 from .watchdog import EXIT_ORPHANED, Watchdog
 
 _now = native.now_ns
@@ -40,10 +48,17 @@ _HS = taskwire.HEADER_SIZE
 #: in the parent, so one bad value can never take the others' ids with it.
 _SCALARS = frozenset((int, float, complex, bool, str, bytes, type(None)))
 
-#: The pool block's section while tasks run: how many items, counted from
-#: the lap counter (items done), may be running.  0: idle.
-BUSY = 1
-#: Results are sent at least this often while a batch runs (latency bound).
+#: Phases of the pool block's lap word, (k << 2) | phase, where k counts
+#: the items of this worker's stream that finished.  Only the worker writes
+#: it, with one plain store per transition (Control.lap_word).
+IDLE = 0        # items [0, k) finished, none is running
+RUNNING = 1     # item k is running: its arguments being rebuilt, fn running, or
+                # its result being encoded (a crash in any of these is its crash)
+DECODING = 2    # a record of several items, the first of them item k, is being
+                # decoded: none of its items started
+#: Results are sent at least this often while a batch or a chunk runs (the
+#: latency bound; also about the most finished work whose results die with a
+#: crashed worker: those items fail, they are never run again).
 FLUSH_NS = 1_000_000
 #: A waiting worker wakes this often to notice that it should exit.
 IDLE_SLICE_S = 1.0
@@ -101,9 +116,10 @@ class PoolWorker:
         self.plain = {}                 # the same, only the plain callables
         self.fast_ids, self.fast_values, self.fast_ns = [], [], 0   # see call_fast
         self.block = 1                  # items per block in chunk()
-        self.set_lap = self.pctl.set_lap
-        self.completed = 0
+        self.progress = self.pctl.lap_word()   # the pool block's lap word: see IDLE
+        self.completed = 0              # items of our stream that finished (k)
         self.failed = 0
+        self.retiring = False           # a timeout was raised in a hook: exit after this task
         self.token = blobs.FlushToken()     # results: wait at exit until the parent opened them
         self.out = []                   # encoded results not yet sent
         self.runner = None              # the Runner of the Process task running now
@@ -114,7 +130,17 @@ class PoolWorker:
     def _on_alarm(self, signum, frame):
         r = self.runner
         if r is not None:
-            r.on_alarm(signum, frame)
+            try:
+                r.on_alarm(signum, frame)
+            except BaseException:
+                # The timeout is raised wherever the hook was, maybe inside a
+                # library between taking a lock and the try that releases it
+                # (queue.Queue's, in Condition.__enter__; a logging handler
+                # that hands records to a queue): this interpreter may be
+                # wedged for the next task.  Finish this one, then let a
+                # fresh worker take over.
+                self.retiring = True
+                raise
 
     # -- the loop -------------------------------------------------------------------------
     def run(self):
@@ -142,21 +168,21 @@ class PoolWorker:
                         records = (get(timeout=IDLE_SLICE_S),)   # cheaper for one
                 except queue.Empty:
                     continue
-                pctl.enter(BUSY, 0)
                 flushed = now()
                 for rec in records:
                     if rec[0] == OP_CALL and rec[1] == 0 and self.call_fast(rec):
                         pass
                     elif not self.handle(rec):
-                        pctl.leave()
+                        self.flush()
+                        return
+                    if self.retiring:
+                        # The records after this one never started: the
+                        # parent gives them to this worker's replacement.
                         self.flush()
                         return
                     if (self.out or self.fast_ids) and now() - flushed > FLUSH_NS:
-                        pctl.leave()
                         self.flush()
-                        pctl.enter(BUSY, 0)
                         flushed = now()
-                pctl.leave()
                 self.flush()
                 last_work = now()
                 if self.max_tasks is not None and self.completed >= self.max_tasks:
@@ -170,6 +196,8 @@ class PoolWorker:
         without the general path's layers; False if it is not one."""
         start = _now()
         ident = _unpack(rec)[4]
+        k = self.completed
+        self.progress[0] = k << 2 | RUNNING          # from here on a crash is this item's
         try:
             fn_id, args, kwargs = _loads(rec[_HS:])
         except Exception:                    # noqa: BLE001 - handle() reports it
@@ -185,11 +213,11 @@ class PoolWorker:
             self._failed()
             return True
         if type(value) not in _SCALARS:      # only values that surely unpickle in the parent
-            self._send(R_VALUE, ident, value, _now() - start)   # counted once it is encoded
+            self._send(R_VALUE, ident, value, _now() - start)   # done once it is encoded
             self._done()
             return True
-        self.completed += 1                  # a scalar: encoding it cannot fail or crash
-        self.set_lap(self.completed)
+        self.completed = k = k + 1           # a scalar: encoding it cannot fail or crash
+        self.progress[0] = k << 2
         self.fast_ids.append(ident)
         self.fast_values.append(value)
         self.fast_ns += _now() - start
@@ -222,8 +250,9 @@ class PoolWorker:
             self.result_q.put_many(out)
 
     def _done(self, n=1):
+        """n items finished (their results are encoded, in self.out)."""
         self.completed += n
-        self.pctl.set_lap(self.completed)
+        self.progress[0] = self.completed << 2
 
     def _failed(self):
         self.failed += 1
@@ -240,7 +269,7 @@ class PoolWorker:
     def _unsendable(self, op, ident, payload, exc, us):
         what = f"cannot send the result of task {ident} back to the parent: " \
                f"{type(exc).__name__}: {exc}"
-        if op == R_CHUNK:                   # fail only the items that cannot travel
+        if op in (R_CHUNK, R_PART):         # fail only the items that cannot travel
             values, errors = payload
             for i, v in enumerate(values):
                 if i not in errors:
@@ -258,7 +287,7 @@ class PoolWorker:
                 except Exception:            # noqa: BLE001
                     errors[i] = (RemoteError(_qualified(type(e[0])), str(e[0])), e[1])
             try:
-                return taskwire.encode(R_CHUNK, ident, (values, errors), self.token, self.slot, us)
+                return taskwire.encode(op, ident, (values, errors), self.token, self.slot, us)
             except Exception as e2:          # noqa: BLE001 - give up on the whole chunk
                 exc = e2
         if op == R_PROCESS:
@@ -275,13 +304,18 @@ class PoolWorker:
         op, flags, _, count, ident = taskwire.header(rec)     # count: items in a task record
         if op == OP_STOP:
             return False
+        k = self.completed
         if op == OP_DEF:
+            # A function that crashes the worker as it is rebuilt: blamed on
+            # the next item, as if its record were being decoded.
+            self.progress[0] = k << 2 | DECODING
             try:
                 fn = wire.loads(taskwire.raw_payload(rec))
             except Exception as exc:         # noqa: BLE001 - reported by each call
                 fn = _BrokenFn(RuntimeError(
                     f"the function could not be rebuilt in the worker: "
                     f"{type(exc).__name__}: {exc}"))
+            self.progress[0] = k << 2
             self.fns[ident] = fn
             if not is_process_class(fn):
                 self.plain[ident] = fn
@@ -291,6 +325,10 @@ class PoolWorker:
             self.plain.pop(ident, None)
             return True
         start = native.now_ns()
+        # Rebuilding a one-item record's arguments is part of running that
+        # item; a record of several items is only being decoded (if that
+        # crashes, the parent sends its items again one per record).
+        self.progress[0] = k << 2 | (DECODING if count > 1 else RUNNING)
         try:
             body = taskwire.payload(rec, flags)
         except Exception as exc:             # noqa: BLE001 - e.g. an argument's class is missing
@@ -312,6 +350,7 @@ class PoolWorker:
         elif op == OP_RUN:
             self._send(R_PROCESS, ident, self.run_process(body), native.now_ns() - start)
             self._done()
+            self.flush()            # a lifecycle's outcome leaves at once (see _process_chunk)
         return True
 
     def _fn(self, fn_id):
@@ -325,6 +364,7 @@ class PoolWorker:
             out = self.run_process(self.construct(fn, args, kwargs))
             self._send(R_PROCESS, ident, out, native.now_ns() - start)
             self._done()
+            self.flush()            # a lifecycle's outcome leaves at once (see _process_chunk)
             return
         try:
             value = fn(*args, **kwargs) if kwargs else fn(*args)
@@ -333,65 +373,94 @@ class PoolWorker:
             self._done()
             self._failed()
             return
-        # Counted only once its result is encoded: a crash while encoding it
+        # Done only once its result is encoded: a crash while encoding it
         # (the OOM killer on a huge result) is then blamed on this task.
         self._send(R_VALUE, ident, value, native.now_ns() - start)
         self._done()
 
     def chunk(self, ident, fn, star, items, start):
-        values, errors = [], {}
+        n = len(items)
         if is_process_class(fn):
-            for i, item in enumerate(items):
-                args = tuple(item) if star else (item,)
-                kind, value, timers, error, lap = self.run_process(self.construct(fn, args, {}))
-                if kind == 2 and isinstance(value, BaseException):
-                    values.append(None)
-                    errors[i] = (value, "")
-                else:
-                    values.append(value)
-                self._done()
-            self._send_chunk(ident, values, errors, start, len(items))
+            self._process_chunk(ident, fn, star, items, start)
             return
-        # Items run in blocks through map() in C, a block at a time: the
-        # control block says which block is running (lap = items done,
-        # section = the block's length), so if this worker dies the parent
-        # knows which items may have been running; it re-sends those one per
-        # record, which pins the culprit down if it crashes again.  Blocks
-        # grow while they take under BLOCK_MIN_NS and shrink past BLOCK_MAX_NS.
+        # Items run in blocks through map() in C.  Each item's start is
+        # published as it is taken (native marked(): a store in C as the
+        # iterator hands the item out), so the parent can tell, if this
+        # worker dies, which items finished, which one was running and
+        # which never started.  Between two items of a block the finished
+        # one still reads as running: a worker killed from outside at that
+        # instant has it blamed.  Blocks grow while they take under
+        # BLOCK_MIN_NS and shrink past BLOCK_MAX_NS; results go out at
+        # least every FLUSH_NS (R_PART).
         mapper = itertools.starmap if star else map
-        pctl, set_lap, now = self.pctl, self.set_lap, _now
-        base, n, it = self.completed, len(items), iter(items)
+        progress, marked, now = self.progress, self.pctl.marked, _now
+        values, errors, sent = [], {}, 0
+        base, it = self.completed, iter(items)
         block = self.block
+        part_start = start
         while len(values) < n:
             b = min(block, n - len(values))
-            set_lap(base + len(values))
-            pctl.enter(b, 0)
+            batch = marked(it, (base + len(values)) << 2 | RUNNING, 4, b)
             t0 = now()
             try:
-                values.extend(mapper(fn, itertools.islice(it, b)))
+                values.extend(mapper(fn, batch))
             except BaseException as exc:     # noqa: BLE001 - the item after the last value failed
                 errors[len(values)] = error_payload(exc)
                 values.append(None)
                 self._failed()
-            dt = now() - t0
+            self.completed = base + len(values)
+            progress[0] = self.completed << 2
+            t1 = now()
+            dt = t1 - t0
             if dt < BLOCK_MIN_NS and block < MAX_BLOCK:
                 block *= 2
             elif dt > BLOCK_MAX_NS and block > 1:
                 block //= 2
+            if t1 - part_start > FLUSH_NS and len(values) < n:
+                sent = self._send_part(R_PART, ident, values, errors, sent, part_start)
+                self.flush()
+                part_start = now()
         self.block = block
-        self.completed = base + n
-        self._send_chunk(ident, values, errors, start, n)
+        self._send_part(R_CHUNK, ident, values, errors, sent, part_start)
 
-    def _send_chunk(self, ident, values, errors, start, n):
-        """Encode a chunk's result with all its items marked as possibly
-        running: a crash while encoding re-runs them one by one (the one
-        whose result cannot be encoded then fails alone)."""
-        done = self.completed
-        self.set_lap(done - n)
-        self.pctl.enter(n, 0)
-        self._send(R_CHUNK, ident, (values, errors), native.now_ns() - start)
-        self.pctl.enter(BUSY, 0)
-        self.set_lap(done)
+    def _process_chunk(self, ident, fn, star, items, start):
+        """A chunk of Process classes, one lifecycle per item; each item's
+        outcome is sent as it ends (R_PART)."""
+        values, errors, sent = [], {}, 0
+        progress, n = self.progress, len(items)
+        part_start = start
+        for item in items:
+            progress[0] = self.completed << 2 | RUNNING
+            args = tuple(item) if star else (item,)
+            kind, value, timers, error, lap = self.run_process(self.construct(fn, args, {}))
+            if kind == 2 and isinstance(value, BaseException):
+                errors[len(values)] = (value, "")
+                values.append(None)
+            else:
+                values.append(value)
+            self._done()
+            if self.retiring and len(values) < n:
+                # The rest of the chunk goes to the replacement worker.
+                self._send_part(R_PART, ident, values, errors, sent, part_start)
+                return
+            if len(values) < n:
+                # Each lifecycle's outcome leaves at once: the next one may
+                # run for a long time, or end this worker (a crash, its
+                # guard), and a finished task is never run again.
+                sent = self._send_part(R_PART, ident, values, errors, sent, part_start)
+                self.flush()
+                part_start = _now()
+        self._send_part(R_CHUNK, ident, values, errors, sent, part_start)
+
+    def _send_part(self, op, ident, values, errors, sent, start) -> int:
+        """Send the results of items [sent, len(values)) of a chunk; returns
+        len(values).  Those items finished: if encoding crashes, the parent
+        fails them (their results are lost) and runs none of them again."""
+        end = len(values)
+        part = values[sent:] if sent else values
+        errs = {i - sent: e for i, e in errors.items() if i >= sent} if errors else errors
+        self._send(op, ident, (part, errs), native.now_ns() - start)
+        return end
 
     # -- Process tasks ----------------------------------------------------------------------
     def construct(self, cls, args, kwargs):

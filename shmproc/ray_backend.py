@@ -670,9 +670,9 @@ class RayBackend(Backend):
     def launch(self, proc) -> RayRun:
         return RayRun(self, proc)
 
-    def pool(self, workers, start_method, max_tasks_per_worker):
+    def pool(self, workers, start_method, max_tasks_per_worker, retries=0):
         from .ray_pool import RayPool
-        return RayPool(self, workers, start_method, max_tasks_per_worker)
+        return RayPool(self, workers, start_method, max_tasks_per_worker, retries)
 
     def __repr__(self):
         return (f"<shmproc RayBackend address={self.address!r} "

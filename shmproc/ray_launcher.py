@@ -106,11 +106,11 @@ class Launcher:
         return None if run is None else run.lap()
 
     # -- pool slot ------------------------------------------------------------------------------
-    async def pool_open(self, start_method, max_tasks):
+    async def pool_open(self, start_method, max_tasks, retries=0):
         from .pool import Pool
         if self._pool is not None:
             self._pool.terminate()
-        self._pool = Pool(1, start_method or "fork", max_tasks)
+        self._pool = Pool(1, start_method or "fork", max_tasks, retries=retries)
         return self._pool.pids
 
     async def pool_pids(self):
@@ -118,20 +118,20 @@ class Launcher:
 
     async def pool_run(self, units):
         """Run a batch of pool work units (kind, function key, its pickle or None,
-        items, star); one reply each: ("ok", values, extra), ("error", k, values,
+        items, star, retries: None for the pool's); one reply each: ("ok", values, extra), ("error", k, values,
         exc, tb, extra), or ("missing",) when the function is not known here."""
         work = []
-        for kind, fn_key, fn_ref, items, star in units:
+        for kind, fn_key, fn_ref, items, star, retries in units:
             fn = None
             if kind != "process":
                 fn = await self._function(fn_key, fn_ref)
-            work.append((kind, fn, items, star))
+            work.append((kind, fn, items, star, retries))
         return await asyncio.to_thread(self._run_batch, work)
 
     def _run_batch(self, work):
         return [("missing",) if kind != "process" and fn is None
-                else self._run_unit(kind, fn, items, star)
-                for kind, fn, items, star in work]
+                else self._run_unit(kind, fn, items, star, retries)
+                for kind, fn, items, star, retries in work]
 
     async def _function(self, key, ref):
         # The pickle comes (as a nested ObjectRef) only with a function's first
@@ -149,7 +149,7 @@ class Launcher:
             self._functions.move_to_end(key)
         return fn
 
-    def _run_unit(self, kind, fn, items, star):
+    def _run_unit(self, kind, fn, items, star, retries):
         pool = self._pool
         try:
             if kind == "process":                 # submit(a built Process): timers and error back
@@ -162,26 +162,17 @@ class Launcher:
             if kind == "call":
                 args, kwargs = items[0]
                 return ("ok", [pool.submit(fn, *args, **(kwargs or {})).result], None)
-            return self._run_chunk(pool, fn, items, star)
+            return self._run_chunk(pool, fn, items, star, retries)
         except BaseException as exc:              # noqa: BLE001 - the driver raises it
             return ("error", 0, [], *_strip_local_task(exc), None)
 
-    def _run_chunk(self, pool, fn, items, star):
-        """Every item runs, as on the local pool: a failed one is noted and the
-        rest go on.  ("ok", values, None), or ("errors", values with None where
-        an item failed, [(position, exc, tb)], None)."""
-        run = pool.istarmap if star else pool.imap
-        values, errors = [], []
-        while len(values) < len(items):
-            try:
-                for value in run(fn, items[len(values):]):
-                    values.append(value)
-            except Exception as exc:              # noqa: BLE001 - one item's error
-                if self._pool is not pool:        # terminated: the rest will not run
-                    raise
-                errors.append((len(values), *_strip_local_task(exc)))
-                values.append(None)
-        if errors:
+    def _run_chunk(self, pool, fn, items, star, retries):
+        """Every item runs once, as on the local pool: a failed one is noted
+        and the rest go on.  ("ok", values, None), or ("errors", values
+        with None where an item failed, [(position, exc, tb)], None)."""
+        values, failed = pool._outcomes(fn, items, star, retries)
+        if failed:
+            errors = [(k, *_strip_local_task(failed[k])) for k in sorted(failed)]
             return ("errors", values, errors, None)
         return ("ok", values, None)
 

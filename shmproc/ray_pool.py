@@ -23,8 +23,8 @@ import time
 import weakref
 
 from .errors import ProcessCrashedError, ProcessError
-from .pool import (PoolCalls, Progress, Task, _bar, _check_chunksize, _is_process, _name,
-                   _pickle_function, _positive_int, _remote, _writable)
+from .pool import (PoolCalls, Progress, Task, _bar, _check_chunksize, _check_retries,
+                   _is_process, _name, _pickle_function, _positive_int, _remote, _writable)
 from .ray_backend import _cluster
 
 __all__ = ["RayPool"]
@@ -80,8 +80,9 @@ class _Fn:
 class _Job:
     """The items of one map / imap call and their outcomes."""
 
-    def __init__(self, fn, star, source, total, chunksize, copy):
+    def __init__(self, fn, star, source, total, chunksize, copy, retries=None):
         self.fn, self.star, self.source, self.total = fn, star, source, total
+        self.retries = retries        # None: the launchers' pools' (this pool's retries)
         self.name = fn.name
         self.chunksize, self.copy = chunksize, copy
         self.read = 0                 # items taken from the source
@@ -139,11 +140,14 @@ class RayPool(PoolCalls):
     """shmproc.Pool's API (map, imap, imap_unordered, starmap, istarmap,
     submit) with one launcher actor per worker on a Ray cluster."""
 
-    def __init__(self, backend, workers, start_method, max_tasks_per_worker):
+    def __init__(self, backend, workers, start_method, max_tasks_per_worker, retries=0):
         from .pool import _check_method
         if start_method is not None:
             _check_method(start_method)
         max_tasks = _positive_int(max_tasks_per_worker, "max_tasks_per_worker", "no limit")
+        # Each launcher runs a one-worker local Pool with these retries: an
+        # item whose worker dies while running it runs again there, as locally.
+        self._retries = _check_retries(retries)
         n = _positive_int(workers, "workers", "one per CPU of the cluster")
         self._backend = backend
         ray = self._ray = backend.connect()
@@ -167,7 +171,7 @@ class RayPool(PoolCalls):
         launchers = _cluster.acquire(backend.spec, backend.runtime_env, n, backend.start_timeout)
         self._slots = [_Slot(i, launcher) for i, launcher in enumerate(launchers)]
         try:
-            ray.get([s.launcher.actor.pool_open.remote(start_method, max_tasks)
+            ray.get([s.launcher.actor.pool_open.remote(start_method, max_tasks, self._retries)
                      for s in self._slots], timeout=backend.start_timeout)
         except BaseException:
             _cluster.release(launchers, broken=True)
@@ -260,7 +264,8 @@ class RayPool(PoolCalls):
                 if with_function or key not in known:
                     ref = [fn.ref]
                     known.add(key)
-            wire.append((unit.kind, key, ref, unit.items, unit.star))
+            retries = unit.sink.retries if isinstance(unit.sink, _Job) else None
+            wire.append((unit.kind, key, ref, unit.items, unit.star, retries))
             if isinstance(unit.sink, Task):
                 unit.sink._sent()
         try:
@@ -387,7 +392,8 @@ class RayPool(PoolCalls):
             try:
                 fresh = _cluster.acquire(backend.spec, backend.runtime_env, 1,
                                          backend.start_timeout)[0]
-                self._ray.get(fresh.actor.pool_open.remote(self._method, self._max_tasks),
+                self._ray.get(fresh.actor.pool_open.remote(self._method, self._max_tasks,
+                                                           self._retries),
                               timeout=backend.start_timeout)
             except Exception as exc:               # noqa: BLE001 - the slot is lost
                 with self._lock:
@@ -515,8 +521,9 @@ class RayPool(PoolCalls):
             self._wake()
             return task
 
-    def _start_job(self, fn, iterable, chunksize, star, copy, eager):
+    def _start_job(self, fn, iterable, chunksize, star, copy, eager, retries=None):
         chunksize = _check_chunksize(chunksize)
+        retries = _check_retries(retries, self._retries)
         if not callable(fn):
             raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
         with self._lock:
@@ -531,7 +538,7 @@ class RayPool(PoolCalls):
             source = iter(items)
         else:
             source = iter(iterable)
-        job = _Job(handle, star, source, total, chunksize, copy)
+        job = _Job(handle, star, source, total, chunksize, copy, retries)
         with self._lock:
             self._check_open()
             self._jobs.append(job)
@@ -624,8 +631,8 @@ class RayPool(PoolCalls):
                 except ValueError:
                     pass
 
-    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress):
-        job = self._start_job(fn, iterable, chunksize, star, copy, eager=False)
+    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress, retries):
+        job = self._start_job(fn, iterable, chunksize, star, copy, False, retries)
         yield from self._drive(job, ordered, _bar(progress, job))
 
     @property

@@ -39,9 +39,11 @@ OP_RETRY = 7        # id: task id; payload: (lives left, op, that op's payload):
 # worker -> parent
 R_VALUE = 16        # payload: the value
 R_ERROR = 17        # payload: (exception or RemoteError, worker traceback text)
-R_CHUNK = 18        # payload: (values, {offset: (exception, traceback text)})
+R_CHUNK = 18        # payload: (values, {offset: (exception, traceback text)}): the
+                    # chunk's items not yet sent in an R_PART; it ends the task
 R_PROCESS = 19      # payload: (kind, value, timers, error, lap)
 R_VALUES = 20       # payload: (ids, values): several tasks' values in one record
+R_PART = 21         # payload as R_CHUNK: the next items of a chunk still running
 
 FLAG_BLOB = 1
 

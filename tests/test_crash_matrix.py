@@ -27,6 +27,7 @@ What must hold (behavior.md §4, §5):
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import pickle
 import resource
@@ -34,9 +35,11 @@ import signal
 
 import pytest
 
+from shmproc import Pool
 from shmproc.processing import (
     MainLoopError, Process, ProcessCrashedError, ProcessError, ResultError,
 )
+from shmproc.wire import SerializationError
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -71,6 +74,8 @@ def fail(how, where):
         ctypes.string_at(0)                   # read through a NULL pointer
     elif how == "kill_segv":
         os.kill(os.getpid(), signal.SIGSEGV)
+    elif how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
     elif how == "exit":
         os._exit(3)
     elif how == "raise":
@@ -410,3 +415,336 @@ def test_restart_after_a_crash(method):
     p.start()
     wait_ended(p)
     assert p.result == ("ok", 3) and p.pid != first_pid and p.exitcode == 0
+
+
+# =====================================================================================
+# The pool: how many times each item runs when a worker dies or an item fails
+# =====================================================================================
+#
+# One chunk of N items (one record) goes to a one-worker pool; item K fails
+# at one point of its path:
+#
+#     parent                          worker
+#     pickle the argument   ──►       unpickle the argument (the chunk's record)
+#                                     fn(item)
+#     unpickle the result   ◄──       pickle the result
+#
+# Every run of fn appends the item's number to a file (O_APPEND): the test
+# reads afterwards how many times each item ran.  The items sleep 2 ms, so
+# each finished item's result goes out (R_PART) before the next one starts:
+# which outcome each item gets is then deterministic.  What must hold:
+# finished items never run again, the failing item runs once (retries=0),
+# items that never started run on the replacement worker, the pool stays
+# usable, nothing leaks.
+
+POOL_CRASHES = {
+    # how: (exitcode, signal_name)
+    "sigkill": (-signal.SIGKILL, "SIGKILL"),
+    "kill_segv": (-signal.SIGSEGV, "SIGSEGV"),
+    "exit": (3, None),
+}
+POOL_HOWS = [*POOL_CRASHES, "raise"]
+N, K = 5, 2                      # a chunk of N items; item K fails
+PARENT_POINTS = ["pickle_arg", "unpickle_result"]        # raise only: a crash would be ours
+WORKER_POOL_POINTS = ["unpickle_arg", "fn", "pickle_result"]
+
+
+def record_run(path, i):
+    """One line per run of item i (O_APPEND: whole lines, whatever the process)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"%d\n" % i)
+    finally:
+        os.close(fd)
+
+
+def runs(path):
+    """{item: times it ran}."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split()
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for line in lines:
+        out[int(line)] = out.get(int(line), 0) + 1
+    return out
+
+
+class Item:
+    """The argument of one item: its number, and what it carries."""
+
+    def __init__(self, i, payload=None):
+        self.i = i
+        self.payload = payload
+
+
+def work(path, point, how, slow, x):
+    """The mapped function: records its run, then fails if x is item K at `point`."""
+    i = x.i if isinstance(x, Item) else x
+    record_run(path, i)
+    if slow:
+        import time
+        time.sleep(0.002)
+    if i == K:
+        if point == "fn":
+            fail(how, "fn")
+        if point == "pickle_result":
+            return FailsWhenPickled(how)
+        if point == "unpickle_result":
+            return FailsWhenUnpickledElsewhere(how)
+    return i
+
+
+def flaky(path, how, x):
+    """Item K fails (as `how` says) on its first run only.  Slow, like
+    work(): the results of the items before K are out before K runs."""
+    import time
+    record_run(path, x)
+    time.sleep(0.002)
+    if x == K and runs(path).get(K) == 1:
+        fail(how, "the first run")
+    return x
+
+
+def always_fails(path, how, x):
+    record_run(path, x)
+    if x == K:
+        fail(how, "every run")
+    return x
+
+
+def items_for(point, how):
+    items = [Item(i) for i in range(N)]
+    if point == "pickle_arg":
+        items[K].payload = FailsWhenPickled(how)
+    elif point == "unpickle_arg":
+        items[K].payload = FailsWhenUnpickledElsewhere(how)
+    return items
+
+
+def imap_outcome(pool, fn, items, star=False, **kw):
+    """(values yielded, then the exception raised, without traceback)."""
+    got, err = [], None
+    run = pool.istarmap if star else pool.imap
+    try:
+        for v in run(fn, items, chunksize=len(items), **kw):
+            got.append(v)
+    except BaseException as exc:                           # noqa: BLE001 - checked by the caller
+        exc.__traceback__ = None
+        err = exc
+    return got, err
+
+
+def settle(pool):
+    """Wait until the one worker has finished what it was given: a task sent
+    after it runs after it."""
+    assert pool.submit(abs, -7).result == 7
+
+
+def expected_pool_outcome(point, how):
+    """(values yielded before the error, exception class, text in it, run counts:
+    {item: exact count}, items that may run once or not at all)."""
+    crash = how in POOL_CRASHES
+    all_once = {i: 1 for i in range(N)}
+    if point == "fn":
+        if crash:
+            return [0, 1], ProcessCrashedError, "", {0: 1, 1: 1, 2: 1}, {3, 4}
+        return [0, 1], Fault, "injected failure in fn", all_once, set()
+    if point == "unpickle_arg":
+        if crash:           # no fn run for K; the chunk was re-sent one record per item
+            return [0, 1], ProcessCrashedError, "", {0: 1, 1: 1, 2: 0}, {3, 4}
+        return [], RuntimeError, "could not be rebuilt", {i: 0 for i in range(N)}, set()
+    if point == "pickle_result":
+        if crash:           # K had finished; it died sending K's result
+            return [0, 1], ProcessCrashedError, "had finished", {0: 1, 1: 1, 2: 1}, {3, 4}
+        return [0, 1], SerializationError, "FailsWhenPickled refuses", all_once, set()
+    if point == "pickle_arg":
+        return [], SerializationError, "cannot be sent to a worker", {i: 0 for i in range(N)}, set()
+    if point == "unpickle_result":
+        return [0, 1], RuntimeError, "could not be read in the parent", all_once, set()
+    raise AssertionError(point)
+
+
+POOL_CASES = [(point, how) for how in POOL_HOWS for point in WORKER_POOL_POINTS] + \
+             [(point, "raise") for point in PARENT_POINTS]
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_pool_item_fails_at_each_point(method, tmp_path):
+    # One pool for all the cases of a start method (a crash costs a worker
+    # start, not a pool start); each case reports on its own below.
+    problems = []
+    with Pool(1, start_method=method) as pool:
+        for point, how in POOL_CASES:
+            path = str(tmp_path / f"{point}-{how}.runs")
+            fn = functools.partial(work, path, point, how, True)
+            pids = pool.pids
+            got, err = imap_outcome(pool, fn, items_for(point, how))
+            settle(pool)
+            values, exc_type, text, exact, at_most_once = expected_pool_outcome(point, how)
+            counted = runs(path)
+            case = f"{point}/{how}/{method}"
+            if got != values:
+                problems.append(f"{case}: yielded {got}, expected {values}")
+            if not isinstance(err, exc_type) or text not in str(err):
+                problems.append(f"{case}: raised {err!r}, expected {exc_type.__name__} "
+                                f"with {text!r}")
+            elif isinstance(err, ProcessCrashedError):
+                exitcode, signal_name = POOL_CRASHES[how]
+                if (err.exitcode, err.signal_name) != (exitcode, signal_name):
+                    problems.append(f"{case}: {err!r} has exit {err.exitcode}/{err.signal_name}")
+                if f"task {K} " not in err.shmproc_task or pool.pids == pids:
+                    problems.append(f"{case}: {err.shmproc_task}; pids {pids} -> {pool.pids}")
+            for i, n in exact.items():
+                if counted.get(i, 0) != n:
+                    problems.append(f"{case}: item {i} ran {counted.get(i, 0)} times, not {n}")
+            for i in at_most_once:
+                if counted.get(i, 0) > 1:
+                    problems.append(f"{case}: item {i} ran {counted[i]} times")
+            # Usable afterwards, with every item run exactly once (slow items
+            # too: fast ones would grow the worker's blocks, see the top).
+            ok_path = str(tmp_path / f"{point}-{how}.after")
+            ok = functools.partial(work, ok_path, "none", how, True)
+            if pool.map(ok, range(2 * N), chunksize=3) != list(range(2 * N)):
+                problems.append(f"{case}: the pool is not usable afterwards")
+            if runs(ok_path) != {i: 1 for i in range(2 * N)}:
+                problems.append(f"{case}: afterwards, runs {runs(ok_path)}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_pool_retries_rerun_only_the_crashing_item(method, tmp_path):
+    path = str(tmp_path / "runs")
+    with Pool(1, start_method=method, retries=1) as pool:
+        out = pool.map(functools.partial(flaky, path, "sigkill"), range(N), chunksize=N)
+        # Finished items were never run again (K's neighbours included), K ran
+        # twice, and the items after it ran once, on the replacement worker.
+        assert out == list(range(N))
+        assert runs(path) == {i: 2 if i == K else 1 for i in range(N)}
+        assert pool.progress.failed == 0
+
+
+def test_pool_retries_exhausted(tmp_path):
+    path = str(tmp_path / "runs")
+    with Pool(1) as pool:                                  # retries=0; the call asks for 2
+        fn = functools.partial(always_fails, path, "exit")
+        with pytest.raises(ProcessCrashedError, match=r"ran 3 times \(retries=2\)") as info:
+            pool.map(fn, [K], retries=2)
+        assert info.value.exitcode == 3 and f"task 0 " in info.value.shmproc_task
+        assert runs(path) == {K: 3}
+        with pytest.raises(ProcessCrashedError) as info:  # the pool's own: 0
+            pool.map(fn, [K])
+        assert "ran" not in str(info.value)
+        assert runs(path) == {K: 4}
+
+
+def test_pool_submit_uses_the_pools_retries(tmp_path):
+    path = str(tmp_path / "runs")
+    with Pool(1, retries=1) as pool:
+        assert pool.submit(flaky, path, "kill_segv", K).result == K
+        assert runs(path) == {K: 2}
+
+
+def test_pool_finished_items_are_never_run_again_even_with_retries(tmp_path):
+    # Fast items: those before K finish in the same block as K, so their
+    # results die with the worker.  They fail; retries apply only to K.
+    path = str(tmp_path / "runs")
+    with Pool(1, retries=3) as pool:
+        got, err = imap_outcome(pool, functools.partial(always_fails, path, "sigkill"),
+                                range(N))
+        settle(pool)
+        assert isinstance(err, ProcessCrashedError), repr(err)
+        assert got == list(range(len(got))) and len(got) <= K
+        if len(got) < K:                                   # the usual case: lost with it
+            assert "had finished" in str(err) and f"task {len(got)} " in err.shmproc_task
+        counted = runs(path)
+        assert all(counted[i] == 1 for i in range(K)), counted
+        assert 1 <= counted[K] <= 4 and all(counted.get(i, 0) <= 1 for i in range(K + 1, N))
+
+
+def test_pool_tasks_never_started_run_once_on_the_replacement(tmp_path):
+    path = str(tmp_path / "runs")
+    with Pool(1) as pool:
+        fn = functools.partial(always_fails, path, "sigkill")
+        tasks = [pool.submit(fn, i) for i in range(2 * N)]
+        outcomes = []
+        for t in tasks:
+            try:
+                outcomes.append(t.result)
+            except ProcessCrashedError as exc:
+                outcomes.append("lost" if "had finished" in str(exc) else "crashed")
+        assert outcomes[K] == "crashed"
+        assert all(o in (i, "lost") for i, o in enumerate(outcomes[:K])), outcomes
+        assert outcomes[K + 1:] == list(range(K + 1, 2 * N))
+        assert runs(path) == {i: 1 for i in range(2 * N)}
+
+
+@pytest.mark.parametrize("bad, error", [
+    (-1, ValueError), (1.5, TypeError), (True, TypeError), ("2", TypeError),
+])
+def test_pool_retries_is_validated(bad, error):
+    with pytest.raises(error, match="retries"):
+        Pool(1, retries=bad)
+    with Pool(1) as pool:
+        with pytest.raises(error, match="retries"):
+            pool.map(abs, [1], retries=bad)
+        with pytest.raises(error, match="retries"):
+            pool.imap(abs, [1], retries=bad)             # at once, before any next()
+        with pytest.raises(error, match="retries"):
+            pool.starmap(pow, [(2, 3)], retries=bad)
+    if bad is not True:
+        with Pool(1) as pool:
+            assert pool.map(abs, [-1], retries=None) == [1]
+
+
+class Recorded(Process):
+    """A Process class as a pool task: its one lap records the run, sleeps
+    2 ms (like work()), and item K's first run dies by SIGKILL."""
+
+    def __init__(self, path, i):
+        self.path = path
+        self.i = i
+        self.config.num_loops = 1
+
+    def __loop__(self):
+        import time
+        record_run(self.path, self.i)
+        time.sleep(0.002)
+        if self.i == K and runs(self.path).get(K) == 1:
+            fail("sigkill", "__loop__")
+
+    def __result__(self):
+        return self.i
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_pool_process_class_chunk_crash(retries, tmp_path):
+    path = str(tmp_path / "runs")
+    with Pool(1, retries=retries) as pool:
+        got, err = imap_outcome(pool, Recorded, [(path, i) for i in range(N)], star=True)
+        settle(pool)
+        counted = runs(path)
+        if retries:
+            assert (got, err) == (list(range(N)), None)
+            assert counted == {i: 2 if i == K else 1 for i in range(N)}
+        else:
+            assert got == [0, 1] and isinstance(err, ProcessCrashedError), (got, err)
+            assert err.signal_name == "SIGKILL" and f"task {K} " in err.shmproc_task
+            assert all(counted[i] == 1 for i in range(K + 1))
+            assert all(counted.get(i, 0) <= 1 for i in range(K + 1, N))
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_pool_single_call_that_dies_encoding_its_result(retries, tmp_path):
+    # A single call's result is encoded as part of running it: dying there
+    # is that call's crash (re-run with retries), not a lost finished result.
+    path = str(tmp_path / "runs")
+    with Pool(1, retries=retries) as pool:
+        task = pool.submit(work, path, "pickle_result", "sigkill", False, K)
+        with pytest.raises(ProcessCrashedError) as info:
+            task.result
+        assert "had finished" not in str(info.value)
+        assert (f"ran {retries + 1} times" in str(info.value)) == bool(retries)
+        assert runs(path) == {K: retries + 1}
+        assert pool.submit(work, path, "none", "sigkill", False, 1).result == 1
