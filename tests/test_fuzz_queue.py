@@ -42,7 +42,7 @@ def _put_raw(q, data, tag):
 def _read(q):
     """One get after a bad record: the value, LOST-skip (Empty), or a clear error."""
     try:
-        return ("value", q.get(timeout=0.2))
+        return ("value", q.get(timeout=0.05))
     except queue.Empty:
         return ("skipped", None)
     except CLEAR as exc:
