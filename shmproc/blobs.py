@@ -104,13 +104,14 @@ def _granule(n: int) -> int:
 class Sent:
     """One published blob: whose it is, and where its descriptor went."""
 
-    __slots__ = ("blob", "token", "nonce", "ring", "seq", "taken_at")
+    __slots__ = ("blob", "token", "nonce", "ring", "ring_id", "seq", "taken_at")
 
     def __init__(self, blob, token, nonce):
         self.blob = blob
         self.token = token
         self.nonce = nonce
         self.ring = None            # the ring its descriptor was put on (put_tracked)
+        self.ring_id = None         # that ring's (st_dev, st_ino), to find who else holds it
         self.seq = 0                # records put on that ring before it
         self.taken_at = None        # when its record was first seen taken
 
@@ -193,10 +194,11 @@ class BlobPool:
         else:
             blob.close_fd()
 
-    def _unopened(self, token, now):
+    def _unopened(self, token, now, holders):
         """Blobs of `token` (all, if None) still waiting for a live reader.
-        Those whose record was taken TAKEN_GRACE ago and still not opened
-        are given up: their reader died, nobody else can ever open them."""
+        Given up: those whose record was taken TAKEN_GRACE ago and still not
+        opened (their reader died), and those on a ring no other process
+        holds any more (`holders(ring_id)` says; nobody can ever read them)."""
         waiting, abandoned = [], []
         with self.lock:
             for sent in self.in_flight:
@@ -212,6 +214,9 @@ class BlobPool:
                     elif now - sent.taken_at > TAKEN_GRACE:
                         abandoned.append(sent)
                         continue
+                elif sent.ring_id is not None and not holders(sent.ring_id):
+                    abandoned.append(sent)
+                    continue
                 waiting.append(sent)
             if abandoned:
                 self.in_flight = [s for s in self.in_flight if s not in abandoned]
@@ -221,11 +226,12 @@ class BlobPool:
 
     def wait_opened(self, token, deadline) -> bool:
         """Wait until every blob of `token` (all, if None) was opened by a
-        consumer, or can no longer be (see TAKEN_GRACE)."""
+        consumer, or can no longer be (see _unopened)."""
+        holders = _HolderCheck()
         while True:
             self.sweep()
             now = time.monotonic()
-            waiting = self._unopened(token, now)
+            waiting = self._unopened(token, now, holders)
             if not waiting:
                 return True
             left = deadline - now
@@ -297,6 +303,58 @@ class BlobPool:
 
 pool = BlobPool()
 os.register_at_fork(after_in_child=pool.after_fork_in_child)
+
+
+class _HolderCheck:
+    """Does any other process hold a descriptor of ring (dev, ino)?
+
+    A queue's readers hold its ring's descriptor; when no other process
+    does, an item still in the ring can never be read, and a producer
+    waiting at exit for it stops waiting.  Found by a scan of
+    /proc/*/fd (milliseconds), made at most every HOLDER_CHECK_S per ring
+    and only while a producer waits.  Where /proc cannot say (another OS),
+    readers are assumed alive.
+    """
+
+    def __init__(self):
+        self.seen = {}              # ring id -> (answer, when)
+
+    def __call__(self, ring_id) -> bool:
+        now = time.monotonic()
+        known = self.seen.get(ring_id)
+        if known is not None and now - known[1] < HOLDER_CHECK_S:
+            return known[0]
+        answer = _held_elsewhere(ring_id)
+        self.seen[ring_id] = (answer, now)
+        return answer
+
+
+#: How often a producer waiting at exit looks for its queues' readers.
+HOLDER_CHECK_S = 0.25
+
+
+def _held_elsewhere(ring_id) -> bool:
+    dev, ino = ring_id
+    me = os.getpid()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return True
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue                # gone, or not ours to read (another user: not a reader)
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if st.st_ino == ino and st.st_dev == dev:
+                return True
+    return False
 
 
 class FlushToken:

@@ -177,6 +177,8 @@ class Queue:
         self._scratch = []              # free list of _Scratch, one taken per get
         self._lost = 0
         self._backlog = []              # items of a batch taken behind one that failed
+        st = os.fstat(ring.fd)
+        self._ring_id = (st.st_dev, st.st_ino)      # who else holds it: blobs._HolderCheck
 
     # -- pickling: hand the ring's descriptor to the other process ------------
     def __reduce__(self):
@@ -264,6 +266,7 @@ class Queue:
                 # The exit flush needs to know when this record leaves the ring.
                 sent.seq = seq[0]
                 sent.ring = self._ring
+                sent.ring_id = self._ring_id
                 faults.point("queue.blob_put")
                 return
             if rc == EFULL or rc == ETIMEDOUT:

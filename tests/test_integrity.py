@@ -498,3 +498,35 @@ def test_a_queue_closed_here_cannot_be_sent():
     q.close()
     with pytest.raises(ValueError, match="closed"):
         pickle.dumps(q)
+
+
+def test_exit_is_not_stalled_when_no_reader_holds_the_queue():
+    """Nobody else holds the queue: its large item can never be read, so
+    the producer exits without waiting EXIT_FLUSH_TIMEOUT."""
+    took = _run_script("""
+        import numpy as np, shmproc
+        q = shmproc.Queue()
+        q.put(np.ones(100_000))
+    """, timeout=40)
+    assert took < 20
+
+
+def test_exit_waits_for_a_live_reader_and_stops_when_it_dies():
+    """A reader holds the queue (and could still read): the producer waits;
+    when that reader dies, the producer exits about a second later."""
+    took = _run_script("""
+        import os, signal, time, numpy as np, shmproc
+        q = shmproc.Queue()
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(3)               # holds the queue, never reads, then dies
+            os.kill(os.getpid(), signal.SIGKILL)
+        q.put(np.ones(100_000))
+        start = time.monotonic()
+        from shmproc import blobs
+        blobs.pool.flush_at_exit()
+        waited = time.monotonic() - start
+        assert 2 < waited < 10, waited
+        os.waitpid(pid, 0)
+    """, timeout=60)
+    assert took < 30
