@@ -322,4 +322,32 @@ def test_pool_worker_storm(tmp_path, request, method, ci_rounds):
             runs = _read_log(log)
             ok = {i for i, (kind, _) in enumerate(results) if kind == "ok"}
             assert ok <= set(runs)
+            # Finished work is final and retries default to 0: nothing ran twice.
+            assert len(runs) == len(set(runs)), "an item ran twice"
+        assert pool.map(abs, range(-5, 0)) == [5, 4, 3, 2, 1]
+
+
+@pytest.mark.parametrize("method,ci_rounds", [("fork", 30), ("spawn", 3)])
+def test_pool_chunk_storm(tmp_path, request, method, ci_rounds):
+    """The same with chunks (map, chunksize 16): a worker killed at a random
+    moment; no item ever runs twice, and a map that did not fail returned
+    every value."""
+    rng = random.Random(11)
+    with shmproc.Pool(2, start_method=method) as pool:
+        for r in _storm(request, ci_rounds):
+            log = str(tmp_path / f"runs{r}")
+            n = 400
+            victim = rng.choice(pool._res.slots).pid
+            killer = threading.Timer(rng.uniform(0, 0.08), _kill_quietly, (victim,))
+            killer.start()
+            try:
+                values = pool.map(_square_and_log, [(i, log) for i in range(n)], chunksize=16)
+            except ProcessCrashedError:
+                values = None
+            killer.join()
+            runs = _read_log(log)
+            assert len(runs) == len(set(runs)), "an item ran twice"
+            if values is not None:
+                assert values == [i * i for i in range(n)]
+                assert sorted(runs) == list(range(n))
         assert pool.map(abs, range(-5, 0)) == [5, 4, 3, 2, 1]
