@@ -7,7 +7,7 @@ part of ``shmproc.h`` and the sources are every ``*.c`` here.
 Environment switches (read at build time):
   SHMPROC_SANITIZE=1   build with AddressSanitizer + UBSan (tests/asan.py)
   SHMPROC_PORTABLE=1   use the portable segment/wait layer even on Linux
-  SHMPROC_FAULTS=1     compile the test-only fault points (shmproc.h, tests/faults.py)
+  SHMPROC_FAULTS=1     compile the test-only fault points (shmproc.h, tests/fault_build.py)
 """
 import os
 import pathlib

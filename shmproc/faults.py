@@ -3,7 +3,7 @@
 The library marks the steps between which a crash matters (a blob
 published but its descriptor not yet put; a record taken but its blob not
 yet opened; ...) with ``point("name")``.  Normally that is a no-op.  With
-the environment variable ``SHMPROC_FAULTS=name:n[,name:n...]`` set when
+the environment variable ``SHMPROC_KILL_AT=name:n[,name:n...]`` set when
 shmproc is imported, the process SIGKILLs itself the n-th time it reaches
 that step, so tests can kill a producer, consumer or worker exactly there
 (tests/test_faults.py).  Points sit only on paths that already cost
@@ -31,7 +31,7 @@ def _parse(spec: str) -> dict:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, n = part.partition(":")
         if name not in POINTS:
-            raise ValueError(f"SHMPROC_FAULTS names an unknown point {name!r}; known: {POINTS}")
+            raise ValueError(f"SHMPROC_KILL_AT names an unknown point {name!r}; known: {POINTS}")
         counts[name] = int(n or 1)
     return counts
 
@@ -59,5 +59,5 @@ def arm(spec: str) -> None:
         _armed[name] = left - 1
 
 
-if os.environ.get("SHMPROC_FAULTS"):
-    arm(os.environ["SHMPROC_FAULTS"])
+if os.environ.get("SHMPROC_KILL_AT"):
+    arm(os.environ["SHMPROC_KILL_AT"])
