@@ -220,6 +220,14 @@ int shmp_ctl_enter(shmp_control *c, uint32_t section, uint64_t timeout_ns)
     uint64_t deadline = 0;
     if (timeout_ns != 0)
         deadline = UINT64_MAX - now < timeout_ns ? UINT64_MAX : now + timeout_ns;
+    /* A seqlock with the deadline as its sequence word: 0 while the
+     * section and its start stamp change, then the new deadline.  The
+     * release fence orders the 0 before the new stamp; the guard
+     * (guard.c) re-reads the deadline after an acquire fence and trusts
+     * the three words only if it saw the same non-zero deadline twice.
+     * One more plain store per section; no fence instruction on x86.    */
+    atomic_store_explicit(&c->s.deadline_ns, 0, RELAXED);
+    atomic_thread_fence(memory_order_release);
     atomic_store_explicit(&c->s.section_start_ns, now, RELAXED);
     atomic_store_explicit(&c->s.section, section, RELAXED);
     /* release: a watchdog that reads this deadline also reads the section

@@ -144,6 +144,16 @@ static void *guard_main(void *arg)
         uint64_t deadline = atomic_load_explicit(&s->deadline_ns, memory_order_acquire);
         uint64_t start = atomic_load_explicit(&s->section_start_ns, memory_order_relaxed);
         uint32_t section = atomic_load_explicit(&s->section, memory_order_relaxed);
+        /* The worker may have entered another section between those reads:
+         * a deadline paired with the next section's stamp would signal the
+         * wrong section.  The deadline is a seqlock word (shmp_ctl_enter
+         * zeroes it before it changes the stamp): the same deadline seen
+         * again after an acquire fence means the three belong together. */
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&s->deadline_ns, memory_order_relaxed) != deadline) {
+            sleep_ns = 0;
+            continue;
+        }
         if (deadline == 0)
             continue;
         uint64_t now = shmp_now_ns();

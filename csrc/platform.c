@@ -163,7 +163,10 @@ int shmp_os_open_peer(int32_t pid, int32_t fd, int *fd_out)
 #if SHMP_LINUX
     char path[64];
     snprintf(path, sizeof path, "/proc/%ld/fd/%ld", (long)pid, (long)fd);
-    int nfd = open(path, O_RDWR | O_CLOEXEC);
+    /* Whatever the descriptor turns out to be (a damaged record, a reused
+     * pid), opening it must have no side effect: never a controlling
+     * terminal, never a blocking open of a fifo or device.              */
+    int nfd = open(path, O_RDWR | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (nfd < 0) {
         shmp_set_errno(errno);
         return (errno == ENOENT || errno == ESRCH) ? SHMP_EPEER : SHMP_EOS;

@@ -26,7 +26,9 @@ MAX_KEPT_BYTES = 1 << 30
 
 class ArenaPool:
     def __init__(self):
-        self.lock = threading.Lock()
+        # Reentrant: an unmap callback may run in a GC pass inside a locked
+        # section of the same thread (the fork hooks hold it across fork).
+        self.lock = threading.RLock()
         self.kept: list = []            # (fd, bytes of pages it holds)
         self.exposed: dict = {}         # id(box) -> box, of arenas whose views users hold
 
@@ -36,7 +38,7 @@ class ArenaPool:
             fd = self.kept.pop()[0] if self.kept else None
         # The descriptor belongs to the mapping: it comes back here when the
         # mapping goes.  Never close such an Arena's fd yourself.
-        box = {"fd": -1, "pinned": False}
+        box = {"fd": -1, "pinned": False, "pid": os.getpid()}
         on_unmap = lambda: self._returned(box)         # noqa: E731
         if fd is None:
             arena = native.Arena.create(ARENA_BYTES, on_unmap=on_unmap)
@@ -60,8 +62,10 @@ class ArenaPool:
         fd = box["fd"]
         with self.lock:
             self.exposed.pop(id(box), None)
-        if box["pinned"]:
-            os.close(fd)                # a fork child may still read these pages
+        if box["pinned"] or box["pid"] != os.getpid():
+            # A fork child may still read these pages; or we are that child,
+            # and the arena is the parent's (maybe its live run's).
+            os.close(fd)
             return
         try:
             held = os.fstat(fd).st_blocks * 512
@@ -83,13 +87,18 @@ class ArenaPool:
     def _pin_for_fork(self):
         # A fork child inherits the mappings of the views the user holds;
         # once the parent drops its views the arena would be reused under
-        # the child.  So such arenas are never reused, only freed.
-        with self.lock:
-            for box in self.exposed.values():
-                box["pinned"] = True
+        # the child.  So such arenas are never reused, only freed.  The lock
+        # stays held until the fork is done, so no view is exposed between
+        # this pass and the fork.
+        self.lock.acquire()
+        for box in self.exposed.values():
+            box["pinned"] = True
+
+    def _forked_parent(self):
+        self.lock.release()
 
     def _after_fork_in_child(self):
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.exposed = {}
         kept, self.kept = self.kept, []
         for fd, _ in kept:
@@ -97,4 +106,5 @@ class ArenaPool:
 
 
 pool = ArenaPool()
-os.register_at_fork(before=pool._pin_for_fork, after_in_child=pool._after_fork_in_child)
+os.register_at_fork(before=pool._pin_for_fork, after_in_parent=pool._forked_parent,
+                   after_in_child=pool._after_fork_in_child)

@@ -134,9 +134,14 @@ class BlobPool:
     def acquire(self, need: int):
         """A blob with at least `need` payload bytes, reused when possible."""
         with self.lock:
-            for i, blob in enumerate(self.free):
-                if need <= blob.size <= need + need // 4 + 65536:
-                    del self.free[i]
+            for blob in list(self.free):
+                if blob.load_word(_STATE) == OPENED:
+                    # A reader holds it (it must never have come here): never
+                    # write into it, let it go with its reader.
+                    self.free.remove(blob)
+                    blob.close_fd()
+                elif need <= blob.size <= need + need // 4 + 65536:
+                    self.free.remove(blob)
                     return blob
         return native.Blob.create(_granule(need))
 
@@ -258,25 +263,27 @@ class BlobPool:
         for blob in free:
             blob.close_fd()
 
-    def republish(self, fd: int) -> bool:
-        """The reader of blob `fd` died before releasing it: mark it unread so
-        a new reader can open it (same descriptor, same nonce).  False if we
-        no longer hold it."""
+    def republish(self, fd: int, nonce: int) -> bool:
+        """The reader of blob (fd, nonce) died: make it readable again by a
+        new reader (same descriptor, same nonce).  False if we no longer
+        hold that item (its blob was released and maybe reused)."""
         with self.lock:
             for sent in self.in_flight:
-                if sent.blob.fd == fd:
-                    sent.blob.store_word(_REFS, 0)         # the dead reader's lease
-                    sent.blob.store_word(_STATE, PUBLISHED)
-                    return True
+                if sent.blob.fd == fd and sent.nonce == nonce:
+                    if sent.blob.load_word(_STATE) == OPENED:
+                        # The dead reader's lease can never be given back.
+                        sent.blob.store_word(_REFS, 0)
+                        sent.blob.store_word(_STATE, PUBLISHED)
+                    return sent.blob.load_word(_STATE) == PUBLISHED
         return False
 
-    def discard(self, fd: int):
-        """Forget blob `fd` (its record will never be read): close our descriptor."""
+    def discard(self, fd: int, nonce: int):
+        """Forget blob (fd, nonce) (its record will never be read): close our descriptor."""
         with self.lock:
-            mine = [s.blob for s in self.in_flight if s.blob.fd == fd]
-            self.in_flight = [s for s in self.in_flight if s.blob.fd != fd]
-        for blob in mine:
-            blob.close_fd()
+            mine = [s for s in self.in_flight if s.blob.fd == fd and s.nonce == nonce]
+            self.in_flight = [s for s in self.in_flight if s not in mine]
+        for sent in mine:
+            sent.blob.close_fd()
 
     def drop(self, token):
         """Close our descriptors of `token`'s blobs: their reader is gone."""
@@ -345,8 +352,17 @@ def _held_elsewhere(ring_id) -> bool:
             continue
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
+        except PermissionError:
+            # Another user's process cannot hold our segments; one of ours
+            # that we may not look into (not dumpable) may be a reader.
+            try:
+                if os.stat(f"/proc/{pid}").st_uid == os.geteuid():
+                    return True
+            except OSError:
+                pass
+            continue
         except OSError:
-            continue                # gone, or not ours to read (another user: not a reader)
+            continue                # gone
         for fd in fds:
             try:
                 st = os.stat(f"/proc/{pid}/fd/{fd}")

@@ -308,25 +308,41 @@ def _end_lease(p, lease):
 
 
 def _count_fork_children():
-    # Before fork: the child will hold a copy of every leased mapping.
+    # Before fork: the child will hold a copy of every leased mapping.  The
+    # lock stays held until the fork is done (released in the parent, made
+    # anew in the child), so no thread can take a lease the child would
+    # inherit uncounted; the cyclic GC stays off so that no destructor
+    # unmaps a segment while it is counted.  A fork that fails leaves the
+    # counts behind: those segments are then never reused, only freed.
+    global _gc_was_enabled, _forking
     _lease_lock.acquire()
-    enabled = gc.isenabled()
-    gc.disable()                # no destructor may unmap a segment while we count
-    try:
-        for p, refs_off in list(_leases.values()):
-            lib.shmp_add_u32(p + refs_off, 1)
-    finally:
-        if enabled:
-            gc.enable()
-        _lease_lock.release()
+    _gc_was_enabled = gc.isenabled()
+    gc.disable()
+    _forking = True             # a lease taken by a later fork hook counts for the child too
+    for p, refs_off in list(_leases.values()):
+        lib.shmp_add_u32(p + refs_off, 1)
+
+
+def _forked_parent():
+    global _forking
+    _forking = False
+    if _gc_was_enabled:
+        gc.enable()
+    _lease_lock.release()
 
 
 def _reset_lease_lock():
-    global _lease_lock
-    _lease_lock = threading.RLock()     # another thread may have held it at fork
+    global _lease_lock, _forking
+    _forking = False
+    _lease_lock = threading.RLock()     # held by the forking thread, in the parent's copy
+    if _gc_was_enabled:
+        gc.enable()
 
 
-os.register_at_fork(before=_count_fork_children, after_in_child=_reset_lease_lock)
+_gc_was_enabled = True
+_forking = False
+os.register_at_fork(before=_count_fork_children, after_in_parent=_forked_parent,
+                   after_in_child=_reset_lease_lock)
 
 
 class Blob:
@@ -377,7 +393,7 @@ class Blob:
         check(rc, "claiming a shared segment")
         base = ffi.cast("char *", ffi.from_buffer(self.buffer))
         with _lease_lock:
-            lib.shmp_add_u32(base + refs_off, 1)
+            lib.shmp_add_u32(base + refs_off, 2 if _forking else 1)
             self._lease[0] = (state_off, refs_off, released)
             _leases[int(ffi.cast("uintptr_t", base))] = (base, refs_off)
 

@@ -777,9 +777,9 @@ class Pool(PoolCalls):
                 continue
             if rest < n:
                 resend.append(unit.split(self._new_id(), rest, n))
-            fd = taskwire.blob_fd(unit.record) if unit.record is not None else None
-            if fd is not None:
-                blobs.pool.discard(fd)                    # the parts are encoded afresh
+            ref = taskwire.blob_ref(unit.record) if unit.record is not None else None
+            if ref is not None:
+                blobs.pool.discard(*ref)                  # the parts are encoded afresh
         slot.inflight.clear()
         for unit in reversed(resend):
             self._pending.appendleft(unit)
@@ -792,8 +792,8 @@ class Pool(PoolCalls):
         slots[i] = self._start_worker(slot.index)
 
     def _resend_whole(self, unit, resend):
-        fd = taskwire.blob_fd(unit.record) if unit.record is not None else None
-        if fd is not None and not blobs.pool.republish(fd):
+        ref = taskwire.blob_ref(unit.record) if unit.record is not None else None
+        if ref is not None and not blobs.pool.republish(*ref):
             unit.record = None                            # its segment is gone: encode afresh
         resend.append(unit)
 

@@ -67,6 +67,7 @@ _TAG_STR = 2
 _TAG_BLOB = 3       # descriptor of an out-of-band record; its kind is inside
 
 _JUST_BYTES = {bytes}
+_UNSENT = (1 << 64) - 1        # no record number yet (see _put_blob)
 _dumps = wire.dumps
 _loads = pickle.loads
 _unpack = ffi.unpack
@@ -108,6 +109,18 @@ def _decode_small(view, tag):
     if tag == _TAG_STR:
         return str(view, "utf-8", "surrogatepass")
     raise native.CorruptSharedMemoryError(f"unknown record tag {tag} in a shmproc.Queue")
+
+
+class _Raw:
+    """A record of a batch not yet rebuilt (kept after an interruption)."""
+
+    __slots__ = ("data", "tag", "copy")
+
+    def __init__(self, data, tag, copy):
+        self.data, self.tag, self.copy = data, tag, copy
+
+
+_NOTHING = object()     # _from_backlog: the backlog was empty after all
 
 
 class _Failed:
@@ -254,9 +267,13 @@ class Queue:
         """Put a large item out-of-band; a put that fails retracts its blob."""
         if _pool.in_flight:
             _pool.sweep()
-        desc, sent = self._to_blob(data, tag, bufs)
-        seq = ffi.new("uint64_t *")
+        # put_tracked writes the record's number only once the record is in
+        # the ring: whatever interrupts us (Ctrl-C, a section's timeout),
+        # the blob is retracted only if its descriptor never got in.
+        seq = ffi.new("uint64_t *", _UNSENT)
+        sent = None
         try:
+            desc, sent = self._to_blob(data, tag, bufs)
             faults.point("queue.blob_written")
             while True:
                 rc = self._ring.put_tracked(desc, len(desc), _TAG_BLOB, _left_ns(deadline), seq)
@@ -273,7 +290,8 @@ class Queue:
                 raise _stdlib_queue.Full
             native.check(rc, "putting an item on a shmproc.Queue")
         except BaseException:
-            _pool.retract(sent)         # nobody saw its descriptor: reuse it, wait for nothing
+            if sent is not None and seq[0] == _UNSENT:
+                _pool.retract(sent)     # nobody saw its descriptor: reuse it, wait for nothing
             raise
 
     def _put_retry(self, rc, data, tag, tmo):
@@ -393,7 +411,9 @@ class Queue:
         if self._closed:
             self._check_open()
         if self._backlog:
-            return self._from_backlog()
+            item = self._from_backlog()
+            if item is not _NOTHING:
+                return item
         tmo = -1 if block and timeout is None else _blocking_timeout(block, timeout)
         scratch = self._scratch
         s = scratch.pop() if scratch else _Scratch(_SCRATCH_START)
@@ -455,10 +475,19 @@ class Queue:
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         if self._backlog:
-            out = [self._from_backlog()]
-            while self._backlog and len(out) < max_items and type(self._backlog[0]) is not _Failed:
-                out.append(self._backlog.pop(0))
-            return out
+            out = []
+            while len(out) < max_items:
+                try:
+                    if out and type(self._backlog[0]) is _Failed:
+                        break                   # raised by the next call, after these
+                except IndexError:
+                    break
+                item = self._from_backlog()
+                if item is _NOTHING:
+                    break
+                out.append(item)
+            if out:
+                return out
         deadline = _deadline(_blocking_timeout(block, timeout))
         s = self._take_scratch()
         if max_items <= _MANY_MAX:
@@ -501,51 +530,61 @@ class Queue:
                     append(data[off:end])
                     off = end
                 return out
-            try:
-                for ln in lens:
-                    end = off + ln
-                    append(_decode_small(memoryview(data)[off:end], tag))
-                    off = end
-            except Exception as exc:
-                return self._after_bad_item(out, exc, memoryview(data), lens, tags, end, copy)
-            return out
-        off = 0
-        for ln, tag in zip(lens, tags):
-            end = off + ln
-            try:
-                item = self._decode(view[off:end], tag, copy)
-            except Exception as exc:
-                return self._after_bad_item(out, exc, view, lens, tags, end, copy)
-            off = end
-            if item is not LOST:
-                append(item)
+            view = memoryview(data)
+        off = i = 0
+        try:
+            for i, (ln, tag) in enumerate(zip(lens, tags)):
+                item = self._decode(view[off:off + ln], tag, copy)
+                off += ln
+                if item is not LOST:
+                    append(item)
+        except BaseException as exc:
+            return self._after_bad_item(out, exc, view, lens, tags, i, off, copy)
         return out
 
-    def _after_bad_item(self, good, exc, view, lens, tags, end, copy):
-        """Item len(good) of a batch failed to decode.  The whole batch left
-        the ring, so nothing may be dropped: the items before it are
-        returned now, the error is raised by the next get, the rest follow."""
-        done = len(good)
-        rest = []
-        off = end
-        for ln, tag in zip(lens[done + 1:], tags[done + 1:]):
-            try:
-                item = self._decode(view[off:off + ln], tag, copy)
-            except Exception as later:      # noqa: BLE001 - kept to be raised in turn
-                item = _Failed(later)
-            off += ln
-            if item is not LOST:
-                rest.append(item)
-        self._backlog[:0] = [_Failed(exc)] + rest
-        if good:
-            return good
-        return [self._from_backlog()]
+    def _after_bad_item(self, good, exc, view, lens, tags, i, off, copy):
+        """Item i of a batch (at offset off) raised while it was rebuilt.  The
+        whole batch left the ring, so nothing may be dropped.  An error of
+        the item: the items before it are returned now, the error is raised
+        by the next call, the items after it follow.  An interruption
+        (KeyboardInterrupt, a section's timeout): raised now, and the
+        batch, item i included, is kept for the next calls."""
+        bad = _Raw(bytes(view[off:off + lens[i]]), tags[i], copy)
+        rest, at = [], off + lens[i]
+        for ln, tag in zip(lens[i + 1:], tags[i + 1:]):
+            rest.append(_Raw(bytes(view[at:at + ln]), tag, copy))
+            at += ln
+        if isinstance(exc, Exception):
+            self._backlog[:0] = [_Failed(exc)] + rest
+            if good:
+                return good
+            item = self._from_backlog()         # raises exc
+            return [] if item is _NOTHING else [item]
+        self._backlog[:0] = good + [bad] + rest
+        raise exc
 
     def _from_backlog(self):
-        item = self._backlog.pop(0)
-        if type(item) is _Failed:
-            raise item.exc
-        return item
+        """The next item kept from a batch, or _NOTHING if another thread took
+        the last one first."""
+        while True:
+            try:
+                item = self._backlog.pop(0)     # atomic: threads may share this handle
+            except IndexError:
+                return _NOTHING
+            kind = type(item)
+            if kind is _Failed:
+                raise item.exc
+            if kind is not _Raw:
+                return item
+            try:
+                value = self._decode(memoryview(item.data), item.tag, item.copy)
+            except Exception:
+                raise                           # the item's own error: reported, gone
+            except BaseException:
+                self._backlog.insert(0, item)   # interrupted: it stays first in line
+                raise
+            if value is not LOST:
+                return value
 
     def _decode(self, record, tag, copy):
         if tag != _TAG_BLOB:

@@ -111,11 +111,14 @@ def payload(record, flags: int):
     return pickle.loads(main, buffers=buffers)
 
 
-def blob_fd(record):
-    """Our descriptor of the segment an out-of-band record points to, or None."""
+def blob_ref(record):
+    """(our descriptor, nonce) of the blob an out-of-band record we wrote
+    names, or None: the descriptor number alone is no identity (a blob is
+    reused with a new nonce under the same number)."""
     if not record[1] & FLAG_BLOB:
         return None
-    return blobs.DESC.unpack_from(record, HEADER_SIZE)[1]
+    desc = blobs.DESC.unpack_from(record, HEADER_SIZE)
+    return desc[1], desc[6]
 
 
 def raw_payload(record) -> bytes:

@@ -253,7 +253,7 @@ class _Counter(Process):
         return np.full(LARGE, self.n)
 
 
-@pytest.mark.parametrize("method,ci_rounds", [("fork", 600), ("spawn", 4)])
+@pytest.mark.parametrize("method,ci_rounds", [("fork", 1000), ("forkserver", 4), ("spawn", 4)])
 def test_process_worker_storm(request, method, ci_rounds):
     """A Process worker SIGKILLed at a random moment: the parent learns it
     at once, reports a crash (or the result, if it came first), leaks
@@ -294,7 +294,7 @@ def _square_and_log(args):
     return i * i
 
 
-@pytest.mark.parametrize("method,ci_rounds", [("fork", 30), ("spawn", 3)])
+@pytest.mark.parametrize("method,ci_rounds", [("fork", 30), ("forkserver", 3), ("spawn", 3)])
 def test_pool_worker_storm(tmp_path, request, method, ci_rounds):
     """Pool workers SIGKILLed at random moments during a map: every item
     has exactly one outcome (its value, or ProcessCrashedError), and the
@@ -327,7 +327,7 @@ def test_pool_worker_storm(tmp_path, request, method, ci_rounds):
         assert pool.map(abs, range(-5, 0)) == [5, 4, 3, 2, 1]
 
 
-@pytest.mark.parametrize("method,ci_rounds", [("fork", 30), ("spawn", 3)])
+@pytest.mark.parametrize("method,ci_rounds", [("fork", 30), ("forkserver", 3), ("spawn", 3)])
 def test_pool_chunk_storm(tmp_path, request, method, ci_rounds):
     """The same with chunks (map, chunksize 16): a worker killed at a random
     moment; no item ever runs twice, and a map that did not fail returned

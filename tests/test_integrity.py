@@ -530,3 +530,105 @@ def test_exit_waits_for_a_live_reader_and_stops_when_it_dies():
         os.waitpid(pid, 0)
     """, timeout=60)
     assert took < 30
+
+
+# ---- found by review: edges of the fixes above ---------------------------------------------
+
+_interrupts = []
+
+
+def _interrupt_once(value):
+    if not _interrupts:
+        _interrupts.append(1)
+        raise KeyboardInterrupt         # stands in for Ctrl-C arriving while an item is rebuilt
+    return value
+
+
+class _InterruptsOnce:
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return (_interrupt_once, (self.value,))
+
+
+def test_get_many_after_a_lost_item_and_a_bad_item_keeps_the_rest():
+    q = shmproc.Queue()
+    try:
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        put_raw(q, blobs.DESC.pack(dead.pid, 5, 1 << 16, 10, TAG_PICKLE, 0, 1), TAG_BLOB)   # lost
+        q.put(_Grumpy())
+        for x in ("A", "B", "C"):
+            q.put(x)
+        time.sleep(0.05)
+        with pytest.raises(ValueError, match="refuse"):
+            q.get_many(timeout=5)
+        assert q.get_many(timeout=5) == ["A", "B", "C"]
+        assert q.lost_items == 1
+    finally:
+        q.close()
+
+
+def test_get_many_interrupted_mid_batch_keeps_the_whole_batch():
+    _interrupts.clear()
+    q = shmproc.Queue()
+    try:
+        q.put("a")
+        q.put(_InterruptsOnce("b"))
+        q.put("c")
+        time.sleep(0.05)
+        with pytest.raises(KeyboardInterrupt):
+            q.get_many(timeout=5)
+        got = []
+        while len(got) < 3:
+            got += q.get_many(timeout=5)
+        assert got == ["a", "b", "c"]
+    finally:
+        q.close()
+
+
+def test_a_put_interrupted_after_its_record_is_in_keeps_its_item(monkeypatch):
+    """Ctrl-C (or a section's timeout) landing after the descriptor went
+    into the ring: the item is delivered, so its blob must not be taken
+    back and reused under the reader."""
+    q = shmproc.Queue()
+    real = shmproc.faults.point
+
+    def interrupt_after_put(name):
+        if name == "queue.blob_put":
+            raise KeyboardInterrupt
+        real(name)
+
+    monkeypatch.setattr(shmproc.faults, "point", interrupt_after_put)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            q.put(np.full(1 << 18, 7, dtype=np.int64))
+        monkeypatch.setattr(shmproc.faults, "point", real)
+        got = q.get(timeout=5)
+        q.put(np.full(1 << 18, 9, dtype=np.int64))         # would reuse a retracted blob
+        assert q.get(timeout=5)[0] == 9
+        assert got[0] == 7 and got[-1] == 7
+    finally:
+        q.close()
+
+
+def test_pool_bookkeeping_names_a_blob_by_descriptor_and_nonce():
+    """The pool forgets or re-publishes a task's blob by (fd, nonce): a blob
+    reused under the same descriptor number for another task is left alone."""
+    token = blobs.FlushToken()
+    token.wait = False
+    d1, s1 = blobs.encode_blob(b"x" * 200_000, TAG_PICKLE, [], token)
+    main, _, bufs = blobs.decode(d1, False)
+    del main, bufs
+    gc.collect()                                           # released: reusable
+    blobs.pool.sweep()
+    d2, s2 = blobs.encode_blob(b"y" * 200_000, TAG_PICKLE, [], token)
+    assert s2.blob.fd == s1.blob.fd and s2.nonce != s1.nonce
+    assert not blobs.pool.republish(s1.blob.fd, s1.nonce)
+    blobs.pool.discard(s1.blob.fd, s1.nonce)
+    main, _, _ = blobs.decode(d2, False)
+    assert bytes(main[:3]) == b"yyy"
+    del main
+    gc.collect()
+    blobs.pool.drop(token)
