@@ -93,6 +93,27 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+class SerializationError(ShmprocError, TypeError):
+    """An object could not be serialized; the message names what and why.
+    (Also importable as shmproc.wire.SerializationError.)"""
+
+
+class LostRecord(ShmprocError):
+    """The writer of an out-of-band record died before it could be read."""
+
+
+class RayNotInstalled(ShmprocError, ImportError):
+    """The Ray backend was asked for, and Ray is not installed."""
+
+
+class ClusterUnreachable(ShmprocError, ConnectionError):
+    """The Ray cluster could not be reached (in the time allowed)."""
+
+
+class ResourcesUnavailable(ShmprocError, RuntimeError):
+    """The cluster cannot grant a launcher the resources asked for."""
+
+
 def _qualified_name(cls: type) -> str:
     if cls.__module__ == "builtins":
         return cls.__qualname__
@@ -451,4 +472,6 @@ __all__ = [
     "ProcessError", "PreloopError", "MainLoopError", "PostLoopError",
     "OnFinishError", "ResultError", "TimeoutError", "ProcessCrashedError",
     "RemoteError", "RemoteTraceback", "SECTION_ERRORS",
+    "SharedMemoryVersionError", "ForeignSharedMemoryError", "SerializationError", "LostRecord",
+    "RayNotInstalled", "ClusterUnreachable", "ResourcesUnavailable",
 ]

@@ -30,6 +30,8 @@ import weakref
 
 from .backends import Backend, Outcome, Run
 from .errors import ProcessCrashedError
+# Defined with the other errors (all under ShmprocError); importable from here too.
+from .errors import ClusterUnreachable, RayNotInstalled, ResourcesUnavailable  # noqa: F401
 
 __all__ = ["RayBackend", "RayNotInstalled", "ClusterUnreachable", "ResourcesUnavailable",
            "release_idle", "shutdown"]
@@ -47,18 +49,6 @@ EXIT_GRACE_S = 2.0
 SHUTDOWN_TIMEOUT_S = 20.0
 #: Longest wait for a launcher to answer stop/kill/lap.
 CALL_TIMEOUT_S = 30.0
-
-
-class RayNotInstalled(ImportError):
-    """The Ray backend was asked for, and Ray is not installed."""
-
-
-class ClusterUnreachable(ConnectionError):
-    """The Ray cluster could not be reached (in the time allowed)."""
-
-
-class ResourcesUnavailable(RuntimeError):
-    """The cluster cannot grant a launcher the resources asked for."""
 
 
 def import_ray():

@@ -21,7 +21,7 @@ import pickle
 import struct
 
 from . import blobs, wire
-from .errors import CorruptSharedMemoryError
+from .errors import CorruptSharedMemoryError, LostRecord  # noqa: F401 - LostRecord re-exported
 
 HEADER = struct.Struct("<BBHIQ")
 HEADER_SIZE = HEADER.size
@@ -46,10 +46,6 @@ R_VALUES = 20       # payload: (ids, values): several tasks' values in one recor
 R_PART = 21         # payload as R_CHUNK: the next items of a chunk still running
 
 FLAG_BLOB = 1
-
-
-class LostRecord(Exception):
-    """The writer of an out-of-band record died before it could be read."""
 
 
 _pack = HEADER.pack

@@ -18,6 +18,8 @@ from __future__ import annotations
 import io
 import pickle
 
+from .errors import SerializationError  # defined with the other errors; re-exported here
+
 PROTOCOL = 5
 
 #: Buffers at least this large travel out-of-band.  Below it, copying the
@@ -26,10 +28,6 @@ OOB_THRESHOLD = 256 * 1024
 
 # Matches both b"__main__" and b"__mp_main__" in one scan.
 _MAIN_MARKER = b"main__"
-
-
-class SerializationError(TypeError):
-    """An object could not be serialized; the message names what and why."""
 
 
 def _collector(buffers: list):
