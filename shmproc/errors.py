@@ -9,6 +9,8 @@ the library raises on its own behalf.
 import builtins
 from typing import Any, Optional
 
+from .outcome import HOOKS
+
 # pickle, signal and traceback are imported where used: they are needed only
 # when an error is pickled or built, and `import shmproc` must stay cheap.
 
@@ -53,17 +55,10 @@ class ForeignSharedMemoryError(CorruptSharedMemoryError):
 # cloudpickle, so each one pickles with every field intact (__reduce__
 # below), including an original_error that cannot itself be pickled.
 
-# Section names as the engine knows them -> the hook they name. "error"
-# (__error__) has no error class of its own: wrap() reports it as a plain
-# ProcessError, which the engine discards in favour of the run's error.
-_HOOKS = {
-    "preloop": "__preloop__",
-    "loop": "__loop__",
-    "postloop": "__postloop__",
-    "onfinish": "__onfinish__",
-    "result": "__result__",
-    "error": "__error__",
-}
+# Section names as the engine knows them -> the hook they name (outcome.py).
+# "error" (__error__) has no error class of its own: wrap() reports it as a
+# plain ProcessError, which the engine discards in favour of the run's error.
+_HOOKS = HOOKS
 
 
 def _hook_name(section: Any) -> str:

@@ -27,6 +27,7 @@ from .config import default_start_method
 from .errors import ProcessCrashedError, ProcessError, ResultError
 from .errors import TimeoutError as SectionTimeoutError
 from .native import lib
+from .outcome import FAILED_RESULT, RETRIED, SECTION_NAMES
 
 __all__ = ["LocalBackend", "LocalRun", "LOCAL"]
 
@@ -149,7 +150,7 @@ class LocalRun(Run):
         would run on is gone)."""
         ctl = self.ctl
         lives = ctl.lives
-        if section in runner.RETRIED and lives > 1:
+        if section in RETRIED and lives > 1:
             stop = ctl.stop_requested             # by the parent, or by the dead life's hooks
             ctl.reset()                           # lap, section, deadline, the guard's record
             if stop or self._stop_asked:          # (the latter: a stop() during the reset)
@@ -158,7 +159,7 @@ class LocalRun(Run):
             ctl.set_state(lib.SHMP_STATE_STARTING)
             self._spawn()
             return True
-        err = SectionTimeoutError(runner.SECTION_NAMES[section], timeout_ns / 1e9, lap,
+        err = SectionTimeoutError(SECTION_NAMES[section], timeout_ns / 1e9, lap,
                                   process_name=self.name)
         ctl.set_exit(self.proc.exitcode or 0, 0)
         ctl.set_state(lib.SHMP_STATE_FAILED)
@@ -181,7 +182,7 @@ class LocalRun(Run):
             arenas.pool.expose(self.arena)
         if error is not None and isinstance(error, ProcessError):
             error = error.with_remote_traceback()
-        status = "failed" if kind == runner.FAILED_RESULT else "ok"
+        status = "failed" if kind == FAILED_RESULT else "ok"
         return Outcome(status, value, timers, error, lap, code)
 
     def wait(self, timeout: float | None) -> bool:

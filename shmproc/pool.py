@@ -50,7 +50,7 @@ from .pool_worker import DECODING, IDLE, is_process_class as _is_process_class, 
 from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP,
                        R_CHUNK, R_ERROR, R_PART, R_PROCESS, R_VALUE, R_VALUES)
 from .errors import TimeoutError as SectionTimeoutError
-from .runner import RETRIED, SECTION_NAMES
+from .outcome import FAILED_RESULT, RETRIED, SECTION_NAMES
 
 __all__ = ["Pool", "PoolCalls", "Task", "Progress"]
 
@@ -82,7 +82,6 @@ MAX_FUNCTIONS = 256
 STOP_GRACE_S = 5.0
 
 _RUNNING, _CLOSED, _TERMINATED = "running", "closed", "terminated"
-_FAILED_KIND = 2            # runner.FAILED_RESULT, without importing the runner here
 
 
 # ---- units of work -------------------------------------------------------------------
@@ -409,7 +408,7 @@ class _Job:
 
 
 def _deliver_process(sink, index, kind, value, error):
-    if kind == _FAILED_KIND and isinstance(value, BaseException):
+    if kind == FAILED_RESULT and isinstance(value, BaseException):
         if isinstance(value, ProcessError):
             value.with_remote_traceback()
         sink._fail(index, value)

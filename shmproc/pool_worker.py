@@ -34,6 +34,7 @@ import sys
 from . import blobs, native, taskwire, wire
 from .errors import ProcessError, RemoteError, ResultError
 from .native import lib
+from .outcome import HOOK_NAMES
 from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP,
                        R_CHUNK, R_ERROR, R_PART, R_PROCESS, R_VALUE, R_VALUES)
 from .watchdog import EXIT_ORPHANED, Watchdog
@@ -472,7 +473,6 @@ class PoolWorker:
     def run_process(self, obj):
         """Run a Process object's whole lifecycle here; (kind, value, timers, error, lap)."""
         from .config import validate
-        from .process import _HOOKS
         from .runner import FAILED_RESULT, Runner
         name = type(obj).__name__
         lives, self.lives_next = self.lives_next, None
@@ -483,7 +483,7 @@ class PoolWorker:
             if lives is not None:
                 obj.config.lives = lives
             validate(obj.config)
-            for hook in _HOOKS:
+            for hook in HOOK_NAMES:
                 if not callable(getattr(obj, hook)):
                     raise TypeError(f"{name}.{hook} must be callable")
             snapshot = None

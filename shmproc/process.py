@@ -16,10 +16,11 @@ import time
 from . import backends, wire
 from .config import ProcessConfig, validate
 from .errors import ProcessError
+from .outcome import HOOK_NAMES
 
 __all__ = ["Process"]
 
-_HOOKS = ("__preloop__", "__loop__", "__postloop__", "__onfinish__", "__result__", "__error__")
+_HOOKS = HOOK_NAMES
 
 #: Grace between asking live workers to stop and killing them at exit.
 EXIT_GRACE_S = 2.0

@@ -23,17 +23,11 @@ from .errors import ProcessError, ResultError, TimeoutError as SectionTimeoutErr
 from .native import lib
 from .watchdog import EXIT_ORPHANED, Watchdog, timeout_ns as _timeout_ns
 
-# Section ids in the control block (0 = none).
-PRELOOP, LOOP, POSTLOOP, ONFINISH, RESULT, ERROR = 1, 2, 3, 4, 5, 6
-SECTION_NAMES = {PRELOOP: "preloop", LOOP: "loop", POSTLOOP: "postloop", ONFINISH: "onfinish",
-                 RESULT: "result", ERROR: "error"}
-RETRIED = (PRELOOP, LOOP, POSTLOOP)           # failures here consume a life
+from .outcome import (ERROR, FAILED_RESULT, LOOP, OK_RESULT, ONFINISH, POSTLOOP,  # noqa: F401
+                      PRELOOP, RESULT, RETRIED, SECTION_NAMES)
 
 STOP = lib.SHMP_CTL_STOP
 OVERRAN = lib.SHMP_CTL_OVERRAN
-
-# Outcome kinds written to the arena.
-OK_RESULT, FAILED_RESULT = 1, 2
 
 
 class _Timeout(BaseException):
