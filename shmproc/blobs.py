@@ -460,7 +460,7 @@ def decode(record, copy: bool):
         return LOST             # gone, or something that is no segment (a socket, ...)
     try:
         blob = native.Blob.attach(peer_fd)
-    except (native.CorruptSharedMemoryError, ValueError, OSError):
+    except (ValueError, OSError):   # CorruptSharedMemoryError included
         return LOST             # that descriptor is not a shmproc blob (any more)
     finally:
         os.close(peer_fd)

@@ -87,7 +87,7 @@ def test_empty_item_behind_a_large_one_is_not_lost_to_a_racing_consumer():
         q2.close()
 
 
-def _count_items(q, out, stop_after):
+def _count_items(q, out):
     n = 0
     while True:
         item = q.get()
@@ -102,7 +102,7 @@ def test_two_consumers_receive_every_item_of_large_and_empty_pairs(method):
     ctx = mp.get_context(method)
     q, out = shmproc.Queue(), shmproc.Queue()
     pairs = 600
-    procs = [ctx.Process(target=_count_items, args=(q, out, None)) for _ in range(2)]
+    procs = [ctx.Process(target=_count_items, args=(q, out)) for _ in range(2)]
     for p in procs:
         p.start()
     big = b"y" * BIG
