@@ -1,18 +1,20 @@
 """shmproc — class-based multiprocessing on lock-free shared-memory rings.
 
-    user code      Process (start/wait/stop/result)     Queue.put/get
-                         │
-    wire           pickle protocol 5 (cloudpickle where needed); large
-                   buffers out-of-band in their own shared segments
-                         │
-    native         shmproc.native: the only module that calls the C core
-                         │
-    csrc/ (C11)    segment · ring · control block · wait/wake · clock
+    faces        process, pool, processing, ray_backend (what users import)
+    backends/    where work runs: local/ (this machine), ray/ (a cluster)
+    jobs/        the one job engine both pools use: tasks, jobs, ordering
+    runtime/     the worker side: lifecycle, sections, watchdog, pool worker
+    channels/    Queue: a multiprocessing.Queue on a shared-memory ring
+    wire/        pickling, out-of-band buffers, arenas, task records
+    _native/     the only caller of the compiled C core (csrc/)
+    common/      errors, outcome words, validators, config, exit/fork hooks
+
+Each layer imports only the ones below it (tests/test_architecture.py).
 
 Importing shmproc is cheap: the native library, numpy and cloudpickle load
 only when something that needs them is first used.
 """
-from .errors import (CorruptSharedMemoryError, ForeignSharedMemoryError, SharedMemoryError,
+from .common.errors import (CorruptSharedMemoryError, ForeignSharedMemoryError, SharedMemoryError,
                      SharedMemoryVersionError, ShmprocError)
 
 __version__ = "0.1.0"
@@ -23,18 +25,23 @@ _PROCESSING = (
     "ResultError", "TimeoutError", "ProcessCrashedError",
 )
 
+#: Errors raised for shmproc's own reasons beyond the Process ones, all ShmprocErrors.
+_ERRORS = ("SerializationError", "LostRecord", "RayNotInstalled", "ClusterUnreachable",
+           "ResourcesUnavailable")
+
 __all__ = [
     "Queue", "Pool", "Task", "Progress", "Backend", "LocalBackend", "RayBackend", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
     "SharedMemoryVersionError", "ForeignSharedMemoryError",
-    "sktime", "circuit", "docs", "processing", *_PROCESSING,
+    "sktime", "circuit", "docs", "processing", *_PROCESSING, *_ERRORS,
 ]
 
-_LAZY = {"Queue": ("shmproc.queue", "Queue"), "Pool": ("shmproc.pool", "Pool"),
+_LAZY = {"Queue": ("shmproc.channels.queue", "Queue"), "Pool": ("shmproc.pool", "Pool"),
          "Task": ("shmproc.pool", "Task"), "Progress": ("shmproc.pool", "Progress"),
-         "Backend": ("shmproc.backends", "Backend"),
-         "LocalBackend": ("shmproc.local_backend", "LocalBackend"),
+         "Backend": ("shmproc.backends.base", "Backend"),
+         "LocalBackend": ("shmproc.backends.local.run", "LocalBackend"),
          # Importing the Ray backend does not import Ray: that waits for first use.
          "RayBackend": ("shmproc.ray_backend", "RayBackend")}
+_LAZY.update({name: ("shmproc.common.errors", name) for name in _ERRORS})
 _LAZY.update({name: ("shmproc.processing", name) for name in _PROCESSING})
 
 
@@ -47,8 +54,8 @@ def __getattr__(name):
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
-    if name in ("sktime", "circuit", "docs", "native", "wire", "queue", "errors", "processing", "pool",
-                "backends"):
+    if name in ("sktime", "circuit", "docs", "processing", "pool", "process", "ray_backend",
+                "wire", "common", "jobs", "runtime", "channels", "backends"):
         return importlib.import_module(f"shmproc.{name}")
     raise AttributeError(f"module 'shmproc' has no attribute {name!r}")
 

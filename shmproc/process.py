@@ -1,6 +1,6 @@
 """Process: the class users subclass, and its parent-side handle.
 
-The handle is backend-neutral: start(on=...) asks a backend (backends.py)
+The handle is backend-neutral: start(on=...) asks a backend (backends/)
 for a Run, and wait / stop / kill / result / current_lap read that Run.
 The local backend (local_backend.py) forks a worker that runs runner.py;
 the Ray backend runs the same runner on a cluster node.
@@ -8,15 +8,13 @@ the Ray backend runs the same runner on a cluster node.
 from __future__ import annotations
 
 import functools
-import multiprocessing as mp
-import multiprocessing.util  # noqa: F401 - mp.util.Finalize below
-import os
 import time
 
-from . import backends, wire
-from .config import ProcessConfig, validate
-from .errors import ProcessError
-from .outcome import HOOK_NAMES
+from .backends.resolve import resolve as resolve_backend
+from .common import lifecycle
+from .common.config import ProcessConfig, validate
+from .common.errors import ProcessError
+from .common.outcome import HOOK_NAMES, default_hook
 
 __all__ = ["Process"]
 
@@ -66,6 +64,8 @@ class Process:
     return value is `result`), __error__ (when the run fails for good).
     """
 
+    __shmproc_process__ = True      # outcome.PROCESS_MARK: the worker side tells a Process by it
+
     # -- construction ------------------------------------------------------------
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -110,12 +110,16 @@ class Process:
         self._rt().worker = run
 
     # -- hooks (defaults) ------------------------------------------------------------
+    # Marked so that a run skips the empty ones without importing this class.
+    @default_hook
     def __preloop__(self):
         pass
 
+    @default_hook
     def __loop__(self):
         pass
 
+    @default_hook
     def __postloop__(self):
         pass
 
@@ -142,7 +146,7 @@ class Process:
         if rt.run is not None and not self._check_ended(rt):
             raise RuntimeError(f"{type(self).__name__} is already running (pid {rt.run.pid}); "
                                f"wait() for it, or stop() it, before starting it again")
-        backend = backends.resolve(on)
+        backend = resolve_backend(on)
         for name in _HOOKS:
             if not callable(getattr(self, name)):
                 raise TypeError(f"{type(self).__name__}.{name} must be callable, "
@@ -295,33 +299,16 @@ class Process:
         return f"<{type(self).__qualname__} {state}>"
 
 
-def unserializable(proc, exc):
-    found = wire.find_unpicklable(proc.__getstate__(), "self")
-    name = type(proc).__name__
-    if found is None:
-        return wire.SerializationError(f"cannot start {name}: its state cannot be serialized: {exc}")
-    path, typ, err = found
-    return wire.SerializationError(
-        f"cannot start {name}: {path} holds a {typ.__module__}.{typ.__qualname__}, which cannot be "
-        f"sent to another process ({type(err).__name__}: {err}). Create it inside the worker "
-        f"(for example in __preloop__, or lazily on first use) instead of in __init__.")
-
-
 # ---- shutdown: stop live workers, then kill them ---------------------------------------
 
 # Strong references: a running worker must be stopped at exit even if the
 # user dropped its Process object.  Entries leave when the run ends.
 _live: "set[Process]" = set()
-_exit_hook_registered = False
 
 
 def _ensure_exit_hook():
-    global _exit_hook_registered
-    if not _exit_hook_registered:
-        # Priority >= 0: runs in multiprocessing's exit function before it
-        # joins children, so workers are stopped rather than waited for.
-        mp.util.Finalize(None, shutdown_all, exitpriority=100)
-        _exit_hook_registered = True
+    # Before multiprocessing joins its children: workers are stopped, not waited for.
+    lifecycle.at_exit(shutdown_all, lifecycle.STOP_WORKERS)
 
 
 def shutdown_all(grace: float = EXIT_GRACE_S):
@@ -353,4 +340,4 @@ def _forget_after_fork():
     _live.clear()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+lifecycle.at_fork(after_in_child=_forget_after_fork)

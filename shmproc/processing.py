@@ -5,13 +5,13 @@
 Everything here is defined in its own module (process, config, timing,
 errors); this module only gathers the names users import.
 """
-from .config import ProcessConfig, TimeoutConfig
-from .errors import (
+from .common.config import ProcessConfig, TimeoutConfig
+from .common.errors import (
     MainLoopError, OnFinishError, PostLoopError, PreloopError, ProcessCrashedError,
     ProcessError, ResultError, TimeoutError,
 )
 from .process import Process
-from .timing import ProcessTimers, timesection
+from .common.timing import ProcessTimers, timesection
 
 __all__ = [
     "Process", "ProcessConfig", "TimeoutConfig", "ProcessTimers", "timesection",

@@ -65,7 +65,7 @@ def main(argv):
         SHMPROC_STRESS_SCALE=os.environ.get("SHMPROC_STRESS_SCALE", "0.1"),
     )
     probe = subprocess.run(
-        [sys.executable, "-c", "import shmproc.native as n; print(n.__file__, n.lib.shmp_sanitized())"],
+        [sys.executable, "-c", "import shmproc._shmp_cffi as n; print(n.__file__, n.lib.shmp_sanitized())"],
         env=env, capture_output=True, text=True, cwd=BUILD)
     if probe.returncode != 0 or not probe.stdout.strip().endswith(" 1") or str(BUILD) not in probe.stdout:
         raise SystemExit(f"asan: the sanitized build did not load:\n{probe.stdout}{probe.stderr}")

@@ -51,7 +51,8 @@ def no_leaks(request):
     gc.collect()
     # Released out-of-band segments are cached for reuse by design; drop the
     # cache so what remains is a real leak (an item nobody released).
-    from shmproc import arenas, blobs
+    from shmproc.wire import arenas
+    from shmproc.wire import blobs
     blobs.pool.sweep()
     blobs.pool.trim()
     arenas.pool.trim()          # finished runs' arenas are kept for reuse, likewise

@@ -50,9 +50,9 @@ def _build(out: pathlib.Path):
 
 def load():
     """(ffi, lib) of a core with shmp_fault_arm()."""
-    from shmproc import native
-    if hasattr(native.lib, "shmp_fault_arm"):
-        return native.ffi, native.lib
+    from shmproc import _shmp_cffi as _cffi
+    if hasattr(_cffi.lib, "shmp_fault_arm"):
+        return _cffi.ffi, _cffi.lib
     if MODULE not in sys.modules:
         out = ROOT / ".fault-build" / _digest()
         if not out.exists():

@@ -717,7 +717,7 @@ def test_a_dropped_ray_pool_gives_its_launchers_back(ray_cluster):
 
 def test_a_launcher_handed_back_twice_is_idle_once(ray_cluster):
     from shmproc import RayBackend
-    from shmproc.ray_backend import _cluster
+    from shmproc.backends.ray.cluster import _cluster
     backend = RayBackend()
     backend.connect()
     launcher = _cluster.acquire(backend.spec, None, 1, 30)[0]
@@ -773,7 +773,7 @@ def test_ray_pool_survives_a_dead_launcher(ray_cluster):
     from shmproc import RayBackend
     with Pool(2, backend=RayBackend()) as p:
         assert p.map(square, range(10)) == [x * x for x in range(10)]
-        ray_cluster.kill(p._slots[0].launcher.actor)
+        ray_cluster.kill(p._engine._slots[0].launcher.actor)
         assert p.map(square, range(40), chunksize=1) == [x * x for x in range(40)]
 
 

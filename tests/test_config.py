@@ -11,7 +11,7 @@ import cloudpickle
 import numpy as np
 import pytest
 
-from shmproc.config import ProcessConfig, TimeoutConfig, default_start_method, validate
+from shmproc.common.config import ProcessConfig, TimeoutConfig, default_start_method, validate
 
 PICKLERS = [pytest.param(pickle, id="pickle"), pytest.param(cloudpickle, id="cloudpickle")]
 

@@ -7,7 +7,10 @@ import pickle
 import pytest
 
 import shmproc
-from shmproc import errors, ray_backend, taskwire, wire
+from shmproc.common import errors
+from shmproc import ray_backend
+from shmproc.wire import taskwire
+from shmproc.wire import pickling as wire
 
 # class, the stdlib bases it must keep, and every import path that names it
 PUBLIC = [

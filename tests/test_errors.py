@@ -1,4 +1,4 @@
-"""Tests for the Process run errors in shmproc.errors.
+"""Tests for the Process run errors in shmproc.common.errors.
 
 They are raised in the worker and re-raised in the parent, so beyond their
 messages and fields the tests check that every one survives pickle and
@@ -15,8 +15,8 @@ import cloudpickle
 import pytest
 
 import shmproc
-from shmproc import errors
-from shmproc.errors import (
+from shmproc.common import errors
+from shmproc.common.errors import (
     SECTION_ERRORS,
     MainLoopError,
     OnFinishError,
@@ -110,7 +110,7 @@ def test_module_exports():
 
 
 def test_reachable_from_the_package():
-    assert shmproc.errors.MainLoopError is MainLoopError
+    assert shmproc.common.errors.MainLoopError is MainLoopError
 
 
 # -- ProcessError and the section errors --------------------------------------------------

@@ -2,7 +2,7 @@
 steps, then check what survives.
 
 Two kinds of kill:
-  * at a named step (shmproc.faults.point: a blob written but not yet
+  * at a named step (shmproc.common.faults.point: a blob written but not yet
     put, a record taken but its blob not yet opened, ...), under fork,
     forkserver and spawn;
   * at a random moment, many rounds in a row ("storms"), so kills land
@@ -31,8 +31,9 @@ import numpy as np
 import pytest
 
 import shmproc
-from shmproc import blobs, faults
-from shmproc.errors import ProcessCrashedError
+from shmproc.wire import blobs
+from shmproc.common import faults
+from shmproc.common.errors import ProcessCrashedError
 from shmproc.processing import Process
 
 LARGE = 40_000              # float64 elements: 320 kB, out-of-band
@@ -304,7 +305,7 @@ def test_pool_worker_storm(tmp_path, request, method, ci_rounds):
             log = str(tmp_path / f"runs{r}")
             n = 400
             tasks = [pool.submit(_square_and_log, (i, log)) for i in range(n)]
-            victim = rng.choice(pool._res.slots).pid
+            victim = rng.choice(pool._engine._res.slots).pid
             killer = threading.Timer(rng.uniform(0, 0.08), _kill_quietly, (victim,))
             killer.start()
             results = []
@@ -336,7 +337,7 @@ def test_pool_chunk_storm(tmp_path, request, method, ci_rounds):
         for r in _storm(request, ci_rounds):
             log = str(tmp_path / f"runs{r}")
             n = 400
-            victim = rng.choice(pool._res.slots).pid
+            victim = rng.choice(pool._engine._res.slots).pid
             killer = threading.Timer(rng.uniform(0, 0.08), _kill_quietly, (victim,))
             killer.start()
             try:

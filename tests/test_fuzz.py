@@ -21,9 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shmproc import native, taskwire, transfer
-from shmproc.errors import CorruptSharedMemoryError
-from shmproc.native import OK, ffi, lib
+from shmproc import _native as native
+
+from shmproc.wire import taskwire
+
+from shmproc.wire import transfer
+from shmproc.common.errors import CorruptSharedMemoryError
+from shmproc._native import OK
+from shmproc._shmp_cffi import ffi, lib
 
 pytestmark = pytest.mark.asan
 

@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import shmproc
-from shmproc import blobs, native
-from shmproc.errors import CorruptSharedMemoryError
+from shmproc.wire import blobs
+from shmproc import _native as native
+from shmproc import _shmp_cffi as _cffi
+from shmproc.common.errors import CorruptSharedMemoryError
 
 EXAMPLES = int(os.environ.get("SHMPROC_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
@@ -109,8 +111,8 @@ def item():
     arr = np.arange(100_000, dtype=np.int32)     # 400 kB: out-of-band
     q.put(arr)
     buf = bytearray(4096)
-    out = native.ffi.new("uint32_t[2]")
-    assert q._ring.get_into(native.ffi.from_buffer(buf), len(buf), 10**9, out, out + 1) == 0
+    out = _cffi.ffi.new("uint32_t[2]")
+    assert q._ring.get_into(_cffi.ffi.from_buffer(buf), len(buf), 10**9, out, out + 1) == 0
     desc = bytes(buf[:out[0]])
     yield q, arr, desc
     # After all the fuzzing, the real descriptor still reads its item whole.

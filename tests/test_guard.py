@@ -27,11 +27,12 @@ import pytest
 
 import shmproc
 from proc_helpers import alive, wait_gone
-from shmproc import local_backend, native
-from shmproc.native import lib
+from shmproc import _native as native
+from shmproc.backends.local import run as local_backend
+from shmproc._shmp_cffi import lib
 from shmproc.processing import Process, TimeoutError
-from shmproc.runner import LOOP
-from shmproc.watchdog import EXIT_EXPIRED, EXIT_ORPHANED
+from shmproc.runtime.runner import LOOP
+from shmproc.runtime.watchdog import EXIT_EXPIRED, EXIT_ORPHANED
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 
 import shmproc
-from shmproc import blobs, native
-from shmproc import queue as queue_mod
-from shmproc.errors import CorruptSharedMemoryError
+from shmproc.wire import blobs
+from shmproc import _native as native
+from shmproc import _shmp_cffi as _cffi
+from shmproc.channels import queue as queue_mod
+from shmproc.common.errors import CorruptSharedMemoryError
 from shmproc.processing import Process
 
 TAG_PICKLE, TAG_BLOB = 0, 3
@@ -47,8 +49,8 @@ def second_handle(q):
 def take_raw(q):
     """Take the next record off the ring as bytes, bypassing decoding."""
     buf = bytearray(1 << 20)
-    out = native.ffi.new("uint32_t[2]")
-    rc = q._ring.get_into(native.ffi.from_buffer(buf), len(buf), 10**9, out, out + 1)
+    out = _cffi.ffi.new("uint32_t[2]")
+    rc = q._ring.get_into(_cffi.ffi.from_buffer(buf), len(buf), 10**9, out, out + 1)
     assert rc == native.OK
     return bytes(buf[:out[0]]), out[1]
 
@@ -433,14 +435,14 @@ def test_exit_is_not_stalled_by_a_consumer_that_died_before_opening():
     EXIT_FLUSH_TIMEOUT (60 s)."""
     took = _run_script("""
         import os, numpy as np, shmproc
-        from shmproc import native
+        from shmproc import _native as native
         q = shmproc.Queue()
         q.put(np.ones(100_000))
         pid = os.fork()
         if pid == 0:
             buf = bytearray(4096)
-            out = native.ffi.new("uint32_t[2]")
-            rc = q._ring.get_into(native.ffi.from_buffer(buf), len(buf), 10**9, out, out + 1)
+            out = _cffi.ffi.new("uint32_t[2]")
+            rc = q._ring.get_into(_cffi.ffi.from_buffer(buf), len(buf), 10**9, out, out + 1)
             os.kill(os.getpid(), 9)              # dies between taking and opening
         os.waitpid(pid, 0)
     """, timeout=40)
@@ -523,7 +525,7 @@ def test_exit_waits_for_a_live_reader_and_stops_when_it_dies():
             os.kill(os.getpid(), signal.SIGKILL)
         q.put(np.ones(100_000))
         start = time.monotonic()
-        from shmproc import blobs
+        from shmproc.wire import blobs
         blobs.pool.flush_at_exit()
         waited = time.monotonic() - start
         assert 2 < waited < 10, waited
@@ -593,18 +595,18 @@ def test_a_put_interrupted_after_its_record_is_in_keeps_its_item(monkeypatch):
     into the ring: the item is delivered, so its blob must not be taken
     back and reused under the reader."""
     q = shmproc.Queue()
-    real = shmproc.faults.point
+    real = shmproc.common.faults.point
 
     def interrupt_after_put(name):
         if name == "queue.blob_put":
             raise KeyboardInterrupt
         real(name)
 
-    monkeypatch.setattr(shmproc.faults, "point", interrupt_after_put)
+    monkeypatch.setattr(shmproc.common.faults, "point", interrupt_after_put)
     try:
         with pytest.raises(KeyboardInterrupt):
             q.put(np.full(1 << 18, 7, dtype=np.int64))
-        monkeypatch.setattr(shmproc.faults, "point", real)
+        monkeypatch.setattr(shmproc.common.faults, "point", real)
         got = q.get(timeout=5)
         q.put(np.full(1 << 18, 9, dtype=np.int64))         # would reuse a retracted blob
         assert q.get(timeout=5)[0] == 9

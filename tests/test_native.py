@@ -10,9 +10,10 @@ import struct
 
 import pytest
 
-from shmproc import native
-from shmproc.errors import CorruptSharedMemoryError, SharedMemoryError
-from shmproc.native import EEMPTY, EFULL, ESMALLBUF, ESTATE, ETOOBIG, OK, ffi, lib
+from shmproc import _native as native
+from shmproc.common.errors import CorruptSharedMemoryError, SharedMemoryError
+from shmproc._native import EEMPTY, EFULL, ESMALLBUF, ESTATE, ETOOBIG, OK
+from shmproc._shmp_cffi import ffi, lib
 
 pytestmark = pytest.mark.asan
 

@@ -18,7 +18,7 @@ import pytest
 import shmproc
 from proc_helpers import wait_gone
 from shmproc import Pool
-from shmproc.errors import RemoteTraceback
+from shmproc.common.errors import RemoteTraceback
 from shmproc.processing import (MainLoopError, Process, ProcessCrashedError, TimeoutError,
                                 timesection)
 from shmproc.wire import SerializationError
@@ -714,7 +714,7 @@ def test_plain_progress_line_without_tqdm(pool, capsys, monkeypatch):
 
 
 def test_many_distinct_functions_in_flight(pool):
-    from shmproc import pool as pool_module
+    from shmproc.backends.local import pool as pool_module
     fns = [(lambda x, k=k: x + k) for k in range(pool_module.MAX_FUNCTIONS + 40)]
     tasks = [pool.submit(fn, 1) for fn in fns]                # all registered before any returns
     assert [t.result for t in tasks] == [1 + k for k in range(len(fns))]
@@ -783,7 +783,7 @@ def test_a_large_result_lost_with_its_worker_fails_and_is_not_run_again():
 
 
 def test_crashes_do_not_pile_up_argument_segments():
-    from shmproc import blobs
+    from shmproc.wire import blobs
     arr = np.ones(1 << 17)                             # 1 MiB: travels out-of-band
     with Pool(1) as p:
         for _ in range(3):

@@ -500,7 +500,7 @@ def test_error_hook_value_and_error_hook_failure():
 
 def test_errors_are_importable_from_every_surface():
     assert shmproc.processing.MainLoopError is processing.MainLoopError
-    from shmproc.errors import MainLoopError as direct
+    from shmproc.common.errors import MainLoopError as direct
     assert direct is MainLoopError
     assert issubclass(TimeoutError, ProcessError) and issubclass(TimeoutError, __builtins__["TimeoutError"]
                                                                  if isinstance(__builtins__, dict)
@@ -632,20 +632,20 @@ def test_ctrl_c_stops_workers_without_orphans(tmp_path):
 
 
 def test_one_class_object_per_name_on_every_import_surface():
-    import shmproc.errors
+    import shmproc.common.errors
     import shmproc.process
     for name in ("Process", "ProcessConfig", "TimeoutConfig", "ProcessTimers", "timesection",
                  "ProcessError", "PreloopError", "MainLoopError", "PostLoopError",
                  "OnFinishError", "ResultError", "TimeoutError", "ProcessCrashedError"):
         assert getattr(shmproc, name) is getattr(processing, name), name
     assert shmproc.Process is shmproc.process.Process
-    assert processing.TimeoutError is shmproc.errors.TimeoutError
+    assert processing.TimeoutError is shmproc.common.errors.TimeoutError
     from shmproc import circuit, docs, sktime                     # noqa: F401
     assert callable(docs.download) and callable(sktime.Timer)
 
 
 def test_finished_runs_arenas_are_reused_and_never_while_viewed():
-    from shmproc import arenas
+    from shmproc.wire import arenas
     arenas.pool.trim()
     first = ArrayResult(500_000)
     first.start()

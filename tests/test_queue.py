@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import shmproc
-from shmproc import wire
-from shmproc.queue import DEFAULT_CAPACITY
+from shmproc.wire import pickling as wire
+from shmproc.channels.queue import DEFAULT_CAPACITY
 
 
 # ---- helpers run in child processes (module level: importable under spawn) ----
@@ -397,7 +397,7 @@ def test_closed_handle_inherited_by_fork_refuses_use():
 def test_released_large_items_reuse_their_segment_and_held_ones_are_never_reused():
     import gc
 
-    from shmproc import blobs
+    from shmproc.wire import blobs
     q = shmproc.Queue()
     q.put(np.ones(100_000))
     held = q.get()                                   # a view the consumer keeps

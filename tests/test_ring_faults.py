@@ -17,9 +17,10 @@ import pytest
 
 import fault_build
 import shmproc
-from shmproc import native
-from shmproc.errors import CorruptSharedMemoryError
-from shmproc.native import EEMPTY, EFULL, OK, ffi, lib
+from shmproc import _native as native
+from shmproc.common.errors import CorruptSharedMemoryError
+from shmproc._native import EEMPTY, EFULL, OK
+from shmproc._shmp_cffi import ffi, lib
 
 pytestmark = pytest.mark.asan
 

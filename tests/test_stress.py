@@ -13,8 +13,9 @@ import zlib
 import pytest
 
 import shmproc
-from shmproc import native
-from shmproc.native import EEMPTY, OK, ffi, lib
+from shmproc import _native as native
+from shmproc._native import EEMPTY, OK
+from shmproc._shmp_cffi import ffi, lib
 
 pytestmark = [pytest.mark.asan, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ import cloudpickle
 import pytest
 
 from shmproc.sktime import Timer
-from shmproc.timing import SECTIONS, ProcessTimers, timesection
+from shmproc.common.timing import SECTIONS, ProcessTimers, timesection
 
 PICKLERS = [pytest.param(pickle, id="pickle"), pytest.param(cloudpickle, id="cloudpickle")]
 

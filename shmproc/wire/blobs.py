@@ -49,10 +49,10 @@ import struct
 import threading
 import time
 import zlib
-from multiprocessing import util as _mp_util
 
-from . import faults, native
-from .native import lib
+from ..common import faults
+from .. import _native as native
+from ..common import lifecycle
 
 __all__ = ["BlobPool", "pool", "PEER_FD_OK", "EXIT_FLUSH_TIMEOUT", "encode", "encode_blob",
            "decode", "LOST"]
@@ -71,7 +71,7 @@ MAX_FREE_BYTES = 512 * 1024 * 1024
 #: this, the oldest ones are closed so descriptors stay bounded.
 MAX_OPENED_KEPT = 64
 
-PEER_FD_OK = bool(lib.shmp_platform_features() & lib.SHMP_FEAT_PEER_FD)
+PEER_FD_OK = native.PEER_FD_OK
 
 # Blob layout: [state u32 | refs u32 | nonce u64 | descriptor crc u32 | pad
 # to 64][main payload][buffers, each where its source sits within a page
@@ -162,7 +162,7 @@ class BlobPool:
             if not self.registered:
                 # Runs at interpreter exit and at the end of a
                 # multiprocessing child (which skips atexit).
-                _mp_util.Finalize(None, self.flush_at_exit, exitpriority=-10)
+                lifecycle.at_exit(self.flush_at_exit, lifecycle.FLUSH_OUT_OF_BAND)
                 self.registered = True
         return desc, sent
 
@@ -309,7 +309,7 @@ class BlobPool:
 
 
 pool = BlobPool()
-os.register_at_fork(after_in_child=pool.after_fork_in_child)
+lifecycle.at_fork(after_in_child=pool.after_fork_in_child)
 
 
 class _HolderCheck:

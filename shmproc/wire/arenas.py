@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import threading
 
-from . import native
+from .. import _native as native
+from ..common import lifecycle
 
 #: Address space of one arena.  Sparse: only what is written costs memory;
 #: a result larger than this is an error.
@@ -106,5 +107,5 @@ class ArenaPool:
 
 
 pool = ArenaPool()
-os.register_at_fork(before=pool._pin_for_fork, after_in_parent=pool._forked_parent,
-                   after_in_child=pool._after_fork_in_child)
+lifecycle.at_fork(before=pool._pin_for_fork, after_in_parent=pool._forked_parent,
+                  after_in_child=pool._after_fork_in_child)

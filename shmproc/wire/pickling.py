@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import pickle
 
-from .errors import SerializationError  # defined with the other errors; re-exported here
+from ..common.errors import SerializationError  # defined with the other errors; re-exported here
 
 PROTOCOL = 5
 
@@ -110,3 +110,26 @@ def find_unpicklable(obj, root: str = "self", max_depth: int = 6):
         return None
 
     return walk(obj, root, 0)
+
+
+def pickle_function(fn) -> bytes:
+    """A task's callable as one in-band pickle (it is sent to each worker once)."""
+    main, bufs = dumps(fn)
+    if not bufs:
+        return main
+    import cloudpickle
+    return cloudpickle.dumps(fn, protocol=PROTOCOL)
+
+
+def unserializable(proc, exc) -> SerializationError:
+    """The error for a Process object whose state cannot be sent to a worker:
+    names the attribute that holds the culprit, and what to do instead."""
+    found = find_unpicklable(proc.__getstate__(), "self")
+    name = type(proc).__name__
+    if found is None:
+        return SerializationError(f"cannot start {name}: its state cannot be serialized: {exc}")
+    path, typ, err = found
+    return SerializationError(
+        f"cannot start {name}: {path} holds a {typ.__module__}.{typ.__qualname__}, which cannot be "
+        f"sent to another process ({type(err).__name__}: {err}). Create it inside the worker "
+        f"(for example in __preloop__, or lazily on first use) instead of in __init__.")

@@ -4,9 +4,9 @@ A backend knows how to start one run of a Process and how to build a
 pool; everything else (the lifecycle, lives, timeouts, errors) is the
 local runtime's, wherever it runs.  Two implementations exist:
 
-    LocalBackend   this machine: fork/forkserver/spawn a worker (local_backend.py)
+    LocalBackend   this machine: fork/forkserver/spawn a worker (local/)
     RayBackend     a Ray cluster: launcher actors that run the local runtime
-                   on their node and fork one child per run (ray_backend.py)
+                   on their node and fork one child per run (ray/)
 
 `Process.start(on=...)` and `Pool(backend=...)` accept a backend object,
 or the names "local" and "ray" (a RayBackend with default options).
@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import collections
 
-__all__ = ["Backend", "Run", "Outcome", "resolve"]
+__all__ = ["Backend", "Run", "Outcome"]
 
 Outcome = collections.namedtuple("Outcome", "status value timers error lap exitcode")
 Outcome.__doc__ = """How a run ended.
@@ -78,22 +78,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def pool(self, workers, start_method, max_tasks_per_worker, retries=0):
-        """A pool with shmproc.Pool's API whose workers run on this backend
-        (`retries`: as Pool's, already validated)."""
+        """The engine of a shmproc.Pool whose workers run on this backend: a
+        jobs.engine.JobEngine (arguments as Pool's, checked by the engine)."""
 
     def __repr__(self):
         return f"<shmproc {type(self).__name__}>"
-
-
-def resolve(on) -> Backend:
-    """None / "local" / "ray" / a Backend -> a Backend."""
-    if on is None or on == "local":
-        from .local_backend import LOCAL
-        return LOCAL
-    if isinstance(on, Backend):
-        return on
-    if on == "ray":
-        from .ray_backend import RayBackend
-        return RayBackend()
-    raise TypeError(f"unknown backend {on!r}: use None or 'local' (this machine), 'ray', "
-                    f"or a backend object such as shmproc.RayBackend(address=...)")

@@ -32,9 +32,12 @@ import pickle
 import queue as _stdlib_queue
 import time
 
-from . import blobs, faults, native, wire
-from .blobs import EXIT_FLUSH_TIMEOUT, LOST
-from .native import EEMPTY, EFULL, EINTR, ESMALLBUF, ETIMEDOUT, OK, ffi
+from ..wire import blobs
+from ..common import faults
+from .. import _native as native
+from ..wire import pickling as wire
+from ..wire.blobs import EXIT_FLUSH_TIMEOUT, LOST
+from .._native import EEMPTY, EFULL, EINTR, ESMALLBUF, ETIMEDOUT, OK
 
 __all__ = ["Queue", "DEFAULT_CAPACITY", "EXIT_FLUSH_TIMEOUT"]
 
@@ -70,7 +73,7 @@ _JUST_BYTES = {bytes}
 _UNSENT = (1 << 64) - 1        # no record number yet (see _put_blob)
 _dumps = wire.dumps
 _loads = pickle.loads
-_unpack = ffi.unpack
+_unpack = native.unpack
 _pool = blobs.pool
 
 
@@ -132,26 +135,9 @@ class _Failed:
         self.exc = exc
 
 
-class _Scratch:
-    """A reusable receive buffer with its C views (one per concurrent getter)."""
-
-    __slots__ = ("buf", "view", "ptr", "cptr", "size", "out", "_many")
-
-    def __init__(self, size):
-        self.buf = bytearray(size)
-        self.view = memoryview(self.buf)
-        self.ptr = ffi.from_buffer(self.buf)
-        self.cptr = ffi.cast("char *", self.ptr)
-        self.size = size
-        self.out = ffi.new("uint32_t[2]")      # length, tag (slow path)
-        self._many = None
-
-    def many(self):
-        """(lens, tags, count) arrays for get_many, allocated once."""
-        if self._many is None:
-            self._many = (ffi.new("uint32_t[]", _MANY_MAX), ffi.new("uint32_t[]", _MANY_MAX),
-                          ffi.new("uint32_t *"))
-        return self._many
+def _Scratch(size):
+    """A reusable receive buffer (one per concurrent getter)."""
+    return native.RecvBuffer(size, _MANY_MAX)
 
 
 def _blocking_timeout(block, timeout) -> int:
@@ -270,7 +256,7 @@ class Queue:
         # put_tracked writes the record's number only once the record is in
         # the ring: whatever interrupts us (Ctrl-C, a section's timeout),
         # the blob is retracted only if its descriptor never got in.
-        seq = ffi.new("uint64_t *", _UNSENT)
+        seq = native.u64_cell(_UNSENT)
         sent = None
         try:
             desc, sent = self._to_blob(data, tag, bufs)
@@ -359,12 +345,12 @@ class Queue:
         if _pool.in_flight:
             _pool.sweep()
         blob = b"".join(run)
-        base = ffi.cast("char *", ffi.from_buffer(blob))   # `blob` keeps it alive
+        base = native.char_pointer(blob)      # `blob` keeps it alive
         n = len(run)
-        clens = ffi.new("uint32_t[]", lens)
+        clens = native.u32_array(lens)
         # tags None: all raw bytes
-        ctags = ffi.new("uint32_t[]", [_TAG_BYTES] * n if tags is None else tags)
-        done = ffi.new("uint32_t *")
+        ctags = native.u32_array([_TAG_BYTES] * n if tags is None else tags)
+        done = native.u32_cell()
         put = off = 0
         while True:
             rc = self._ring.put_many(base + off, clens + put, ctags + put, n - put,
@@ -452,7 +438,7 @@ class Queue:
                     rc = (s.out[1] << 32) | s.out[0]
                     continue
                 if probe == ESMALLBUF:
-                    s.__init__(max(s.out[0], _SCRATCH_START))   # grow in place: get() returns it
+                    s.resize(max(s.out[0], _SCRATCH_START))   # grow in place: get() returns it
             elif rc == EEMPTY or rc == ETIMEDOUT:
                 raise _stdlib_queue.Empty
             elif rc != EINTR:
@@ -493,19 +479,19 @@ class Queue:
         if max_items <= _MANY_MAX:
             lens, tags, count = s.many()
         else:
-            lens, tags = ffi.new("uint32_t[]", max_items), ffi.new("uint32_t[]", max_items)
-            count = ffi.new("uint32_t *")
+            lens, tags = native.u32_array(max_items), native.u32_array(max_items)
+            count = native.u32_cell()
         try:
             while True:
                 rc = self._ring.get_many_into(s.ptr, s.size, max_items, _left_ns(deadline),
                                               lens, tags, count)
                 if rc == OK:
                     n = count[0]
-                    out = self._decode_many(s.view, ffi.unpack(lens, n), ffi.unpack(tags, n), copy)
+                    out = self._decode_many(s.view, _unpack(lens, n), _unpack(tags, n), copy)
                     if out:
                         return out
                 elif rc == ESMALLBUF:
-                    s.__init__(max(lens[0], _SCRATCH_START))    # grow in place
+                    s.resize(max(lens[0], _SCRATCH_START))    # grow in place
                     if max_items <= _MANY_MAX:
                         lens, tags, count = s.many()
                 elif rc == EEMPTY or rc == ETIMEDOUT:

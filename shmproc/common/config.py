@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import difflib
 import math
-import multiprocessing
 import numbers
-import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
+
+from .validate import default_start_method, start_methods
 
 __all__ = ["TimeoutConfig", "ProcessConfig", "validate", "default_start_method"]
 
@@ -72,15 +72,6 @@ class ProcessConfig(_NoTyposMixin):
     lives: int = 1
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
     start_method: Optional[str] = None
-
-
-def default_start_method() -> str:
-    """The start method used when ``config.start_method`` is None.
-
-    "fork" on Linux (the fastest way to start a worker), "spawn" elsewhere:
-    macOS and Windows either lack fork or make it unsafe.
-    """
-    return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 def _is_int(value: Any) -> bool:
@@ -151,7 +142,7 @@ def validate(config: Any) -> None:
 
     method = config.start_method
     if method is not None:
-        valid = multiprocessing.get_all_start_methods()
+        valid = start_methods()
         if method not in valid:
             raise ValueError(
                 f"config.start_method must be None (platform default) or one of "

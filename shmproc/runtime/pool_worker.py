@@ -31,11 +31,13 @@ import queue
 import signal
 import sys
 
-from . import blobs, native, taskwire, wire
-from .errors import ProcessError, RemoteError, ResultError
-from .native import lib
-from .outcome import HOOK_NAMES
-from .taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP,
+from ..wire import blobs
+from .. import _native as native
+from ..wire import taskwire
+from ..wire import pickling as wire
+from ..common.errors import ProcessError, RemoteError, ResultError
+from ..common.outcome import HOOK_NAMES, is_process_class
+from ..wire.taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP,
                        R_CHUNK, R_ERROR, R_PART, R_PROCESS, R_VALUE, R_VALUES)
 from .watchdog import EXIT_ORPHANED, Watchdog
 
@@ -150,7 +152,7 @@ class PoolWorker:
             os._exit(EXIT_ORPHANED)                 # the parent is already gone
         pctl = self.pctl
         pctl.set_pid(os.getpid())
-        pctl.set_state(lib.SHMP_STATE_RUNNING)
+        pctl.set_state(native.STATE_RUNNING)
         task_q, now = self.task_q, native.now_ns
         get, get_many, qsize = task_q.get, task_q.get_many, task_q.qsize
         last_work = 0
@@ -190,7 +192,7 @@ class PoolWorker:
                     return                      # recycled: the parent starts a fresh worker
         finally:
             self.dog.stop()
-            pctl.set_state(lib.SHMP_STATE_DONE)
+            pctl.set_state(native.STATE_DONE)
 
     def call_fast(self, rec) -> bool:
         """The common record, a plain function call with small arguments,
@@ -472,7 +474,7 @@ class PoolWorker:
 
     def run_process(self, obj):
         """Run a Process object's whole lifecycle here; (kind, value, timers, error, lap)."""
-        from .config import validate
+        from ..common.config import validate
         from .runner import FAILED_RESULT, Runner
         name = type(obj).__name__
         lives, self.lives_next = self.lives_next, None
@@ -495,7 +497,7 @@ class PoolWorker:
             return FAILED_RESULT, exc, None, None, 0
         rctl = self.rctl
         rctl.reset()
-        rctl.set_state(lib.SHMP_STATE_RUNNING)
+        rctl.set_state(native.STATE_RUNNING)
         runner = Runner(rctl, None, name)
         if snapshot is not None:
             runner.rebuild = lambda: wire.loads(snapshot[0], [bytearray(b) for b in snapshot[1]])
@@ -514,7 +516,7 @@ class PoolWorker:
             rctl.leave()
         if kind == FAILED_RESULT:
             self._failed()
-        rctl.set_state(lib.SHMP_STATE_DONE if kind != FAILED_RESULT else lib.SHMP_STATE_FAILED)
+        rctl.set_state(native.STATE_DONE if kind != FAILED_RESULT else native.STATE_FAILED)
         return kind, value, timers, error, lap
 
 
@@ -522,22 +524,6 @@ class _ConstructionFailed:
     def __init__(self, cls, exc):
         self.name = cls.__name__
         self.exc = exc
-
-
-_Process = None
-
-
-def process_class():
-    """shmproc's Process, imported on first need (it pulls in the engine)."""
-    global _Process
-    if _Process is None:
-        from .process import Process
-        _Process = Process
-    return _Process
-
-
-def is_process_class(fn) -> bool:
-    return isinstance(fn, type) and issubclass(fn, process_class())
 
 
 def main(slot, ctl_array, task_q, result_q, parent_pid, direct_child, use_pdeathsig, max_tasks):

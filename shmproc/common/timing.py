@@ -16,7 +16,7 @@ import functools
 import time
 from typing import Any, Callable, Dict, Optional
 
-from .sktime import Timer, _check_duration
+from ..sktime import Timer, _check_duration
 
 __all__ = ["SECTIONS", "ProcessTimers", "timesection"]
 

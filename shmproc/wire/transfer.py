@@ -24,8 +24,9 @@ import pickle
 import struct
 import zlib
 
-from . import native, wire
-from .errors import CorruptSharedMemoryError
+from .. import _native as native
+from . import pickling as wire
+from ..common.errors import CorruptSharedMemoryError
 
 _MAGIC = 0x52504853          # "SHPR"
 _HEADER = struct.Struct("<IIQII")     # magic, kind, main length, buffer count, check

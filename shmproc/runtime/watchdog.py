@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import signal
 
-from . import native
+from .. import _native as native
 
 #: How long past its deadline a hook gets to honour SIGALRM before the
 #: guard ends the worker.  A hook running Python code unwinds within

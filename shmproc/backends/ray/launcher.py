@@ -6,7 +6,7 @@
     outcome(id) ─── pending call ───────► waits for the run; returns its        (lives, timeouts,
                     (object store) ◄────  Outcome; numpy goes zero-copy          stop: all local)
     stop / kill / lap ──────────────────► the run's control block
-    pool_run(chunk) ────────────────────► a local shmproc.Pool(1) ─────────► warm worker
+    pool_run(chunk) ────────────────────► a local pool engine (1 worker) ──► warm worker
 
 Forked children never call Ray: they run the local runtime only and exit
 with os._exit; they die with the actor (PR_SET_PDEATHSIG or the pidfd
@@ -22,8 +22,9 @@ import itertools
 import os
 import socket
 
-from .backends import Outcome
-from .errors import RemoteTraceback
+from ..base import Outcome
+from ..local.run import LOCAL
+from ...common.errors import RemoteTraceback
 
 #: Functions a launcher keeps unpickled for its pool (least recently used go).
 MAX_FUNCTIONS = 64
@@ -73,7 +74,6 @@ class Launcher:
     async def start(self, blob: bytes):
         """Rebuild the Process and start it locally; (run id, pid) or ("error", text)."""
         import cloudpickle
-        from .local_backend import LOCAL
         try:
             proc = cloudpickle.loads(blob)
         except Exception as exc:                  # noqa: BLE001 - reported to the driver
@@ -107,10 +107,9 @@ class Launcher:
 
     # -- pool slot ------------------------------------------------------------------------------
     async def pool_open(self, start_method, max_tasks, retries=0):
-        from .pool import Pool
         if self._pool is not None:
             self._pool.terminate()
-        self._pool = Pool(1, start_method or "fork", max_tasks, retries=retries)
+        self._pool = LOCAL.pool(1, start_method or "fork", max_tasks, retries=retries)
         return self._pool.pids
 
     async def pool_pids(self):

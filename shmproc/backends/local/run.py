@@ -21,13 +21,18 @@ import signal
 import threading
 import time
 
-from . import arenas, native, runner, transfer, wire
-from .backends import Backend, Outcome, Run
-from .config import default_start_method
-from .errors import ProcessCrashedError, ProcessError, ResultError
-from .errors import TimeoutError as SectionTimeoutError
-from .native import lib
-from .outcome import FAILED_RESULT, RETRIED, SECTION_NAMES
+from ...wire import arenas
+from ... import _native as native
+from ...runtime import runner
+from ...wire import transfer
+from ...wire import pickling as wire
+from ..base import Backend, Outcome, Run
+from .forkserver import preload_into_forkserver
+from .pool import LocalPool
+from ...common.config import default_start_method
+from ...common.errors import ProcessCrashedError, ProcessError, ResultError
+from ...common.errors import TimeoutError as SectionTimeoutError
+from ...common.outcome import FAILED_RESULT, RETRIED, SECTION_NAMES
 
 __all__ = ["LocalBackend", "LocalRun", "LOCAL"]
 
@@ -52,7 +57,7 @@ class LocalRun(Run):
                 raise serialize_error(obj, exc) from exc.__cause__
             ctl = ctl_array.control(0)
             ctl.set_lives(obj.config.lives)
-            ctl.set_state(lib.SHMP_STATE_STARTING)
+            ctl.set_state(native.STATE_STARTING)
             self.ctx, self.method, self.name = ctx, method, type(obj).__name__
             self.ctl_array, self.ctl, self.arena = ctl_array, ctl, arena
             self._spawn()
@@ -82,7 +87,7 @@ class LocalRun(Run):
     def ended(self) -> bool:
         if self.ended_:
             return True
-        if self.ctl.state >= lib.SHMP_STATE_DONE:
+        if self.ctl.state >= native.STATE_DONE:
             self._finish()
             return True
         if self.proc.exitcode is None:            # waitpid(WNOHANG)
@@ -115,21 +120,21 @@ class LocalRun(Run):
         state = ctl.state
         if self.killed:
             self._reaped()
-            ctl.set_state(lib.SHMP_STATE_KILLED)
+            ctl.set_state(native.STATE_KILLED)
             self._outcome = Outcome("killed", None, None, None, ctl.lap(), -signal.SIGKILL)
-        elif state < lib.SHMP_STATE_DONE:
+        elif state < native.STATE_DONE:
             self._reaped()
             state = ctl.state                     # it may have reported just before dying
-            expired = ctl.expired() if state < lib.SHMP_STATE_DONE else None
+            expired = ctl.expired() if state < native.STATE_DONE else None
             if expired is not None:
                 if self._expired(*expired):
                     return                        # a next life runs: not ended
-            elif state < lib.SHMP_STATE_DONE:
+            elif state < native.STATE_DONE:
                 code = self.proc.exitcode
                 crashed = ProcessCrashedError(exitcode=code, last_lap=ctl.lap(), pid=self.pid,
                                               process_name=self.name)
                 ctl.set_exit(code if code is not None else 0, -code if code and code < 0 else 0)
-                ctl.set_state(lib.SHMP_STATE_CRASHED)
+                ctl.set_state(native.STATE_CRASHED)
                 self._outcome = Outcome("crashed", crashed, None, None, ctl.lap(), code)
         self.ctl_array.close()                    # descriptors go now, mappings with their views
         self._close_pidfd()                       # a worker that reported may still be exiting
@@ -156,13 +161,13 @@ class LocalRun(Run):
             if stop or self._stop_asked:          # (the latter: a stop() during the reset)
                 ctl.request_stop()
             ctl.set_lives(lives - 1)
-            ctl.set_state(lib.SHMP_STATE_STARTING)
+            ctl.set_state(native.STATE_STARTING)
             self._spawn()
             return True
         err = SectionTimeoutError(SECTION_NAMES[section], timeout_ns / 1e9, lap,
                                   process_name=self.name)
         ctl.set_exit(self.proc.exitcode or 0, 0)
-        ctl.set_state(lib.SHMP_STATE_FAILED)
+        ctl.set_state(native.STATE_FAILED)
         self._outcome = Outcome("failed", err, None, err, lap, self.proc.exitcode)
         return False
 
@@ -199,7 +204,7 @@ class LocalRun(Run):
                 if left <= 0:
                     return False
                 slice_ns = min(slice_ns, int(left * 1e9) + 1)
-            ctl.wait_state(lib.SHMP_STATE_DONE, slice_ns)
+            ctl.wait_state(native.STATE_DONE, slice_ns)
 
     def stop(self):
         if not self.ended_:
@@ -258,12 +263,11 @@ class LocalBackend(Backend):
     name = "local"
 
     def launch(self, proc) -> LocalRun:
-        from .process import unserializable
-        return LocalRun(proc, unserializable)
+        return LocalRun(proc, wire.unserializable)
 
     def pool(self, workers, start_method, max_tasks_per_worker, retries=0):
-        from .pool import Pool
-        return Pool(workers, start_method, max_tasks_per_worker, retries=retries)
+        """The engine of a local shmproc.Pool (arguments as Pool's, unchecked)."""
+        return LocalPool(workers, start_method, max_tasks_per_worker, retries)
 
     def __repr__(self):
         return "<shmproc LocalBackend>"
@@ -281,19 +285,3 @@ def _open_pidfd(pid: int):
         return os.pidfd_open(pid)
     except OSError:
         return None
-
-PRELOAD = ["shmproc.runner", "shmproc.process", "shmproc.pool_worker", "cloudpickle"]
-
-
-def preload_into_forkserver():
-    """Have the fork server import the runner once, instead of every worker
-    importing it (~40 ms each).  Only possible before the server starts;
-    modules the user asked to preload are kept."""
-    from multiprocessing import forkserver
-    server = getattr(forkserver, "_forkserver", None)
-    if server is None or getattr(server, "_forkserver_pid", None) is not None:
-        return
-    current = list(getattr(server, "_preload_modules", ["__main__"]))
-    missing = [m for m in PRELOAD if m not in current]
-    if missing:
-        server.set_forkserver_preload(current + missing)

@@ -18,16 +18,17 @@ import signal
 import sys
 import time
 
-from . import native, transfer
-from .errors import ProcessError, ResultError, TimeoutError as SectionTimeoutError
-from .native import lib
+from .. import _native as native
+from ..wire import transfer
+from ..common.errors import ProcessError, ResultError, TimeoutError as SectionTimeoutError
 from .watchdog import EXIT_ORPHANED, Watchdog, timeout_ns as _timeout_ns
 
-from .outcome import (ERROR, FAILED_RESULT, LOOP, OK_RESULT, ONFINISH, POSTLOOP,  # noqa: F401
+from ..common.outcome import is_default_hook
+from ..common.outcome import (ERROR, FAILED_RESULT, LOOP, OK_RESULT, ONFINISH, POSTLOOP,  # noqa: F401
                       PRELOOP, RESULT, RETRIED, SECTION_NAMES)
 
-STOP = lib.SHMP_CTL_STOP
-OVERRAN = lib.SHMP_CTL_OVERRAN
+STOP = native.CTL_STOP
+OVERRAN = native.CTL_OVERRAN
 
 
 class _Timeout(BaseException):
@@ -92,12 +93,11 @@ class Runner:
         cfg = obj.config
         tmo = cfg.timeouts
         cls = type(obj)
-        from .process import Process
         sections = []
         for sec, attr, limit in ((PRELOOP, "__preloop__", tmo.preloop),
                                  (LOOP, "__loop__", tmo.loop),
                                  (POSTLOOP, "__postloop__", tmo.postloop)):
-            if getattr(cls, attr) is not getattr(Process, attr):      # skip the empty defaults
+            if not is_default_hook(getattr(cls, attr)):       # skip the empty defaults
                 sections.append((sec, getattr(obj, attr), _timeout_ns(limit), limit))
         num_loops, join_in = cfg.num_loops, cfg.join_in
         enter, end_lap = self.ctl.enter, self.ctl.end_lap
@@ -182,7 +182,7 @@ class Runner:
                     return FAILED_RESULT, (err, obj.timers, err, self.lap)
                 continue
             break
-        self.ctl.set_state(lib.SHMP_STATE_FINISHING)
+        self.ctl.set_state(native.STATE_FINISHING)
         if failure is None:
             try:
                 self.run_single(obj, ONFINISH, "__onfinish__", obj.config.timeouts.onfinish)
@@ -222,7 +222,7 @@ def _run(ctl, arena, name, dog):
     record = transfer.read_bytes(arena)
     runner = Runner(ctl, record, name)
     signal.signal(signal.SIGALRM, runner.on_alarm)
-    ctl.set_state(lib.SHMP_STATE_RUNNING)
+    ctl.set_state(native.STATE_RUNNING)
     try:
         obj = transfer.loads_copy(record)
         t = obj.config.timeouts
@@ -261,5 +261,5 @@ def _report(ctl, arena, kind, payload):
             transfer.write(arena, (err, None, err, lap), FAILED_RESULT)
         kind = FAILED_RESULT
     ctl.set_exit(0, 0)
-    ctl.set_state(lib.SHMP_STATE_DONE if kind == OK_RESULT else lib.SHMP_STATE_FAILED)
+    ctl.set_state(native.STATE_DONE if kind == OK_RESULT else native.STATE_FAILED)
     sys.stdout.flush()

@@ -149,6 +149,28 @@ class RemoteTraceback(Exception):
         return self.text
 
 
+def note_where(err: BaseException, where: str) -> BaseException:
+    """Say where a task failed: as a note (Python 3.11+) and as ``err.shmproc_task``."""
+    if hasattr(err, "add_note"):
+        err.add_note(where)
+    err.shmproc_task = where
+    return err
+
+
+def remote_failure(exc: Any, tb: Optional[str], where: str) -> BaseException:
+    """A task's exception from a worker, ready to raise here: the worker's
+    traceback text chained as ``__cause__`` and `where` noted.  A
+    ProcessError carries its own traceback (``with_remote_traceback``).
+    This is the one place remote tracebacks are attached."""
+    if isinstance(exc, ProcessError):
+        return exc.with_remote_traceback()
+    if not isinstance(exc, BaseException):
+        exc = RuntimeError(repr(exc))
+    if tb:
+        exc.__cause__ = RemoteTraceback(tb)
+    return note_where(exc, where)
+
+
 def _dumps(obj: Any) -> bytes:
     import pickle
 

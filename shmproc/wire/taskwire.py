@@ -20,8 +20,9 @@ from __future__ import annotations
 import pickle
 import struct
 
-from . import blobs, wire
-from .errors import CorruptSharedMemoryError, LostRecord  # noqa: F401 - LostRecord re-exported
+from . import blobs
+from . import pickling as wire
+from ..common.errors import CorruptSharedMemoryError, LostRecord  # noqa: F401 - LostRecord re-exported
 
 HEADER = struct.Struct("<BBHIQ")
 HEADER_SIZE = HEADER.size

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import collections
 import itertools
-import math
 import threading
 import time
 import weakref
 
-from .errors import ProcessCrashedError, ProcessError
-from .pool import (PoolCalls, Progress, Task, _bar, _check_chunksize, _check_retries,
-                   _is_process, _name, _pickle_function, _positive_int, _remote, _writable)
-from .ray_backend import _cluster
+from ...common import validate
+from ...common.errors import ProcessCrashedError, SerializationError, remote_failure
+from ...common.outcome import is_process
+from ...common.validate import callable_name
+from ...jobs.engine import RUNNING, TERMINATED, JobEngine, Progress
+from ...jobs.job import READ_AHEAD_ITEMS, Job
+from ...jobs.task import Task
+from ...wire import pickling as wire
+from .cluster import _cluster, _first_line
 
 __all__ = ["RayPool"]
 
@@ -45,10 +49,6 @@ SLICE_S = 0.05
 IDLE_S = 1.0
 #: Units sent again after their launcher died, before they fail.
 MAX_RESENDS = 1
-#: Results an imap may hold that its caller has not taken yet; beyond it, reading pauses.
-READ_AHEAD_ITEMS = 4096
-
-_RUNNING, _CLOSED, _TERMINATED = "running", "closed", "terminated"
 #: Function keys, unique in this process: launchers outlive pools and keep functions by key.
 _fn_keys = itertools.count(1)
 
@@ -77,90 +77,41 @@ class _Fn:
         self.key, self.ref, self.name = key, ref, name
 
 
-class _Job:
-    """The items of one map / imap call and their outcomes."""
+class RayJob(Job):
+    """A Job whose chunks go to launchers; `outstanding` counts its units
+    sent or waiting (an item after a failure in a unit never runs, so
+    completion is counted by units, not items)."""
 
-    def __init__(self, fn, star, source, total, chunksize, copy, retries=None):
-        self.fn, self.star, self.source, self.total = fn, star, source, total
-        self.retries = retries        # None: the launchers' pools' (this pool's retries)
-        self.name = fn.name
-        self.chunksize, self.copy = chunksize, copy
-        self.read = 0                 # items taken from the source
-        self.handed = 0               # results given to the caller (imap)
-        self.lazy = total is None
-        self.outstanding = 0          # units sent or waiting
-        self.finished = 0
-        self.ready = {}               # index of a unit's first item -> values
-        self.errors = {}              # item index -> exception
-        self.source_error = None
-        self.dropped = False
-
-    def take(self, count):
-        """The next `count` items as (first index, list), or None when exhausted."""
-        if self.source is None:
-            return None
-        items = []
-        try:
-            for item in itertools.islice(self.source, count):
-                items.append(item)
-        except Exception as exc:      # noqa: BLE001 - the caller's generator raised
-            self.source_error = exc
-            self.source = None
-        if len(items) < count:
-            self.source = None
-        if not items:
-            return None
-        first = self.read
-        self.read += len(items)
-        return first, items
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.outstanding = 0
 
     def complete(self) -> bool:
-        return self.source is None and self.outstanding == 0
-
-    def known_total(self):
-        return self.total if self.total is not None else (None if self.source else self.read)
-
-    def _put_many(self, index, values):
-        if not self.dropped:
-            self.ready[index] = _writable(values) if self.copy else values
-        self.finished += len(values)
-
-    def _fail(self, index, exc):
-        if not self.dropped:
-            self.errors[index] = exc
-        self.finished += 1
-
-    def cancel(self):
-        self.dropped = True
-        self.source = None
-        self.ready.clear()
+        return self.source is None and not self.buffered and self.outstanding == 0
 
 
-class RayPool(PoolCalls):
+class RayPool(JobEngine):
     """shmproc.Pool's API (map, imap, imap_unordered, starmap, istarmap,
     submit) with one launcher actor per worker on a Ray cluster."""
 
     def __init__(self, backend, workers, start_method, max_tasks_per_worker, retries=0):
-        from .pool import _check_method
         if start_method is not None:
-            _check_method(start_method)
-        max_tasks = _positive_int(max_tasks_per_worker, "max_tasks_per_worker", "no limit")
-        # Each launcher runs a one-worker local Pool with these retries: an
+            validate.start_method(start_method)
+        max_tasks = validate.positive_int(max_tasks_per_worker, "max_tasks_per_worker",
+                                          "no limit")
+        # Each launcher runs a one-worker local pool with these retries: an
         # item whose worker dies while running it runs again there, as locally.
-        self._retries = _check_retries(retries)
-        n = _positive_int(workers, "workers", "one per CPU of the cluster")
+        retries = validate.retries(retries)
+        n = validate.positive_int(workers, "workers", "one per CPU of the cluster")
         self._backend = backend
         ray = self._ray = backend.connect()
         if n is None:
             cpus = ray.cluster_resources().get("CPU", 1.0)
             per = backend.spec.get("CPU", 1.0)
             n = max(1, int(cpus // per)) if per > 0 else max(1, int(cpus))
-        self._n = n
-        self._lock = threading.RLock()
+        self._init_engine(n, retries)
         self._cond = threading.Condition(self._lock)
-        self._status = _RUNNING
         self._pending = collections.deque()
-        self._jobs = collections.deque()
         self._inflight = {}                 # ref -> (slot, unit, sent at)
         self._functions = collections.OrderedDict()     # id(fn) -> (fn, _Fn), newest last
         self._broken = None                 # why the pool cannot go on (see _break)
@@ -191,8 +142,8 @@ class RayPool(PoolCalls):
         if entry is not None and entry[0] is fn:
             self._functions.move_to_end(id(fn))
             return entry[1]
-        blob = _pickle_function(fn)                # an unpicklable function fails here
-        handle = _Fn(next(_fn_keys), self._ray.put(blob), _name(fn))
+        blob = wire.pickle_function(fn)            # an unpicklable function fails here
+        handle = _Fn(next(_fn_keys), self._ray.put(blob), callable_name(fn))
         self._functions[id(fn)] = (fn, handle)
         while len(self._functions) > MAX_FUNCTIONS:
             # Units in flight keep their own handle; launchers ask again if they forgot.
@@ -236,11 +187,11 @@ class RayPool(PoolCalls):
         for _ in range(len(self._jobs)):
             job = self._jobs[0]
             self._jobs.rotate(-1)                  # round robin between running maps
-            if job.lazy and job.read - job.handed >= READ_AHEAD_ITEMS:
+            if job.paused(READ_AHEAD_ITEMS):
                 continue                           # its caller is behind: read no further
             size = job.chunksize or self._lazy_chunk()
-            got = job.take(size)
-            if job.source is None:
+            got = job.read_chunk(size)
+            if job.exhausted():
                 self._jobs.remove(job)
             if got is not None:
                 job.outstanding += 1
@@ -264,7 +215,7 @@ class RayPool(PoolCalls):
                 if with_function or key not in known:
                     ref = [fn.ref]
                     known.add(key)
-            retries = unit.sink.retries if isinstance(unit.sink, _Job) else None
+            retries = unit.sink.retries if isinstance(unit.sink, RayJob) else None
             wire.append((unit.kind, key, ref, unit.items, unit.star, retries))
             if isinstance(unit.sink, Task):
                 unit.sink._sent()
@@ -281,8 +232,7 @@ class RayPool(PoolCalls):
         slot.inflight += 1
 
     def _unsendable(self, unit, exc):
-        from .wire import SerializationError
-        if isinstance(unit.sink, _Job):
+        if isinstance(unit.sink, RayJob):
             unit.sink.outstanding -= 1
         self._total -= len(unit.items) - 1
         self._failed += 1
@@ -307,7 +257,7 @@ class RayPool(PoolCalls):
             return
         except Exception as exc:                   # noqa: BLE001 - e.g. a value that cannot load here
             for unit in batch:
-                if isinstance(unit.sink, _Job):
+                if isinstance(unit.sink, RayJob):
                     unit.sink.outstanding -= 1
                 self._total -= len(unit.items) - 1
                 self._failed += 1
@@ -330,13 +280,13 @@ class RayPool(PoolCalls):
 
     def _outcome(self, slot, unit, reply):
         sink = unit.sink
-        if isinstance(sink, _Job):
+        if isinstance(sink, RayJob):
             sink.outstanding -= 1
         extra = reply[-1]
         if unit.kind == "process" and extra is not None:
             sink._proc.timers, sink._proc.error = extra
             if hasattr(extra[1], "with_remote_traceback"):
-                extra[1].with_remote_traceback()
+                extra[1].with_remote_traceback()      # the Process's own error, as locally
         if reply[0] == "ok":
             self._deliver(sink, unit.index, reply[1])
             return
@@ -358,20 +308,14 @@ class RayPool(PoolCalls):
         self._fail(sink, unit, slot, k, exc, tb)
 
     def _fail(self, sink, unit, slot, k, exc, tb):
-        if isinstance(exc, ProcessError):          # a Process task: its own traceback, as locally
-            exc.with_remote_traceback()
-        else:
-            exc = _remote(exc, tb, self._where(unit, k, slot))
+        exc = remote_failure(exc, tb, self._where(unit, k, slot))
         self._failed += 1
         self._done += 1
         sink._fail(unit.index + k, exc)
 
     def _deliver(self, sink, index, values):
         self._done += len(values)
-        if isinstance(sink, Task):
-            sink._put(index, values[0])
-        else:
-            sink._put_many(index, values)
+        sink._put_many(index, values)
 
     def _where(self, unit, k, slot):
         what = unit.fn.name if unit.fn is not None else "a Process"
@@ -385,7 +329,7 @@ class RayPool(PoolCalls):
         left with none is broken."""
         with self._lock:
             empty = [slot for slot in self._slots if slot.launcher is None]
-            if not empty or self._status == _TERMINATED:
+            if not empty or self._status == TERMINATED:
                 return
         backend = self._backend
         for slot in empty:
@@ -404,7 +348,7 @@ class RayPool(PoolCalls):
                             f"replaced ({type(exc).__name__}: {_first_line(exc)})"))
                 continue
             with self._lock:
-                if self._status == _TERMINATED:
+                if self._status == TERMINATED:
                     _cluster.release([fresh])
                     return
                 slot.launcher = fresh
@@ -413,14 +357,14 @@ class RayPool(PoolCalls):
     def _lost(self, unit, why):
         """A unit whose launcher died: send it again, or fail it."""
         if _dropped(unit):
-            if isinstance(unit.sink, _Job):
+            if isinstance(unit.sink, RayJob):
                 unit.sink.outstanding -= 1
             return
-        if unit.resends < MAX_RESENDS and self._slots and self._status != _TERMINATED:
+        if unit.resends < MAX_RESENDS and self._slots and self._status != TERMINATED:
             unit.resends += 1
             self._pending.appendleft(unit)
             return
-        if isinstance(unit.sink, _Job):
+        if isinstance(unit.sink, RayJob):
             unit.sink.outstanding -= 1
         err = ProcessCrashedError(
             f"the Ray actor running shmproc.Pool task {unit.index} died ({why})",
@@ -436,13 +380,27 @@ class RayPool(PoolCalls):
         self._events[0] += 1
         self._cond.notify_all()
 
-    # -- what Task needs from its pool -------------------------------------------------------------
+    # -- what the job engine and Task need ------------------------------------------------------
     def _poll(self):
         pass                                        # the dispatcher thread delivers
 
-    def _wait_step(self, wait_s):
+    def _change(self):
+        return self._events[0]
+
+    def _wait_step(self, wait_s, seen=None):
         with self._cond:
-            self._cond.wait(wait_s)
+            if seen is None or self._events[0] == seen:     # nothing came since the caller looked
+                self._cond.wait(wait_s)
+
+    def _new_job(self, fn, name, star, source, total, chunksize, copy, retries, seq):
+        return RayJob(fn, name, star, source, total, chunksize, copy, retries, seq)
+
+    def _job_added(self, job):
+        self._fill()
+        self._wake()
+
+    def _results_taken(self, job):
+        self._wake()                                # the dispatcher may read further now
 
     def _break(self, exc):
         """The pool cannot go on (its dispatcher failed, or it lost every worker):
@@ -465,7 +423,7 @@ class RayPool(PoolCalls):
         """Ray was shut down under this pool."""
         with self._lock:
             self._break(RuntimeError("Ray was shut down while this pool was open"))
-            self._status = _TERMINATED
+            self._status = TERMINATED
             self._finalizer.detach()
 
     def _check_broken(self):
@@ -480,18 +438,12 @@ class RayPool(PoolCalls):
             pass
 
     # -- public API ----------------------------------------------------------------------------------
-    def _check_open(self):
-        self._check_broken()
-        if self._status != _RUNNING:
-            raise ValueError(f"the pool is {self._status}: it takes no new tasks")
-
     def submit(self, fn, *args, copy: bool = False, **kwargs) -> Task:
         """Run fn(*args, **kwargs) on a worker; returns a Task handle."""
         import cloudpickle
-        from . import wire
         with self._lock:
             self._check_open()
-            if _is_process(fn):
+            if is_process(fn):
                 if args or kwargs:
                     raise TypeError("submit(process) takes no arguments: the Process object "
                                     "is already built")
@@ -499,7 +451,7 @@ class RayPool(PoolCalls):
                 unit = _Unit(task, 0, "process", None, [fn], False)
                 payload = fn
             elif callable(fn):
-                task = Task(self, _name(fn), copy=copy)
+                task = Task(self, callable_name(fn), copy=copy)
                 unit = _Unit(task, 0, "call", self._register(fn), [(args, kwargs or None)], False)
                 payload = unit.items
             else:
@@ -509,10 +461,9 @@ class RayPool(PoolCalls):
                 cloudpickle.dumps(payload, protocol=5)  # fail here, in the caller, not on a node
             except Exception as exc:                  # noqa: BLE001
                 if unit.kind == "process":
-                    from .process import unserializable
-                    raise unserializable(fn, wire.SerializationError(str(exc))) from exc
-                raise wire.SerializationError(
-                    f"cannot submit {_name(fn)}: its arguments cannot be sent to a worker "
+                    raise wire.unserializable(fn, SerializationError(str(exc))) from exc
+                raise SerializationError(
+                    f"cannot submit {callable_name(fn)}: its arguments cannot be sent to a worker "
                     f"({type(exc).__name__}: {exc})") from exc
             task._unit = unit
             self._total += 1
@@ -521,120 +472,6 @@ class RayPool(PoolCalls):
             self._wake()
             return task
 
-    def _start_job(self, fn, iterable, chunksize, star, copy, eager, retries=None):
-        chunksize = _check_chunksize(chunksize)
-        retries = _check_retries(retries, self._retries)
-        if not callable(fn):
-            raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
-        with self._lock:
-            self._check_open()
-            handle = self._register(fn)
-        total = None
-        if eager:
-            items = iterable if type(iterable) in (list, tuple, range) else list(iterable)
-            total = len(items)
-            if chunksize is None:
-                chunksize = max(1, math.ceil(total / (4 * self._n))) if total else 1
-            source = iter(items)
-        else:
-            source = iter(iterable)
-        job = _Job(handle, star, source, total, chunksize, copy, retries)
-        with self._lock:
-            self._check_open()
-            self._jobs.append(job)
-            self._fill()
-            self._wake()
-        return job
-
-    def _collect(self, job, bar):
-        try:
-            with self._lock:
-                while True:
-                    self._check_broken()
-                    if self._status == _TERMINATED:
-                        raise RuntimeError("the pool was terminated while this map was running")
-                    if job.errors:
-                        raise job.errors[min(job.errors)]
-                    if job.complete():
-                        if job.source_error is not None:
-                            raise job.source_error
-                        out = []
-                        for index in sorted(job.ready):
-                            out.extend(job.ready[index])
-                        return out
-                    if bar is not None:
-                        bar.update(job.finished, job.known_total())
-                    self._cond.wait(SLICE_S)
-        except KeyboardInterrupt:
-            self.terminate()
-            raise
-        finally:
-            self._end_job(job)
-            if bar is not None:
-                bar.update(job.finished, job.known_total())
-                bar.close()
-
-    def _drive(self, job, ordered, bar):
-        nxt = 0
-        try:
-            while True:
-                with self._lock:
-                    ready, error = [], None
-                    if ordered:
-                        while True:
-                            chunk = job.ready.pop(nxt, None)
-                            if chunk is not None:
-                                ready.append(chunk)
-                                nxt += len(chunk)
-                            else:
-                                error = job.errors.pop(nxt, None)
-                                break
-                    else:
-                        ready = list(job.ready.values())
-                        job.ready.clear()
-                        if job.errors:
-                            error = job.errors.pop(min(job.errors))
-                    drained = job.complete() and not job.ready and not job.errors
-                    if ready:
-                        job.handed += sum(len(chunk) for chunk in ready)
-                        self._wake()    # the dispatcher may read further now
-                    if not ready and error is None and not drained:
-                        self._check_broken()
-                        if self._status == _TERMINATED:
-                            raise RuntimeError("the pool was terminated while this map was "
-                                               "running")
-                        self._cond.wait(SLICE_S)
-                if bar is not None:
-                    bar.update(job.finished, job.known_total())
-                for chunk in ready:
-                    yield from chunk
-                if error is not None:
-                    raise error
-                if drained:
-                    if job.source_error is not None:
-                        raise job.source_error
-                    return
-        except KeyboardInterrupt:
-            self.terminate()
-            raise
-        finally:
-            self._end_job(job)
-            if bar is not None:
-                bar.close()
-
-    def _end_job(self, job):
-        with self._lock:
-            if not job.complete() or job.ready or job.errors:
-                job.cancel()
-                try:
-                    self._jobs.remove(job)
-                except ValueError:
-                    pass
-
-    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress, retries):
-        job = self._start_job(fn, iterable, chunksize, star, copy, False, retries)
-        yield from self._drive(job, ordered, _bar(progress, job))
-
     @property
     def progress(self) -> Progress:
         """Items done / accepted / failed, counted as results reach the driver."""
@@ -642,45 +479,36 @@ class RayPool(PoolCalls):
             return Progress(self._done, self._total, self._failed)
 
     @property
-    def workers(self) -> int:
-        return self._n
-
-    @property
     def pids(self) -> list:
         """Pids of the workers (on their nodes)."""
         refs = [s.launcher.actor.pool_pids.remote() for s in self._slots if s.launcher]
         return [pid for pids in self._ray.get(refs) for pid in pids]
-
-    def close(self):
-        with self._lock:
-            if self._status == _RUNNING:
-                self._status = _CLOSED
 
     def _busy(self):
         return self._inflight or self._pending or any(not j.complete() for j in self._jobs)
 
     def join(self, timeout: float | None = None):
         """Wait for every submitted task, then give the workers back.  Call close() first."""
-        if self._status == _RUNNING:
+        if self._status == RUNNING:
             raise ValueError("join() needs close() (or terminate()) first")
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._status != _TERMINATED and self._broken is None and self._busy():
+            while self._status != TERMINATED and self._broken is None and self._busy():
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"the pool's tasks did not finish within {timeout} s")
                 self._cond.wait(SLICE_S)
-            if self._status == _TERMINATED:
+            if self._status == TERMINATED:
                 return
-            self._status = _TERMINATED
+            self._status = TERMINATED
             self._wake()
         self._give_back("pool_close")
 
     def terminate(self):
         """Kill the workers' running tasks now; unfinished tasks are cancelled."""
         with self._lock:
-            if self._status == _TERMINATED:
+            if self._status == TERMINATED:
                 return
-            self._status = _TERMINATED
+            self._status = TERMINATED
             for _, batch, _, _ in self._inflight.values():
                 for unit in batch:
                     _cancel(unit)
@@ -718,14 +546,9 @@ class _Gone:
     pid = node = "?"
 
 
-def _first_line(exc) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else ""
-
-
 def _dropped(unit) -> bool:
     sink = unit.sink
-    return sink.dropped if isinstance(sink, _Job) else sink._state == Task._CANCELLED
+    return sink.dropped if isinstance(sink, RayJob) else sink._state == Task._CANCELLED
 
 
 def _fail_unit(unit, err):
@@ -754,9 +577,7 @@ def _abandon(ray, slots):
 def _cancel(unit):
     sink = unit.sink
     if isinstance(sink, Task):
-        if sink._state < Task._DONE:
-            sink._state = Task._CANCELLED
-            sink.dropped = True
+        sink._cancel()
     else:
         sink.cancel()
 
@@ -782,7 +603,7 @@ def _dispatch_loop(pool_ref):
             return
         pool._replace_launchers()
         with pool._lock:
-            if pool._status == _TERMINATED or pool._broken is not None:
+            if pool._status == TERMINATED or pool._broken is not None:
                 return
             pool._fill()
             refs = list(pool._inflight)
@@ -805,11 +626,11 @@ def _dispatch_loop(pool_ref):
         if pool is None:
             return
         with pool._lock:
-            if pool._status == _TERMINATED:
+            if pool._status == TERMINATED:
                 return
             for ref in ready:
                 if ref in pool._inflight:
                     pool._complete(ref)
             if ready:
-                pool._cond.notify_all()
+                pool._wake()
         del pool

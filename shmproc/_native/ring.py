@@ -1,0 +1,185 @@
+"""Ring: a process-local handle on a shared ring of records (csrc/ring.c),
+and the receive buffers a consumer reads records into."""
+from __future__ import annotations
+
+import os
+from functools import partial
+
+from .._shmp_cffi import ffi, lib
+from .core import OK, _attach_failed, _fd_arg, check
+
+
+class Ring:
+    """A process-local handle on a shared ring (see csrc/ring.c).
+
+    The operations are attributes bound to the C functions with the handle
+    already applied (functools.partial), so a hot path costs one C-level
+    call.  They return the raw status, letting callers branch on
+    EFULL/EEMPTY/ETIMEDOUT without exceptions; `check` turns the rest into
+    exceptions.  Signatures (timeouts in ns, -1 = for ever, 0 = try once):
+
+      put(data, len, tag, timeout)
+      put_tracked(data, len, tag, timeout, seq_out): seq_out[0] = records put before it
+      put_many(blob, lens, tags, count, timeout, done_out)
+      get_into(dst, cap, timeout, len_out, tag_out)
+      get_record(dst, cap, timeout) -> (tag << 32) | len, or a negative status
+      get_many_into(dst, cap, max_count, timeout, lens_out, tags_out, count_out)
+    """
+
+    __slots__ = ("_h", "fd", "capacity", "max_record", "put", "put_tracked",
+                 "put_many", "get_into", "get_record", "get_many_into", "__weakref__")
+
+    def __init__(self, handle, fd: int):
+        self._h = handle
+        self.fd = fd
+        self.capacity = lib.shmp_ring_capacity(handle)
+        self.max_record = lib.shmp_ring_max_record(handle)
+        self.put = partial(lib.shmp_ring_put, handle)
+        self.put_tracked = partial(lib.shmp_ring_put_tracked, handle)
+        self.put_many = partial(lib.shmp_ring_put_many, handle)
+        self.get_into = partial(lib.shmp_ring_get, handle)
+        self.get_record = partial(lib.shmp_ring_get_record, handle)
+        self.get_many_into = partial(lib.shmp_ring_get_many, handle)
+
+    @classmethod
+    def create(cls, capacity: int, *, multi_producer=False, multi_consumer=False, max_items=0):
+        flags = (lib.SHMP_RING_MULTI_PRODUCER if multi_producer else 0) | \
+                (lib.SHMP_RING_MULTI_CONSUMER if multi_consumer else 0)
+        fd = ffi.new("int *")
+        h = ffi.new("shmp_ring **")
+        check(lib.shmp_ring_create(capacity, flags, max_items, fd, h),
+              f"creating a ring of {capacity} bytes")
+        return cls(h[0], fd[0])
+
+    @classmethod
+    def attach(cls, fd: int):
+        """Map the ring behind `fd`; takes ownership of `fd` (closed on failure)."""
+        h = ffi.new("shmp_ring **")
+        rc = lib.shmp_ring_attach(_fd_arg(fd), h)
+        if rc != OK:
+            try:
+                _attach_failed(rc, fd, "attaching a ring")
+            finally:
+                os.close(fd)
+        return cls(h[0], fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._h is None
+
+    def close(self):
+        """Unmap and close the descriptor; idempotent.  Later calls raise."""
+        h, self._h = self._h, None
+        if h is not None:
+            self.put = self.put_tracked = self.put_many = self.get_into = \
+                self.get_record = self.get_many_into = _ring_closed
+            lib.shmp_ring_close(h)
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self):
+        self.close()
+
+    def reserve(self, size: int, timeout_ns: int = 0):
+        """Returns (status, writable buffer or None); commit() or abort() after."""
+        p = ffi.new("void **")
+        rc = lib.shmp_ring_reserve(self._h, size, timeout_ns, p)
+        return rc, (ffi.buffer(p[0], size) if rc == OK else None)
+
+    def commit(self, size: int, tag: int = 0) -> int:
+        return lib.shmp_ring_commit(self._h, size, tag)
+
+    def abort(self) -> int:
+        return lib.shmp_ring_abort(self._h)
+
+    def peek(self, timeout_ns: int = 0):
+        """Returns (status, read-only view or None, tag); release() after."""
+        p = ffi.new("const void **")
+        n = ffi.new("uint32_t *")
+        t = ffi.new("uint32_t *")
+        rc = lib.shmp_ring_peek(self._h, timeout_ns, p, n, t)
+        if rc != OK:
+            return rc, None, 0
+        return rc, memoryview(ffi.buffer(p[0], n[0])).toreadonly(), t[0]
+
+    def release(self) -> int:
+        return lib.shmp_ring_release(self._h)
+
+    def count(self) -> int:
+        return lib.shmp_ring_count(self._h)
+
+    def taken(self) -> int:
+        """Records ever taken by consumers (see put_tracked's sequence)."""
+        return lib.shmp_ring_taken(self._h)
+
+    def used_bytes(self) -> int:
+        return lib.shmp_ring_used_bytes(self._h)
+
+    def wait_data(self, timeout_ns: int) -> int:
+        return lib.shmp_ring_wait_data(self._h, timeout_ns)
+
+    def mark_closed(self):
+        check(lib.shmp_ring_mark_closed(self._h), "closing a ring")
+
+    def is_closed(self) -> bool:
+        return bool(lib.shmp_ring_is_closed(self._h))
+
+
+def _ring_closed(*args):
+    raise RuntimeError("operation on a closed ring")
+
+
+# ---- what a ring's callers hand to it ----------------------------------------
+# C arrays and cells for the calls above, so that no module outside this
+# package needs ffi.
+
+unpack = ffi.unpack
+
+
+def u32_array(values_or_count):
+    """A uint32_t[] of these values, or of this many zeros."""
+    return ffi.new("uint32_t[]", values_or_count)
+
+
+def u32_cell():
+    return ffi.new("uint32_t *")
+
+
+def u64_cell(value: int = 0):
+    return ffi.new("uint64_t *", value)
+
+
+def char_pointer(obj):
+    """A char * into a bytes-like object (valid while `obj` lives)."""
+    return ffi.cast("char *", ffi.from_buffer(obj))
+
+
+class RecvBuffer:
+    """A reusable receive buffer with its C views (one per concurrent getter):
+    `ptr`/`cptr` for the ring calls, `view` for decoding, `out` the
+    (length, tag) pair of the slow path, and many() the arrays of get_many."""
+
+    __slots__ = ("buf", "view", "ptr", "cptr", "size", "out", "_many", "_many_max")
+
+    def __init__(self, size, many_max=1024):
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.ptr = ffi.from_buffer(self.buf)
+        self.cptr = ffi.cast("char *", self.ptr)
+        self.size = size
+        self.out = ffi.new("uint32_t[2]")
+        self._many = None
+        self._many_max = many_max
+
+    def resize(self, size):
+        """Grow in place (the holder keeps using this object)."""
+        self.__init__(size, self._many_max)
+
+    def many(self):
+        """(lens, tags, count) arrays for get_many, allocated once."""
+        if self._many is None:
+            n = self._many_max
+            self._many = (ffi.new("uint32_t[]", n), ffi.new("uint32_t[]", n),
+                          ffi.new("uint32_t *"))
+        return self._many

@@ -1,0 +1,624 @@
+"""The local engine: a pool of warm worker processes on this machine.
+
+    caller's thread (map / imap / submit / Task.wait)
+      │  _feed: units of work ─► slot i's task ring ─► worker i (runtime/pool_worker.py)
+      │                                                  │ runs fn(*args) or a
+      │                                                  │ Process lifecycle
+      └─ _pump: results ◄──── one result ring, shared ◄───┘
+                 live counts ◄── control blocks (completed / failed / busy)
+
+There is no dispatcher thread: whichever thread waits drives the pool
+(encodes and sends the next units, decodes results, replaces dead
+workers), under one lock.  That keeps the hot path free of thread
+hand-offs, and it bounds what is in flight by what the caller consumes.
+
+Each worker gets only as much work ahead as it can do in about
+WINDOW_NS (from the measured time per item), so short tasks stream in
+long batches while long ones stay balanced across workers.  What happens
+when a worker dies is recovery.py's; how results come back, results.py's;
+what a call is (map, imap, ordering, errors), jobs/engine.py's.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import multiprocessing as mp
+import os
+import queue as _stdlib_queue
+import threading
+import time
+import weakref
+
+from ... import _native as native
+from ...channels.queue import Queue
+from ...common import lifecycle, validate
+from ...common.outcome import is_process
+from ...common.validate import callable_name
+from ...jobs.engine import RUNNING, TERMINATED, JobEngine, Progress
+from ...jobs.task import SLICE_S, Task
+from ...wire import blobs, taskwire
+from ...wire import pickling as wire
+from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP
+from ...runtime import pool_worker
+from .forkserver import preload_into_forkserver
+from .recovery import WorkerRecovery
+from .results import ResultIntake
+from .units import LocalJob, Slot, Unit
+
+__all__ = ["LocalPool"]
+
+#: Bytes of each worker's task ring, and of the result ring they share.
+TASK_RING_BYTES = 1 << 20
+RESULT_RING_BYTES = 4 << 20
+#: Work queued ahead per worker, in estimated nanoseconds of running time.
+WINDOW_NS = 2_000_000
+MAX_WINDOW_ITEMS = 1024
+#: Largest number of items in one record.
+MAX_CHUNK = 1 << 16
+#: A caller waiting on a few tasks polls this long before sleeping.
+SPIN_NS = 200_000
+#: Functions remembered by the workers (by id) before the oldest are dropped.
+MAX_FUNCTIONS = 256
+#: Seconds a stopping worker gets to exit before it is killed.
+STOP_GRACE_S = 5.0
+
+
+def _load(slot):
+    return slot.busy_items, slot.index
+
+
+class _Resources:
+    """What must be released when a pool ends, however it ends (also from a
+    weakref finalizer, so it must not refer to the Pool itself)."""
+
+    def __init__(self):
+        self.slots = []
+        self.ctl = None
+        self.results = None
+        self.token = blobs.FlushToken()
+        self.token.wait = False       # a task's arguments matter only while its worker lives
+        self.owner = os.getpid()
+
+    def kill(self):
+        if os.getpid() != self.owner:
+            return                    # a fork child's copy: the workers are the parent's
+        slots, self.slots = self.slots, []
+        for slot in slots:
+            _kill(slot.proc)
+        for slot in slots:
+            slot.proc.join()
+            _close_task_queue(slot.task_q)
+        self.release()
+
+    def release(self):
+        if self.results is not None:
+            self.results.close()
+            self.results = None
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+        blobs.pool.drop(self.token)
+
+
+def _close_task_queue(q):
+    """Close a worker's task queue once the worker is gone, with the large
+    records it never read (the Queue keeps their segments for its reader)."""
+    q.close()
+    blobs.pool.drop(q._token)
+
+
+def _kill(proc):
+    if proc.exitcode is None:
+        try:
+            proc.kill()
+        except (ProcessLookupError, AttributeError):
+            pass
+
+
+class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
+    """The engine of a shmproc.Pool on this machine (see the module doc);
+    its arguments are Pool's, checked here."""
+
+    def __init__(self, workers=None, start_method=None, max_tasks_per_worker=None, retries=0):
+        self._init_engine(validate.worker_count(workers), validate.retries(retries))
+        self._method = validate.start_method(start_method)
+        self._max_tasks = validate.positive_int(max_tasks_per_worker, "max_tasks_per_worker",
+                                                "no limit")
+        self._ctx = mp.get_context(self._method)
+        self._ids = itertools.count(1)
+        self._fn_ids = itertools.count(1)
+        self._functions = collections.OrderedDict()     # id(fn) -> (fn id, fn, pickle)
+        self._units = {}                                # id -> unit a worker holds
+        self._pending = collections.deque()             # units ready to send
+        self._avg_item_ns = None                        # measured time per item (EWMA)
+        self._total = 0
+        self._retired_done = 0
+        self._retired_failed = 0
+        self._crashed = 0
+        self._next_check = 0.0
+        self._pumper = None                             # see _ensure_pumper
+        self._background_error = None
+        res = self._res = _Resources()
+        weakref.finalize(self, res.kill)
+        try:
+            res.ctl = native.ControlArray.create(2 * self._n)
+            res.results = Queue(capacity=RESULT_RING_BYTES)
+            if self._method == "forkserver":
+                preload_into_forkserver()
+            for i in range(self._n):
+                res.slots.append(self._start_worker(i))
+        except BaseException:
+            res.kill()
+            raise
+        _live_pools.add(self)
+        _ensure_exit_hook()
+
+    # -- workers -------------------------------------------------------------------------
+    def _start_worker(self, index) -> Slot:
+        res = self._res
+        pctl, rctl = res.ctl.control(2 * index), res.ctl.control(2 * index + 1)
+        pctl.reset()
+        rctl.reset()
+        pctl.set_state(0)
+        task_q = Queue(capacity=TASK_RING_BYTES)
+        task_q.cancel_join_thread()        # its large records matter only while the worker lives
+        main = threading.current_thread() is threading.main_thread()
+        try:
+            proc = self._ctx.Process(
+                target=pool_worker.main,
+                args=(index, res.ctl, task_q, res.results, os.getpid(),
+                      self._method != "forkserver", main, self._max_tasks),
+                name=f"shmproc:pool-worker-{index}")
+            proc.start()
+        except BaseException:
+            task_q.close()
+            raise
+        return Slot(index, proc, task_q, pctl, rctl, self._max_tasks)
+
+    # -- functions -------------------------------------------------------------------------
+    def _register(self, fn) -> int:
+        """A function id for `fn`; its pickle goes to each worker before first use."""
+        key = id(fn)
+        entry = self._functions.get(key)
+        if entry is not None and entry[1] is fn:
+            self._functions.move_to_end(key)
+            return entry[0]
+        try:
+            data = wire.pickle_function(fn)
+        except wire.SerializationError as exc:
+            raise wire.SerializationError(
+                f"cannot send {callable_name(fn)!s} to the pool's workers: {exc}. Define it at module "
+                f"level, or make what it refers to picklable.") from exc.__cause__
+        fn_id = next(self._fn_ids)
+        self._functions[key] = (fn_id, fn, data)
+        if len(self._functions) > MAX_FUNCTIONS:
+            self._forget_functions()
+        return fn_id
+
+    def _forget_functions(self):
+        """Drop the oldest functions no task still needs (rare: many distinct ones)."""
+        in_use = {u.fn_id for u in self._units.values()} | {u.fn_id for u in self._pending} | \
+                 {j.fn_id for j in self._jobs}
+        for key, (old_id, _, _) in list(self._functions.items())[:-1]:   # never the newest
+            if len(self._functions) <= MAX_FUNCTIONS:
+                break
+            if old_id in in_use:
+                continue
+            del self._functions[key]
+            for slot in self._res.slots:
+                if old_id in slot.fns:
+                    slot.fns.discard(old_id)
+                    slot.forget.append(old_id)
+
+    def _new_id(self) -> int:
+        return next(self._ids)
+
+    # -- dispatch ---------------------------------------------------------------------------
+    def _window(self) -> int:
+        avg = self._avg_item_ns
+        if avg is None:
+            return 2
+        return max(2, min(MAX_WINDOW_ITEMS, int(WINDOW_NS / max(avg, 1.0))))
+
+    def _auto_chunk(self) -> int:
+        """Items per record when the caller did not say: ~1/4 of the window."""
+        avg = self._avg_item_ns
+        if avg is None:
+            return 1
+        return max(1, min(4096, int(WINDOW_NS / 4 / max(avg, 1.0))))
+
+    def _take(self, want, max_items, feed_jobs=True):
+        """Up to `want` items' worth of units: re-sends first, then new work."""
+        pending = self._pending
+        if pending:
+            out = [pending.popleft()]
+            n = out[0].n
+            while pending and n < want:
+                unit = pending.popleft()
+                out.append(unit)
+                n += unit.n
+            return out
+        jobs = self._jobs
+        for _ in range(len(jobs)):
+            if not jobs:
+                break
+            job = jobs[0]
+            out = None if not feed_jobs else job.take(self, want, max_items)
+            if job.exhausted():
+                jobs.popleft()
+            else:
+                jobs.rotate(-1)          # jobs take turns: one never starves another
+            if out:
+                return out
+        return None
+
+    def _feed(self, feed_jobs=True):
+        """Send units to every worker with room in its window (feed_jobs:
+        also new items of map/imap calls, not only submitted tasks)."""
+        if not self._pending and not (feed_jobs and self._jobs):
+            return
+        window = self._window()
+        # Least loaded first (ties: lowest index): a lone task goes to the same
+        # worker as the last one, which is the one most likely still awake.
+        slots = sorted(self._res.slots, key=_load)
+        token = self._res.token
+        units = self._units
+        for slot in slots:
+            inflight = slot.inflight
+            allowance = slot.allowance
+            busy = slot.busy_items
+            batch, sent = [], []
+            while len(inflight) + len(sent) < 2 or busy < window:
+                if allowance is not None and allowance <= 0:
+                    break
+                taken = self._take(max(1, window - busy), allowance or MAX_CHUNK, feed_jobs)
+                if not taken:
+                    break
+                for unit in taken:
+                    if unit.sink.dropped:
+                        continue
+                    if allowance is not None:
+                        if allowance <= 0:
+                            self._pending.appendleft(unit)
+                            continue
+                        if unit.n > allowance:
+                            self._pending.appendleft(unit.split(self._new_id(), allowance, unit.n))
+                            unit = unit.split(unit.id, 0, allowance)
+                        allowance -= unit.n
+                    try:
+                        if unit.op != OP_RUN and unit.fn_id not in slot.fns:
+                            batch.append(taskwire.encode_raw(OP_DEF, unit.fn_id,
+                                                             self._fn_pickle(unit.fn_id)))
+                            slot.fns.add(unit.fn_id)
+                        rec = unit.record or unit.encode(token)
+                    except Exception as exc:         # noqa: BLE001 - an argument cannot travel
+                        if allowance is not None:
+                            allowance += unit.n
+                        self._unsendable(unit, exc)
+                        continue
+                    batch.append(rec)
+                    sent.append(unit)
+                    unit.slot = slot
+                    unit.stream = slot.sent_items
+                    slot.sent_items += unit.n
+                    busy += unit.n
+                    units[unit.id] = unit
+            if slot.forget and sent:                     # with the next batch that goes
+                batch[:0] = [taskwire.encode_raw(OP_FORGET, fid) for fid in slot.forget]
+                slot.forget.clear()
+            slot.busy_items = busy
+            slot.allowance = allowance
+            if sent:
+                inflight.extend(sent)
+                for unit in sent:
+                    if unit.op != OP_CHUNK:
+                        unit.sink._sent()
+                self._send(slot, batch, sent)
+
+    def _fn_pickle(self, fn_id) -> bytes:
+        for fid, _, data in self._functions.values():
+            if fid == fn_id:
+                return data
+        raise RuntimeError(f"function {fn_id} is no longer registered")
+
+    def _send(self, slot, batch, units):
+        try:
+            if len(batch) == 1:
+                slot.task_q.put(batch[0], block=False)    # cheaper than a batch of one
+            else:
+                slot.task_q.put_many(batch, block=False)
+        except _stdlib_queue.Full as full:
+            # The ring is full (huge items): take back what did not go.
+            put = full.args[1] if len(full.args) > 1 else 0
+            records = set(map(id, batch[put:]))
+            back = [u for u in units if id(u.record) in records]
+            for unit in reversed(back):
+                slot.inflight.remove(unit)
+                self._units.pop(unit.id, None)
+                n_items = unit.n
+                slot.sent_items -= n_items
+                slot.busy_items -= n_items
+                if slot.allowance is not None:
+                    slot.allowance += n_items
+                self._pending.appendleft(unit)
+            slot.fns.clear()          # definitions may not have gone either: send them again
+
+    def _unsendable(self, unit, exc):
+        found = wire.find_unpicklable(unit.payload(), "args")
+        where = f" ({found[0]} holds a {found[1].__module__}.{found[1].__qualname__})" \
+            if found else ""
+        err = wire.SerializationError(
+            f"item {unit.index} cannot be sent to a worker{where}: {type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        for k in range(unit.n):
+            unit.sink._fail(unit.index + k, err)
+
+    def _drop_pending(self, unit):
+        try:
+            self._pending.remove(unit)
+        except ValueError:
+            pass
+
+    # -- driving --------------------------------------------------------------------------------
+    def _pump(self, wait_s, feed_jobs=True):
+        """Send what can go, take results (waiting up to wait_s for the first)."""
+        self._feed(feed_jobs)
+        records = ()
+        if self._units:
+            results = self._res.results
+            slots = self._res.slots
+            avg = self._avg_item_ns
+            if (wait_s and (avg is None or avg < SPIN_NS)
+                    and sum(slot.busy_items for slot in slots) <= len(slots)):
+                # At most one short task per worker out: a reply is usually
+                # tens of microseconds away, and spinning for it beats a futex
+                # sleep and wake-up (which costs as much again on a VM).
+                qsize, end = results.qsize, native.now_ns() + SPIN_NS
+                while not qsize() and native.now_ns() < end:
+                    pass
+            try:
+                if results.qsize() > 1:
+                    records = results.get_many(block=False, max_items=4096)
+                else:
+                    records = (results.get(timeout=wait_s),)      # cheaper for one
+            except _stdlib_queue.Empty:
+                pass
+        elif wait_s:
+            time.sleep(min(wait_s, 0.001))
+        for rec in records:
+            self._on_result(rec)
+        now = time.monotonic()
+        if not records or now >= self._next_check:
+            self._next_check = now + SLICE_S
+            self._check_workers()
+            self._recycle_spent()
+        if records:
+            self._feed(feed_jobs)
+
+    def _recycle_spent(self):
+        """Workers that used up max_tasks_per_worker exit by themselves: replace them."""
+        if self._max_tasks is None:
+            return
+        for slot in list(self._res.slots):
+            if slot.allowance == 0 and not slot.inflight:
+                slot.proc.join(STOP_GRACE_S)
+                if slot.proc.exitcode is None:
+                    _kill(slot.proc)
+                self._worker_ended(slot)
+
+    def _wait_step(self, wait_s, seen=None):
+        """Drive the pool for up to wait_s (or return once another thread has)."""
+        try:
+            if not self._lock.acquire(timeout=max(wait_s, 0.001)):
+                return                    # another thread is driving: the caller re-checks
+            try:
+                if self._background_error is not None:
+                    err, self._background_error = self._background_error, None
+                    raise err
+                if self._status == TERMINATED:
+                    raise RuntimeError("the pool was terminated")
+                self._pump(wait_s)
+            finally:
+                self._lock.release()
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+
+    def _ensure_pumper(self):
+        """Submitted tasks beyond the workers' windows still get sent when
+        nobody waits: a helper thread drives the pool until they are done."""
+        if self._pumper is None and self._pending:
+            self._pumper = threading.Thread(target=self._pump_in_background, daemon=True,
+                                            name="shmproc-pool-driver")
+            self._pumper.start()
+
+    def _pump_in_background(self):
+        try:
+            while True:
+                with self._lock:
+                    if self._status == TERMINATED or not self._pending:
+                        self._pumper = None
+                        return
+                    self._pump(0.005, feed_jobs=False)   # imap & co. read as their caller takes
+                time.sleep(0.0005)              # let a waiting caller take the lock
+        except BaseException as exc:            # noqa: BLE001 - handed to the next caller
+            with self._lock:
+                self._background_error = exc
+                self._pumper = None
+
+    def _poll(self):
+        with self._lock:
+            if self._status != TERMINATED:
+                self._pump(0)
+
+    # -- public API ----------------------------------------------------------------------------
+    def submit(self, fn, *args, copy: bool = False, **kwargs) -> Task:
+        """Run fn(*args, **kwargs) on a worker; returns a Task handle.
+
+        `fn` may be a Process subclass (constructed on the worker with the
+        arguments, then run) or an already-built Process object (no
+        arguments), whose timers and error are filled in when it is done.
+        If its worker dies while running it, it fails with
+        ProcessCrashedError, or runs again on a fresh worker up to the
+        pool's `retries` times.
+        """
+        with self._lock:
+            self._check_open()
+            if is_process(fn):
+                if args or kwargs:
+                    raise TypeError("submit(process) takes no arguments: the Process object "
+                                    "is already built")
+                task = Task(self, type(fn).__name__, proc=fn, copy=copy, retries=self._retries)
+                unit = Unit(self._new_id(), task, 0, OP_RUN, 0, False, [fn])
+            elif callable(fn):
+                fn_id = self._register(fn)
+                task = Task(self, callable_name(fn), copy=copy, retries=self._retries)
+                unit = Unit(self._new_id(), task, 0, OP_CALL, fn_id, False,
+                             [(args, kwargs or None)])
+            else:
+                raise TypeError(f"submit() needs a callable or a Process, "
+                                f"not {type(fn).__name__}")
+            try:
+                unit.encode(self._res.token)       # an unpicklable argument fails here, not later
+            except Exception as exc:               # noqa: BLE001
+                raise self._submit_error(fn, unit, exc) from exc
+            task._unit = unit
+            self._total += 1
+            self._pending.append(unit)
+            self._feed()
+            self._ensure_pumper()
+            return task
+
+    def _submit_error(self, fn, unit, exc):
+        if unit.op == OP_RUN:
+            return wire.unserializable(fn, exc)
+        found = wire.find_unpicklable({"args": unit.items[0][0], "kwargs": unit.items[0][1]},
+                                      "call")
+        where = ""
+        if found is not None:
+            path, typ, _ = found
+            path = path.replace("call.args", "args").replace("call.kwargs", "kwargs")
+            where = f": {path} is a {typ.__module__}.{typ.__qualname__}"
+        return wire.SerializationError(
+            f"cannot submit {callable_name(fn)}: its arguments cannot be sent to a worker{where} "
+            f"({type(exc).__name__}: {exc})")
+
+    def _outcomes(self, fn, items, star, retries=None):
+        """Run every item once, whatever fails: (values with None where an
+        item failed, {index: exception}).  For the Ray launcher, which
+        reports a chunk's items one by one (map stops at the first error;
+        running the rest again would run finished items twice)."""
+        job = self._start_job(fn, items, None, star, False, True, retries)
+        try:
+            while True:
+                with self._lock:
+                    if self._status == TERMINATED:
+                        raise RuntimeError("the pool was terminated while this map was running")
+                    if job.complete():
+                        values = [None] * job.taken
+                        for index, chunk in job.ready.items():
+                            values[index:index + len(chunk)] = chunk
+                        errors = dict(job.errors)
+                        job.ready.clear()
+                        job.errors.clear()
+                        return values, errors
+                self._wait_step(SLICE_S)
+        finally:
+            self._end_job(job)
+
+    @property
+    def progress(self) -> Progress:
+        """Items done / accepted / failed over the pool's life, read live from
+        the workers' control blocks."""
+        with self._lock:
+            done = self._retired_done
+            failed = self._retired_failed + self._crashed
+            for slot in self._res.slots:
+                done += slot.pctl.lap() >> 2          # see pool_worker.IDLE
+                failed += slot.pctl.lives
+            return Progress(done, self._total, failed)
+
+    @property
+    def pids(self) -> list:
+        with self._lock:
+            return [slot.pid for slot in self._res.slots]
+
+    def join(self, timeout: float | None = None):
+        """Wait for every submitted task, then stop the workers.  Call close() first."""
+        if self._status == RUNNING:
+            raise ValueError("join() needs close() (or terminate()) first")
+        if self._status == TERMINATED:
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                busy = self._units or self._pending or any(not j.complete() for j in self._jobs)
+            if not busy:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"the pool's tasks did not finish within {timeout} s")
+            self._wait_step(SLICE_S)
+        with self._lock:
+            self._stop_workers()
+
+    def _stop_workers(self):
+        res = self._res
+        for slot in res.slots:
+            try:
+                slot.task_q.put(taskwire.encode_raw(OP_STOP, 0), timeout=1.0)
+            except Exception:                          # noqa: BLE001 - it is killed below
+                pass
+        deadline = time.monotonic() + STOP_GRACE_S
+        for slot in res.slots:
+            while slot.proc.exitcode is None and time.monotonic() < deadline:
+                self._drain()                          # a worker waits for its results to be read
+                slot.proc.join(0.01)
+        self._status = TERMINATED
+        _live_pools.discard(self)
+        res.kill()
+
+    def terminate(self):
+        """Kill the workers now; unfinished tasks are cancelled."""
+        with self._lock:
+            if self._status == TERMINATED:
+                return
+            self._status = TERMINATED
+            _live_pools.discard(self)
+            self._res.kill()
+            for unit in list(self._units.values()) + list(self._pending):
+                unit.sink._cancel() if isinstance(unit.sink, Task) else unit.sink.cancel()
+            for job in self._jobs:
+                job.cancel()
+            self._units.clear()
+            self._pending.clear()
+            self._jobs.clear()
+
+    def __repr__(self):
+        return (f"<shmproc.Pool workers={self._n} start_method={self._method} "
+                f"{self._status} progress={tuple(self.progress)}>")
+
+    _close_task_queue = staticmethod(_close_task_queue)
+
+    def _new_job(self, fn, name, star, source, total, chunksize, copy, retries, seq):
+        return LocalJob(fn, name, star, source, total, chunksize, copy, retries, seq)
+
+
+# ---- exit: no pool outlives the interpreter --------------------------------------------------
+
+_live_pools: "weakref.WeakSet[LocalPool]" = weakref.WeakSet()
+
+
+def _ensure_exit_hook():
+    lifecycle.at_exit(_terminate_all, lifecycle.STOP_WORKERS)
+
+
+def _terminate_all():
+    for pool in list(_live_pools):
+        pool.terminate()
+
+
+def _forget_after_fork():
+    _live_pools.clear()
+
+
+lifecycle.at_fork(after_in_child=_forget_after_fork)

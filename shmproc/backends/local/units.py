@@ -1,0 +1,161 @@
+"""The local pool's units of work: what one record to one worker carries.
+
+A unit is a call, a chunk of a map, or a Process, encoded once into a
+task record (wire/taskwire.py).  LocalJob cuts a Job's items into units,
+encoding the common one-item case inline (the hot path of a map with
+chunksize 1).  A _Slot is one worker and what it was given.
+"""
+from __future__ import annotations
+
+import collections
+import pickle
+
+from ...jobs.job import READ_AHEAD_ITEMS, Job
+from ...wire import pickling as wire
+from ...wire import taskwire
+from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_RETRY
+
+__all__ = ["Unit", "Slot", "LocalJob"]
+
+_dumps = pickle.dumps
+_pack = taskwire.HEADER.pack
+_MAIN_MARKER = wire._MAIN_MARKER
+_NUMBERS = frozenset((int, float, bool, type(None)))
+
+
+class Unit:
+    """Items sent to one worker as one record: a call, a chunk, or a Process."""
+
+    __slots__ = ("id", "sink", "index", "op", "fn_id", "star", "items", "n", "record", "slot",
+                 "stream", "crashes", "cut", "lives")
+
+    def __init__(self, ident, sink, index, op, fn_id, star, items):
+        self.id = ident
+        self.sink = sink              # the Task or _Job the outcomes go to
+        self.index = index            # index of items[0] in the job
+        self.op = op
+        self.fn_id = fn_id
+        self.star = star
+        self.items = items            # OP_CHUNK: the items; OP_CALL: [(args, kwargs)]; OP_RUN: [proc]
+        self.n = len(items)
+        self.record = None            # encoded, once
+        self.slot = None
+        self.stream = 0               # position of items[0] in its worker's item stream
+        self.crashes = 0              # times its worker died while it (one item) was running
+        self.cut = False              # its first items were answered (R_PART) and dropped
+        self.lives = None             # a Process task's lives left, if not its config's
+
+    def payload(self):
+        if self.op == OP_CHUNK:
+            return self.fn_id, self.star, self.items
+        if self.op == OP_CALL:
+            args, kwargs = self.items[0]
+            return self.fn_id, args, kwargs
+        return self.items[0]
+
+    def encode(self, token) -> bytes:
+        if self.record is None:
+            op, payload = self.op, self.payload()
+            if self.lives is not None:
+                op, payload = OP_RETRY, (self.lives, op, payload)
+            self.record = taskwire.encode(op, self.id, payload, token,
+                                          elapsed_us=self.n)     # the header's count field
+        return self.record
+
+    def split(self, ident, start, stop):
+        """A new unit for items[start:stop] (re-sent after a crash)."""
+        part = Unit(ident, self.sink, self.index + start, self.op, self.fn_id, self.star,
+                     self.items[start:stop])
+        part.lives = self.lives
+        return part
+
+    def cut_answered(self, m):
+        """Its first m items were answered (R_PART): it now holds the rest."""
+        self.items = self.items[m:]
+        self.index += m
+        self.stream += m
+        self.n -= m
+        self.cut = True
+
+
+class Slot:
+    """One worker: its process, its task ring, and what it was given."""
+
+    __slots__ = ("index", "proc", "pid", "task_q", "pctl", "rctl", "inflight", "busy_items",
+                 "sent_items", "allowance", "fns", "forget")
+
+    def __init__(self, index, proc, task_q, pctl, rctl, allowance):
+        self.index = index
+        self.proc = proc
+        self.pid = proc.pid
+        self.task_q = task_q
+        self.pctl = pctl
+        self.rctl = rctl
+        self.inflight = collections.deque()    # units sent, in order, not yet answered
+        self.busy_items = 0
+        self.sent_items = 0
+        self.allowance = allowance             # items left before it is recycled (None: no limit)
+        self.fns = set()                       # function ids this worker knows
+        self.forget = []                       # function ids to drop with the next batch
+
+
+class LocalJob(Job):
+    """A Job whose items go to local workers as task records."""
+
+    @property
+    def fn_id(self):
+        return self.fn
+
+    def take(self, pool, want, max_items):
+        """Units for about `want` items (one unit unless items go one per record)."""
+        ahead = max(READ_AHEAD_ITEMS, 2 * (self.chunksize or 1) * len(pool._res.slots))
+        if self.paused(ahead):
+            return None
+        size = self.chunksize or pool._auto_chunk()
+        if size > 1 or self.star:
+            unit = self.next_unit(pool, max_items)
+            return [unit] if unit is not None else None
+        if self.dropped:
+            return None
+        buffered = self.buffered
+        if len(buffered) < want:
+            self._read(buffered, want - len(buffered))
+        count = min(want, len(buffered), max_items)
+        if not count:
+            return None
+        index = self.taken
+        self.taken += count
+        pool._total += count
+        fn_id, ids, pop = self.fn_id, pool._ids, buffered.popleft
+        dumps, pack, marker = _dumps, _pack, _MAIN_MARKER
+        oob = []                  # buffers pickle wants out-of-band: then the general path
+        keep = oob.append
+        out = []
+        for k in range(count):
+            item = pop()
+            args = (item,)
+            unit = Unit(next(ids), self, index + k, OP_CALL, fn_id, False, [(args, None)])
+            # Encoded here, the common case inline (see taskwire.encode).
+            if type(item) in _NUMBERS:              # cannot fail, refer to __main__ or go OOB
+                unit.record = pack(OP_CALL, 0, 0, 1, unit.id) + dumps((fn_id, args, None), 5)
+            else:
+                try:
+                    main = dumps((fn_id, args, None), 5, buffer_callback=keep)
+                except Exception:                  # noqa: BLE001 - the general path decides
+                    main = None
+                if oob:
+                    oob.clear()
+                elif main is not None and marker not in main:
+                    unit.record = pack(OP_CALL, 0, 0, 1, unit.id) + main
+            out.append(unit)
+        return out
+
+    def next_unit(self, pool, max_items):
+        """Take the next unit from the source, or None when it is exhausted."""
+        size = self.chunksize or pool._auto_chunk()
+        got = self.read_chunk(max(1, min(size, max_items)))
+        if got is None:
+            return None
+        index, items = got
+        pool._total += len(items)
+        return Unit(pool._new_id(), self, index, OP_CHUNK, self.fn_id, self.star, items)

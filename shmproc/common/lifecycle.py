@@ -1,0 +1,84 @@
+"""What shmproc does around fork() and at exit, registered in one place.
+
+Fork hooks: several layers keep per-process state that a fork child must
+not believe is its own (leases counted for the child, arenas pinned, pools
+and live runs that belong to the parent).  They register here; this module
+makes the one os.register_at_fork call.  As with os.register_at_fork,
+`before` hooks run newest first and `after_*` hooks oldest first, so a
+lower layer (registered first, being imported first) is the last to
+prepare and the first to recover.
+
+Exit hooks run in multiprocessing's exit function, which also runs at the
+end of a multiprocessing child (that skips atexit): priority >= 0 runs
+before multiprocessing joins its children (so live workers are stopped,
+not waited for), higher first; negative priorities run after.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import traceback
+
+__all__ = ["at_fork", "at_exit", "at_interpreter_exit",
+           "STOP_WORKERS", "FLUSH_OUT_OF_BAND"]
+
+#: Stop live Process runs and pools before multiprocessing joins children.
+STOP_WORKERS = 100
+#: Keep out-of-band segments until readers took them (after the joins).
+FLUSH_OUT_OF_BAND = -10
+
+_before: list = []
+_after_in_parent: list = []
+_after_in_child: list = []
+_exit_registered: set = set()
+
+
+def at_fork(*, before=None, after_in_parent=None, after_in_child=None) -> None:
+    """Run these around every os.fork() of this process (see module doc)."""
+    if before is not None:
+        _before.append(before)
+    if after_in_parent is not None:
+        _after_in_parent.append(after_in_parent)
+    if after_in_child is not None:
+        _after_in_child.append(after_in_child)
+
+
+def _run(hooks) -> None:
+    for fn in hooks:
+        try:
+            fn()
+        except Exception:                   # noqa: BLE001 - one hook's failure must not skip the rest
+            traceback.print_exc(file=sys.stderr)
+
+
+os.register_at_fork(before=lambda: _run(reversed(_before)),
+                    after_in_parent=lambda: _run(_after_in_parent),
+                    after_in_child=lambda: _run(_after_in_child))
+
+
+def at_exit(fn, priority: int) -> None:
+    """Run fn() once in multiprocessing's exit function (see module doc).
+    Registering the same function again does nothing."""
+    key = (fn, priority)
+    if key in _exit_registered:
+        return
+    import multiprocessing.util as mp_util      # loaded on first need: import shmproc stays light
+    mp_util.Finalize(None, fn, exitpriority=priority)
+    _exit_registered.add(key)
+
+
+def at_interpreter_exit(fn) -> None:
+    """Run fn() from atexit (for what must run after multiprocessing's exit
+    function, such as leaving a Ray cluster this process started)."""
+    atexit.register(fn)
+
+
+
+def _exit_hooks_are_the_parents() -> None:
+    # multiprocessing runs a Finalize only in the process that made it: a
+    # fork child must register its own exit hooks again.
+    _exit_registered.clear()
+
+
+at_fork(after_in_child=_exit_hooks_are_the_parents)

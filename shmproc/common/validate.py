@@ -1,0 +1,84 @@
+"""The checks every public option goes through, one of each.
+
+Each returns the value to use (a default filled in) or raises TypeError /
+ValueError naming the option, what it got, and what it takes.  Process
+configuration (config.py) and every pool (local or Ray) use these.
+"""
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import os
+import sys
+
+__all__ = ["start_methods", "default_start_method", "start_method", "positive_int",
+           "worker_count", "chunksize", "retries", "callable_name"]
+
+
+def start_methods() -> list:
+    """The start methods this platform has ("fork", "forkserver", "spawn")."""
+    return mp.get_all_start_methods()
+
+
+def default_start_method() -> str:
+    """The start method used when none is given.
+
+    "fork" on Linux (the fastest way to start a worker), "spawn" elsewhere:
+    macOS and Windows either lack fork or make it unsafe.
+    """
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def start_method(method) -> str:
+    """A pool's `start_method`: one of start_methods(), or None (the default)."""
+    if method is None:
+        return default_start_method()
+    allowed = start_methods()
+    if method not in allowed:
+        raise ValueError(f"start_method must be one of {allowed} or None, got {method!r}")
+    return method
+
+
+def positive_int(value, name: str, none_means: str):
+    """An option that is an int >= 1 or None; returns it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1 or None ({none_means}), "
+                        f"not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def worker_count(workers) -> int:
+    """A pool's `workers`: an int >= 1, or None for one per CPU this process may use."""
+    if positive_int(workers, "workers", "one per CPU") is not None:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def chunksize(value):
+    return positive_int(value, "chunksize", "automatic")
+
+
+def retries(value, default=None):
+    """`retries`: an int >= 0; None means `default` (a call's: the pool's)."""
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        what = "an int >= 0" + (" or None (the pool's)" if default is not None else "")
+        raise TypeError(f"retries must be {what}, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"retries must be >= 0, got {value}")
+    return value
+
+
+def callable_name(fn) -> str:
+    """How a task's function is named in errors and progress bars."""
+    if isinstance(fn, functools.partial):
+        return f"partial({callable_name(fn.func)})"
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)

@@ -1,0 +1,274 @@
+"""JobEngine: the one job engine every pool runs, local or on Ray.
+
+It owns what a call is: map / starmap / imap / imap_unordered / istarmap
+validate their arguments, become a Job (job.py), and are driven to their
+results here, in order or as they finish, with the first error raised in
+its turn and a progress bar if asked.  What differs between backends is
+only how a unit of items reaches a worker and how its outcome comes back;
+an engine subclass provides that:
+
+    _register(fn)            -> a handle for fn (an unpicklable fn fails here)
+    _new_job(...)            -> a Job subclass that knows how to cut units
+    _job_added(job)          start sending it (the Ray dispatcher is woken)
+    _results_taken(job)      a lazy caller took results (it may read further)
+    _change()                a counter read under the lock; _wait_step(s, seen)
+    _wait_step(s, seen)      wait up to s seconds for something to change
+                             (the local engine drives its workers meanwhile)
+    _check_broken()          raise if the engine cannot go on
+    submit, progress, workers, pids, join, terminate
+
+The engine's state (_lock, _status, _jobs, _n, _retries) is set by
+_init_engine.  Calls hold _lock only to look and to change state, never
+while they wait.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import threading
+
+from ..common import validate
+from .job import Job
+from .progressbar import ProgressBar
+from .task import SLICE_S
+
+__all__ = ["JobEngine", "Progress", "RUNNING", "CLOSED", "TERMINATED"]
+
+Progress = collections.namedtuple("Progress", "done total failed")
+Progress.__doc__ = "Items finished (failed ones included), items accepted, items that failed."
+
+RUNNING, CLOSED, TERMINATED = "running", "closed", "terminated"
+
+
+def _bar(progress, job):
+    if not progress:
+        return None
+    return ProgressBar(job.total, desc=job.name)
+
+
+def _check_callable(fn):
+    if not callable(fn):
+        raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
+
+
+class JobEngine:
+    """The calls every pool has; see the module doc for what a subclass adds."""
+
+    def _init_engine(self, workers: int, retries: int):
+        self._n = workers
+        self._retries = retries
+        self._lock = threading.RLock()
+        self._status = RUNNING
+        self._jobs = collections.deque()       # jobs whose source still yields
+
+    # -- the calls -------------------------------------------------------------------------
+    def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+            copy: bool = False, retries: int | None = None) -> list:
+        """[fn(x) for x in iterable], in parallel; raises the first task error.
+
+        chunksize None picks a batch size (as multiprocessing.Pool.map
+        does); progress=True draws a progress bar on stderr; copy=True
+        returns writable copies of numpy arrays instead of read-only views;
+        retries: how many times an item whose worker dies while running it
+        is run again on a fresh worker before it fails with
+        ProcessCrashedError (None: the pool's `retries`).  Items that
+        finished are never run again.
+        """
+        job = self._start_job(fn, iterable, chunksize, False, copy, True, retries)
+        return self._collect(job, _bar(progress, job))
+
+    def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+                copy: bool = False, retries: int | None = None) -> list:
+        """[fn(*args) for args in iterable], in parallel."""
+        job = self._start_job(fn, iterable, chunksize, True, copy, True, retries)
+        return self._collect(job, _bar(progress, job))
+
+    def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+             copy: bool = False, retries: int | None = None):
+        """Lazy map: yields results in order as they are ready; reads the
+        input only as fast as workers need it.  A failed task raises when
+        its turn comes, after the results before it."""
+        return self._lazy(fn, iterable, chunksize, False, copy, True, progress, retries)
+
+    def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
+                       progress: bool = False, copy: bool = False, retries: int | None = None):
+        """Like imap, but yields results in the order they finish."""
+        return self._lazy(fn, iterable, chunksize, False, copy, False, progress, retries)
+
+    def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+                 copy: bool = False, retries: int | None = None):
+        """Lazy starmap, in order."""
+        return self._lazy(fn, iterable, chunksize, True, copy, True, progress, retries)
+
+    def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress, retries):
+        """imap & co.: bad arguments fail now; the work starts with the first
+        next() (a generator never started runs nothing)."""
+        validate.chunksize(chunksize)
+        validate.retries(retries, 0)
+        _check_callable(fn)
+        with self._lock:
+            self._check_open()
+            self._register(fn)
+        return self._lazy_results(fn, iterable, chunksize, star, copy, ordered, progress, retries)
+
+    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress, retries):
+        job = self._start_job(fn, iterable, chunksize, star, copy, False, retries)
+        yield from self._drive(job, ordered, _bar(progress, job))
+
+    # -- state -----------------------------------------------------------------------------
+    def _check_open(self):
+        self._check_broken()
+        if self._status != RUNNING:
+            raise ValueError(f"the pool is {self._status}: no new tasks can be submitted")
+
+    def _check_broken(self):
+        pass
+
+    def _change(self):
+        return None
+
+    def _job_added(self, job):
+        pass
+
+    def _results_taken(self, job):
+        pass
+
+    def close(self):
+        """No more tasks; those already submitted still run (then join())."""
+        with self._lock:
+            if self._status == RUNNING:
+                self._status = CLOSED
+
+    @property
+    def workers(self) -> int:
+        return self._n
+
+    # -- one call's life ---------------------------------------------------------------------
+    def _start_job(self, fn, iterable, chunksize, star, copy, eager, retries=None) -> Job:
+        chunksize = validate.chunksize(chunksize)
+        retries = validate.retries(retries, self._retries)
+        _check_callable(fn)
+        with self._lock:
+            self._check_open()
+            self._register(fn)               # an unpicklable function fails here, in the caller
+        total = None
+        seq = None
+        if eager:
+            # As the stdlib: map takes the whole input first (a list, tuple or
+            # range as it is).
+            items = iterable if type(iterable) in (list, tuple, range) else list(iterable)
+            total = len(items)
+            if chunksize is None:
+                chunksize = max(1, math.ceil(total / (4 * self._n))) if total else 1
+            source = iter(items)
+            if chunksize > 1 or star:
+                seq = items
+        else:
+            source = iter(iterable)
+        with self._lock:                     # registered and queued under one hold
+            self._check_open()
+            job = self._new_job(self._register(fn), validate.callable_name(fn), star, source,
+                                total, chunksize, copy, retries, seq)
+            self._jobs.append(job)
+            self._job_added(job)
+        return job
+
+    def _drive(self, job, ordered, bar):
+        """Yield the job's results, driving the pool meanwhile."""
+        nxt = 0                       # ordered: index of the next result to yield
+        try:
+            while True:
+                with self._lock:
+                    ready, error = [], None
+                    if ordered:
+                        while True:
+                            chunk = job.ready.pop(nxt, None)
+                            if chunk is not None:
+                                ready.append(chunk)
+                                nxt += len(chunk)
+                            elif nxt in job.errors:
+                                error = job.errors.pop(nxt)
+                                break
+                            else:
+                                break
+                    else:
+                        ready = list(job.ready.values())
+                        job.ready.clear()
+                        if job.errors:
+                            error = job.errors.pop(min(job.errors))
+                    drained = job.complete() and not job.ready and not job.errors
+                    if ready:
+                        job.handed += sum(map(len, ready))
+                        self._results_taken(job)
+                    seen = self._change()
+                if bar is not None:
+                    bar.update(job.finished, job.known_total())
+                for chunk in ready:
+                    yield from chunk
+                if error is not None:
+                    raise error
+                if drained:
+                    if job.source_error is not None:
+                        raise job.source_error
+                    return
+                if ready:
+                    continue                  # more may have come while the caller had these
+                self._check_broken()
+                if self._status == TERMINATED:
+                    # Results already in hand were given out above (even after
+                    # close() + join()); the rest will never come.
+                    raise RuntimeError("the pool was terminated while this map was running")
+                self._wait_step(SLICE_S, seen)
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+        finally:
+            self._end_job(job)
+            if bar is not None:
+                bar.close()
+
+    def _collect(self, job, bar):
+        """map/starmap: wait for every result (the first error raises), then
+        join the chunks in order."""
+        try:
+            while True:
+                with self._lock:
+                    self._check_broken()
+                    if self._status == TERMINATED:
+                        raise RuntimeError("the pool was terminated while this map was running")
+                    if job.errors:
+                        raise job.errors[min(job.errors)]
+                    if job.complete():
+                        if job.source_error is not None:
+                            raise job.source_error
+                        out = []
+                        for index in sorted(job.ready):
+                            out.extend(job.ready[index])
+                        job.ready.clear()
+                        return out
+                    seen = self._change()
+                if bar is not None:
+                    bar.update(job.finished, job.known_total())
+                self._wait_step(SLICE_S, seen)
+        except KeyboardInterrupt:
+            self.terminate()
+            raise
+        finally:
+            self._end_job(job)
+            if bar is not None:
+                bar.update(job.finished, job.known_total())
+                bar.close()
+
+    def _end_job(self, job):
+        with self._lock:
+            if not job.complete() or job.ready or job.errors:
+                job.cancel()
+                try:
+                    self._jobs.remove(job)
+                except ValueError:
+                    pass
+
+    # -- a pool is the creating process's ------------------------------------------------------
+    def __reduce__(self):
+        raise TypeError("a shmproc.Pool belongs to the process that created it and cannot be "
+                        "sent to another process; create a Pool where it is used")

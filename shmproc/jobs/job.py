@@ -1,0 +1,131 @@
+"""Job: the items of one map / imap / starmap call and their outcomes.
+
+The engine-neutral half of a call: reading the caller's input (a list,
+tuple or range is sliced; anything else is read lazily), keeping results
+in order (a chunk's values are one list keyed by its first index, so a
+chunk costs one dict entry, not one per item), errors by index, and how
+far a lazy caller has read.  How items become units and reach workers is
+the engine's (backends/local/units.py, backends/ray/pool.py).
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+
+from .task import deliver_process, writable
+
+__all__ = ["Job", "READ_AHEAD_ITEMS"]
+
+#: A lazy call (imap...) reads at most this many items ahead of its caller.
+READ_AHEAD_ITEMS = 4096
+
+
+class Job:
+    """One call's items and outcomes.  `fn` is the engine's handle for the
+    function (an id, or a reference in an object store)."""
+
+    def __init__(self, fn, name, star, source, total, chunksize, copy, retries, seq=None):
+        self.fn = fn
+        self.name = name
+        self.star = star
+        self.retries = retries        # re-runs allowed per item whose worker dies running it
+        self.source = source          # iterator of items, or None when all were taken
+        self.seq = seq                # a list/tuple/range mapped in chunks: sliced
+        self.total = total            # known length, or None while the source runs
+        self.chunksize = chunksize    # None: the engine picks
+        self.copy = copy
+        self.taken = 0                # items taken from the source into units
+        self.buffered = collections.deque()   # read from the source, not yet in a unit
+        self.handed = 0               # results given to the caller (lazy calls)
+        self.lazy = total is None     # imap & co: read the input only as results are taken
+        self.source_error = None      # what the source raised, after `taken` items
+        self.ready = {}               # index of first item -> list of values
+        self.errors = {}              # index -> exception
+        self.finished = 0
+        self.dropped = False          # cancelled: outcomes are ignored
+
+    # -- sink interface (called under the engine's lock) --
+    def _sent(self):
+        pass
+
+    def _put(self, index, value):
+        if not self.dropped:
+            self.ready[index] = [writable(value) if self.copy else value]
+        self.finished += 1
+
+    def _put_many(self, index, values):
+        if values:
+            if not self.dropped:
+                self.ready[index] = [writable(v) for v in values] if self.copy else values
+            self.finished += len(values)
+
+    def _fail(self, index, exc):
+        if not self.dropped:
+            self.errors[index] = exc
+        self.finished += 1
+
+    def _process_outcome(self, index, kind, value, timers, error, lap):
+        deliver_process(self, index, kind, value, error)
+
+    # -- progress --
+    def known_total(self):
+        if self.total is None and self.source is None:
+            return self.taken + len(self.buffered)
+        return self.total
+
+    def complete(self) -> bool:
+        return self.source is None and not self.buffered and self.finished >= self.taken
+
+    def exhausted(self) -> bool:
+        return self.dropped or (self.source is None and not self.buffered)
+
+    def paused(self, ahead: int) -> bool:
+        """A lazy call whose caller is `ahead` items behind: read no further."""
+        return self.lazy and self.taken - self.handed >= ahead
+
+    # -- reading the input --
+    def read_chunk(self, size: int):
+        """The next `size` items as (index of the first, items), or None when
+        the input is exhausted.  A list, tuple or range gives slices (a
+        range's slices are ranges, which cost nothing to send)."""
+        if self.dropped or (self.source is None and not self.buffered):
+            return None
+        if self.seq is not None:
+            start = self.taken
+            items = self.seq[start:start + size]
+            if start + len(items) >= len(self.seq):
+                self.seq = self.source = None
+            if not items:
+                return None
+            self.taken += len(items)
+            return start, items
+        items = list(self.buffered)
+        self.buffered.clear()
+        if len(items) < size:
+            self._read(items, size - len(items))
+        elif len(items) > size:
+            self.buffered.extend(items[size:])
+            del items[size:]
+        if not items:
+            return None
+        index = self.taken
+        self.taken += len(items)
+        return index, items
+
+    def _read(self, into, count):
+        if self.source is None:
+            return
+        before = len(into)
+        try:
+            into.extend(itertools.islice(self.source, count))
+        except Exception as exc:                 # noqa: BLE001 - the caller's iterable failed
+            self.source_error = exc
+            self.source = None
+        if len(into) - before < count:
+            self.source = None
+
+    def cancel(self):
+        self.dropped = True
+        self.source = None
+        self.buffered.clear()
+        self.ready.clear()
