@@ -10,7 +10,10 @@ import os
 
 import pytest
 
-START_METHODS = ["fork", "forkserver", "spawn"]
+from shmproc.common.validate import start_methods
+
+#: The one list of start methods the suite runs under: the library's own.
+START_METHODS = start_methods()
 
 
 def shmproc_fds():
@@ -115,8 +118,9 @@ def ray_cluster(tmp_path_factory):
         yield ray
     finally:
         from shmproc import ray_backend
+        from shmproc.backends.ray.cluster import stop_ray
         ray_backend.shutdown()
-        if not ray_backend.stop_ray(ray):              # bounded: see stop_ray
+        if not stop_ray(ray):              # bounded: see stop_ray
             import sys
             print("\nray.shutdown() hung; the test cluster was killed", file=sys.stderr)
             for pid in _processes_mentioning(temp_dir):

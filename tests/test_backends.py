@@ -41,6 +41,14 @@ def pool(backend):
         yield p
 
 
+def test_pool_is_one_class_on_every_backend(pool, backend):
+    # Pool(backend=...) is a Pool whose engine the backend chose (issue 11).
+    assert type(pool) is Pool
+    engine = type(pool._engine).__name__
+    assert engine == ("LocalPool" if backend is None else "RayPool")
+    assert pool.map(abs, [-1, -2]) == [1, 2]
+
+
 # ---- Process classes (module level: the Ray workers import this module) ---------------------
 
 class Lifecycle(Process):

@@ -30,6 +30,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import START_METHODS
 
 from shmproc import docs, processing, sktime
 from shmproc.circuit import Circuit
@@ -38,7 +39,6 @@ from shmproc.processing import (
     ProcessError, ProcessTimers, ResultError, TimeoutConfig, TimeoutError, timesection,
 )
 
-START_METHODS = ["fork", "forkserver", "spawn"]
 
 # The local HTTP server runs in a thread; Python >= 3.12 warns when such a
 # process forks.  The fork children here never touch that thread's state.

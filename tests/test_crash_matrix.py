@@ -34,6 +34,7 @@ import resource
 import signal
 
 import pytest
+from conftest import START_METHODS
 
 from shmproc import Pool
 from shmproc.processing import (
@@ -43,7 +44,6 @@ from shmproc.wire import SerializationError
 
 pytestmark = pytest.mark.timeout(90)
 
-START_METHODS = ["fork", "forkserver", "spawn"]
 
 CRASHES = {
     # how: (exitcode, signal_name)

@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import START_METHODS
 
 import shmproc
 from shmproc.wire import blobs
@@ -132,7 +133,7 @@ def _check_delivery(put_log, received, lost, consumer_died):
 
 # ---- kills at named steps ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+@pytest.mark.parametrize("method", START_METHODS)
 @pytest.mark.parametrize("step", ["queue.blob_written", "queue.blob_put"])
 def test_producer_killed_at_a_step(tmp_path, method, step):
     ctx = mp.get_context(method)
@@ -154,7 +155,7 @@ def test_producer_killed_at_a_step(tmp_path, method, step):
     q.close()
 
 
-@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+@pytest.mark.parametrize("method", START_METHODS)
 @pytest.mark.parametrize("step", ["queue.record_taken", "blob.claimed"])
 def test_consumer_killed_at_a_step(tmp_path, method, step):
     ctx = mp.get_context(method)

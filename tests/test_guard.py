@@ -24,6 +24,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import START_METHODS
 
 import shmproc
 from proc_helpers import alive, wait_gone
@@ -38,7 +39,6 @@ pytestmark = pytest.mark.timeout(120)
 
 FOREVER_IN_C = 10**11
 BOUND_S = 3.0
-START_METHODS = ["fork", "forkserver", "spawn"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(shmproc.__file__)))
 
 

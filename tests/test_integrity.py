@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import START_METHODS
 
 import shmproc
 from shmproc.wire import blobs
@@ -471,7 +472,7 @@ def _queue_user(q, out):
                            capture_output=True, text=True).stdout)
 
 
-@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+@pytest.mark.parametrize("method", START_METHODS)
 def test_no_shmproc_descriptor_reaches_an_exec_ed_program(method):
     p = _ListFds()
     p.config.start_method = method

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import shmproc
+from conftest import START_METHODS
 from proc_helpers import wait_gone
 from shmproc import Pool
 from shmproc.common.errors import RemoteTraceback
@@ -138,9 +139,15 @@ class SelfKill(Process):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.fixture(params=START_METHODS)
+def method(request):
+    """Every pool test runs under each start method (one body, parametrised)."""
+    return request.param
+
+
 @pytest.fixture
-def pool():
-    with Pool(2) as p:
+def pool(method):
+    with Pool(2, start_method=method) as p:
         yield p
 
 
@@ -307,8 +314,8 @@ def log_once(i):
     return i
 
 
-def test_a_worker_whose_task_timed_out_is_replaced():
-    with Pool(1) as p:
+def test_a_worker_whose_task_timed_out_is_replaced(method):
+    with Pool(1, start_method=method) as p:
         first = p.submit(os.getpid).result
         with pytest.raises(TimeoutError):
             p.submit(Sleepy, 5).result
@@ -328,10 +335,10 @@ def _timed_out(task) -> bool:
 
 
 @pytest.mark.timeout(120)      # without the replacement, log_once below blocks for ever
-def test_timeouts_inside_library_code_never_wedge_a_later_task():
+def test_timeouts_inside_library_code_never_wedge_a_later_task(method):
     # Without the fix a worker wedges within a few of these timeouts
     # (3, 6 and 9 in three runs of the unfixed code).
-    with Pool(1) as p:
+    with Pool(1, start_method=method) as p:
         tasks = [p.submit(Chatty, i) for i in range(30)]
         assert all(_timed_out(t) for t in tasks)
         with pytest.raises((TimeoutError, ProcessCrashedError)):   # chunks of Process classes
@@ -428,8 +435,8 @@ def test_worker_killed_inside_a_chunk(pool):
     assert pool.map(square, range(30), chunksize=10) == [x * x for x in range(30)]
 
 
-def test_max_tasks_per_worker_recycles_workers():
-    with Pool(1, max_tasks_per_worker=3) as p:
+def test_max_tasks_per_worker_recycles_workers(method):
+    with Pool(1, start_method=method, max_tasks_per_worker=3) as p:
         pids = p.map(pid_of, range(10), chunksize=1)
         assert len(pids) == 10
         assert [pids.count(pid) for pid in dict.fromkeys(pids)] == [3, 3, 3, 1]
@@ -454,18 +461,10 @@ def test_progress_bar_on_stderr(pool, capsys):
 
 # ---- start methods ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["forkserver", "spawn"])
-def test_other_start_methods(method):
-    with Pool(2, start_method=method) as p:
-        assert p.map(square, range(20), chunksize=3) == [x * x for x in range(20)]
-        assert p.submit(lambda: 41 + 1).result == 42
-        assert p.submit(Counter, 3).result == 3
-
-
 # ---- lifecycle ----------------------------------------------------------------------------------
 
-def test_close_join_and_submit_after_close():
-    p = Pool(2)
+def test_close_join_and_submit_after_close(method):
+    p = Pool(2, start_method=method)
     t = p.submit(nap, 0.1)
     p.close()
     with pytest.raises(ValueError, match="closed"):
@@ -477,14 +476,14 @@ def test_close_join_and_submit_after_close():
     p.terminate()                               # idempotent after join
 
 
-def test_join_needs_close():
-    with Pool(1) as p:
+def test_join_needs_close(method):
+    with Pool(1, start_method=method) as p:
         with pytest.raises(ValueError, match="close"):
             p.join()
 
 
-def test_terminate_cancels_unfinished_tasks():
-    p = Pool(1)
+def test_terminate_cancels_unfinished_tasks(method):
+    p = Pool(1, start_method=method)
     t = p.submit(nap, 5)
     time.sleep(0.1)
     p.terminate()
@@ -492,16 +491,16 @@ def test_terminate_cancels_unfinished_tasks():
         t.result
 
 
-def test_leaving_the_block_with_an_exception_terminates():
+def test_leaving_the_block_with_an_exception_terminates(method):
     with pytest.raises(KeyError):
-        with Pool(2) as p:
+        with Pool(2, start_method=method) as p:
             p.submit(nap, 5)
             raise KeyError("out")
     assert p.pids == []
 
 
-def test_pool_dropped_without_close_is_cleaned_up():
-    p = Pool(1)
+def test_pool_dropped_without_close_is_cleaned_up(method):
+    p = Pool(1, start_method=method)
     assert p.map(square, [3]) == [9]
     del p                                        # the finalizer kills the worker
 
@@ -518,7 +517,7 @@ def test_bad_worker_counts(workers, exc):
 @pytest.mark.parametrize("kw, exc", [({"max_tasks_per_worker": 0}, ValueError),
                                      ({"max_tasks_per_worker": "3"}, TypeError),
                                      ({"start_method": "threads"}, ValueError)])
-def test_bad_pool_options(kw, exc):
+def test_bad_pool_options(kw, exc, method):
     with pytest.raises(exc):
         Pool(1, **kw)
 
@@ -664,14 +663,14 @@ def checksum(data):
     return len(data), zlib.crc32(memoryview(data).cast("B"))
 
 
-def test_stress_mixed_sizes_with_a_worker_killed_midstream():
+def test_stress_mixed_sizes_with_a_worker_killed_midstream(method):
     import zlib
     rng = np.random.default_rng(7)
     sizes = [int(s) for s in np.exp(rng.uniform(0, np.log(700_000), 3000))]
     payloads = [np.frombuffer(rng.bytes(n), dtype=np.uint8) if n >= 200_000 else rng.bytes(n)
                 for n in sizes]
     expect = [(len(p), zlib.crc32(memoryview(p).cast("B"))) for p in payloads]
-    with Pool(3) as pool:
+    with Pool(3, start_method=method) as pool:
         tasks = [pool.submit(checksum, p) for p in payloads]
         running = lost = 0
         for i, t in enumerate(tasks):
@@ -732,8 +731,8 @@ def result_kills_worker(x):
     return ExitsWhenPickled() if x == 1 else x
 
 
-def test_a_result_that_kills_its_worker_fails_only_that_task():
-    with Pool(1) as p:
+def test_a_result_that_kills_its_worker_fails_only_that_task(method):
+    with Pool(1, start_method=method) as p:
         before = p.pids
         with pytest.raises(ProcessCrashedError) as info:
             p.submit(result_kills_worker, 1).result
@@ -764,11 +763,11 @@ def test_a_chunk_whose_arguments_cannot_be_rebuilt_fails_all_its_items(pool):
     assert pool.map(square, [1, 2, 3], chunksize=3) == [1, 4, 9]
 
 
-def test_a_large_result_lost_with_its_worker_fails_and_is_not_run_again():
+def test_a_large_result_lost_with_its_worker_fails_and_is_not_run_again(method):
     # Its record reached the parent, but its out-of-band segment died with
     # the worker before anyone read it: the task had finished, so it fails
     # (it used to be run again, silently).
-    with Pool(1) as p:
+    with Pool(1, start_method=method) as p:
         first = p.submit(big_array, 100_000)          # out-of-band result
         time.sleep(0.3)                                # finished; nobody has read it
         dies = p.submit(die_on, 3)
@@ -782,10 +781,10 @@ def test_a_large_result_lost_with_its_worker_fails_and_is_not_run_again():
         assert p.submit(square, 4).result == 16
 
 
-def test_crashes_do_not_pile_up_argument_segments():
+def test_crashes_do_not_pile_up_argument_segments(method):
     from shmproc.wire import blobs
     arr = np.ones(1 << 17)                             # 1 MiB: travels out-of-band
-    with Pool(1) as p:
+    with Pool(1, start_method=method) as p:
         for _ in range(3):
             tasks = [p.submit(die_on, 3)] + [p.submit(array_sum, arr) for _ in range(3)]
             for t in tasks:
@@ -797,8 +796,8 @@ def test_crashes_do_not_pile_up_argument_segments():
         assert len(unread) <= 1
 
 
-def test_imap_results_survive_close_and_join():
-    p = Pool(2)
+def test_imap_results_survive_close_and_join(method):
+    p = Pool(2, start_method=method)
     it = p.imap(square, range(10))
     first = next(it)
     p.close()

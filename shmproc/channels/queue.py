@@ -34,6 +34,7 @@ import time
 
 from ..wire import blobs
 from ..common import faults
+from ..common.errors import CorruptSharedMemoryError
 from .. import _native as native
 from ..wire import pickling as wire
 from ..wire.blobs import EXIT_FLUSH_TIMEOUT, LOST
@@ -99,7 +100,7 @@ def _corrupt_pickle(exc, n):
     own = tb is not None and tb.tb_next is not None
     if own or isinstance(exc, (ImportError, AttributeError)):
         return exc
-    return native.CorruptSharedMemoryError(
+    return CorruptSharedMemoryError(
         f"a shmproc.Queue record of {n} bytes is not a valid pickle "
         f"({type(exc).__name__}: {exc})")
 
@@ -111,7 +112,7 @@ def _decode_small(view, tag):
         return view.tobytes()
     if tag == _TAG_STR:
         return str(view, "utf-8", "surrogatepass")
-    raise native.CorruptSharedMemoryError(f"unknown record tag {tag} in a shmproc.Queue")
+    raise CorruptSharedMemoryError(f"unknown record tag {tag} in a shmproc.Queue")
 
 
 class _Raw:

@@ -25,7 +25,7 @@ it claim the blob (an atomic PUBLISHED -> OPENED) and count its mapping in
 `refs` (native.Blob.claim).  Every view keeps the mapping alive; when the
 last one dies the mapping counts itself out, and the mapping that takes
 `refs` to zero stores RELEASED.  A fork copies mappings into the child, so
-each leased mapping counts once more before any fork (native.py): a view a
+each leased mapping counts once more before any fork (_native/memory.py): a view a
 fork child inherited never changes under it.  The producer sweeps its
 blobs now and then: RELEASED ones go to a small free list and are reused
 for the next large item of a similar size.  Fresh shared pages cost ~3.5 µs
@@ -51,6 +51,7 @@ import time
 import zlib
 
 from ..common import faults
+from ..common.errors import CorruptSharedMemoryError
 from .. import _native as native
 from ..common import lifecycle
 
@@ -421,7 +422,7 @@ LOST = _Lost()
 
 
 def _corrupt(what: str):
-    return native.CorruptSharedMemoryError(f"out-of-band descriptor {what}")
+    return CorruptSharedMemoryError(f"out-of-band descriptor {what}")
 
 
 def _layout(record, size, main_len, nbufs):

@@ -75,6 +75,39 @@ def encode(op: int, ident: int, payload, token, slot: int = 0, elapsed_us: int =
     return HEADER.pack(op, FLAG_BLOB, slot, elapsed_us, ident) + desc
 
 
+_NUMBERS = frozenset((int, float, bool, type(None)))
+
+
+def encode_calls(fn_id: int, items, ids) -> list:
+    """OP_CALL records for fn(item), one per item (a map with chunksize 1),
+    with the common case inline: a list of records, None where an item
+    needs encode()'s general path (buffers out-of-band, a reference to
+    __main__, a pickling error it explains).  The hot path of such a map:
+    no call per item beyond pickle's own."""
+    pack, dumps, marker = _pack, _dumps, _MAIN_MARKER
+    numbers = _NUMBERS
+    oob = []                  # buffers pickle wants out-of-band: then the general path
+    keep = oob.append
+    out = []
+    append = out.append
+    for item, ident in zip(items, ids):
+        if type(item) in numbers:                  # cannot fail, refer to __main__ or go OOB
+            append(pack(OP_CALL, 0, 0, 1, ident) + dumps((fn_id, (item,), None), 5))
+            continue
+        try:
+            main = dumps((fn_id, (item,), None), 5, buffer_callback=keep)
+        except Exception:                          # noqa: BLE001 - the general path decides
+            main = None
+        if oob:
+            oob.clear()
+            append(None)
+        elif main is not None and marker not in main:
+            append(pack(OP_CALL, 0, 0, 1, ident) + main)
+        else:
+            append(None)
+    return out
+
+
 def encode_raw(op: int, ident: int, data: bytes = b"", slot: int = 0) -> bytes:
     return HEADER.pack(op, 0, slot, 0, ident) + data
 

@@ -1,26 +1,20 @@
 """The local pool's units of work: what one record to one worker carries.
 
 A unit is a call, a chunk of a map, or a Process, encoded once into a
-task record (wire/taskwire.py).  LocalJob cuts a Job's items into units,
-encoding the common one-item case inline (the hot path of a map with
-chunksize 1).  A _Slot is one worker and what it was given.
+task record (wire/taskwire.py, the one encoder: encode for any record,
+encode_calls for a batch of one-item calls, the hot path of a map with
+chunksize 1).  LocalJob cuts a Job's items into units.  A _Slot is one worker and what it was given.
 """
 from __future__ import annotations
 
 import collections
-import pickle
+import itertools
 
 from ...jobs.job import READ_AHEAD_ITEMS, Job
-from ...wire import pickling as wire
 from ...wire import taskwire
 from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_RETRY
 
 __all__ = ["Unit", "Slot", "LocalJob"]
-
-_dumps = pickle.dumps
-_pack = taskwire.HEADER.pack
-_MAIN_MARKER = wire._MAIN_MARKER
-_NUMBERS = frozenset((int, float, bool, type(None)))
 
 
 class Unit:
@@ -126,27 +120,15 @@ class LocalJob(Job):
         index = self.taken
         self.taken += count
         pool._total += count
-        fn_id, ids, pop = self.fn_id, pool._ids, buffered.popleft
-        dumps, pack, marker = _dumps, _pack, _MAIN_MARKER
-        oob = []                  # buffers pickle wants out-of-band: then the general path
-        keep = oob.append
+        pop = buffered.popleft
+        items = [pop() for _ in range(count)]
+        ids = list(itertools.islice(pool._ids, count))
+        fn_id = self.fn_id
+        records = taskwire.encode_calls(fn_id, items, ids)
         out = []
         for k in range(count):
-            item = pop()
-            args = (item,)
-            unit = Unit(next(ids), self, index + k, OP_CALL, fn_id, False, [(args, None)])
-            # Encoded here, the common case inline (see taskwire.encode).
-            if type(item) in _NUMBERS:              # cannot fail, refer to __main__ or go OOB
-                unit.record = pack(OP_CALL, 0, 0, 1, unit.id) + dumps((fn_id, args, None), 5)
-            else:
-                try:
-                    main = dumps((fn_id, args, None), 5, buffer_callback=keep)
-                except Exception:                  # noqa: BLE001 - the general path decides
-                    main = None
-                if oob:
-                    oob.clear()
-                elif main is not None and marker not in main:
-                    unit.record = pack(OP_CALL, 0, 0, 1, unit.id) + main
+            unit = Unit(ids[k], self, index + k, OP_CALL, fn_id, False, [((items[k],), None)])
+            unit.record = records[k]      # None: Unit.encode takes the general path later
             out.append(unit)
         return out
 
