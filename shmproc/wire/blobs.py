@@ -53,6 +53,7 @@ import zlib
 from ..common import faults
 from ..common.errors import CorruptSharedMemoryError
 from .. import _native as native
+from . import layout
 from ..common import lifecycle
 
 __all__ = ["BlobPool", "pool", "PEER_FD_OK", "EXIT_FLUSH_TIMEOUT", "encode", "encode_blob",
@@ -85,14 +86,10 @@ _U32 = struct.Struct("<I")
 # Descriptor: pid, fd, blob size, main length, main kind, buffer count,
 # nonce; then (offset, length) per buffer.
 DESC = struct.Struct("<iiQQIIQ")
-DESC_BUF = struct.Struct("<QQ")
+DESC_BUF = layout.TABLE_ENTRY
 _DESC_ID = 8                # descriptor bytes after (pid, fd): the item's identity
 #: Buffers one descriptor may carry (a bound on what a decoder accepts).
 MAX_BUFFERS = 1 << 16
-
-
-def _align64(n: int) -> int:
-    return (n + 63) & ~63
 
 
 def _granule(n: int) -> int:
@@ -386,22 +383,16 @@ class FlushToken:
 def encode_blob(main: bytes, kind: int, raws, token):
     """Copy `main` and the buffers `raws` into a published blob; returns
     (descriptor, Sent).  Retract the Sent if the descriptor is never put."""
-    layout = []
-    off = _align64(HEADER + len(main))
-    for raw in raws:
-        off = native.copy_offset(off, raw)
-        layout.append((off, raw.nbytes))
-        off = _align64(off + raw.nbytes)
-    blob = pool.acquire(off)
+    places, end = layout.place(HEADER + len(main), raws)
+    blob = pool.acquire(end)
     view = memoryview(blob.buffer)
     view[HEADER:HEADER + len(main)] = main
-    for raw, (o, n) in zip(raws, layout):
-        view[o:o + n] = raw
+    layout.copy_in(view, raws, places)
     view.release()
-    tail = b"".join(DESC_BUF.pack(o, n) for o, n in layout)
+    tail = layout.table(places)
     pid = os.getpid()
     return pool.publish(blob, token, lambda nonce: DESC.pack(
-        pid, blob.fd, blob.size, len(main), kind, len(layout), nonce) + tail)
+        pid, blob.fd, blob.size, len(main), kind, len(places), nonce) + tail)
 
 
 def encode(main: bytes, kind: int, raws, token) -> bytes:
@@ -429,13 +420,10 @@ def _layout(record, size, main_len, nbufs):
     """The buffers' (offset, length), checked against the blob's size."""
     if HEADER + main_len > size:
         raise _corrupt(f"says its {main_len}-byte main part fits a {size}-byte segment")
-    layout = []
-    for i in range(nbufs):
-        o, n = DESC_BUF.unpack_from(record, DESC.size + i * DESC_BUF.size)
-        if o < HEADER + main_len or o > size or n > size - o:
-            raise _corrupt(f"puts buffer {i} ({n} bytes at {o}) outside its {size}-byte segment")
-        layout.append((o, n))
-    return layout
+    return layout.read_table(
+        record, DESC.size, nbufs, HEADER + main_len, size,
+        lambda i, o, n: _corrupt(f"puts buffer {i} ({n} bytes at {o}) outside its "
+                                 f"{size}-byte segment"))
 
 
 def decode(record, copy: bool):
@@ -452,7 +440,7 @@ def decode(record, copy: bool):
         raise _corrupt(f"has a bad length ({len(record)} bytes for {nbufs} buffers)")
     if size < HEADER:
         raise _corrupt(f"names a {size}-byte segment, smaller than a blob header")
-    layout = _layout(record, size, main_len, nbufs)
+    places = _layout(record, size, main_len, nbufs)
     if pid <= 0 or fd < 0:
         raise _corrupt(f"names process {pid} descriptor {fd}")
     try:
@@ -483,7 +471,7 @@ def decode(record, copy: bool):
     faults.point("blob.claimed")
     view = memoryview(blob.buffer).toreadonly()
     buffers = []
-    for o, n in layout:
+    for o, n in places:
         part = view[o:o + n]
         buffers.append(bytearray(part) if copy else part)
     return view[HEADER:HEADER + main_len], kind, buffers

@@ -24,18 +24,17 @@ import pickle
 import struct
 import zlib
 
-from .. import _native as native
+from . import layout as layout_
 from . import pickling as wire
 from ..common.errors import CorruptSharedMemoryError
 
 _MAGIC = 0x52504853          # "SHPR"
 _HEADER = struct.Struct("<IIQII")     # magic, kind, main length, buffer count, check
 _CHECKED = 20                         # the header bytes before `check`
-_BUF = struct.Struct("<QQ")           # offset, length
+_BUF = layout_.TABLE_ENTRY           # offset, length (layout.py)
 
 
-def _align64(n: int) -> int:
-    return (n + 63) & ~63
+_align64 = layout_.align64
 
 
 def write(arena, obj, kind: int = 0, same_main: bool = False) -> int:
@@ -49,12 +48,7 @@ def write(arena, obj, kind: int = 0, same_main: bool = False) -> int:
     raws = [b.raw() for b in bufs]
     table = _HEADER.size + _BUF.size * len(raws)
     main_at = _align64(table)
-    off = _align64(main_at + len(main))
-    layout = []
-    for raw in raws:
-        off = native.copy_offset(off, raw)
-        layout.append((off, raw.nbytes))
-        off = _align64(off + raw.nbytes)
+    layout, off = layout_.place(main_at + len(main), raws)
     if off > arena.size:
         raise ValueError(f"object needs {off} bytes, more than the {arena.size}-byte arena")
     arena.reserve(0, off)
@@ -65,8 +59,7 @@ def write(arena, obj, kind: int = 0, same_main: bool = False) -> int:
             _BUF.pack_into(view, _HEADER.size + i * _BUF.size, o, n)
         struct.pack_into("<I", view, _CHECKED, _check(view, table))
         view[main_at:main_at + len(main)] = main
-        for raw, (o, n) in zip(raws, layout):
-            view[o:o + n] = raw
+        layout_.copy_in(view, raws, layout)
     finally:
         view.release()
     return off
@@ -93,12 +86,10 @@ def _frame(view, size: int):
     end = main_at + main_len
     if end > size:
         raise CorruptSharedMemoryError("the worker's arena record is truncated")
-    layout = []
-    for i in range(nbufs):
-        o, n = _BUF.unpack_from(view, _HEADER.size + i * _BUF.size)
-        if o < main_at + main_len or o + n > size:
-            raise CorruptSharedMemoryError("a buffer lies outside the worker's arena")
-        layout.append((o, n))
+    layout = layout_.read_table(
+        view, _HEADER.size, nbufs, main_at + main_len, size,
+        lambda i, o, n: CorruptSharedMemoryError("a buffer lies outside the worker's arena"))
+    for o, n in layout:
         end = max(end, o + n)
     return kind, main_at, main_len, layout, end
 
