@@ -1,4 +1,4 @@
-"""Tests for shmproc.config: defaults, validate() on every field, pickling."""
+"""Tests for shmproc.common.config: defaults, validate() on every field, pickling."""
 
 import copy
 import math

@@ -1,4 +1,4 @@
-"""Unit tests of each C function of the core, through shmproc.native.
+"""Unit tests of each C function of the core, through shmproc._native.
 
 These run in one process (cross-process behaviour is in test_native_mp.py
 and test_stress.py) and are also run under AddressSanitizer + UBSan by

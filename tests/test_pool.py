@@ -517,7 +517,7 @@ def test_bad_worker_counts(workers, exc):
 @pytest.mark.parametrize("kw, exc", [({"max_tasks_per_worker": 0}, ValueError),
                                      ({"max_tasks_per_worker": "3"}, TypeError),
                                      ({"start_method": "threads"}, ValueError)])
-def test_bad_pool_options(kw, exc, method):
+def test_bad_pool_options(kw, exc):
     with pytest.raises(exc):
         Pool(1, **kw)
 

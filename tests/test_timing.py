@@ -1,4 +1,4 @@
-"""Tests for shmproc.timing: ProcessTimers and the @timesection() decorator.
+"""Tests for shmproc.common.timing: ProcessTimers and the @timesection() decorator.
 
 The engine is not involved: a plain class with hooks named like a Process's
 stands in for it, and the tests call end_lap() where the engine would.
