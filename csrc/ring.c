@@ -9,9 +9,7 @@
  * Records.  An 8-byte header {len, flags} then the payload, padded to 8.
  * Headers are always contiguous (positions are multiples of 8 and the
  * capacity is a power of two >= 64).  A payload that crosses the end of
- * the data area is written and read as two copies.  reserve() needs a
- * contiguous payload, so it may first publish a PAD record that fills the
- * data area up to its end.
+ * the data area is written and read as two copies.
  *
  * Ordering.  The producer writes header and payload, then publishes them
  * with a release store of `tail`; the consumer's acquire load of `tail`
@@ -84,15 +82,6 @@ struct shmp_ring {
      * it under-states both free space and available data.              */
     _Atomic uint64_t cached_head;       /* producer's view of head */
     _Atomic uint64_t cached_tail;       /* consumer's view of tail */
-    /* reserve/commit state (producer) */
-    int      reserving;
-    uint64_t reserve_pos;               /* index where the record header goes */
-    uint32_t reserve_len;
-    /* peek/release state (consumer) */
-    int      peeking;
-    uint64_t peek_next;                 /* head after release */
-    uint8_t *bounce;                    /* contiguous copy of a wrapped record */
-    uint64_t bounce_cap;
 };
 
 /* Views (see struct shmp_ring): release store pairs with acquire load. */
@@ -202,12 +191,7 @@ void shmp_ring_close(shmp_ring *r)
 {
     if (r == NULL)
         return;
-    if (r->reserving && (r->flags & SHMP_RING_MULTI_PRODUCER))
-        shmp_lock_release(&r->sh->producer_lock);
-    if (r->peeking && (r->flags & SHMP_RING_MULTI_CONSUMER))
-        shmp_lock_release(&r->sh->consumer_lock);
     shmp_seg_unmap(r->sh, r->payload_size);
-    free(r->bounce);
     free(r);
 }
 
@@ -553,7 +537,7 @@ static int acquire_room(shmp_ring *r, uint64_t need, uint64_t deadline, int64_t 
 
 static int check_tag(uint32_t tag)
 {
-    return tag < SHMP_REC_PAD ? SHMP_OK : SHMP_EINVAL;
+    return tag < SHMP_TAG_LIMIT ? SHMP_OK : SHMP_EINVAL;
 }
 
 int shmp_ring_put(shmp_ring *r, const char *data, uint32_t len, uint32_t tag, int64_t timeout_ns)
@@ -569,8 +553,6 @@ int shmp_ring_put_tracked(shmp_ring *r, const char *data, uint32_t len, uint32_t
         return SHMP_EINVAL;
     if (r == NULL || (data == NULL && len != 0) || check_tag(tag) != SHMP_OK)
         return SHMP_EINVAL;
-    if (r->reserving)
-        return SHMP_ESTATE;
     if (len > shmp_ring_max_record(r))
         return SHMP_ETOOBIG;
     if (atomic_load_explicit(&r->sh->closed, memory_order_acquire))
@@ -601,8 +583,6 @@ int shmp_ring_put_many(shmp_ring *r, const void *blob, const uint32_t *lens,
     for (uint32_t i = 0; tags != NULL && i < count; i++)
         if (check_tag(tags[i]) != SHMP_OK)
             return SHMP_EINVAL;
-    if (r->reserving)
-        return SHMP_ESTATE;
     uint64_t maxrec = shmp_ring_max_record(r);
     const uint8_t *src = blob;
     uint64_t deadline = shmp_deadline(timeout_ns);
@@ -641,70 +621,6 @@ int shmp_ring_put_many(shmp_ring *r, const void *blob, const uint32_t *lens,
     return rc;
 }
 
-int shmp_ring_reserve(shmp_ring *r, uint32_t len, int64_t timeout_ns, void **ptr_out)
-{
-    if (r == NULL || ptr_out == NULL)
-        return SHMP_EINVAL;
-    if (r->reserving)
-        return SHMP_ESTATE;
-    if (len > shmp_ring_max_record(r))
-        return SHMP_ETOOBIG;
-    if (atomic_load_explicit(&r->sh->closed, memory_order_acquire))
-        return SHMP_ESTATE;
-    uint64_t need = rec_size(len);
-    uint64_t deadline = shmp_deadline(timeout_ns);
-    for (;;) {
-        int rc = acquire_room(r, need, deadline, timeout_ns);
-        if (rc != SHMP_OK)
-            return rc;
-        uint64_t tail = atomic_load_explicit(&r->sh->tail, memory_order_relaxed);
-        uint64_t to_end = r->cap - (tail & r->mask);
-        if (to_end >= need || to_end == r->cap) {
-            r->reserving = 1;
-            r->reserve_pos = tail;
-            r->reserve_len = len;
-            *ptr_out = r->data + ((tail + REC_HDR) & r->mask);
-            return SHMP_OK;                 /* producer lock stays held until commit */
-        }
-        /* Not contiguous: fill to the end with a PAD record, publish it,
-         * and try again from position 0.  The PAD fits: there is room for
-         * `need` bytes and to_end < need.                                 */
-        shmp_rec_header pad = { (uint32_t)(to_end - REC_HDR), SHMP_REC_PAD };
-        memcpy(r->data + (tail & r->mask), &pad, sizeof pad);
-        atomic_store_explicit(&r->sh->tail, tail + to_end, memory_order_release);
-        PUNLOCK(r);
-        wake_consumers(r);
-    }
-}
-
-int shmp_ring_commit(shmp_ring *r, uint32_t len, uint32_t tag)
-{
-    if (r == NULL || check_tag(tag) != SHMP_OK)
-        return SHMP_EINVAL;
-    if (!r->reserving)
-        return SHMP_ESTATE;
-    if (len > r->reserve_len)
-        return SHMP_EINVAL;                 /* may shrink, never grow */
-    shmp_rec_header h = { len, tag };
-    memcpy(r->data + (r->reserve_pos & r->mask), &h, sizeof h);
-    PUBLISH_TAIL(r, r->reserve_pos + rec_size(len), 1);    /* the bytes written in place */
-    r->reserving = 0;
-    PUNLOCK(r);
-    wake_consumers(r);
-    return SHMP_OK;
-}
-
-int shmp_ring_abort(shmp_ring *r)
-{
-    if (r == NULL)
-        return SHMP_EINVAL;
-    if (!r->reserving)
-        return SHMP_ESTATE;
-    r->reserving = 0;                       /* nothing was published */
-    PUNLOCK(r);
-    return SHMP_OK;
-}
-
 /* ---- consumer ---------------------------------------------------------------- */
 
 /* Data to take (or damage to report under the lock)? */
@@ -737,47 +653,33 @@ static void read_bytes(shmp_ring *r, uint64_t index, void *dst, uint64_t len)
     }
 }
 
-/* Skip PAD records and validate the next record header.  Caller holds the
- * consumer side and has seen data.  Sets *head to the record's index.    */
-static int next_record(shmp_ring *r, uint64_t *head, shmp_rec_header *out)
+/* Validate the header of the record at `head`.  Caller holds the consumer
+ * side and has seen data.                                              */
+static int next_record(shmp_ring *r, uint64_t head, shmp_rec_header *out)
 {
-    for (;;) {
-        uint64_t tail = VIEW_LOAD(r->cached_tail);
-        if (tail <= *head) {
-            /* The view may be older than our head (another thread of this
-             * process stored it); only a fresh tail can say "damaged".   */
-            tail = atomic_load_explicit(&r->sh->tail, memory_order_acquire);  /* pairs with publish() */
-            VIEW_STORE(r->cached_tail, tail);
-            if (tail == *head)
-                return SHMP_EEMPTY;
-            if (tail < *head)
-                return SHMP_ECORRUPT;   /* head past tail: one of them is damaged */
-        }
-        uint64_t avail = tail - *head;
-        /* A head off the 8-byte grid would read a header across the end of
-         * the data area.                                                 */
-        if (avail < REC_HDR || avail > r->cap || (*head & 7u) != 0)
-            return SHMP_ECORRUPT;
-        shmp_rec_header h;
-        memcpy(&h, r->data + (*head & r->mask), sizeof h);
-        uint64_t size = rec_size(h.len);
-        if (h.flags == SHMP_REC_PAD) {
-            uint64_t to_end = r->cap - (*head & r->mask);
-            if (size != to_end || size > avail)
-                return SHMP_ECORRUPT;
-            *head += to_end;
-            /* Publish the skip now so the producer regains that space even
-             * if the caller then finds nothing else.                    */
-            atomic_store_explicit(&r->sh->head, *head, memory_order_release);
-            continue;
-        }
-        /* Beyond the published bytes, or flags that are neither a tag nor
-         * exactly PAD: damage.                                           */
-        if (size > avail || h.len > shmp_ring_max_record(r) || h.flags >= SHMP_REC_PAD)
-            return SHMP_ECORRUPT;
-        *out = h;
-        return SHMP_OK;
+    uint64_t tail = VIEW_LOAD(r->cached_tail);
+    if (tail <= head) {
+        /* The view may be older than our head (another thread of this
+         * process stored it); only a fresh tail can say "damaged".       */
+        tail = atomic_load_explicit(&r->sh->tail, memory_order_acquire);  /* pairs with publish() */
+        VIEW_STORE(r->cached_tail, tail);
+        if (tail == head)
+            return SHMP_EEMPTY;
+        if (tail < head)
+            return SHMP_ECORRUPT;       /* head past tail: one of them is damaged */
     }
+    uint64_t avail = tail - head;
+    /* A head off the 8-byte grid would read a header across the end of
+     * the data area.                                                     */
+    if (avail < REC_HDR || avail > r->cap || (head & 7u) != 0)
+        return SHMP_ECORRUPT;
+    shmp_rec_header h;
+    memcpy(&h, r->data + (head & r->mask), sizeof h);
+    /* Beyond the published bytes, or flags that are not a tag: damage. */
+    if (rec_size(h.len) > avail || h.len > shmp_ring_max_record(r) || h.flags >= SHMP_TAG_LIMIT)
+        return SHMP_ECORRUPT;
+    *out = h;
+    return SHMP_OK;
 }
 
 static int wait_data_unlocked(shmp_ring *r, uint64_t deadline, int64_t timeout_ns)
@@ -798,14 +700,13 @@ static int acquire_record(shmp_ring *r, uint64_t deadline, int64_t timeout_ns,
             return rc;
         *head = atomic_load_explicit(&r->sh->head, memory_order_relaxed);
         if (has_data(r, 0)) {
-            rc = next_record(r, head, h);
+            rc = next_record(r, *head, h);
             if (rc == SHMP_OK)
                 return SHMP_OK;
             if (rc != SHMP_EEMPTY) {
                 CUNLOCK(r);
                 return rc;
             }
-            wake_producers(r);          /* a PAD was consumed */
         }
         CUNLOCK(r);
         rc = wait_data_unlocked(r, deadline, timeout_ns);
@@ -827,8 +728,6 @@ int shmp_ring_get(shmp_ring *r, void *dst, uint64_t cap, int64_t timeout_ns,
 {
     if (r == NULL || len_out == NULL || (dst == NULL && cap != 0))
         return SHMP_EINVAL;
-    if (r->peeking)
-        return SHMP_ESTATE;
     uint64_t head;
     shmp_rec_header h;
     int rc = acquire_record(r, shmp_deadline(timeout_ns), timeout_ns, &head, &h);
@@ -865,8 +764,6 @@ int shmp_ring_get_many(shmp_ring *r, void *dst, uint64_t cap, uint32_t max_count
     if (r == NULL || lens_out == NULL || count_out == NULL || max_count == 0 ||
         (dst == NULL && cap != 0))
         return SHMP_EINVAL;
-    if (r->peeking)
-        return SHMP_ESTATE;
     uint64_t head;
     shmp_rec_header h;
     int rc = acquire_record(r, shmp_deadline(timeout_ns), timeout_ns, &head, &h);
@@ -893,7 +790,7 @@ int shmp_ring_get_many(shmp_ring *r, void *dst, uint64_t cap, uint32_t max_count
             break;
         if (VIEW_LOAD(r->cached_tail) <= head && !has_data(r, 0))
             break;
-        rc = next_record(r, &head, &h);
+        rc = next_record(r, head, &h);
         if (rc == SHMP_EEMPTY)
             break;
         if (rc != SHMP_OK) {
@@ -908,55 +805,6 @@ int shmp_ring_get_many(shmp_ring *r, void *dst, uint64_t cap, uint32_t max_count
     CUNLOCK(r);
     wake_producers(r);
     *count_out = n;
-    return SHMP_OK;
-}
-
-int shmp_ring_peek(shmp_ring *r, int64_t timeout_ns, const void **ptr_out,
-                   uint32_t *len_out, uint32_t *tag_out)
-{
-    if (r == NULL || ptr_out == NULL || len_out == NULL)
-        return SHMP_EINVAL;
-    if (r->peeking)
-        return SHMP_ESTATE;
-    uint64_t head;
-    shmp_rec_header h;
-    int rc = acquire_record(r, shmp_deadline(timeout_ns), timeout_ns, &head, &h);
-    if (rc != SHMP_OK)
-        return rc;
-    uint64_t pos = (head + REC_HDR) & r->mask;
-    if (r->cap - pos >= h.len) {
-        *ptr_out = r->data + pos;           /* in place: no copy */
-    } else {
-        if (r->bounce_cap < h.len) {
-            uint8_t *nb = realloc(r->bounce, h.len);
-            if (nb == NULL) {
-                CUNLOCK(r);
-                return SHMP_ENOMEM;
-            }
-            r->bounce = nb;
-            r->bounce_cap = h.len;
-        }
-        read_bytes(r, head + REC_HDR, r->bounce, h.len);
-        *ptr_out = r->bounce;
-    }
-    *len_out = h.len;
-    if (tag_out != NULL)
-        *tag_out = h.flags & SHMP_REC_FLAG_MASK;
-    r->peeking = 1;
-    r->peek_next = head + rec_size(h.len);
-    return SHMP_OK;                         /* consumer lock stays held until release */
-}
-
-int shmp_ring_release(shmp_ring *r)
-{
-    if (r == NULL)
-        return SHMP_EINVAL;
-    if (!r->peeking)
-        return SHMP_ESTATE;
-    finish_consume(r, r->peek_next, 1);
-    r->peeking = 0;
-    CUNLOCK(r);
-    wake_producers(r);
     return SHMP_OK;
 }
 

@@ -95,10 +95,10 @@ typedef struct shmp_ring_shared {
 /* Record header: 8 bytes, 8-byte aligned, always contiguous in the ring. */
 typedef struct shmp_rec_header {
     uint32_t len;           /* payload bytes */
-    uint32_t flags;         /* the 15-bit user tag, or exactly SHMP_REC_PAD; high 16 bits zero */
+    uint32_t flags;         /* the 15-bit user tag; higher values are damage */
 } shmp_rec_header;
 
-#define SHMP_REC_PAD        0x8000u     /* filler to the end of the data area */
+#define SHMP_TAG_LIMIT      0x8000u     /* tags are below this */
 #define SHMP_REC_FLAG_MASK  0xffffu
 
 /* ---- control block ----------------------------------------------------------

@@ -161,9 +161,6 @@ int  shmp_ring_put_tracked(shmp_ring *ring, const char *data, uint32_t len, uint
 int  shmp_ring_put_many(shmp_ring *ring, const void *blob, const uint32_t *lens,
                         const uint32_t *tags, uint32_t count, int64_t timeout_ns,
                         uint32_t *done_out);
-int  shmp_ring_reserve(shmp_ring *ring, uint32_t len, int64_t timeout_ns, void **ptr_out);
-int  shmp_ring_commit(shmp_ring *ring, uint32_t len, uint32_t tag);
-int  shmp_ring_abort(shmp_ring *ring);
 
 /* consumer side */
 int  shmp_ring_get(shmp_ring *ring, void *dst, uint64_t cap, int64_t timeout_ns,
@@ -176,9 +173,6 @@ int64_t shmp_ring_get_record(shmp_ring *ring, void *dst, uint64_t cap, int64_t t
 int  shmp_ring_get_many(shmp_ring *ring, void *dst, uint64_t cap, uint32_t max_count,
                         int64_t timeout_ns, uint32_t *lens_out, uint32_t *tags_out,
                         uint32_t *count_out);
-int  shmp_ring_peek(shmp_ring *ring, int64_t timeout_ns, const void **ptr_out,
-                    uint32_t *len_out, uint32_t *tag_out);
-int  shmp_ring_release(shmp_ring *ring);
 
 /* either side */
 uint64_t shmp_ring_count(const shmp_ring *ring);      /* records queued (approximate under concurrency) */

@@ -133,6 +133,7 @@ def _ring_producer(ring, n, seed):
     pool = rnd.randbytes(2 * MAX_BODY)
     sizes = _sizes(rnd)
     done = ffi.new("uint32_t *")
+    seq_out = ffi.new("uint64_t *")
     seq = 0
     while seq < n:
         mode = rnd.random()
@@ -148,12 +149,10 @@ def _ring_producer(ring, n, seed):
             assert ring.put_many(b"".join(recs), lens, tags, len(recs), -1, done) == OK
             assert done[0] == len(recs)
             seq += len(recs)
-        else:                                         # reserve, write in place, commit
+        else:                                         # put_tracked: says which record it was
             rec = _record(pool, 0, seq, next(sizes), rnd)
-            rc, view = ring.reserve(len(rec) + 100, -1)
-            assert rc == OK
-            view[:len(rec)] = rec
-            assert ring.commit(len(rec), seq % 100) == OK
+            assert ring.put_tracked(rec, len(rec), seq % 100, -1, seq_out) == OK
+            assert seq_out[0] == seq
             seq += 1
 
 
@@ -180,10 +179,9 @@ def test_spsc_ring_every_call_across_processes():
                 recs.append((bytes(buf[off:off + lens[i]]), tags[i]))
                 off += lens[i]
         else:
-            rc, view, tag = ring.peek(30_000_000_000)
-            assert rc == OK
-            recs = [(bytes(view), tag)]
-            assert ring.release() == OK
+            rc = ring.get_record(ptr, len(buf), 30_000_000_000)
+            assert rc >= 0
+            recs = [(bytes(buf[:rc & 0xFFFFFFFF]), rc >> 32)]
         for rec, tag in recs:
             _, seq = _check(rec)
             assert seq == expect and tag == seq % 100
