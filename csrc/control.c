@@ -3,10 +3,14 @@
  *
  * The worker updates its block with plain atomic stores (no syscall, no
  * lock): lap counter, current section with its start stamp and deadline,
- * heartbeat, state.  The parent reads any field at any time; this is what
- * makes `current_lap` live and costs the worker a few stores per section.
- * The two words anyone sleeps on (state, stop) follow wait.c's protocol,
- * so the writer makes a wake-up syscall only when someone is asleep.
+ * state.  The parent reads any field at any time; this is what makes
+ * `current_lap` live and costs the worker a few stores per section.
+ * Liveness is not read from here: the parent watches the worker's process
+ * itself (its exit status), and a stuck section is the guard's business
+ * (guard.c), so no heartbeat is kept.
+ * The two words anyone sleeps on (state, stop) are waited on with wait.c's
+ * primitive, so the writer makes a wake-up syscall only when someone is
+ * registered as asleep.
  */
 #include "shmp_internal.h"
 
@@ -83,7 +87,6 @@ int shmp_ctl_reset(shmp_control *c)
     atomic_store_explicit(&s->lap, 0, RELAXED);
     atomic_store_explicit(&s->section_start_ns, 0, RELAXED);
     atomic_store_explicit(&s->deadline_ns, 0, RELAXED);
-    atomic_store_explicit(&s->heartbeat_ns, 0, RELAXED);
     atomic_store_explicit(&s->section, 0, RELAXED);
     atomic_store_explicit(&s->lives, 0, RELAXED);
     atomic_store_explicit(&s->pid, 0, RELAXED);
@@ -270,11 +273,10 @@ int shmp_ctl_end_lap(shmp_control *c)
     atomic_store_explicit(&c->s.deadline_ns, 0, RELEASE);
     atomic_store_explicit(&c->s.section, 0, RELAXED);
     atomic_fetch_add_explicit(&c->s.lap, 1, RELAXED);
-    atomic_store_explicit(&c->s.heartbeat_ns, now, RELAXED);
     return bits;
 }
 
-/* ---- lives, heartbeat, identity, exit ------------------------------------------ */
+/* ---- lives, identity, exit --------------------------------------------------- */
 
 uint32_t shmp_ctl_lives(const shmp_control *c)
 {
@@ -286,19 +288,6 @@ int shmp_ctl_set_lives(shmp_control *c, uint32_t lives)
     if (c == NULL)
         return SHMP_EINVAL;
     atomic_store_explicit(&c->s.lives, lives, RELAXED);
-    return SHMP_OK;
-}
-
-uint64_t shmp_ctl_heartbeat_ns(const shmp_control *c)
-{
-    return c ? atomic_load_explicit(&c->s.heartbeat_ns, RELAXED) : 0;
-}
-
-int shmp_ctl_beat(shmp_control *c)
-{
-    if (c == NULL)
-        return SHMP_EINVAL;
-    atomic_store_explicit(&c->s.heartbeat_ns, shmp_now_ns(), RELAXED);
     return SHMP_OK;
 }
 

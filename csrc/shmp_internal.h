@@ -110,7 +110,6 @@ typedef struct shmp_control_shared {
     SHMP_ALIGNED _Atomic uint64_t lap;
     _Atomic uint64_t section_start_ns;
     _Atomic uint64_t deadline_ns;       /* 0 = no deadline */
-    _Atomic uint64_t heartbeat_ns;
     _Atomic uint32_t section;
     _Atomic uint32_t state;             /* futex word: SHMP_STATE_* */
     _Atomic uint32_t lives;

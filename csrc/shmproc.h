@@ -217,14 +217,12 @@ int  shmp_ctl_leave(shmp_control *ctl);
 uint32_t shmp_ctl_section(const shmp_control *ctl);
 uint64_t shmp_ctl_section_start_ns(const shmp_control *ctl);
 uint64_t shmp_ctl_deadline_ns(const shmp_control *ctl);
-/* ends a lap: leaves the current section (same bits as enter), bumps the
- * lap counter and the heartbeat.                                        */
+/* ends a lap: leaves the current section (same bits as enter) and bumps
+ * the lap counter.                                                      */
 int  shmp_ctl_end_lap(shmp_control *ctl);
 
 uint32_t shmp_ctl_lives(const shmp_control *ctl);
 int  shmp_ctl_set_lives(shmp_control *ctl, uint32_t lives);
-uint64_t shmp_ctl_heartbeat_ns(const shmp_control *ctl);
-int  shmp_ctl_beat(shmp_control *ctl);
 int32_t shmp_ctl_pid(const shmp_control *ctl);
 int  shmp_ctl_set_pid(shmp_control *ctl, int32_t pid);
 int  shmp_ctl_set_exit(shmp_control *ctl, int32_t code, int32_t signo);

@@ -240,7 +240,7 @@ def test_fuzz_control_blocks(count, edits):
             for i in range(arr.count):
                 c = arr.control(i)
                 c.state, c.section, c.section_start_ns, c.deadline_ns, c.lives
-                c.heartbeat_ns, c.pid, c.stop_requested, c.lap(), c.exit_info()
+                c.pid, c.stop_requested, c.lap(), c.exit_info()
                 assert c.wait_state(lib.SHMP_STATE_DONE, 0) in (OK, native.ETIMEDOUT)
                 assert lib.shmp_ctl_wait_stop(c.block, 0) in (OK, native.ETIMEDOUT)
                 assert c.enter(1, 1000) >= 0 and c.leave() >= 0 and c.end_lap() >= 0

@@ -401,7 +401,7 @@ def test_control_blocks_fields():
     assert lib.shmp_ctl_request_stop(c) == OK
     assert lib.shmp_ctl_stop_requested(c) == 1
     assert lib.shmp_ctl_end_lap(c) == 1                # returns the stop flag
-    assert lib.shmp_ctl_lap(c) == 1 and lib.shmp_ctl_heartbeat_ns(c) > 0
+    assert lib.shmp_ctl_lap(c) == 1
     assert lib.shmp_ctl_set_lap(c, 41) == OK and lib.shmp_ctl_lap(c) == 41
     assert lib.shmp_ctl_set_lives(c, 3) == OK and lib.shmp_ctl_lives(c) == 3
     assert lib.shmp_ctl_set_pid(c, 1234) == OK and lib.shmp_ctl_pid(c) == 1234
