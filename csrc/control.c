@@ -14,7 +14,6 @@
  */
 #include "shmp_internal.h"
 
-#include <limits.h>
 #include <string.h>
 
 #define MAX_BLOCKS 65536u
@@ -111,43 +110,31 @@ uint32_t shmp_ctl_state(const shmp_control *c)
     return c ? atomic_load_explicit(&c->s.state, ACQUIRE) : 0;
 }
 
-static void wake_if_waiting(_Atomic uint32_t *word, _Atomic uint32_t *waiters)
-{
-    /* seq_cst fence: orders the word's store before the waiters load; pairs
-     * with the fence after the waiter's increment in wait_word().        */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(waiters, RELAXED) != 0)
-        shmp_os_futex_wake(word, INT_MAX);
-}
-
 int shmp_ctl_set_state(shmp_control *c, uint32_t state)
 {
     if (c == NULL || state > SHMP_STATE_KILLED)
         return SHMP_EINVAL;
     atomic_store_explicit(&c->s.state, state, RELEASE);
-    wake_if_waiting(&c->s.state, &c->s.state_waiters);
+    /* The word is its own futex word: the store is the change. */
+    shmp_wake_waiters(&c->s.state, &c->s.state_waiters);
     return SHMP_OK;
+}
+
+struct at_least { _Atomic uint32_t *word; uint32_t value; };
+
+static int reached(void *arg)
+{
+    struct at_least *a = arg;
+    /* acquire: pairs with set_state's (request_stop's) release store. */
+    return atomic_load_explicit(a->word, ACQUIRE) >= a->value;
 }
 
 /* Sleep until *word >= at_least (state) or != 0 (stop, at_least = 1). */
 static int wait_word(_Atomic uint32_t *word, _Atomic uint32_t *waiters, uint32_t at_least,
                      int64_t timeout_ns)
 {
-    uint64_t deadline = shmp_deadline(timeout_ns);
-    for (;;) {
-        uint32_t v = atomic_load_explicit(word, ACQUIRE);
-        if (v >= at_least)
-            return SHMP_OK;
-        int64_t left = shmp_remaining(deadline);
-        if (left == 0)
-            return SHMP_ETIMEDOUT;
-        atomic_fetch_add_explicit(waiters, 1, memory_order_seq_cst);
-        atomic_thread_fence(memory_order_seq_cst);   /* pairs with wake_if_waiting() */
-        int rc = shmp_wait_change(word, v, left);
-        atomic_fetch_sub_explicit(waiters, 1, RELAXED);
-        if (rc != SHMP_OK && rc != SHMP_ETIMEDOUT)
-            return rc;
-    }
+    struct at_least a = { word, at_least };
+    return shmp_wait_until(word, waiters, reached, &a, shmp_deadline(timeout_ns));
 }
 
 int shmp_ctl_wait_state(shmp_control *c, uint32_t at_least, int64_t timeout_ns)
@@ -164,7 +151,7 @@ int shmp_ctl_request_stop(shmp_control *c)
     if (c == NULL)
         return SHMP_EINVAL;
     atomic_store_explicit(&c->s.stop, 1, RELEASE);
-    wake_if_waiting(&c->s.stop, &c->s.stop_waiters);
+    shmp_wake_waiters(&c->s.stop, &c->s.stop_waiters);
     return SHMP_OK;
 }
 

@@ -37,7 +37,6 @@
  */
 #include "shmp_internal.h"
 
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -50,11 +49,10 @@
  * handlers, then calls again with the time left.  A try-op (timeout 0)
  * waits one slice: the lock is normally held only for a copy.          */
 #define LOCK_SLICE_NS 50000000
-/* A sleeper re-checks its condition at least this often even if no wake-up
- * comes: a peer killed after publishing but before its wake-up call must
- * not leave anyone asleep for ever (DESIGN: a dead writer blocks no one
- * for more than 1 s).                                                  */
-#define WAIT_SLICE_NS 200000000
+/* A sleeper re-checks its condition at least every 200 ms even if no
+ * wake-up comes (wait.c, SHMP_WAIT_SLICE_NS): a peer killed after
+ * publishing but before its wake-up call must not leave anyone asleep for
+ * ever (DESIGN: a dead writer blocks no one for more than 1 s).         */
 /* A producer held back by max_items looks this often for a consumer that
  * died holding the consumer lock (recover_dead_consumer).              */
 #define PROBE_NS      100000000
@@ -69,7 +67,7 @@ struct shmp_ring {
     uint32_t flags;
     /* Each side's last view of the other's index.  Threads of one process
      * may share a handle, and a thread may act on a view another thread
-     * stored: the unlocked spin in wait_for() stores views outside the side
+     * stored: the unlocked spin in wait_ring() stores views outside the side
      * lock.  A relaxed view would carry the number but not the ordering: a
      * consumer thread could read a record's bytes through a cached tail
      * without the happens-before that the storing thread's acquire load of
@@ -238,25 +236,17 @@ static void side_unlock(shmp_ring *r, uint32_t flag, pthread_mutex_t *m)
 
 /* ---- wake-ups (see wait.c for the protocol) --------------------------------- */
 
+/* After our tail store: a syscall only if a consumer is registered asleep
+ * (data_seq is bumped only then, so a busy ring never writes line 3).   */
 static void wake_consumers(shmp_ring *r)
 {
-    /* seq_cst fence: orders our tail store before the waiters load; pairs
-     * with the seq_cst increment + re-check in wait_for().              */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&r->sh->data_waiters, memory_order_relaxed) != 0) {
-        atomic_fetch_add_explicit(&r->sh->data_seq, 1, memory_order_release);
-        shmp_os_futex_wake(&r->sh->data_seq, INT_MAX);
-    }
+    shmp_bump_and_wake(&r->sh->data_seq, &r->sh->data_waiters);
 }
 
+/* After our head store: likewise for producers waiting for space. */
 static void wake_producers(shmp_ring *r)
 {
-    /* seq_cst fence: orders our head store before the waiters load. */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&r->sh->space_waiters, memory_order_relaxed) != 0) {
-        atomic_fetch_add_explicit(&r->sh->space_seq, 1, memory_order_release);
-        shmp_os_futex_wake(&r->sh->space_seq, INT_MAX);
-    }
+    shmp_bump_and_wake(&r->sh->space_seq, &r->sh->space_waiters);
 }
 
 /* ---- the side journal ----------------------------------------------------------
@@ -370,56 +360,30 @@ static bool recover_dead_consumer(shmp_ring *r)
             &(r)->sh->head_journal, &(r)->sh->head_count_journal, (h), (n), \
             SHMP_FAULT_CONSUMER_PUBLISHED)
 
-/* Wait until `ready(r, arg)` holds, the deadline passes or a signal comes.
- * First spin on the condition itself, without registering as a waiter, so
- * a peer that is about to publish pays no wake-up syscall; only then
- * register and sleep on the futex word (protocol in wait.c).            */
+/* Wait until `ready(r, arg)` holds (OK), the ring is closed (ESTATE), the
+ * deadline passes (ETIMEDOUT) or a signal comes (EINTR), with wait.c's
+ * primitive: spin on the condition unregistered, then register and sleep
+ * on the side's sequence word in slices.  Called with no lock held.     */
 typedef bool (*ready_fn)(shmp_ring *r, uint64_t arg);
 
-#define RING_SPIN_NS 20000u
+struct ring_wait { shmp_ring *r; ready_fn ready; uint64_t arg; };
 
-static bool spin_ready(shmp_ring *r, ready_fn ready, uint64_t arg, uint64_t deadline)
+static int ring_cond(void *p)
 {
-    uint64_t stop = shmp_now_ns() + RING_SPIN_NS;
-    if (deadline < stop)
-        stop = deadline;
-    for (unsigned i = 1;; i++) {
-        if (ready(r, arg))
-            return true;
-        shmp_cpu_relax();
-        if ((i & 15u) == 0 && shmp_now_ns() >= stop)
-            return false;
-    }
+    struct ring_wait *w = p;
+    if (w->ready(w->r, w->arg))
+        return 1;
+    /* acquire: pairs with shmp_ring_mark_closed's release store. */
+    if (atomic_load_explicit(&w->r->sh->closed, memory_order_acquire))
+        return SHMP_ESTATE;
+    return 0;
 }
 
-static int wait_for(shmp_ring *r, _Atomic uint32_t *seq, _Atomic uint32_t *waiters,
-                    ready_fn ready, uint64_t arg, uint64_t deadline)
+static int wait_ring(shmp_ring *r, _Atomic uint32_t *seq, _Atomic uint32_t *waiters,
+                     ready_fn ready, uint64_t arg, uint64_t deadline)
 {
-    for (;;) {
-        if (ready(r, arg))
-            return SHMP_OK;
-        if (atomic_load_explicit(&r->sh->closed, memory_order_acquire))
-            return SHMP_ESTATE;
-        int64_t left = shmp_remaining(deadline);
-        if (left == 0)
-            return SHMP_ETIMEDOUT;
-        if (spin_ready(r, ready, arg, deadline))
-            return SHMP_OK;
-        left = shmp_remaining(deadline);
-        if (left == 0)
-            return SHMP_ETIMEDOUT;
-        uint32_t s = atomic_load_explicit(seq, memory_order_acquire);
-        atomic_fetch_add_explicit(waiters, 1, memory_order_seq_cst);
-        atomic_thread_fence(memory_order_seq_cst);  /* pairs with wake_*() fence */
-        int rc = SHMP_OK;
-        if (!ready(r, arg) && !atomic_load_explicit(&r->sh->closed, memory_order_acquire))
-            rc = shmp_os_futex_wait(seq, s, (left < 0 || left > WAIT_SLICE_NS) ? WAIT_SLICE_NS : left);
-        atomic_fetch_sub_explicit(waiters, 1, memory_order_relaxed);
-        if (rc == SHMP_ETIMEDOUT)
-            continue;               /* a slice ended: the loop re-checks condition and time */
-        if (rc != SHMP_OK)
-            return rc;
-    }
+    struct ring_wait w = { r, ready, arg };
+    return shmp_wait_until(seq, waiters, ring_cond, &w, deadline);
 }
 
 /* ---- producer ---------------------------------------------------------------- */
@@ -524,7 +488,7 @@ static int acquire_room(shmp_ring *r, uint64_t need, uint64_t deadline, int64_t 
             if (probe < until)
                 until = probe;
         }
-        rc = wait_for(r, &r->sh->space_seq, &r->sh->space_waiters, room_ready, need, until);
+        rc = wait_ring(r, &r->sh->space_seq, &r->sh->space_waiters, room_ready, need, until);
         if (rc == SHMP_ETIMEDOUT) {
             if (shmp_remaining(deadline) == 0)
                 return SHMP_EFULL;
@@ -686,7 +650,7 @@ static int wait_data_unlocked(shmp_ring *r, uint64_t deadline, int64_t timeout_n
 {
     if (timeout_ns == 0)
         return SHMP_EEMPTY;
-    int rc = wait_for(r, &r->sh->data_seq, &r->sh->data_waiters, has_data, 0, deadline);
+    int rc = wait_ring(r, &r->sh->data_seq, &r->sh->data_waiters, has_data, 0, deadline);
     return rc == SHMP_ETIMEDOUT ? SHMP_EEMPTY : rc;
 }
 
@@ -840,8 +804,8 @@ int shmp_ring_wait_data(shmp_ring *r, int64_t timeout_ns)
 {
     if (r == NULL)
         return SHMP_EINVAL;
-    int rc = wait_for(r, &r->sh->data_seq, &r->sh->data_waiters, has_data, 0,
-                      shmp_deadline(timeout_ns));
+    int rc = wait_ring(r, &r->sh->data_seq, &r->sh->data_waiters, has_data, 0,
+                       shmp_deadline(timeout_ns));
     return rc == SHMP_ETIMEDOUT ? SHMP_EEMPTY : rc;
 }
 
@@ -850,11 +814,9 @@ int shmp_ring_mark_closed(shmp_ring *r)
     if (r == NULL)
         return SHMP_EINVAL;
     atomic_store_explicit(&r->sh->closed, 1, memory_order_release);
-    /* Bump both words so every sleeper wakes and sees `closed`. */
-    atomic_fetch_add_explicit(&r->sh->data_seq, 1, memory_order_release);
-    atomic_fetch_add_explicit(&r->sh->space_seq, 1, memory_order_release);
-    shmp_os_futex_wake(&r->sh->data_seq, INT_MAX);
-    shmp_os_futex_wake(&r->sh->space_seq, INT_MAX);
+    /* `closed` is part of every sleeper's condition (ring_cond). */
+    wake_consumers(r);
+    wake_producers(r);
     return SHMP_OK;
 }
 

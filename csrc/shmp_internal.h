@@ -16,8 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* 2: ring side journals (ring.c); max_items at most capacity / 8. */
-#define SHMP_ABI_VERSION   2u
+/* 2: ring side journals (ring.c); max_items at most capacity / 8.
+ * 3: no heartbeat in the control block; wakers skip the syscall unless a
+ *    waiter is registered (blob headers carry a waiters word, blobs.py). */
+#define SHMP_ABI_VERSION   3u
 #define SHMP_MAGIC         0x434f5250504d4853ull   /* "SHMPPROC" little-endian */
 #define SHMP_CACHE_LINE    64
 #define SHMP_PAGE          4096u
@@ -177,8 +179,17 @@ void shmp_fault_point(uint32_t point);
 #  define SHMP_FAULT(point) ((void)0)
 #endif
 
-/* Wait until *word != expected, with spinning first (wait.c). */
-int  shmp_wait_change(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
+/* The one wait primitive (wait.c, protocol there).  `cond(arg)` returns
+ * 0 while the waiter must wait, > 0 when it may go on (SHMP_OK), or a
+ * negative status to return.  The waker makes the condition true,
+ * changes `word` (a new value, or a bump), then shmp_wake_waiters(). */
+typedef int (*shmp_cond_fn)(void *arg);
+int  shmp_wait_until(_Atomic uint32_t *word, _Atomic uint32_t *waiters,
+                     shmp_cond_fn cond, void *arg, uint64_t deadline);
+void shmp_wake_waiters(_Atomic uint32_t *word, _Atomic uint32_t *waiters);
+/* For a condition kept elsewhere (ring indices): `seq` is bumped, then
+ * woken, only if someone is registered: a busy ring never writes it.  */
+void shmp_bump_and_wake(_Atomic uint32_t *seq, _Atomic uint32_t *waiters);
 /* Deadline helpers: negative timeout = forever (deadline UINT64_MAX). */
 uint64_t shmp_deadline(int64_t timeout_ns);
 int64_t  shmp_remaining(uint64_t deadline);

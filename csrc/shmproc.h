@@ -2,7 +2,7 @@
  * shmproc.h — the public interface of the shmproc native core.
  *
  * Everything between CDEF-BEGIN and CDEF-END is read verbatim by the cffi
- * build script (shmproc/_build_native.py) as the `cdef`, so that part must
+ * build script (csrc/build_cffi.py) as the `cdef`, so that part must
  * stay cdef-clean: opaque handles, fixed-width integers, no macros, no
  * `_Atomic`, no #ifdef.  Layouts and atomics live in shmp_internal.h.
  *
@@ -255,21 +255,27 @@ int  shmp_guard_stop(void);
 int  shmp_guard_running(void);
 
 /* ---- wait/wake on a 32-bit shared word ----------------------------------
- * Exposed for tests and for the engine's own words; the ring and control
- * block use these internally.                                            */
+ * For words the caller lays out (blob headers, blobs.py), with the same
+ * primitive the ring and control blocks use (wait.c).  Each waitable word
+ * has a `waiters` word beside it (another aligned 32-bit word, zero at
+ * creation): wait registers there once its spin is over, and store / cas
+ * make a wake-up syscall only if someone is registered.  store and cas
+ * take NULL waiters for a word nobody sleeps on (they then never wake).  */
 /* Linux: deliver `signo` to this process when its parent dies (prctl),
  * then check the parent is still `expected_parent`; SHMP_EPEER if it is
  * already gone.  Elsewhere: only the check.                              */
 int  shmp_parent_death_signal(int signo, int32_t expected_parent);
 
-int  shmp_wait_u32(void *word, uint32_t expected, int64_t timeout_ns);
-int  shmp_wake_u32(void *word, int32_t count);
+/* sleep while *word == expected: OK once it differs, ETIMEDOUT, or EINTR */
+int  shmp_wait_u32(void *word, void *waiters, uint32_t expected, int64_t timeout_ns);
 uint32_t shmp_load_u32(const void *word);               /* acquire load */
-int  shmp_store_u32(void *word, uint32_t value);        /* release store, then wake all */
+/* release store, then wake all sleepers if any are registered in `waiters` */
+int  shmp_store_u32(void *word, void *waiters, uint32_t value);
 /* fetch-add (acq_rel) of a signed delta; returns the old value (0 on a bad word) */
 uint32_t shmp_add_u32(void *word, int32_t delta);
-/* compare-and-swap (acq_rel), then wake all; SHMP_ESTATE if the word was not `expected` */
-int  shmp_cas_u32(void *word, uint32_t expected, uint32_t desired);
+/* compare-and-swap (acq_rel), then wake as store does; SHMP_ESTATE if the
+ * word was not `expected`                                               */
+int  shmp_cas_u32(void *word, void *waiters, uint32_t expected, uint32_t desired);
 
 /* CDEF-END */
 

@@ -40,7 +40,7 @@ def get(ring, cap=1 << 20, timeout=0):
 # ---- basics ------------------------------------------------------------------
 
 def test_abi_clock_and_strings():
-    assert lib.shmp_abi_version() == 2
+    assert lib.shmp_abi_version() == 3
     a = lib.shmp_now_ns()
     b = lib.shmp_now_ns()
     assert 0 < a <= b
@@ -153,25 +153,49 @@ def test_peer_open_of_own_descriptor():
 def test_blob_words():
     blob = native.Blob.create(PAGE)
     assert blob.load_word(0) == 0
-    blob.store_word(8, 7)
+    blob.store_word(8, 7)                                  # nobody sleeps on it: no waiters word
     assert blob.load_word(8) == 7
-    assert blob.wait_word(8, 0, 0) == OK                  # differs already: no wait
-    assert blob.wait_word(8, 7, 1_000_000) == native.ETIMEDOUT
+    blob.store_word(8, 7, 12)
+    assert blob.wait_word(8, 12, 0, 0) == OK               # differs already: no wait
+    t0 = lib.shmp_now_ns()
+    assert blob.wait_word(8, 12, 7, 1_000_000) == native.ETIMEDOUT
+    assert lib.shmp_now_ns() - t0 >= 1_000_000
+    assert blob.load_word(12) == 0                         # unregistered again
     with pytest.raises(ValueError):
         blob.load_word(PAGE)
     with pytest.raises(ValueError):
         blob.store_word(3, 1)
+    with pytest.raises(ValueError):
+        blob.store_word(8, 1, 2)                           # misaligned waiters word
+    blob.close_fd()
+
+
+def test_cas_u32_with_and_without_a_waiters_word():
+    blob = native.Blob.create(PAGE)
+    assert lib.shmp_cas_u32(blob._word(0), blob._word(20), 0, 1) == OK
+    assert lib.shmp_cas_u32(blob._word(0), blob._word(20), 0, 1) == ESTATE
+    assert lib.shmp_cas_u32(blob._word(0), ffi.NULL, 1, 0) == OK  # no waiters word: no wake
+    assert blob.load_word(0) == 0
     blob.close_fd()
 
 
 def test_wait_wake_argument_checks():
-    assert lib.shmp_wait_u32(ffi.NULL, 0, 0) == lib.SHMP_EINVAL
-    assert lib.shmp_wake_u32(ffi.NULL, 1) == lib.SHMP_EINVAL
-    word = ffi.new("uint32_t *")
-    assert lib.shmp_wake_u32(word, 0) == lib.SHMP_EINVAL
-    assert lib.shmp_wake_u32(word, 1) == OK
-    assert lib.shmp_store_u32(ffi.NULL, 1) == lib.SHMP_EINVAL
+    word = ffi.new("uint32_t[2]")
+    assert lib.shmp_wait_u32(ffi.NULL, word + 1, 0, 0) == lib.SHMP_EINVAL
+    assert lib.shmp_wait_u32(word, ffi.NULL, 0, 0) == lib.SHMP_EINVAL   # a sleeper must register
+    assert lib.shmp_wait_u32(word, word, 0, 0) == lib.SHMP_EINVAL       # not its own counter
+    assert lib.shmp_wait_u32(word, word + 1, 1, 0) == OK
+    assert lib.shmp_wait_u32(word, word + 1, 0, 0) == native.ETIMEDOUT
+    assert lib.shmp_store_u32(ffi.NULL, ffi.NULL, 1) == lib.SHMP_EINVAL
+    assert lib.shmp_store_u32(word, word, 1) == lib.SHMP_EINVAL
+    assert lib.shmp_store_u32(word, word + 1, 1) == OK and word[0] == 1
+    assert lib.shmp_store_u32(word, ffi.NULL, 2) == OK and word[0] == 2
+    assert lib.shmp_cas_u32(ffi.NULL, ffi.NULL, 0, 1) == lib.SHMP_EINVAL
+    assert lib.shmp_cas_u32(word, word, 2, 1) == lib.SHMP_EINVAL
+    odd = ffi.cast("char *", word) + 1
+    assert lib.shmp_store_u32(word, odd, 1) == lib.SHMP_EINVAL
     assert lib.shmp_load_u32(ffi.NULL) == 0
+    assert word[1] == 0                                    # no waiter left registered
 
 
 # ---- rings ---------------------------------------------------------------------
