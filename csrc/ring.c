@@ -20,12 +20,17 @@
  * index and reloads it only when its cached view says full or empty:
  * fewer cache-line transfers between cores.
  *
- * Sides.  Single-producer/single-consumer use takes no lock at all.  With
- * SHMP_RING_MULTI_PRODUCER (or _CONSUMER) the side's operations are
- * serialised by a robust process-shared mutex (lock.c).  Nothing a holder
- * writes is visible before its index store, so a holder that dies leaves
- * no half record; what it can leave half done is the record count stored
- * just after the index, and the side's journal (below) repairs that.
+ * Sides.  A single producer or a single consumer takes no lock at all:
+ * its operations are loads and stores of the indices, a copy, and a
+ * wake-up syscall only when the other side sleeps (wait.c).  "Single"
+ * means one thread of one process at a time on that side: nothing checks
+ * it, and two would corrupt the ring (the caller serialises, as the pool
+ * does; see queue.py).  With SHMP_RING_MULTI_PRODUCER (or _CONSUMER) the
+ * side's operations are serialised by a robust process-shared mutex
+ * (lock.c).  Nothing a holder writes is visible before its index store, so
+ * a holder that dies leaves no half record; what it can leave half done is
+ * the record count stored just after the index, and the side's journal
+ * (below) repairs that.
  * Waiting for space or data happens with the lock released, and waiting
  * for the lock itself happens in slices, so Ctrl-C works while another
  * process sits on the lock (side_lock).

@@ -134,9 +134,11 @@ int  shmp_seg_verify(const void *payload, uint32_t kind);
 int  shmp_seg_identify(int fd, uint32_t *abi_out, uint32_t *owner_uid_out);
 
 /* ---- ring: bounded ring of variable-length records ---------------------
- * Lives in its own segment.  Single-producer/single-consumer operations are
- * lock-free and wait-free; with SHMP_RING_MULTI_* a side serialises on a
- * robust process-shared lock that recovers when its holder dies.
+ * Lives in its own segment.  A side created single (no SHMP_RING_MULTI_*
+ * flag for it) takes no lock: its operations are lock-free, and that side
+ * must be used by one thread of one process at a time (not checked).
+ * With SHMP_RING_MULTI_* a side serialises on a robust process-shared
+ * lock that recovers when its holder dies.
  * A record is at most shmp_ring_max_record() bytes.  Each record carries a
  * 15-bit user tag (0..32767) that the caller gives meaning to.          */
 typedef struct shmp_ring shmp_ring;

@@ -75,11 +75,14 @@ def _drain_checked(q, producers, n, expected_per_producer=None):
     return next_seq
 
 
-@pytest.mark.parametrize("method,n", [("fork", 200_000), ("forkserver", 20_000), ("spawn", 20_000)])
-def test_queue_three_producers_one_consumer(method, n):
+@pytest.mark.parametrize("method,n,consumers", [
+    ("fork", 200_000, "many"), ("forkserver", 20_000, "many"), ("spawn", 20_000, "many"),
+    ("fork", 200_000, "one"), ("spawn", 20_000, "one")])
+def test_queue_three_producers_one_consumer(method, n, consumers):
+    # consumers="one": the pool's result ring (MPSC): producers locked, consumer lock-free.
     n = max(1000, int(n * SCALE))
     ctx = mp.get_context(method)
-    q = shmproc.Queue(capacity=1 << 20)
+    q = shmproc.Queue(capacity=1 << 20, _consumers=consumers)
     procs = [ctx.Process(target=_queue_producer, args=(q, i, n, 100 + i)) for i in range(3)]
     for p in procs:
         p.start()
@@ -124,6 +127,54 @@ def test_queue_two_producers_two_consumers():
     assert sorted(seen) == sorted((pid, s) for pid in range(2) for s in range(n))
     q.close()
     out.close()
+
+
+# ---- Queue: one producer, one consumer, both sides lock-free (SPSC) ----------------
+
+BIG_EVERY = 50                      # one item in BIG_EVERY goes out-of-band (a blob)
+
+
+def _spsc_producer(q, n, seed):
+    rnd = random.Random(seed)
+    pool = rnd.randbytes(4 * MAX_BODY)
+    sizes = _sizes(rnd)
+    seq = 0
+    while seq < n:
+        size = 3 * MAX_BODY if seq % BIG_EVERY == BIG_EVERY - 1 else next(sizes)
+        if rnd.random() < 0.3 and size <= MAX_BODY:           # a batch through put_many
+            k = min(n - seq, rnd.randrange(1, 64))
+            q.put_many([_record(pool, 0, seq + i, next(sizes), rnd) for i in range(k)])
+            seq += k
+        else:
+            q.put(_record(pool, 0, seq, size, rnd), timeout=120)
+            seq += 1
+
+
+@pytest.mark.parametrize("method,n", [("fork", 100_000), ("spawn", 20_000)])
+def test_spsc_queue_every_item_once_in_order(method, n):
+    n = max(1000, int(n * SCALE))
+    ctx = mp.get_context(method)
+    # A small ring: producer and consumer both wait on each other often.
+    q = shmproc.Queue(capacity=1 << 18, _producers="one", _consumers="one")
+    assert lib.shmp_ring_flags(q._ring._h) == 0                 # no side lock at all
+    p = ctx.Process(target=_spsc_producer, args=(q, n, 31))
+    p.start()
+    try:
+        assert _drain_checked(q, 1, n) == [n]       # nothing lost, duplicated or reordered
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.1)
+    finally:
+        p.join(60)
+    assert p.exitcode == 0
+    q.close()
+
+
+def test_queue_side_options_are_checked():
+    with pytest.raises(ValueError, match="_producers must be 'one' or 'many'"):
+        shmproc.Queue(_producers="single")
+    q = shmproc.Queue(_producers="one", _consumers="many")
+    assert lib.shmp_ring_flags(q._ring._h) == lib.SHMP_RING_MULTI_CONSUMER
+    q.close()
 
 
 # ---- the raw SPSC ring: lock-free paths, every producer and consumer call -------
