@@ -135,12 +135,14 @@ BIG_EVERY = 50                      # one item in BIG_EVERY goes out-of-band (a 
 
 
 def _spsc_producer(q, n, seed):
+    from shmproc.blobs import PEER_FD_OK      # the portable build has no out-of-band items
     rnd = random.Random(seed)
     pool = rnd.randbytes(4 * MAX_BODY)
     sizes = _sizes(rnd)
     seq = 0
     while seq < n:
-        size = 3 * MAX_BODY if seq % BIG_EVERY == BIG_EVERY - 1 else next(sizes)
+        big = PEER_FD_OK and seq % BIG_EVERY == BIG_EVERY - 1
+        size = 3 * MAX_BODY if big else next(sizes)
         if rnd.random() < 0.3 and size <= MAX_BODY:           # a batch through put_many
             k = min(n - seq, rnd.randrange(1, 64))
             q.put_many([_record(pool, 0, seq + i, next(sizes), rnd) for i in range(k)])
@@ -155,7 +157,7 @@ def test_spsc_queue_every_item_once_in_order(method, n):
     n = max(1000, int(n * SCALE))
     ctx = mp.get_context(method)
     # A small ring: producer and consumer both wait on each other often.
-    q = shmproc.Queue(capacity=1 << 18, _producers="one", _consumers="one")
+    q = shmproc.Queue(capacity=1 << 19, _producers="one", _consumers="one")
     assert lib.shmp_ring_flags(q._ring._h) == 0                 # no side lock at all
     p = ctx.Process(target=_spsc_producer, args=(q, n, 31))
     p.start()
