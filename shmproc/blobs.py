@@ -76,9 +76,10 @@ MAX_OPENED_KEPT = 64
 PEER_FD_OK = bool(lib.shmp_platform_features() & lib.SHMP_FEAT_PEER_FD)
 
 # Blob layout: [state u32 | refs u32 | nonce u64 | descriptor crc u32 |
-# waiters u32 | pad to 64][main payload][buffers, each where its source sits within a page
-# (see native.copy_offset)].  The crc covers everything the descriptor says
-# after (pid, fd): a descriptor altered in any field is refused.
+# waiters u32 | pad to 64][main payload][buffers, each where its source sits
+# within a page (see native.copy_offset)].  The crc covers everything the
+# descriptor says after (pid, fd): a descriptor altered in any field is
+# refused.
 HEADER = 64
 _STATE, _REFS, _NONCE, _CRC, _WAITERS = 0, 4, 8, 16, 20
 _U64 = struct.Struct("<Q")

@@ -180,7 +180,9 @@ class Queue:
     for a caller that guarantees one thread of one process at a time on it
     (puts, or gets, never overlap; handing the side over to another
     process is fine once the first has stopped or died).  Nothing checks
-    it: two at once corrupt the queue.  The default, ``"many"``, is the
+    it: two at once corrupt the queue.  A single side keeps no journal, so
+    a process killed inside a get may leave qsize() one high for good:
+    use single sides with maxsize=0.  The default, ``"many"``, is the
     robust locked side.
     """
 
