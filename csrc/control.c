@@ -3,14 +3,17 @@
  *
  * The worker updates its block with plain atomic stores (no syscall, no
  * lock): lap counter, current section with its start stamp and deadline,
- * heartbeat, state.  The parent reads any field at any time; this is what
- * makes `current_lap` live and costs the worker a few stores per section.
- * The two words anyone sleeps on (state, stop) follow wait.c's protocol,
- * so the writer makes a wake-up syscall only when someone is asleep.
+ * state.  The parent reads any field at any time; this is what makes
+ * `current_lap` live and costs the worker a few stores per section.
+ * Liveness is not read from here: the parent watches the worker's process
+ * itself (its exit status), and a stuck section is the guard's business
+ * (guard.c), so no heartbeat is kept.
+ * The two words anyone sleeps on (state, stop) are waited on with wait.c's
+ * primitive, so the writer makes a wake-up syscall only when someone is
+ * registered as asleep.
  */
 #include "shmp_internal.h"
 
-#include <limits.h>
 #include <string.h>
 
 #define MAX_BLOCKS 65536u
@@ -83,7 +86,6 @@ int shmp_ctl_reset(shmp_control *c)
     atomic_store_explicit(&s->lap, 0, RELAXED);
     atomic_store_explicit(&s->section_start_ns, 0, RELAXED);
     atomic_store_explicit(&s->deadline_ns, 0, RELAXED);
-    atomic_store_explicit(&s->heartbeat_ns, 0, RELAXED);
     atomic_store_explicit(&s->section, 0, RELAXED);
     atomic_store_explicit(&s->lives, 0, RELAXED);
     atomic_store_explicit(&s->pid, 0, RELAXED);
@@ -108,43 +110,31 @@ uint32_t shmp_ctl_state(const shmp_control *c)
     return c ? atomic_load_explicit(&c->s.state, ACQUIRE) : 0;
 }
 
-static void wake_if_waiting(_Atomic uint32_t *word, _Atomic uint32_t *waiters)
-{
-    /* seq_cst fence: orders the word's store before the waiters load; pairs
-     * with the fence after the waiter's increment in wait_word().        */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(waiters, RELAXED) != 0)
-        shmp_os_futex_wake(word, INT_MAX);
-}
-
 int shmp_ctl_set_state(shmp_control *c, uint32_t state)
 {
     if (c == NULL || state > SHMP_STATE_KILLED)
         return SHMP_EINVAL;
     atomic_store_explicit(&c->s.state, state, RELEASE);
-    wake_if_waiting(&c->s.state, &c->s.state_waiters);
+    /* The word is its own futex word: the store is the change. */
+    shmp_wake_waiters(&c->s.state, &c->s.state_waiters);
     return SHMP_OK;
+}
+
+struct at_least { _Atomic uint32_t *word; uint32_t value; };
+
+static int reached(void *arg)
+{
+    struct at_least *a = arg;
+    /* acquire: pairs with set_state's (request_stop's) release store. */
+    return atomic_load_explicit(a->word, ACQUIRE) >= a->value;
 }
 
 /* Sleep until *word >= at_least (state) or != 0 (stop, at_least = 1). */
 static int wait_word(_Atomic uint32_t *word, _Atomic uint32_t *waiters, uint32_t at_least,
                      int64_t timeout_ns)
 {
-    uint64_t deadline = shmp_deadline(timeout_ns);
-    for (;;) {
-        uint32_t v = atomic_load_explicit(word, ACQUIRE);
-        if (v >= at_least)
-            return SHMP_OK;
-        int64_t left = shmp_remaining(deadline);
-        if (left == 0)
-            return SHMP_ETIMEDOUT;
-        atomic_fetch_add_explicit(waiters, 1, memory_order_seq_cst);
-        atomic_thread_fence(memory_order_seq_cst);   /* pairs with wake_if_waiting() */
-        int rc = shmp_wait_change(word, v, left);
-        atomic_fetch_sub_explicit(waiters, 1, RELAXED);
-        if (rc != SHMP_OK && rc != SHMP_ETIMEDOUT)
-            return rc;
-    }
+    struct at_least a = { word, at_least };
+    return shmp_wait_until(word, waiters, reached, &a, shmp_deadline(timeout_ns));
 }
 
 int shmp_ctl_wait_state(shmp_control *c, uint32_t at_least, int64_t timeout_ns)
@@ -161,7 +151,7 @@ int shmp_ctl_request_stop(shmp_control *c)
     if (c == NULL)
         return SHMP_EINVAL;
     atomic_store_explicit(&c->s.stop, 1, RELEASE);
-    wake_if_waiting(&c->s.stop, &c->s.stop_waiters);
+    shmp_wake_waiters(&c->s.stop, &c->s.stop_waiters);
     return SHMP_OK;
 }
 
@@ -270,11 +260,10 @@ int shmp_ctl_end_lap(shmp_control *c)
     atomic_store_explicit(&c->s.deadline_ns, 0, RELEASE);
     atomic_store_explicit(&c->s.section, 0, RELAXED);
     atomic_fetch_add_explicit(&c->s.lap, 1, RELAXED);
-    atomic_store_explicit(&c->s.heartbeat_ns, now, RELAXED);
     return bits;
 }
 
-/* ---- lives, heartbeat, identity, exit ------------------------------------------ */
+/* ---- lives, identity, exit --------------------------------------------------- */
 
 uint32_t shmp_ctl_lives(const shmp_control *c)
 {
@@ -286,19 +275,6 @@ int shmp_ctl_set_lives(shmp_control *c, uint32_t lives)
     if (c == NULL)
         return SHMP_EINVAL;
     atomic_store_explicit(&c->s.lives, lives, RELAXED);
-    return SHMP_OK;
-}
-
-uint64_t shmp_ctl_heartbeat_ns(const shmp_control *c)
-{
-    return c ? atomic_load_explicit(&c->s.heartbeat_ns, RELAXED) : 0;
-}
-
-int shmp_ctl_beat(shmp_control *c)
-{
-    if (c == NULL)
-        return SHMP_EINVAL;
-    atomic_store_explicit(&c->s.heartbeat_ns, shmp_now_ns(), RELAXED);
     return SHMP_OK;
 }
 

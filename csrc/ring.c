@@ -9,9 +9,7 @@
  * Records.  An 8-byte header {len, flags} then the payload, padded to 8.
  * Headers are always contiguous (positions are multiples of 8 and the
  * capacity is a power of two >= 64).  A payload that crosses the end of
- * the data area is written and read as two copies.  reserve() needs a
- * contiguous payload, so it may first publish a PAD record that fills the
- * data area up to its end.
+ * the data area is written and read as two copies.
  *
  * Ordering.  The producer writes header and payload, then publishes them
  * with a release store of `tail`; the consumer's acquire load of `tail`
@@ -22,12 +20,17 @@
  * index and reloads it only when its cached view says full or empty:
  * fewer cache-line transfers between cores.
  *
- * Sides.  Single-producer/single-consumer use takes no lock at all.  With
- * SHMP_RING_MULTI_PRODUCER (or _CONSUMER) the side's operations are
- * serialised by a robust process-shared mutex (lock.c).  Nothing a holder
- * writes is visible before its index store, so a holder that dies leaves
- * no half record; what it can leave half done is the record count stored
- * just after the index, and the side's journal (below) repairs that.
+ * Sides.  A single producer or a single consumer takes no lock at all:
+ * its operations are loads and stores of the indices, a copy, and a
+ * wake-up syscall only when the other side sleeps (wait.c).  "Single"
+ * means one thread of one process at a time on that side: nothing checks
+ * it, and two would corrupt the ring (the caller serialises, as the pool
+ * does; see queue.py).  With SHMP_RING_MULTI_PRODUCER (or _CONSUMER) the
+ * side's operations are serialised by a robust process-shared mutex
+ * (lock.c).  Nothing a holder writes is visible before its index store, so
+ * a holder that dies leaves no half record; what it can leave half done is
+ * the record count stored just after the index, and the side's journal
+ * (below) repairs that.
  * Waiting for space or data happens with the lock released, and waiting
  * for the lock itself happens in slices, so Ctrl-C works while another
  * process sits on the lock (side_lock).
@@ -39,7 +42,6 @@
  */
 #include "shmp_internal.h"
 
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -52,11 +54,10 @@
  * handlers, then calls again with the time left.  A try-op (timeout 0)
  * waits one slice: the lock is normally held only for a copy.          */
 #define LOCK_SLICE_NS 50000000
-/* A sleeper re-checks its condition at least this often even if no wake-up
- * comes: a peer killed after publishing but before its wake-up call must
- * not leave anyone asleep for ever (DESIGN: a dead writer blocks no one
- * for more than 1 s).                                                  */
-#define WAIT_SLICE_NS 200000000
+/* A sleeper re-checks its condition at least every 200 ms even if no
+ * wake-up comes (wait.c, SHMP_WAIT_SLICE_NS): a peer killed after
+ * publishing but before its wake-up call must not leave anyone asleep for
+ * ever (DESIGN: a dead writer blocks no one for more than 1 s).         */
 /* A producer held back by max_items looks this often for a consumer that
  * died holding the consumer lock (recover_dead_consumer).              */
 #define PROBE_NS      100000000
@@ -71,7 +72,7 @@ struct shmp_ring {
     uint32_t flags;
     /* Each side's last view of the other's index.  Threads of one process
      * may share a handle, and a thread may act on a view another thread
-     * stored: the unlocked spin in wait_for() stores views outside the side
+     * stored: the unlocked spin in wait_ring() stores views outside the side
      * lock.  A relaxed view would carry the number but not the ordering: a
      * consumer thread could read a record's bytes through a cached tail
      * without the happens-before that the storing thread's acquire load of
@@ -84,15 +85,6 @@ struct shmp_ring {
      * it under-states both free space and available data.              */
     _Atomic uint64_t cached_head;       /* producer's view of head */
     _Atomic uint64_t cached_tail;       /* consumer's view of tail */
-    /* reserve/commit state (producer) */
-    int      reserving;
-    uint64_t reserve_pos;               /* index where the record header goes */
-    uint32_t reserve_len;
-    /* peek/release state (consumer) */
-    int      peeking;
-    uint64_t peek_next;                 /* head after release */
-    uint8_t *bounce;                    /* contiguous copy of a wrapped record */
-    uint64_t bounce_cap;
 };
 
 /* Views (see struct shmp_ring): release store pairs with acquire load. */
@@ -202,12 +194,7 @@ void shmp_ring_close(shmp_ring *r)
 {
     if (r == NULL)
         return;
-    if (r->reserving && (r->flags & SHMP_RING_MULTI_PRODUCER))
-        shmp_lock_release(&r->sh->producer_lock);
-    if (r->peeking && (r->flags & SHMP_RING_MULTI_CONSUMER))
-        shmp_lock_release(&r->sh->consumer_lock);
     shmp_seg_unmap(r->sh, r->payload_size);
-    free(r->bounce);
     free(r);
 }
 
@@ -254,25 +241,17 @@ static void side_unlock(shmp_ring *r, uint32_t flag, pthread_mutex_t *m)
 
 /* ---- wake-ups (see wait.c for the protocol) --------------------------------- */
 
+/* After our tail store: a syscall only if a consumer is registered asleep
+ * (data_seq is bumped only then, so a busy ring never writes line 3).   */
 static void wake_consumers(shmp_ring *r)
 {
-    /* seq_cst fence: orders our tail store before the waiters load; pairs
-     * with the seq_cst increment + re-check in wait_for().              */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&r->sh->data_waiters, memory_order_relaxed) != 0) {
-        atomic_fetch_add_explicit(&r->sh->data_seq, 1, memory_order_release);
-        shmp_os_futex_wake(&r->sh->data_seq, INT_MAX);
-    }
+    shmp_bump_and_wake(&r->sh->data_seq, &r->sh->data_waiters);
 }
 
+/* After our head store: likewise for producers waiting for space. */
 static void wake_producers(shmp_ring *r)
 {
-    /* seq_cst fence: orders our head store before the waiters load. */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&r->sh->space_waiters, memory_order_relaxed) != 0) {
-        atomic_fetch_add_explicit(&r->sh->space_seq, 1, memory_order_release);
-        shmp_os_futex_wake(&r->sh->space_seq, INT_MAX);
-    }
+    shmp_bump_and_wake(&r->sh->space_seq, &r->sh->space_waiters);
 }
 
 /* ---- the side journal ----------------------------------------------------------
@@ -386,56 +365,30 @@ static bool recover_dead_consumer(shmp_ring *r)
             &(r)->sh->head_journal, &(r)->sh->head_count_journal, (h), (n), \
             SHMP_FAULT_CONSUMER_PUBLISHED)
 
-/* Wait until `ready(r, arg)` holds, the deadline passes or a signal comes.
- * First spin on the condition itself, without registering as a waiter, so
- * a peer that is about to publish pays no wake-up syscall; only then
- * register and sleep on the futex word (protocol in wait.c).            */
+/* Wait until `ready(r, arg)` holds (OK), the ring is closed (ESTATE), the
+ * deadline passes (ETIMEDOUT) or a signal comes (EINTR), with wait.c's
+ * primitive: spin on the condition unregistered, then register and sleep
+ * on the side's sequence word in slices.  Called with no lock held.     */
 typedef bool (*ready_fn)(shmp_ring *r, uint64_t arg);
 
-#define RING_SPIN_NS 20000u
+struct ring_wait { shmp_ring *r; ready_fn ready; uint64_t arg; };
 
-static bool spin_ready(shmp_ring *r, ready_fn ready, uint64_t arg, uint64_t deadline)
+static int ring_cond(void *p)
 {
-    uint64_t stop = shmp_now_ns() + RING_SPIN_NS;
-    if (deadline < stop)
-        stop = deadline;
-    for (unsigned i = 1;; i++) {
-        if (ready(r, arg))
-            return true;
-        shmp_cpu_relax();
-        if ((i & 15u) == 0 && shmp_now_ns() >= stop)
-            return false;
-    }
+    struct ring_wait *w = p;
+    if (w->ready(w->r, w->arg))
+        return 1;
+    /* acquire: pairs with shmp_ring_mark_closed's release store. */
+    if (atomic_load_explicit(&w->r->sh->closed, memory_order_acquire))
+        return SHMP_ESTATE;
+    return 0;
 }
 
-static int wait_for(shmp_ring *r, _Atomic uint32_t *seq, _Atomic uint32_t *waiters,
-                    ready_fn ready, uint64_t arg, uint64_t deadline)
+static int wait_ring(shmp_ring *r, _Atomic uint32_t *seq, _Atomic uint32_t *waiters,
+                     ready_fn ready, uint64_t arg, uint64_t deadline)
 {
-    for (;;) {
-        if (ready(r, arg))
-            return SHMP_OK;
-        if (atomic_load_explicit(&r->sh->closed, memory_order_acquire))
-            return SHMP_ESTATE;
-        int64_t left = shmp_remaining(deadline);
-        if (left == 0)
-            return SHMP_ETIMEDOUT;
-        if (spin_ready(r, ready, arg, deadline))
-            return SHMP_OK;
-        left = shmp_remaining(deadline);
-        if (left == 0)
-            return SHMP_ETIMEDOUT;
-        uint32_t s = atomic_load_explicit(seq, memory_order_acquire);
-        atomic_fetch_add_explicit(waiters, 1, memory_order_seq_cst);
-        atomic_thread_fence(memory_order_seq_cst);  /* pairs with wake_*() fence */
-        int rc = SHMP_OK;
-        if (!ready(r, arg) && !atomic_load_explicit(&r->sh->closed, memory_order_acquire))
-            rc = shmp_os_futex_wait(seq, s, (left < 0 || left > WAIT_SLICE_NS) ? WAIT_SLICE_NS : left);
-        atomic_fetch_sub_explicit(waiters, 1, memory_order_relaxed);
-        if (rc == SHMP_ETIMEDOUT)
-            continue;               /* a slice ended: the loop re-checks condition and time */
-        if (rc != SHMP_OK)
-            return rc;
-    }
+    struct ring_wait w = { r, ready, arg };
+    return shmp_wait_until(seq, waiters, ring_cond, &w, deadline);
 }
 
 /* ---- producer ---------------------------------------------------------------- */
@@ -540,7 +493,7 @@ static int acquire_room(shmp_ring *r, uint64_t need, uint64_t deadline, int64_t 
             if (probe < until)
                 until = probe;
         }
-        rc = wait_for(r, &r->sh->space_seq, &r->sh->space_waiters, room_ready, need, until);
+        rc = wait_ring(r, &r->sh->space_seq, &r->sh->space_waiters, room_ready, need, until);
         if (rc == SHMP_ETIMEDOUT) {
             if (shmp_remaining(deadline) == 0)
                 return SHMP_EFULL;
@@ -553,7 +506,7 @@ static int acquire_room(shmp_ring *r, uint64_t need, uint64_t deadline, int64_t 
 
 static int check_tag(uint32_t tag)
 {
-    return tag < SHMP_REC_PAD ? SHMP_OK : SHMP_EINVAL;
+    return tag < SHMP_TAG_LIMIT ? SHMP_OK : SHMP_EINVAL;
 }
 
 int shmp_ring_put(shmp_ring *r, const char *data, uint32_t len, uint32_t tag, int64_t timeout_ns)
@@ -569,8 +522,6 @@ int shmp_ring_put_tracked(shmp_ring *r, const char *data, uint32_t len, uint32_t
         return SHMP_EINVAL;
     if (r == NULL || (data == NULL && len != 0) || check_tag(tag) != SHMP_OK)
         return SHMP_EINVAL;
-    if (r->reserving)
-        return SHMP_ESTATE;
     if (len > shmp_ring_max_record(r))
         return SHMP_ETOOBIG;
     if (atomic_load_explicit(&r->sh->closed, memory_order_acquire))
@@ -601,8 +552,6 @@ int shmp_ring_put_many(shmp_ring *r, const void *blob, const uint32_t *lens,
     for (uint32_t i = 0; tags != NULL && i < count; i++)
         if (check_tag(tags[i]) != SHMP_OK)
             return SHMP_EINVAL;
-    if (r->reserving)
-        return SHMP_ESTATE;
     uint64_t maxrec = shmp_ring_max_record(r);
     const uint8_t *src = blob;
     uint64_t deadline = shmp_deadline(timeout_ns);
@@ -641,70 +590,6 @@ int shmp_ring_put_many(shmp_ring *r, const void *blob, const uint32_t *lens,
     return rc;
 }
 
-int shmp_ring_reserve(shmp_ring *r, uint32_t len, int64_t timeout_ns, void **ptr_out)
-{
-    if (r == NULL || ptr_out == NULL)
-        return SHMP_EINVAL;
-    if (r->reserving)
-        return SHMP_ESTATE;
-    if (len > shmp_ring_max_record(r))
-        return SHMP_ETOOBIG;
-    if (atomic_load_explicit(&r->sh->closed, memory_order_acquire))
-        return SHMP_ESTATE;
-    uint64_t need = rec_size(len);
-    uint64_t deadline = shmp_deadline(timeout_ns);
-    for (;;) {
-        int rc = acquire_room(r, need, deadline, timeout_ns);
-        if (rc != SHMP_OK)
-            return rc;
-        uint64_t tail = atomic_load_explicit(&r->sh->tail, memory_order_relaxed);
-        uint64_t to_end = r->cap - (tail & r->mask);
-        if (to_end >= need || to_end == r->cap) {
-            r->reserving = 1;
-            r->reserve_pos = tail;
-            r->reserve_len = len;
-            *ptr_out = r->data + ((tail + REC_HDR) & r->mask);
-            return SHMP_OK;                 /* producer lock stays held until commit */
-        }
-        /* Not contiguous: fill to the end with a PAD record, publish it,
-         * and try again from position 0.  The PAD fits: there is room for
-         * `need` bytes and to_end < need.                                 */
-        shmp_rec_header pad = { (uint32_t)(to_end - REC_HDR), SHMP_REC_PAD };
-        memcpy(r->data + (tail & r->mask), &pad, sizeof pad);
-        atomic_store_explicit(&r->sh->tail, tail + to_end, memory_order_release);
-        PUNLOCK(r);
-        wake_consumers(r);
-    }
-}
-
-int shmp_ring_commit(shmp_ring *r, uint32_t len, uint32_t tag)
-{
-    if (r == NULL || check_tag(tag) != SHMP_OK)
-        return SHMP_EINVAL;
-    if (!r->reserving)
-        return SHMP_ESTATE;
-    if (len > r->reserve_len)
-        return SHMP_EINVAL;                 /* may shrink, never grow */
-    shmp_rec_header h = { len, tag };
-    memcpy(r->data + (r->reserve_pos & r->mask), &h, sizeof h);
-    PUBLISH_TAIL(r, r->reserve_pos + rec_size(len), 1);    /* the bytes written in place */
-    r->reserving = 0;
-    PUNLOCK(r);
-    wake_consumers(r);
-    return SHMP_OK;
-}
-
-int shmp_ring_abort(shmp_ring *r)
-{
-    if (r == NULL)
-        return SHMP_EINVAL;
-    if (!r->reserving)
-        return SHMP_ESTATE;
-    r->reserving = 0;                       /* nothing was published */
-    PUNLOCK(r);
-    return SHMP_OK;
-}
-
 /* ---- consumer ---------------------------------------------------------------- */
 
 /* Data to take (or damage to report under the lock)? */
@@ -737,54 +622,40 @@ static void read_bytes(shmp_ring *r, uint64_t index, void *dst, uint64_t len)
     }
 }
 
-/* Skip PAD records and validate the next record header.  Caller holds the
- * consumer side and has seen data.  Sets *head to the record's index.    */
-static int next_record(shmp_ring *r, uint64_t *head, shmp_rec_header *out)
+/* Validate the header of the record at `head`.  Caller holds the consumer
+ * side and has seen data.                                              */
+static int next_record(shmp_ring *r, uint64_t head, shmp_rec_header *out)
 {
-    for (;;) {
-        uint64_t tail = VIEW_LOAD(r->cached_tail);
-        if (tail <= *head) {
-            /* The view may be older than our head (another thread of this
-             * process stored it); only a fresh tail can say "damaged".   */
-            tail = atomic_load_explicit(&r->sh->tail, memory_order_acquire);  /* pairs with publish() */
-            VIEW_STORE(r->cached_tail, tail);
-            if (tail == *head)
-                return SHMP_EEMPTY;
-            if (tail < *head)
-                return SHMP_ECORRUPT;   /* head past tail: one of them is damaged */
-        }
-        uint64_t avail = tail - *head;
-        /* A head off the 8-byte grid would read a header across the end of
-         * the data area.                                                 */
-        if (avail < REC_HDR || avail > r->cap || (*head & 7u) != 0)
-            return SHMP_ECORRUPT;
-        shmp_rec_header h;
-        memcpy(&h, r->data + (*head & r->mask), sizeof h);
-        uint64_t size = rec_size(h.len);
-        if (h.flags == SHMP_REC_PAD) {
-            uint64_t to_end = r->cap - (*head & r->mask);
-            if (size != to_end || size > avail)
-                return SHMP_ECORRUPT;
-            *head += to_end;
-            /* Publish the skip now so the producer regains that space even
-             * if the caller then finds nothing else.                    */
-            atomic_store_explicit(&r->sh->head, *head, memory_order_release);
-            continue;
-        }
-        /* Beyond the published bytes, or flags that are neither a tag nor
-         * exactly PAD: damage.                                           */
-        if (size > avail || h.len > shmp_ring_max_record(r) || h.flags >= SHMP_REC_PAD)
-            return SHMP_ECORRUPT;
-        *out = h;
-        return SHMP_OK;
+    uint64_t tail = VIEW_LOAD(r->cached_tail);
+    if (tail <= head) {
+        /* The view may be older than our head (another thread of this
+         * process stored it); only a fresh tail can say "damaged".       */
+        tail = atomic_load_explicit(&r->sh->tail, memory_order_acquire);  /* pairs with publish() */
+        VIEW_STORE(r->cached_tail, tail);
+        if (tail == head)
+            return SHMP_EEMPTY;
+        if (tail < head)
+            return SHMP_ECORRUPT;       /* head past tail: one of them is damaged */
     }
+    uint64_t avail = tail - head;
+    /* A head off the 8-byte grid would read a header across the end of
+     * the data area.                                                     */
+    if (avail < REC_HDR || avail > r->cap || (head & 7u) != 0)
+        return SHMP_ECORRUPT;
+    shmp_rec_header h;
+    memcpy(&h, r->data + (head & r->mask), sizeof h);
+    /* Beyond the published bytes, or flags that are not a tag: damage. */
+    if (rec_size(h.len) > avail || h.len > shmp_ring_max_record(r) || h.flags >= SHMP_TAG_LIMIT)
+        return SHMP_ECORRUPT;
+    *out = h;
+    return SHMP_OK;
 }
 
 static int wait_data_unlocked(shmp_ring *r, uint64_t deadline, int64_t timeout_ns)
 {
     if (timeout_ns == 0)
         return SHMP_EEMPTY;
-    int rc = wait_for(r, &r->sh->data_seq, &r->sh->data_waiters, has_data, 0, deadline);
+    int rc = wait_ring(r, &r->sh->data_seq, &r->sh->data_waiters, has_data, 0, deadline);
     return rc == SHMP_ETIMEDOUT ? SHMP_EEMPTY : rc;
 }
 
@@ -798,14 +669,13 @@ static int acquire_record(shmp_ring *r, uint64_t deadline, int64_t timeout_ns,
             return rc;
         *head = atomic_load_explicit(&r->sh->head, memory_order_relaxed);
         if (has_data(r, 0)) {
-            rc = next_record(r, head, h);
+            rc = next_record(r, *head, h);
             if (rc == SHMP_OK)
                 return SHMP_OK;
             if (rc != SHMP_EEMPTY) {
                 CUNLOCK(r);
                 return rc;
             }
-            wake_producers(r);          /* a PAD was consumed */
         }
         CUNLOCK(r);
         rc = wait_data_unlocked(r, deadline, timeout_ns);
@@ -827,8 +697,6 @@ int shmp_ring_get(shmp_ring *r, void *dst, uint64_t cap, int64_t timeout_ns,
 {
     if (r == NULL || len_out == NULL || (dst == NULL && cap != 0))
         return SHMP_EINVAL;
-    if (r->peeking)
-        return SHMP_ESTATE;
     uint64_t head;
     shmp_rec_header h;
     int rc = acquire_record(r, shmp_deadline(timeout_ns), timeout_ns, &head, &h);
@@ -865,8 +733,6 @@ int shmp_ring_get_many(shmp_ring *r, void *dst, uint64_t cap, uint32_t max_count
     if (r == NULL || lens_out == NULL || count_out == NULL || max_count == 0 ||
         (dst == NULL && cap != 0))
         return SHMP_EINVAL;
-    if (r->peeking)
-        return SHMP_ESTATE;
     uint64_t head;
     shmp_rec_header h;
     int rc = acquire_record(r, shmp_deadline(timeout_ns), timeout_ns, &head, &h);
@@ -893,7 +759,7 @@ int shmp_ring_get_many(shmp_ring *r, void *dst, uint64_t cap, uint32_t max_count
             break;
         if (VIEW_LOAD(r->cached_tail) <= head && !has_data(r, 0))
             break;
-        rc = next_record(r, &head, &h);
+        rc = next_record(r, head, &h);
         if (rc == SHMP_EEMPTY)
             break;
         if (rc != SHMP_OK) {
@@ -908,55 +774,6 @@ int shmp_ring_get_many(shmp_ring *r, void *dst, uint64_t cap, uint32_t max_count
     CUNLOCK(r);
     wake_producers(r);
     *count_out = n;
-    return SHMP_OK;
-}
-
-int shmp_ring_peek(shmp_ring *r, int64_t timeout_ns, const void **ptr_out,
-                   uint32_t *len_out, uint32_t *tag_out)
-{
-    if (r == NULL || ptr_out == NULL || len_out == NULL)
-        return SHMP_EINVAL;
-    if (r->peeking)
-        return SHMP_ESTATE;
-    uint64_t head;
-    shmp_rec_header h;
-    int rc = acquire_record(r, shmp_deadline(timeout_ns), timeout_ns, &head, &h);
-    if (rc != SHMP_OK)
-        return rc;
-    uint64_t pos = (head + REC_HDR) & r->mask;
-    if (r->cap - pos >= h.len) {
-        *ptr_out = r->data + pos;           /* in place: no copy */
-    } else {
-        if (r->bounce_cap < h.len) {
-            uint8_t *nb = realloc(r->bounce, h.len);
-            if (nb == NULL) {
-                CUNLOCK(r);
-                return SHMP_ENOMEM;
-            }
-            r->bounce = nb;
-            r->bounce_cap = h.len;
-        }
-        read_bytes(r, head + REC_HDR, r->bounce, h.len);
-        *ptr_out = r->bounce;
-    }
-    *len_out = h.len;
-    if (tag_out != NULL)
-        *tag_out = h.flags & SHMP_REC_FLAG_MASK;
-    r->peeking = 1;
-    r->peek_next = head + rec_size(h.len);
-    return SHMP_OK;                         /* consumer lock stays held until release */
-}
-
-int shmp_ring_release(shmp_ring *r)
-{
-    if (r == NULL)
-        return SHMP_EINVAL;
-    if (!r->peeking)
-        return SHMP_ESTATE;
-    finish_consume(r, r->peek_next, 1);
-    r->peeking = 0;
-    CUNLOCK(r);
-    wake_producers(r);
     return SHMP_OK;
 }
 
@@ -992,8 +809,8 @@ int shmp_ring_wait_data(shmp_ring *r, int64_t timeout_ns)
 {
     if (r == NULL)
         return SHMP_EINVAL;
-    int rc = wait_for(r, &r->sh->data_seq, &r->sh->data_waiters, has_data, 0,
-                      shmp_deadline(timeout_ns));
+    int rc = wait_ring(r, &r->sh->data_seq, &r->sh->data_waiters, has_data, 0,
+                       shmp_deadline(timeout_ns));
     return rc == SHMP_ETIMEDOUT ? SHMP_EEMPTY : rc;
 }
 
@@ -1002,11 +819,9 @@ int shmp_ring_mark_closed(shmp_ring *r)
     if (r == NULL)
         return SHMP_EINVAL;
     atomic_store_explicit(&r->sh->closed, 1, memory_order_release);
-    /* Bump both words so every sleeper wakes and sees `closed`. */
-    atomic_fetch_add_explicit(&r->sh->data_seq, 1, memory_order_release);
-    atomic_fetch_add_explicit(&r->sh->space_seq, 1, memory_order_release);
-    shmp_os_futex_wake(&r->sh->data_seq, INT_MAX);
-    shmp_os_futex_wake(&r->sh->space_seq, INT_MAX);
+    /* `closed` is part of every sleeper's condition (ring_cond). */
+    wake_consumers(r);
+    wake_producers(r);
     return SHMP_OK;
 }
 

@@ -16,8 +16,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* 2: ring side journals (ring.c); max_items at most capacity / 8. */
-#define SHMP_ABI_VERSION   2u
+/* 2: ring side journals (ring.c); max_items at most capacity / 8.
+ * 3: no heartbeat in the control block; wakers skip the syscall unless a
+ *    waiter is registered (blob headers carry a waiters word, blobs.py). */
+#define SHMP_ABI_VERSION   3u
 #define SHMP_MAGIC         0x434f5250504d4853ull   /* "SHMPPROC" little-endian */
 #define SHMP_CACHE_LINE    64
 #define SHMP_PAGE          4096u
@@ -95,10 +97,10 @@ typedef struct shmp_ring_shared {
 /* Record header: 8 bytes, 8-byte aligned, always contiguous in the ring. */
 typedef struct shmp_rec_header {
     uint32_t len;           /* payload bytes */
-    uint32_t flags;         /* the 15-bit user tag, or exactly SHMP_REC_PAD; high 16 bits zero */
+    uint32_t flags;         /* the 15-bit user tag; higher values are damage */
 } shmp_rec_header;
 
-#define SHMP_REC_PAD        0x8000u     /* filler to the end of the data area */
+#define SHMP_TAG_LIMIT      0x8000u     /* tags are below this */
 #define SHMP_REC_FLAG_MASK  0xffffu
 
 /* ---- control block ----------------------------------------------------------
@@ -110,7 +112,6 @@ typedef struct shmp_control_shared {
     SHMP_ALIGNED _Atomic uint64_t lap;
     _Atomic uint64_t section_start_ns;
     _Atomic uint64_t deadline_ns;       /* 0 = no deadline */
-    _Atomic uint64_t heartbeat_ns;
     _Atomic uint32_t section;
     _Atomic uint32_t state;             /* futex word: SHMP_STATE_* */
     _Atomic uint32_t lives;
@@ -178,8 +179,17 @@ void shmp_fault_point(uint32_t point);
 #  define SHMP_FAULT(point) ((void)0)
 #endif
 
-/* Wait until *word != expected, with spinning first (wait.c). */
-int  shmp_wait_change(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
+/* The one wait primitive (wait.c, protocol there).  `cond(arg)` returns
+ * 0 while the waiter must wait, > 0 when it may go on (SHMP_OK), or a
+ * negative status to return.  The waker makes the condition true,
+ * changes `word` (a new value, or a bump), then shmp_wake_waiters(). */
+typedef int (*shmp_cond_fn)(void *arg);
+int  shmp_wait_until(_Atomic uint32_t *word, _Atomic uint32_t *waiters,
+                     shmp_cond_fn cond, void *arg, uint64_t deadline);
+void shmp_wake_waiters(_Atomic uint32_t *word, _Atomic uint32_t *waiters);
+/* For a condition kept elsewhere (ring indices): `seq` is bumped, then
+ * woken, only if someone is registered: a busy ring never writes it.  */
+void shmp_bump_and_wake(_Atomic uint32_t *seq, _Atomic uint32_t *waiters);
 /* Deadline helpers: negative timeout = forever (deadline UINT64_MAX). */
 uint64_t shmp_deadline(int64_t timeout_ns);
 int64_t  shmp_remaining(uint64_t deadline);

@@ -2,7 +2,7 @@
  * shmproc.h — the public interface of the shmproc native core.
  *
  * Everything between CDEF-BEGIN and CDEF-END is read verbatim by the cffi
- * build script (shmproc/_build_native.py) as the `cdef`, so that part must
+ * build script (csrc/build_cffi.py) as the `cdef`, so that part must
  * stay cdef-clean: opaque handles, fixed-width integers, no macros, no
  * `_Atomic`, no #ifdef.  Layouts and atomics live in shmp_internal.h.
  *
@@ -134,9 +134,11 @@ int  shmp_seg_verify(const void *payload, uint32_t kind);
 int  shmp_seg_identify(int fd, uint32_t *abi_out, uint32_t *owner_uid_out);
 
 /* ---- ring: bounded ring of variable-length records ---------------------
- * Lives in its own segment.  Single-producer/single-consumer operations are
- * lock-free and wait-free; with SHMP_RING_MULTI_* a side serialises on a
- * robust process-shared lock that recovers when its holder dies.
+ * Lives in its own segment.  A side created single (no SHMP_RING_MULTI_*
+ * flag for it) takes no lock: its operations are lock-free, and that side
+ * must be used by one thread of one process at a time (not checked).
+ * With SHMP_RING_MULTI_* a side serialises on a robust process-shared
+ * lock that recovers when its holder dies.
  * A record is at most shmp_ring_max_record() bytes.  Each record carries a
  * 15-bit user tag (0..32767) that the caller gives meaning to.          */
 typedef struct shmp_ring shmp_ring;
@@ -161,9 +163,6 @@ int  shmp_ring_put_tracked(shmp_ring *ring, const char *data, uint32_t len, uint
 int  shmp_ring_put_many(shmp_ring *ring, const void *blob, const uint32_t *lens,
                         const uint32_t *tags, uint32_t count, int64_t timeout_ns,
                         uint32_t *done_out);
-int  shmp_ring_reserve(shmp_ring *ring, uint32_t len, int64_t timeout_ns, void **ptr_out);
-int  shmp_ring_commit(shmp_ring *ring, uint32_t len, uint32_t tag);
-int  shmp_ring_abort(shmp_ring *ring);
 
 /* consumer side */
 int  shmp_ring_get(shmp_ring *ring, void *dst, uint64_t cap, int64_t timeout_ns,
@@ -176,9 +175,6 @@ int64_t shmp_ring_get_record(shmp_ring *ring, void *dst, uint64_t cap, int64_t t
 int  shmp_ring_get_many(shmp_ring *ring, void *dst, uint64_t cap, uint32_t max_count,
                         int64_t timeout_ns, uint32_t *lens_out, uint32_t *tags_out,
                         uint32_t *count_out);
-int  shmp_ring_peek(shmp_ring *ring, int64_t timeout_ns, const void **ptr_out,
-                    uint32_t *len_out, uint32_t *tag_out);
-int  shmp_ring_release(shmp_ring *ring);
 
 /* either side */
 uint64_t shmp_ring_count(const shmp_ring *ring);      /* records queued (approximate under concurrency) */
@@ -223,14 +219,12 @@ int  shmp_ctl_leave(shmp_control *ctl);
 uint32_t shmp_ctl_section(const shmp_control *ctl);
 uint64_t shmp_ctl_section_start_ns(const shmp_control *ctl);
 uint64_t shmp_ctl_deadline_ns(const shmp_control *ctl);
-/* ends a lap: leaves the current section (same bits as enter), bumps the
- * lap counter and the heartbeat.                                        */
+/* ends a lap: leaves the current section (same bits as enter) and bumps
+ * the lap counter.                                                      */
 int  shmp_ctl_end_lap(shmp_control *ctl);
 
 uint32_t shmp_ctl_lives(const shmp_control *ctl);
 int  shmp_ctl_set_lives(shmp_control *ctl, uint32_t lives);
-uint64_t shmp_ctl_heartbeat_ns(const shmp_control *ctl);
-int  shmp_ctl_beat(shmp_control *ctl);
 int32_t shmp_ctl_pid(const shmp_control *ctl);
 int  shmp_ctl_set_pid(shmp_control *ctl, int32_t pid);
 int  shmp_ctl_set_exit(shmp_control *ctl, int32_t code, int32_t signo);
@@ -263,21 +257,27 @@ int  shmp_guard_stop(void);
 int  shmp_guard_running(void);
 
 /* ---- wait/wake on a 32-bit shared word ----------------------------------
- * Exposed for tests and for the engine's own words; the ring and control
- * block use these internally.                                            */
+ * For words the caller lays out (blob headers, blobs.py), with the same
+ * primitive the ring and control blocks use (wait.c).  Each waitable word
+ * has a `waiters` word beside it (another aligned 32-bit word, zero at
+ * creation): wait registers there once its spin is over, and store / cas
+ * make a wake-up syscall only if someone is registered.  store and cas
+ * take NULL waiters for a word nobody sleeps on (they then never wake).  */
 /* Linux: deliver `signo` to this process when its parent dies (prctl),
  * then check the parent is still `expected_parent`; SHMP_EPEER if it is
  * already gone.  Elsewhere: only the check.                              */
 int  shmp_parent_death_signal(int signo, int32_t expected_parent);
 
-int  shmp_wait_u32(void *word, uint32_t expected, int64_t timeout_ns);
-int  shmp_wake_u32(void *word, int32_t count);
+/* sleep while *word == expected: OK once it differs, ETIMEDOUT, or EINTR */
+int  shmp_wait_u32(void *word, void *waiters, uint32_t expected, int64_t timeout_ns);
 uint32_t shmp_load_u32(const void *word);               /* acquire load */
-int  shmp_store_u32(void *word, uint32_t value);        /* release store, then wake all */
+/* release store, then wake all sleepers if any are registered in `waiters` */
+int  shmp_store_u32(void *word, void *waiters, uint32_t value);
 /* fetch-add (acq_rel) of a signed delta; returns the old value (0 on a bad word) */
 uint32_t shmp_add_u32(void *word, int32_t delta);
-/* compare-and-swap (acq_rel), then wake all; SHMP_ESTATE if the word was not `expected` */
-int  shmp_cas_u32(void *word, uint32_t expected, uint32_t desired);
+/* compare-and-swap (acq_rel), then wake as store does; SHMP_ESTATE if the
+ * word was not `expected`                                               */
+int  shmp_cas_u32(void *word, void *waiters, uint32_t expected, uint32_t desired);
 
 /* CDEF-END */
 

@@ -199,23 +199,17 @@ def test_producer_killed_before_its_wake_up_strands_no_sleeping_consumer(multi):
 
 # ---- 9d: Ctrl-C while another process sits on the side lock -------------------
 
-def _hold_lock_and_stop(fd, side):
-    ring = native.Ring.attach(os.dup(fd))
-    if side == "consumer":
-        rc, _, _ = ring.peek(-1)            # peek keeps the consumer lock until release()
-    else:
-        rc, _ = ring.reserve(8, -1)         # reserve keeps the producer lock until commit()
-    if rc != OK:
-        os._exit(2)
-    os.kill(os.getpid(), signal.SIGSTOP)
-    os._exit(3)
-
-
 class StoppedLockHolder:
-    """A child process stopped while it holds one of `ring`'s side locks."""
+    """A child process stopped while it holds one of `ring`'s side locks: at
+    the fault point after its index store, before its unlock (a consumer
+    has then taken the first record, a producer has put b"late")."""
 
     def __init__(self, ring, side="consumer"):
-        self.proc = FORK.Process(target=_hold_lock_and_stop, args=(ring.fd, side))
+        fffi, flib = fault_build.load()
+        point, op = (("SHMP_FAULT_CONSUMER_PUBLISHED", "get") if side == "consumer"
+                     else ("SHMP_FAULT_PRODUCER_PUBLISHED", "put"))
+        self.proc = FORK.Process(target=_child_at_fault,
+                                 args=(ring.fd, getattr(flib, point), op))
 
     def __enter__(self):
         self.proc.start()
@@ -242,8 +236,9 @@ def test_lock_wait_returns_eintr_between_slices():
             waited = time.monotonic() - t0
         # Before: the lock wait ran to its deadline, deaf to signals (ETIMEDOUT).
         assert rc == native.EINTR and waited < 2.0
-        # The holder died in its peek, before release: "one" was never taken.
-        assert get(ring, timeout=1_000_000_000) == (OK, b"one")
+        # The holder died after taking "one", before its unlock: the next
+        # consumer recovers the lock and takes "two".
+        assert get(ring, timeout=1_000_000_000) == (OK, b"two")
     finally:
         ring.close()
 
@@ -317,12 +312,12 @@ def test_segment_of_another_abi_version_names_both_versions():
                 f.seek(8)
                 f.write((1).to_bytes(4, "little"))          # abi_version: an older shmproc
         with pytest.raises(shmproc.SharedMemoryVersionError,
-                           match="ABI version 1, this shmproc speaks version 2") as info:
+                           match="ABI version 1, this shmproc speaks version 3") as info:
             native.Blob.attach(blob.fd)
         assert (info.value.found, info.value.expected) == (1, lib.shmp_abi_version())
         assert isinstance(info.value, CorruptSharedMemoryError)
         again = pickle.loads(pickle.dumps(info.value))          # errors travel between processes
-        assert (again.found, again.expected, str(again)) == (1, 2, str(info.value))
+        assert (again.found, again.expected, str(again)) == (1, 3, str(info.value))
         with pytest.raises(shmproc.SharedMemoryVersionError, match="version 1"):
             native.Ring.attach(os.dup(ring.fd))
     finally:

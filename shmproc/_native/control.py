@@ -182,13 +182,6 @@ class Control:
         lib.shmp_ctl_set_lives(self.block, lives)
 
     @property
-    def heartbeat_ns(self) -> int:
-        return lib.shmp_ctl_heartbeat_ns(self.block)
-
-    def beat(self):
-        lib.shmp_ctl_beat(self.block)
-
-    @property
     def pid(self) -> int:
         return lib.shmp_ctl_pid(self.block)
 

@@ -59,13 +59,13 @@ _lease_lock = threading.RLock()
 
 
 def _end_lease(p, lease):
-    state_off, refs_off, released = lease
+    state_off, refs_off, waiters_off, released = lease
     with _lease_lock:
         _leases.pop(int(ffi.cast("uintptr_t", p)), None)
         # acq_rel fetch-add (csrc/wait.c): the holder that counts the last
         # mapping out publishes RELEASED; the producer may then reuse it.
         if lib.shmp_add_u32(p + refs_off, -1) == 1:
-            lib.shmp_store_u32(p + state_off, released)
+            lib.shmp_store_u32(p + state_off, p + waiters_off, released)
 
 
 def _count_fork_children():
@@ -139,23 +139,25 @@ class Blob:
         lease = [None]
         return cls(-1, n[0], _mapping(p[0], n[0], lease=lease), lease)
 
-    def claim(self, state_off: int, refs_off: int, expected: int, claimed: int, released: int):
+    def claim(self, state_off: int, refs_off: int, waiters_off: int, expected: int,
+              claimed: int, released: int):
         """Move the state word from `expected` to `claimed` (atomically) and
         count this mapping in `refs`; when the last counted mapping in any
-        process dies, `released` is stored in the state word.  Raises
+        process dies, `released` is stored in the state word.  Both changes
+        wake the sleepers registered in `waiters` (see wait_word).  Raises
         RuntimeError if the state was not `expected` (someone else claimed
         it, or it is not published)."""
         if self._lease is None or self._lease[0] is not None:
             raise RuntimeError("this blob mapping cannot be claimed (again)")
         self._word(refs_off)
-        rc = lib.shmp_cas_u32(self._word(state_off), expected, claimed)
+        rc = lib.shmp_cas_u32(self._word(state_off), self._word(waiters_off), expected, claimed)
         if rc == ESTATE:
             raise RuntimeError(f"blob state is {self.load_word(state_off)}, not {expected}")
         check(rc, "claiming a shared segment")
         base = ffi.cast("char *", ffi.from_buffer(self.buffer))
         with _lease_lock:
             lib.shmp_add_u32(base + refs_off, 2 if _forking else 1)
-            self._lease[0] = (state_off, refs_off, released)
+            self._lease[0] = (state_off, refs_off, waiters_off, released)
             _leases[int(ffi.cast("uintptr_t", base))] = (base, refs_off)
 
     def close_fd(self):
@@ -172,13 +174,19 @@ class Blob:
         """Atomic (acquire) read of the 32-bit word at `offset`."""
         return lib.shmp_load_u32(self._word(offset))
 
-    def store_word(self, offset: int, value: int):
-        """Atomic (release) write of the 32-bit word at `offset`, waking sleepers."""
-        check(lib.shmp_store_u32(self._word(offset), value), "writing a shared word")
+    def store_word(self, offset: int, value: int, waiters: int | None = None):
+        """Atomic (release) write of the 32-bit word at `offset`; wakes the
+        sleepers registered in the word at offset `waiters`, if any (None:
+        nobody ever sleeps on this word)."""
+        w = ffi.NULL if waiters is None else self._word(waiters)
+        check(lib.shmp_store_u32(self._word(offset), w, value), "writing a shared word")
 
-    def wait_word(self, offset: int, expected: int, timeout_ns: int) -> int:
-        """Sleep while the word equals `expected`; returns OK, ETIMEDOUT or EINTR."""
-        return lib.shmp_wait_u32(self._word(offset), expected, timeout_ns)
+    def wait_word(self, offset: int, waiters: int, expected: int, timeout_ns: int) -> int:
+        """Sleep while the word at `offset` equals `expected`, registered in
+        the waiters word at offset `waiters` (zero at creation, used for
+        nothing else) so that a store or claim wakes us; returns OK,
+        ETIMEDOUT or EINTR."""
+        return lib.shmp_wait_u32(self._word(offset), self._word(waiters), expected, timeout_ns)
 
 
 #: Ranges at least this large are faulted in with one call before writing.

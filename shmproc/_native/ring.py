@@ -81,31 +81,6 @@ class Ring:
     def __del__(self):
         self.close()
 
-    def reserve(self, size: int, timeout_ns: int = 0):
-        """Returns (status, writable buffer or None); commit() or abort() after."""
-        p = ffi.new("void **")
-        rc = lib.shmp_ring_reserve(self._h, size, timeout_ns, p)
-        return rc, (ffi.buffer(p[0], size) if rc == OK else None)
-
-    def commit(self, size: int, tag: int = 0) -> int:
-        return lib.shmp_ring_commit(self._h, size, tag)
-
-    def abort(self) -> int:
-        return lib.shmp_ring_abort(self._h)
-
-    def peek(self, timeout_ns: int = 0):
-        """Returns (status, read-only view or None, tag); release() after."""
-        p = ffi.new("const void **")
-        n = ffi.new("uint32_t *")
-        t = ffi.new("uint32_t *")
-        rc = lib.shmp_ring_peek(self._h, timeout_ns, p, n, t)
-        if rc != OK:
-            return rc, None, 0
-        return rc, memoryview(ffi.buffer(p[0], n[0])).toreadonly(), t[0]
-
-    def release(self) -> int:
-        return lib.shmp_ring_release(self._h)
-
     def count(self) -> int:
         return lib.shmp_ring_count(self._h)
 

@@ -141,6 +141,12 @@ def _Scratch(size):
     return native.RecvBuffer(size, _MANY_MAX)
 
 
+def _many(side, name) -> bool:
+    if side not in ("one", "many"):
+        raise ValueError(f"{name} must be 'one' or 'many', not {side!r}")
+    return side == "many"
+
+
 def _blocking_timeout(block, timeout) -> int:
     if not block:
         return 0
@@ -155,15 +161,28 @@ class Queue:
     which bounds the bytes of small items in flight.  Pass the queue to
     processes as an argument (fork, spawn or forkserver) or send it
     through another queue.
+
+    Private, for shmproc's own queues: ``_producers="one"`` (or
+    ``_consumers="one"``) makes that side of the ring lock-free (csrc/ring.c)
+    for a caller that guarantees one thread of one process at a time on it
+    (puts, or gets, never overlap; handing the side over to another
+    process is fine once the first has stopped or died).  Nothing checks
+    it: two at once corrupt the queue.  A single side keeps no journal, so
+    a process killed inside a get may leave qsize() one high for good:
+    use single sides with maxsize=0.  The default, ``"many"``, is the
+    robust locked side.
     """
 
-    def __init__(self, maxsize: int = 0, *, capacity: int | None = None):
+    def __init__(self, maxsize: int = 0, *, capacity: int | None = None,
+                 _producers: str = "many", _consumers: str = "many"):
         if isinstance(maxsize, bool) or not isinstance(maxsize, int):
             raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
         if maxsize < 0:
             raise ValueError(f"maxsize must be >= 0 (0 means unbounded), got {maxsize}")
         cap = DEFAULT_CAPACITY if capacity is None else _round_capacity(capacity)
-        ring = native.Ring.create(cap, multi_producer=True, multi_consumer=True, max_items=maxsize)
+        ring = native.Ring.create(cap, multi_producer=_many(_producers, "_producers"),
+                                  multi_consumer=_many(_consumers, "_consumers"),
+                                  max_items=maxsize)
         self._setup(ring, maxsize)
 
     def _setup(self, ring, maxsize):

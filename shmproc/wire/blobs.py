@@ -16,6 +16,8 @@ maps it any more.  The blob's header says where it stands:
                          --the last mapping in any process dies--> RELEASED (2)
     refs   how many mappings (in any process) hold a lease on it
     nonce  64 random bits, new at each publication, also in the descriptor
+    waiters  threads asleep on `state` (a producer waiting at exit): a
+             claim or release makes a wake-up syscall only if there are any
 
 A consumer first checks, without writing anything, that the segment its
 descriptor names is a blob of the right size whose nonce matches: a
@@ -75,12 +77,13 @@ MAX_OPENED_KEPT = 64
 
 PEER_FD_OK = native.PEER_FD_OK
 
-# Blob layout: [state u32 | refs u32 | nonce u64 | descriptor crc u32 | pad
-# to 64][main payload][buffers, each where its source sits within a page
-# (see native.copy_offset)].  The crc covers everything the descriptor says
-# after (pid, fd): a descriptor altered in any field is refused.
+# Blob layout: [state u32 | refs u32 | nonce u64 | descriptor crc u32 |
+# waiters u32 | pad to 64][main payload][buffers, each where its source sits
+# within a page (see native.copy_offset)].  The crc covers everything the
+# descriptor says after (pid, fd): a descriptor altered in any field is
+# refused.
 HEADER = 64
-_STATE, _REFS, _NONCE, _CRC = 0, 4, 8, 16
+_STATE, _REFS, _NONCE, _CRC, _WAITERS = 0, 4, 8, 16, 20
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 # Descriptor: pid, fd, blob size, main length, main kind, buffer count,
@@ -153,7 +156,7 @@ class BlobPool:
         _U32.pack_into(view, _CRC, zlib.crc32(desc[_DESC_ID:]))
         view.release()
         blob.store_word(_REFS, 0)
-        blob.store_word(_STATE, PUBLISHED)      # release: the nonce and payload before it
+        blob.store_word(_STATE, PUBLISHED, _WAITERS)    # release: the nonce and payload before it
         sent = Sent(blob, token, nonce)
         with self.lock:
             self.in_flight.append(sent)
@@ -240,7 +243,7 @@ class BlobPool:
             left = deadline - now
             if left <= 0:
                 return False
-            waiting[0].blob.wait_word(_STATE, PUBLISHED, int(min(left, 0.05) * 1e9))
+            waiting[0].blob.wait_word(_STATE, _WAITERS, PUBLISHED, int(min(left, 0.05) * 1e9))
 
     def flush_at_exit(self):
         self.wait_opened(None, time.monotonic() + EXIT_FLUSH_TIMEOUT)
@@ -271,7 +274,7 @@ class BlobPool:
                     if sent.blob.load_word(_STATE) == OPENED:
                         # The dead reader's lease can never be given back.
                         sent.blob.store_word(_REFS, 0)
-                        sent.blob.store_word(_STATE, PUBLISHED)
+                        sent.blob.store_word(_STATE, PUBLISHED, _WAITERS)
                     return sent.blob.load_word(_STATE) == PUBLISHED
         return False
 
@@ -463,7 +466,7 @@ def decode(record, copy: bool):
         if state != PUBLISHED:
             raise _corrupt("names an item another reader already claimed")
         try:
-            blob.claim(_STATE, _REFS, PUBLISHED, OPENED, RELEASED)
+            blob.claim(_STATE, _REFS, _WAITERS, PUBLISHED, OPENED, RELEASED)
         except RuntimeError:
             raise _corrupt("names an item another reader already claimed") from None
     finally:

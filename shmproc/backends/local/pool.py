@@ -142,7 +142,8 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
         weakref.finalize(self, res.kill)
         try:
             res.ctl = native.ControlArray.create(2 * self._n)
-            res.results = Queue(capacity=RESULT_RING_BYTES)
+            # Every worker puts, only the pool reads (under its lock): one consumer.
+            res.results = Queue(capacity=RESULT_RING_BYTES, _consumers="one")
             if self._method == "forkserver":
                 preload_into_forkserver()
             for i in range(self._n):
@@ -160,7 +161,8 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
         pctl.reset()
         rctl.reset()
         pctl.set_state(0)
-        task_q = Queue(capacity=TASK_RING_BYTES)
+        # The pool writes (under its lock), this worker reads: lock-free both sides.
+        task_q = Queue(capacity=TASK_RING_BYTES, _producers="one", _consumers="one")
         task_q.cancel_join_thread()        # its large records matter only while the worker lives
         main = threading.current_thread() is threading.main_thread()
         try:
