@@ -139,6 +139,16 @@ class JobEngine:
             if self._status == RUNNING:
                 self._status = CLOSED
 
+    def _read_lazy_jobs_to_the_end(self):
+        """join(): every submitted call finishes, as multiprocessing's do.  A
+        lazy call (imap) whose caller stopped taking results would otherwise
+        stay paused for ever; its results wait for the caller, or go with
+        the iterator."""
+        with self._lock:
+            for job in self._jobs:
+                job.lazy = False
+            self._results_taken(None)
+
     @property
     def workers(self) -> int:
         return self._n

@@ -551,6 +551,7 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             raise ValueError("join() needs close() (or terminate()) first")
         if self._status == TERMINATED:
             return
+        self._read_lazy_jobs_to_the_end()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:

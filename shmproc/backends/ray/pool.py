@@ -491,6 +491,7 @@ class RayPool(JobEngine):
         """Wait for every submitted task, then give the workers back.  Call close() first."""
         if self._status == RUNNING:
             raise ValueError("join() needs close() (or terminate()) first")
+        self._read_lazy_jobs_to_the_end()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while self._status != TERMINATED and self._broken is None and self._busy():
