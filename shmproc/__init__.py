@@ -30,13 +30,17 @@ _ERRORS = ("SerializationError", "LostRecord", "RayNotInstalled", "ClusterUnreac
            "ResourcesUnavailable")
 
 __all__ = [
-    "Queue", "Pool", "Task", "Progress", "Backend", "LocalBackend", "RayBackend", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
+    "Queue", "Pool", "Task", "Progress", "AsyncResult", "MapResult", "Backend", "LocalBackend", "RayBackend", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
     "SharedMemoryVersionError", "ForeignSharedMemoryError",
     "sktime", "circuit", "docs", "processing", *_PROCESSING, *_ERRORS,
 ]
+# `from shmproc import *` must not shadow the builtin TimeoutError: shmproc's
+# (a subclass of it) stays reachable as shmproc.TimeoutError.
+__all__.remove("TimeoutError")
 
 _LAZY = {"Queue": ("shmproc.channels.queue", "Queue"), "Pool": ("shmproc.pool", "Pool"),
          "Task": ("shmproc.pool", "Task"), "Progress": ("shmproc.pool", "Progress"),
+         "AsyncResult": ("shmproc.pool", "AsyncResult"), "MapResult": ("shmproc.pool", "MapResult"),
          "Backend": ("shmproc.backends.base", "Backend"),
          "LocalBackend": ("shmproc.backends.local.run", "LocalBackend"),
          # Importing the Ray backend does not import Ray: that waits for first use.

@@ -8,10 +8,11 @@ and every call goes to it.
 from __future__ import annotations
 
 from .backends.resolve import resolve as resolve_backend
+from .jobs.asyncresult import AsyncResult, MapResult
 from .jobs.engine import Progress
 from .jobs.task import Task
 
-__all__ = ["Pool", "Task", "Progress"]
+__all__ = ["Pool", "Task", "Progress", "AsyncResult", "MapResult"]
 
 
 class Pool:
@@ -94,6 +95,31 @@ class Pool:
         pool's `retries` times.
         """
         return self._engine.submit(fn, *args, copy=copy, **kwargs)
+
+    # -- multiprocessing.Pool's asynchronous calls --------------------------------------------
+    def apply(self, func, args=(), kwds={}):            # noqa: B006 - the stdlib's signature
+        """func(*args, **kwds) on a worker; waits for and returns its result
+        (multiprocessing.Pool.apply)."""
+        return self._engine.apply(func, args, kwds)
+
+    def apply_async(self, func, args=(), kwds={}, callback=None,     # noqa: B006
+                    error_callback=None) -> AsyncResult:
+        """func(*args, **kwds) on a worker; an AsyncResult at once
+        (multiprocessing.Pool.apply_async: get(timeout), wait(timeout),
+        ready(), successful(); callback(value) or error_callback(exception)
+        run once in this process)."""
+        return self._engine.apply_async(func, args, kwds, callback, error_callback)
+
+    def map_async(self, func, iterable, chunksize=None, callback=None,
+                  error_callback=None) -> MapResult:
+        """map() returning a MapResult at once; get() gives the list
+        (multiprocessing.Pool.map_async)."""
+        return self._engine.map_async(func, iterable, chunksize, callback, error_callback)
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None,
+                      error_callback=None) -> MapResult:
+        """starmap() returning a MapResult at once (multiprocessing.Pool.starmap_async)."""
+        return self._engine.starmap_async(func, iterable, chunksize, callback, error_callback)
 
     # -- state -------------------------------------------------------------------------------
     @property

@@ -28,6 +28,7 @@ import math
 import threading
 
 from ..common import validate
+from .asyncresult import AsyncResult, MapResult
 from .job import Job
 from .progressbar import ProgressBar
 from .task import SLICE_S
@@ -60,6 +61,7 @@ class JobEngine:
         self._lock = threading.RLock()
         self._status = RUNNING
         self._jobs = collections.deque()       # jobs whose source still yields
+        self._async_pending = set()            # AsyncResults whose callbacks have not run
 
     # -- the calls -------------------------------------------------------------------------
     def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
@@ -99,6 +101,51 @@ class JobEngine:
                  copy: bool = False, retries: int | None = None):
         """Lazy starmap, in order."""
         return self._lazy(fn, iterable, chunksize, True, copy, True, progress, retries)
+
+    # -- multiprocessing.Pool's asynchronous calls ----------------------------------------------
+    def apply(self, func, args=(), kwds={}):           # noqa: B006 - the stdlib's signature
+        """func(*args, **kwds) on a worker; waits for and returns its result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func, args=(), kwds={}, callback=None,     # noqa: B006
+                    error_callback=None) -> AsyncResult:
+        """func(*args, **kwds) on a worker; returns an AsyncResult at once."""
+        task = self.submit(func, *args, **kwds)
+        return self._track(AsyncResult(self, task, callback, error_callback))
+
+    def map_async(self, func, iterable, chunksize=None, callback=None,
+                  error_callback=None) -> MapResult:
+        """map() that returns a MapResult at once; get() gives the list."""
+        return self._map_async(func, iterable, chunksize, False, callback, error_callback)
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None,
+                      error_callback=None) -> MapResult:
+        """starmap() that returns a MapResult at once."""
+        return self._map_async(func, iterable, chunksize, True, callback, error_callback)
+
+    def _map_async(self, func, iterable, chunksize, star, callback, error_callback):
+        for name, fn in (("callback", callback), ("error_callback", error_callback)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
+        job = self._start_job(func, iterable, chunksize, star, False, True)
+        return self._track(MapResult(self, job, callback, error_callback))
+
+    def _track(self, result):
+        if not result._fired:
+            with self._lock:
+                self._async_pending.add(result)
+            self._async_started()
+        return result
+
+    def _async_started(self):
+        """Results with callbacks are pending: make sure something drives
+        the pool while nobody waits (the local engine starts its driver)."""
+
+    def _fire_async(self):
+        """Run the callbacks of pending results that are ready (never under the lock)."""
+        for result in list(self._async_pending):
+            if result._done():
+                result._fire()
 
     def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress, retries):
         """imap & co.: bad arguments fail now; the work starts with the first

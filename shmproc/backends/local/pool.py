@@ -245,7 +245,8 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             if not jobs:
                 break
             job = jobs[0]
-            out = None if not feed_jobs else job.take(self, want, max_items)
+            skip = not feed_jobs or (feed_jobs == "eager" and job.lazy)
+            out = None if skip else job.take(self, want, max_items)
             if job.exhausted():
                 jobs.popleft()
             else:
@@ -427,9 +428,10 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             raise
 
     def _ensure_pumper(self):
-        """Submitted tasks beyond the workers' windows still get sent when
-        nobody waits: a helper thread drives the pool until they are done."""
-        if self._pumper is None and self._pending:
+        """Submitted tasks beyond the workers' windows still get sent, and
+        async results' callbacks run, when nobody waits: a helper thread
+        drives the pool until they are done."""
+        if self._pumper is None and (self._pending or self._async_pending):
             self._pumper = threading.Thread(target=self._pump_in_background, daemon=True,
                                             name="shmproc-pool-driver")
             self._pumper.start()
@@ -438,15 +440,21 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
         try:
             while True:
                 with self._lock:
-                    if self._status == TERMINATED or not self._pending:
+                    if self._status == TERMINATED or not (self._pending or self._async_pending):
                         self._pumper = None
                         return
-                    self._pump(0.005, feed_jobs=False)   # imap & co. read as their caller takes
+                    # imap & co. read as their caller takes: only eager calls are fed here.
+                    self._pump(0.005, feed_jobs="eager")
+                self._fire_async()
                 time.sleep(0.0005)              # let a waiting caller take the lock
         except BaseException as exc:            # noqa: BLE001 - handed to the next caller
             with self._lock:
                 self._background_error = exc
                 self._pumper = None
+
+    def _async_started(self):
+        with self._lock:
+            self._ensure_pumper()
 
     def _poll(self):
         with self._lock:

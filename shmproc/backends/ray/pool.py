@@ -634,4 +634,6 @@ def _dispatch_loop(pool_ref):
                     pool._complete(ref)
             if ready:
                 pool._wake()
+        if ready and pool._async_pending:
+            pool._fire_async()                     # callbacks run here, outside the lock
         del pool

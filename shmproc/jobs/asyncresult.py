@@ -1,0 +1,150 @@
+"""AsyncResult: multiprocessing.pool.AsyncResult's interface over a Task
+(apply_async) or a Job (map_async, starmap_async).
+
+    get(timeout=None)   the value, or the task's exception; multiprocessing's
+                        TimeoutError if not ready in time
+    wait(timeout=None)  block until ready (or timeout)
+    ready()             finished?
+    successful()        finished without an exception? (ValueError if not ready)
+
+callback / error_callback run once, in the parent, before get() returns,
+as multiprocessing's do: from whichever thread notices the result first
+(the caller waiting on it, or the pool's background driver, which runs
+while callbacks are pending so that they fire even if nobody waits).
+A callback that raises is reported on stderr and does not break the pool.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import threading
+import time
+import traceback
+
+from .. import _native as native
+from .task import SLICE_S, Task
+
+TERMINATED = "terminated"     # engine.TERMINATED (engine.py imports this module)
+
+__all__ = ["AsyncResult", "MapResult"]
+
+
+class AsyncResult:
+    """apply_async's handle: one call on a worker."""
+
+    def __init__(self, engine, sink, callback=None, error_callback=None):
+        for name, fn in (("callback", callback), ("error_callback", error_callback)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
+        self._engine = engine
+        self._sink = sink
+        self._callback = callback
+        self._error_callback = error_callback
+        self._fired = callback is None and error_callback is None
+        self._fire_lock = threading.Lock()
+
+    # -- what each kind of sink says ---------------------------------------------------------
+    def _done(self) -> bool:
+        return self._sink._state >= Task._DONE
+
+    def _outcome(self):
+        """(value, error) once done."""
+        task = self._sink
+        if task._state == Task._CANCELLED:
+            from concurrent.futures import CancelledError
+            return None, CancelledError(f"task {task._name} was cancelled")
+        return task._value, task._error
+
+    # -- multiprocessing.pool.AsyncResult ------------------------------------------------------
+    def ready(self) -> bool:
+        if not self._done():
+            self._engine._poll()
+        if self._done():
+            self._fire()
+            return True
+        return False
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._outcome()[1] is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + native.timeout_ns(timeout) / 1e9
+        engine = self._engine
+        while not self._done():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            engine._wait_step(SLICE_S if left is None else min(left, SLICE_S))
+        self._fire()
+
+    def get(self, timeout: float | None = None):
+        self.wait(timeout)
+        if not self._done():
+            raise multiprocessing.TimeoutError
+        value, error = self._outcome()
+        if error is not None:
+            raise error
+        return value
+
+    # -- callbacks -------------------------------------------------------------------------------
+    def _fire(self):
+        """Run the callback once the result is in (once, whoever calls)."""
+        if self._fired:
+            return
+        with self._fire_lock:
+            if self._fired:
+                return
+            self._fired = True
+        self._engine._async_pending.discard(self)
+        self._settle()
+        value, error = self._outcome()
+        fn, arg = (self._callback, value) if error is None else (self._error_callback, error)
+        if fn is None:
+            return
+        try:
+            fn(arg)
+        except Exception:                    # noqa: BLE001 - as multiprocessing: reported, not raised
+            print(f"shmproc: the {'callback' if error is None else 'error_callback'} of "
+                  f"{self!r} raised:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
+
+    def _settle(self):
+        pass
+
+    def __repr__(self):
+        state = "ready" if self._done() else "pending"
+        return f"<shmproc.AsyncResult {state}>"
+
+
+class MapResult(AsyncResult):
+    """map_async / starmap_async's handle: every item's result, in order."""
+
+    def __init__(self, engine, sink, callback=None, error_callback=None):
+        super().__init__(engine, sink, callback, error_callback)
+        self._fired = False             # the job is ended once, callbacks or not
+
+    def _settle(self):
+        if self._sink.complete():
+            return
+        self._engine._end_job(self._sink)       # failed early: the rest is dropped
+
+    def _done(self) -> bool:
+        # As multiprocessing's: ready at the first error too (the rest still run).
+        job = self._sink
+        return job.complete() or bool(job.errors) or self._engine._status == TERMINATED
+
+    def _outcome(self):
+        job = self._sink
+        with self._engine._lock:
+            if job.errors:
+                return None, job.errors[min(job.errors)]
+            if job.source_error is not None:
+                return None, job.source_error
+            if self._engine._status == TERMINATED and not job.complete():
+                return None, RuntimeError("the pool was terminated while this map was running")
+            out = []
+            for index in sorted(job.ready):
+                out.extend(job.ready[index])
+            return out, None

@@ -1,0 +1,168 @@
+"""shmproc.Pool speaks multiprocessing.Pool: apply, apply_async, map_async,
+starmap_async and their AsyncResult (issue 12, first part).
+
+Each test runs the same body on shmproc.Pool and on multiprocessing.Pool,
+under fork and spawn: the stdlib's behaviour is the contract.
+"""
+import multiprocessing
+import threading
+import time
+
+import pytest
+
+import shmproc
+
+
+def square(x):
+    return x * x
+
+
+def fail(x):
+    raise ValueError(f"bad {x}")
+
+
+def fail_on_three(x):
+    if x == 3:
+        raise KeyError(x)
+    return x
+
+
+def nap(s):
+    time.sleep(s)
+    return s
+
+
+@pytest.fixture(params=["fork", "spawn"])
+def method(request):
+    return request.param
+
+
+@pytest.fixture(params=["shmproc", "multiprocessing"])
+def pool(request, method):
+    if request.param == "shmproc":
+        p = shmproc.Pool(2, start_method=method)
+    else:
+        p = multiprocessing.get_context(method).Pool(2)
+    with p:
+        yield p
+    p.join()
+
+
+def test_apply_returns_the_value_and_raises_the_tasks_error(pool):
+    """multiprocessing.Pool.apply: func(*args, **kwds), waited for."""
+    assert pool.apply(square, (7,)) == 49
+    assert pool.apply(divmod, (17, 5)) == (3, 2)
+    assert pool.apply(int, ("ff",), {"base": 16}) == 255
+    with pytest.raises(ValueError, match="bad 1"):
+        pool.apply(fail, (1,))
+
+
+def test_apply_async_result_interface(pool):
+    """AsyncResult: get(timeout), wait(timeout), ready(), successful()."""
+    slow = pool.apply_async(nap, (0.5,))
+    with pytest.raises(ValueError):
+        slow.successful()                   # not ready yet: ValueError, as the stdlib
+    assert slow.ready() is False
+    with pytest.raises(multiprocessing.TimeoutError):
+        slow.get(timeout=0.05)
+    slow.wait(timeout=0.01)                 # returns, not ready
+    assert slow.get(timeout=30) == 0.5
+    assert slow.ready() and slow.successful()
+    bad = pool.apply_async(fail, (2,))
+    bad.wait(30)
+    assert bad.ready() and not bad.successful()
+    with pytest.raises(ValueError, match="bad 2"):
+        bad.get()
+
+
+def test_apply_async_callbacks_run_once_before_get_returns(pool):
+    """callback(value) / error_callback(exception), in the parent, before get()."""
+    got, errors = [], []
+    ok = pool.apply_async(square, (6,), callback=got.append, error_callback=errors.append)
+    assert ok.get(30) == 36
+    assert got == [36] and errors == []
+    bad = pool.apply_async(fail, (4,), callback=got.append, error_callback=errors.append)
+    with pytest.raises(ValueError):
+        bad.get(30)
+    assert got == [36]
+    assert len(errors) == 1 and isinstance(errors[0], ValueError)
+    ok.get()
+    assert got == [36]                      # never twice
+
+
+def test_callbacks_fire_with_nobody_waiting(pool):
+    """The stdlib's result handler thread calls callbacks though nobody calls get()."""
+    done = threading.Event()
+    pool.apply_async(square, (5,), callback=lambda v: done.set())
+    assert done.wait(30)
+    finished = threading.Event()
+    pool.map_async(square, range(50), callback=lambda v: finished.set())
+    assert finished.wait(30)
+
+
+def test_map_async_and_starmap_async(pool):
+    """map_async / starmap_async: get() is the ordered list; callback gets it."""
+    got = []
+    result = pool.map_async(square, range(100), callback=got.append)
+    assert result.get(30) == [x * x for x in range(100)]
+    assert got == [[x * x for x in range(100)]]
+    assert pool.map_async(square, [], chunksize=3).get(30) == []
+    assert pool.starmap_async(pow, [(2, 3), (3, 2), (5, 0)]).get(30) == [8, 9, 1]
+
+
+def test_map_async_error_raises_the_items_error(pool):
+    """A failed item: get() raises its exception; error_callback gets it."""
+    errors = []
+    result = pool.map_async(fail_on_three, range(8), chunksize=1, error_callback=errors.append)
+    with pytest.raises(KeyError):
+        result.get(30)
+    assert not result.successful()
+    assert len(errors) == 1 and isinstance(errors[0], KeyError)
+    assert pool.map(square, [1, 2]) == [1, 4]          # the pool goes on
+
+
+def test_callback_that_raises_does_not_break_the_pool(method, capfd):
+    """Better than the stdlib, whose result handler thread dies (and the pool
+    hangs): the error is reported on stderr and the pool goes on."""
+    def bad_callback(value):
+        raise RuntimeError("callback bug")
+    with shmproc.Pool(1, start_method=method) as pool:
+        result = pool.apply_async(square, (2,), callback=bad_callback)
+        assert result.get(30) == 4
+        assert pool.apply(square, (3,)) == 9
+    assert "callback bug" in capfd.readouterr().err
+
+
+def test_non_callable_callbacks_are_refused_at_once(method):
+    """shmproc checks at the call (the stdlib fails later, in its handler thread)."""
+    with shmproc.Pool(1, start_method=method) as pool:
+        with pytest.raises(TypeError, match="callback"):
+            pool.apply_async(square, (1,), callback=42)
+        with pytest.raises(TypeError, match="error_callback"):
+            pool.map_async(square, [1], error_callback="no")
+        with pytest.raises(TypeError, match="callable"):
+            pool.apply_async(42)
+
+
+def test_async_results_after_close_and_join(method):
+    """close(); join(): every async call finished, callbacks ran (as the stdlib)."""
+    got = []
+    pool = shmproc.Pool(2, start_method=method)
+    results = [pool.apply_async(square, (i,), callback=got.append) for i in range(20)]
+    mapped = pool.map_async(square, range(30))
+    pool.close()
+    pool.join()
+    assert [r.get(0) for r in results] == [i * i for i in range(20)]
+    assert mapped.get(0) == [x * x for x in range(30)]
+    assert sorted(got) == sorted(i * i for i in range(20))
+
+
+def test_star_import_does_not_shadow_builtins():
+    """`from shmproc import *` leaves the builtin TimeoutError alone."""
+    import builtins
+    namespace = {}
+    exec("from shmproc import *", namespace)
+    assert "TimeoutError" not in namespace
+    assert "Pool" in namespace and "AsyncResult" in namespace
+    assert issubclass(shmproc.TimeoutError, builtins.TimeoutError)
+    assert shmproc.TimeoutError is not builtins.TimeoutError
