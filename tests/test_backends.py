@@ -49,6 +49,17 @@ def test_pool_is_one_class_on_every_backend(pool, backend):
     assert pool.map(abs, [-1, -2]) == [1, 2]
 
 
+def test_pool_async_calls_on_every_backend(pool):
+    # multiprocessing.Pool's asynchronous calls, on the one job engine.
+    import threading
+    fired = threading.Event()
+    assert pool.apply_async(abs, (-3,), callback=lambda v: fired.set()).get(60) == 3
+    assert fired.wait(60)
+    assert pool.map_async(abs, [-1, -2, -3], chunksize=2).get(60) == [1, 2, 3]
+    assert pool.starmap_async(pow, [(2, 2)]).get(60) == [4]
+    assert pool.apply(abs, (-5,)) == 5
+
+
 # ---- Process classes (module level: the Ray workers import this module) ---------------------
 
 class Lifecycle(Process):
