@@ -26,7 +26,7 @@ _PROCESSING = (
 )
 
 #: Errors raised for shmproc's own reasons beyond the Process ones, all ShmprocErrors.
-_ERRORS = ("SerializationError", "LostRecord", "RayNotInstalled", "ClusterUnreachable",
+_ERRORS = ("SerializationError", "LostRecord", "InitializerError", "RayNotInstalled", "ClusterUnreachable",
            "ResourcesUnavailable")
 
 __all__ = [

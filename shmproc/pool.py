@@ -8,11 +8,19 @@ and every call goes to it.
 from __future__ import annotations
 
 from .backends.resolve import resolve as resolve_backend
+from .common import validate
 from .jobs.asyncresult import AsyncResult, MapResult
 from .jobs.engine import Progress
 from .jobs.task import Task
 
 __all__ = ["Pool", "Task", "Progress", "AsyncResult", "MapResult"]
+
+
+def _one_of(name, value, alias, alias_value):
+    """multiprocessing's argument or shmproc's alias for it, not both."""
+    if value is not None and alias_value is not None:
+        raise TypeError(f"Pool() got both {name}= and {alias}= (the same option): pass one")
+    return value if value is not None else alias_value
 
 
 class Pool:
@@ -24,10 +32,16 @@ class Pool:
     for submitted tasks (close + join); leaving it with an exception
     terminates the workers.
 
-    workers: how many (None: one per CPU; on Ray, per CPU of the cluster).
-    start_method: "fork", "forkserver" or "spawn" (None: the platform's
-    default).  max_tasks_per_worker: a worker is replaced after this many
-    tasks (None: never).  backend: None or "local" (this machine), "ray",
+    The arguments are multiprocessing.Pool's, positionally too:
+    processes (None: one per CPU; on Ray, per CPU of the cluster);
+    initializer(*initargs) runs once in every worker, replacements
+    included (if it raises, the pool's tasks and calls raise
+    InitializerError); maxtasksperchild: a worker is replaced after this
+    many tasks (None: never); context: a multiprocessing context, whose
+    start method the workers use.  shmproc's own spellings are accepted as
+    keywords: workers= (processes), start_method= ("fork", "forkserver",
+    "spawn"; None: the platform's default), max_tasks_per_worker=
+    (maxtasksperchild).  backend: None or "local" (this machine), "ray",
     or a backend object such as shmproc.RayBackend(address=...).
     retries: how many times a task (an item) whose worker dies while
     running it runs again on a fresh worker before it fails with
@@ -37,10 +51,29 @@ class Pool:
 
     __slots__ = ("_engine", "__weakref__")
 
-    def __init__(self, workers: int | None = None, start_method: str | None = None,
+    def __init__(self, processes: int | None = None, initializer=None, initargs=(),
+                 maxtasksperchild: int | None = None, context=None, *,
+                 workers: int | None = None, start_method: str | None = None,
                  max_tasks_per_worker: int | None = None, backend=None, retries: int = 0):
-        self._engine = resolve_backend(backend).pool(workers, start_method,
-                                                     max_tasks_per_worker, retries)
+        workers = _one_of("processes", processes, "workers", workers)
+        max_tasks = _one_of("maxtasksperchild", maxtasksperchild,
+                            "max_tasks_per_worker", max_tasks_per_worker)
+        if processes is not None:
+            validate.worker_count(processes, "processes")
+        if maxtasksperchild is not None and (isinstance(maxtasksperchild, bool) or
+                                             not isinstance(maxtasksperchild, int) or
+                                             maxtasksperchild < 1):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if context is not None:
+            if not hasattr(context, "get_start_method"):
+                raise TypeError(f"context must be a multiprocessing context (from "
+                                f"multiprocessing.get_context()), not {type(context).__name__}")
+            method = context.get_start_method()
+            if start_method is not None and start_method != method:
+                raise ValueError(f"context uses {method!r} but start_method={start_method!r}")
+            start_method = method
+        self._engine = resolve_backend(backend).pool(workers, start_method, max_tasks, retries,
+                                                     initializer=initializer, initargs=initargs)
 
     # -- calls -----------------------------------------------------------------------------
     def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,

@@ -49,6 +49,23 @@ def test_pool_is_one_class_on_every_backend(pool, backend):
     assert pool.map(abs, [-1, -2]) == [1, 2]
 
 
+_INIT = {}
+
+
+def _remember(value):
+    _INIT["value"] = value
+
+
+def _recall(_=None):
+    return _INIT.get("value")
+
+
+def test_pool_initializer_on_every_backend(backend):
+    # multiprocessing.Pool's initializer: once in every worker, before its tasks.
+    with Pool(1, _remember, ("ready",), backend=backend) as p:
+        assert p.map(_recall, range(4)) == ["ready"] * 4
+
+
 def test_pool_async_calls_on_every_backend(pool):
     # multiprocessing.Pool's asynchronous calls, on the one job engine.
     import threading

@@ -24,6 +24,7 @@ PUBLIC = [
     (errors.RayNotInstalled, (ImportError,), [ray_backend]),
     (errors.ClusterUnreachable, (ConnectionError,), [ray_backend]),
     (errors.ResourcesUnavailable, (RuntimeError,), [ray_backend]),
+    (errors.InitializerError, (RuntimeError,), [shmproc]),
     (errors.ProcessError, (), [shmproc, shmproc.processing]),
     (errors.PreloopError, (), [shmproc, shmproc.processing]),
     (errors.MainLoopError, (), [shmproc, shmproc.processing]),
@@ -46,7 +47,7 @@ def test_error_class_is_a_shmproc_error_with_its_stdlib_base(cls, bases, paths):
 
 @pytest.mark.parametrize("cls", [errors.SerializationError, errors.LostRecord,
                                  errors.RayNotInstalled, errors.ClusterUnreachable,
-                                 errors.ResourcesUnavailable])
+                                 errors.ResourcesUnavailable, errors.InitializerError])
 def test_plain_error_classes_survive_pickling(cls):
     err = cls("what went wrong")
     again = pickle.loads(pickle.dumps(err))

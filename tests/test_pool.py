@@ -530,8 +530,11 @@ def test_pool_dropped_without_close_is_cleaned_up(method):
 @pytest.mark.parametrize("workers, exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
                                           ("2", TypeError), (True, TypeError)])
 def test_bad_worker_counts(workers, exc):
-    with pytest.raises(exc, match="workers"):
+    # Positionally it is multiprocessing's `processes`; workers= is the alias.
+    with pytest.raises(exc, match="processes"):
         Pool(workers)
+    with pytest.raises(exc, match="workers"):
+        Pool(workers=workers)
 
 
 @pytest.mark.parametrize("kw, exc", [({"max_tasks_per_worker": 0}, ValueError),

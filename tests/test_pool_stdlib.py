@@ -166,3 +166,83 @@ def test_star_import_does_not_shadow_builtins():
     assert "Pool" in namespace and "AsyncResult" in namespace
     assert issubclass(shmproc.TimeoutError, builtins.TimeoutError)
     assert shmproc.TimeoutError is not builtins.TimeoutError
+
+
+# ---- the constructor: multiprocessing.Pool's signature, initializer ------------------------
+
+_STATE = {}
+
+
+def remember(value):
+    _STATE["value"] = value
+    _STATE["runs"] = _STATE.get("runs", 0) + 1
+
+
+def recall(_=None):
+    import os
+    return _STATE.get("value"), _STATE.get("runs"), os.getpid()
+
+
+def refuse():
+    raise OSError("no database")
+
+
+def test_positional_arguments_are_multiprocessings(method):
+    """Pool(processes, initializer, initargs, maxtasksperchild, context)."""
+    ctx = multiprocessing.get_context(method)
+    with shmproc.Pool(2, remember, (41,), None, ctx) as pool:
+        assert pool.workers == 2
+        seen = pool.map(recall, range(8), chunksize=1)
+    assert {value for value, _, _ in seen} == {41}
+    assert {runs for _, runs, _ in seen} == {1}             # once per worker
+
+
+def test_initializer_runs_again_in_replacement_workers(method):
+    """maxtasksperchild: every new worker runs the initializer first."""
+    with shmproc.Pool(processes=1, initializer=remember, initargs=("x",), maxtasksperchild=2,
+                      context=multiprocessing.get_context(method)) as pool:
+        seen = [pool.apply(recall) for _ in range(6)]
+    assert {value for value, _, _ in seen} == {"x"}
+    assert len({pid for _, _, pid in seen}) >= 3            # replaced every 2 tasks
+
+
+def test_shmproc_spellings_remain_as_aliases(method):
+    with shmproc.Pool(workers=1, start_method=method, max_tasks_per_worker=5) as pool:
+        assert pool.apply(recall)[0] is None
+    with pytest.raises(TypeError, match="both processes= and workers="):
+        shmproc.Pool(2, workers=2)
+    with pytest.raises(ValueError, match="context uses"):
+        shmproc.Pool(1, context=multiprocessing.get_context("spawn"), start_method="fork")
+
+
+def test_an_initializer_that_raises_breaks_the_pool_with_a_clear_error(method):
+    """The stdlib respawns such workers for ever (its tasks never run); here
+    every task and later call raises InitializerError naming the cause."""
+    pool = shmproc.Pool(2, refuse, context=multiprocessing.get_context(method))
+    try:
+        with pytest.raises(shmproc.InitializerError, match="no database") as info:
+            pool.apply(recall)
+        assert isinstance(info.value.__cause__, OSError)
+        with pytest.raises(shmproc.InitializerError):
+            pool.map(recall, range(3))
+        with pytest.raises(shmproc.InitializerError):
+            pool.apply_async(recall).get(30)
+    finally:
+        pool.terminate()
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    ({"processes": 0}, ValueError),                 # the stdlib: ValueError
+    ({"processes": -1}, ValueError),
+    ({"processes": "2"}, TypeError),                # the stdlib: TypeError ('<' on a str)
+    ({"initializer": 3}, TypeError),                # 'initializer must be a callable'
+    ({"maxtasksperchild": 0}, ValueError),          # 'maxtasksperchild must be a positive int or None'
+    ({"maxtasksperchild": "3"}, ValueError),
+    ({"context": "fork"}, TypeError),
+])
+def test_bad_constructor_arguments_raise_what_the_stdlib_raises(kwargs, exc):
+    with pytest.raises(exc):
+        shmproc.Pool(**kwargs)
+    if "context" not in kwargs:                     # the stdlib agrees
+        with pytest.raises(exc):
+            multiprocessing.get_context("fork").Pool(**kwargs)

@@ -77,9 +77,11 @@ class Backend(abc.ABC):
         """Start one run of `proc` (config already validated); return its Run."""
 
     @abc.abstractmethod
-    def pool(self, workers, start_method, max_tasks_per_worker, retries=0):
+    def pool(self, workers, start_method, max_tasks_per_worker, retries=0, *,
+             initializer=None, initargs=()):
         """The engine of a shmproc.Pool whose workers run on this backend: a
-        jobs.engine.JobEngine (arguments as Pool's, checked by the engine)."""
+        jobs.engine.JobEngine (arguments as Pool's, checked by the engine;
+        `initializer(*initargs)` runs once in every worker)."""
 
     def __repr__(self):
         return f"<shmproc {type(self).__name__}>"

@@ -109,6 +109,12 @@ class ResourcesUnavailable(ShmprocError, RuntimeError):
     """The cluster cannot grant a launcher the resources asked for."""
 
 
+class InitializerError(ShmprocError, RuntimeError):
+    """A pool's initializer raised in a worker: the pool cannot run tasks.
+    Its tasks and later calls raise this, with the initializer's own
+    exception (and the worker's traceback) as ``__cause__``."""
+
+
 def _qualified_name(cls: type) -> str:
     if cls.__module__ == "builtins":
         return cls.__qualname__

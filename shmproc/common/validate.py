@@ -12,7 +12,7 @@ import os
 import sys
 
 __all__ = ["start_methods", "default_start_method", "start_method", "positive_int",
-           "worker_count", "chunksize", "retries", "callable_name"]
+           "worker_count", "chunksize", "retries", "initializer", "callable_name"]
 
 
 def start_methods() -> list:
@@ -51,9 +51,9 @@ def positive_int(value, name: str, none_means: str):
     return value
 
 
-def worker_count(workers) -> int:
+def worker_count(workers, name: str = "workers") -> int:
     """A pool's `workers`: an int >= 1, or None for one per CPU this process may use."""
-    if positive_int(workers, "workers", "one per CPU") is not None:
+    if positive_int(workers, name, "one per CPU") is not None:
         return workers
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -75,6 +75,21 @@ def retries(value, default=None):
     if value < 0:
         raise ValueError(f"retries must be >= 0, got {value}")
     return value
+
+
+def initializer(fn, args):
+    """A pool's (initializer, initargs as a tuple), or None when there is
+    no initializer.  Errors as multiprocessing.Pool's."""
+    if fn is None:
+        return None
+    if not callable(fn):
+        raise TypeError("initializer must be a callable")
+    try:
+        args = tuple(args)
+    except TypeError:
+        raise TypeError(f"initargs must be an iterable of arguments, not "
+                        f"{type(args).__name__}") from None
+    return fn, args
 
 
 def callable_name(fn) -> str:

@@ -38,7 +38,7 @@ from ..wire import pickling as wire
 from ..common.errors import ProcessError, RemoteError, ResultError
 from ..common.outcome import HOOK_NAMES, is_process_class
 from ..wire.taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP,
-                       R_CHUNK, R_ERROR, R_PART, R_PROCESS, R_VALUE, R_VALUES)
+                       R_CHUNK, R_ERROR, R_INIT_FAILED, R_PART, R_PROCESS, R_VALUE, R_VALUES)
 from .watchdog import EXIT_ORPHANED, Watchdog
 
 _now = native.now_ns
@@ -526,12 +526,29 @@ class _ConstructionFailed:
         self.exc = exc
 
 
-def main(slot, ctl_array, task_q, result_q, parent_pid, direct_child, use_pdeathsig, max_tasks):
-    """The target of a pool worker process."""
+def _initialize(init, result_q) -> bool:
+    """Run the pool's initializer (a pickled (fn, args)); False if it raised,
+    after telling the parent why."""
+    try:
+        fn, args = pickle.loads(init)
+        fn(*args)
+        return True
+    except BaseException as exc:             # noqa: BLE001 - the parent reports it
+        record = taskwire.encode(R_INIT_FAILED, 0, error_payload(exc), None)
+        result_q.put(record, timeout=5.0)
+        return False
+
+
+def main(slot, ctl_array, task_q, result_q, parent_pid, direct_child, use_pdeathsig, max_tasks,
+         init=None):
+    """The target of a pool worker process (`init`: the pool's initializer, pickled)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
     if direct_child and use_pdeathsig:
         if not native.parent_death_signal(signal.SIGKILL, parent_pid):
             os._exit(EXIT_ORPHANED)
+    if init is not None and not _initialize(init, result_q):
+        sys.stdout.flush()
+        os._exit(1)
     worker = PoolWorker(slot, ctl_array, task_q, result_q, parent_pid, direct_child, max_tasks)
     try:
         worker.run()

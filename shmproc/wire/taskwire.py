@@ -45,6 +45,8 @@ R_CHUNK = 18        # payload: (values, {offset: (exception, traceback text)}): 
 R_PROCESS = 19      # payload: (kind, value, timers, error, lap)
 R_VALUES = 20       # payload: (ids, values): several tasks' values in one record
 R_PART = 21         # payload as R_CHUNK: the next items of a chunk still running
+R_INIT_FAILED = 22  # payload: (exception or RemoteError, traceback text): the pool's
+                    # initializer raised; the worker exits after sending it
 
 FLAG_BLOB = 1
 

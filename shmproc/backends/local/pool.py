@@ -32,6 +32,7 @@ import weakref
 from ... import _native as native
 from ...channels.queue import Queue
 from ...common import lifecycle, validate
+from ...common.errors import InitializerError, remote_failure
 from ...common.outcome import is_process
 from ...common.validate import callable_name
 from ...jobs.engine import RUNNING, TERMINATED, JobEngine, Progress
@@ -119,8 +120,12 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
     """The engine of a shmproc.Pool on this machine (see the module doc);
     its arguments are Pool's, checked here."""
 
-    def __init__(self, workers=None, start_method=None, max_tasks_per_worker=None, retries=0):
+    def __init__(self, workers=None, start_method=None, max_tasks_per_worker=None, retries=0,
+                 initializer=None, initargs=()):
         self._init_engine(validate.worker_count(workers), validate.retries(retries))
+        init = validate.initializer(initializer, initargs)
+        self._init = None if init is None else wire.pickle_function(init)  # once for every worker
+        self._broken = None                             # InitializerError: see _init_failed
         self._method = validate.start_method(start_method)
         self._max_tasks = validate.positive_int(max_tasks_per_worker, "max_tasks_per_worker",
                                                 "no limit")
@@ -169,7 +174,7 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             proc = self._ctx.Process(
                 target=pool_worker.main,
                 args=(index, res.ctl, task_q, res.results, os.getpid(),
-                      self._method != "forkserver", main, self._max_tasks),
+                      self._method != "forkserver", main, self._max_tasks, self._init),
                 name=f"shmproc:pool-worker-{index}")
             proc.start()
         except BaseException:
@@ -455,6 +460,30 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
     def _async_started(self):
         with self._lock:
             self._ensure_pumper()
+
+    def _check_broken(self):
+        if self._broken is not None:
+            raise self._broken
+
+    def _init_failed(self, exc, tb):
+        """A worker's initializer raised: no worker of this pool can run a
+        task.  Everything waiting fails with InitializerError, and so does
+        every later call; the workers are not replaced."""
+        if self._broken is not None:
+            return
+        err = InitializerError(f"the pool's initializer raised in a worker: "
+                               f"{type(exc).__name__}: {exc}")
+        err.__cause__ = remote_failure(exc, tb, "in the pool's initializer")
+        self._broken = err
+        for unit in list(self._units.values()) + list(self._pending):
+            for k in range(unit.n):
+                unit.sink._fail(unit.index + k, err)
+        for job in self._jobs:
+            job.source = None
+            job.buffered.clear()
+            job.errors.setdefault(job.taken, err)
+        self._units.clear()
+        self._pending.clear()
 
     def _poll(self):
         with self._lock:

@@ -90,7 +90,7 @@ class WorkerRecovery:
         self._close_task_queue(slot.task_q)
         slots = self._res.slots
         i = slots.index(slot)
-        if self._status == TERMINATED:
+        if self._status == TERMINATED or self._broken is not None:
             slots.pop(i)
             return
         slots[i] = self._start_worker(slot.index)

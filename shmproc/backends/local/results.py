@@ -15,7 +15,8 @@ import queue as _stdlib_queue
 from ...common.errors import remote_failure
 from ...common.validate import callable_name
 from ...wire import taskwire
-from ...wire.taskwire import R_CHUNK, R_ERROR, R_PART, R_PROCESS, R_VALUE, R_VALUES
+from ...wire.taskwire import (R_CHUNK, R_ERROR, R_INIT_FAILED, R_PART, R_PROCESS, R_VALUE,
+                              R_VALUES)
 from .units import LocalJob
 
 __all__ = ["ResultIntake"]
@@ -69,6 +70,12 @@ class ResultIntake:
                 sink = unit.sink
                 if not sink.dropped:
                     sink._put(unit.index, value)
+            return
+        if op == R_INIT_FAILED:
+            if isinstance(body, tuple):
+                self._init_failed(*body)
+            else:
+                self._init_failed(body, None)
             return
         if op == R_PART:                              # a chunk's first items; it goes on
             unit = self._units.get(ident)

@@ -265,9 +265,11 @@ class LocalBackend(Backend):
     def launch(self, proc) -> LocalRun:
         return LocalRun(proc, wire.unserializable)
 
-    def pool(self, workers, start_method, max_tasks_per_worker, retries=0):
+    def pool(self, workers, start_method, max_tasks_per_worker, retries=0, *,
+             initializer=None, initargs=()):
         """The engine of a local shmproc.Pool (arguments as Pool's, unchecked)."""
-        return LocalPool(workers, start_method, max_tasks_per_worker, retries)
+        return LocalPool(workers, start_method, max_tasks_per_worker, retries,
+                         initializer, initargs)
 
     def __repr__(self):
         return "<shmproc LocalBackend>"

@@ -195,8 +195,10 @@ class RayBackend(Backend):
     def launch(self, proc) -> RayRun:
         return RayRun(self, proc)
 
-    def pool(self, workers, start_method, max_tasks_per_worker, retries=0):
-        return RayPool(self, workers, start_method, max_tasks_per_worker, retries)
+    def pool(self, workers, start_method, max_tasks_per_worker, retries=0, *,
+             initializer=None, initargs=()):
+        return RayPool(self, workers, start_method, max_tasks_per_worker, retries,
+                       initializer, initargs)
 
     def __repr__(self):
         return (f"<shmproc RayBackend address={self.address!r} "

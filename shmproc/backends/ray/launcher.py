@@ -106,10 +106,16 @@ class Launcher:
         return None if run is None else run.lap()
 
     # -- pool slot ------------------------------------------------------------------------------
-    async def pool_open(self, start_method, max_tasks, retries=0):
+    async def pool_open(self, start_method, max_tasks, retries=0, init=None):
+        """A one-worker local pool; `init`: the driver's pickled (initializer, initargs)."""
         if self._pool is not None:
             self._pool.terminate()
-        self._pool = LOCAL.pool(1, start_method or "fork", max_tasks, retries=retries)
+        initializer, initargs = None, ()
+        if init is not None:
+            import cloudpickle
+            initializer, initargs = cloudpickle.loads(init)
+        self._pool = LOCAL.pool(1, start_method or "fork", max_tasks, retries=retries,
+                                initializer=initializer, initargs=initargs)
         return self._pool.pids
 
     async def pool_pids(self):

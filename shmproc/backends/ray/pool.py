@@ -94,7 +94,8 @@ class RayPool(JobEngine):
     """shmproc.Pool's API (map, imap, imap_unordered, starmap, istarmap,
     submit) with one launcher actor per worker on a Ray cluster."""
 
-    def __init__(self, backend, workers, start_method, max_tasks_per_worker, retries=0):
+    def __init__(self, backend, workers, start_method, max_tasks_per_worker, retries=0,
+                 initializer=None, initargs=()):
         if start_method is not None:
             validate.start_method(start_method)
         max_tasks = validate.positive_int(max_tasks_per_worker, "max_tasks_per_worker",
@@ -102,6 +103,9 @@ class RayPool(JobEngine):
         # Each launcher runs a one-worker local pool with these retries: an
         # item whose worker dies while running it runs again there, as locally.
         retries = validate.retries(retries)
+        init = validate.initializer(initializer, initargs)
+        # Each launcher's local pool runs it in its worker (pickled once, here).
+        self._init = None if init is None else wire.pickle_function(init)
         n = validate.positive_int(workers, "workers", "one per CPU of the cluster")
         self._backend = backend
         ray = self._ray = backend.connect()
@@ -122,7 +126,8 @@ class RayPool(JobEngine):
         launchers = _cluster.acquire(backend.spec, backend.runtime_env, n, backend.start_timeout)
         self._slots = [_Slot(i, launcher) for i, launcher in enumerate(launchers)]
         try:
-            ray.get([s.launcher.actor.pool_open.remote(start_method, max_tasks, self._retries)
+            ray.get([s.launcher.actor.pool_open.remote(start_method, max_tasks, self._retries,
+                                                       self._init)
                      for s in self._slots], timeout=backend.start_timeout)
         except BaseException:
             _cluster.release(launchers, broken=True)
@@ -337,7 +342,7 @@ class RayPool(JobEngine):
                 fresh = _cluster.acquire(backend.spec, backend.runtime_env, 1,
                                          backend.start_timeout)[0]
                 self._ray.get(fresh.actor.pool_open.remote(self._method, self._max_tasks,
-                                                           self._retries),
+                                                           self._retries, self._init),
                               timeout=backend.start_timeout)
             except Exception as exc:               # noqa: BLE001 - the slot is lost
                 with self._lock:
