@@ -121,6 +121,22 @@ def test_map_async_error_raises_the_items_error(pool):
     assert pool.map(square, [1, 2]) == [1, 4]          # the pool goes on
 
 
+def test_imap_next_with_a_timeout(pool):
+    """IMapIterator.next(timeout): multiprocessing.TimeoutError when no result
+    comes in time; the next call goes on; StopIteration at the end."""
+    it = pool.imap(nap, [0.6, 0.0], chunksize=1)
+    with pytest.raises(multiprocessing.TimeoutError):
+        it.next(timeout=0.05)
+    assert it.next(timeout=30) == 0.6
+    assert it.next(timeout=30) == 0.0
+    with pytest.raises(StopIteration):
+        it.next(timeout=30)
+    unordered = pool.imap_unordered(nap, [0.6], chunksize=1)
+    with pytest.raises(multiprocessing.TimeoutError):
+        unordered.next(timeout=0.05)
+    assert list(unordered) == [0.6]
+
+
 def test_callback_that_raises_does_not_break_the_pool(method, capfd):
     """Better than the stdlib, whose result handler thread dies (and the pool
     hangs): the error is reported on stderr and the pool goes on."""

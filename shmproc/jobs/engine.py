@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import collections
 import math
+import multiprocessing
 import threading
+import time
 
 from ..common import validate
 from .asyncresult import AsyncResult, MapResult
@@ -33,7 +35,7 @@ from .job import Job
 from .progressbar import ProgressBar
 from .task import SLICE_S
 
-__all__ = ["JobEngine", "Progress", "RUNNING", "CLOSED", "TERMINATED"]
+__all__ = ["JobEngine", "IMapIterator", "Progress", "RUNNING", "CLOSED", "TERMINATED"]
 
 Progress = collections.namedtuple("Progress", "done total failed")
 Progress.__doc__ = "Items finished (failed ones included), items accepted, items that failed."
@@ -45,6 +47,56 @@ def _bar(progress, job):
     if not progress:
         return None
     return ProgressBar(job.total, desc=job.name)
+
+
+_TIMED_OUT = object()       # what _drive yields when an IMapIterator.next(timeout) ran out
+
+
+class _Wait:
+    __slots__ = ("deadline",)
+
+    def __init__(self):
+        self.deadline = None
+
+
+class IMapIterator:
+    """What imap / imap_unordered / istarmap return: an iterator whose
+    next(timeout) raises multiprocessing.TimeoutError when no result comes
+    in time, as multiprocessing's IMapIterator (the next call goes on).
+    The work starts with the first next(); close() (or dropping the
+    iterator) drops what is left."""
+
+    __slots__ = ("_gen", "_wait")
+
+    def __init__(self, gen, wait):
+        self._gen = gen
+        self._wait = wait
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.next()
+
+    def next(self, timeout: float | None = None):
+        if timeout is not None:
+            validate_timeout(timeout)
+            self._wait.deadline = time.monotonic() + timeout
+        try:
+            item = next(self._gen)
+        finally:
+            self._wait.deadline = None
+        if item is _TIMED_OUT:
+            raise multiprocessing.TimeoutError
+        return item
+
+    def close(self):
+        self._gen.close()
+
+
+def validate_timeout(timeout):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
 
 
 def _check_callable(fn):
@@ -156,11 +208,14 @@ class JobEngine:
         with self._lock:
             self._check_open()
             self._register(fn)
-        return self._lazy_results(fn, iterable, chunksize, star, copy, ordered, progress, retries)
+        wait = _Wait()
+        return IMapIterator(self._lazy_results(fn, iterable, chunksize, star, copy, ordered,
+                                               progress, retries, wait), wait)
 
-    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress, retries):
+    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress, retries,
+                      wait=None):
         job = self._start_job(fn, iterable, chunksize, star, copy, False, retries)
-        yield from self._drive(job, ordered, _bar(progress, job))
+        yield from self._drive(job, ordered, _bar(progress, job), wait)
 
     # -- state -----------------------------------------------------------------------------
     def _check_open(self):
@@ -230,8 +285,10 @@ class JobEngine:
             self._job_added(job)
         return job
 
-    def _drive(self, job, ordered, bar):
-        """Yield the job's results, driving the pool meanwhile."""
+    def _drive(self, job, ordered, bar, wait=None):
+        """Yield the job's results, driving the pool meanwhile.  With `wait`
+        (an IMapIterator's), yields _TIMED_OUT once its deadline passes with
+        no result in, and goes on from there at the next call."""
         nxt = 0                       # ordered: index of the next result to yield
         try:
             while True:
@@ -275,7 +332,14 @@ class JobEngine:
                     # Results already in hand were given out above (even after
                     # close() + join()); the rest will never come.
                     raise RuntimeError("the pool was terminated while this map was running")
-                self._wait_step(SLICE_S, seen)
+                step = SLICE_S
+                if wait is not None and wait.deadline is not None:
+                    step = wait.deadline - time.monotonic()
+                    if step <= 0:
+                        yield _TIMED_OUT
+                        continue
+                    step = min(step, SLICE_S)
+                self._wait_step(step, seen)
         except KeyboardInterrupt:
             self.terminate()
             raise
