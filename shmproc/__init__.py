@@ -30,7 +30,8 @@ _ERRORS = ("SerializationError", "LostRecord", "InitializerError", "RayNotInstal
            "ResourcesUnavailable")
 
 __all__ = [
-    "Queue", "Pool", "Task", "Progress", "AsyncResult", "MapResult", "Backend", "LocalBackend", "RayBackend", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
+    "Queue", "Pool", "Task", "Progress", "AsyncResult", "MapResult", "Executor",
+    "ProcessPoolExecutor", "WorkerCrashedError", "Backend", "LocalBackend", "RayBackend", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
     "SharedMemoryVersionError", "ForeignSharedMemoryError",
     "sktime", "circuit", "docs", "processing", *_PROCESSING, *_ERRORS,
 ]
@@ -41,6 +42,9 @@ __all__.remove("TimeoutError")
 _LAZY = {"Queue": ("shmproc.channels.queue", "Queue"), "Pool": ("shmproc.pool", "Pool"),
          "Task": ("shmproc.pool", "Task"), "Progress": ("shmproc.pool", "Progress"),
          "AsyncResult": ("shmproc.pool", "AsyncResult"), "MapResult": ("shmproc.pool", "MapResult"),
+         "Executor": ("shmproc.executor", "Executor"),
+         "ProcessPoolExecutor": ("shmproc.executor", "ProcessPoolExecutor"),
+         "WorkerCrashedError": ("shmproc.executor", "WorkerCrashedError"),
          "Backend": ("shmproc.backends.base", "Backend"),
          "LocalBackend": ("shmproc.backends.local.run", "LocalBackend"),
          # Importing the Ray backend does not import Ray: that waits for first use.

@@ -173,8 +173,10 @@ class Pool:
         self._engine.close()
 
     def join(self, timeout: float | None = None):
-        """Wait for every submitted task, then stop the workers.  Call close() first."""
+        """Wait for every submitted task, then stop the workers.  Call close() first.
+        As multiprocessing's, it returns after the async results' callbacks ran."""
         self._engine.join(timeout)
+        self._engine._fire_async()
 
     def terminate(self):
         """Kill the workers now; unfinished tasks are cancelled."""

@@ -1,0 +1,156 @@
+"""Executor: a concurrent.futures.Executor on shmproc's pool.
+
+    with shmproc.Executor(max_workers=4) as ex:
+        futures = [ex.submit(fn, x) for x in items]
+        for f in concurrent.futures.as_completed(futures): ...
+
+submit returns a real concurrent.futures.Future, so as_completed, wait,
+asyncio.wrap_future and loop.run_in_executor take it.  The pool sets it
+from its own driver (no thread per task).  Where the stdlib breaks, this
+one goes on: a task whose worker dies fails with WorkerCrashedError, which
+is both shmproc's ProcessCrashedError and the stdlib's BrokenProcessPool,
+and the executor stays usable (the worker is replaced).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import multiprocessing
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+
+from .common.errors import InitializerError, ProcessCrashedError
+from .jobs.engine import IMapIterator, _Wait
+from .pool import Pool
+
+__all__ = ["Executor", "ProcessPoolExecutor", "WorkerCrashedError", "BrokenInitializerError"]
+
+
+class WorkerCrashedError(ProcessCrashedError, BrokenProcessPool):
+    """A task's worker died while running it (the executor goes on)."""
+
+
+class BrokenInitializerError(InitializerError, BrokenProcessPool):
+    """The executor's initializer raised in a worker: as the stdlib, the
+    executor is broken; its futures fail with this."""
+
+
+def _as_stdlib(exc: BaseException) -> BaseException:
+    """shmproc's errors for a dead worker or initializer, as the stdlib types them too."""
+    if isinstance(exc, ProcessCrashedError) and not isinstance(exc, BrokenProcessPool):
+        new = WorkerCrashedError(str(exc), exitcode=exc.exitcode, last_lap=exc.last_lap,
+                                 pid=exc.pid, process_name=exc.process_name)
+        new.__cause__ = exc
+        return new
+    if isinstance(exc, InitializerError) and not isinstance(exc, BrokenProcessPool):
+        new = BrokenInitializerError(str(exc))
+        new.__cause__ = exc.__cause__
+        return new
+    return exc
+
+
+class Executor(concurrent.futures.Executor):
+    """concurrent.futures.ProcessPoolExecutor's signature and behaviour, on
+    shmproc's pool: Executor(max_workers=None, mp_context=None,
+    initializer=None, initargs=(), max_tasks_per_child=None)."""
+
+    def __init__(self, max_workers=None, mp_context=None, initializer=None, initargs=(),
+                 *, max_tasks_per_child=None):
+        if max_workers is not None:
+            if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+                raise TypeError(f"max_workers must be an int or None, not "
+                                f"{type(max_workers).__name__}")
+            if max_workers <= 0:
+                raise ValueError("max_workers must be greater than 0")
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        self._pool = Pool(max_workers, initializer, initargs, max_tasks_per_child, mp_context)
+        self._shutdown = False
+        self._lock = threading.Lock()
+        self._outstanding = {}          # Future -> its AsyncResult, until done
+
+    def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+        """fn(*args, **kwargs) on a worker; a concurrent.futures.Future at once."""
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            future = concurrent.futures.Future()
+            future.set_running_or_notify_cancel()     # in the pool's hands from now on
+
+            def failed(exc, future=future):
+                future.set_exception(_as_stdlib(exc))
+            result = self._pool.apply_async(fn, args, kwargs, callback=future.set_result,
+                                            error_callback=failed)
+            self._outstanding[future] = result
+            future.add_done_callback(self._forget)
+            return future
+
+    def _forget(self, future):
+        self._outstanding.pop(future, None)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """Results of fn over the iterables, in order, as concurrent.futures'
+        map: every item is taken now, results come lazily; TimeoutError if
+        one is not ready `timeout` seconds after the call; a task's error
+        raises when its turn comes."""
+        end = None if timeout is None else time.monotonic() + timeout
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            engine = self._pool._engine
+            job = engine._start_job(_star, zip(itertools.repeat(fn), zip(*iterables)),
+                                    chunksize, False, False, True)
+        wait = _Wait()
+        results = IMapIterator(engine._drive(job, True, None, wait), wait)
+        return _results(results, end)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """No new tasks; with wait, return once every submitted task ran and
+        the workers are gone.  cancel_futures: drop tasks no worker started."""
+        with self._lock:
+            self._shutdown = True
+            outstanding = list(self._outstanding.values())
+        if cancel_futures:
+            # Tasks no worker has started are dropped: their futures raise
+            # CancelledError (as the stdlib's); started ones run to the end.
+            for result in outstanding:
+                result._sink.cancel()
+            self._pool._engine._fire_async()
+        self._pool.close()
+        if wait:
+            self._pool.join()
+        else:
+            threading.Thread(target=self._pool.join, name="shmproc-executor-shutdown",
+                             daemon=True).start()
+
+
+#: The stdlib's name, for `from shmproc import ProcessPoolExecutor`.
+ProcessPoolExecutor = Executor
+
+
+def _results(results, end):
+    try:
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            try:
+                value = results.next(left)
+            except StopIteration:
+                return
+            except multiprocessing.TimeoutError:
+                raise concurrent.futures.TimeoutError from None
+            except Exception as exc:                # noqa: BLE001 - typed as the stdlib's too
+                raise _as_stdlib(exc) from None
+            yield value
+    finally:
+        results.close()
+
+
+def _star(fn_args):
+    fn, args = fn_args
+    return fn(*args)
