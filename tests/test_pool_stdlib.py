@@ -243,6 +243,8 @@ def test_an_initializer_that_raises_breaks_the_pool_with_a_clear_error(method):
             pool.map(recall, range(3))
         with pytest.raises(shmproc.InitializerError):
             pool.apply_async(recall).get(30)
+        pool.close()
+        pool.join(timeout=60)               # a broken pool still closes cleanly
     finally:
         pool.terminate()
 

@@ -41,7 +41,8 @@ class AsyncResult:
         self._callback = callback
         self._error_callback = error_callback
         self._fired = callback is None and error_callback is None
-        self._fire_lock = threading.Lock()
+        self._firing = False
+        self._fire_lock = threading.RLock()
 
     # -- what each kind of sink says ---------------------------------------------------------
     def _done(self) -> bool:
@@ -90,13 +91,21 @@ class AsyncResult:
 
     # -- callbacks -------------------------------------------------------------------------------
     def _fire(self):
-        """Run the callback once the result is in (once, whoever calls)."""
+        """Run the callback once the result is in: once, whoever calls, and
+        a caller returns only after it ran (get() follows the callback, as
+        in multiprocessing), unless it is the callback's own thread."""
         if self._fired:
             return
-        with self._fire_lock:
-            if self._fired:
+        with self._fire_lock:                # reentrant: a callback may call get()
+            if self._fired or self._firing:
                 return
-            self._fired = True
+            self._firing = True
+            try:
+                self._run_callback()
+            finally:
+                self._fired = True
+
+    def _run_callback(self):
         self._engine._async_pending.discard(self)
         self._settle()
         value, error = self._outcome()

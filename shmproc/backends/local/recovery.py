@@ -39,6 +39,13 @@ class WorkerRecovery:
         account, fail or re-send what it held, replace it."""
         self._drain()                            # what it sent before it went
         slot.proc.join()
+        if self._broken is not None:
+            # Its initializer failed (results.py): what it held has failed
+            # with the pool; nothing is re-sent and no worker replaces it.
+            slot.inflight.clear()
+            self._close_task_queue(slot.task_q)
+            self._res.slots.remove(slot)
+            return
         # The lap word, as the worker left it (reaped: all its stores are
         # visible): items [0, k) of its stream finished; item k was running,
         # or its record being decoded, unless the phase is IDLE.
