@@ -280,7 +280,11 @@ _ORPHAN = textwrap.dedent("""
 
     if __name__ == "__main__":
         if sys.argv[3] == "thread":                        # no PR_SET_PDEATHSIG from a thread
-            threading.Thread(target=main).start()
+            # Joined: CPython 3.12.0-3.12.2 refuse to fork once the main
+            # thread has returned (gh-113964), even with threads still running.
+            t = threading.Thread(target=main)
+            t.start()
+            t.join()
         else:
             main()
 """)
