@@ -81,7 +81,8 @@ class Pool:
         """[fn(x) for x in iterable], in parallel; raises the first task error.
 
         chunksize None picks a batch size (as multiprocessing.Pool.map
-        does); progress=True draws a progress bar on stderr; copy=True
+        does); progress=True draws a progress bar on stderr (a dict: tqdm's
+        options; a callable: called as fn(done, total)); copy=True
         returns writable copies of numpy arrays instead of read-only views;
         retries: how many times an item whose worker dies while running it
         is run again on a fresh worker before it fails with

@@ -735,6 +735,32 @@ def test_plain_progress_line_without_tqdm(pool, capsys, monkeypatch):
     assert "100%" in err and "40/40" in err and "tasks/s" in err
 
 
+def test_progress_as_a_callable_gets_done_and_total(pool):
+    seen = []
+    assert pool.map(square, range(30), progress=lambda done, total: seen.append((done, total))) \
+        == [x * x for x in range(30)]
+    assert seen and seen[-1] == (30, 30)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)      # never goes back
+    lazy = []
+    assert len(list(pool.imap(square, iter(range(12)), progress=lambda d, t: lazy.append(d)))) == 12
+    assert lazy[-1] == 12
+
+
+def test_progress_options_and_the_plain_line_when_not_a_terminal(pool, capsys, monkeypatch):
+    # A dict is tqdm's options; without tqdm its desc still names the bar.
+    # stderr here is not a terminal: whole lines, no carriage-return redraws.
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    pool.map(square, range(20), progress={"desc": "squaring"})
+    err = capsys.readouterr().err
+    assert "squaring" in err and "20/20" in err and "\r" not in err
+
+
+def test_bad_progress_is_refused_at_the_call(pool):
+    for call in (pool.map, pool.imap, pool.starmap):
+        with pytest.raises(TypeError, match="progress"):
+            call(square, [1], progress=5)
+
+
 def test_many_distinct_functions_in_flight(pool):
     from shmproc.backends.local import pool as pool_module
     fns = [(lambda x, k=k: x + k) for k in range(pool_module.MAX_FUNCTIONS + 40)]

@@ -32,7 +32,7 @@ import time
 from ..common import validate
 from .asyncresult import AsyncResult, MapResult
 from .job import Job
-from .progressbar import ProgressBar
+from . import progressbar
 from .task import SLICE_S
 
 __all__ = ["JobEngine", "IMapIterator", "Progress", "RUNNING", "CLOSED", "TERMINATED"]
@@ -44,9 +44,7 @@ RUNNING, CLOSED, TERMINATED = "running", "closed", "terminated"
 
 
 def _bar(progress, job):
-    if not progress:
-        return None
-    return ProgressBar(job.total, desc=job.name)
+    return progressbar.make(progress, job.total, job.name)
 
 
 _TIMED_OUT = object()       # what _drive yields when an IMapIterator.next(timeout) ran out
@@ -121,19 +119,22 @@ class JobEngine:
         """[fn(x) for x in iterable], in parallel; raises the first task error.
 
         chunksize None picks a batch size (as multiprocessing.Pool.map
-        does); progress=True draws a progress bar on stderr; copy=True
+        does); progress=True draws a progress bar on stderr (a dict: tqdm's
+        options; a callable: called as fn(done, total)); copy=True
         returns writable copies of numpy arrays instead of read-only views;
         retries: how many times an item whose worker dies while running it
         is run again on a fresh worker before it fails with
         ProcessCrashedError (None: the pool's `retries`).  Items that
         finished are never run again.
         """
+        progressbar.check(progress)
         job = self._start_job(fn, iterable, chunksize, False, copy, True, retries)
         return self._collect(job, _bar(progress, job))
 
     def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
                 copy: bool = False, retries: int | None = None) -> list:
         """[fn(*args) for args in iterable], in parallel."""
+        progressbar.check(progress)
         job = self._start_job(fn, iterable, chunksize, True, copy, True, retries)
         return self._collect(job, _bar(progress, job))
 
@@ -204,6 +205,7 @@ class JobEngine:
         next() (a generator never started runs nothing)."""
         validate.chunksize(chunksize)
         validate.retries(retries, 0)
+        progressbar.check(progress)
         _check_callable(fn)
         with self._lock:
             self._check_open()

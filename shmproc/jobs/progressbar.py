@@ -1,28 +1,78 @@
-"""The progress bar of Pool.map(progress=True): tqdm when installed, else one
-plain line on stderr, redrawn at most every REDRAW_S seconds."""
+"""Progress of a map call: `progress=` is True (a bar on stderr), a dict of
+tqdm options, or a callable taking (done, total).
+
+The bar is tqdm's (tqdm.auto: notebooks get the widget) when tqdm is
+installed, else a plain line on stderr: redrawn in place at most every
+REDRAW_S on a terminal, or, when stderr is not a terminal (a log file, CI),
+a new line at most every LINE_S, so logs stay readable.
+"""
 from __future__ import annotations
 
 import sys
 import time
 
+__all__ = ["make", "check", "ProgressBar"]
+
 REDRAW_S = 0.1
+LINE_S = 2.0
+
+
+def check(progress) -> None:
+    """Refuse what progress= cannot be, at the call (not when results come)."""
+    if progress is None or isinstance(progress, (bool, dict)) or callable(progress):
+        return
+    raise TypeError(f"progress must be True/False, a dict of tqdm options or a callable "
+                    f"taking (done, total), not {type(progress).__name__}")
+
+
+def make(progress, total, desc: str):
+    """The progress reporter a call asked for, or None."""
+    check(progress)
+    if not progress and not isinstance(progress, dict):
+        return None
+    if callable(progress) and not isinstance(progress, (bool, dict)):
+        return _Callback(progress, total)
+    options = progress if isinstance(progress, dict) else {}
+    return ProgressBar(total, desc, options=options)
+
+
+class _Callback:
+    """progress=fn: fn(done, total) as results come, and once at the end."""
+
+    def __init__(self, fn, total):
+        self.fn = fn
+        self.total = total
+        self.shown = -1
+
+    def update(self, done: int, total):
+        self.total = total
+        if done != self.shown:
+            self.shown = done
+            self.fn(done, total)
+
+    def close(self):
+        pass
 
 
 class ProgressBar:
-    def __init__(self, total, desc: str = "", stream=None):
-        self.desc = desc
-        self.stream = stream if stream is not None else sys.stderr
+    def __init__(self, total, desc: str = "", stream=None, options=None):
+        options = dict(options or {})
+        self.desc = options.pop("desc", desc)
+        self.stream = options.pop("file", None) or stream or sys.stderr
         self.shown = 0
         self.last_draw = 0.0
         self.started = time.monotonic()
         self.tqdm = None
         self.total = total
+        isatty = getattr(self.stream, "isatty", None)
+        self.in_place = bool(isatty and isatty())
         try:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm
         except ImportError:
             pass
         else:
-            self.tqdm = tqdm(total=total, desc=desc, file=self.stream, unit="task")
+            options.setdefault("unit", "task")
+            self.tqdm = tqdm(total=total, desc=self.desc, file=self.stream, **options)
 
     def update(self, done: int, total):
         self.total = total
@@ -33,9 +83,10 @@ class ProgressBar:
                 self.tqdm.update(done - self.shown)
                 self.shown = done
             return
+        changed = done != self.shown
         self.shown = done
         now = time.monotonic()
-        if now - self.last_draw >= REDRAW_S:
+        if changed and now - self.last_draw >= (REDRAW_S if self.in_place else LINE_S):
             self.last_draw = now
             self._draw(total)
 
@@ -49,7 +100,10 @@ class ProgressBar:
                     f"[{rate:,.0f} tasks/s]")
         else:
             line = f"{self.desc}: {self.shown} [{rate:,.0f} tasks/s]"
-        self.stream.write("\r" + line + end)
+        if self.in_place:
+            self.stream.write("\r" + line + end)
+        else:
+            self.stream.write(line + "\n")        # not a terminal: one line per update
         self.stream.flush()
 
     def close(self):
