@@ -153,7 +153,4 @@ class MapResult(AsyncResult):
                 return None, job.source_error
             if self._engine._status == TERMINATED and not job.complete():
                 return None, RuntimeError("the pool was terminated while this map was running")
-            out = []
-            for index in sorted(job.ready):
-                out.extend(job.ready[index])
-            return out, None
+            return job.in_order(), None

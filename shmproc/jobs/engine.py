@@ -30,6 +30,7 @@ import threading
 import time
 
 from ..common import validate
+from ..common.outcome import is_process
 from .asyncresult import AsyncResult, MapResult
 from .job import Job
 from . import progressbar
@@ -116,43 +117,27 @@ class JobEngine:
     # -- the calls -------------------------------------------------------------------------
     def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
             copy: bool = False, retries: int | None = None) -> list:
-        """[fn(x) for x in iterable], in parallel; raises the first task error.
-
-        chunksize None picks a batch size (as multiprocessing.Pool.map
-        does); progress=True draws a progress bar on stderr (a dict: tqdm's
-        options; a callable: called as fn(done, total)); copy=True
-        returns writable copies of numpy arrays instead of read-only views;
-        retries: how many times an item whose worker dies while running it
-        is run again on a fresh worker before it fails with
-        ProcessCrashedError (None: the pool's `retries`).  Items that
-        finished are never run again.
-        """
+        """The calls below are documented where users read them: shmproc.Pool."""
         progressbar.check(progress)
         job = self._start_job(fn, iterable, chunksize, False, copy, True, retries)
         return self._collect(job, _bar(progress, job))
 
     def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
                 copy: bool = False, retries: int | None = None) -> list:
-        """[fn(*args) for args in iterable], in parallel."""
         progressbar.check(progress)
         job = self._start_job(fn, iterable, chunksize, True, copy, True, retries)
         return self._collect(job, _bar(progress, job))
 
     def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
              copy: bool = False, retries: int | None = None):
-        """Lazy map: yields results in order as they are ready; reads the
-        input only as fast as workers need it.  A failed task raises when
-        its turn comes, after the results before it."""
         return self._lazy(fn, iterable, chunksize, False, copy, True, progress, retries)
 
     def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
                        progress: bool = False, copy: bool = False, retries: int | None = None):
-        """Like imap, but yields results in the order they finish."""
         return self._lazy(fn, iterable, chunksize, False, copy, False, progress, retries)
 
     def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
                  copy: bool = False, retries: int | None = None):
-        """Lazy starmap, in order."""
         return self._lazy(fn, iterable, chunksize, True, copy, True, progress, retries)
 
     # -- multiprocessing.Pool's asynchronous calls ----------------------------------------------
@@ -220,6 +205,19 @@ class JobEngine:
         yield from self._drive(job, ordered, _bar(progress, job), wait)
 
     # -- state -----------------------------------------------------------------------------
+    @staticmethod
+    def _submit_kind(fn, args, kwargs) -> str:
+        """What submit(fn, *args, **kwargs) runs: "process" (a built Process,
+        no arguments) or "call"; raises TypeError for anything else."""
+        if is_process(fn):
+            if args or kwargs:
+                raise TypeError("submit(process) takes no arguments: the Process object "
+                                "is already built")
+            return "process"
+        if callable(fn):
+            return "call"
+        raise TypeError(f"submit() needs a callable or a Process, not {type(fn).__name__}")
+
     def _check_open(self):
         self._check_broken()
         if self._status != RUNNING:
@@ -364,9 +362,7 @@ class JobEngine:
                     if job.complete():
                         if job.source_error is not None:
                             raise job.source_error
-                        out = []
-                        for index in sorted(job.ready):
-                            out.extend(job.ready[index])
+                        out = job.in_order()
                         job.ready.clear()
                         return out
                     seen = self._change()

@@ -67,6 +67,13 @@ class Job:
     def _process_outcome(self, index, kind, value, timers, error, lap):
         deliver_process(self, index, kind, value, error)
 
+    def in_order(self) -> list:
+        """Every value received, in item order (a complete job: all of them)."""
+        out = []
+        for index in sorted(self.ready):
+            out.extend(self.ready[index])
+        return out
+
     # -- progress --
     def known_total(self):
         if self.total is None and self.source is None:

@@ -33,7 +33,6 @@ from ... import _native as native
 from ...channels.queue import Queue
 from ...common import lifecycle, validate
 from ...common.errors import InitializerError, remote_failure
-from ...common.outcome import is_process
 from ...common.validate import callable_name
 from ...jobs.engine import RUNNING, TERMINATED, JobEngine, Progress
 from ...jobs.task import SLICE_S, Task
@@ -492,31 +491,17 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
 
     # -- public API ----------------------------------------------------------------------------
     def submit(self, fn, *args, copy: bool = False, **kwargs) -> Task:
-        """Run fn(*args, **kwargs) on a worker; returns a Task handle.
-
-        `fn` may be a Process subclass (constructed on the worker with the
-        arguments, then run) or an already-built Process object (no
-        arguments), whose timers and error are filled in when it is done.
-        If its worker dies while running it, it fails with
-        ProcessCrashedError, or runs again on a fresh worker up to the
-        pool's `retries` times.
-        """
+        """See shmproc.Pool.submit."""
         with self._lock:
             self._check_open()
-            if is_process(fn):
-                if args or kwargs:
-                    raise TypeError("submit(process) takes no arguments: the Process object "
-                                    "is already built")
+            if self._submit_kind(fn, args, kwargs) == "process":
                 task = Task(self, type(fn).__name__, proc=fn, copy=copy, retries=self._retries)
                 unit = Unit(self._new_id(), task, 0, OP_RUN, 0, False, [fn])
-            elif callable(fn):
+            else:
                 fn_id = self._register(fn)
                 task = Task(self, callable_name(fn), copy=copy, retries=self._retries)
                 unit = Unit(self._new_id(), task, 0, OP_CALL, fn_id, False,
-                             [(args, kwargs or None)])
-            else:
-                raise TypeError(f"submit() needs a callable or a Process, "
-                                f"not {type(fn).__name__}")
+                            [(args, kwargs or None)])
             try:
                 unit.encode(self._res.token)       # an unpicklable argument fails here, not later
             except Exception as exc:               # noqa: BLE001

@@ -23,7 +23,6 @@ import weakref
 
 from ...common import validate
 from ...common.errors import ProcessCrashedError, SerializationError, remote_failure
-from ...common.outcome import is_process
 from ...common.validate import callable_name
 from ...jobs.engine import RUNNING, TERMINATED, JobEngine, Progress
 from ...jobs.job import READ_AHEAD_ITEMS, Job
@@ -444,24 +443,18 @@ class RayPool(JobEngine):
 
     # -- public API ----------------------------------------------------------------------------------
     def submit(self, fn, *args, copy: bool = False, **kwargs) -> Task:
-        """Run fn(*args, **kwargs) on a worker; returns a Task handle."""
+        """See shmproc.Pool.submit."""
         import cloudpickle
         with self._lock:
             self._check_open()
-            if is_process(fn):
-                if args or kwargs:
-                    raise TypeError("submit(process) takes no arguments: the Process object "
-                                    "is already built")
+            if self._submit_kind(fn, args, kwargs) == "process":
                 task = Task(self, type(fn).__name__, proc=fn, copy=copy)
                 unit = _Unit(task, 0, "process", None, [fn], False)
                 payload = fn
-            elif callable(fn):
+            else:
                 task = Task(self, callable_name(fn), copy=copy)
                 unit = _Unit(task, 0, "call", self._register(fn), [(args, kwargs or None)], False)
                 payload = unit.items
-            else:
-                raise TypeError(f"submit() needs a callable or a Process, "
-                                f"not {type(fn).__name__}")
             try:
                 cloudpickle.dumps(payload, protocol=5)  # fail here, in the caller, not on a node
             except Exception as exc:                  # noqa: BLE001
