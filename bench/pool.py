@@ -24,7 +24,7 @@ multiprocessing.Pool (1.00x).
    the parent), default batching and chunksize 1.  tasks/s.
 3. submit -> result on a warm pool, one task at a time: median and p90
    latency over --latency-n calls (mp.Pool.apply, executor.submit().result(),
-   mpire apply, shmproc submit().result).  Target: shmproc median <= 100 us.
+   mpire apply, shmproc submit().result()).  Target: shmproc median <= 100 us.
 4. A 256 MiB float64 array returned by a warm worker (the worker keeps the
    array, so only the transfer is timed); GB/s = 10^9 B/s.  Contenders:
    shmproc.Pool.submit, mp.Pool.apply, and a warm mp.Process answering
@@ -128,7 +128,7 @@ class ShmprocPool(Contender):
         return self.pool.map(fn, items, chunksize=chunksize)
 
     def call(self, fn, arg):
-        return self.pool.submit(fn, arg).result
+        return self.pool.submit(fn, arg).result()
 
     def close(self):
         self.pool.terminate()

@@ -248,7 +248,7 @@ def pool_numbers(backend, k1ms, sizes, method):
         for name, on in (("local", None), ("ray", backend)):
             t0 = time.perf_counter()
             pools[name] = shmproc.Pool(workers=2, backend=on, start_method=method)
-            assert pools[name].submit(noop, 1).result == 1
+            assert pools[name].submit(noop, 1).result() == 1
             out[name] = {"create_s": time.perf_counter() - t0}
         items = list(range(sizes.trivial_n))
         single_items = list(range(sizes.single_n))
@@ -283,10 +283,10 @@ def pool_numbers(backend, k1ms, sizes, method):
             block = min(25, sizes.latency_n - len(times["local"]))
             for name, pool in pools.items():
                 for _ in range(5):
-                    pool.submit(noop, 1).result
+                    pool.submit(noop, 1).result()
                 for _ in range(block):
                     t0 = time.perf_counter()
-                    assert pool.submit(noop, 1).result == 1
+                    assert pool.submit(noop, 1).result() == 1
                     times[name].append(time.perf_counter() - t0)
         for name in pools:
             out[name]["submit_result"] = stats(times[name])

@@ -5,8 +5,8 @@
         for f in concurrent.futures.as_completed(futures): ...
 
 submit returns a real concurrent.futures.Future, so as_completed, wait,
-asyncio.wrap_future and loop.run_in_executor take it.  The pool sets it
-from its own driver (no thread per task).  Where the stdlib breaks, this
+asyncio.wrap_future and loop.run_in_executor take it: it is the pool's
+own Task (jobs/task.py), set by the pool with no thread per task.  Where the stdlib breaks, this
 one goes on: a task whose worker dies fails with WorkerCrashedError, which
 is both shmproc's ProcessCrashedError and the stdlib's BrokenProcessPool,
 and the executor stays usable (the worker is replaced).
@@ -22,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from .common.errors import InitializerError, ProcessCrashedError
 from .jobs.engine import IMapIterator, _Wait
+from .jobs.task import TaskOptions
 from .pool import Pool
 
 __all__ = ["Executor", "ProcessPoolExecutor", "WorkerCrashedError", "BrokenInitializerError"]
@@ -71,26 +72,14 @@ class Executor(concurrent.futures.Executor):
         self._pool = Pool(max_workers, initializer, initargs, max_tasks_per_child, mp_context)
         self._shutdown = False
         self._lock = threading.Lock()
-        self._outstanding = {}          # Future -> its AsyncResult, until done
 
     def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
-        """fn(*args, **kwargs) on a worker; a concurrent.futures.Future at once."""
+        """fn(*args, **kwargs) on a worker; a concurrent.futures.Future at
+        once (a shmproc Task, set by the pool: no thread per task)."""
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future = concurrent.futures.Future()
-            future.set_running_or_notify_cancel()     # in the pool's hands from now on
-
-            def failed(exc, future=future):
-                future.set_exception(_as_stdlib(exc))
-            result = self._pool.apply_async(fn, args, kwargs, callback=future.set_result,
-                                            error_callback=failed)
-            self._outstanding[future] = result
-            future.add_done_callback(self._forget)
-            return future
-
-    def _forget(self, future):
-        self._outstanding.pop(future, None)
+            return self._pool._engine._submit(fn, args, kwargs, _STDLIB_ERRORS)
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         """Results of fn over the iterables, in order, as concurrent.futures'
@@ -115,13 +104,10 @@ class Executor(concurrent.futures.Executor):
         the workers are gone.  cancel_futures: drop tasks no worker started."""
         with self._lock:
             self._shutdown = True
-            outstanding = list(self._outstanding.values())
         if cancel_futures:
             # Tasks no worker has started are dropped: their futures raise
             # CancelledError (as the stdlib's); started ones run to the end.
-            for result in outstanding:
-                result._sink.cancel()
-            self._pool._engine._fire_async()
+            self._pool._engine._cancel_waiting_tasks()
         self._pool.close()
         if wait:
             self._pool.join()
@@ -129,6 +115,8 @@ class Executor(concurrent.futures.Executor):
             threading.Thread(target=self._pool.join, name="shmproc-executor-shutdown",
                              daemon=True).start()
 
+
+_STDLIB_ERRORS = TaskOptions(on_error=_as_stdlib)
 
 #: The stdlib's name, for `from shmproc import ProcessPoolExecutor`.
 ProcessPoolExecutor = Executor

@@ -11,9 +11,9 @@ from .backends.resolve import resolve as resolve_backend
 from .common import validate
 from .jobs.asyncresult import AsyncResult, MapResult
 from .jobs.engine import Progress
-from .jobs.task import Task
+from .jobs.task import DEFAULT_OPTIONS, Task, TaskOptions
 
-__all__ = ["Pool", "Task", "Progress", "AsyncResult", "MapResult"]
+__all__ = ["Pool", "Task", "Progress", "AsyncResult", "MapResult", "SubmitOptions"]
 
 
 def _one_of(name, value, alias, alias_value):
@@ -118,17 +118,29 @@ class Pool:
         return self._engine.istarmap(fn, iterable, chunksize, progress=progress, copy=copy,
                                      retries=retries)
 
-    def submit(self, fn, *args, copy: bool = False, **kwargs) -> Task:
-        """Run fn(*args, **kwargs) on a worker; returns a Task handle.
+    def submit(self, fn, /, *args, **kwargs) -> Task:
+        """Run fn(*args, **kwargs) on a worker; returns a Task, which is a
+        concurrent.futures.Future (result(timeout), exception(), done(),
+        cancel(), add_done_callback(), as_completed, asyncio.wrap_future).
 
-        `fn` may be a Process subclass (constructed on the worker with the
-        arguments, then run) or an already-built Process object (no
-        arguments), whose timers and error are filled in when it is done.
-        If its worker dies while running it, it fails with
-        ProcessCrashedError, or runs again on a fresh worker up to the
-        pool's `retries` times.
+        Every keyword goes to `fn`; per-call options go through
+        pool.options(...).submit(...).  `fn` may be a Process subclass
+        (constructed on the worker with the arguments, then run) or an
+        already-built Process object (no arguments), whose timers and error
+        are filled in when it is done.  If its worker dies while running it,
+        it fails with ProcessCrashedError, or runs again on a fresh worker
+        up to the pool's `retries` times.
         """
-        return self._engine.submit(fn, *args, copy=copy, **kwargs)
+        return self._engine._submit(fn, args, kwargs, DEFAULT_OPTIONS)
+
+    def options(self, *, copy: bool = False, retries: int | None = None) -> "SubmitOptions":
+        """Per-call options for submit: pool.options(retries=2).submit(fn, x).
+        copy=True: the result's numpy arrays come as private writable copies;
+        retries: re-runs if the worker dies (None: the pool's)."""
+        if not isinstance(copy, bool):
+            raise TypeError(f"copy must be True or False, not {copy!r}")
+        validate.retries(retries, 0)
+        return SubmitOptions(self._engine, TaskOptions(copy=copy, retries=retries))
 
     # -- multiprocessing.Pool's asynchronous calls --------------------------------------------
     def apply(self, func, args=(), kwds={}):            # noqa: B006 - the stdlib's signature
@@ -198,3 +210,20 @@ class Pool:
 
     def __repr__(self):
         return repr(self._engine)
+
+
+class SubmitOptions:
+    """What Pool.options(...) returns: submit with those options."""
+
+    __slots__ = ("_engine", "_options")
+
+    def __init__(self, engine, options):
+        self._engine = engine
+        self._options = options
+
+    def submit(self, fn, /, *args, **kwargs) -> Task:
+        """Pool.submit with these options."""
+        return self._engine._submit(fn, args, kwargs, self._options)
+
+    def __repr__(self):
+        return f"<shmproc.Pool options {self._options!r}>"

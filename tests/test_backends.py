@@ -356,14 +356,14 @@ def test_pool_submit_and_cancel(pool):
     from concurrent.futures import CancelledError
     blockers = [pool.submit(time.sleep, 0.3) for _ in range(6)]  # more than workers take ahead
     last = pool.submit(square, 4)
-    assert last.cancel() is True and last.cancelled           # nobody has it yet
+    assert last.cancel() is True and last.cancelled()           # nobody has it yet
     with pytest.raises(CancelledError):
-        last.result
+        last.result()
     for t in blockers:
-        assert t.result is None
+        assert t.result() is None
     assert blockers[0].cancel() is False                       # already done
     tasks = [pool.submit(square, i) for i in range(20)]
-    assert [t.result for t in tasks] == [i * i for i in range(20)]
+    assert [t.result() for t in tasks] == [i * i for i in range(20)]
     assert all(t.done() for t in tasks)
 
 
@@ -394,18 +394,18 @@ def test_pool_items_after_a_failure_in_their_chunk_still_run(backend):
     with Pool(1, backend=backend) as p:
         with pytest.raises(ValueError, match="bad 7"):
             p.map(fails_on_seven, range(10), chunksize=10)
-        assert p.submit(square, 3).result == 9      # after the chunk, on the one worker
+        assert p.submit(square, 3).result() == 9      # after the chunk, on the one worker
         assert tuple(p.progress) == (11, 11, 1)      # so every item ran, once
 
 
 def test_pool_crash_fails_only_that_task(pool):
     # The tasks before it are done and their results in hand first (a worker
     # that dies also fails the finished tasks whose results had not left it).
-    assert [pool.submit(dies_on_five, i).result for i in range(5)] == list(range(5))
+    assert [pool.submit(dies_on_five, i).result() for i in range(5)] == list(range(5))
     tasks = [pool.submit(dies_on_five, i) for i in range(5, 8)]
     with pytest.raises(ProcessCrashedError):
-        tasks[0].result
-    assert [t.result for t in tasks[1:]] == [6, 7]
+        tasks[0].result()
+    assert [t.result() for t in tasks[1:]] == [6, 7]
     assert pool.map(square, range(10)) == [x * x for x in range(10)]
 
 
@@ -427,7 +427,7 @@ def test_pool_retries(backend, tmp_path):
     path = str(tmp_path / "runs")
     fn = functools.partial(dies_first_time_on_three, path)
     with Pool(1, backend=backend, retries=1) as p:
-        assert p.submit(fn, 3).result == 3                      # the pool's retries
+        assert p.submit(fn, 3).result() == 3                      # the pool's retries
     with open(path, "rb") as f:
         assert f.read().split() == [b"3", b"3"]
     os.remove(path)
@@ -448,16 +448,16 @@ def test_pool_runs_process_classes(pool):
     assert pool.map(Echo, [1, 2, 3]) == [2, 4, 6]
     assert pool.starmap(LivesCounter, [(), ()], chunksize=1) == [[1, 1], [1, 1]]
     with pytest.raises(TimeoutError):
-        pool.submit(SleepsTooLong).result
+        pool.submit(SleepsTooLong).result()
     proc = Lifecycle(2)
-    assert pool.submit(proc).result[-1] == ("finish", 2)
+    assert pool.submit(proc).result()[-1] == ("finish", 2)
     assert proc.timers.loop.num_times == 2
 
 
 def test_pool_numpy_results(pool):
-    arr = pool.submit(np.ones, 100_000).result
+    arr = pool.submit(np.ones, 100_000).result()
     assert arr.sum() == 100_000 and not arr.flags.writeable
-    mine = pool.submit(np.ones, 1000, copy=True).result
+    mine = pool.options(copy=True).submit(np.ones, 1000).result()
     assert mine.flags.writeable
     out = pool.map(np.ones, [10, 20], copy=True)
     assert all(a.flags.writeable for a in out)
@@ -476,7 +476,7 @@ def test_pool_progress_and_lifecycle(backend):
     t = q.submit(time.sleep, 5)
     time.sleep(0.2)
     q.terminate()
-    assert t.cancelled
+    assert t.cancelled()
     with pytest.raises(ValueError):
         q.map(square, [1])
 
@@ -495,23 +495,23 @@ def test_pool_many_distinct_functions(pool):
     # More than a Ray launcher keeps (64): the early ones are forgotten there
     # and sent again when used again.
     fns = [lambda x, k=k: x + k for k in range(150)]
-    assert [pool.submit(f, 1).result for f in fns] == [1 + k for k in range(150)]
+    assert [pool.submit(f, 1).result() for f in fns] == [1 + k for k in range(150)]
     assert pool.map(fns[0], [5, 6]) == [5, 6]
-    assert pool.submit(fns[1], 1).result == 2
+    assert pool.submit(fns[1], 1).result() == 2
 
 
 def test_pool_unpicklable_item_fails_only_that_item(pool):
     with pytest.raises(SerializationError):
         pool.map(square, [1, threading.Lock(), 3], chunksize=1)
-    assert pool.submit(square, 4).result == 16
+    assert pool.submit(square, 4).result() == 16
     assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
 
 
 def test_pool_result_that_cannot_load_in_the_driver(pool, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "IN_DRIVER", True)
     with pytest.raises(RuntimeError, match="could not be read in the parent"):
-        pool.submit(unloadable_result, 0).result
-    assert pool.submit(square, 3).result == 9
+        pool.submit(unloadable_result, 0).result()
+    assert pool.submit(square, 3).result() == 9
 
 
 @pytest.mark.parametrize("call", ["map", "imap"])

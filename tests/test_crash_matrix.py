@@ -539,7 +539,7 @@ def imap_outcome(pool, fn, items, star=False, **kw):
 def settle(pool):
     """Wait until the one worker has finished what it was given: a task sent
     after it runs after it."""
-    assert pool.submit(abs, -7).result == 7
+    assert pool.submit(abs, -7).result() == 7
 
 
 def expected_pool_outcome(point, how):
@@ -642,7 +642,7 @@ def test_pool_retries_exhausted(tmp_path):
 def test_pool_submit_uses_the_pools_retries(tmp_path):
     path = str(tmp_path / "runs")
     with Pool(1, retries=1) as pool:
-        assert pool.submit(flaky, path, "kill_segv", K).result == K
+        assert pool.submit(flaky, path, "kill_segv", K).result() == K
         assert runs(path) == {K: 2}
 
 
@@ -671,7 +671,7 @@ def test_pool_tasks_never_started_run_once_on_the_replacement(tmp_path):
         outcomes = []
         for t in tasks:
             try:
-                outcomes.append(t.result)
+                outcomes.append(t.result())
             except ProcessCrashedError as exc:
                 outcomes.append("lost" if "had finished" in str(exc) else "crashed")
         assert outcomes[K] == "crashed"
@@ -743,8 +743,8 @@ def test_pool_single_call_that_dies_encoding_its_result(retries, tmp_path):
     with Pool(1, retries=retries) as pool:
         task = pool.submit(work, path, "pickle_result", "sigkill", False, K)
         with pytest.raises(ProcessCrashedError) as info:
-            task.result
+            task.result()
         assert "had finished" not in str(info.value)
         assert (f"ran {retries + 1} times" in str(info.value)) == bool(retries)
         assert runs(path) == {K: retries + 1}
-        assert pool.submit(work, path, "none", "sigkill", False, 1).result == 1
+        assert pool.submit(work, path, "none", "sigkill", False, 1).result() == 1

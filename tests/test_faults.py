@@ -312,7 +312,7 @@ def test_pool_worker_storm(tmp_path, request, method, ci_rounds):
             results = []
             for task in tasks:
                 try:
-                    results.append(("ok", task.result))
+                    results.append(("ok", task.result()))
                 except ProcessCrashedError as exc:
                     results.append(("crashed", exc))
             killer.join()

@@ -247,7 +247,7 @@ def test_pool_submit_of_a_process_stuck_in_c():
     with shmproc.Pool(1) as pool:
         task = pool.submit(PoolStuck(1))
         with pytest.raises(TimeoutError) as info:
-            task.result
+            task.result()
         assert info.value.section == "__loop__"
         t = time.monotonic()
         assert pool.submit(PoolStuck(1, lives=2, stuck_lives=(2,))).result == (1, 1)

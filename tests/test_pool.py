@@ -199,7 +199,7 @@ def test_starmap_and_istarmap(pool):
 def test_lambdas_and_closures(pool):
     k = 3
     assert pool.map(lambda x: x * k, range(10)) == [x * 3 for x in range(10)]
-    assert pool.submit(lambda a, b=1: a - b, 10, b=4).result == 6
+    assert pool.submit(lambda a, b=1: a - b, 10, b=4).result() == 6
 
 
 def test_breaking_out_of_imap_leaves_the_pool_usable(pool):
@@ -215,17 +215,17 @@ def test_submit_result_and_wait(pool):
     t = pool.submit(nap, 0.2)
     assert t.wait(0.01) is False
     assert t.wait() is True and t.done()
-    assert t.result == 0.2
+    assert t.result() == 0.2
     assert "done" in repr(t)
 
 
 def test_cancel_before_it_runs(pool):
     blockers = [pool.submit(nap, 0.3) for _ in range(6)]     # more than the workers take ahead
     last = pool.submit(square, 4)
-    assert last.cancel() is True and last.cancelled
+    assert last.cancel() is True and last.cancelled()
     with pytest.raises(CancelledError):
-        last.result
-    assert [b.result for b in blockers] == [0.3] * 6
+        last.result()
+    assert [b.result() for b in blockers] == [0.3] * 6
     assert blockers[0].cancel() is False                      # already done
 
 
@@ -233,7 +233,7 @@ def test_cancel_while_running_is_refused(pool):
     t = pool.submit(nap, 0.3)
     time.sleep(0.1)
     assert t.cancel() is False
-    assert t.result == 0.3
+    assert t.result() == 0.3
 
 
 # ---- Process classes through the pool ----------------------------------------------------------
@@ -241,7 +241,7 @@ def test_cancel_while_running_is_refused(pool):
 def test_process_classes_through_map(pool):
     assert pool.map(Counter, [1, 5, 10]) == [1, 5, 10]
     assert pool.starmap(Counter, [(2,), (3,)]) == [2, 3]
-    assert pool.submit(Counter, 7).result == 7
+    assert pool.submit(Counter, 7).result() == 7
 
 
 def test_a_thousand_trivial_processes(pool):
@@ -257,25 +257,25 @@ class TimedCounter(Counter):
 def test_process_instance_gets_timers_and_error(pool):
     proc = TimedCounter(4)
     assert proc.timers is None
-    assert pool.submit(proc).result == 4
+    assert pool.submit(proc).result() == 4
     assert proc.timers is not None and proc.timers.loop is not None     # the run's timers
     broken = Broken()
     with pytest.raises(MainLoopError) as info:
-        pool.submit(broken).result
+        pool.submit(broken).result()
     assert info.value.current_lap == 1
     assert isinstance(info.value.original_error, KeyError)
     assert isinstance(broken.error, MainLoopError)
 
 
 def test_process_lives_in_the_pool(pool, tmp_path):
-    assert pool.submit(FlakyOnce, str(tmp_path / "marker")).result == 2   # fresh state: 2, not 3
+    assert pool.submit(FlakyOnce, str(tmp_path / "marker")).result() == 2   # fresh state: 2, not 3
 
 
 def test_process_timeouts_in_the_pool(pool):
     with pytest.raises(TimeoutError) as info:
-        pool.submit(Sleepy, 5).result
+        pool.submit(Sleepy, 5).result()
     assert info.value.section == "__loop__"
-    assert pool.submit(Sleepy, 0).result == "woke"        # the worker is fine afterwards
+    assert pool.submit(Sleepy, 0).result() == "woke"        # the worker is fine afterwards
 
 
 # A timeout is raised asynchronously, wherever the hook is: here, often
@@ -322,11 +322,11 @@ def log_once(i):
 
 def test_a_worker_whose_task_timed_out_is_replaced(method):
     with Pool(1, start_method=method) as p:
-        first = p.submit(os.getpid).result
+        first = p.submit(os.getpid).result()
         with pytest.raises(TimeoutError):
-            p.submit(Sleepy, 5).result
-        assert p.submit(os.getpid).result != first       # the next task ran elsewhere
-        assert p.submit(Sleepy, 0).result == "woke"
+            p.submit(Sleepy, 5).result()
+        assert p.submit(os.getpid).result() != first       # the next task ran elsewhere
+        assert p.submit(Sleepy, 0).result() == "woke"
 
 
 def _timed_out(task) -> bool:
@@ -334,7 +334,7 @@ def _timed_out(task) -> bool:
     the hook did not let it through, reported when its guard ended the
     worker (see watchdog.py)."""
     try:
-        task.result
+        task.result()
     except TimeoutError as exc:
         return exc.section == "__loop__"
     return False
@@ -352,13 +352,13 @@ def test_timeouts_inside_library_code_never_wedge_a_later_task(method):
         assert all(_timed_out(t) for t in tasks)
         with pytest.raises((TimeoutError, ProcessCrashedError)):   # chunks of Process classes
             p.map(Chatty, range(8), chunksize=4)
-        assert [p.submit(log_once, i).result for i in range(3)] == [0, 1, 2]
+        assert [p.submit(log_once, i).result() for i in range(3)] == [0, 1, 2]
         assert p.map(log_once, range(10), chunksize=5) == list(range(10))
 
 
 def test_process_crash_in_the_pool(pool):
     with pytest.raises(ProcessCrashedError) as info:
-        pool.submit(SelfKill).result
+        pool.submit(SelfKill).result()
     assert info.value.signal_name == "SIGKILL"
     assert info.value.last_lap == 2
     assert pool.map(Counter, [3, 3]) == [3, 3]
@@ -366,7 +366,7 @@ def test_process_crash_in_the_pool(pool):
 
 def test_process_construction_error_is_the_tasks_error(pool):
     with pytest.raises(TypeError):
-        pool.submit(Counter).result           # missing argument
+        pool.submit(Counter).result()           # missing argument
     with pytest.raises(ValueError, match="num_loops"):        # validated as start() does
         pool.map(Counter, [1, "x"], chunksize=1)
 
@@ -374,10 +374,10 @@ def test_process_construction_error_is_the_tasks_error(pool):
 # ---- numpy -----------------------------------------------------------------------------------
 
 def test_numpy_results_are_read_only_views_unless_copy(pool):
-    a = pool.submit(big_array, 1_000_000).result
+    a = pool.submit(big_array, 1_000_000).result()
     assert a.shape == (1_000_000,) and a[123_456] == 123_456.0
     assert not a.flags.writeable
-    b = pool.submit(big_array, 1_000_000, copy=True).result
+    b = pool.options(copy=True).submit(big_array, 1_000_000).result()
     assert b.flags.writeable
     b[0] = 5
     out = pool.map(big_array, [300_000, 10], copy=True)
@@ -414,20 +414,20 @@ def test_imap_yields_up_to_the_failed_task(pool):
 def test_submit_error(pool):
     t = pool.submit(fail_on, 5)
     with pytest.raises(ValueError, match="bad item 5"):
-        t.result
+        t.result()
     assert pool.progress.failed >= 1
 
 
 def test_worker_killed_mid_task_fails_only_that_task(pool):
     before = set(pool.pids)
     first = [pool.submit(die_on, i) for i in range(3)]
-    assert [t.result for t in first] == [0, 1, 2]        # their results are in hand
+    assert [t.result() for t in first] == [0, 1, 2]        # their results are in hand
     tasks = [pool.submit(die_on, i) for i in range(3, 8)]
     with pytest.raises(ProcessCrashedError) as info:
-        tasks[0].result
+        tasks[0].result()
     assert info.value.signal_name == "SIGKILL"
     assert "task 0 (die_on)" in info.value.shmproc_task  # its index in its call: submit's is 0
-    assert [t.result for t in tasks[1:]] == [4, 5, 6, 7]  # never started: ran on the replacement
+    assert [t.result() for t in tasks[1:]] == [4, 5, 6, 7]  # never started: ran on the replacement
     assert set(pool.pids) != before              # the dead worker was replaced
     assert pool.map(square, range(10)) == [x * x for x in range(10)]
 
@@ -481,7 +481,7 @@ def test_close_join_and_submit_after_close(method):
     with pytest.raises(ValueError, match="closed"):
         p.map(square, [1])
     p.join()
-    assert t.result == 0.1
+    assert t.result() == 0.1
     p.terminate()                               # idempotent after join
 
 
@@ -508,7 +508,7 @@ def test_terminate_cancels_unfinished_tasks(method):
     time.sleep(0.1)
     p.terminate()
     with pytest.raises(CancelledError):
-        t.result
+        t.result()
 
 
 def test_leaving_the_block_with_an_exception_terminates(method):
@@ -575,7 +575,7 @@ def test_unpicklable_argument_is_named_at_submit(pool):
         pool.submit(add, 1, threading.Lock())
     with pytest.raises(SerializationError, match="item 1"):
         pool.map(square, [1, threading.Lock(), 3], chunksize=1)
-    assert pool.submit(add, 1, 2).result == 3
+    assert pool.submit(add, 1, 2).result() == 3
 
 
 def test_generator_that_raises_mid_iteration(pool):
@@ -596,7 +596,7 @@ def test_generator_that_raises_mid_iteration(pool):
 
 def test_unpicklable_result(pool):
     with pytest.raises(SerializationError, match="cannot send the result"):
-        pool.submit(make_lock, 0).result
+        pool.submit(make_lock, 0).result()
     with pytest.raises(SerializationError):
         pool.map(make_lock, range(3), chunksize=3)
     assert pool.map(square, [5]) == [25]
@@ -676,7 +676,7 @@ def test_a_pool_cannot_be_sent_to_a_worker(pool):
         pickle.dumps(pool)
     with pytest.raises(SerializationError):
         pool.submit(len, pool)
-    assert pool.submit(len, "abc").result == 3
+    assert pool.submit(len, "abc").result() == 3
 
 
 # ---- stress: many records of every size, a worker killed from outside mid-stream -----------------
@@ -700,7 +700,7 @@ def test_stress_mixed_sizes_with_a_worker_killed_midstream(method):
             if i == 1000:
                 os.kill(pool.pids[1], signal.SIGKILL)        # from outside, mid-stream
             try:
-                assert t.result == expect[i], i
+                assert t.result() == expect[i], i
             except ProcessCrashedError as exc:
                 if "had finished" in str(exc):   # done; its result had not left the worker
                     lost += 1
@@ -765,8 +765,8 @@ def test_many_distinct_functions_in_flight(pool):
     from shmproc.backends.local import pool as pool_module
     fns = [(lambda x, k=k: x + k) for k in range(pool_module.MAX_FUNCTIONS + 40)]
     tasks = [pool.submit(fn, 1) for fn in fns]                # all registered before any returns
-    assert [t.result for t in tasks] == [1 + k for k in range(len(fns))]
-    assert pool.submit(fns[0], 5).result == 5                 # re-registered after being dropped
+    assert [t.result() for t in tasks] == [1 + k for k in range(len(fns))]
+    assert pool.submit(fns[0], 5).result() == 5                 # re-registered after being dropped
 
 
 # ---- regressions found in review ------------------------------------------------------------------
@@ -784,7 +784,7 @@ def test_a_result_that_kills_its_worker_fails_only_that_task(method):
     with Pool(1, start_method=method) as p:
         before = p.pids
         with pytest.raises(ProcessCrashedError) as info:
-            p.submit(result_kills_worker, 1).result
+            p.submit(result_kills_worker, 1).result()
         assert info.value.exitcode == 7
         assert p.map(result_kills_worker, [0, 2, 3], chunksize=1) == [0, 2, 3]
         with pytest.raises(ProcessCrashedError):
@@ -822,12 +822,12 @@ def test_a_large_result_lost_with_its_worker_fails_and_is_not_run_again(method):
         dies = p.submit(die_on, 3)
         time.sleep(0.3)                                # the worker died with it unread
         with pytest.raises(ProcessCrashedError, match="had finished") as info:
-            first.result
+            first.result()
         assert info.value.signal_name == "SIGKILL"
         with pytest.raises(ProcessCrashedError) as info:
-            dies.result
+            dies.result()
         assert "had finished" not in str(info.value)
-        assert p.submit(square, 4).result == 16
+        assert p.submit(square, 4).result() == 16
 
 
 def test_crashes_do_not_pile_up_argument_segments(method):
@@ -838,7 +838,7 @@ def test_crashes_do_not_pile_up_argument_segments(method):
             tasks = [p.submit(die_on, 3)] + [p.submit(array_sum, arr) for _ in range(3)]
             for t in tasks:
                 try:
-                    t.result
+                    t.result()
                 except ProcessCrashedError:
                     pass
         unread = [s for s in blobs.pool.in_flight if s.blob.load_word(0) == blobs.PUBLISHED]

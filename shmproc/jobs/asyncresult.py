@@ -16,13 +16,14 @@ A callback that raises is reported on stderr and does not break the pool.
 from __future__ import annotations
 
 import multiprocessing
+from concurrent.futures import CancelledError
 import sys
 import threading
 import time
 import traceback
 
 from .. import _native as native
-from .task import SLICE_S, Task
+from .task import SLICE_S
 
 TERMINATED = "terminated"     # engine.TERMINATED (engine.py imports this module)
 
@@ -46,15 +47,14 @@ class AsyncResult:
 
     # -- what each kind of sink says ---------------------------------------------------------
     def _done(self) -> bool:
-        return self._sink._state >= Task._DONE
+        return self._sink._finished()
 
     def _outcome(self):
         """(value, error) once done."""
         task = self._sink
-        if task._state == Task._CANCELLED:
-            from concurrent.futures import CancelledError
+        if task.cancelled():
             return None, CancelledError(f"task {task._name} was cancelled")
-        return task._value, task._error
+        return task._result, task._exception
 
     # -- multiprocessing.pool.AsyncResult ------------------------------------------------------
     def ready(self) -> bool:

@@ -15,7 +15,9 @@ an engine subclass provides that:
     _wait_step(s, seen)      wait up to s seconds for something to change
                              (the local engine drives its workers meanwhile)
     _check_broken()          raise if the engine cannot go on
-    submit, progress, workers, pids, join, terminate
+    _pending                 the units not yet sent to a worker
+    _submit(fn, args, kwargs, options) -> a Task (jobs/task.py)
+    progress, workers, pids, join, terminate
 
 The engine's state (_lock, _status, _jobs, _n, _retries) is set by
 _init_engine.  Calls hold _lock only to look and to change state, never
@@ -34,7 +36,7 @@ from ..common.outcome import is_process
 from .asyncresult import AsyncResult, MapResult
 from .job import Job
 from . import progressbar
-from .task import SLICE_S
+from .task import DEFAULT_OPTIONS, SLICE_S, Task
 
 __all__ = ["JobEngine", "IMapIterator", "Progress", "RUNNING", "CLOSED", "TERMINATED"]
 
@@ -113,6 +115,8 @@ class JobEngine:
         self._status = RUNNING
         self._jobs = collections.deque()       # jobs whose source still yields
         self._async_pending = set()            # AsyncResults whose callbacks have not run
+        self._watched = set()                  # Tasks something waits on without driving
+        self._due = collections.deque()        # settled Tasks whose done-callbacks must run
 
     # -- the calls -------------------------------------------------------------------------
     def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
@@ -139,6 +143,9 @@ class JobEngine:
     def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
                  copy: bool = False, retries: int | None = None):
         return self._lazy(fn, iterable, chunksize, True, copy, True, progress, retries)
+
+    def submit(self, fn, /, *args, **kwargs):
+        return self._submit(fn, args, kwargs, DEFAULT_OPTIONS)
 
     # -- multiprocessing.Pool's asynchronous calls ----------------------------------------------
     def apply(self, func, args=(), kwds={}):           # noqa: B006 - the stdlib's signature
@@ -179,8 +186,45 @@ class JobEngine:
         """Results with callbacks are pending: make sure something drives
         the pool while nobody waits (the local engine starts its driver)."""
 
+    def _watch(self, task):
+        """Something waits on `task` without calling into it (a done-callback,
+        concurrent.futures.wait): drive the pool in the background until it is done."""
+        # Called under the Task's own condition (concurrent.futures.wait holds
+        # it while it registers): never take the engine's lock here, whose
+        # holder settles Tasks under their condition.
+        if not task._finished():
+            self._watched.add(task)
+            self._async_started()
+
+    def _task_settled(self, task):
+        """A Task finished (under the lock): its done-callbacks run once the
+        lock is let go, by whoever drove the pool (see _run_due)."""
+        self._watched.discard(task)
+        if task._done_callbacks:
+            self._due.append(task)
+            self._async_started()
+
+    def _run_due(self):
+        """Run the done-callbacks of settled Tasks (never under the lock)."""
+        due = self._due
+        while due:
+            try:
+                task = due.popleft()
+            except IndexError:                 # another thread took the last one
+                return
+            task._invoke_callbacks()
+
+    def _cancel_waiting_tasks(self):
+        """Cancel every submitted Task no worker has yet (Executor.shutdown's
+        cancel_futures): the engine's _pending holds the units not sent."""
+        with self._lock:
+            tasks = [unit.sink for unit in self._pending if isinstance(unit.sink, Task)]
+        for task in tasks:
+            task.cancel()
+
     def _fire_async(self):
         """Run the callbacks of pending results that are ready (never under the lock)."""
+        self._run_due()
         for result in list(self._async_pending):
             if result._done():
                 result._fire()

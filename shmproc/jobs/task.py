@@ -1,24 +1,39 @@
 """Task: the handle of one submitted call, and how outcomes reach it.
 
-A Task and a Job (job.py) are *sinks*: the engine that runs the units
-(a local pool, a Ray pool) calls _put / _put_many / _fail /
-_process_outcome on them under its lock, and the caller's thread reads
-them.  The engine a Task belongs to provides _lock, _poll(),
-_wait_step(seconds) and _drop_pending(unit).
+A Task is a real concurrent.futures.Future, so as_completed, wait,
+asyncio.wrap_future and everything built on Futures take it.  A Task and
+a Job (job.py) are *sinks*: the engine that runs the units (a local pool,
+a Ray pool) calls _put / _put_many / _fail / _process_outcome on them
+under its lock, and the caller's thread reads them.  The engine a Task
+belongs to provides _lock, _poll(), _wait_step(seconds),
+_drop_pending(unit), _watch(task) and _task_settled(task).
+
+Nobody needs a thread per task: result() and exception() drive the pool
+from the caller's thread (the fastest path, no thread hop); a Task that
+something else waits on (a done-callback, or concurrent.futures.wait /
+as_completed, which register on the Future's _waiters) asks its engine to
+drive the pool in the background until it is done.  Done-callbacks never
+run under the pool's lock: the engine runs them once it let go of it.
 """
 from __future__ import annotations
 
 import time
-from concurrent.futures import CancelledError
+from concurrent.futures import Future
+from concurrent.futures import _base as futures_base
 
 from .. import _native as native
 from ..common.errors import ProcessError
 from ..common.outcome import FAILED_RESULT
 
-__all__ = ["Task", "writable", "deliver_process", "SLICE_S"]
+__all__ = ["Task", "TaskOptions", "DEFAULT_OPTIONS", "writable", "deliver_process", "SLICE_S"]
 
 #: How long a waiting caller sleeps before it looks again (and drives its pool).
 SLICE_S = 0.02
+
+_PENDING = futures_base.PENDING
+_RUNNING = futures_base.RUNNING
+_FINISHED = futures_base.FINISHED
+_CANCELLED = (futures_base.CANCELLED, futures_base.CANCELLED_AND_NOTIFIED)
 
 
 def writable(value):
@@ -46,36 +61,87 @@ def deliver_process(sink, index, kind, value, error):
         sink._put(index, value)
 
 
-class Task:
-    """The handle `Pool.submit` returns: wait(timeout), result, cancel()."""
+class TaskOptions:
+    """Per-call options of a submit (Pool.options(...).submit): they are not
+    keywords of submit itself, which all go to the function."""
 
-    _PENDING, _SENT, _DONE, _CANCELLED = range(4)
+    __slots__ = ("copy", "retries", "timeout", "on_error")
 
-    def __init__(self, pool, name, proc=None, copy=False, retries=0):
+    def __init__(self, copy=False, retries=None, timeout=None, on_error=None):
+        self.copy = copy              # writable private copies of the result's arrays
+        self.retries = retries        # None: the pool's
+        self.timeout = timeout        # seconds a call may run (None: the pool's task_timeout)
+        self.on_error = on_error      # maps an error before the Future holds it
+
+    def __repr__(self):
+        return (f"TaskOptions(copy={self.copy}, retries={self.retries}, "
+                f"timeout={self.timeout})")
+
+
+DEFAULT_OPTIONS = TaskOptions()
+
+
+class _Watched(list):
+    """A Future's _waiters list that tells the Task when concurrent.futures.wait
+    or as_completed start waiting on it: from then on the pool must be
+    driven in the background, since those waiters never call into the Task."""
+
+    __slots__ = ("task",)
+
+    def append(self, waiter):
+        super().append(waiter)
+        self.task._watched()
+
+
+class Task(Future):
+    """The handle Pool.submit returns: a concurrent.futures.Future.
+
+    result(timeout), exception(timeout), done(), cancel(), cancelled(),
+    running(), add_done_callback(fn) as every Future; wait(timeout) -> bool
+    is shmproc's own (block until done without raising).
+    """
+
+    def __init__(self, pool, name, proc=None, retries=0, options=DEFAULT_OPTIONS):
+        super().__init__()
+        self._waiters = _Watched()
+        self._waiters.task = self
         self._pool = pool
         self._name = name
         self.retries = retries        # re-runs allowed if its worker dies while running it
         self._proc = proc             # submit(proc_instance): gets timers and error back
-        self._copy = copy
-        self._state = Task._PENDING
+        self._copy = options.copy
+        self._on_error = options.on_error
         self.dropped = False          # cancelled: outcomes are ignored
-        self._value = None
-        self._error = None
         self._unit = None
 
     # -- sink interface (called under the pool lock) --
     def _put(self, index, value):
-        self._value = writable(value) if self._copy else value
-        self._state = Task._DONE
-        self._unit = None             # no cycle: a result's memory goes with the Task
+        self._settle(writable(value) if self._copy else value, None)
 
     def _put_many(self, index, values):
         self._put(index, values[0])
 
     def _fail(self, index, exc):
-        self._error = exc
-        self._state = Task._DONE
-        self._unit = None
+        if self._on_error is not None:
+            exc = self._on_error(exc)
+        self._settle(None, exc)
+
+    def _settle(self, value, error):
+        with self._condition:
+            if self._state in _CANCELLED or self._state == _FINISHED:
+                return                    # cancelled meanwhile: the outcome is ignored
+            if error is None:
+                self._result = value
+                for waiter in self._waiters:
+                    waiter.add_result(self)
+            else:
+                self._exception = error
+                for waiter in self._waiters:
+                    waiter.add_exception(self)
+            self._state = _FINISHED
+            self._condition.notify_all()
+        self._unit = None                 # no cycle: a result's memory goes with the Task
+        self._pool._task_settled(self)
 
     def _process_outcome(self, index, kind, value, timers, error, lap):
         if self._proc is not None:
@@ -84,56 +150,84 @@ class Task:
         deliver_process(self, index, kind, value, error)
 
     def _sent(self):
-        if self._state == Task._PENDING:
-            self._state = Task._SENT
+        with self._condition:
+            if self._state == _PENDING:
+                self._state = _RUNNING
 
     def _cancel(self):
-        """The pool ended before the task did: it counts as cancelled."""
-        if self._state < Task._DONE:
-            self._state = Task._CANCELLED
+        """The pool ended before the task did: it counts as cancelled, even
+        if a worker had it (a Future cannot be cancelled once running, so
+        the state is set here rather than through Future.cancel)."""
+        with self._condition:
+            if self._state in _CANCELLED or self._state == _FINISHED:
+                return
+            self._state = futures_base.CANCELLED_AND_NOTIFIED
             self.dropped = True
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._unit = None
+        self._pool._task_settled(self)
 
-    # -- public --
+    def _finished(self) -> bool:
+        """Done or cancelled, without driving the pool."""
+        return self._state == _FINISHED or self._state in _CANCELLED
+
+    def _watched(self):
+        if not self._finished():
+            self._pool._watch(self)
+
+    # -- concurrent.futures.Future -----------------------------------------------------------
     def done(self) -> bool:
         """True once the task finished (or was cancelled)."""
-        if self._state < Task._DONE:
+        if not self._finished():
             self._pool._poll()
-        return self._state >= Task._DONE
-
-    @property
-    def cancelled(self) -> bool:
-        return self._state == Task._CANCELLED
+        return self._finished()
 
     def cancel(self) -> bool:
         """Cancel the task if no worker has it yet; True if it is (now) cancelled."""
         with self._pool._lock:
-            if self._state == Task._PENDING:
-                self._state = Task._CANCELLED
-                self.dropped = True
-                self._pool._drop_pending(self._unit)
-            return self._state == Task._CANCELLED
+            if self._state != _PENDING:
+                return self._state in _CANCELLED
+            self.dropped = True
+            self._pool._drop_pending(self._unit)
+            self._unit = None
+        super().cancel()
+        self.set_running_or_notify_cancel()       # wait()/as_completed learn it now
+        return True
+
+    def add_done_callback(self, fn):
+        """fn(task) once the task is done, in this process; at once if it is."""
+        super().add_done_callback(fn)
+        self._watched()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the task finished; False if `timeout` seconds pass first."""
         deadline = None if timeout is None else time.monotonic() + native.timeout_ns(timeout) / 1e9
         pool = self._pool
-        while self._state < Task._DONE:
+        while not self._finished():
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
             pool._wait_step(SLICE_S if left is None else min(left, SLICE_S))
         return True
 
-    @property
-    def result(self):
-        """The task's return value (waits); raises what the task raised."""
-        self.wait()
-        if self._state == Task._CANCELLED:
-            raise CancelledError(f"task {self._name} was cancelled")
-        if self._error is not None:
-            raise self._error
-        return self._value
+    def result(self, timeout: float | None = None):
+        """The task's return value, waiting up to `timeout` seconds (None:
+        for ever); raises what the task raised, CancelledError, or
+        TimeoutError (concurrent.futures') if it is not done in time."""
+        self.wait(timeout)
+        return super().result(timeout=0)
+
+    def exception(self, timeout: float | None = None):
+        """What the task raised (None if it returned), waiting as result() does."""
+        self.wait(timeout)
+        return super().exception(timeout=0)
 
     def __repr__(self):
-        state = ("pending", "running", "done", "cancelled")[self._state]
+        if self._state in _CANCELLED:
+            state = "cancelled"
+        else:
+            state = {_PENDING: "pending", _RUNNING: "running"}.get(self._state, "done")
         return f"<shmproc.Task {self._name} {state}>"
+

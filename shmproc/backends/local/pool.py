@@ -141,6 +141,7 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
         self._crashed = 0
         self._next_check = 0.0
         self._pumper = None                             # see _ensure_pumper
+        self._driver_lock = threading.Lock()
         self._background_error = None
         res = self._res = _Resources()
         weakref.finalize(self, res.kill)
@@ -427,26 +428,35 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
                 self._pump(wait_s)
             finally:
                 self._lock.release()
+            if self._due:
+                self._run_due()
         except KeyboardInterrupt:
             self.terminate()
             raise
 
     def _ensure_pumper(self):
         """Submitted tasks beyond the workers' windows still get sent, and
-        async results' callbacks run, when nobody waits: a helper thread
-        drives the pool until they are done."""
-        if self._pumper is None and (self._pending or self._async_pending):
-            self._pumper = threading.Thread(target=self._pump_in_background, daemon=True,
-                                            name="shmproc-pool-driver")
-            self._pumper.start()
+        callbacks run and watched Tasks settle, when nobody waits: a helper
+        thread drives the pool until they are done.  Its own small lock
+        (not the pool's) decides whether it runs, so that a Task may ask
+        for it while holding its Future's condition."""
+        with self._driver_lock:
+            if self._pumper is None and self._driver_needed():
+                self._pumper = threading.Thread(target=self._pump_in_background, daemon=True,
+                                                name="shmproc-pool-driver")
+                self._pumper.start()
+
+    def _driver_needed(self) -> bool:
+        return bool(self._pending or self._async_pending or self._watched or self._due)
 
     def _pump_in_background(self):
         try:
             while True:
                 with self._lock:
-                    if self._status == TERMINATED or not (self._pending or self._async_pending):
-                        self._pumper = None
-                        return
+                    with self._driver_lock:
+                        if self._status == TERMINATED or not self._driver_needed():
+                            self._pumper = None
+                            return
                     # imap & co. read as their caller takes: only eager calls are fed here.
                     self._pump(0.005, feed_jobs="eager")
                 self._fire_async()
@@ -454,11 +464,11 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
         except BaseException as exc:            # noqa: BLE001 - handed to the next caller
             with self._lock:
                 self._background_error = exc
-                self._pumper = None
+                with self._driver_lock:
+                    self._pumper = None
 
     def _async_started(self):
-        with self._lock:
-            self._ensure_pumper()
+        self._ensure_pumper()
 
     def _check_broken(self):
         if self._broken is not None:
@@ -488,18 +498,21 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
         with self._lock:
             if self._status != TERMINATED:
                 self._pump(0)
+        if self._due:
+            self._run_due()
 
     # -- public API ----------------------------------------------------------------------------
-    def submit(self, fn, *args, copy: bool = False, **kwargs) -> Task:
-        """See shmproc.Pool.submit."""
+    def _submit(self, fn, args, kwargs, options) -> Task:
+        """See shmproc.Pool.submit; options: a TaskOptions."""
+        retries = self._retries if options.retries is None else options.retries
         with self._lock:
             self._check_open()
             if self._submit_kind(fn, args, kwargs) == "process":
-                task = Task(self, type(fn).__name__, proc=fn, copy=copy, retries=self._retries)
+                task = Task(self, type(fn).__name__, fn, retries, options)
                 unit = Unit(self._new_id(), task, 0, OP_RUN, 0, False, [fn])
             else:
                 fn_id = self._register(fn)
-                task = Task(self, callable_name(fn), copy=copy, retries=self._retries)
+                task = Task(self, callable_name(fn), None, retries, options)
                 unit = Unit(self._new_id(), task, 0, OP_CALL, fn_id, False,
                             [(args, kwargs or None)])
             try:
@@ -585,6 +598,7 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             self._wait_step(SLICE_S)
         with self._lock:
             self._stop_workers()
+        self._run_due()
 
     def _stop_workers(self):
         res = self._res
@@ -617,6 +631,7 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             self._units.clear()
             self._pending.clear()
             self._jobs.clear()
+        self._run_due()                   # the cancelled Tasks' done-callbacks
 
     def __repr__(self):
         return (f"<shmproc.Pool workers={self._n} start_method={self._method} "

@@ -25,6 +25,7 @@ import socket
 from ..base import Outcome
 from ..local.run import LOCAL
 from ...common.errors import RemoteTraceback
+from ...jobs.task import TaskOptions
 
 #: Functions a launcher keeps unpickled for its pool (least recently used go).
 MAX_FUNCTIONS = 64
@@ -159,14 +160,15 @@ class Launcher:
         try:
             if kind == "process":                 # submit(a built Process): timers and error back
                 proc = items[0]
-                task = pool.submit(proc)
+                task = pool._submit(proc, (), {}, TaskOptions(retries=retries))
                 try:
-                    return ("ok", [task.result], (proc.timers, proc.error))
+                    return ("ok", [task.result()], (proc.timers, proc.error))
                 except BaseException as exc:      # noqa: BLE001
                     return ("error", 0, [], *_strip_local_task(exc), (proc.timers, proc.error))
             if kind == "call":
                 args, kwargs = items[0]
-                return ("ok", [pool.submit(fn, *args, **(kwargs or {})).result], None)
+                task = pool._submit(fn, args, kwargs or {}, TaskOptions(retries=retries))
+                return ("ok", [task.result()], None)
             return self._run_chunk(pool, fn, items, star, retries)
         except BaseException as exc:              # noqa: BLE001 - the driver raises it
             return ("error", 0, [], *_strip_local_task(exc), None)

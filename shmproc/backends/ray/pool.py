@@ -219,7 +219,7 @@ class RayPool(JobEngine):
                 if with_function or key not in known:
                     ref = [fn.ref]
                     known.add(key)
-            retries = unit.sink.retries if isinstance(unit.sink, RayJob) else None
+            retries = unit.sink.retries           # a Task's may be None: the pool's
             wire.append((unit.kind, key, ref, unit.items, unit.star, retries))
             if isinstance(unit.sink, Task):
                 unit.sink._sent()
@@ -442,17 +442,17 @@ class RayPool(JobEngine):
             pass
 
     # -- public API ----------------------------------------------------------------------------------
-    def submit(self, fn, *args, copy: bool = False, **kwargs) -> Task:
-        """See shmproc.Pool.submit."""
+    def _submit(self, fn, args, kwargs, options) -> Task:
+        """See shmproc.Pool.submit; options: a TaskOptions."""
         import cloudpickle
         with self._lock:
             self._check_open()
             if self._submit_kind(fn, args, kwargs) == "process":
-                task = Task(self, type(fn).__name__, proc=fn, copy=copy)
+                task = Task(self, type(fn).__name__, fn, options.retries, options)
                 unit = _Unit(task, 0, "process", None, [fn], False)
                 payload = fn
             else:
-                task = Task(self, callable_name(fn), copy=copy)
+                task = Task(self, callable_name(fn), None, options.retries, options)
                 unit = _Unit(task, 0, "call", self._register(fn), [(args, kwargs or None)], False)
                 payload = unit.items
             try:
@@ -518,6 +518,7 @@ class RayPool(JobEngine):
             self._pending.clear()
             self._jobs.clear()
             self._wake()
+        self._run_due()                   # the cancelled Tasks' done-callbacks
         self._give_back("pool_terminate")
 
     def _give_back(self, how):
@@ -547,13 +548,13 @@ class _Gone:
 
 def _dropped(unit) -> bool:
     sink = unit.sink
-    return sink.dropped if isinstance(sink, RayJob) else sink._state == Task._CANCELLED
+    return sink.dropped if isinstance(sink, RayJob) else sink.cancelled()
 
 
 def _fail_unit(unit, err):
     sink = unit.sink
     if isinstance(sink, Task):
-        if sink._state < Task._DONE:
+        if not sink._finished():
             sink._fail(0, err)
     elif not sink.dropped:
         sink.outstanding = 0
@@ -632,6 +633,6 @@ def _dispatch_loop(pool_ref):
                     pool._complete(ref)
             if ready:
                 pool._wake()
-        if ready and pool._async_pending:
+        if ready and (pool._async_pending or pool._due):
             pool._fire_async()                     # callbacks run here, outside the lock
         del pool

@@ -1,0 +1,195 @@
+"""Pool.submit returns a Task that is a concurrent.futures.Future (issue 12).
+
+Each test names the concurrent.futures behaviour it mirrors; they run
+under fork and spawn.  The pool is driven with no thread per task: by the
+caller's result() or, when something else waits (as_completed, wait,
+done-callbacks, asyncio), by the pool's one background driver.
+"""
+import asyncio
+import concurrent.futures as cf
+import threading
+import time
+
+import pytest
+
+import shmproc
+
+
+def square(x):
+    return x * x
+
+
+def nap(s):
+    time.sleep(s)
+    return s
+
+
+def fail(x):
+    raise ValueError(f"bad {x}")
+
+
+def keywords(copy=None, retries=None, timeout=None):
+    return (copy, retries, timeout)
+
+
+@pytest.fixture(params=["fork", "spawn"])
+def pool(request):
+    with shmproc.Pool(2, start_method=request.param) as p:
+        yield p
+
+
+def test_a_task_is_a_future(pool):
+    """concurrent.futures.Future: result(), exception(), done(), running()."""
+    task = pool.submit(square, 7)
+    assert isinstance(task, cf.Future) and isinstance(task, shmproc.Task)
+    assert task.result() == 49
+    assert task.done() and not task.running() and not task.cancelled()
+    assert task.exception() is None
+
+
+def test_exception_returns_what_the_task_raised(pool):
+    """Future.exception() returns the exception; result() raises it."""
+    task = pool.submit(fail, 3)
+    exc = task.exception(timeout=60)
+    assert isinstance(exc, ValueError) and str(exc) == "bad 3"
+    with pytest.raises(ValueError, match="bad 3"):
+        task.result()
+
+
+def test_result_timeout_raises_and_the_task_goes_on(pool):
+    """Future.result(timeout) raises concurrent.futures.TimeoutError when not
+    done in time; the future is still pending and finishes later."""
+    task = pool.submit(nap, 0.5)
+    started = time.monotonic()
+    with pytest.raises(cf.TimeoutError):
+        task.result(timeout=0.05)
+    assert time.monotonic() - started < 0.4
+    with pytest.raises(cf.TimeoutError):
+        task.exception(timeout=0.01)
+    assert task.result(timeout=60) == 0.5
+
+
+def test_as_completed_with_nobody_calling_result(pool):
+    """concurrent.futures.as_completed yields each future once it is done;
+    it never calls into the future, so the pool must be driven for it."""
+    tasks = [pool.submit(square, i) for i in range(200)]
+    done = [t.result() for t in cf.as_completed(tasks, timeout=60)]
+    assert sorted(done) == sorted(i * i for i in range(200))
+
+
+def test_wait_first_completed_and_all_completed(pool):
+    """concurrent.futures.wait(return_when=FIRST_COMPLETED / ALL_COMPLETED)."""
+    slow = pool.submit(nap, 1.0)
+    fast = pool.submit(square, 3)
+    done, not_done = cf.wait([slow, fast], timeout=30, return_when=cf.FIRST_COMPLETED)
+    assert fast in done and slow in not_done
+    done, not_done = cf.wait([slow, fast], timeout=30)
+    assert not not_done and slow.result() == 1.0
+
+
+def test_wait_timeout_is_a_bound(pool):
+    """concurrent.futures.wait(timeout) returns after `timeout` with what is not done."""
+    slow = pool.submit(nap, 1.0)
+    started = time.monotonic()
+    done, not_done = cf.wait([slow], timeout=0.1)
+    assert not done and slow in not_done
+    assert time.monotonic() - started < 0.8
+    assert slow.result() == 1.0
+
+
+def test_done_callback_runs_when_nobody_waits(pool):
+    """Future.add_done_callback: fn(future) runs once it is done, in this
+    process, with no call to result(); at once if it already is."""
+    seen = threading.Event()
+    got = []
+
+    def callback(future):
+        got.append(future.result())
+        seen.set()
+    task = pool.submit(square, 9)
+    task.add_done_callback(callback)
+    assert seen.wait(30), "the done-callback never ran"
+    assert got == [81]
+    late = []
+    task.add_done_callback(lambda f: late.append(f.result()))
+    assert late == [81]                 # already done: called at once
+
+
+def test_a_callback_may_submit_and_wait(pool):
+    """Callbacks run outside the pool's lock: one may use the pool itself."""
+    out = []
+    seen = threading.Event()
+
+    def chain(future):
+        out.append(pool.submit(square, future.result()).result(timeout=30))
+        seen.set()
+    pool.submit(square, 3).add_done_callback(chain)
+    assert seen.wait(30)
+    assert out == [81]
+
+
+def test_cancel_a_task_no_worker_has(pool):
+    """Future.cancel(): True for a pending future, which then raises
+    CancelledError and counts as done for wait/as_completed; False once running."""
+    blockers = [pool.submit(nap, 0.3) for _ in range(8)]
+    last = pool.submit(square, 5)
+    assert last.cancel() is True
+    assert last.cancelled() and last.done()
+    with pytest.raises(cf.CancelledError):
+        last.result()
+    done, _ = cf.wait([last], timeout=1)
+    assert last in done
+    assert blockers[0].result() == 0.3
+    assert blockers[0].cancel() is False
+
+
+def test_running_while_a_worker_has_it(pool):
+    """Future.running(): True once a worker took the task."""
+    task = pool.submit(nap, 0.5)
+    deadline = time.monotonic() + 10
+    while not task.running() and time.monotonic() < deadline:
+        task.done()                     # drives the pool
+        time.sleep(0.01)
+    assert task.running()
+    assert task.result() == 0.5
+
+
+def test_every_keyword_goes_to_the_function(pool):
+    """Executor.submit(fn, /, *args, **kwargs): submit keeps no keyword of its own."""
+    assert pool.submit(keywords, copy=1, retries=2, timeout=3).result() == (1, 2, 3)
+    assert pool.submit(dict, fn=1).result() == {"fn": 1}
+
+
+def test_options_carry_the_per_call_settings(pool):
+    """Per-call options moved off submit's keywords: pool.options(...).submit."""
+    np = pytest.importorskip("numpy")
+    arr = pool.options(copy=True).submit(np.ones, 100_000).result()
+    assert arr.flags.writeable and arr.sum() == 100_000
+    with pytest.raises(TypeError, match="copy"):
+        pool.options(copy="yes")
+    with pytest.raises(ValueError, match="retries"):
+        pool.options(retries=-1)
+
+
+def test_asyncio_wrap_future(pool):
+    """asyncio.wrap_future(concurrent.futures.Future) awaits in a loop."""
+    async def main():
+        tasks = [asyncio.wrap_future(pool.submit(square, i)) for i in range(50)]
+        return await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    assert asyncio.run(main()) == [i * i for i in range(50)]
+
+
+def test_terminate_cancels_and_tells_the_callbacks():
+    """A pool terminated under its tasks: their futures are cancelled and
+    their done-callbacks run (as an executor's on shutdown(cancel_futures))."""
+    pool = shmproc.Pool(1)
+    called = []
+    tasks = [pool.submit(nap, 5) for _ in range(3)]
+    for t in tasks:
+        t.add_done_callback(called.append)
+    time.sleep(0.2)
+    pool.terminate()
+    assert all(t.cancelled() for t in tasks)
+    assert sorted(map(id, called)) == sorted(map(id, tasks))
+    with pytest.raises(cf.CancelledError):
+        tasks[0].result()
