@@ -47,6 +47,12 @@ class Pool:
     running it runs again on a fresh worker before it fails with
     ProcessCrashedError; default 0.  The map calls take their own
     `retries=`; submit uses the pool's.  Tasks that finished never run again.
+    task_timeout: seconds a plain function call (a task, or one item of a
+    map) may run; past it the call is interrupted by the worker's watchdog
+    and fails with shmproc.TimeoutError (a builtin TimeoutError too), and
+    a fresh worker takes that worker's place; the pool goes on.  None: no
+    limit.  The map calls and Pool.options take their own.  A Process
+    task keeps its own config.timeouts.
     """
 
     __slots__ = ("_engine", "__weakref__")
@@ -54,7 +60,8 @@ class Pool:
     def __init__(self, processes: int | None = None, initializer=None, initargs=(),
                  maxtasksperchild: int | None = None, context=None, *,
                  workers: int | None = None, start_method: str | None = None,
-                 max_tasks_per_worker: int | None = None, backend=None, retries: int = 0):
+                 max_tasks_per_worker: int | None = None, backend=None, retries: int = 0,
+                 task_timeout: float | None = None):
         workers = _one_of("processes", processes, "workers", workers)
         max_tasks = _one_of("maxtasksperchild", maxtasksperchild,
                             "max_tasks_per_worker", max_tasks_per_worker)
@@ -73,11 +80,13 @@ class Pool:
                 raise ValueError(f"context uses {method!r} but start_method={start_method!r}")
             start_method = method
         self._engine = resolve_backend(backend).pool(workers, start_method, max_tasks, retries,
-                                                     initializer=initializer, initargs=initargs)
+                                                     initializer=initializer, initargs=initargs,
+                                                     task_timeout=task_timeout)
 
     # -- calls -----------------------------------------------------------------------------
     def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-            copy: bool = False, retries: int | None = None) -> list:
+            copy: bool = False, retries: int | None = None,
+            task_timeout: float | None = None) -> list:
         """[fn(x) for x in iterable], in parallel; raises the first task error.
 
         chunksize None picks a batch size (as multiprocessing.Pool.map
@@ -87,36 +96,39 @@ class Pool:
         retries: how many times an item whose worker dies while running it
         is run again on a fresh worker before it fails with
         ProcessCrashedError (None: the pool's `retries`).  Items that
-        finished are never run again.
+        finished are never run again.  task_timeout: seconds one item may
+        run (None: the pool's task_timeout).
         """
         return self._engine.map(fn, iterable, chunksize, progress=progress, copy=copy,
-                                retries=retries)
+                                retries=retries, task_timeout=task_timeout)
 
     def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                copy: bool = False, retries: int | None = None) -> list:
+                copy: bool = False, retries: int | None = None,
+            task_timeout: float | None = None) -> list:
         """[fn(*args) for args in iterable], in parallel."""
         return self._engine.starmap(fn, iterable, chunksize, progress=progress, copy=copy,
-                                    retries=retries)
+                                    retries=retries, task_timeout=task_timeout)
 
     def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-             copy: bool = False, retries: int | None = None):
+             copy: bool = False, retries: int | None = None, task_timeout: float | None = None):
         """Lazy map: yields results in order as they are ready; reads the
         input only as fast as workers need it.  A failed task raises when
         its turn comes, after the results before it."""
         return self._engine.imap(fn, iterable, chunksize, progress=progress, copy=copy,
-                                 retries=retries)
+                                 retries=retries, task_timeout=task_timeout)
 
     def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
-                       progress: bool = False, copy: bool = False, retries: int | None = None):
+                       progress: bool = False, copy: bool = False, retries: int | None = None,
+                       task_timeout: float | None = None):
         """Like imap, but yields results in the order they finish."""
         return self._engine.imap_unordered(fn, iterable, chunksize, progress=progress,
-                                           copy=copy, retries=retries)
+                                           copy=copy, retries=retries, task_timeout=task_timeout)
 
     def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                 copy: bool = False, retries: int | None = None):
+                 copy: bool = False, retries: int | None = None, task_timeout: float | None = None):
         """Lazy starmap, in order."""
         return self._engine.istarmap(fn, iterable, chunksize, progress=progress, copy=copy,
-                                     retries=retries)
+                                     retries=retries, task_timeout=task_timeout)
 
     def submit(self, fn, /, *args, **kwargs) -> Task:
         """Run fn(*args, **kwargs) on a worker; returns a Task, which is a
@@ -133,14 +145,18 @@ class Pool:
         """
         return self._engine._submit(fn, args, kwargs, DEFAULT_OPTIONS)
 
-    def options(self, *, copy: bool = False, retries: int | None = None) -> "SubmitOptions":
+    def options(self, *, copy: bool = False, retries: int | None = None,
+                task_timeout: float | None = None) -> "SubmitOptions":
         """Per-call options for submit: pool.options(retries=2).submit(fn, x).
         copy=True: the result's numpy arrays come as private writable copies;
-        retries: re-runs if the worker dies (None: the pool's)."""
+        retries: re-runs if the worker dies (None: the pool's); task_timeout:
+        seconds the call may run (None: the pool's)."""
         if not isinstance(copy, bool):
             raise TypeError(f"copy must be True or False, not {copy!r}")
         validate.retries(retries, 0)
-        return SubmitOptions(self._engine, TaskOptions(copy=copy, retries=retries))
+        timeout_ns = None if task_timeout is None else validate.task_timeout(task_timeout)
+        return SubmitOptions(self._engine, TaskOptions(copy=copy, retries=retries,
+                                                       timeout_ns=timeout_ns))
 
     # -- multiprocessing.Pool's asynchronous calls --------------------------------------------
     def apply(self, func, args=(), kwds={}):            # noqa: B006 - the stdlib's signature

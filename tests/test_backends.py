@@ -352,6 +352,22 @@ def test_pool_map_family(pool):
     assert pool.map(square, []) == []
 
 
+def _nap(s):
+    time.sleep(s)
+    return s
+
+
+def test_pool_task_timeout_on_every_backend(backend):
+    """task_timeout (issue 12): a call past it fails with TimeoutError, on Ray too."""
+    with Pool(1, backend=backend, task_timeout=0.3) as pool:
+        with pytest.raises(TimeoutError):
+            pool.submit(_nap, 30).result(timeout=60)
+        with pytest.raises(TimeoutError):
+            pool.map(_nap, [0.01, 30], chunksize=1)
+        assert pool.options(task_timeout=5).submit(_nap, 0.5).result(timeout=60) == 0.5
+        assert pool.map(square, range(4)) == [0, 1, 4, 9]
+
+
 def test_pool_submit_and_cancel(pool):
     from concurrent.futures import CancelledError
     blockers = [pool.submit(time.sleep, 0.3) for _ in range(6)]  # more than workers take ahead

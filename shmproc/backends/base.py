@@ -78,10 +78,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def pool(self, workers, start_method, max_tasks_per_worker, retries=0, *,
-             initializer=None, initargs=()):
+             initializer=None, initargs=(), task_timeout=None):
         """The engine of a shmproc.Pool whose workers run on this backend: a
         jobs.engine.JobEngine (arguments as Pool's, checked by the engine;
-        `initializer(*initargs)` runs once in every worker)."""
+        `initializer(*initargs)` runs once in every worker; a plain call
+        running past task_timeout seconds fails with TimeoutError)."""
 
     def __repr__(self):
         return f"<shmproc {type(self).__name__}>"

@@ -58,7 +58,8 @@ class ForeignSharedMemoryError(CorruptSharedMemoryError):
 # Section names as the engine knows them -> the hook they name (outcome.py).
 # "error" (__error__) has no error class of its own: wrap() reports it as a
 # plain ProcessError, which the engine discards in favour of the run's error.
-_HOOKS = HOOKS
+# "call" is a Pool's plain function call past its task_timeout.
+_HOOKS = dict(HOOKS, call="__call__")
 
 
 def _hook_name(section: Any) -> str:

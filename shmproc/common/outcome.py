@@ -5,19 +5,20 @@ outcome a worker writes back.  No imports: every layer may use it.
 """
 from __future__ import annotations
 
-__all__ = ["PRELOOP", "LOOP", "POSTLOOP", "ONFINISH", "RESULT", "ERROR", "SECTION_NAMES",
+__all__ = ["PRELOOP", "LOOP", "POSTLOOP", "ONFINISH", "RESULT", "ERROR", "CALL", "SECTION_NAMES",
            "HOOKS", "HOOK_NAMES", "RETRIED", "OK_RESULT", "FAILED_RESULT", "PROCESS_MARK",
            "default_hook", "is_default_hook", "is_process_class", "is_process"]
 
 # Section ids in the control block (0 = none).
 PRELOOP, LOOP, POSTLOOP, ONFINISH, RESULT, ERROR = 1, 2, 3, 4, 5, 6
+CALL = 7        # a pool's plain function call under its task_timeout
 
 #: Section id -> the name errors and timers use.
 SECTION_NAMES = {PRELOOP: "preloop", LOOP: "loop", POSTLOOP: "postloop", ONFINISH: "onfinish",
-                 RESULT: "result", ERROR: "error"}
+                 RESULT: "result", ERROR: "error", CALL: "call"}
 
 #: Section name -> the hook method it runs.
-HOOKS = {name: f"__{name}__" for name in SECTION_NAMES.values()}
+HOOKS = {name: f"__{name}__" for sec, name in SECTION_NAMES.items() if sec != CALL}
 
 #: Every hook a Process may define, in the order a run calls them.
 HOOK_NAMES = tuple(HOOKS.values())

@@ -51,6 +51,19 @@ def positive_int(value, name: str, none_means: str):
     return value
 
 
+def task_timeout(value, name: str = "task_timeout"):
+    """A task timeout: seconds > 0 (int or float), or None for no limit;
+    returns it as nanoseconds (0: none)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds > 0 (None: no limit), "
+                         f"got {value!r}")
+    return max(1, round(value * 1e9))
+
+
 def worker_count(workers, name: str = "workers") -> int:
     """A pool's `workers`: an int >= 1, or None for one per CPU this process may use."""
     if positive_int(workers, name, "one per CPU") is not None:

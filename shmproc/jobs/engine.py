@@ -108,9 +108,10 @@ def _check_callable(fn):
 class JobEngine:
     """The calls every pool has; see the module doc for what a subclass adds."""
 
-    def _init_engine(self, workers: int, retries: int):
+    def _init_engine(self, workers: int, retries: int, timeout_ns: int = 0):
         self._n = workers
         self._retries = retries
+        self._timeout_ns = timeout_ns          # the pool's task_timeout (0: none)
         self._lock = threading.RLock()
         self._status = RUNNING
         self._jobs = collections.deque()       # jobs whose source still yields
@@ -120,29 +121,35 @@ class JobEngine:
 
     # -- the calls -------------------------------------------------------------------------
     def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-            copy: bool = False, retries: int | None = None) -> list:
+            copy: bool = False, retries: int | None = None,
+            task_timeout: float | None = None) -> list:
         """The calls below are documented where users read them: shmproc.Pool."""
         progressbar.check(progress)
-        job = self._start_job(fn, iterable, chunksize, False, copy, True, retries)
+        job = self._start_job(fn, iterable, chunksize, False, copy, True, retries, task_timeout)
         return self._collect(job, _bar(progress, job))
 
     def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                copy: bool = False, retries: int | None = None) -> list:
+                copy: bool = False, retries: int | None = None,
+            task_timeout: float | None = None) -> list:
         progressbar.check(progress)
-        job = self._start_job(fn, iterable, chunksize, True, copy, True, retries)
+        job = self._start_job(fn, iterable, chunksize, True, copy, True, retries, task_timeout)
         return self._collect(job, _bar(progress, job))
 
     def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-             copy: bool = False, retries: int | None = None):
-        return self._lazy(fn, iterable, chunksize, False, copy, True, progress, retries)
+             copy: bool = False, retries: int | None = None, task_timeout: float | None = None):
+        return self._lazy(fn, iterable, chunksize, False, copy, True, progress, retries,
+                          task_timeout)
 
     def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
-                       progress: bool = False, copy: bool = False, retries: int | None = None):
-        return self._lazy(fn, iterable, chunksize, False, copy, False, progress, retries)
+                       progress: bool = False, copy: bool = False, retries: int | None = None,
+                       task_timeout: float | None = None):
+        return self._lazy(fn, iterable, chunksize, False, copy, False, progress, retries,
+                          task_timeout)
 
     def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                 copy: bool = False, retries: int | None = None):
-        return self._lazy(fn, iterable, chunksize, True, copy, True, progress, retries)
+                 copy: bool = False, retries: int | None = None, task_timeout: float | None = None):
+        return self._lazy(fn, iterable, chunksize, True, copy, True, progress, retries,
+                          task_timeout)
 
     def submit(self, fn, /, *args, **kwargs):
         return self._submit(fn, args, kwargs, DEFAULT_OPTIONS)
@@ -229,11 +236,13 @@ class JobEngine:
             if result._done():
                 result._fire()
 
-    def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress, retries):
+    def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress, retries,
+              task_timeout=None):
         """imap & co.: bad arguments fail now; the work starts with the first
         next() (a generator never started runs nothing)."""
         validate.chunksize(chunksize)
         validate.retries(retries, 0)
+        validate.task_timeout(task_timeout)
         progressbar.check(progress)
         _check_callable(fn)
         with self._lock:
@@ -241,11 +250,11 @@ class JobEngine:
             self._register(fn)
         wait = _Wait()
         return IMapIterator(self._lazy_results(fn, iterable, chunksize, star, copy, ordered,
-                                               progress, retries, wait), wait)
+                                               progress, retries, wait, task_timeout), wait)
 
     def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress, retries,
-                      wait=None):
-        job = self._start_job(fn, iterable, chunksize, star, copy, False, retries)
+                      wait=None, task_timeout=None):
+        job = self._start_job(fn, iterable, chunksize, star, copy, False, retries, task_timeout)
         yield from self._drive(job, ordered, _bar(progress, job), wait)
 
     # -- state -----------------------------------------------------------------------------
@@ -300,9 +309,11 @@ class JobEngine:
         return self._n
 
     # -- one call's life ---------------------------------------------------------------------
-    def _start_job(self, fn, iterable, chunksize, star, copy, eager, retries=None) -> Job:
+    def _start_job(self, fn, iterable, chunksize, star, copy, eager, retries=None,
+                   task_timeout=None) -> Job:
         chunksize = validate.chunksize(chunksize)
         retries = validate.retries(retries, self._retries)
+        timeout_ns = validate.task_timeout(task_timeout) or self._timeout_ns
         _check_callable(fn)
         with self._lock:
             self._check_open()
@@ -325,6 +336,7 @@ class JobEngine:
             self._check_open()
             job = self._new_job(self._register(fn), validate.callable_name(fn), star, source,
                                 total, chunksize, copy, retries, seq)
+            job.timeout_ns = timeout_ns
             self._jobs.append(job)
             self._job_added(job)
         return job

@@ -43,6 +43,7 @@ class Job:
         self.errors = {}              # index -> exception
         self.finished = 0
         self.dropped = False          # cancelled: outcomes are ignored
+        self.timeout_ns = 0           # how long one item may run (0: no limit)
 
     # -- sink interface (called under the engine's lock) --
     def _sent(self):

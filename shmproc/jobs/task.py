@@ -65,17 +65,17 @@ class TaskOptions:
     """Per-call options of a submit (Pool.options(...).submit): they are not
     keywords of submit itself, which all go to the function."""
 
-    __slots__ = ("copy", "retries", "timeout", "on_error")
+    __slots__ = ("copy", "retries", "timeout_ns", "on_error")
 
-    def __init__(self, copy=False, retries=None, timeout=None, on_error=None):
+    def __init__(self, copy=False, retries=None, timeout_ns=None, on_error=None):
         self.copy = copy              # writable private copies of the result's arrays
         self.retries = retries        # None: the pool's
-        self.timeout = timeout        # seconds a call may run (None: the pool's task_timeout)
+        self.timeout_ns = timeout_ns  # how long a call may run (0: no limit; None: the pool's)
         self.on_error = on_error      # maps an error before the Future holds it
 
     def __repr__(self):
-        return (f"TaskOptions(copy={self.copy}, retries={self.retries}, "
-                f"timeout={self.timeout})")
+        timeout = None if self.timeout_ns is None else self.timeout_ns / 1e9
+        return f"TaskOptions(copy={self.copy}, retries={self.retries}, task_timeout={timeout})"
 
 
 DEFAULT_OPTIONS = TaskOptions()
@@ -112,6 +112,7 @@ class Task(Future):
         self._copy = options.copy
         self._on_error = options.on_error
         self.dropped = False          # cancelled: outcomes are ignored
+        self.timeout_ns = 0           # its task timeout (set by the engine; 0: none)
         self._unit = None
 
     # -- sink interface (called under the pool lock) --

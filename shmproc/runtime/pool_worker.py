@@ -36,8 +36,10 @@ from .. import _native as native
 from ..wire import taskwire
 from ..wire import pickling as wire
 from ..common.errors import ProcessError, RemoteError, ResultError
-from ..common.outcome import HOOK_NAMES, is_process_class
-from ..wire.taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RETRY, OP_RUN, OP_STOP,
+from ..common.errors import TimeoutError as TaskTimeoutError
+from ..common.outcome import CALL, HOOK_NAMES, is_process_class
+from ..wire.taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_LIMIT, OP_RETRY, OP_RUN,
+                             OP_STOP,
                        R_CHUNK, R_ERROR, R_INIT_FAILED, R_PART, R_PROCESS, R_VALUE, R_VALUES)
 from .watchdog import EXIT_ORPHANED, Watchdog
 
@@ -128,10 +130,21 @@ class PoolWorker:
         self.runner = None              # the Runner of the Process task running now
         self.dog = Watchdog(self.rctl, (), parent_pid, direct_child)
         self.lives_next = None          # lives left for the next Process task (OP_RETRY)
+        self.limit_ns = 0               # task_timeout of plain calls (OP_LIMIT; 0: none)
+        self.timing = False             # a plain call runs under limit_ns now
 
     # -- timeouts of Process tasks: the guard signals, the runner raises ---------------
     def _on_alarm(self, signum, frame):
         r = self.runner
+        if r is None:
+            # A plain call past its task_timeout: raise only if the guard
+            # signals for the call running now (its start stamp).
+            rctl = self.rctl
+            if self.timing and rctl.section_start_ns == rctl.alarm_start_ns:
+                self.timing = False
+                self.retiring = True            # as below: a fresh worker takes over
+                raise _CallTimeout()
+            return
         if r is not None:
             try:
                 r.on_alarm(signum, frame)
@@ -173,7 +186,8 @@ class PoolWorker:
                     continue
                 flushed = now()
                 for rec in records:
-                    if rec[0] == OP_CALL and rec[1] == 0 and self.call_fast(rec):
+                    if (rec[0] == OP_CALL and rec[1] == 0 and not self.limit_ns
+                            and self.call_fast(rec)):
                         pass
                     elif not self.handle(rec):
                         self.flush()
@@ -327,6 +341,11 @@ class PoolWorker:
             self.fns.pop(ident, None)
             self.plain.pop(ident, None)
             return True
+        if op == OP_LIMIT:
+            self.limit_ns = ident
+            if ident:
+                self.dog.rearm((ident / 1e9,))
+            return True
         start = native.now_ns()
         # Rebuilding a one-item record's arguments is part of running that
         # item; a record of several items is only being decoded (if that
@@ -370,7 +389,10 @@ class PoolWorker:
             self.flush()            # a lifecycle's outcome leaves at once (see _process_chunk)
             return
         try:
-            value = fn(*args, **kwargs) if kwargs else fn(*args)
+            if self.limit_ns:
+                value = self.timed(fn, args, kwargs)
+            else:
+                value = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:         # noqa: BLE001 - the task's failure, not ours
             self._send(R_ERROR, ident, error_payload(exc), native.now_ns() - start)
             self._done()
@@ -381,10 +403,40 @@ class PoolWorker:
         self._send(R_VALUE, ident, value, native.now_ns() - start)
         self._done()
 
+    def timed(self, fn, args, kwargs):
+        """fn(*args, **kwargs) under the task timeout: the guard (watchdog.py)
+        watches the call as a section of the runner block, signals past its
+        deadline, and ends the worker if the call does not unwind."""
+        rctl = self.rctl
+        self.dog.rearm((self.limit_ns / 1e9,))     # a Process task may have changed it
+        rctl.enter(CALL, self.limit_ns)
+        self.timing = True
+        try:
+            value = fn(*args, **kwargs) if kwargs else fn(*args)
+        except _CallTimeout:
+            raise self._timeout(fn) from None
+        finally:
+            self.timing = False
+            overran = rctl.leave() & native.CTL_OVERRAN
+        if overran:                              # it swallowed the signal, then returned late
+            self.retiring = True
+            raise self._timeout(fn)
+        return value
+
+    def _timeout(self, fn):
+        limit = self.limit_ns / 1e9
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        return TaskTimeoutError("call", limit, message=f"{name} ran longer than its task "
+                                f"timeout of {limit:g} s and was interrupted",
+                                process_name=name)
+
     def chunk(self, ident, fn, star, items, start):
         n = len(items)
         if is_process_class(fn):
             self._process_chunk(ident, fn, star, items, start)
+            return
+        if self.limit_ns:
+            self._timed_chunk(ident, fn, star, items, start)
             return
         # Items run in blocks through map() in C.  Each item's start is
         # published as it is taken (native marked(): a store in C as the
@@ -425,6 +477,27 @@ class PoolWorker:
                 part_start = now()
         self.block = block
         self._send_part(R_CHUNK, ident, values, errors, sent, part_start)
+
+    def _timed_chunk(self, ident, fn, star, items, start):
+        """A chunk under a task timeout: one timed call per item.  After a
+        timeout the worker retires: what ran is sent now (R_PART), the
+        items after it go to the replacement worker."""
+        values, errors, n = [], {}, len(items)
+        progress = self.progress
+        for item in items:
+            progress[0] = self.completed << 2 | RUNNING
+            try:
+                values.append(self.timed(fn, tuple(item) if star else (item,), None))
+            except BaseException as exc:     # noqa: BLE001 - the item's failure
+                errors[len(values)] = error_payload(exc)
+                values.append(None)
+                self._failed()
+            self.completed += 1
+            progress[0] = self.completed << 2
+            if self.retiring and len(values) < n:
+                self._send_part(R_PART, ident, values, errors, 0, start)
+                return
+        self._send_part(R_CHUNK, ident, values, errors, 0, start)
 
     def _process_chunk(self, ident, fn, star, items, start):
         """A chunk of Process classes, one lifecycle per item; each item's
@@ -518,6 +591,11 @@ class PoolWorker:
             self._failed()
         rctl.set_state(native.STATE_DONE if kind != FAILED_RESULT else native.STATE_FAILED)
         return kind, value, timers, error, lap
+
+
+class _CallTimeout(BaseException):
+    """Raised by the SIGALRM handler into a plain call past its task timeout
+    (a BaseException, so that `except Exception` in the call lets it pass)."""
 
 
 class _ConstructionFailed:

@@ -36,6 +36,7 @@ OP_RUN = 5          # id: task id; payload: a Process instance
 OP_STOP = 6         # finish and exit
 OP_RETRY = 7        # id: task id; payload: (lives left, op, that op's payload): a Process
                     # task's next life, after its worker was ended past a timeout
+OP_LIMIT = 8        # id: the task timeout, in ns, of the calls after it (0: none)
 
 # worker -> parent
 R_VALUE = 16        # payload: the value

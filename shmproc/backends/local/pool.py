@@ -38,7 +38,7 @@ from ...jobs.engine import RUNNING, TERMINATED, JobEngine, Progress
 from ...jobs.task import SLICE_S, Task
 from ...wire import blobs, taskwire
 from ...wire import pickling as wire
-from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_RUN, OP_STOP
+from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_LIMIT, OP_RUN, OP_STOP
 from ...runtime import pool_worker
 from .forkserver import preload_into_forkserver
 from .recovery import WorkerRecovery
@@ -120,8 +120,9 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
     its arguments are Pool's, checked here."""
 
     def __init__(self, workers=None, start_method=None, max_tasks_per_worker=None, retries=0,
-                 initializer=None, initargs=()):
-        self._init_engine(validate.worker_count(workers), validate.retries(retries))
+                 initializer=None, initargs=(), task_timeout=None):
+        self._init_engine(validate.worker_count(workers), validate.retries(retries),
+                          validate.task_timeout(task_timeout))
         init = validate.initializer(initializer, initargs)
         self._init = None if init is None else wire.pickle_function(init)  # once for every worker
         self._broken = None                             # InitializerError: see _init_failed
@@ -299,6 +300,10 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
                                                              self._fn_pickle(unit.fn_id)))
                             slot.fns.add(unit.fn_id)
                         rec = unit.record or unit.encode(token)
+                        limit = unit.sink.timeout_ns
+                        if limit != slot.limit_ns and unit.op != OP_RUN:
+                            batch.append(taskwire.encode_raw(OP_LIMIT, limit))
+                            slot.limit_ns = limit
                     except Exception as exc:         # noqa: BLE001 - an argument cannot travel
                         if allowance is not None:
                             allowance += unit.n
@@ -350,6 +355,7 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
                     slot.allowance += n_items
                 self._pending.appendleft(unit)
             slot.fns.clear()          # definitions may not have gone either: send them again
+            slot.limit_ns = -1        # nor the task timeout
 
     def _unsendable(self, unit, exc):
         found = wire.find_unpicklable(unit.payload(), "args")
@@ -520,6 +526,7 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             except Exception as exc:               # noqa: BLE001
                 raise self._submit_error(fn, unit, exc) from exc
             task._unit = unit
+            task.timeout_ns = self._timeout_ns if options.timeout_ns is None else options.timeout_ns
             self._total += 1
             self._pending.append(unit)
             self._feed()
@@ -540,12 +547,12 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             f"cannot submit {callable_name(fn)}: its arguments cannot be sent to a worker{where} "
             f"({type(exc).__name__}: {exc})")
 
-    def _outcomes(self, fn, items, star, retries=None):
+    def _outcomes(self, fn, items, star, retries=None, task_timeout=None):
         """Run every item once, whatever fails: (values with None where an
         item failed, {index: exception}).  For the Ray launcher, which
         reports a chunk's items one by one (map stops at the first error;
         running the rest again would run finished items twice)."""
-        job = self._start_job(fn, items, None, star, False, True, retries)
+        job = self._start_job(fn, items, None, star, False, True, retries, task_timeout)
         try:
             while True:
                 with self._lock:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ...common.errors import ProcessCrashedError, note_where
 from ...common.errors import TimeoutError as SectionTimeoutError
-from ...common.outcome import RETRIED, SECTION_NAMES, is_process_class
+from ...common.outcome import CALL, RETRIED, SECTION_NAMES, is_process_class
 from ...common.validate import callable_name
 from ...jobs.engine import TERMINATED
 from ...runtime.pool_worker import DECODING, IDLE
@@ -123,10 +123,11 @@ class WorkerRecovery:
                                                            unit.crashes + 1))
 
     def _expired_item(self, unit, k, slot, resend) -> bool:
-        """Item k, a Process, was ended by its worker's guard past a section's
-        timeout (watchdog.py): it fails with that section's TimeoutError, or
-        with lives left runs again, from its start state, with one life
-        fewer.  False if the worker died otherwise."""
+        """Item k was ended by its worker's guard past a timeout (watchdog.py):
+        a plain call past its task_timeout fails with TimeoutError; a
+        Process fails with that section's TimeoutError, or with lives left
+        runs again, from its start state, with one life fewer.  False if the
+        worker died otherwise."""
         expired = slot.rctl.expired()
         if expired is None:
             return False
@@ -141,9 +142,18 @@ class WorkerRecovery:
         self._crashed += 1                            # counted with the failures
         self._retired_done += 1
         fn = self._function(unit.fn_id) if unit.op != OP_RUN else None
-        name = fn.__name__ if fn is not None else type(unit.items[0]).__name__
-        unit.sink._fail(unit.index + k, SectionTimeoutError(
-            SECTION_NAMES[section], timeout_ns / 1e9, lap, process_name=name))
+        if section == CALL:                           # a plain call stuck past task_timeout
+            name = callable_name(fn)
+            limit = timeout_ns / 1e9
+            err = SectionTimeoutError(
+                "call", limit, process_name=name,
+                message=f"{name} ran longer than its task timeout of {limit:g} s and did not "
+                        f"unwind: its worker was ended")
+        else:
+            name = getattr(fn, "__name__", None) or type(unit.items[0]).__name__
+            err = SectionTimeoutError(SECTION_NAMES[section], timeout_ns / 1e9, lap,
+                                      process_name=name)
+        unit.sink._fail(unit.index + k, note_where(err, f"in shmproc.Pool task {unit.index + k}"))
         return True
 
     def _crash_error(self, unit, i, slot, code, lost, runs=1):

@@ -266,10 +266,10 @@ class LocalBackend(Backend):
         return LocalRun(proc, wire.unserializable)
 
     def pool(self, workers, start_method, max_tasks_per_worker, retries=0, *,
-             initializer=None, initargs=()):
+             initializer=None, initargs=(), task_timeout=None):
         """The engine of a local shmproc.Pool (arguments as Pool's, unchecked)."""
         return LocalPool(workers, start_method, max_tasks_per_worker, retries,
-                         initializer, initargs)
+                         initializer, initargs, task_timeout)
 
     def __repr__(self):
         return "<shmproc LocalBackend>"

@@ -76,7 +76,7 @@ class Slot:
     """One worker: its process, its task ring, and what it was given."""
 
     __slots__ = ("index", "proc", "pid", "task_q", "pctl", "rctl", "inflight", "busy_items",
-                 "sent_items", "allowance", "fns", "forget")
+                 "sent_items", "allowance", "fns", "forget", "limit_ns")
 
     def __init__(self, index, proc, task_q, pctl, rctl, allowance):
         self.index = index
@@ -91,6 +91,7 @@ class Slot:
         self.allowance = allowance             # items left before it is recycled (None: no limit)
         self.fns = set()                       # function ids this worker knows
         self.forget = []                       # function ids to drop with the next batch
+        self.limit_ns = 0                      # the task timeout it applies (OP_LIMIT; -1: unsure)
 
 
 class LocalJob(Job):

@@ -196,9 +196,9 @@ class RayBackend(Backend):
         return RayRun(self, proc)
 
     def pool(self, workers, start_method, max_tasks_per_worker, retries=0, *,
-             initializer=None, initargs=()):
+             initializer=None, initargs=(), task_timeout=None):
         return RayPool(self, workers, start_method, max_tasks_per_worker, retries,
-                       initializer, initargs)
+                       initializer, initargs, task_timeout)
 
     def __repr__(self):
         return (f"<shmproc RayBackend address={self.address!r} "

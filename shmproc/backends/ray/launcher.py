@@ -124,20 +124,20 @@ class Launcher:
 
     async def pool_run(self, units):
         """Run a batch of pool work units (kind, function key, its pickle or None,
-        items, star, retries: None for the pool's); one reply each: ("ok", values, extra), ("error", k, values,
+        items, star, retries: None for the pool's, task timeout in ns: 0 for none); one reply each: ("ok", values, extra), ("error", k, values,
         exc, tb, extra), or ("missing",) when the function is not known here."""
         work = []
-        for kind, fn_key, fn_ref, items, star, retries in units:
+        for kind, fn_key, fn_ref, items, star, retries, timeout_ns in units:
             fn = None
             if kind != "process":
                 fn = await self._function(fn_key, fn_ref)
-            work.append((kind, fn, items, star, retries))
+            work.append((kind, fn, items, star, retries, timeout_ns))
         return await asyncio.to_thread(self._run_batch, work)
 
     def _run_batch(self, work):
         return [("missing",) if kind != "process" and fn is None
-                else self._run_unit(kind, fn, items, star, retries)
-                for kind, fn, items, star, retries in work]
+                else self._run_unit(kind, fn, items, star, retries, timeout_ns)
+                for kind, fn, items, star, retries, timeout_ns in work]
 
     async def _function(self, key, ref):
         # The pickle comes (as a nested ObjectRef) only with a function's first
@@ -155,7 +155,7 @@ class Launcher:
             self._functions.move_to_end(key)
         return fn
 
-    def _run_unit(self, kind, fn, items, star, retries):
+    def _run_unit(self, kind, fn, items, star, retries, timeout_ns):
         pool = self._pool
         try:
             if kind == "process":                 # submit(a built Process): timers and error back
@@ -167,17 +167,19 @@ class Launcher:
                     return ("error", 0, [], *_strip_local_task(exc), (proc.timers, proc.error))
             if kind == "call":
                 args, kwargs = items[0]
-                task = pool._submit(fn, args, kwargs or {}, TaskOptions(retries=retries))
+                task = pool._submit(fn, args, kwargs or {},
+                                    TaskOptions(retries=retries, timeout_ns=timeout_ns))
                 return ("ok", [task.result()], None)
-            return self._run_chunk(pool, fn, items, star, retries)
+            return self._run_chunk(pool, fn, items, star, retries, timeout_ns)
         except BaseException as exc:              # noqa: BLE001 - the driver raises it
             return ("error", 0, [], *_strip_local_task(exc), None)
 
-    def _run_chunk(self, pool, fn, items, star, retries):
+    def _run_chunk(self, pool, fn, items, star, retries, timeout_ns):
         """Every item runs once, as on the local pool: a failed one is noted
         and the rest go on.  ("ok", values, None), or ("errors", values
         with None where an item failed, [(position, exc, tb)], None)."""
-        values, failed = pool._outcomes(fn, items, star, retries)
+        values, failed = pool._outcomes(fn, items, star, retries,
+                                        timeout_ns / 1e9 if timeout_ns else None)
         if failed:
             errors = [(k, *_strip_local_task(failed[k])) for k in sorted(failed)]
             return ("errors", values, errors, None)

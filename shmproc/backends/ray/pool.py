@@ -94,7 +94,7 @@ class RayPool(JobEngine):
     submit) with one launcher actor per worker on a Ray cluster."""
 
     def __init__(self, backend, workers, start_method, max_tasks_per_worker, retries=0,
-                 initializer=None, initargs=()):
+                 initializer=None, initargs=(), task_timeout=None):
         if start_method is not None:
             validate.start_method(start_method)
         max_tasks = validate.positive_int(max_tasks_per_worker, "max_tasks_per_worker",
@@ -112,7 +112,7 @@ class RayPool(JobEngine):
             cpus = ray.cluster_resources().get("CPU", 1.0)
             per = backend.spec.get("CPU", 1.0)
             n = max(1, int(cpus // per)) if per > 0 else max(1, int(cpus))
-        self._init_engine(n, retries)
+        self._init_engine(n, retries, validate.task_timeout(task_timeout))
         self._cond = threading.Condition(self._lock)
         self._pending = collections.deque()
         self._inflight = {}                 # ref -> (slot, unit, sent at)
@@ -220,7 +220,8 @@ class RayPool(JobEngine):
                     ref = [fn.ref]
                     known.add(key)
             retries = unit.sink.retries           # a Task's may be None: the pool's
-            wire.append((unit.kind, key, ref, unit.items, unit.star, retries))
+            wire.append((unit.kind, key, ref, unit.items, unit.star, retries,
+                         unit.sink.timeout_ns))
             if isinstance(unit.sink, Task):
                 unit.sink._sent()
         try:
@@ -464,6 +465,7 @@ class RayPool(JobEngine):
                     f"cannot submit {callable_name(fn)}: its arguments cannot be sent to a worker "
                     f"({type(exc).__name__}: {exc})") from exc
             task._unit = unit
+            task.timeout_ns = self._timeout_ns if options.timeout_ns is None else options.timeout_ns
             self._total += 1
             self._pending.append(unit)
             self._fill()
