@@ -130,6 +130,21 @@ class Pool:
         return self._engine.istarmap(fn, iterable, chunksize, progress=progress, copy=copy,
                                      retries=retries, task_timeout=task_timeout)
 
+    def aimap(self, fn, iterable, chunksize: int | None = None, *, copy: bool = False,
+              retries: int | None = None, task_timeout: float | None = None):
+        """imap for asyncio: `async for r in pool.aimap(fn, items)` yields
+        results in order without blocking the event loop (no thread per
+        call: the pool's one background driver wakes the loop).  The
+        iterable is read by that driver, as far ahead as the workers need."""
+        return self._engine.aimap(fn, iterable, chunksize, copy=copy, retries=retries,
+                                  task_timeout=task_timeout)
+
+    def aimap_unordered(self, fn, iterable, chunksize: int | None = None, *, copy: bool = False,
+                        retries: int | None = None, task_timeout: float | None = None):
+        """aimap, in the order results finish."""
+        return self._engine.aimap_unordered(fn, iterable, chunksize, copy=copy, retries=retries,
+                                            task_timeout=task_timeout)
+
     def submit(self, fn, /, *args, **kwargs) -> Task:
         """Run fn(*args, **kwargs) on a worker; returns a Task, which is a
         concurrent.futures.Future (result(timeout), exception(), done(),

@@ -252,6 +252,23 @@ class Process:
     def _current_lap(self) -> int:
         return self.current_lap
 
+    def __await__(self):
+        """`await p` in an asyncio loop: the result, as `p.result` gives it
+        (or raises), without blocking the loop."""
+        return self._result_when_ended().__await__()
+
+    async def _result_when_ended(self):
+        rt = self._rt()
+        if rt.worker is not None:
+            raise RuntimeError("a Process is awaited in the parent, after start(); inside the "
+                               "worker, return the value from __result__ instead")
+        if rt.run is None:
+            raise RuntimeError(f"{type(self).__name__} was never started: call start() before "
+                               f"awaiting it")
+        if not self._check_ended(rt):
+            await rt.run.until_ended()
+        return self.result
+
     @property
     def _stop_event(self):
         return _StopEvent(self)

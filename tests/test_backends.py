@@ -368,6 +368,18 @@ def test_pool_task_timeout_on_every_backend(backend):
         assert pool.map(square, range(4)) == [0, 1, 4, 9]
 
 
+def test_pool_aimap_on_every_backend(pool):
+    """aimap (issue 12): results in an asyncio loop, on Ray too."""
+    import asyncio
+
+    async def main():
+        ordered = [r async for r in pool.aimap(square, range(40))]
+        unordered = [r async for r in pool.aimap_unordered(square, range(40))]
+        return ordered, sorted(unordered)
+    ordered, unordered = asyncio.run(asyncio.wait_for(main(), 120))
+    assert ordered == unordered == [i * i for i in range(40)]
+
+
 def test_pool_submit_and_cancel(pool):
     from concurrent.futures import CancelledError
     blockers = [pool.submit(time.sleep, 0.3) for _ in range(6)]  # more than workers take ahead

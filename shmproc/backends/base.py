@@ -66,6 +66,16 @@ class Run(abc.ABC):
     def outcome(self) -> Outcome:
         """How the run ended; only called once ended() is True."""
 
+    async def until_ended(self) -> None:
+        """Await the end of the run in an asyncio loop, never blocking it.
+        This default looks every few milliseconds; a backend with a file
+        descriptor that becomes readable at the end wakes the loop with it."""
+        import asyncio
+        pause = 0.0005
+        while not self.ended():
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.02)
+
 
 class Backend(abc.ABC):
     """Starts Process runs and builds pools somewhere."""

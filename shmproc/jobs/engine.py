@@ -35,7 +35,7 @@ from ..common import validate
 from ..common.outcome import is_process
 from .asyncresult import AsyncResult, MapResult
 from .job import Job
-from . import progressbar
+from . import aio, progressbar
 from .task import DEFAULT_OPTIONS, SLICE_S, Task
 
 __all__ = ["JobEngine", "IMapIterator", "Progress", "RUNNING", "CLOSED", "TERMINATED"]
@@ -118,6 +118,7 @@ class JobEngine:
         self._async_pending = set()            # AsyncResults whose callbacks have not run
         self._watched = set()                  # Tasks something waits on without driving
         self._due = collections.deque()        # settled Tasks whose done-callbacks must run
+        self._ajobs = {}                       # aimap jobs -> [wake their loop, results seen]
 
     # -- the calls -------------------------------------------------------------------------
     def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
@@ -153,6 +154,49 @@ class JobEngine:
 
     def submit(self, fn, /, *args, **kwargs):
         return self._submit(fn, args, kwargs, DEFAULT_OPTIONS)
+
+    # -- asyncio ------------------------------------------------------------------------------
+    def aimap(self, fn, iterable, chunksize: int | None = None, *, copy: bool = False,
+              retries: int | None = None, task_timeout: float | None = None):
+        return self._aiter(fn, iterable, chunksize, copy, True, retries, task_timeout)
+
+    def aimap_unordered(self, fn, iterable, chunksize: int | None = None, *, copy: bool = False,
+                        retries: int | None = None, task_timeout: float | None = None):
+        return self._aiter(fn, iterable, chunksize, copy, False, retries, task_timeout)
+
+    def _aiter(self, fn, iterable, chunksize, copy, ordered, retries, task_timeout):
+        """Bad arguments fail at the call; the job starts with the first
+        __anext__ (an iterator never started runs nothing)."""
+        validate.chunksize(chunksize)
+        validate.retries(retries, 0)
+        validate.task_timeout(task_timeout)
+        _check_callable(fn)
+        with self._lock:
+            self._check_open()
+            self._register(fn)
+        return self._aresults(fn, iterable, chunksize, copy, ordered, retries, task_timeout)
+
+    async def _aresults(self, fn, iterable, chunksize, copy, ordered, retries, task_timeout):
+        job = self._start_job(fn, iterable, chunksize, False, copy, False, retries, task_timeout)
+        async for value in aio.results(self, job, ordered):
+            yield value
+
+    def _watch_job(self, job, notify):
+        """An aimap job: the background driver feeds it and wakes its loop."""
+        self._ajobs[job] = [notify, -1]
+        self._async_started()
+
+    def _unwatch_job(self, job):
+        self._ajobs.pop(job, None)
+
+    def _notify_ajobs(self):
+        """The driver's thread, after taking results: wake the loops whose
+        jobs moved."""
+        for job, entry in list(self._ajobs.items()):
+            moved = job.finished + len(job.errors)
+            if moved != entry[1] or job.complete() or self._status == TERMINATED:
+                entry[1] = moved
+                entry[0]()
 
     # -- multiprocessing.Pool's asynchronous calls ----------------------------------------------
     def apply(self, func, args=(), kwds={}):           # noqa: B006 - the stdlib's signature
@@ -232,6 +276,8 @@ class JobEngine:
     def _fire_async(self):
         """Run the callbacks of pending results that are ready (never under the lock)."""
         self._run_due()
+        if self._ajobs:
+            self._notify_ajobs()
         for result in list(self._async_pending):
             if result._done():
                 result._fire()
@@ -345,31 +391,11 @@ class JobEngine:
         """Yield the job's results, driving the pool meanwhile.  With `wait`
         (an IMapIterator's), yields _TIMED_OUT once its deadline passes with
         no result in, and goes on from there at the next call."""
-        nxt = 0                       # ordered: index of the next result to yield
+        nxt = [0]                     # ordered: index of the next result to yield
         try:
             while True:
                 with self._lock:
-                    ready, error = [], None
-                    if ordered:
-                        while True:
-                            chunk = job.ready.pop(nxt, None)
-                            if chunk is not None:
-                                ready.append(chunk)
-                                nxt += len(chunk)
-                            elif nxt in job.errors:
-                                error = job.errors.pop(nxt)
-                                break
-                            else:
-                                break
-                    else:
-                        ready = list(job.ready.values())
-                        job.ready.clear()
-                        if job.errors:
-                            error = job.errors.pop(min(job.errors))
-                    drained = job.complete() and not job.ready and not job.errors
-                    if ready:
-                        job.handed += sum(map(len, ready))
-                        self._results_taken(job)
+                    ready, error, drained = self._take_ready(job, ordered, nxt)
                     seen = self._change()
                 if bar is not None:
                     bar.update(job.finished, job.known_total())
@@ -403,6 +429,33 @@ class JobEngine:
             self._end_job(job)
             if bar is not None:
                 bar.close()
+
+    def _take_ready(self, job, ordered, nxt):
+        """Under the lock: (chunks of results ready to hand out, the error
+        whose turn it is or None, whether the job is drained).  nxt[0]: for
+        an ordered call, the index of the next result to hand out."""
+        ready, error = [], None
+        if ordered:
+            while True:
+                chunk = job.ready.pop(nxt[0], None)
+                if chunk is not None:
+                    ready.append(chunk)
+                    nxt[0] += len(chunk)
+                elif nxt[0] in job.errors:
+                    error = job.errors.pop(nxt[0])
+                    break
+                else:
+                    break
+        else:
+            ready = list(job.ready.values())
+            job.ready.clear()
+            if job.errors:
+                error = job.errors.pop(min(job.errors))
+        drained = job.complete() and not job.ready and not job.errors
+        if ready:
+            job.handed += sum(map(len, ready))
+            self._results_taken(job)
+        return ready, error, drained
 
     def _collect(self, job, bar):
         """map/starmap: wait for every result (the first error raises), then

@@ -251,7 +251,8 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             if not jobs:
                 break
             job = jobs[0]
-            skip = not feed_jobs or (feed_jobs == "eager" and job.lazy)
+            skip = not feed_jobs or (feed_jobs == "eager" and job.lazy
+                                     and job not in self._ajobs)
             out = None if skip else job.take(self, want, max_items)
             if job.exhausted():
                 jobs.popleft()
@@ -453,7 +454,8 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
                 self._pumper.start()
 
     def _driver_needed(self) -> bool:
-        return bool(self._pending or self._async_pending or self._watched or self._due)
+        return bool(self._pending or self._async_pending or self._watched or self._due
+                    or self._ajobs)
 
     def _pump_in_background(self):
         try:
@@ -463,7 +465,8 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
                         if self._status == TERMINATED or not self._driver_needed():
                             self._pumper = None
                             return
-                    # imap & co. read as their caller takes: only eager calls are fed here.
+                    # imap & co. read as their caller takes: only eager calls (and
+                    # aimap's, whose caller is an event loop) are fed here.
                     self._pump(0.005, feed_jobs="eager")
                 self._fire_async()
                 time.sleep(0.0005)              # let a waiting caller take the lock

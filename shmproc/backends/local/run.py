@@ -206,6 +206,25 @@ class LocalRun(Run):
                 slice_ns = min(slice_ns, int(left * 1e9) + 1)
             ctl.wait_state(native.STATE_DONE, slice_ns)
 
+    async def until_ended(self):
+        """The worker's sentinel (readable once it exits) wakes the loop; the
+        control block's state is looked at too, since a worker counts as
+        ended once it reported, a little before it exits."""
+        import asyncio
+        loop = asyncio.get_running_loop()
+        pause = 0.001
+        while not self.ended():
+            fd = self.proc.sentinel            # a later life has a new worker: look each time
+            woke = loop.create_future()
+            loop.add_reader(fd, _set_once, woke)
+            try:
+                await asyncio.wait_for(woke, pause)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                loop.remove_reader(fd)
+            pause = min(2 * pause, 0.05)
+
     def stop(self):
         if not self.ended_:
             self._stop_asked = True
@@ -276,6 +295,11 @@ class LocalBackend(Backend):
 
 
 LOCAL = LocalBackend()
+
+
+def _set_once(future):
+    if not future.done():
+        future.set_result(None)
 
 
 def _open_pidfd(pid: int):

@@ -635,6 +635,6 @@ def _dispatch_loop(pool_ref):
                     pool._complete(ref)
             if ready:
                 pool._wake()
-        if ready and (pool._async_pending or pool._due):
+        if ready and (pool._async_pending or pool._due or pool._ajobs):
             pool._fire_async()                     # callbacks run here, outside the lock
         del pool
