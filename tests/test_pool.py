@@ -817,10 +817,13 @@ def test_a_large_result_lost_with_its_worker_fails_and_is_not_run_again(method):
     # the worker before anyone read it: the task had finished, so it fails
     # (it used to be run again, silently).
     with Pool(1, start_method=method) as p:
+        worker = p._engine._res.slots[0].proc
         first = p.submit(big_array, 100_000)          # out-of-band result
-        time.sleep(0.3)                                # finished; nobody has read it
+        deadline = time.monotonic() + 60               # (a spawn worker may start slowly)
+        while p.progress.done < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)                           # finished; nobody has read it
         dies = p.submit(die_on, 3)
-        time.sleep(0.3)                                # the worker died with it unread
+        worker.join(60)                                # the worker died with it unread
         with pytest.raises(ProcessCrashedError, match="had finished") as info:
             first.result()
         assert info.value.signal_name == "SIGKILL"
