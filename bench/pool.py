@@ -35,6 +35,13 @@ multiprocessing.Pool (1.00x).
    objects started one by one (start, result, next).  Target: >= 50x.
 6. Idle CPU: after a burst of tasks, the pool's workers are left idle for
    3 s; the busiest worker's share of a core (from /proc).  Target < 1%.
+7. Futures: shmproc.Executor vs ProcessPoolExecutor and loky, 2 workers
+   each: submit -> Future.result() one at a time (median; shmproc's own
+   Pool.submit().result() measured alongside), and 10k submits collected
+   with as_completed (tasks/s).  asyncio: 10k results awaited through
+   pool.aimap vs asyncio.gather over loop.run_in_executor on the stdlib
+   executor.  Targets: the Future path <= 1.5x shmproc's own submit path;
+   as_completed >= 5x ProcessPoolExecutor at one task per submit.
 """
 from __future__ import annotations
 
@@ -349,6 +356,74 @@ def process_batch(pool, n_pool, n_single, repeat):
 
 # ---- report -------------------------------------------------------------------------------------
 
+def futures_rows(workers, n_latency, n_many):
+    """Section 7: [(name, median s, as_completed tasks/s)], Pool.submit's
+    median, and [(name, asyncio tasks/s)]."""
+    import asyncio
+    import concurrent.futures as cf
+    execs = [("shmproc.Executor", lambda: shmproc.Executor(workers, mp.get_context("fork"))),
+             ("ProcessPoolExecutor",
+              lambda: cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")))]
+    try:
+        from loky import get_reusable_executor
+        execs.append(("loky", lambda: get_reusable_executor(max_workers=workers, timeout=600)))
+    except ImportError as exc:
+        print(f"  (loky not measured: {exc})")
+
+    def median_call(call):
+        for _ in range(50):
+            call()
+        times = []
+        for _ in range(n_latency):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    rows, aio = [], []
+    for name, make in execs:
+        ex = make()
+        try:
+            med = median_call(lambda: ex.submit(noop, 1).result())
+            best = 0.0
+            for _ in range(3):
+                t0 = time.perf_counter()
+                fs = [ex.submit(noop, i) for i in range(n_many)]
+                assert sum(f.result() for f in cf.as_completed(fs)) == n_many * (n_many - 1) // 2
+                best = max(best, n_many / (time.perf_counter() - t0))
+            rows.append((name, med, best))
+            if name == "ProcessPoolExecutor":
+                async def gathered():
+                    loop = asyncio.get_running_loop()
+                    t0 = time.perf_counter()
+                    out = await asyncio.gather(*[loop.run_in_executor(ex, noop, i)
+                                                 for i in range(n_many)])
+                    assert len(out) == n_many
+                    return n_many / (time.perf_counter() - t0)
+                aio.append(("asyncio.gather(run_in_executor) on ProcessPoolExecutor",
+                            max(asyncio.run(gathered()) for _ in range(3))))
+        finally:
+            ex.shutdown(wait=True)
+    pool = shmproc.Pool(workers, start_method="fork")
+    try:
+        own = median_call(lambda: pool.submit(noop, 1).result())
+
+        async def streamed(chunksize):
+            t0 = time.perf_counter()
+            count = 0
+            async for _ in pool.aimap(noop, range(n_many), chunksize):
+                count += 1
+            assert count == n_many
+            return n_many / (time.perf_counter() - t0)
+        aio.insert(0, ("shmproc pool.aimap (chunksize 1)",
+                       max(asyncio.run(streamed(1)) for _ in range(3))))
+        aio.insert(1, ("shmproc pool.aimap (default chunking)",
+                       max(asyncio.run(streamed(None)) for _ in range(3))))
+    finally:
+        pool.terminate()
+    return rows, own, aio
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -372,6 +447,7 @@ def main(argv=None) -> int:
         proc_pool = 1000
         proc_single = 20 if quick else 100
         repeat = max(s.repeat, 1 if quick else 5)
+        futures_n = 2_000 if quick else 10_000
     sizes = Sizes
 
     import dataclasses
@@ -401,6 +477,7 @@ def main(argv=None) -> int:
     finally:
         for c in contenders:
             c.close()
+    fut, own_submit, aio = futures_rows(args.workers, sizes.latency_n, sizes.futures_n)
 
     def ref_of(rows, setting):
         for name, v, rate in rows:
@@ -449,6 +526,21 @@ def main(argv=None) -> int:
           f"(after a burst of work)\n")
     results["idle_cpu"] = idle
 
+    print(f"7. Futures: submit -> result() one at a time ({sizes.latency_n} calls), and "
+          f"{sizes.futures_n:,} submits collected with as_completed")
+    ppe = next((m, r) for n, m, r in fut if n == "ProcessPoolExecutor")
+    print(C.table(["executor", "median", "vs Pool.submit", "as_completed tasks/s",
+                   "vs ProcessPoolExecutor"],
+                  [(n, f"{m * 1e6:.0f} us", C.ratio(m, own_submit), C.si(r), C.ratio(r, ppe[1]))
+                   for n, m, r in fut]
+                  + [("shmproc Pool.submit (reference)", f"{own_submit * 1e6:.0f} us", "1.00x",
+                      "", "")], "lrrrr"))
+    aref = aio[-1][1]
+    print(C.table(["asyncio path", f"tasks/s ({sizes.futures_n:,} results)", "vs stdlib"],
+                  [(n, C.si(r), C.ratio(r, aref)) for n, r in aio], "lrr"))
+    print()
+    results["futures"] = {"executors": fut, "pool_submit_median": own_submit, "asyncio": aio}
+
     def get(rows, name, setting):
         return next((r for n, v, r in rows if n == name and v == setting), None)
 
@@ -470,6 +562,13 @@ def main(argv=None) -> int:
         ("Process batch >= 50x one by one", batch_pool >= 50 * batch_single,
          C.ratio(batch_pool, batch_single)),
         ("idle worker < 1% of a core", idle < 0.01, f"{idle * 100:.2f}%"),
+    ]
+    shm_fut = next((m, r) for n, m, r in fut if n == "shmproc.Executor")
+    checks += [
+        ("Executor submit -> result <= 1.5x Pool.submit", shm_fut[0] <= 1.5 * own_submit,
+         C.ratio(shm_fut[0], own_submit)),
+        ("Executor as_completed >= 5x ProcessPoolExecutor", shm_fut[1] >= 5 * ppe[1],
+         C.ratio(shm_fut[1], ppe[1])),
     ]
     print("targets (DESIGN.md)")
     print(C.table(["target", "verdict", "measured"],
