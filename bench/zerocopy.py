@@ -12,7 +12,8 @@ A 64 MB float64 array reaches the parent
   - as shmproc.Pool.apply's result          (a writable copy-on-write view)
   - as multiprocessing.Pool.apply's result
 For each: the best time per item (the producer's put and the reader's get,
-without process start-up), and how much the reader's private memory
+without process start-up), for the queues the reader's get() alone (the
+item already queued: what the reader pays), and how much the reader's private memory
 (RssAnon in /proc/self/status) grew while it held the item, then after it
 wrote one element, then after it wrote every element.  A zero-copy item
 adds no private memory until it is written, and then only the pages written.
@@ -93,17 +94,26 @@ def queue_rows(ctx, nbytes, repeat):
         ("multiprocessing.Queue.get()", ctx.Queue, {}),
     ):
         q, acks = make(), ctx.Queue()
-        child = ctx.Process(target=_producer, args=(q, acks, repeat + 1, nbytes))
+        child = ctx.Process(target=_producer, args=(q, acks, 2 * repeat + 1, nbytes))
         child.start()
 
         def fetch():
             acks.put(True)
             return q.get(**kw)
 
+        def get_alone():
+            acks.put(True)
+            while q.empty():                      # the item is in the queue before the clock
+                time.sleep(0.001)
+            t0 = time.perf_counter()
+            a = q.get(**kw)
+            return time.perf_counter() - t0, a
+
         fetch()                                   # warm-up: the producer's segment exists now
         best, mem = _measure_item(fetch, repeat)
+        alone = min(get_alone()[0] for _ in range(repeat))
         child.join()
-        rows.append((label, best, mem))
+        rows.append((label, best, mem, alone))
     return rows
 
 
@@ -112,11 +122,11 @@ def pool_rows(method, nbytes, repeat):
     with shmproc.Pool(1, start_method=method) as pool:
         pool.apply(_make_array, (nbytes,))
         best, mem = _measure_item(lambda: pool.apply(_make_array, (nbytes,)), repeat)
-        rows.append(("shmproc.Pool.apply", best, mem))
+        rows.append(("shmproc.Pool.apply", best, mem, None))
     with mp.get_context(method).Pool(1) as pool:
         pool.apply(_make_array, (nbytes,))
         best, mem = _measure_item(lambda: pool.apply(_make_array, (nbytes,)), repeat)
-        rows.append(("multiprocessing.Pool.apply", best, mem))
+        rows.append(("multiprocessing.Pool.apply", best, mem, None))
     return rows
 
 
@@ -146,15 +156,17 @@ def main(argv=None):
     print(f"\n{args.mb} MiB float64 array per item, best of {repeat}\n")
     ctx = mp.get_context(s.start_method)
     rows = queue_rows(ctx, nbytes, repeat) + pool_rows(s.start_method, nbytes, repeat)
-    ref = {label: best for label, best, _ in rows}
+    ref = {label: best for label, best, _, _ in rows}
     out = []
-    for label, best, (held, one, full) in rows:
+    for label, best, (held, one, full), alone in rows:
         anchor = ("multiprocessing.Queue.get()" if "Queue" in label
                   else "multiprocessing.Pool.apply")
         out.append((label, f"{best * 1e3:.1f} ms", f"{args.mb / 1.048576 / best:,.0f} MB/s",
-                    C.ratio(ref[anchor], best), _mb(held), _mb(one), _mb(full)))
-    print(C.table(["path", "per item", "rate", "vs stdlib", "MB held", "after 1 write",
-                   "after full write"], out))
+                    C.ratio(ref[anchor], best),
+                    "" if alone is None else f"{alone * 1e3:.1f} ms",
+                    _mb(held), _mb(one), _mb(full)))
+    print(C.table(["path", "per item", "rate", "vs stdlib", "get() alone", "MB held",
+                   "after 1 write", "after full write"], out))
 
 
 if __name__ == "__main__":
