@@ -8,7 +8,8 @@
 
 How joblib's calls map onto shmproc:
 
-    Parallel(n_jobs)(...) ─ configure ─► a shmproc.Pool(n_jobs), kept warm between calls
+    Parallel(n_jobs)(...) ─ configure ─► a shmproc.Pool(n_jobs), kept warm between calls,
+      │                                  its workers' BLAS/OpenMP threads limited as loky does
       ├─ joblib batches the calls (AutoBatchingMixin: ~0.2-2 s of work a batch)
       ├─ submit(batch, callback) ─► Pool.apply_async(batch, callback=, error_callback=)
       │                              the callback dispatches the next batch
@@ -34,7 +35,7 @@ makes it joblib's default backend.
 """
 from __future__ import annotations
 
-import atexit
+import os
 import threading
 import warnings
 
@@ -48,6 +49,7 @@ except ImportError as exc:                # joblib is an extra, not a dependency
         "shmproc.joblib needs joblib: pip install 'shmproc[joblib]' (or pip install joblib)"
     ) from exc
 
+from .common import lifecycle
 from .pool import Pool
 
 __all__ = ["ShmprocBackend", "register", "shutdown", "BACKEND_NAME"]
@@ -68,6 +70,7 @@ class ShmprocBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
     supports_timeout = True
     uses_threads = False
     supports_sharedmem = False              # require="sharedmem" makes joblib pick threads
+    supports_inner_max_num_threads = True   # parallel_config(inner_max_num_threads=)
     default_n_jobs = 1
 
     def effective_n_jobs(self, n_jobs):
@@ -86,6 +89,12 @@ class ShmprocBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
         self.parallel = parallel
         options = {k: v for k, v in {**self.backend_kwargs, **pool_kwargs}.items()
                    if k not in _JOBLIB_OPTIONS}
+        # As loky does: each worker's BLAS / OpenMP threads are limited to its
+        # share of the CPUs (or inner_max_num_threads), so n_jobs workers
+        # do not each start cpu_count() threads.
+        env = self._prepare_worker_env(n_jobs=n_jobs)
+        options["initargs"] = (env, options.get("initializer"), tuple(options.get("initargs", ())))
+        options["initializer"] = _init_worker
         self._pool = _warm.take(n_jobs, options)
         return n_jobs
 
@@ -130,7 +139,10 @@ class _WarmPool:
         self.lock = threading.Lock()
         self.idle = None                    # (key, Pool) of the last call, or None
         self.busy = {}                      # id(pool) -> key, of pools lent to a call
-        atexit.register(self.close)
+        # Stopped at exit before multiprocessing joins its children; a fork
+        # child forgets the parent's pool (the parent's to stop, not its).
+        lifecycle.at_exit(self.close, lifecycle.STOP_WORKERS + 1)
+        lifecycle.at_fork(after_in_child=self._forget_all)
 
     def take(self, n_jobs: int, options: dict) -> Pool:
         key = (n_jobs, tuple(sorted(options.items())))
@@ -162,6 +174,10 @@ class _WarmPool:
         with self.lock:
             self.busy.pop(id(pool), None)
 
+    def _forget_all(self):
+        self.lock = threading.Lock()
+        self.idle, self.busy = None, {}
+
     def close(self):
         with self.lock:
             idle, self.idle = self.idle, None
@@ -170,6 +186,23 @@ class _WarmPool:
 
 
 _warm = _WarmPool()
+
+
+def _init_worker(env: dict, initializer, initargs):
+    """A worker's start: thread limits, then the user's initializer."""
+    os.environ.update(env)          # for libraries this worker has not loaded yet
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        pass                        # a fork worker's already-loaded BLAS keeps its threads
+    else:
+        global _thread_limits       # kept: the limits hold while the object lives
+        _thread_limits = threadpool_limits(limits=int(env["OMP_NUM_THREADS"]))
+    if initializer is not None:
+        initializer(*initargs)
+
+
+_thread_limits = None
 
 
 def _in_shmproc_worker() -> bool:

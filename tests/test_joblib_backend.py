@@ -197,3 +197,32 @@ def test_without_joblib_shmproc_imports_and_shmproc_joblib_names_the_extra():
                          timeout=60, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert out.returncode == 0, out.stderr
     assert "ImportError:" in out.stdout and "shmproc[joblib]" in out.stdout
+
+
+def omp_threads(_):
+    return os.environ.get("OMP_NUM_THREADS")
+
+
+FLAG = None
+
+
+def set_flag(value):
+    global FLAG
+    FLAG = value
+
+
+def read_flag(_):
+    return FLAG
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_worker_threads_are_limited_and_the_users_initializer_runs(method):
+    """As loky: OMP_NUM_THREADS & co. set to cpu_count() // n_jobs in each worker,
+    or to parallel_config(inner_max_num_threads=)."""
+    expected = os.environ.get("OMP_NUM_THREADS", str(max(joblib.cpu_count() // 2, 1)))
+    with parallel_backend("shmproc", start_method=method):
+        assert set(Parallel(n_jobs=2)(delayed(omp_threads)(i) for i in range(4))) == {expected}
+    with joblib.parallel_config(backend="shmproc", inner_max_num_threads=1, start_method=method):
+        assert set(Parallel(n_jobs=2)(delayed(omp_threads)(i) for i in range(4))) == {"1"}
+    with parallel_backend("shmproc", start_method=method, initializer=set_flag, initargs=(5,)):
+        assert Parallel(n_jobs=2)(delayed(read_flag)(i) for i in range(4)) == [5] * 4
