@@ -226,3 +226,21 @@ def test_worker_threads_are_limited_and_the_users_initializer_runs(method):
         assert set(Parallel(n_jobs=2)(delayed(omp_threads)(i) for i in range(4))) == {"1"}
     with parallel_backend("shmproc", start_method=method, initializer=set_flag, initargs=(5,)):
         assert Parallel(n_jobs=2)(delayed(read_flag)(i) for i in range(4)) == [5] * 4
+
+
+def slow(x):
+    import time
+    time.sleep(0.01)
+    return x
+
+
+def test_an_abandoned_generator_cancels_its_batches_and_the_backend_goes_on():
+    """joblib cancels what a dropped return_as="generator" call still runs (and warns)."""
+    import gc
+    with parallel_backend("shmproc"):
+        lazy = Parallel(n_jobs=2, return_as="generator")(delayed(slow)(i) for i in range(200))
+        assert [next(lazy), next(lazy)] == [0, 1]
+        with pytest.warns(UserWarning, match="cancelled"):
+            del lazy
+            gc.collect()
+        assert Parallel(n_jobs=2)(delayed(square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
