@@ -260,6 +260,20 @@ int shmp_prefault(void *addr, uint64_t length)
     return SHMP_OK;
 }
 
+void shmp_os_populate_read(void *addr, uint64_t length)
+{
+#if defined(__linux__) && defined(MADV_POPULATE_READ)
+    /* MAP_POPULATE would be wrong here: on a private writable mapping it
+     * faults for writing, i.e. copies every page.  This only maps the
+     * file's pages read-only, one call instead of a fault per 64 KiB.
+     * Failure (an older kernel: EINVAL) just leaves the faults to later. */
+    (void)madvise(addr, (size_t)length, MADV_POPULATE_READ);
+#else
+    (void)addr;
+    (void)length;
+#endif
+}
+
 /* ---- futex ------------------------------------------------------------- */
 
 int shmp_os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns)

@@ -186,8 +186,11 @@ int shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload
      * would SIGBUS on access, a larger one means the header lies.       */
     if ((uint64_t)st.st_size != h.total_size)
         return SHMP_ECORRUPT;
-    uint8_t *base = mmap(NULL, (size_t)h.total_size, PROT_READ | PROT_WRITE,
-                         map_flags(h.flags), fd, 0);
+    /* A blob's reader reads its large buffers through private views
+     * (shmp_seg_map_private, populated there) and the rest once: faulting
+     * all of it in here too would map every page twice.                 */
+    int flags = kind == SHMP_KIND_BLOB ? MAP_SHARED : map_flags(h.flags);
+    uint8_t *base = mmap(NULL, (size_t)h.total_size, PROT_READ | PROT_WRITE, flags, fd, 0);
     if (base == MAP_FAILED) {
         shmp_set_errno(errno);
         return SHMP_EOS;
@@ -250,6 +253,66 @@ int shmp_seg_unmap(void *payload, uint64_t payload_size)
      * header must not make us unmap someone else's memory.              */
     uint64_t total = SHMP_PAYLOAD_OFFSET + page_round(payload_size);
     if (munmap(header_of(payload), (size_t)total) != 0) {
+        shmp_set_errno(errno);
+        return SHMP_EOS;
+    }
+    return SHMP_OK;
+}
+
+/* The system's page size: a private mapping's file offset must be a
+ * multiple of it (SHMP_PAGE is the segment format's unit, which may be
+ * smaller than the page on some machines). */
+static uint64_t os_page(void)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    return page > 0 ? (uint64_t)page : SHMP_PAGE;
+}
+
+int shmp_seg_map_private(int fd, uint64_t payload_offset, uint64_t length, void **addr_out)
+{
+    if (fd < 0 || addr_out == NULL || length == 0 || payload_offset > SHMP_MAX_PAYLOAD ||
+        length > SHMP_MAX_PAYLOAD - payload_offset)
+        return SHMP_EINVAL;
+    /* The same checks as attach: our user's segment, a sound header, a
+     * file exactly as long as it says, and the range inside its payload. */
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        shmp_set_errno(errno);
+        return SHMP_EOS;
+    }
+    if (st.st_uid != geteuid())
+        return SHMP_EFOREIGN;
+    shmp_seg_header h;
+    if ((uint64_t)st.st_size < SHMP_PAYLOAD_OFFSET ||
+        pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
+        return SHMP_ECORRUPT;
+    int rc = header_check(&h, SHMP_KIND_BLOB);
+    if (rc != SHMP_OK)
+        return rc;
+    if ((uint64_t)st.st_size != h.total_size)
+        return SHMP_ECORRUPT;
+    if (payload_offset + length > h.payload_size)
+        return SHMP_EINVAL;
+    uint64_t file_off = SHMP_PAYLOAD_OFFSET + payload_offset;
+    uint64_t start = file_off & ~(os_page() - 1);
+    uint64_t lead = file_off - start;
+    uint8_t *base = mmap(NULL, (size_t)(lead + length), PROT_READ | PROT_WRITE, MAP_PRIVATE,
+                         fd, (off_t)start);
+    if (base == MAP_FAILED) {
+        shmp_set_errno(errno);
+        return errno == ENOMEM ? SHMP_ENOSPC : SHMP_EOS;
+    }
+    shmp_os_populate_read(base, lead + length);
+    *addr_out = base + lead;
+    return SHMP_OK;
+}
+
+int shmp_seg_unmap_private(void *addr, uint64_t length)
+{
+    if (addr == NULL || length == 0 || length > SHMP_MAX_PAYLOAD)
+        return SHMP_EINVAL;
+    uintptr_t base = (uintptr_t)addr & ~(uintptr_t)(os_page() - 1);
+    if (munmap((void *)base, (size_t)((uintptr_t)addr - base + length)) != 0) {
         shmp_set_errno(errno);
         return SHMP_EOS;
     }

@@ -143,6 +143,9 @@ int  shmp_os_seal(int fd);                          /* forbid resizing where sup
 int  shmp_os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
 int  shmp_os_futex_wake(_Atomic uint32_t *word, int32_t count);
 int  shmp_os_open_peer(int32_t pid, int32_t fd, int *fd_out);
+/* Map a private mapping's pages for reading without breaking copy-on-write
+ * (Linux 5.14+ MADV_POPULATE_READ); a hint: elsewhere it does nothing.   */
+void shmp_os_populate_read(void *addr, uint64_t length);
 void shmp_set_errno(int err);
 /* Is process `pid` alive?  `pidfd` from shmp_os_pidfd_open (or -1); with
  * `is_parent`, getppid() answers for a direct parent.  pidfd: Linux 5.3+. */

@@ -125,6 +125,15 @@ int  shmp_seg_reserve(int fd, uint64_t payload_offset, uint64_t length);
 int  shmp_prefault(void *addr, uint64_t length);
 int  shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload_size_out);
 int  shmp_seg_unmap(void *payload, uint64_t payload_size);
+/* A private, copy-on-write mapping of `length` bytes of the payload of the
+ * blob segment behind `fd`, from `payload_offset` (any offset: the mapping
+ * starts at the page below it).  *addr_out is the address of that byte.
+ * Reads see the segment's pages as they are now *and later* (Linux shares
+ * unwritten pages with the file), so the caller must keep the segment from
+ * being rewritten while the mapping lives; writes stay in this process.
+ * unmap_private takes the same address and length back.                */
+int  shmp_seg_map_private(int fd, uint64_t payload_offset, uint64_t length, void **addr_out);
+int  shmp_seg_unmap_private(void *addr, uint64_t length);
 int  shmp_seg_payload_size(const void *payload, uint64_t *size_out);
 int  shmp_seg_open_peer(int32_t pid, int32_t fd, int *fd_out);
 int  shmp_seg_verify(const void *payload, uint32_t kind);

@@ -92,7 +92,8 @@ class Pool:
         chunksize None picks a batch size (as multiprocessing.Pool.map
         does); progress=True draws a progress bar on stderr (a dict: tqdm's
         options; a callable: called as fn(done, total)); copy=True
-        returns writable copies of numpy arrays instead of read-only views;
+        returns numpy arrays as private copies instead of zero-copy
+        (copy-on-write) views;
         retries: how many times an item whose worker dies while running it
         is run again on a fresh worker before it fails with
         ProcessCrashedError (None: the pool's `retries`).  Items that

@@ -36,10 +36,13 @@ def runtime(name: str) -> str:
 def build(portable: bool):
     if BUILD.exists():
         shutil.rmtree(BUILD)
-    pkg = BUILD / "shmproc"
-    pkg.mkdir(parents=True)
-    for py in (ROOT / "shmproc").glob("*.py"):
-        shutil.copy2(py, pkg / py.name)
+    # Every module of the package, subpackages included (with only the top
+    # level copied, `shmproc._native` and the rest came from whatever
+    # shmproc the environment had installed, not from this tree).
+    for py in (ROOT / "shmproc").rglob("*.py"):
+        dest = BUILD / py.relative_to(ROOT)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(py, dest)
     # With the test-only fault points (tests/fault_build.py uses this build's).
     env = dict(os.environ, SHMPROC_SANITIZE="1", SHMPROC_FAULTS="1")
     if portable:

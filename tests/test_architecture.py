@@ -12,7 +12,7 @@ The layers, bottom to top (docs/architecture.md draws them):
     runtime    the worker side
     jobs       the one job engine
     backends   local, ray
-    faces      shmproc, process, pool, executor, processing, ray_backend, demo
+    faces      shmproc, process, pool, executor, processing, ray_backend, demo, joblib
 """
 from __future__ import annotations
 

@@ -136,6 +136,37 @@ def test_segment_attach_rejects_foreign_and_corrupt_files(tmp_path):
     blob.close_fd()
 
 
+def test_private_mapping_is_copy_on_write_and_checked(tmp_path):
+    blob = native.Blob.create(5 * PAGE)
+    shared = memoryview(blob.buffer)
+    shared[:] = b"s" * len(shared)
+    for offset, length in ((0, 5 * PAGE), (PAGE + 100, 3000), (4095, 2)):  # any alignment
+        view = memoryview(native.private_view(blob.fd, offset, length, None))
+        assert not view.readonly and bytes(view) == b"s" * length
+        shared[offset] = ord("t")                   # unwritten private pages follow the file
+        assert view[0] == ord("t")
+        view[:] = b"p" * length                     # a write stays private
+        assert shared[offset] == ord("t") and shared[offset + length - 1] == ord("s")
+        shared[offset] = ord("s")
+        view.release()
+    p = ffi.new("void **")
+    assert lib.shmp_seg_map_private(blob.fd, 0, 0, p) == lib.SHMP_EINVAL
+    assert lib.shmp_seg_map_private(-1, 0, 1, p) == lib.SHMP_EINVAL
+    assert lib.shmp_seg_map_private(blob.fd, 5 * PAGE, 1, p) == lib.SHMP_EINVAL   # past the end
+    assert lib.shmp_seg_map_private(blob.fd, 1, 5 * PAGE, p) == lib.SHMP_EINVAL
+    assert lib.shmp_seg_map_private(blob.fd, 1 << 62, 1 << 62, p) == lib.SHMP_EINVAL
+    assert lib.shmp_seg_unmap_private(ffi.NULL, 1) == lib.SHMP_EINVAL
+    path = tmp_path / "junk"                         # not a segment
+    path.write_bytes(b"\0" * 3 * PAGE)
+    with open(path, "rb+") as f:
+        assert lib.shmp_seg_map_private(f.fileno(), 0, 1, p) == lib.SHMP_ECORRUPT
+    ring = native.Ring.create(1 << 16)               # a segment of another kind
+    assert lib.shmp_seg_map_private(ring.fd, 0, 1, p) == lib.SHMP_ECORRUPT
+    ring.close()
+    shared.release()
+    blob.close_fd()
+
+
 @needs_peer_fd
 def test_peer_open_of_own_descriptor():
     blob = native.Blob.create(PAGE)

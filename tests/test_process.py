@@ -437,7 +437,7 @@ def test_numpy_result_comes_back_through_shared_memory():
     p.start()
     out = p.result
     assert out["name"] == "arr" and out["a"][-1] == 2_999_999
-    assert not out["a"].flags.writeable                    # a view on the worker's arena
+    assert out["a"].flags.writeable                        # a copy-on-write view of the worker's arena
     del p                                                  # the view outlives the handle
     assert out["a"].sum() == sum(range(3_000_000))
 

@@ -146,7 +146,7 @@ def test_large_items_go_out_of_band_and_arrive_intact():
     assert q.get() == big_bytes
     got = q.get()
     assert got["meta"] == "m" and np.array_equal(got["a"], arr)
-    assert not got["a"].flags.writeable             # a zero-copy view on shared memory
+    assert got["a"].flags.writeable                 # a zero-copy, copy-on-write view
     q.put(arr)
     copy = q.get(copy=True)
     assert copy.flags.writeable and np.array_equal(copy, arr)

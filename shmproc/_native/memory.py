@@ -1,5 +1,6 @@
 """Shared memory a process maps whole: out-of-band blobs (with the leases
-that keep a reused segment safe across fork) and sparse arenas."""
+that keep a reused segment safe across fork) and sparse arenas; and the
+private, copy-on-write views through which readers get their buffers."""
 from __future__ import annotations
 
 import gc
@@ -40,6 +41,60 @@ def _mapping(payload, size: int, on_unmap=None, lease=None):
             on_unmap()
     owner = ffi.gc(ffi.cast("char *", payload), destroy, size=size)
     return ffi.buffer(owner, size)
+
+
+# ---- private views: writable zero-copy buffers --------------------------------
+#
+# A reader's buffers (numpy arrays from a Queue, a pool, a Process result)
+# are mapped a second time, MAP_PRIVATE: the pages are the segment's own
+# until the reader writes one, which then becomes this process's private
+# copy (the kernel copies that one page).  So results are writable, cost
+# no copy, and a write reaches neither the producer, nor a fork child
+# holding the same view, nor the segment's next item.
+#
+# What does not work on its own: an unwritten private page is still the
+# file's page, so it would change under the reader if the producer reused
+# the segment.  Solution: the private mapping keeps the shared mapping it
+# was made beside (`keep`) alive, and that mapping holds the lease (Blob)
+# or keeps its arena from reuse (Arena): reuse waits for the private
+# mapping to die, in this process and in every fork child that holds it.
+
+_private: dict = {}                     # start address -> end address, of live private views
+
+
+def private_view(fd: int, offset: int, length: int, keep):
+    """A writable, copy-on-write buffer over `length` bytes of the payload
+    of the blob segment behind `fd` from `offset` (any alignment).  `keep`
+    lives until the buffer's last view dies, then is let go (after the
+    unmap).  The caller keeps `fd`."""
+    p = ffi.new("void **")
+    check(lib.shmp_seg_map_private(fd, offset, length, p),
+          f"mapping {length} bytes of shared memory privately")
+    start = int(ffi.cast("uintptr_t", p[0]))
+    _private[start] = start + length
+
+    def destroy(ptr, keep=keep):        # `keep` is released with this function, after the unmap
+        _private.pop(start, None)
+        lib.shmp_seg_unmap_private(ptr, length)
+    owner = ffi.gc(ffi.cast("char *", p[0]), destroy, size=length)
+    return ffi.buffer(owner, length)
+
+
+def is_private_view(address: int) -> bool:
+    """Does `address` lie in a live private view (wire.detach asks)?"""
+    for start, end in list(_private.items()):
+        if start <= address < end:
+            return True
+    return False
+
+
+def buffer_address(obj) -> int | None:
+    """The address of a buffer object's first byte; None if it exports none
+    as one contiguous block."""
+    try:
+        return int(ffi.cast("uintptr_t", ffi.from_buffer(obj)))
+    except (TypeError, BufferError, ValueError):
+        return None
 
 
 # ---- leases: zero-copy views of a segment another process reuses ------------

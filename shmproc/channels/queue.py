@@ -5,7 +5,7 @@
     put(obj) ─ wire.dumps ─┬─ small: record ──► ring ──► get ─ wire.loads ─► obj
                            └─ large: blob segment (one copy)
                                       descriptor ─► ring ──► open blob, ack,
-                                                             read-only views ─► obj
+                                                             copy-on-write views ─► obj
 
 No feeder thread and no pipe: ``put`` copies the record into the ring and
 returns; ``get`` copies it out.  Each side of the ring is serialised by a
@@ -17,8 +17,8 @@ reverse.
 Large objects.  A record bigger than a quarter of the ring, or any
 contiguous buffer of at least wire.OOB_THRESHOLD bytes (numpy arrays),
 goes out-of-band through its own shared segment (see blobs.py): one copy
-on the producer side, read-only zero-copy views on the consumer side
-(``copy=True`` for writable copies).  Like multiprocessing.Queue, whose
+on the producer side, writable zero-copy (copy-on-write) views on the
+consumer side (``copy=True`` for private copies).  Like multiprocessing.Queue, whose
 feeder thread must flush before exit, a producing process waits at exit
 until its large items were picked up (at most blobs.EXIT_FLUSH_TIMEOUT
 seconds); ``cancel_join_thread()`` skips the wait.  A large item whose
@@ -410,8 +410,9 @@ class Queue:
     def get(self, block: bool = True, timeout: float | None = None, *, copy: bool = False):
         """Remove and return an item; with block and no timeout waits for ever.
 
-        Large numpy arrays come back as read-only views on shared memory
-        unless ``copy=True``.
+        Large numpy arrays come back as writable copy-on-write views of
+        shared memory (a write stays in this process) unless ``copy=True``,
+        which gives private copies.
         """
         # Hot path: kept inline on purpose (each Python call costs ~0.1 µs).
         if self._closed:

@@ -5,7 +5,9 @@
     arenas     reusable sparse segments for Process state and results
     transfer   the record a Process's state or result is written as in an arena
     taskwire   the pool's task and result records
+    detach     detach(value): copy a result's shared-memory buffers out
 """
 from ..common.errors import SerializationError  # documented as shmproc.wire.SerializationError
+from .detach import detach
 
-__all__ = ["SerializationError"]
+__all__ = ["SerializationError", "detach"]

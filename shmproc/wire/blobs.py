@@ -4,7 +4,8 @@ A record too big for a ring, or carrying large contiguous buffers (numpy
 arrays), is copied once into a *blob* segment; only a small descriptor
 travels through the ring.  The consumer opens the producer's descriptor of
 the blob (Linux: /proc/PID/fd/N, see csrc/platform.c), maps it, and builds
-the object on read-only views of the mapping: no copy on that side.
+the object on writable copy-on-write views of it (layout.reader_views): no
+copy on that side, and a write stays in the reader's process.
 
 The zero-copy lifetime problem, and how it is solved
 ----------------------------------------------------
@@ -451,18 +452,32 @@ def decode(record, copy: bool):
     except (ProcessLookupError, OSError):
         return LOST             # gone, or something that is no segment (a socket, ...)
     try:
-        blob = native.Blob.attach(peer_fd)
-    except (ValueError, OSError):   # CorruptSharedMemoryError included
-        return LOST             # that descriptor is not a shmproc blob (any more)
+        try:
+            blob = native.Blob.attach(peer_fd)
+        except (ValueError, OSError):   # CorruptSharedMemoryError included
+            return LOST             # that descriptor is not a shmproc blob (any more)
+        if not _claim(blob, record, size, nonce):
+            return LOST         # not this item: its producer is gone, its pid reused
+        faults.point("blob.claimed")
+        # The buffers: writable private views (layout.reader_views), which
+        # hold the blob's mapping, and so its lease, while any of them lives.
+        buffers = layout.reader_views(blob.buffer, places, peer_fd, copy)
     finally:
         os.close(peer_fd)
+    main = memoryview(blob.buffer).toreadonly()[HEADER:HEADER + main_len]
+    return main, kind, buffers
+
+
+def _claim(blob, record, size, nonce):
+    """Check that `blob` holds the item `record` describes, then claim it;
+    False if it holds another; CorruptSharedMemoryError if it is claimed."""
     view = memoryview(blob.buffer)
     try:
         # acquire load of the state first: the nonce was written before it.
         state = blob.load_word(_STATE)
         if blob.size != size or _U64.unpack_from(view, _NONCE)[0] != nonce \
                 or _U32.unpack_from(view, _CRC)[0] != zlib.crc32(record[_DESC_ID:]):
-            return LOST         # not this item: its producer is gone, its pid reused
+            return False
         if state != PUBLISHED:
             raise _corrupt("names an item another reader already claimed")
         try:
@@ -471,10 +486,4 @@ def decode(record, copy: bool):
             raise _corrupt("names an item another reader already claimed") from None
     finally:
         view.release()
-    faults.point("blob.claimed")
-    view = memoryview(blob.buffer).toreadonly()
-    buffers = []
-    for o, n in places:
-        part = view[o:o + n]
-        buffers.append(bytearray(part) if copy else part)
-    return view[HEADER:HEADER + main_len], kind, buffers
+    return True

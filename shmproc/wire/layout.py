@@ -7,6 +7,10 @@ transfer.py; out-of-band items in a blob, blobs.py).
     is ~3x faster when source and destination share their offset within a
     cache line), every start 64-byte aligned or page-matched
 
+The reader gets each buffer as a writable view of a private, copy-on-write
+mapping of the segment (reader_views; see _native/memory.py): no copy,
+and a write stays in the reader's process.
+
 A record's buffer table is (offset, length) per buffer, 16 bytes each,
 written with TABLE_ENTRY and read back with read_table, which checks every
 entry against the segment before anything is addressed.
@@ -17,7 +21,7 @@ import struct
 
 from .. import _native as native
 
-__all__ = ["TABLE_ENTRY", "align64", "place", "copy_in", "table", "read_table"]
+__all__ = ["TABLE_ENTRY", "align64", "place", "copy_in", "table", "read_table", "reader_views"]
 
 #: One buffer's entry in a record's table: offset, length.
 TABLE_ENTRY = struct.Struct("<QQ")
@@ -59,3 +63,21 @@ def read_table(data, at: int, count: int, lowest: int, size: int, corrupt) -> li
             raise corrupt(i, o, n)
         layout.append((o, n))
     return layout
+
+
+def reader_views(shared, layout, fd: int, copy: bool) -> list:
+    """The buffers at `layout` in the segment behind `fd`, whose shared
+    mapping is `shared` (a buffer), for the reader: private copies if
+    `copy`, else writable copy-on-write views of one private mapping over
+    all of them.  That mapping keeps `shared` alive, and with it the lease
+    or arena that keeps the segment from being rewritten under it.  With no
+    segment (fd < 0: a record held in bytes) the views are slices of `shared`."""
+    if copy or fd < 0:
+        view = memoryview(shared)
+        return [bytearray(view[o:o + n]) if copy else view[o:o + n] for o, n in layout]
+    lo = min((o for o, n in layout if n), default=None)
+    if lo is None:
+        return [memoryview(bytearray()) for _ in layout]     # no bytes at all (none, or empty)
+    hi = max(o + n for o, n in layout)
+    private = memoryview(native.private_view(fd, lo, hi - lo, shared))
+    return [private[o - lo:o - lo + n] if n else memoryview(bytearray()) for o, n in layout]

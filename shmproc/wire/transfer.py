@@ -14,9 +14,10 @@ trusted: whoever can write the arena can already send code
 (docs/architecture.md, "Trust boundary").
 
 Large contiguous buffers (numpy arrays) are copied once into the arena by
-the writer and read back as read-only views on the arena mapping, so a big
-result costs one copy in the worker and none in the parent; the views keep
-the mapping alive for as long as the caller holds them.
+the writer and read back as writable copy-on-write views of the arena
+(layout.reader_views), so a big result costs one copy in the worker and
+none in the parent; the views keep the mapping, and so the arena, from
+reuse for as long as the caller holds them.
 """
 from __future__ import annotations
 
@@ -95,14 +96,13 @@ def _frame(view, size: int):
 
 
 def read(arena, copy: bool = False):
-    """(object, kind, views) written by `write`; buffers are read-only views
-    on the arena unless copy; `views` says whether any were made."""
+    """(object, kind, views) written by `write`; buffers are writable
+    copy-on-write views of the arena (they keep its mapping, so the arena is
+    not reused while they live) unless copy; `views` says whether any were
+    made."""
     view = memoryview(arena.buffer).toreadonly()
     kind, main_at, main_len, layout, _ = _frame(view, arena.size)
-    buffers = []
-    for o, n in layout:
-        part = view[o:o + n]
-        buffers.append(bytearray(part) if copy else part)
+    buffers = layout_.reader_views(arena.buffer, layout, getattr(arena, "fd", -1), copy)
     try:
         obj = wire.loads(view[main_at:main_at + main_len], buffers)
     except (pickle.UnpicklingError, EOFError) as exc:
