@@ -14,7 +14,6 @@ and the executor stays usable (the worker is replaced).
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import multiprocessing
 import threading
 import time
@@ -93,8 +92,8 @@ class Executor(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             engine = self._pool._engine
-            job = engine._start_job(_star, zip(itertools.repeat(fn), zip(*iterables)),
-                                    chunksize, False, False, True)
+            # A starmap: fn goes to each worker once, not with every item.
+            job = engine._start_job(fn, zip(*iterables), chunksize, True, False, True)
         wait = _Wait()
         results = IMapIterator(engine._drive(job, True, None, wait), wait)
         return _results(results, end)
@@ -138,7 +137,3 @@ def _results(results, end):
     finally:
         results.close()
 
-
-def _star(fn_args):
-    fn, args = fn_args
-    return fn(*args)

@@ -24,6 +24,7 @@ from concurrent.futures import _base as futures_base
 from .. import _native as native
 from ..common.errors import ProcessError
 from ..common.outcome import FAILED_RESULT
+from ..wire.detach import detach
 
 __all__ = ["Task", "TaskOptions", "DEFAULT_OPTIONS", "writable", "deliver_process", "SLICE_S"]
 
@@ -37,17 +38,23 @@ _CANCELLED = (futures_base.CANCELLED, futures_base.CANCELLED_AND_NOTIFIED)
 
 
 def writable(value):
-    """copy=True: private, writable copies of the read-only arrays in `value`."""
+    """copy=True: `value` with nothing left in shared memory (wire.detach)
+    and no read-only array (Ray's object store gives those): private,
+    writable copies of both."""
+    return _writable_copies(detach(value))
+
+
+def _writable_copies(value):
     if isinstance(value, memoryview):
         return bytearray(value)
     if type(value).__name__ == "ndarray" and not value.flags.writeable:
         return value.copy()
     if isinstance(value, list):
-        return [writable(v) for v in value]
+        return [_writable_copies(v) for v in value]
     if isinstance(value, tuple) and type(value) is tuple:
-        return tuple(writable(v) for v in value)
+        return tuple(_writable_copies(v) for v in value)
     if isinstance(value, dict) and type(value) is dict:
-        return {k: writable(v) for k, v in value.items()}
+        return {k: _writable_copies(v) for k, v in value.items()}
     return value
 
 

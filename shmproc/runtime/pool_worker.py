@@ -41,6 +41,7 @@ from ..common.outcome import CALL, HOOK_NAMES, is_process_class
 from ..wire.taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_LIMIT, OP_RETRY, OP_RUN,
                              OP_STOP,
                        R_CHUNK, R_ERROR, R_INIT_FAILED, R_PART, R_PROCESS, R_VALUE, R_VALUES)
+from .main_globals import adopt
 from .watchdog import EXIT_ORPHANED, Watchdog
 
 _now = native.now_ns
@@ -327,7 +328,7 @@ class PoolWorker:
             # the next item, as if its record were being decoded.
             self.progress[0] = k << 2 | DECODING
             try:
-                fn = wire.loads(taskwire.raw_payload(rec))
+                fn = adopt(wire.loads(taskwire.raw_payload(rec)))
             except Exception as exc:         # noqa: BLE001 - reported by each call
                 fn = _BrokenFn(RuntimeError(
                     f"the function could not be rebuilt in the worker: "
@@ -609,7 +610,7 @@ def _initialize(init, result_q) -> bool:
     after telling the parent why."""
     try:
         fn, args = pickle.loads(init)
-        fn(*args)
+        adopt(fn)(*args)
         return True
     except BaseException as exc:             # noqa: BLE001 - the parent reports it
         record = taskwire.encode(R_INIT_FAILED, 0, error_payload(exc), None)
