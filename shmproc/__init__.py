@@ -27,7 +27,7 @@ _PROCESSING = (
 
 #: Errors raised for shmproc's own reasons beyond the Process ones, all ShmprocErrors.
 _ERRORS = ("SerializationError", "LostRecord", "InitializerError", "RayNotInstalled", "ClusterUnreachable",
-           "ResourcesUnavailable")
+           "ResourcesUnavailable", "NotRunningError", "MessageBacklogError")
 
 __all__ = [
     "Queue", "Pool", "Task", "Progress", "AsyncResult", "MapResult", "Executor",

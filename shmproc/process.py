@@ -13,7 +13,8 @@ import time
 from .backends.resolve import resolve as resolve_backend
 from .common import lifecycle
 from .common.config import ProcessConfig, validate
-from .common.errors import ProcessError
+from .channels.mailbox import Mailbox
+from .common.errors import NotRunningError, ProcessError
 from .common.outcome import HOOK_NAMES, default_hook
 
 __all__ = ["Process"]
@@ -251,6 +252,74 @@ class Process:
     @property
     def _current_lap(self) -> int:
         return self.current_lap
+
+    # -- messages: tell / listen ----------------------------------------------------------
+    def tell(self, obj) -> None:
+        """Send `obj` to the other side: from the parent to the running
+        worker, or from inside a hook to the parent.  Never waits for the
+        reader; order is kept.  Messages the worker sent stay listenable
+        after it ended; those it never read are counted in `unread`."""
+        rt = self._rt()
+        if rt.worker is not None:
+            Mailbox.tell(self._worker_mailbox(rt).to_parent, obj, "parent")
+            return
+        box = self._parent_mailbox(rt, "tell")
+        if self._check_ended(rt):
+            raise NotRunningError(f"{type(self).__name__} has ended: no worker would read this "
+                                  f"message (tell while it runs; start() it again for a new run)")
+        Mailbox.tell(box.to_worker, obj, "worker")
+
+    def listen(self, timeout: float | None = None):
+        """The next message from the other side, or None once `timeout`
+        seconds pass.  With timeout=None it waits until a message comes, or
+        until none can come (in the parent: the run ended and everything it
+        sent was read; in the worker: stop() was asked)."""
+        rt = self._rt()
+        if rt.worker is not None:
+            ctl = rt.worker.ctl
+            return Mailbox.listen(self._worker_mailbox(rt).to_worker, timeout,
+                                  lambda: bool(ctl.stop_requested))
+        box = self._parent_mailbox(rt, "listen")
+        return Mailbox.listen(box.to_parent, timeout, lambda: self._check_ended(rt))
+
+    async def alisten(self, timeout: float | None = None):
+        """listen() in an asyncio loop, without blocking it or using a thread."""
+        rt = self._rt()
+        if rt.worker is not None:
+            ctl = rt.worker.ctl
+            return await Mailbox.alisten(self._worker_mailbox(rt).to_worker, timeout,
+                                         lambda: bool(ctl.stop_requested))
+        box = self._parent_mailbox(rt, "alisten")
+        return await Mailbox.alisten(box.to_parent, timeout, lambda: self._check_ended(rt))
+
+    @property
+    def unread(self) -> int:
+        """Messages the parent told that the worker has not read (so far, or
+        ever, once the run ended).  0 before start()."""
+        rt = self._rt()
+        if rt.worker is not None:
+            raise RuntimeError("unread is read in the parent")
+        box = rt.run.mailbox if rt.run is not None else None
+        return box.to_worker.qsize() if box is not None else 0
+
+    def _parent_mailbox(self, rt, what):
+        if rt.run is None:
+            raise NotRunningError(f"{what}() before start(): start {type(self).__name__} first")
+        box = rt.run.mailbox
+        if box is None:
+            raise NotImplementedError(
+                f"{what}() is not available for a {type(self).__name__} running on "
+                f"{type(rt.run).__name__}: tell/listen work for Processes started on this "
+                f"machine; on Ray, pass the worker a ray.util.queue.Queue instead")
+        return box
+
+    def _worker_mailbox(self, rt):
+        box = rt.worker.mailbox
+        if box is None:
+            raise NotImplementedError(
+                "tell()/listen() inside a Pool task are not available yet: give the task a "
+                "shmproc.Queue to talk through, or start the Process on its own")
+        return box
 
     def __await__(self):
         """`await p` in an asyncio loop: the result, as `p.result` gives it

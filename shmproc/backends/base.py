@@ -32,6 +32,7 @@ class Run(abc.ABC):
     """One run of one Process, as its parent sees it.  `pid` is the worker's."""
 
     pid = None
+    mailbox = None          # a channels.Mailbox where tell / listen work (None: they don't)
 
     @abc.abstractmethod
     def ended(self) -> bool:

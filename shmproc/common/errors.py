@@ -116,6 +116,16 @@ class InitializerError(ShmprocError, RuntimeError):
     exception (and the worker's traceback) as ``__cause__``."""
 
 
+class NotRunningError(ShmprocError, RuntimeError):
+    """A call that needs a running worker came before start() or after the
+    run ended (e.g. tell() to a Process that has finished)."""
+
+
+class MessageBacklogError(ShmprocError, RuntimeError):
+    """tell() could not queue a message: the other side left too many
+    unread and the queue cannot grow further."""
+
+
 def _qualified_name(cls: type) -> str:
     if cls.__module__ == "builtins":
         return cls.__qualname__
@@ -497,5 +507,6 @@ __all__ = [
     "OnFinishError", "ResultError", "TimeoutError", "ProcessCrashedError",
     "RemoteError", "RemoteTraceback", "SECTION_ERRORS",
     "SharedMemoryVersionError", "ForeignSharedMemoryError", "SerializationError", "LostRecord",
-    "RayNotInstalled", "ClusterUnreachable", "ResourcesUnavailable",
+    "RayNotInstalled", "ClusterUnreachable", "ResourcesUnavailable", "InitializerError",
+    "NotRunningError", "MessageBacklogError",
 ]

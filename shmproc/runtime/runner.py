@@ -58,6 +58,7 @@ class Runner:
         self.lap = 0
         self.armed = False            # a hook is executing (timeouts may raise)
         self.obj = None
+        self.mailbox = None           # channels.Mailbox of a started Process (tell / listen)
 
     def rebuild(self):
         """A fresh copy of the object as it was at start (next life)."""
@@ -199,7 +200,7 @@ class Runner:
 
 
 def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direct_child: bool,
-                 use_pdeathsig: bool):
+                 use_pdeathsig: bool, mailbox=None):
     """The target of the worker process."""
     ctl = ctl_array.control(index)
     # Ctrl-C belongs to the parent: it stops us (then kills us if we linger).
@@ -211,16 +212,17 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
     if not dog.start():
         os._exit(EXIT_ORPHANED)
     try:
-        _run(ctl, arena, name, dog)
+        _run(ctl, arena, name, dog, mailbox)
     finally:
         dog.stop()                                    # joined: no thread outlives the run
 
 
-def _run(ctl, arena, name, dog):
+def _run(ctl, arena, name, dog, mailbox):
     lives = ctl.lives                                 # set by the parent: fewer on a restart
     ctl.set_pid(os.getpid())
     record = transfer.read_bytes(arena)
     runner = Runner(ctl, record, name)
+    runner.mailbox = mailbox
     signal.signal(signal.SIGALRM, runner.on_alarm)
     ctl.set_state(native.STATE_RUNNING)
     try:

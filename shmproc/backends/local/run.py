@@ -10,8 +10,9 @@
     wait()  ◄── futex on the state word ────  state DONE / FAILED
     outcome ◄── numpy as views ──────────────  arena (written over the state)
 
-No pipe, queue or Manager carries data: state, control and results live in
-two shared segments per run.  multiprocessing only creates the process.
+No pipe or Manager carries data: state, control and results live in two
+shared segments per run, and tell / listen messages in the run's two
+queues (channels/mailbox.py).  multiprocessing only creates the process.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import signal
 import threading
 import time
 
+from ...channels.mailbox import Mailbox
 from ...wire import arenas
 from ... import _native as native
 from ...runtime import runner
@@ -56,6 +58,7 @@ class LocalRun(Run):
             except wire.SerializationError as exc:
                 raise serialize_error(obj, exc) from exc.__cause__
             ctl = ctl_array.control(0)
+            self.mailbox = Mailbox()               # tell / listen, both ways
             ctl.set_lives(obj.config.lives)
             ctl.set_state(native.STATE_STARTING)
             self.ctx, self.method, self.name = ctx, method, type(obj).__name__
@@ -75,7 +78,7 @@ class LocalRun(Run):
         proc = self.ctx.Process(
             target=runner.worker_entry,
             args=(self.ctl_array, 0, self.arena, os.getpid(), self.name,
-                  self.method != "forkserver", main),
+                  self.method != "forkserver", main, self.mailbox),
             name=f"shmproc:{self.name}",
         )
         proc.start()

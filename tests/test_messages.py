@@ -1,0 +1,319 @@
+"""tell / listen between a running Process and its parent (issue 13).
+
+The semantics follow the library the concept comes from: tell(obj) sends,
+listen(timeout) returns the next message or None once the timeout passes;
+both work in the parent and inside any hook.  shmproc adds what happens
+at the end: nothing the worker sent is lost to the parent, and what the
+worker never read is counted.
+"""
+import asyncio
+import math
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import shmproc
+from shmproc import NotRunningError
+from shmproc.processing import Process
+from shmproc.wire import SerializationError
+
+
+class Echo(Process):
+    """Answers every message with ("echo", message) until told "bye"."""
+
+    def __init__(self):
+        self.config.num_loops = None
+
+    def __loop__(self):
+        msg = self.listen(timeout=1.0)
+        if isinstance(msg, np.ndarray):
+            self.tell(("sum", float(msg.sum()), msg.flags.writeable))
+        elif msg == "bye":
+            self.stop()
+        elif msg is not None:
+            self.tell(("echo", msg))
+
+    def __result__(self):
+        return "done"
+
+
+class Streamer(Process):
+    """Tells n numbered messages, then ends."""
+
+    def __init__(self, n, payload=b""):
+        self.n, self.payload = n, payload
+        self.config.num_loops = 1
+
+    def __loop__(self):
+        for i in range(self.n):
+            self.tell((i, self.payload))
+
+
+class Ticker(Process):
+    """Tells its lap number every lap until stopped."""
+
+    def __init__(self, pause=0.0):
+        self.pause = pause
+        self.config.num_loops = None
+
+    def __loop__(self):
+        self.tell(self.current_lap)
+        if self.pause:
+            time.sleep(self.pause)
+
+
+class TellsThenDies(Process):
+    def __init__(self, n):
+        self.n = n
+
+    def __loop__(self):
+        for i in range(self.n):
+            self.tell(i)
+        os._exit(3)
+
+
+class ReadsOneAndFails(Process):
+    """Each life reads one message, reports it, then the first life fails."""
+
+    def __init__(self):
+        self.config.lives = 2
+        self.config.num_loops = 1
+
+    def __preloop__(self):
+        msg = self.listen(timeout=10)
+        self.tell(msg)
+        if msg == "first":
+            raise ValueError("this life fails")
+
+
+class NeverReads(Process):
+    def __init__(self, seconds=0.2):
+        self.seconds = seconds
+        self.config.num_loops = 1
+
+    def __loop__(self):
+        time.sleep(self.seconds)
+
+
+class WaitsForWord(Process):
+    """listen() with no timeout inside a hook: returns None once stop() is asked."""
+
+    def __init__(self):
+        self.config.num_loops = None
+
+    def __loop__(self):
+        self.tell(("heard", self.listen()))
+
+
+class BigTeller(Process):
+    def __init__(self):
+        self.config.num_loops = 1
+
+    def __loop__(self):
+        self.tell(np.arange(8 << 20, dtype=np.float64))        # 64 MiB
+
+
+def _tells_in_a_pool_task(_):
+    return None
+
+
+class TellsInPool(Process):
+    def __init__(self, x):
+        self.x = x
+        self.config.num_loops = 1
+
+    def __loop__(self):
+        self.tell(self.x)
+
+
+@pytest.fixture(params=["fork", "spawn"])
+def method(request):
+    return request.param
+
+
+def started(proc, method="fork"):
+    proc.config.start_method = method
+    return proc.start()
+
+
+def test_echo_round_trips_both_ways(method):
+    """tell from the parent, listen in the worker, and back, in order."""
+    p = started(Echo(), method)
+    for i in range(200):
+        p.tell(i)
+        assert p.listen(timeout=10) == ("echo", i)
+    for i in range(50):                       # several in flight, order kept per direction
+        p.tell(f"m{i}")
+    assert [p.listen(timeout=10) for _ in range(50)] == [("echo", f"m{i}") for i in range(50)]
+    p.tell("bye")
+    assert p.result == "done"
+    assert p.unread == 0
+
+
+def test_a_stream_is_all_read_after_the_worker_ended(method):
+    """100k messages sent while nobody reads: all there, in order, after wait()."""
+    p = started(Streamer(100_000), method)
+    assert p.wait(timeout=120)
+    got = []
+    while (msg := p.listen(timeout=0)) is not None:
+        got.append(msg[0])
+    assert got == list(range(100_000))
+    assert p.listen() is None                 # ended and drained: no wait
+
+
+def test_a_64_mib_array_each_way(method):
+    """Large arrays travel out-of-band, arrive writable and whole."""
+    p = started(Echo(), method)
+    arr = np.arange(8 << 20, dtype=np.float64)
+    p.tell(arr)
+    assert p.listen(timeout=60) == ("sum", float(arr.sum()), True)
+    p.tell("bye")
+    p.wait(60)
+    q = started(BigTeller(), method)
+    got = q.listen(timeout=60)
+    assert got.shape == (8 << 20,) and got[12345] == 12345.0 and got.flags.writeable
+    del got
+    q.wait(60)
+
+
+def test_listen_timeouts_are_honoured():
+    """listen(timeout) returns None once the timeout passed, within 50 ms."""
+    p = started(NeverReads(1))
+    for timeout in (0.0, 0.05, 0.2):
+        t0 = time.monotonic()
+        assert p.listen(timeout=timeout) is None
+        took = time.monotonic() - t0
+        assert timeout <= took + 0.001 and took < timeout + 0.05, (timeout, took)
+    p.stop()
+    p.wait(10)
+
+
+def test_tell_before_start_and_after_the_end():
+    """A message nobody can read is an error, not silently dropped."""
+    p = NeverReads()
+    with pytest.raises(NotRunningError, match="start"):
+        p.tell(1)
+    with pytest.raises(NotRunningError, match="start"):
+        p.listen(0)
+    assert p.unread == 0
+    p.start()
+    p.wait(10)
+    with pytest.raises(NotRunningError, match="ended"):
+        p.tell(1)
+
+
+def test_what_the_worker_never_read_is_counted():
+    p = started(NeverReads())
+    for i in range(5):
+        p.tell(i)
+    p.wait(10)
+    assert p.unread == 5
+
+
+def test_messages_around_stop(method):
+    """Every lap's message arrives, up to the last lap before stop() took effect."""
+    p = started(Ticker(pause=0.01), method)
+    first = p.listen(timeout=30)
+    assert first == 0
+    p.stop()
+    p.wait(30)
+    rest = []
+    while (msg := p.listen(timeout=0)) is not None:
+        rest.append(msg)
+    assert [first] + rest == list(range(p.current_lap))
+
+
+def test_messages_sent_before_a_crash_survive_it(method):
+    """A worker that dies: what it sent before is still read, then None."""
+    p = started(TellsThenDies(3), method)
+    p.wait(30)
+    assert isinstance(p.error or shmproc.ProcessCrashedError(), shmproc.ProcessCrashedError)
+    assert [p.listen(timeout=0) for _ in range(4)] == [0, 1, 2, None]
+
+
+def test_messages_sent_before_a_kill_survive_it():
+    """kill(): the messages that arrived before it, contiguous from the first."""
+    p = started(Ticker())
+    assert p.listen(timeout=30) == 0
+    time.sleep(0.05)
+    p.kill()
+    got = [0]
+    while (msg := p.listen(timeout=0)) is not None:
+        got.append(msg)
+    assert got == list(range(len(got))) and len(got) >= 2
+
+
+def test_a_message_to_a_failed_life_goes_to_the_next():
+    """Lives: what the failed life did not read is the next life's."""
+    p = ReadsOneAndFails()
+    p.start()
+    p.tell("first")
+    p.tell("second")
+    assert p.listen(timeout=30) == "first"
+    assert p.listen(timeout=30) == "second"
+    p.wait(30)
+    assert p.unread == 0
+
+
+def test_listen_in_a_hook_returns_none_once_stop_is_asked():
+    """A hook blocked in listen() with no timeout does not hold up stop()."""
+    p = started(WaitsForWord())
+    p.tell("hello")
+    assert p.listen(timeout=30) == ("heard", "hello")
+    time.sleep(0.1)
+    p.stop()
+    assert p.wait(10)
+    assert p.listen(timeout=0) == ("heard", None)
+
+
+def test_alisten_keeps_the_loop_responsive():
+    """asyncio: awaiting messages never stalls the loop."""
+    async def main():
+        p = started(Ticker(pause=0.02))
+        gaps = []
+        stop = asyncio.Event()
+
+        async def ticker():
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+        t = asyncio.create_task(ticker())
+        got = [await p.alisten(timeout=30) for _ in range(10)]
+        assert await p.alisten(timeout=0.01) in (None, 10, 11)
+        stop.set()
+        await t
+        p.stop()
+        p.wait(10)
+        return got, max(gaps)
+    got, stall = asyncio.run(main())
+    assert got == list(range(10))
+    assert stall < 0.1, f"the loop stalled {stall * 1000:.0f} ms"
+
+
+@pytest.mark.parametrize("timeout, error", [(-1, ValueError), (math.nan, ValueError),
+                                            ("1", TypeError), (True, TypeError)])
+def test_bad_listen_timeouts(timeout, error):
+    p = started(NeverReads())
+    with pytest.raises(error, match="timeout"):
+        p.listen(timeout)
+    p.wait(10)
+
+
+def test_telling_what_cannot_be_pickled_fails_in_the_caller():
+    p = started(Echo())
+    with pytest.raises(SerializationError, match="lock"):
+        p.tell(threading.Lock())
+    p.tell("bye")
+    assert p.result == "done"
+
+
+def test_tell_in_a_pool_task_is_a_clear_error():
+    with shmproc.Pool(1) as pool:
+        with pytest.raises(shmproc.ProcessError, match="inside a Pool task"):
+            pool.submit(TellsInPool, 1).result(timeout=30)
