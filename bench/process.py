@@ -72,6 +72,10 @@ first object is created to after the last result is in hand and checked.
    Start method: fork, or the one given with --start-method (so are parts 2
    and 3).
 
+5. tell / listen, parent <-> a running worker, against mp.Pipe and
+   mp.Queue: round trip and a 64-byte stream (bench/messages.py, run at
+   the end; its targets: round trip <= 0.5x mp.Pipe, stream >= 10x mp.Queue).
+
 The shared options, as this script reads them: --repeat is the number of
 timed runs in parts 2 and 3 (default 3) and of rounds in part 4 (default 7;
 --quick: 1); --target-time is the seconds of laps in part 2 (default 0.5;
@@ -1208,6 +1212,15 @@ def main(argv=None) -> int:
         for line in errors:
             print("  ERROR " + line, file=out)
     print(file=out)
+    # 5. Messages to and from a running Process (tell / listen): bench/messages.py.
+    if not SHMPROC_ERROR:
+        if __package__ in (None, ""):
+            import messages
+        else:
+            from . import messages
+        print("5. tell / listen (bench/messages.py)", file=out, flush=True)
+        messages.main(["--quick"] if s.quick else [])
+        print(file=out)
     print(f"total time {time.perf_counter() - progress.t0:.1f} s", file=out, flush=True)
 
     if args.json:

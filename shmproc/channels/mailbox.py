@@ -75,9 +75,8 @@ class Mailbox:
         tmo = native.timeout_ns(timeout)          # TypeError / ValueError for bad ones
         deadline = None if tmo < 0 else time.monotonic() + tmo / 1e9
         while True:
-            step = SLICE_S if deadline is None else min(SLICE_S, deadline - time.monotonic())
             try:
-                return q.get(timeout=max(0.0, step))
+                return q.get(block=False)
             except _stdlib_queue.Empty:
                 pass
             if ended():
@@ -85,8 +84,15 @@ class Mailbox:
                     return q.get(block=False)
                 except _stdlib_queue.Empty:
                     return None
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
+            step = SLICE_S
+            if deadline is not None:
+                step = min(step, deadline - time.monotonic())
+                if step <= 0:
+                    return None
+            try:
+                return q.get(timeout=step)
+            except _stdlib_queue.Empty:
+                pass
 
     @staticmethod
     async def alisten(q, timeout, ended):
