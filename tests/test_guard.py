@@ -250,7 +250,7 @@ def test_pool_submit_of_a_process_stuck_in_c():
             task.result()
         assert info.value.section == "__loop__"
         t = time.monotonic()
-        assert pool.submit(PoolStuck(1, lives=2, stuck_lives=(2,))).result == (1, 1)
+        assert pool.submit(PoolStuck(1, lives=2, stuck_lives=(2,))).result() == (1, 1)
         assert time.monotonic() - t < 0.2 + BOUND_S + 2
 
 
