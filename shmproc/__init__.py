@@ -31,7 +31,7 @@ _ERRORS = ("SerializationError", "LostRecord", "InitializerError", "RayNotInstal
 
 __all__ = [
     "Queue", "Pool", "Task", "Progress", "AsyncResult", "MapResult", "Executor",
-    "ProcessPoolExecutor", "WorkerCrashedError", "Backend", "LocalBackend", "RayBackend", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
+    "ProcessPoolExecutor", "WorkerCrashedError", "share", "SharedArray", "empty_shared", "Backend", "LocalBackend", "RayBackend", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
     "SharedMemoryVersionError", "ForeignSharedMemoryError",
     "sktime", "circuit", "docs", "processing", *_PROCESSING, *_ERRORS,
 ]
@@ -45,6 +45,9 @@ _LAZY = {"Queue": ("shmproc.channels.queue", "Queue"), "Pool": ("shmproc.pool", 
          "Executor": ("shmproc.executor", "Executor"),
          "ProcessPoolExecutor": ("shmproc.executor", "ProcessPoolExecutor"),
          "WorkerCrashedError": ("shmproc.executor", "WorkerCrashedError"),
+         "share": ("shmproc.wire.shared", "share"),
+         "SharedArray": ("shmproc.wire.shared", "SharedArray"),
+         "empty_shared": ("shmproc.wire.shared", "empty_shared"),
          "Backend": ("shmproc.backends.base", "Backend"),
          "LocalBackend": ("shmproc.backends.local.run", "LocalBackend"),
          # Importing the Ray backend does not import Ray: that waits for first use.
