@@ -277,7 +277,7 @@ class Process:
         rt = self._rt()
         if rt.worker is not None:
             ctl = rt.worker.ctl
-            return Mailbox.listen(self._worker_mailbox(rt).to_worker, timeout,
+            return Mailbox.listen(self._worker_inbox(rt), timeout,
                                   lambda: bool(ctl.stop_requested))
         box = self._parent_mailbox(rt, "listen")
         return Mailbox.listen(box.to_parent, timeout, lambda: self._check_ended(rt))
@@ -287,7 +287,7 @@ class Process:
         rt = self._rt()
         if rt.worker is not None:
             ctl = rt.worker.ctl
-            return await Mailbox.alisten(self._worker_mailbox(rt).to_worker, timeout,
+            return await Mailbox.alisten(self._worker_inbox(rt), timeout,
                                          lambda: bool(ctl.stop_requested))
         box = self._parent_mailbox(rt, "alisten")
         return await Mailbox.alisten(box.to_parent, timeout, lambda: self._check_ended(rt))
@@ -317,9 +317,19 @@ class Process:
         box = rt.worker.mailbox
         if box is None:
             raise NotImplementedError(
-                "tell()/listen() inside a Pool task are not available yet: give the task a "
-                "shmproc.Queue to talk through, or start the Process on its own")
+                "tell()/listen() inside a Pool.map item are not available: submit the Process "
+                "(pool.submit(obj)) and its task.listen() hears what it tells, or give it a "
+                "shmproc.Queue to talk through")
         return box
+
+    def _worker_inbox(self, rt):
+        inbox = self._worker_mailbox(rt).to_worker
+        if inbox is None:
+            raise NotImplementedError(
+                "listen() inside a Pool task: a submitted task can tell its caller "
+                "(task.listen() hears it) but not hear from it; pass what it needs as "
+                "arguments, or give it a shmproc.Queue")
+        return inbox
 
     def __await__(self):
         """`await p` in an asyncio loop: the result, as `p.result` gives it

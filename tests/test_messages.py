@@ -121,12 +121,17 @@ def _tells_in_a_pool_task(_):
 
 
 class TellsInPool(Process):
-    def __init__(self, x):
-        self.x = x
-        self.config.num_loops = 1
+    def __init__(self, x, listen=False):
+        self.x, self.hear = x, listen
+        self.config.num_loops = 3
 
     def __loop__(self):
-        self.tell(self.x)
+        if self.hear:
+            self.listen(0)
+        self.tell((self.x, self.current_lap))
+
+    def __result__(self):
+        return "told"
 
 
 @pytest.fixture(params=["fork", "spawn"])
@@ -313,7 +318,24 @@ def test_telling_what_cannot_be_pickled_fails_in_the_caller():
     assert p.result == "done"
 
 
-def test_tell_in_a_pool_task_is_a_clear_error():
+def test_a_submitted_process_tells_its_task(method):
+    """Pool.submit(Process): what it tells reaches task.listen(), in order,
+    before and after the task is done."""
+    with shmproc.Pool(2, start_method=method) as pool:
+        task = pool.submit(TellsInPool, 7)
+        assert task.listen(timeout=30) == (7, 0)
+        assert task.result(timeout=30) == "told"
+        assert [task.listen(timeout=0), task.listen(timeout=0), task.listen()] == \
+            [(7, 1), (7, 2), None]
+        built = pool.submit(TellsInPool(8))
+        assert built.result(timeout=30) == "told"
+        assert [built.listen(0) for _ in range(4)] == [(8, 0), (8, 1), (8, 2), None]
+        assert pool.submit(abs, -1).listen(timeout=30) is None      # a plain call tells nothing
+
+
+def test_what_pool_tasks_cannot_do_is_a_clear_error():
     with shmproc.Pool(1) as pool:
-        with pytest.raises(shmproc.ProcessError, match="inside a Pool task"):
-            pool.submit(TellsInPool, 1).result(timeout=30)
+        with pytest.raises(shmproc.ProcessError, match="not hear from it"):
+            pool.submit(TellsInPool, 1, listen=True).result(timeout=30)
+        with pytest.raises(shmproc.ProcessError, match="Pool.map item"):
+            pool.map(TellsInPool, [1, 2])

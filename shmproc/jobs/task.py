@@ -17,6 +17,7 @@ run under the pool's lock: the engine runs them once it let go of it.
 """
 from __future__ import annotations
 
+import collections
 import time
 from concurrent.futures import Future
 from concurrent.futures import _base as futures_base
@@ -121,6 +122,7 @@ class Task(Future):
         self.dropped = False          # cancelled: outcomes are ignored
         self.timeout_ns = 0           # its task timeout (set by the engine; 0: none)
         self._unit = None
+        self._messages = None         # what a submitted Process told (self.tell), not yet heard
 
     # -- sink interface (called under the pool lock) --
     def _put(self, index, value):
@@ -176,6 +178,26 @@ class Task(Future):
             self._condition.notify_all()
         self._unit = None
         self._pool._task_settled(self)
+
+    def _message(self, obj):
+        if self._messages is None:
+            self._messages = collections.deque()
+        self._messages.append(obj)
+
+    def listen(self, timeout: float | None = None):
+        """The next message a submitted Process task told (`self.tell` in
+        its hooks), or None once `timeout` seconds pass; with None, waits
+        until one comes or the task is done and all were heard."""
+        deadline = None if timeout is None else time.monotonic() + native.timeout_ns(timeout) / 1e9
+        while True:
+            if self._messages:
+                return self._messages.popleft()
+            if self._finished():
+                return self._messages.popleft() if self._messages else None
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self._pool._wait_step(SLICE_S if left is None else min(left, SLICE_S))
 
     def _finished(self) -> bool:
         """Done or cancelled, without driving the pool."""

@@ -38,9 +38,10 @@ from ..wire import pickling as wire
 from ..common.errors import ProcessError, RemoteError, ResultError
 from ..common.errors import TimeoutError as TaskTimeoutError
 from ..common.outcome import CALL, HOOK_NAMES, is_process_class
-from ..wire.taskwire import (OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_LIMIT, OP_RETRY, OP_RUN,
+from ..wire.taskwire import (FLAG_TELLS, OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_LIMIT, OP_RETRY, OP_RUN,
                              OP_STOP,
-                       R_CHUNK, R_ERROR, R_INIT_FAILED, R_PART, R_PROCESS, R_VALUE, R_VALUES)
+                       R_CHUNK, R_ERROR, R_INIT_FAILED, R_MESSAGE, R_PART, R_PROCESS, R_VALUE,
+                       R_VALUES)
 from .main_globals import adopt
 from .watchdog import EXIT_ORPHANED, Watchdog
 
@@ -132,6 +133,7 @@ class PoolWorker:
         self.dog = Watchdog(self.rctl, (), parent_pid, direct_child)
         self.lives_next = None          # lives left for the next Process task (OP_RETRY)
         self.limit_ns = 0               # task_timeout of plain calls (OP_LIMIT; 0: none)
+        self.task_ident = None          # the submitted task running now (its self.tell goes there)
         self.timing = False             # a plain call runs under limit_ns now
 
     # -- timeouts of Process tasks: the guard signals, the runner raises ---------------
@@ -366,12 +368,21 @@ class PoolWorker:
             self.lives_next, op, body = body
         if op == OP_CALL:
             fn_id, args, kwargs = body
-            self.call(ident, self._fn(fn_id), args, kwargs, start)
+            self.task_ident = ident if flags & FLAG_TELLS else None
+            try:
+                self.call(ident, self._fn(fn_id), args, kwargs, start)
+            finally:
+                self.task_ident = None
         elif op == OP_CHUNK:
             fn_id, star, items = body
             self.chunk(ident, self._fn(fn_id), star, items, start)
         elif op == OP_RUN:
-            self._send(R_PROCESS, ident, self.run_process(body), native.now_ns() - start)
+            self.task_ident = ident if flags & FLAG_TELLS else None
+            try:
+                out = self.run_process(body)
+            finally:
+                self.task_ident = None
+            self._send(R_PROCESS, ident, out, native.now_ns() - start)
             self._done()
             self.flush()            # a lifecycle's outcome leaves at once (see _process_chunk)
         return True
@@ -573,6 +584,8 @@ class PoolWorker:
         rctl.reset()
         rctl.set_state(native.STATE_RUNNING)
         runner = Runner(rctl, None, name)
+        if self.task_ident is not None:
+            runner.mailbox = _TaskMailbox(self, self.task_ident)
         if snapshot is not None:
             runner.rebuild = lambda: wire.loads(snapshot[0], [bytearray(b) for b in snapshot[1]])
         t = obj.config.timeouts
@@ -592,6 +605,35 @@ class PoolWorker:
             self._failed()
         rctl.set_state(native.STATE_DONE if kind != FAILED_RESULT else native.STATE_FAILED)
         return kind, value, timers, error, lap
+
+
+class _TaskOutbox:
+    """`self.tell` inside a Process that Pool.submit runs: an R_MESSAGE record
+    for the caller's task.listen(), sent at once, after the results before it."""
+
+    __slots__ = ("worker", "ident")
+
+    def __init__(self, worker, ident):
+        self.worker, self.ident = worker, ident
+
+    def put(self, obj, block=False):
+        w = self.worker
+        record = taskwire.encode(R_MESSAGE, self.ident, obj, w.token, w.slot)
+        w.flush()
+        w.result_q.put(record)
+
+    def qsize(self) -> int:
+        return 0
+
+
+class _TaskMailbox:
+    """A submitted Process task's mailbox: it can tell its caller, not hear from it."""
+
+    __slots__ = ("to_parent", "to_worker")
+
+    def __init__(self, worker, ident):
+        self.to_parent = _TaskOutbox(worker, ident)
+        self.to_worker = None
 
 
 class _CallTimeout(BaseException):

@@ -46,10 +46,12 @@ R_CHUNK = 18        # payload: (values, {offset: (exception, traceback text)}): 
 R_PROCESS = 19      # payload: (kind, value, timers, error, lap)
 R_VALUES = 20       # payload: (ids, values): several tasks' values in one record
 R_PART = 21         # payload as R_CHUNK: the next items of a chunk still running
+R_MESSAGE = 23      # id: a submitted Process task; payload: what it told (self.tell)
 R_INIT_FAILED = 22  # payload: (exception or RemoteError, traceback text): the pool's
                     # initializer raised; the worker exits after sending it
 
 FLAG_BLOB = 1
+FLAG_TELLS = 2      # a task record: a submitted Process, whose self.tell goes to its caller
 
 
 _pack = HEADER.pack
@@ -58,7 +60,8 @@ _loads = pickle.loads
 _MAIN_MARKER = wire._MAIN_MARKER
 
 
-def encode(op: int, ident: int, payload, token, slot: int = 0, elapsed_us: int = 0) -> bytes:
+def encode(op: int, ident: int, payload, token, slot: int = 0, elapsed_us: int = 0,
+           flags: int = 0) -> bytes:
     """A record; raises wire.SerializationError if `payload` cannot be pickled."""
     # Fast path, the common small task or result: the C pickler took it, no
     # buffers and nothing from __main__.  Anything else goes the long way.
@@ -68,14 +71,14 @@ def encode(op: int, ident: int, payload, token, slot: int = 0, elapsed_us: int =
     except Exception:                       # noqa: BLE001 - wire.dumps explains or copes
         main = None
     if main is not None and not bufs and _MAIN_MARKER not in main:
-        return _pack(op, 0, slot, elapsed_us, ident) + main
+        return _pack(op, flags, slot, elapsed_us, ident) + main
     main, bufs = wire.dumps(payload)
     if not bufs:
-        return HEADER.pack(op, 0, slot, elapsed_us, ident) + main
+        return HEADER.pack(op, flags, slot, elapsed_us, ident) + main
     if blobs.pool.in_flight:
         blobs.pool.sweep()           # recycle segments whose views are gone
     desc = blobs.encode(main, 0, [b.raw() for b in bufs], token)
-    return HEADER.pack(op, FLAG_BLOB, slot, elapsed_us, ident) + desc
+    return HEADER.pack(op, FLAG_BLOB | flags, slot, elapsed_us, ident) + desc
 
 
 _NUMBERS = frozenset((int, float, bool, type(None)))
@@ -129,6 +132,7 @@ def payload(record, flags: int):
     CorruptSharedMemoryError; a payload whose class is missing here raises
     what unpickling raises, for the caller to report.
     """
+    flags &= ~FLAG_TELLS
     if not flags:
         try:
             return _loads(record[HEADER_SIZE:])

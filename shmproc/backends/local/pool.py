@@ -33,6 +33,7 @@ from ... import _native as native
 from ...channels.queue import Queue
 from ...common import lifecycle, validate
 from ...common.errors import InitializerError, remote_failure
+from ...common.outcome import is_process_class
 from ...common.validate import callable_name
 from ...jobs.engine import RUNNING, TERMINATED, JobEngine, Progress
 from ...jobs.task import SLICE_S, Task
@@ -519,11 +520,14 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             if self._submit_kind(fn, args, kwargs) == "process":
                 task = Task(self, type(fn).__name__, fn, retries, options)
                 unit = Unit(self._new_id(), task, 0, OP_RUN, 0, False, [fn])
+                unit.flags = taskwire.FLAG_TELLS
             else:
                 fn_id = self._register(fn)
                 task = Task(self, callable_name(fn), None, retries, options)
                 unit = Unit(self._new_id(), task, 0, OP_CALL, fn_id, False,
                             [(args, kwargs or None)])
+                if is_process_class(fn):
+                    unit.flags = taskwire.FLAG_TELLS
             try:
                 unit.encode(self._res.token)       # an unpicklable argument fails here, not later
             except Exception as exc:               # noqa: BLE001

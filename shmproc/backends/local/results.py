@@ -15,8 +15,8 @@ import queue as _stdlib_queue
 from ...common.errors import remote_failure
 from ...common.validate import callable_name
 from ...wire import taskwire
-from ...wire.taskwire import (R_CHUNK, R_ERROR, R_INIT_FAILED, R_PART, R_PROCESS, R_VALUE,
-                              R_VALUES)
+from ...wire.taskwire import (R_CHUNK, R_ERROR, R_INIT_FAILED, R_MESSAGE, R_PART, R_PROCESS,
+                              R_VALUE, R_VALUES)
 from .units import LocalJob
 
 __all__ = ["ResultIntake"]
@@ -76,6 +76,11 @@ class ResultIntake:
                 self._init_failed(*body)
             else:
                 self._init_failed(body, None)
+            return
+        if op == R_MESSAGE:                           # a submitted Process told its caller
+            unit = self._units.get(ident)
+            if unit is not None and hasattr(unit.sink, "_message"):
+                unit.sink._message(body)
             return
         if op == R_PART:                              # a chunk's first items; it goes on
             unit = self._units.get(ident)

@@ -21,7 +21,7 @@ class Unit:
     """Items sent to one worker as one record: a call, a chunk, or a Process."""
 
     __slots__ = ("id", "sink", "index", "op", "fn_id", "star", "items", "n", "record", "slot",
-                 "stream", "crashes", "cut", "lives")
+                 "stream", "crashes", "cut", "lives", "flags")
 
     def __init__(self, ident, sink, index, op, fn_id, star, items):
         self.id = ident
@@ -38,6 +38,7 @@ class Unit:
         self.crashes = 0              # times its worker died while it (one item) was running
         self.cut = False              # its first items were answered (R_PART) and dropped
         self.lives = None             # a Process task's lives left, if not its config's
+        self.flags = 0                # taskwire.FLAG_TELLS: a submitted Process (its tells)
 
     def payload(self):
         if self.op == OP_CHUNK:
@@ -53,7 +54,8 @@ class Unit:
             if self.lives is not None:
                 op, payload = OP_RETRY, (self.lives, op, payload)
             self.record = taskwire.encode(op, self.id, payload, token,
-                                          elapsed_us=self.n)     # the header's count field
+                                          elapsed_us=self.n,     # the header's count field
+                                          flags=self.flags)
         return self.record
 
     def split(self, ident, start, stop):
@@ -61,6 +63,7 @@ class Unit:
         part = Unit(ident, self.sink, self.index + start, self.op, self.fn_id, self.star,
                      self.items[start:stop])
         part.lives = self.lives
+        part.flags = self.flags
         return part
 
     def cut_answered(self, m):
