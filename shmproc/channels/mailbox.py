@@ -75,11 +75,9 @@ class Mailbox:
         tmo = native.timeout_ns(timeout)          # TypeError / ValueError for bad ones
         deadline = None if tmo < 0 else time.monotonic() + tmo / 1e9
         while True:
-            try:
-                return q.get(block=False)
-            except _stdlib_queue.Empty:
-                pass
-            if ended():
+            # The end is looked at only when nothing is waiting: a message in
+            # the ring is taken at once, and a run that ended answers at once.
+            if not q.qsize() and ended():
                 try:                               # what came just before the end
                     return q.get(block=False)
                 except _stdlib_queue.Empty:
@@ -88,7 +86,10 @@ class Mailbox:
             if deadline is not None:
                 step = min(step, deadline - time.monotonic())
                 if step <= 0:
-                    return None
+                    try:
+                        return q.get(block=False)
+                    except _stdlib_queue.Empty:
+                        return None
             try:
                 return q.get(timeout=step)
             except _stdlib_queue.Empty:
