@@ -14,6 +14,12 @@ from shmproc.common.validate import start_methods
 
 #: The one list of start methods the suite runs under: the library's own.
 START_METHODS = start_methods()
+#: The start methods the pool and crash suites run every test under.
+#: forkserver behaves as spawn for what these tests look at (a fresh
+#: interpreter importing the main module) and costs as much again: it gets
+#: its own smoke tests there (test_pool.py::test_forkserver_smoke and the
+#: crash matrix's forkserver cases) instead of a third pass.
+FULL_METHODS = [m for m in ("fork", "spawn") if m in START_METHODS]
 
 
 def shmproc_fds():

@@ -34,7 +34,7 @@ import resource
 import signal
 
 import pytest
-from conftest import START_METHODS
+from conftest import FULL_METHODS, START_METHODS
 
 from shmproc import Pool
 from shmproc.processing import (
@@ -292,7 +292,7 @@ WORKER_POINTS = {
 
 @pytest.mark.parametrize("how", list(CRASHES))
 @pytest.mark.parametrize("point", list(WORKER_POINTS))
-@pytest.mark.parametrize("method", START_METHODS)
+@pytest.mark.parametrize("method", FULL_METHODS)       # forkserver: the cases below
 def test_worker_dies(method, point, how, tmp_path):
     p = started(point, how, method, tmp_path)
     wait_ended(p)

@@ -198,7 +198,7 @@ def _storm(request, ci_rounds):
         i += 1
 
 
-@pytest.mark.parametrize("method,ci_rounds", [("fork", 120), ("forkserver", 8), ("spawn", 6)])
+@pytest.mark.parametrize("method,ci_rounds", [("fork", 60), ("forkserver", 6), ("spawn", 6)])
 def test_queue_storm(tmp_path, request, method, ci_rounds):
     """A producer and a consumer process; one of them SIGKILLed at a random
     moment each round; the test drains what is left and checks delivery."""
@@ -254,7 +254,7 @@ class _Counter(Process):
         return np.full(LARGE, self.n)
 
 
-@pytest.mark.parametrize("method,ci_rounds", [("fork", 500), ("forkserver", 4), ("spawn", 4)])
+@pytest.mark.parametrize("method,ci_rounds", [("fork", 250), ("forkserver", 4), ("spawn", 4)])
 def test_process_worker_storm(request, method, ci_rounds):
     """A Process worker SIGKILLed at a random moment: the parent learns it
     at once, reports a crash (or the result, if it came first), leaks

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import shmproc
-from conftest import START_METHODS
+from conftest import FULL_METHODS, START_METHODS
 from proc_helpers import wait_gone
 from shmproc import Pool
 from shmproc.backends.local.pool import MAX_WINDOW_ITEMS
@@ -141,9 +141,10 @@ class SelfKill(Process):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-@pytest.fixture(params=START_METHODS)
+@pytest.fixture(params=FULL_METHODS)
 def method(request):
-    """Every pool test runs under each start method (one body, parametrised)."""
+    """Every pool test runs under fork and spawn (one body, parametrised);
+    forkserver has test_forkserver_smoke."""
     return request.param
 
 
@@ -869,3 +870,17 @@ def test_a_paused_imap_does_not_starve_other_calls(pool):
     assert pool.map(square, [1, 2, 3]) == [1, 4, 9]
     assert pool.progress.total < 20_000                # read ahead by a bounded amount
     it.close()
+
+
+@pytest.mark.skipif("forkserver" not in START_METHODS, reason="no forkserver here")
+def test_forkserver_smoke():
+    """The pool's main paths under forkserver: map, imap, submit, a Process
+    task, a worker crash and its replacement, recycling."""
+    with Pool(2, start_method="forkserver", max_tasks_per_worker=50) as pool:
+        assert pool.map(square, range(200)) == [x * x for x in range(200)]
+        assert list(pool.imap(square, range(50), chunksize=1)) == [x * x for x in range(50)]
+        assert pool.submit(square, 7).result(timeout=60) == 49
+        assert pool.submit(Counter, 3).result(timeout=60) == 3
+        with pytest.raises(ProcessCrashedError):
+            pool.submit(die_on, 3).result(timeout=60)
+        assert pool.map(square, range(120), chunksize=1)[-1] == 119 * 119

@@ -77,7 +77,7 @@ def _drain_checked(q, producers, n, expected_per_producer=None):
 
 
 @pytest.mark.parametrize("method,n,consumers", [
-    ("fork", 200_000, "many"), ("forkserver", 20_000, "many"), ("spawn", 20_000, "many"),
+    ("fork", 100_000, "many"), ("forkserver", 20_000, "many"), ("spawn", 20_000, "many"),
     ("fork", 100_000, "one"), ("spawn", 20_000, "one")])
 def test_queue_three_producers_one_consumer(method, n, consumers):
     # consumers="one": the pool's result ring (MPSC): producers locked, consumer lock-free.
