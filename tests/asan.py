@@ -36,10 +36,11 @@ def runtime(name: str) -> str:
 def build(portable: bool):
     if BUILD.exists():
         shutil.rmtree(BUILD)
-    pkg = BUILD / "shmproc"
-    pkg.mkdir(parents=True)
-    for py in (ROOT / "shmproc").glob("*.py"):
-        shutil.copy2(py, pkg / py.name)
+    # The whole package, subpackages included (with only the top-level
+    # modules, `shmproc._native` & co. would come from whatever shmproc is
+    # installed, not from this tree), minus the compiled modules.
+    shutil.copytree(ROOT / "shmproc", BUILD / "shmproc",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     # With the test-only fault points (tests/fault_build.py uses this build's).
     env = dict(os.environ, SHMPROC_SANITIZE="1", SHMPROC_FAULTS="1")
     if portable:
