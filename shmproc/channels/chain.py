@@ -533,6 +533,52 @@ class Chain:
             _close_fd(self.board)
 
 
+class Moving:
+    """A Queue's side of its chain: the rings its producer and consumer use
+    (`_prod`, `_cons`, with `_put` and `_get` bound to them) and moving them
+    along.  Mixed into Queue; `_chain` is None for a queue that does not grow."""
+
+    def _use_producer(self, ring):
+        self._prod, self._put = ring, ring.put
+
+    def _use_consumer(self, ring):
+        self._cons, self._get = ring, ring.get_record
+
+    def _next_producer(self, rc):
+        """The producer's ring said sealed (follow it) or full (grow after it)."""
+        chain = self._chain
+        with chain.lock:
+            ring = self._prod
+            if rc == native.ESEALED and ring.sealed() is None:
+                return                      # another thread of ours moved on: retry there
+            nxt = chain.follow(ring) if rc == native.ESEALED else chain.grow(ring)
+            if nxt is None:                 # the directory is full (see docs/queue.md)
+                time.sleep(0.01)
+                return
+            self._use_producer(nxt)
+
+    def _next_consumer(self):
+        """The consumer's ring is sealed and drained: on to the next; let drained ones go."""
+        chain = self._chain
+        with chain.lock:
+            ring = self._cons
+            if ring.sealed() is not None and not ring.used_bytes():
+                # (else another thread of ours moved on: retry there)
+                self._use_consumer(chain.follow(ring, reader=True))
+                chain.open_all(reader=True)     # hold the later rings: their producers may exit
+                chain.tidy((self._prod, self._cons))
+
+    def _rings(self):
+        if self._chain is None:
+            return [self._prod]
+        with self._chain.lock:
+            prod, cons = self._chain.catch_up(self._prod, self._cons)
+            self._use_producer(prod)
+            self._use_consumer(cons)
+            self._chain.tidy((prod, cons))
+            return self._chain.open_all()
+
+
 def _drained(ring) -> bool:
     return ring.sealed() is not None and ring.used_bytes() == 0
 

@@ -38,7 +38,7 @@ from .. import _native as native
 from ..wire import pickling as wire
 from ..wire.blobs import EXIT_FLUSH_TIMEOUT, LOST
 from .._native import EEMPTY, EFULL, EINTR, ESEALED, ESMALLBUF, ETIMEDOUT, OK
-from .chain import Chain
+from .chain import Chain, Moving
 from .records import (NOTHING, TAG_BLOB, TAG_BYTES, TAG_PICKLE, TAG_STR, Failed, Raw,
                       corrupt_pickle, decode_small, unpickle)
 
@@ -48,6 +48,13 @@ __all__ = ["Queue", "DEFAULT_CAPACITY", "EXIT_FLUSH_TIMEOUT"]
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 MIN_CAPACITY = 4096
 MAX_CAPACITY = 1 << 36
+
+#: A blocking put that finds an unbounded queue's ring full waits this long
+#: for room before it grows the queue.  A new ring costs its page faults
+#: (~1 ms a MiB here), so a consumer that keeps up is not made to pay for
+#: rings it would drain at once; the wait is no longer than growing costs,
+#: and a put still never waits for a consumer that is not coming.
+GROW_AFTER_NS = 2_000_000
 
 _SCRATCH_START = 64 * 1024
 _MANY_MAX = 1024            # get_many arrays kept per scratch buffer
@@ -90,7 +97,7 @@ def _blocking_timeout(block, timeout) -> int:
     return -1 if timeout is None else native.timeout_ns(timeout)
 
 
-class Queue:
+class Queue(Moving):
     """A process-safe FIFO queue in shared memory, compatible with multiprocessing.Queue.
 
     ``maxsize`` bounds the number of items (0: unbounded); ``capacity`` is
@@ -132,9 +139,10 @@ class Queue:
         self._chain = chain
         self._use_producer(ring)
         self._use_consumer(ring)
-        # Ring-level timeout of a put: a growing queue never waits for room.
+        # Ring-level timeout of a put: a growing queue first tries (a try
+        # reads no clock), then waits GROW_AFTER_NS for room, then grows.
         self._room_wait = -1 if chain is None else 0
-        self._room_timeout = _blocking_timeout if chain is None else _no_room_wait
+        self._room_timeout = _blocking_timeout if chain is None else _try_room
         self._maxsize = maxsize
         self._inband_max = min(ring.max_record, ring.capacity // 4)
         self._closed = False
@@ -149,46 +157,6 @@ class Queue:
     def _ring(self):
         """The ring producers put into now (tests and tools reach the ring here)."""
         return self._prod
-
-    def _use_producer(self, ring):
-        self._prod, self._put = ring, ring.put
-
-    def _use_consumer(self, ring):
-        self._cons, self._get = ring, ring.get_record
-
-    def _next_producer(self, rc):
-        """The producer's ring said sealed (follow it) or full (grow after it)."""
-        chain = self._chain
-        with chain.lock:
-            ring = self._prod
-            if rc == ESEALED and ring.sealed() is None:
-                return                      # another thread of ours moved on: retry there
-            nxt = chain.follow(ring) if rc == ESEALED else chain.grow(ring)
-            if nxt is None:                 # the directory is full (see docs/queue.md)
-                time.sleep(0.01)
-                return
-            self._use_producer(nxt)
-
-    def _next_consumer(self):
-        """The consumer's ring is sealed and drained: on to the next; let drained ones go."""
-        chain = self._chain
-        with chain.lock:
-            ring = self._cons
-            if ring.sealed() is not None and not ring.used_bytes():
-                # (else another thread of ours moved on: retry there)
-                self._use_consumer(chain.follow(ring, reader=True))
-                chain.open_all(reader=True)     # hold the later rings: their producers may exit
-                chain.tidy((self._prod, self._cons))
-
-    def _rings(self):
-        if self._chain is None:
-            return [self._prod]
-        with self._chain.lock:
-            prod, cons = self._chain.catch_up(self._prod, self._cons)
-            self._use_producer(prod)
-            self._use_consumer(cons)
-            self._chain.tidy((prod, cons))
-            return self._chain.open_all()
 
     # -- pickling: hand the ring's descriptor to the other process ------------
     def __reduce__(self):
@@ -258,15 +226,15 @@ class Queue:
             data, bufs = _dumps(obj)
             tag = TAG_PICKLE
         if bufs or len(data) > self._inband_max:
-            self._put_blob(data, tag, bufs, _deadline(tmo))
+            self._put_blob(data, tag, bufs, _deadline(tmo), block)
             return
         if _pool.in_flight:
             _pool.sweep()
         rc = self._put(data, len(data), tag, tmo)
         if rc:
-            self._put_retry(rc, data, tag, tmo)
+            self._put_retry(rc, data, tag, tmo, block)
 
-    def _put_blob(self, data, tag, bufs, deadline):
+    def _put_blob(self, data, tag, bufs, deadline, block):
         """Put a large item out-of-band; a put that fails retracts its blob."""
         if _pool.in_flight:
             _pool.sweep()
@@ -278,11 +246,15 @@ class Queue:
         try:
             desc, sent = self._to_blob(data, tag, bufs)
             faults.point("queue.blob_written")
+            wait_room = block and self._chain is not None
             while True:
                 ring = self._prod
-                rc = ring.put_tracked(desc, len(desc), TAG_BLOB, _left_ns(deadline), seq)
+                left = GROW_AFTER_NS if wait_room else _left_ns(deadline)
+                rc = ring.put_tracked(desc, len(desc), TAG_BLOB, left, seq)
                 if self._chain is not None and rc in (ESEALED, EFULL, ETIMEDOUT):
-                    if rc != ETIMEDOUT:     # (ETIMEDOUT: the producer lock is busy)
+                    if rc == EFULL and wait_room:
+                        wait_room = False   # waited once for room: now grow
+                    elif rc != ETIMEDOUT:   # (ETIMEDOUT: the producer lock is busy)
                         self._next_producer(rc)
                 elif rc != EINTR:           # EINTR: a signal handler ran and did not raise
                     break
@@ -301,10 +273,15 @@ class Queue:
                 _pool.retract(sent)     # nobody saw its descriptor: reuse it, wait for nothing
             raise
 
-    def _put_retry(self, rc, data, tag, tmo):
+    def _put_retry(self, rc, data, tag, tmo, block):
         deadline = _deadline(tmo)
+        wait_room = block and self._chain is not None       # once, before growing
         while rc != OK:
             if self._chain is not None and (rc == ESEALED or rc == EFULL):
+                if rc == EFULL and wait_room:
+                    wait_room = False
+                    rc = self._put(data, len(data), tag, GROW_AFTER_NS)
+                    continue
                 self._next_producer(rc)
             elif self._chain is not None and rc == ETIMEDOUT:
                 pass                        # the producer lock is busy: wait for it, not room
@@ -334,7 +311,7 @@ class Queue:
             # A batch of raw bytes: no per-item Python work at all.
             lens = list(map(len, objs))
             if max(lens) <= inband_max:
-                self._put_run(objs, lens, None, deadline, 0, total)
+                self._put_run(objs, lens, None, deadline, 0, total, block)
                 return
         done = 0
         run, lens, tags = [], [], []
@@ -349,10 +326,10 @@ class Queue:
                 data, bufs = _dumps(obj)
                 tag = TAG_PICKLE
             if bufs or len(data) > inband_max:
-                done += self._put_run(run, lens, tags, deadline, done, total)
+                done += self._put_run(run, lens, tags, deadline, done, total, block)
                 run, lens, tags = [], [], []
                 try:
-                    self._put_blob(data, tag, bufs, deadline)
+                    self._put_blob(data, tag, bufs, deadline, block)
                 except _stdlib_queue.Full:
                     raise _stdlib_queue.Full(
                         f"queue full after putting {done} of {total} items", done) from None
@@ -361,9 +338,9 @@ class Queue:
             run.append(data)
             lens.append(len(data))
             tags.append(tag)
-        self._put_run(run, lens, tags, deadline, done, total)
+        self._put_run(run, lens, tags, deadline, done, total, block)
 
-    def _put_run(self, run, lens, tags, deadline, done_before, total):
+    def _put_run(self, run, lens, tags, deadline, done_before, total, block):
         if not run:
             return 0
         if _pool.in_flight:
@@ -376,9 +353,10 @@ class Queue:
         ctags = native.u32_array([TAG_BYTES] * n if tags is None else tags)
         done = native.u32_cell()
         put = off = 0
+        wait_room = block and self._chain is not None       # once, before growing
         while True:
-            rc = self._prod.put_many(base + off, clens + put, ctags + put, n - put,
-                                     _left_ns(deadline), done)
+            left = GROW_AFTER_NS if wait_room else _left_ns(deadline)
+            rc = self._prod.put_many(base + off, clens + put, ctags + put, n - put, left, done)
             off += sum(lens[put:put + done[0]])
             put += done[0]
             if rc == OK:
@@ -386,7 +364,9 @@ class Queue:
             if rc == EINTR:
                 continue
             if self._chain is not None and rc in (ESEALED, EFULL, ETIMEDOUT):
-                if rc != ETIMEDOUT:         # (ETIMEDOUT: the producer lock is busy)
+                if rc == EFULL and wait_room:
+                    wait_room = False
+                elif rc != ETIMEDOUT:       # (ETIMEDOUT: the producer lock is busy)
                     self._next_producer(rc)
                 continue
             if rc in (EFULL, ETIMEDOUT):
@@ -664,7 +644,7 @@ def _deadline(tmo_ns):
     return None if tmo_ns < 0 else time.monotonic() + tmo_ns / 1e9
 
 
-def _no_room_wait(block, timeout) -> int:
+def _try_room(block, timeout) -> int:
     _blocking_timeout(block, timeout)           # checks the timeout given
     return 0
 
