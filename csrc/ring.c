@@ -128,6 +128,8 @@ static int handle_for(void *payload, uint64_t payload_size, shmp_ring **out)
     uint64_t tail = atomic_load_explicit(&sh->tail, memory_order_acquire);
     if (tail - head > cap || (head & 7u) != 0 || (tail & 7u) != 0)
         return SHMP_ECORRUPT;
+    if (atomic_load_explicit(&sh->sealed, memory_order_acquire) > 1)
+        return SHMP_ECORRUPT;           /* a flag: 0 or 1 */
     shmp_ring *r = calloc(1, sizeof *r);
     if (r == NULL)
         return SHMP_ENOMEM;

@@ -95,7 +95,7 @@ SAME_SIZE_RINGS = 8
 MAX_RING = 1 << 30
 #: How long a follower waits for a directory caught mid-update before it
 #: calls a seal's link corrupt.
-_SETTLE_S = 1.0
+_SETTLE_S = 0.25
 
 _me = os.getpid
 
@@ -118,7 +118,7 @@ class _Held:
     __slots__ = ("ring", "gen", "slot")
 
     def __init__(self, ring, gen, slot):
-        self.ring, self.gen, self.slot = ring, gen, slot   # slot: (entry, i) or None
+        self.ring, self.gen, self.slot = ring, gen, slot   # slot: (entry, i, our word) or None
 
 
 class _Lost(Exception):
@@ -521,10 +521,11 @@ class Chain:
         with items that only we hold while someone else holds the queue (the
         exit flush waits for them; see the module doc)."""
         with self.lock:
-            readers = blobs.HolderCheck()(self.board_id)
+            others = blobs.HolderCheck()        # a /proc scan: only asked when a ring has items
             for ring_id, h in list(self.held.items()):
                 try:
-                    if readers and h.ring.used_bytes() and not self._read_elsewhere(ring_id):
+                    if h.ring.used_bytes() and not self._read_elsewhere(ring_id) and \
+                            others(self.board_id):
                         continue
                 except CorruptSharedMemoryError:
                     pass                # a damaged directory: nobody can be sent there
