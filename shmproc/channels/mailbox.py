@@ -5,8 +5,7 @@
     p.tell(obj) ──► to_worker ring ───────────────►  self.listen(timeout)
     p.listen(timeout) ◄── to_parent ring ◄─────────  self.tell(obj)
 
-Two shmproc Queues per run, one each way, each with one producer and one
-consumer (the lock-free sides).  A message is pickled once; numpy arrays of
+Two shmproc Queues per run, one each way (unbounded: they grow).  A message is pickled once; numpy arrays of
 256 KiB or more travel out-of-band and arrive as copy-on-write views,
 with no copy.  Order is kept per direction.  `tell` never waits for the
 reader: the queues are unbounded (they grow while the other side does not
@@ -125,4 +124,6 @@ class Mailbox:
 
 
 def _queue():
-    return Queue(capacity=RING_BYTES, _producers="one", _consumers="one")
+    # The locked sides: a queue grows only with them (a single side's room is
+    # flow control), and they survive a process killed mid-operation.
+    return Queue(capacity=RING_BYTES)
