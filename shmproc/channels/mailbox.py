@@ -74,9 +74,13 @@ class Mailbox:
         tmo = native.timeout_ns(timeout)          # TypeError / ValueError for bad ones
         deadline = None if tmo < 0 else time.monotonic() + tmo / 1e9
         while True:
-            # The end is looked at only when nothing is waiting: a message in
-            # the ring is taken at once, and a run that ended answers at once.
-            if not q.qsize() and ended():
+            # A message waiting is taken at once; the end is looked at only
+            # when none is (a run that ended answers at once).
+            try:
+                return q.get(block=False)
+            except _stdlib_queue.Empty:
+                pass
+            if ended():
                 try:                               # what came just before the end
                     return q.get(block=False)
                 except _stdlib_queue.Empty:
