@@ -14,6 +14,11 @@ consumers may share a queue and a process killed mid-operation never
 wedges the others; a producer never waits for a consumer's lock or the
 reverse.
 
+Growing.  An unbounded queue (maxsize=0) never fills, as
+multiprocessing.Queue never does: when its ring stays full it seals it
+behind a new one, and consumers follow (chain.py, with the essay).  A
+ring that does not fill costs what it always did.
+
 Large objects.  A record bigger than a quarter of the ring, or any
 contiguous buffer of at least wire.OOB_THRESHOLD bytes (numpy arrays),
 goes out-of-band through its own shared segment (see blobs.py): one copy
