@@ -44,7 +44,13 @@ seconds) and then --repeat timed runs; the best run is reported.
    its own CPU time (``time.process_time``, all threads) around the call and
    reports it as % of one core.
 
-4. Targets from DESIGN.md, as ratios against multiprocessing.Queue measured in
+4. Burst in one process: put BURST_ITEMS items of 100 B, then get them all
+   (msgs/s over both halves), shmproc.Queue against multiprocessing.Queue.
+   An unbounded queue must never block on put, so this row checks that as
+   much as it measures: shmproc's queue grows past its ring (and gives the
+   memory back as it drains), multiprocessing's buffers in its feeder thread.
+
+5. Targets from DESIGN.md, as ratios against multiprocessing.Queue measured in
    this same run, with PASS/FAIL.
 
 A measurement that hangs or whose child dies is reported as an error and the
@@ -693,6 +699,40 @@ def _jsonable(o: Outcome) -> dict:
 
 
 # --------------------------------------------------------------------------
+# burst: one process fills an unbounded queue, then drains it
+
+BURST_ITEMS = 100_000
+
+
+def _burst_contenders(ctx):
+    out = []
+    if not SHMPROC_ERROR:
+        import shmproc
+        out.append(("shmproc.Queue", shmproc.Queue))
+    out.append(("multiprocessing.Queue", ctx.Queue))
+    return out
+
+
+def run_burst(make, n: int, repeat: int) -> Outcome:
+    """Put n items, then get n items, in this process; the best rate."""
+    item = b"b" * 100
+    rates = []
+    try:
+        for _ in range(repeat):
+            q = make()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                q.put(item, timeout=5)  # a queue that fills would block here for ever
+            for _ in range(n):
+                q.get(timeout=30)
+            rates.append(2 * n / (time.perf_counter() - t0))
+            q.close()
+    except Exception as exc:              # noqa: BLE001 - reported as this row's error
+        return Outcome(n=n, error=f"{type(exc).__name__}: {exc!r}")
+    return Outcome(rate=max(rates), n=n, rates=rates)
+
+
+# --------------------------------------------------------------------------
 # main
 
 
@@ -705,6 +745,7 @@ def main(argv=None) -> int:
                         f" keys: {', '.join(CONTENDERS)}")
     p.add_argument("--skip-arrays", action="store_true", help="skip the numpy array part")
     p.add_argument("--skip-idle", action="store_true", help="skip the idle-CPU part")
+    p.add_argument("--skip-burst", action="store_true", help="skip the one-process burst part")
     p.add_argument("--idle-seconds", type=float, default=None,
                    help=f"how long the idle child blocks (default {IDLE_SECONDS:g}, quick 0.3)")
     p.add_argument("--json", metavar="FILE", help="also write every number to FILE as JSON")
@@ -776,6 +817,15 @@ def main(argv=None) -> int:
                 else:
                     progress(f"idle {IDLE_CONTENDERS[key][0]}", o, "")
 
+    # 4. burst
+    burst_results: dict[str, Outcome] = {}
+    burst_n = BURST_ITEMS // 5 if s.quick else BURST_ITEMS
+    if not args.skip_burst:
+        for label, make in _burst_contenders(ctx):
+            o = run_burst(make, burst_n, s.repeat)
+            burst_results[label] = o
+            progress(f"burst {label}", o, "msgs/s")
+
     # report
     print(f"Messages between two processes (producer child -> consumer parent),"
           f" best of {s.repeat}", file=out)
@@ -805,6 +855,20 @@ def main(argv=None) -> int:
             else:
                 rows.append([IDLE_CONTENDERS[key][0], "ERROR" if o.error else "n/a", "", ""])
         print(C.table(["queue", "% of one core", "child CPU", "wall"], rows), file=out)
+        print(file=out)
+
+    if burst_results:
+        ref = burst_results.get("multiprocessing.Queue")
+        print(f"Burst in one process: put {burst_n} items of 100 B, then get them all,"
+              f" best of {s.repeat}", file=out)
+        rows = []
+        for label, o in burst_results.items():
+            if o.rate is None:
+                rows.append([label, "ERROR " + o.error.splitlines()[0] if o.error else "n/a", ""])
+                continue
+            ratio = f"{o.rate / ref.rate:.2f}x" if ref is not None and ref.rate else ""
+            rows.append([label, C.si(o.rate), ratio])
+        print(C.table(["queue", "msgs/s", "vs mp.Queue"], rows), file=out)
         print(file=out)
 
     tg = targets(msg_results, arr_results, idle_results)

@@ -34,6 +34,7 @@ const char *shmp_strerror(int status)
     case SHMP_EPEER:     return "peer process or descriptor is gone";
     case SHMP_EABI:      return "shared memory was made by a different shmproc version";
     case SHMP_EFOREIGN:  return "shared memory belongs to another user";
+    case SHMP_ESEALED:   return "ring is sealed";
     default:             return "unknown status";
     }
 }

@@ -59,6 +59,8 @@ uint64_t shmp_deadline(int64_t timeout_ns)
 {
     if (timeout_ns < 0)
         return UINT64_MAX;
+    if (timeout_ns == 0)
+        return 0;           /* "already passed": a try-op reads no clock */
     uint64_t now = shmp_now_ns();
     uint64_t t = (uint64_t)timeout_ns;
     return (UINT64_MAX - now < t) ? UINT64_MAX : now + t;
@@ -68,6 +70,8 @@ int64_t shmp_remaining(uint64_t deadline)
 {
     if (deadline == UINT64_MAX)
         return -1;
+    if (deadline == 0)
+        return 0;
     uint64_t now = shmp_now_ns();
     if (now >= deadline)
         return 0;

@@ -128,6 +128,8 @@ static int handle_for(void *payload, uint64_t payload_size, shmp_ring **out)
     uint64_t tail = atomic_load_explicit(&sh->tail, memory_order_acquire);
     if (tail - head > cap || (head & 7u) != 0 || (tail & 7u) != 0)
         return SHMP_ECORRUPT;
+    if (atomic_load_explicit(&sh->sealed, memory_order_acquire) > 1)
+        return SHMP_ECORRUPT;           /* a flag: 0 or 1 */
     shmp_ring *r = calloc(1, sizeof *r);
     if (r == NULL)
         return SHMP_ENOMEM;
@@ -438,9 +440,12 @@ static int room_state(shmp_ring *r, uint64_t need)
     return ROOM_YES;
 }
 
-/* Ready to look again: room, or damage to report under the lock. */
+/* Ready to look again: room, a seal, or damage to report under the lock. */
 static bool room_ready(shmp_ring *r, uint64_t need)
 {
+    /* acquire: pairs with shmp_ring_seal's release store of `sealed`. */
+    if (atomic_load_explicit(&r->sh->sealed, memory_order_acquire))
+        return true;
     int s = room_state(r, need);
     return s == ROOM_YES || s == ROOM_CORRUPT;
 }
@@ -475,6 +480,13 @@ static int acquire_room(shmp_ring *r, uint64_t need, uint64_t deadline, int64_t 
         int rc = PLOCK(r, deadline);
         if (rc != SHMP_OK)
             return rc;
+        /* A seal is stored under this lock (or by the single producer
+         * itself), so once we hold it no put can land after a seal.
+         * acquire: pairs with shmp_ring_seal's release store.             */
+        if (atomic_load_explicit(&r->sh->sealed, memory_order_acquire)) {
+            PUNLOCK(r);
+            return SHMP_ESEALED;
+        }
         int room = room_state(r, need);
         if (room == ROOM_NO_ITEMS && recover_dead_consumer(r))
             room = room_state(r, need);
@@ -651,11 +663,18 @@ static int next_record(shmp_ring *r, uint64_t head, shmp_rec_header *out)
     return SHMP_OK;
 }
 
+/* Data, or a seal (after which no data will ever come). */
+static bool data_or_sealed(shmp_ring *r, uint64_t unused)
+{
+    /* acquire: pairs with shmp_ring_seal's release store. */
+    return atomic_load_explicit(&r->sh->sealed, memory_order_acquire) || has_data(r, unused);
+}
+
 static int wait_data_unlocked(shmp_ring *r, uint64_t deadline, int64_t timeout_ns)
 {
     if (timeout_ns == 0)
         return SHMP_EEMPTY;
-    int rc = wait_ring(r, &r->sh->data_seq, &r->sh->data_waiters, has_data, 0, deadline);
+    int rc = wait_ring(r, &r->sh->data_seq, &r->sh->data_waiters, data_or_sealed, 0, deadline);
     return rc == SHMP_ETIMEDOUT ? SHMP_EEMPTY : rc;
 }
 
@@ -668,6 +687,15 @@ static int acquire_record(shmp_ring *r, uint64_t deadline, int64_t timeout_ns,
         if (rc != SHMP_OK)
             return rc;
         *head = atomic_load_explicit(&r->sh->head, memory_order_relaxed);
+        bool sealed = false;
+        if (!has_data(r, 0)) {
+            /* Empty: only now read `sealed` (it sits on the producer's
+             * line; a ring with data never touches it here), then look
+             * for data again.  The seal was stored after the last tail any
+             * producer will publish, so sealed-then-empty is drained for
+             * good.  acquire: pairs with shmp_ring_seal's release store.  */
+            sealed = atomic_load_explicit(&r->sh->sealed, memory_order_acquire);
+        }
         if (has_data(r, 0)) {
             rc = next_record(r, *head, h);
             if (rc == SHMP_OK)
@@ -678,6 +706,8 @@ static int acquire_record(shmp_ring *r, uint64_t deadline, int64_t timeout_ns,
             }
         }
         CUNLOCK(r);
+        if (sealed)
+            return SHMP_ESEALED;
         rc = wait_data_unlocked(r, deadline, timeout_ns);
         if (rc != SHMP_OK)
             return rc;
@@ -809,7 +839,7 @@ int shmp_ring_wait_data(shmp_ring *r, int64_t timeout_ns)
 {
     if (r == NULL)
         return SHMP_EINVAL;
-    int rc = wait_ring(r, &r->sh->data_seq, &r->sh->data_waiters, has_data, 0,
+    int rc = wait_ring(r, &r->sh->data_seq, &r->sh->data_waiters, data_or_sealed, 0,
                        shmp_deadline(timeout_ns));
     return rc == SHMP_ETIMEDOUT ? SHMP_EEMPTY : rc;
 }
@@ -828,4 +858,54 @@ int shmp_ring_mark_closed(shmp_ring *r)
 int shmp_ring_is_closed(const shmp_ring *r)
 {
     return r != NULL && atomic_load_explicit(&r->sh->closed, memory_order_acquire) != 0;
+}
+
+/* ---- sealing (a growing Queue: shmproc/channels/chain.py) ---------------------- */
+
+int shmp_ring_set_id(shmp_ring *r, uint64_t id)
+{
+    if (r == NULL)
+        return SHMP_EINVAL;
+    r->sh->id = id;     /* by the creator, before the descriptor leaves it */
+    return SHMP_OK;
+}
+
+uint64_t shmp_ring_id(const shmp_ring *r)
+{
+    return r != NULL ? r->sh->id : 0;
+}
+
+int shmp_ring_seal(shmp_ring *r, uint64_t next_id, int64_t timeout_ns)
+{
+    if (r == NULL)
+        return SHMP_EINVAL;
+    int rc = PLOCK(r, shmp_deadline(timeout_ns));
+    if (rc != SHMP_OK)
+        return rc;
+    if (atomic_load_explicit(&r->sh->sealed, memory_order_acquire)) {
+        PUNLOCK(r);
+        return SHMP_ESTATE;
+    }
+    atomic_store_explicit(&r->sh->next_id, next_id, memory_order_relaxed);
+    /* release: the last tail (published under this lock) and next_id
+     * before it; pairs with the acquire loads of `sealed` in
+     * acquire_room, acquire_record, the wait conditions and
+     * shmp_ring_sealed.                                                 */
+    atomic_store_explicit(&r->sh->sealed, 1, memory_order_release);
+    PUNLOCK(r);
+    wake_consumers(r);          /* sleepers for data: none will come here */
+    wake_producers(r);          /* sleepers for room: go to the next ring */
+    return SHMP_OK;
+}
+
+int shmp_ring_sealed(const shmp_ring *r, uint64_t *next_id_out)
+{
+    if (r == NULL)
+        return 0;
+    /* acquire: pairs with shmp_ring_seal's release store. */
+    if (!atomic_load_explicit(&r->sh->sealed, memory_order_acquire))
+        return 0;
+    if (next_id_out != NULL)
+        *next_id_out = atomic_load_explicit(&r->sh->next_id, memory_order_relaxed);
+    return 1;
 }

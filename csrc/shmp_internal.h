@@ -18,8 +18,9 @@
 
 /* 2: ring side journals (ring.c); max_items at most capacity / 8.
  * 3: no heartbeat in the control block; wakers skip the syscall unless a
- *    waiter is registered (blob headers carry a waiters word, blobs.py). */
-#define SHMP_ABI_VERSION   3u
+ *    waiter is registered (blob headers carry a waiters word, blobs.py).
+ * 4: rings carry an id and can be sealed (a growing Queue, chain.py).  */
+#define SHMP_ABI_VERSION   4u
 #define SHMP_MAGIC         0x434f5250504d4853ull   /* "SHMPPROC" little-endian */
 #define SHMP_CACHE_LINE    64
 #define SHMP_PAGE          4096u
@@ -65,12 +66,15 @@ typedef struct shmp_ring_shared {
     uint64_t max_items;                 /* 0 = unbounded */
     uint32_t flags;
     uint32_t reserved0;
+    uint64_t id;                        /* the creator's name for it, set before sharing */
 
     /* line 1: producer */
     SHMP_ALIGNED _Atomic uint64_t tail;         /* bytes ever written (free-running) */
     _Atomic uint64_t tail_count;                /* records ever written */
     _Atomic uint64_t tail_journal;              /* multi-producer: the tail and count the */
     _Atomic uint64_t tail_count_journal;        /* lock holder is storing (ring.c, journal) */
+    _Atomic uint64_t next_id;                   /* sealed: the id of the ring after this one */
+    _Atomic uint32_t sealed;                    /* 1: no more puts (shmp_ring_seal) */
 
     /* line 2: consumer */
     SHMP_ALIGNED _Atomic uint64_t head;         /* bytes ever consumed */

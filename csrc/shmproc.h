@@ -45,7 +45,8 @@ enum {
     SHMP_ESTATE     = -12,  /* call not valid in the current state */
     SHMP_EPEER      = -13,  /* the peer process or its descriptor is gone */
     SHMP_EABI       = -14,  /* segment made by another shmproc ABI version; see shmp_seg_identify */
-    SHMP_EFOREIGN   = -15   /* segment owned by another user; see shmp_seg_identify */
+    SHMP_EFOREIGN   = -15,  /* segment owned by another user; see shmp_seg_identify */
+    SHMP_ESEALED    = -16   /* ring sealed: no more puts; a get found it sealed and drained */
 };
 
 /* ---- segment kinds ----------------------------------------------------- */
@@ -192,6 +193,21 @@ uint64_t shmp_ring_used_bytes(const shmp_ring *ring);
 int  shmp_ring_wait_data(shmp_ring *ring, int64_t timeout_ns);
 int  shmp_ring_mark_closed(shmp_ring *ring);          /* wakes every waiter; later puts fail */
 int  shmp_ring_is_closed(const shmp_ring *ring);
+
+/* Sealing: how an unbounded Queue grows (shmproc/channels/chain.py).
+ * id: 64 bits the creator writes once, before the ring is shared, so that
+ * a process opening a ring through another's descriptor can tell it is
+ * the one it was told about.  seal: under the producer side, ends the
+ * ring's life for producers and records `next_id`, the id of the ring
+ * that continues it; later puts return SHMP_ESEALED, and a get returns
+ * SHMP_ESEALED once the ring is sealed and drained (never while records
+ * remain).  Wakes every sleeper.  SHMP_ESTATE if already sealed; may
+ * return SHMP_EINTR while waiting for the producer lock (retry).
+ * sealed: 1 and *next_id_out once sealed, else 0.                       */
+int  shmp_ring_set_id(shmp_ring *ring, uint64_t id);
+uint64_t shmp_ring_id(const shmp_ring *ring);
+int  shmp_ring_seal(shmp_ring *ring, uint64_t next_id, int64_t timeout_ns);
+int  shmp_ring_sealed(const shmp_ring *ring, uint64_t *next_id_out);
 
 /* ---- control blocks: one cache-line-aligned block per worker -----------
  * A control segment holds `count` blocks.  The worker writes with plain

@@ -4,7 +4,7 @@
     backends/    where work runs: local/ (this machine), ray/ (a cluster)
     jobs/        the one job engine both pools use: tasks, jobs, ordering
     runtime/     the worker side: lifecycle, sections, watchdog, pool worker
-    channels/    Queue: a multiprocessing.Queue on a shared-memory ring
+    channels/    Queue, JoinableQueue, SimpleQueue: multiprocessing's, on shared-memory rings
     wire/        pickling, out-of-band buffers, arenas, task records
     _native/     the only caller of the compiled C core (csrc/)
     common/      errors, outcome words, validators, config, exit/fork hooks
@@ -30,7 +30,7 @@ _ERRORS = ("SerializationError", "LostRecord", "InitializerError", "RayNotInstal
            "ResourcesUnavailable", "NotRunningError", "MessageBacklogError")
 
 __all__ = [
-    "Queue", "Pool", "Task", "Progress", "AsyncResult", "MapResult", "Executor",
+    "Queue", "JoinableQueue", "SimpleQueue", "Pool", "Task", "Progress", "AsyncResult", "MapResult", "Executor",
     "ProcessPoolExecutor", "WorkerCrashedError", "share", "SharedArray", "empty_shared", "Backend", "LocalBackend", "RayBackend", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
     "SharedMemoryVersionError", "ForeignSharedMemoryError",
     "sktime", "circuit", "docs", "processing", *_PROCESSING, *_ERRORS,
@@ -39,7 +39,9 @@ __all__ = [
 # (a subclass of it) stays reachable as shmproc.TimeoutError.
 __all__.remove("TimeoutError")
 
-_LAZY = {"Queue": ("shmproc.channels.queue", "Queue"), "Pool": ("shmproc.pool", "Pool"),
+_LAZY = {"Queue": ("shmproc.channels.queue", "Queue"),
+         "JoinableQueue": ("shmproc.channels.joinable", "JoinableQueue"),
+         "SimpleQueue": ("shmproc.channels.simple", "SimpleQueue"), "Pool": ("shmproc.pool", "Pool"),
          "Task": ("shmproc.pool", "Task"), "Progress": ("shmproc.pool", "Progress"),
          "AsyncResult": ("shmproc.pool", "AsyncResult"), "MapResult": ("shmproc.pool", "MapResult"),
          "Executor": ("shmproc.executor", "Executor"),

@@ -8,7 +8,7 @@ The layers, bottom to top (docs/architecture.md draws them):
     common     errors, outcome words, validators, config, timing, exit/fork hooks
     _native    the only caller of the compiled C core
     wire       pickling, out-of-band buffers, arenas, records
-    channels   Queue
+    channels   Queue, JoinableQueue, SimpleQueue (and a growing Queue's chain)
     runtime    the worker side
     jobs       the one job engine
     backends   local, ray

@@ -41,7 +41,7 @@ def get(ring, cap=1 << 20, timeout=0):
 # ---- basics ------------------------------------------------------------------
 
 def test_abi_clock_and_strings():
-    assert lib.shmp_abi_version() == 3
+    assert lib.shmp_abi_version() == 4
     a = lib.shmp_now_ns()
     b = lib.shmp_now_ns()
     assert 0 < a <= b
@@ -283,6 +283,44 @@ def test_ring_full_empty_and_timeouts():
     assert get(r, timeout=20_000_000)[0] == EEMPTY
     assert lib.shmp_now_ns() - t >= 19_000_000
     r.close()
+
+
+@pytest.mark.parametrize("locked", [False, True])
+def test_ring_seal_ends_puts_and_reports_drained(locked):
+    """A sealed ring takes no more puts; its records are still read, then
+    every get (and get_many, and a blocked waiter) says SHMP_ESEALED."""
+    import threading
+    r = native.Ring.create(4096, multi_producer=locked, multi_consumer=locked)
+    r.set_id(0x1234)
+    assert r.id == 0x1234 and r.sealed() is None
+    assert r.put(b"a", 1, 0, 0) == OK
+    assert r.seal(0xBEEF, -1) == OK
+    assert r.sealed() == 0xBEEF
+    assert r.seal(0xF00D, -1) == ESTATE                # one seal only; the first link stays
+    assert r.sealed() == 0xBEEF
+    assert r.put(b"b", 1, 0, 0) == lib.SHMP_ESEALED
+    assert r.put(b"b", 1, 0, 10**9) == lib.SHMP_ESEALED  # never waits for room
+    done = out_u32()
+    assert r.put_many(b"cd", out_u32([1, 1]), ffi.NULL, 2, 0, done) == lib.SHMP_ESEALED
+    assert done[0] == 0
+    assert get(r)[1] == b"a"                           # what was put before the seal
+    assert get(r)[0] == lib.SHMP_ESEALED
+    assert get(r, timeout=10**9)[0] == lib.SHMP_ESEALED  # drained: no wait
+    buf = bytearray(64)
+    assert r.get_many_into(ffi.from_buffer(buf), 64, 4, 0, out_u32(4), out_u32(4),
+                           out_u32()) == lib.SHMP_ESEALED
+    # A consumer asleep on an empty ring wakes up when it is sealed.
+    r2 = native.Ring.create(4096, multi_producer=locked, multi_consumer=locked)
+    got = []
+    t = threading.Thread(target=lambda: got.append(get(r2, timeout=5 * 10**9)[0]))
+    t.start()
+    import time
+    time.sleep(0.05)
+    assert r2.seal(1, -1) == OK
+    t.join(5)
+    assert got == [lib.SHMP_ESEALED]
+    r.close()
+    r2.close()
 
 
 def test_ring_wraps_around_many_times():

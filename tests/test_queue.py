@@ -96,8 +96,8 @@ def test_stdlib_exceptions_and_timeouts():
     q.close()
 
 
-def test_capacity_in_bytes_bounds_small_items():
-    q = shmproc.Queue(capacity=4096)
+def test_capacity_in_bytes_bounds_small_items_of_a_bounded_queue():
+    q = shmproc.Queue(maxsize=10_000, capacity=4096)
     assert q.capacity == 4096
     n = 0
     with pytest.raises(queue.Full):

@@ -312,12 +312,12 @@ def test_segment_of_another_abi_version_names_both_versions():
                 f.seek(8)
                 f.write((1).to_bytes(4, "little"))          # abi_version: an older shmproc
         with pytest.raises(shmproc.SharedMemoryVersionError,
-                           match="ABI version 1, this shmproc speaks version 3") as info:
+                           match="ABI version 1, this shmproc speaks version 4") as info:
             native.Blob.attach(blob.fd)
         assert (info.value.found, info.value.expected) == (1, lib.shmp_abi_version())
         assert isinstance(info.value, CorruptSharedMemoryError)
         again = pickle.loads(pickle.dumps(info.value))          # errors travel between processes
-        assert (again.found, again.expected, str(again)) == (1, 3, str(info.value))
+        assert (again.found, again.expected, str(again)) == (1, 4, str(info.value))
         with pytest.raises(shmproc.SharedMemoryVersionError, match="version 1"):
             native.Ring.attach(os.dup(ring.fd))
     finally:

@@ -5,6 +5,7 @@
     ring      Ring (csrc/ring.c) and the buffers consumers read into
     memory    Blob (out-of-band records, with their fork-safe leases), Arena,
               private (copy-on-write) views of them
+              Board (a small segment of shared words)
     control   ControlArray / Control (csrc/control.c), the native guard (guard.c)
 
 Everything above imports `shmproc._native` and calls what it exports;
@@ -12,20 +13,22 @@ nothing above touches `ffi` or `lib` (a test checks it).
 """
 from .control import (Control, ControlArray, guard_rearm, guard_running, guard_start, guard_stop,
                       parent_death_signal)
-from .core import (CTL_OVERRAN, CTL_STOP, EEMPTY, EFULL, EINTR, EPEER, ESMALLBUF, ESTATE,
-                   ETIMEDOUT, ETOOBIG, EXIT_EXPIRED, EXIT_ORPHANED, FOREVER, OK, PEER_FD_OK,
+from .core import (CTL_OVERRAN, CTL_STOP, EEMPTY, EFULL, EINTR, EPEER, ESEALED, ESMALLBUF,
+                   ESTATE, ETIMEDOUT, ETOOBIG, EXIT_EXPIRED, EXIT_ORPHANED, FOREVER, OK, PEER_FD_OK,
                    STATE_CRASHED, STATE_DONE, STATE_FAILED, STATE_FINISHING, STATE_KILLED,
                    STATE_NEW, STATE_RUNNING, STATE_STARTING, check, now_ns, open_peer_fd,
                    timeout_ns)
-from .memory import Arena, Blob, buffer_address, copy_offset, is_private_view, private_view
+from .memory import (Arena, Blob, Board, buffer_address, copy_offset, is_private_view,
+                     private_view)
 from .ring import RecvBuffer, Ring, char_pointer, u32_array, u32_cell, u64_cell, unpack
 
 __all__ = [
     "check", "now_ns", "timeout_ns", "Ring", "Blob", "ControlArray", "Control",
-    "Arena", "parent_death_signal", "guard_start", "guard_rearm", "guard_stop", "guard_running",
-    "open_peer_fd", "copy_offset", "private_view", "is_private_view", "buffer_address",
-    "OK", "EFULL", "EEMPTY", "ETIMEDOUT", "EINTR", "ESMALLBUF",
-    "ETOOBIG", "ESTATE", "EPEER", "EXIT_EXPIRED", "EXIT_ORPHANED", "FOREVER", "PEER_FD_OK",
+    "Arena", "Board", "parent_death_signal", "guard_start", "guard_rearm", "guard_stop",
+    "guard_running", "open_peer_fd", "copy_offset", "private_view", "is_private_view",
+    "buffer_address", "OK", "EFULL", "EEMPTY", "ETIMEDOUT", "EINTR", "ESMALLBUF",
+    "ETOOBIG", "ESTATE", "EPEER", "ESEALED", "EXIT_EXPIRED", "EXIT_ORPHANED", "FOREVER",
+    "PEER_FD_OK",
     "RecvBuffer", "char_pointer", "u32_array", "u32_cell", "u64_cell", "unpack",
     "CTL_STOP", "CTL_OVERRAN", "STATE_NEW", "STATE_STARTING", "STATE_RUNNING", "STATE_FINISHING",
     "STATE_DONE", "STATE_FAILED", "STATE_CRASHED", "STATE_KILLED",

@@ -311,3 +311,95 @@ class Arena:
 
 def _attach_arena(dupfd):
     return Arena.attach(dupfd.detach())
+
+
+class Board:
+    """A small shared segment read and written as atomic 32-bit words.
+
+    For shared state laid out in Python: a growing Queue's directory of
+    segments (channels/chain.py), a JoinableQueue's count of unfinished
+    items.  Offsets are checked against the size this process mapped;
+    wider fields go through `view` (plain loads and stores, published by
+    a release `store` or `cas` of a word after them).  Owns its descriptor;
+    pickles as a duplicate of it (fork, spawn, forkserver).
+    """
+
+    __slots__ = ("fd", "size", "buffer", "view", "_base", "__weakref__")
+
+    def __init__(self, fd: int, size: int, buffer):
+        self.fd = fd
+        self.size = size
+        self.buffer = buffer
+        self.view = memoryview(buffer)
+        self._base = ffi.cast("char *", ffi.from_buffer(buffer))
+
+    @classmethod
+    def create(cls, size: int):
+        """A zeroed board of `size` bytes, its memory reserved now."""
+        fd = ffi.new("int *")
+        p = ffi.new("void **")
+        check(lib.shmp_seg_create(lib.SHMP_KIND_BLOB, size, fd, p),
+              f"reserving {size} bytes of shared memory")
+        return cls(fd[0], size, _mapping(p[0], size))
+
+    @classmethod
+    def attach(cls, fd: int):
+        """Map the board behind `fd`; takes ownership of `fd` (closed on failure)."""
+        p = ffi.new("void **")
+        n = ffi.new("uint64_t *")
+        rc = lib.shmp_seg_attach(_fd_arg(fd), lib.SHMP_KIND_BLOB, p, n)
+        if rc != OK:
+            try:
+                _attach_failed(rc, fd, "attaching shared memory")
+            finally:
+                os.close(fd)
+        return cls(fd, n[0], _mapping(p[0], n[0]))
+
+    def _word(self, offset: int):
+        if offset < 0 or offset + 4 > self.size or offset % 4:
+            raise ValueError(f"word offset {offset} outside a {self.size}-byte board")
+        return self._base + offset
+
+    def _waiters(self, offset):
+        return ffi.NULL if offset is None else self._word(offset)
+
+    def load(self, offset: int) -> int:
+        """Acquire load of the word at `offset`."""
+        return lib.shmp_load_u32(self._word(offset))
+
+    def store(self, offset: int, value: int, waiters: int | None = None):
+        """Release store; wakes the sleepers registered at `waiters`, if any."""
+        check(lib.shmp_store_u32(self._word(offset), self._waiters(waiters), value),
+              "writing a shared word")
+
+    def cas(self, offset: int, expected: int, desired: int, waiters: int | None = None) -> bool:
+        """Compare-and-swap (acq_rel), waking as store does; False if the word was not `expected`."""
+        rc = lib.shmp_cas_u32(self._word(offset), self._waiters(waiters), expected, desired)
+        if rc == ESTATE:
+            return False
+        check(rc, "updating a shared word")
+        return True
+
+    def add(self, offset: int, delta: int) -> int:
+        """Fetch-add (acq_rel) of a signed delta; returns the old value."""
+        return lib.shmp_add_u32(self._word(offset), delta)
+
+    def wait(self, offset: int, waiters: int, expected: int, timeout_ns: int) -> int:
+        """Sleep while the word equals `expected` (OK, ETIMEDOUT or EINTR)."""
+        return lib.shmp_wait_u32(self._word(offset), self._word(waiters), expected, timeout_ns)
+
+    def close(self):
+        """Close the descriptor; the mapping lives while views of it do."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self):
+        self.close()
+
+    def __reduce__(self):
+        return _attach_board, (_dup_for_child(self.fd, "a shared board"),)
+
+
+def _attach_board(dupfd):
+    return Board.attach(dupfd.detach())

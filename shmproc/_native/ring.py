@@ -30,6 +30,10 @@ class Ring:
                  "put_many", "get_into", "get_record", "get_many_into", "__weakref__")
 
     def __init__(self, handle, fd: int):
+        # The mapping goes with the handle's last reference, not this
+        # object's: a caller may hold one of the bound operations below
+        # (a Queue's put/get) while another thread lets the Ring go.
+        handle = ffi.gc(handle, lib.shmp_ring_close)
         self._h = handle
         self.fd = fd
         self.capacity = lib.shmp_ring_capacity(handle)
@@ -73,13 +77,16 @@ class Ring:
         if h is not None:
             self.put = self.put_tracked = self.put_many = self.get_into = \
                 self.get_record = self.get_many_into = _ring_closed
-            lib.shmp_ring_close(h)
+            ffi.release(h)                  # unmaps now
+        self._close_fd()
+
+    def _close_fd(self):
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
 
     def __del__(self):
-        self.close()
+        self._close_fd()                    # the mapping goes with the handle (see __init__)
 
     def count(self) -> int:
         return lib.shmp_ring_count(self._h)
@@ -93,6 +100,25 @@ class Ring:
 
     def wait_data(self, timeout_ns: int) -> int:
         return lib.shmp_ring_wait_data(self._h, timeout_ns)
+
+    # -- sealing: how an unbounded Queue grows (channels/chain.py) ----------
+    @property
+    def id(self) -> int:
+        """The 64 bits its creator named it with (set_id), 0 if none."""
+        return lib.shmp_ring_id(self._h)
+
+    def set_id(self, ring_id: int):
+        """Name a ring this process created, before its descriptor is shared."""
+        check(lib.shmp_ring_set_id(self._h, ring_id), "naming a ring")
+
+    def seal(self, next_id: int, timeout_ns: int) -> int:
+        """No more puts: returns OK, ESTATE (sealed already) or EINTR (retry)."""
+        return lib.shmp_ring_seal(self._h, next_id, timeout_ns)
+
+    def sealed(self):
+        """The id of the ring that continues this one once sealed, else None."""
+        out = ffi.new("uint64_t *")
+        return out[0] if lib.shmp_ring_sealed(self._h, out) else None
 
     def mark_closed(self):
         check(lib.shmp_ring_mark_closed(self._h), "closing a ring")

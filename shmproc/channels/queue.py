@@ -14,6 +14,11 @@ consumers may share a queue and a process killed mid-operation never
 wedges the others; a producer never waits for a consumer's lock or the
 reverse.
 
+Growing.  An unbounded queue (maxsize=0) never fills, as
+multiprocessing.Queue never does: when its ring stays full it seals it
+behind a new one, and consumers follow (chain.py, with the essay).  A
+ring that does not fill costs what it always did.
+
 Large objects.  A record bigger than a quarter of the ring, or any
 contiguous buffer of at least wire.OOB_THRESHOLD bytes (numpy arrays),
 goes out-of-band through its own shared segment (see blobs.py): one copy
@@ -34,11 +39,13 @@ import time
 
 from ..wire import blobs
 from ..common import faults
-from ..common.errors import CorruptSharedMemoryError
 from .. import _native as native
 from ..wire import pickling as wire
 from ..wire.blobs import EXIT_FLUSH_TIMEOUT, LOST
-from .._native import EEMPTY, EFULL, EINTR, ESMALLBUF, ETIMEDOUT, OK
+from .._native import EEMPTY, EFULL, EINTR, ESEALED, ESMALLBUF, ETIMEDOUT, OK
+from .chain import Chain, Moving
+from .records import (NOTHING, TAG_BLOB, TAG_BYTES, TAG_PICKLE, TAG_STR, Failed, Raw,
+                      corrupt_pickle, decode_small, unpickle)
 
 __all__ = ["Queue", "DEFAULT_CAPACITY", "EXIT_FLUSH_TIMEOUT"]
 
@@ -46,6 +53,13 @@ __all__ = ["Queue", "DEFAULT_CAPACITY", "EXIT_FLUSH_TIMEOUT"]
 DEFAULT_CAPACITY = 4 * 1024 * 1024
 MIN_CAPACITY = 4096
 MAX_CAPACITY = 1 << 36
+
+#: A blocking put that finds an unbounded queue's ring full waits this long
+#: for room before it grows the queue.  A new ring costs its page faults
+#: (~1 ms a MiB here), so a consumer that keeps up is not made to pay for
+#: rings it would drain at once; the wait is no longer than growing costs,
+#: and a put still never waits for a consumer that is not coming.
+GROW_AFTER_NS = 2_000_000
 
 _SCRATCH_START = 64 * 1024
 _MANY_MAX = 1024            # get_many arrays kept per scratch buffer
@@ -63,77 +77,12 @@ def _round_capacity(capacity) -> int:
 
 # ---- the queue ----------------------------------------------------------------
 
-# Record tags (15 bits in the ring).  bytes and str skip pickle entirely:
-# a raw copy each way is several times cheaper than dumps + loads.
-_TAG_PICKLE = 0
-_TAG_BYTES = 1
-_TAG_STR = 2
-_TAG_BLOB = 3       # descriptor of an out-of-band record; its kind is inside
-
 _JUST_BYTES = {bytes}
 _UNSENT = (1 << 64) - 1        # no record number yet (see _put_blob)
 _dumps = wire.dumps
 _loads = pickle.loads
 _unpack = native.unpack
 _pool = blobs.pool
-
-
-def _unpickle(view, buffers=()):
-    """Unpickle exactly one record; a malformed one is CorruptSharedMemoryError."""
-    try:
-        return _loads(view, buffers=buffers)
-    except Exception as exc:
-        raise _corrupt_pickle(exc, len(view)) from exc
-
-
-def _corrupt_pickle(exc, n):
-    """`exc` from pickle.loads of an n-byte record (caught in the frame that
-    called loads), or the error to raise instead.
-
-    The unpickler's own complaints (truncated, unknown opcode, bad memo,
-    bad length) mean the record is not a pickle we wrote: corruption.  An
-    exception raised by a class's own code while it is rebuilt (a Python
-    frame below loads), or a class this process cannot import, is the
-    item's own error and is raised as it is, as multiprocessing.Queue does.
-    """
-    tb = exc.__traceback__          # starts at the frame that called loads
-    own = tb is not None and tb.tb_next is not None
-    if own or isinstance(exc, (ImportError, AttributeError)):
-        return exc
-    return CorruptSharedMemoryError(
-        f"a shmproc.Queue record of {n} bytes is not a valid pickle "
-        f"({type(exc).__name__}: {exc})")
-
-
-def _decode_small(view, tag):
-    if tag == _TAG_PICKLE:
-        return _unpickle(view)
-    if tag == _TAG_BYTES:
-        return view.tobytes()
-    if tag == _TAG_STR:
-        return str(view, "utf-8", "surrogatepass")
-    raise CorruptSharedMemoryError(f"unknown record tag {tag} in a shmproc.Queue")
-
-
-class _Raw:
-    """A record of a batch not yet rebuilt (kept after an interruption)."""
-
-    __slots__ = ("data", "tag", "copy")
-
-    def __init__(self, data, tag, copy):
-        self.data, self.tag, self.copy = data, tag, copy
-
-
-_NOTHING = object()     # _from_backlog: the backlog was empty after all
-
-
-class _Failed:
-    """An item that could not be decoded, kept to be raised in its turn."""
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc):
-        self.exc = exc
 
 
 def _Scratch(size):
@@ -153,12 +102,14 @@ def _blocking_timeout(block, timeout) -> int:
     return -1 if timeout is None else native.timeout_ns(timeout)
 
 
-class Queue:
+class Queue(Moving):
     """A process-safe FIFO queue in shared memory, compatible with multiprocessing.Queue.
 
     ``maxsize`` bounds the number of items (0: unbounded); ``capacity`` is
-    the ring size in bytes (rounded up to a power of two, default 4 MiB),
-    which bounds the bytes of small items in flight.  Pass the queue to
+    the ring size in bytes (rounded up to a power of two, default 4 MiB).
+    A bounded queue's ring bounds the bytes of small items in flight; an
+    unbounded one never fills: it chains further rings when its ring is
+    full and gives them back once drained (chain.py).  Pass the queue to
     processes as an argument (fork, spawn or forkserver) or send it
     through another queue.
 
@@ -170,7 +121,8 @@ class Queue:
     it: two at once corrupt the queue.  A single side keeps no journal, so
     a process killed inside a get may leave qsize() one high for good:
     use single sides with maxsize=0.  The default, ``"many"``, is the
-    robust locked side.
+    robust locked side.  A queue with a single side does not grow: its
+    ring's room is the flow control the pool relies on.
     """
 
     def __init__(self, maxsize: int = 0, *, capacity: int | None = None,
@@ -180,15 +132,22 @@ class Queue:
         if maxsize < 0:
             raise ValueError(f"maxsize must be >= 0 (0 means unbounded), got {maxsize}")
         cap = DEFAULT_CAPACITY if capacity is None else _round_capacity(capacity)
-        ring = native.Ring.create(cap, multi_producer=_many(_producers, "_producers"),
-                                  multi_consumer=_many(_consumers, "_consumers"),
-                                  max_items=maxsize)
-        self._setup(ring, maxsize)
+        producers, consumers = _many(_producers, "_producers"), _many(_consumers, "_consumers")
+        if maxsize == 0 and producers and consumers:
+            chain, ring = Chain.create(cap)         # unbounded: grows instead of filling
+        else:
+            chain, ring = None, native.Ring.create(cap, multi_producer=producers,
+                                                   multi_consumer=consumers, max_items=maxsize)
+        self._setup(ring, maxsize, chain)
 
-    def _setup(self, ring, maxsize):
-        self._ring = ring
-        self._put = ring.put
-        self._get = ring.get_record
+    def _setup(self, ring, maxsize, chain=None):
+        self._chain = chain
+        self._use_producer(ring)
+        self._use_consumer(ring)
+        # Ring-level timeout of a put: a growing queue first tries (a try
+        # reads no clock), then waits GROW_AFTER_NS for room, then grows.
+        self._room_wait = -1 if chain is None else 0
+        self._room_timeout = _blocking_timeout if chain is None else _try_room
         self._maxsize = maxsize
         self._inband_max = min(ring.max_record, ring.capacity // 4)
         self._closed = False
@@ -196,8 +155,13 @@ class Queue:
         self._scratch = []              # free list of _Scratch, one taken per get
         self._lost = 0
         self._backlog = []              # items of a batch taken behind one that failed
-        st = os.fstat(ring.fd)
+        st = os.fstat(ring.fd if chain is None else chain.board.fd)
         self._ring_id = (st.st_dev, st.st_ino)      # who else holds it: blobs._HolderCheck
+
+    @property
+    def _ring(self):
+        """The ring producers put into now (tests and tools reach the ring here)."""
+        return self._prod
 
     # -- pickling: hand the ring's descriptor to the other process ------------
     def __reduce__(self):
@@ -205,17 +169,21 @@ class Queue:
             raise ValueError("this shmproc.Queue was closed in this process and cannot be "
                              "passed to another process; pass it before calling close()")
         from multiprocessing.reduction import DupFd
-        return _rebuild_queue, (DupFd(self._ring.fd), self._maxsize)
+        chain = self._chain
+        if chain is not None:
+            return _rebuild_grown, (chain.board, chain.capacity, DupFd(self._cons.fd),
+                                    chain.gen_of(self._cons))
+        return _rebuild_queue, (DupFd(self._prod.fd), self._maxsize)
 
     # -- introspection ------------------------------------------------------------
     def __repr__(self):
-        state = "closed" if self._closed else f"{self._ring.count()} items"
-        return f"<shmproc.Queue maxsize={self._maxsize} capacity={self._ring.capacity} {state}>"
+        state = "closed" if self._closed else f"{self.qsize()} items"
+        return f"<shmproc.Queue maxsize={self._maxsize} capacity={self.capacity} {state}>"
 
     @property
     def capacity(self) -> int:
-        """Ring size in bytes."""
-        return self._ring.capacity
+        """Ring size in bytes (of the first ring, for a queue that grew)."""
+        return self._chain.capacity if self._chain is not None else self._prod.capacity
 
     @property
     def maxsize(self) -> int:
@@ -229,17 +197,19 @@ class Queue:
     def qsize(self) -> int:
         """Approximate number of items queued (exact when nothing runs concurrently)."""
         self._check_open()
-        return self._ring.count()
+        return sum(ring.count() for ring in self._rings())
 
     def empty(self) -> bool:
         self._check_open()
-        return self._ring.used_bytes() == 0
+        return all(ring.used_bytes() == 0 for ring in self._rings())
 
     def full(self) -> bool:
         self._check_open()
-        if self._maxsize and self._ring.count() >= self._maxsize:
+        if self._chain is not None:
+            return False                    # unbounded: never full
+        if self._maxsize and self._prod.count() >= self._maxsize:
             return True
-        return self._ring.capacity - self._ring.used_bytes() < 64
+        return self._prod.capacity - self._prod.used_bytes() < 64
 
     def _check_open(self):
         if self._closed:
@@ -251,25 +221,25 @@ class Queue:
         # Hot path: kept inline on purpose (each Python call costs ~0.1 µs).
         if self._closed:
             self._check_open()
-        tmo = -1 if block and timeout is None else _blocking_timeout(block, timeout)
+        tmo = self._room_wait if block and timeout is None else self._room_timeout(block, timeout)
         t = type(obj)
         if t is bytes:
-            data, tag, bufs = obj, _TAG_BYTES, None
+            data, tag, bufs = obj, TAG_BYTES, None
         elif t is str:
-            data, tag, bufs = obj.encode("utf-8", "surrogatepass"), _TAG_STR, None
+            data, tag, bufs = obj.encode("utf-8", "surrogatepass"), TAG_STR, None
         else:
             data, bufs = _dumps(obj)
-            tag = _TAG_PICKLE
+            tag = TAG_PICKLE
         if bufs or len(data) > self._inband_max:
-            self._put_blob(data, tag, bufs, _deadline(tmo))
+            self._put_blob(data, tag, bufs, _deadline(tmo), block)
             return
         if _pool.in_flight:
             _pool.sweep()
         rc = self._put(data, len(data), tag, tmo)
         if rc:
-            self._put_retry(rc, data, tag, tmo)
+            self._put_retry(rc, data, tag, tmo, block)
 
-    def _put_blob(self, data, tag, bufs, deadline):
+    def _put_blob(self, data, tag, bufs, deadline, block):
         """Put a large item out-of-band; a put that fails retracts its blob."""
         if _pool.in_flight:
             _pool.sweep()
@@ -281,14 +251,22 @@ class Queue:
         try:
             desc, sent = self._to_blob(data, tag, bufs)
             faults.point("queue.blob_written")
+            wait_room = block and self._chain is not None
             while True:
-                rc = self._ring.put_tracked(desc, len(desc), _TAG_BLOB, _left_ns(deadline), seq)
-                if rc != EINTR:             # EINTR: a signal handler ran and did not raise
+                ring = self._prod
+                left = GROW_AFTER_NS if wait_room else _left_ns(deadline)
+                rc = ring.put_tracked(desc, len(desc), TAG_BLOB, left, seq)
+                if self._chain is not None and rc in (ESEALED, EFULL, ETIMEDOUT):
+                    if rc == EFULL and wait_room:
+                        wait_room = False   # waited once for room: now grow
+                    elif rc != ETIMEDOUT:   # (ETIMEDOUT: the producer lock is busy)
+                        self._next_producer(rc)
+                elif rc != EINTR:           # EINTR: a signal handler ran and did not raise
                     break
             if rc == OK:
                 # The exit flush needs to know when this record leaves the ring.
                 sent.seq = seq[0]
-                sent.ring = self._ring
+                sent.ring = ring
                 sent.ring_id = self._ring_id
                 faults.point("queue.blob_put")
                 return
@@ -300,15 +278,23 @@ class Queue:
                 _pool.retract(sent)     # nobody saw its descriptor: reuse it, wait for nothing
             raise
 
-    def _put_retry(self, rc, data, tag, tmo):
+    def _put_retry(self, rc, data, tag, tmo, block):
         deadline = _deadline(tmo)
-        while rc == EINTR:                  # a signal handler ran and did not raise
+        wait_room = block and self._chain is not None       # once, before growing
+        while rc != OK:
+            if self._chain is not None and (rc == ESEALED or rc == EFULL):
+                if rc == EFULL and wait_room:
+                    wait_room = False
+                    rc = self._put(data, len(data), tag, GROW_AFTER_NS)
+                    continue
+                self._next_producer(rc)
+            elif self._chain is not None and rc == ETIMEDOUT:
+                pass                        # the producer lock is busy: wait for it, not room
+            elif rc == EFULL or rc == ETIMEDOUT:
+                raise _stdlib_queue.Full
+            elif rc != EINTR:               # EINTR: a signal handler ran and did not raise
+                native.check(rc, "putting an item on a shmproc.Queue")
             rc = self._put(data, len(data), tag, _left_ns(deadline))
-        if rc == OK:
-            return
-        if rc == EFULL or rc == ETIMEDOUT:
-            raise _stdlib_queue.Full
-        native.check(rc, "putting an item on a shmproc.Queue")
 
     def put_nowait(self, obj):
         return self.put(obj, False)
@@ -322,7 +308,7 @@ class Queue:
         put; ``exc.args[1]`` is how many were put.
         """
         self._check_open()
-        deadline = _deadline(_blocking_timeout(block, timeout))
+        deadline = _deadline(self._room_timeout(block, timeout))
         objs = objs if isinstance(objs, (list, tuple)) else list(objs)
         total = len(objs)
         inband_max = self._inband_max
@@ -330,7 +316,7 @@ class Queue:
             # A batch of raw bytes: no per-item Python work at all.
             lens = list(map(len, objs))
             if max(lens) <= inband_max:
-                self._put_run(objs, lens, None, deadline, 0, total)
+                self._put_run(objs, lens, None, deadline, 0, total, block)
                 return
         done = 0
         run, lens, tags = [], [], []
@@ -338,17 +324,17 @@ class Queue:
             t = type(obj)
             bufs = None
             if t is bytes:
-                data, tag = obj, _TAG_BYTES
+                data, tag = obj, TAG_BYTES
             elif t is str:
-                data, tag = obj.encode("utf-8", "surrogatepass"), _TAG_STR
+                data, tag = obj.encode("utf-8", "surrogatepass"), TAG_STR
             else:
                 data, bufs = _dumps(obj)
-                tag = _TAG_PICKLE
+                tag = TAG_PICKLE
             if bufs or len(data) > inband_max:
-                done += self._put_run(run, lens, tags, deadline, done, total)
+                done += self._put_run(run, lens, tags, deadline, done, total, block)
                 run, lens, tags = [], [], []
                 try:
-                    self._put_blob(data, tag, bufs, deadline)
+                    self._put_blob(data, tag, bufs, deadline, block)
                 except _stdlib_queue.Full:
                     raise _stdlib_queue.Full(
                         f"queue full after putting {done} of {total} items", done) from None
@@ -357,9 +343,9 @@ class Queue:
             run.append(data)
             lens.append(len(data))
             tags.append(tag)
-        self._put_run(run, lens, tags, deadline, done, total)
+        self._put_run(run, lens, tags, deadline, done, total, block)
 
-    def _put_run(self, run, lens, tags, deadline, done_before, total):
+    def _put_run(self, run, lens, tags, deadline, done_before, total, block):
         if not run:
             return 0
         if _pool.in_flight:
@@ -369,17 +355,24 @@ class Queue:
         n = len(run)
         clens = native.u32_array(lens)
         # tags None: all raw bytes
-        ctags = native.u32_array([_TAG_BYTES] * n if tags is None else tags)
+        ctags = native.u32_array([TAG_BYTES] * n if tags is None else tags)
         done = native.u32_cell()
         put = off = 0
+        wait_room = block and self._chain is not None       # once, before growing
         while True:
-            rc = self._ring.put_many(base + off, clens + put, ctags + put, n - put,
-                                     _left_ns(deadline), done)
+            left = GROW_AFTER_NS if wait_room else _left_ns(deadline)
+            rc = self._prod.put_many(base + off, clens + put, ctags + put, n - put, left, done)
             off += sum(lens[put:put + done[0]])
             put += done[0]
             if rc == OK:
                 return put
             if rc == EINTR:
+                continue
+            if self._chain is not None and rc in (ESEALED, EFULL, ETIMEDOUT):
+                if rc == EFULL and wait_room:
+                    wait_room = False
+                elif rc != ETIMEDOUT:       # (ETIMEDOUT: the producer lock is busy)
+                    self._next_producer(rc)
                 continue
             if rc in (EFULL, ETIMEDOUT):
                 raise _stdlib_queue.Full(
@@ -419,7 +412,7 @@ class Queue:
             self._check_open()
         if self._backlog:
             item = self._from_backlog()
-            if item is not _NOTHING:
+            if item is not NOTHING:
                 return item
         tmo = -1 if block and timeout is None else _blocking_timeout(block, timeout)
         scratch = self._scratch
@@ -428,15 +421,15 @@ class Queue:
             rc = self._get(s.ptr, s.size, tmo)
             if rc >= 0:
                 tag = rc >> 32
-                if tag == _TAG_PICKLE:
+                if tag == TAG_PICKLE:
                     # Exactly the record's bytes: what lies after them in the
                     # scratch buffer is an older item.
                     n = rc & 0xFFFFFFFF
                     try:
                         return _loads(s.view[:n])
                     except Exception as exc:
-                        raise _corrupt_pickle(exc, n) from exc
-                if tag == _TAG_BYTES:
+                        raise corrupt_pickle(exc, n) from exc
+                if tag == TAG_BYTES:
                     return _unpack(s.cptr, rc & 0xFFFFFFFF)
             return self._get_slow(rc, s, tmo, copy)     # other kinds, errors, waiting
         finally:
@@ -454,13 +447,17 @@ class Queue:
                 # again with this buffer: the next record is either taken
                 # (whatever its size, even 0) or reported with its size, never
                 # consumed and dropped.
-                probe = self._ring.get_into(s.ptr, s.size, 0, s.out, s.out + 1)
+                probe = self._cons.get_into(s.ptr, s.size, 0, s.out, s.out + 1)
                 if probe == OK:
                     rc = (s.out[1] << 32) | s.out[0]
                     continue
                 if probe == ESMALLBUF:
                     s.resize(max(s.out[0], _SCRATCH_START))   # grow in place: get() returns it
+            elif rc == ESEALED and self._chain is not None:
+                self._next_consumer()
             elif rc == EEMPTY or rc == ETIMEDOUT:
+                if self._chain is not None and self._cons.capacity > self._chain.capacity:
+                    self._rings()           # drained after a burst: back to a ring of our size
                 raise _stdlib_queue.Empty
             elif rc != EINTR:
                 native.check(rc, "getting an item from a shmproc.Queue")
@@ -485,12 +482,12 @@ class Queue:
             out = []
             while len(out) < max_items:
                 try:
-                    if out and type(self._backlog[0]) is _Failed:
+                    if out and type(self._backlog[0]) is Failed:
                         break                   # raised by the next call, after these
                 except IndexError:
                     break
                 item = self._from_backlog()
-                if item is _NOTHING:
+                if item is NOTHING:
                     break
                 out.append(item)
             if out:
@@ -504,7 +501,7 @@ class Queue:
             count = native.u32_cell()
         try:
             while True:
-                rc = self._ring.get_many_into(s.ptr, s.size, max_items, _left_ns(deadline),
+                rc = self._cons.get_many_into(s.ptr, s.size, max_items, _left_ns(deadline),
                                               lens, tags, count)
                 if rc == OK:
                     n = count[0]
@@ -515,6 +512,8 @@ class Queue:
                     s.resize(max(lens[0], _SCRATCH_START))    # grow in place
                     if max_items <= _MANY_MAX:
                         lens, tags, count = s.many()
+                elif rc == ESEALED and self._chain is not None:
+                    self._next_consumer()
                 elif rc == EEMPTY or rc == ETIMEDOUT:
                     raise _stdlib_queue.Empty
                 elif rc != EINTR:
@@ -526,12 +525,12 @@ class Queue:
         out = []
         append = out.append
         tag = tags[0]
-        if tags.count(tag) == len(tags) and tag != _TAG_BLOB:
+        if tags.count(tag) == len(tags) and tag != TAG_BLOB:
             # One kind of small record, the common batch: copy the records out
             # in one go, then slice (cheaper than a memoryview per record).
             data = view[:sum(lens)].tobytes()
             off = 0
-            if tag == _TAG_BYTES:
+            if tag == TAG_BYTES:
                 for ln in lens:
                     end = off + ln
                     append(data[off:end])
@@ -556,32 +555,32 @@ class Queue:
         by the next call, the items after it follow.  An interruption
         (KeyboardInterrupt, a section's timeout): raised now, and the
         batch, item i included, is kept for the next calls."""
-        bad = _Raw(bytes(view[off:off + lens[i]]), tags[i], copy)
+        bad = Raw(bytes(view[off:off + lens[i]]), tags[i], copy)
         rest, at = [], off + lens[i]
         for ln, tag in zip(lens[i + 1:], tags[i + 1:]):
-            rest.append(_Raw(bytes(view[at:at + ln]), tag, copy))
+            rest.append(Raw(bytes(view[at:at + ln]), tag, copy))
             at += ln
         if isinstance(exc, Exception):
-            self._backlog[:0] = [_Failed(exc)] + rest
+            self._backlog[:0] = [Failed(exc)] + rest
             if good:
                 return good
             item = self._from_backlog()         # raises exc
-            return [] if item is _NOTHING else [item]
+            return [] if item is NOTHING else [item]
         self._backlog[:0] = good + [bad] + rest
         raise exc
 
     def _from_backlog(self):
-        """The next item kept from a batch, or _NOTHING if another thread took
+        """The next item kept from a batch, or NOTHING if another thread took
         the last one first."""
         while True:
             try:
                 item = self._backlog.pop(0)     # atomic: threads may share this handle
             except IndexError:
-                return _NOTHING
+                return NOTHING
             kind = type(item)
-            if kind is _Failed:
+            if kind is Failed:
                 raise item.exc
-            if kind is not _Raw:
+            if kind is not Raw:
                 return item
             try:
                 value = self._decode(memoryview(item.data), item.tag, item.copy)
@@ -594,17 +593,17 @@ class Queue:
                 return value
 
     def _decode(self, record, tag, copy):
-        if tag != _TAG_BLOB:
-            return _decode_small(record, tag)
+        if tag != TAG_BLOB:
+            return decode_small(record, tag)
         faults.point("queue.record_taken")
         out = blobs.decode(record, copy)
         if out is LOST:
             self._lost += 1
             return LOST
         main, kind, buffers = out
-        if kind == _TAG_PICKLE:
-            return _unpickle(main, buffers)
-        return _decode_small(main, kind)
+        if kind == TAG_PICKLE:
+            return unpickle(main, buffers)
+        return decode_small(main, kind)
 
     # -- lifecycle --------------------------------------------------------------------
     def close(self):
@@ -615,9 +614,12 @@ class Queue:
         """
         if not self._closed:
             self._closed = True
-            fd, self._ring.fd = self._ring.fd, -1
-            if fd >= 0:
-                os.close(fd)
+            if self._chain is not None:
+                self._chain.close()         # rings with items stay held for the exit flush
+            else:
+                fd, self._prod.fd = self._prod.fd, -1
+                if fd >= 0:
+                    os.close(fd)
         if blobs.pool.in_flight:
             blobs.pool.sweep()
         blobs.pool.trim()
@@ -626,11 +628,16 @@ class Queue:
         """Wait until the large items this handle put were picked up (after close())."""
         if not self._closed:
             raise ValueError("join_thread() is only valid after close()")
-        blobs.pool.wait_opened(self._token, time.monotonic() + EXIT_FLUSH_TIMEOUT)
+        deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT
+        blobs.pool.wait_opened(self._token, deadline)
+        if self._chain is not None:
+            self._chain.flush(deadline)
 
     def cancel_join_thread(self):
         """Do not wait at exit for this handle's large items to be picked up."""
         self._token.wait = False
+        if self._chain is not None:
+            self._chain.wait_at_exit = False
 
     def __enter__(self):
         return self
@@ -643,6 +650,11 @@ def _deadline(tmo_ns):
     return None if tmo_ns < 0 else time.monotonic() + tmo_ns / 1e9
 
 
+def _try_room(block, timeout) -> int:
+    _blocking_timeout(block, timeout)           # checks the timeout given
+    return 0
+
+
 def _left_ns(deadline):
     if deadline is None:
         return -1
@@ -652,4 +664,11 @@ def _left_ns(deadline):
 def _rebuild_queue(dupfd, maxsize):
     q = Queue.__new__(Queue)
     q._setup(native.Ring.attach(dupfd.detach()), maxsize)
+    return q
+
+
+def _rebuild_grown(board, capacity, dupfd, gen):
+    ring = native.Ring.attach(dupfd.detach())
+    q = Queue.__new__(Queue)
+    q._setup(ring, 0, Chain.attach(board, capacity, ring, gen))
     return q

@@ -23,6 +23,8 @@ POINTS = (
     "queue.blob_put",           # Queue producer: descriptor on the ring, put() not yet returned
     "queue.record_taken",       # Queue consumer: descriptor off the ring, blob not yet opened
     "blob.claimed",             # any consumer: blob claimed, item not yet rebuilt
+    "chain.registered",         # growing Queue: new ring registered, the full one not yet sealed
+    "chain.sealed",             # growing Queue: full ring sealed, the new one not yet marked linked
 )
 
 

@@ -338,6 +338,9 @@ class _HolderCheck:
         return answer
 
 
+HolderCheck = _HolderCheck       # for channels/chain.py: who else holds a ring
+
+
 #: How often a producer waiting at exit looks for its queues' readers.
 HOLDER_CHECK_S = 0.25
 
