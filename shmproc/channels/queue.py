@@ -133,8 +133,11 @@ class Queue(Moving):
             raise ValueError(f"maxsize must be >= 0 (0 means unbounded), got {maxsize}")
         cap = DEFAULT_CAPACITY if capacity is None else _round_capacity(capacity)
         producers, consumers = _many(_producers, "_producers"), _many(_consumers, "_consumers")
-        if maxsize == 0 and producers and consumers:
-            chain, ring = Chain.create(cap)         # unbounded: grows instead of filling
+        if maxsize == 0 and producers and consumers and blobs.PEER_FD_OK:
+            # Unbounded: grows instead of filling.  Growing needs to open the
+            # rings other processes made (peer descriptors); without them (the
+            # portable layer) the queue is one ring and put waits for room.
+            chain, ring = Chain.create(cap)
         else:
             chain, ring = None, native.Ring.create(cap, multi_producer=producers,
                                                    multi_consumer=consumers, max_items=maxsize)
