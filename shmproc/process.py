@@ -317,9 +317,9 @@ class Process:
         box = rt.worker.mailbox
         if box is None:
             raise NotImplementedError(
-                "tell()/listen() inside a Pool.map item are not available: submit the Process "
-                "(pool.submit(obj)) and its task.listen() hears what it tells, or give it a "
-                "shmproc.Queue to talk through")
+                "tell()/listen() are not available here: inside a Pool.map item (submit the "
+                "Process instead: task.listen() hears what it tells) or a Process running on "
+                "Ray (pass it a ray.util.queue.Queue); or give it a shmproc.Queue")
         return box
 
     def _worker_inbox(self, rt):

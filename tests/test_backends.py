@@ -184,6 +184,14 @@ class Echo(Process):
         return self.x * 2
 
 
+class TellsOnRay(Process):
+    def __init__(self):
+        self.config.num_loops = 1
+
+    def __loop__(self):
+        self.tell("nobody hears this through Ray")
+
+
 def square(x):
     return x * x
 
@@ -663,6 +671,19 @@ def _auto_started_cluster(tmp_path, short):
     while _processes_mentioning(short) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _processes_mentioning(short), "the cluster outlived its driver"
+
+
+def test_tell_and_listen_on_ray_are_clear_errors_on_both_sides(ray_cluster):
+    """tell / listen (issue 13) are not carried through Ray: the parent's
+    calls and the worker's both raise NotImplementedError naming the way."""
+    from shmproc import RayBackend
+    p = Echo(1).start(on=RayBackend())
+    with pytest.raises(NotImplementedError, match="ray.util.queue.Queue"):
+        p.listen(0)
+    assert p.result == 2
+    q = TellsOnRay().start(on=RayBackend())
+    with pytest.raises(ProcessError, match="on Ray"):
+        q.result
 
 
 def test_another_address_while_connected_is_refused(ray_cluster):

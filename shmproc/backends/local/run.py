@@ -45,7 +45,7 @@ _LIVENESS_SLICE_NS = 20_000_000
 class LocalRun(Run):
     """A worker process on this machine, read through its control block."""
 
-    def __init__(self, obj, serialize_error):
+    def __init__(self, obj, serialize_error, messages=True):
         method = obj.config.start_method or default_start_method()
         ctx = mp.get_context(method)
         if method == "forkserver":
@@ -58,7 +58,9 @@ class LocalRun(Run):
             except wire.SerializationError as exc:
                 raise serialize_error(obj, exc) from exc.__cause__
             ctl = ctl_array.control(0)
-            self.mailbox = Mailbox()               # tell / listen, both ways
+            # tell / listen, both ways (not for a run whose parent is a Ray
+            # launcher: nobody there would read or write them).
+            self.mailbox = Mailbox() if messages else None
             ctl.set_lives(obj.config.lives)
             ctl.set_state(native.STATE_STARTING)
             self.ctx, self.method, self.name = ctx, method, type(obj).__name__
@@ -284,8 +286,8 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def launch(self, proc) -> LocalRun:
-        return LocalRun(proc, wire.unserializable)
+    def launch(self, proc, messages=True) -> LocalRun:
+        return LocalRun(proc, wire.unserializable, messages)
 
     def pool(self, workers, start_method, max_tasks_per_worker, retries=0, *,
              initializer=None, initargs=(), task_timeout=None):

@@ -81,7 +81,7 @@ class Launcher:
             return ("error", f"{type(exc).__name__}: {exc}")
         if proc.config.start_method is None:
             proc.config.start_method = "fork"     # the launcher's own default, whatever the driver's
-        run = LOCAL.launch(proc)
+        run = LOCAL.launch(proc, messages=False)     # tell / listen: not through Ray
         run_id = next(self._ids)
         self._runs[run_id] = run
         return run_id, run.pid
