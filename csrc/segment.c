@@ -161,10 +161,11 @@ int shmp_seg_reserve(int fd, uint64_t payload_offset, uint64_t length)
     return shmp_os_reserve(fd, SHMP_PAYLOAD_OFFSET + payload_offset, length);
 }
 
-int shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload_size_out)
+/* What attach and map_private trust before they map anything: `fd` is our
+ * user's segment, its header is sound for `kind`, and the file is exactly
+ * as long as the header says.  The header is copied into *h.            */
+static int read_checked_header(int fd, uint32_t kind, shmp_seg_header *h)
 {
-    if (fd < 0 || payload_out == NULL)
-        return SHMP_EINVAL;
     struct stat st;
     if (fstat(fd, &st) != 0) {
         shmp_set_errno(errno);
@@ -175,17 +176,27 @@ int shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload
      * by writing the header.                                          */
     if (st.st_uid != geteuid())
         return SHMP_EFOREIGN;
-    shmp_seg_header h;
     if ((uint64_t)st.st_size < SHMP_PAYLOAD_OFFSET ||
-        pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
+        pread(fd, h, sizeof *h, 0) != (ssize_t)sizeof *h)
         return SHMP_ECORRUPT;
-    int rc = header_check(&h, kind);
+    int rc = header_check(h, kind);
     if (rc != SHMP_OK)
         return rc;
     /* The file size must be exactly what the header claims: a shorter file
      * would SIGBUS on access, a larger one means the header lies.       */
-    if ((uint64_t)st.st_size != h.total_size)
+    if ((uint64_t)st.st_size != h->total_size)
         return SHMP_ECORRUPT;
+    return SHMP_OK;
+}
+
+int shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload_size_out)
+{
+    if (fd < 0 || payload_out == NULL)
+        return SHMP_EINVAL;
+    shmp_seg_header h;
+    int rc = read_checked_header(fd, kind, &h);
+    if (rc != SHMP_OK)
+        return rc;
     /* A blob's reader reads its large buffers through private views
      * (shmp_seg_map_private, populated there) and the rest once: faulting
      * all of it in here too would map every page twice.                 */
@@ -273,24 +284,11 @@ int shmp_seg_map_private(int fd, uint64_t payload_offset, uint64_t length, void 
     if (fd < 0 || addr_out == NULL || length == 0 || payload_offset > SHMP_MAX_PAYLOAD ||
         length > SHMP_MAX_PAYLOAD - payload_offset)
         return SHMP_EINVAL;
-    /* The same checks as attach: our user's segment, a sound header, a
-     * file exactly as long as it says, and the range inside its payload. */
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        shmp_set_errno(errno);
-        return SHMP_EOS;
-    }
-    if (st.st_uid != geteuid())
-        return SHMP_EFOREIGN;
+    /* The same checks as attach, then the range inside the payload. */
     shmp_seg_header h;
-    if ((uint64_t)st.st_size < SHMP_PAYLOAD_OFFSET ||
-        pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
-        return SHMP_ECORRUPT;
-    int rc = header_check(&h, SHMP_KIND_BLOB);
+    int rc = read_checked_header(fd, SHMP_KIND_BLOB, &h);
     if (rc != SHMP_OK)
         return rc;
-    if ((uint64_t)st.st_size != h.total_size)
-        return SHMP_ECORRUPT;
     if (payload_offset + length > h.payload_size)
         return SHMP_EINVAL;
     uint64_t file_off = SHMP_PAYLOAD_OFFSET + payload_offset;

@@ -161,6 +161,29 @@ lifecycle.at_fork(before=_count_fork_children, after_in_parent=_forked_parent,
                   after_in_child=_reset_lease_lock)
 
 
+def _create_segment(size: int):
+    """A new segment of `size` bytes, mapped: (fd, payload pointer)."""
+    fd = ffi.new("int *")
+    p = ffi.new("void **")
+    check(lib.shmp_seg_create(lib.SHMP_KIND_BLOB, size, fd, p),
+          f"reserving {size} bytes of shared memory")
+    return fd[0], p[0]
+
+
+def _attach_owned(fd: int, what: str):
+    """Map the segment behind `fd`, which this takes over (closed if the
+    attach fails): (payload pointer, payload size)."""
+    p = ffi.new("void **")
+    n = ffi.new("uint64_t *")
+    rc = lib.shmp_seg_attach(_fd_arg(fd), lib.SHMP_KIND_BLOB, p, n)
+    if rc != OK:
+        try:
+            _attach_failed(rc, fd, what)
+        finally:
+            os.close(fd)
+    return p[0], n[0]
+
+
 class Blob:
     """A shared segment holding one out-of-band record (large buffers)."""
 
@@ -174,11 +197,8 @@ class Blob:
 
     @classmethod
     def create(cls, size: int):
-        fd = ffi.new("int *")
-        p = ffi.new("void **")
-        check(lib.shmp_seg_create(lib.SHMP_KIND_BLOB, size, fd, p),
-              f"reserving {size} bytes of shared memory")
-        return cls(fd[0], size, _mapping(p[0], size))
+        fd, payload = _create_segment(size)
+        return cls(fd, size, _mapping(payload, size))
 
     @classmethod
     def attach(cls, fd: int):
@@ -278,15 +298,8 @@ class Arena:
     @classmethod
     def attach(cls, fd: int, on_unmap=None):
         """Map the arena behind `fd`; takes ownership of `fd` (closed on failure)."""
-        p = ffi.new("void **")
-        n = ffi.new("uint64_t *")
-        rc = lib.shmp_seg_attach(_fd_arg(fd), lib.SHMP_KIND_BLOB, p, n)
-        if rc != OK:
-            try:
-                _attach_failed(rc, fd, "attaching an arena")
-            finally:
-                os.close(fd)
-        return cls(fd, n[0], _mapping(p[0], n[0], on_unmap=on_unmap))
+        payload, size = _attach_owned(fd, "attaching an arena")
+        return cls(fd, size, _mapping(payload, size, on_unmap=on_unmap))
 
     def reserve(self, offset: int, length: int):
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -336,24 +349,14 @@ class Board:
     @classmethod
     def create(cls, size: int):
         """A zeroed board of `size` bytes, its memory reserved now."""
-        fd = ffi.new("int *")
-        p = ffi.new("void **")
-        check(lib.shmp_seg_create(lib.SHMP_KIND_BLOB, size, fd, p),
-              f"reserving {size} bytes of shared memory")
-        return cls(fd[0], size, _mapping(p[0], size))
+        fd, payload = _create_segment(size)
+        return cls(fd, size, _mapping(payload, size))
 
     @classmethod
     def attach(cls, fd: int):
         """Map the board behind `fd`; takes ownership of `fd` (closed on failure)."""
-        p = ffi.new("void **")
-        n = ffi.new("uint64_t *")
-        rc = lib.shmp_seg_attach(_fd_arg(fd), lib.SHMP_KIND_BLOB, p, n)
-        if rc != OK:
-            try:
-                _attach_failed(rc, fd, "attaching shared memory")
-            finally:
-                os.close(fd)
-        return cls(fd, n[0], _mapping(p[0], n[0]))
+        payload, size = _attach_owned(fd, "attaching shared memory")
+        return cls(fd, size, _mapping(payload, size))
 
     def _word(self, offset: int):
         if offset < 0 or offset + 4 > self.size or offset % 4:

@@ -74,25 +74,14 @@ class Mailbox:
         tmo = native.timeout_ns(timeout)          # TypeError / ValueError for bad ones
         deadline = None if tmo < 0 else time.monotonic() + tmo / 1e9
         while True:
-            # A message waiting is taken at once; the end is looked at only
-            # when none is (a run that ended answers at once).
-            try:
-                return q.get(block=False)
-            except _stdlib_queue.Empty:
-                pass
-            if ended():
-                try:                               # what came just before the end
-                    return q.get(block=False)
-                except _stdlib_queue.Empty:
-                    return None
+            got = _look(q, ended)
+            if got is not _WAIT:
+                return got
             step = SLICE_S
             if deadline is not None:
                 step = min(step, deadline - time.monotonic())
                 if step <= 0:
-                    try:
-                        return q.get(block=False)
-                    except _stdlib_queue.Empty:
-                        return None
+                    return None
             try:
                 return q.get(timeout=step)
             except _stdlib_queue.Empty:
@@ -107,15 +96,9 @@ class Mailbox:
         deadline = None if tmo < 0 else time.monotonic() + tmo / 1e9
         pause = 0.0002
         while True:
-            try:
-                return q.get(block=False)
-            except _stdlib_queue.Empty:
-                pass
-            if ended():
-                try:
-                    return q.get(block=False)
-                except _stdlib_queue.Empty:
-                    return None
+            got = _look(q, ended)
+            if got is not _WAIT:
+                return got
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return None
@@ -125,6 +108,25 @@ class Mailbox:
     def close(self):
         for q in (self.to_worker, self.to_parent):
             q.close()
+
+
+_WAIT = object()       # _look: nothing yet, but more may come
+
+
+def _look(q, ended):
+    """Without waiting: the next message; None if none will come any more
+    (`ended()`, and nothing came just before the end); else _WAIT.  The end
+    is asked only when no message is waiting."""
+    try:
+        return q.get(block=False)
+    except _stdlib_queue.Empty:
+        pass
+    if not ended():
+        return _WAIT
+    try:                                    # what came just before the end
+        return q.get(block=False)
+    except _stdlib_queue.Empty:
+        return None
 
 
 def _queue():

@@ -49,11 +49,7 @@ async def results(engine, job, ordered):
             for chunk in ready:
                 for value in chunk:
                     yield value
-            if error is not None:
-                raise error
-            if drained:
-                if job.source_error is not None:
-                    raise job.source_error
+            if engine._over(job, error, drained):
                 return
             if ready:
                 continue

@@ -401,11 +401,7 @@ class JobEngine:
                     bar.update(job.finished, job.known_total())
                 for chunk in ready:
                     yield from chunk
-                if error is not None:
-                    raise error
-                if drained:
-                    if job.source_error is not None:
-                        raise job.source_error
+                if self._over(job, error, drained):
                     return
                 if ready:
                     continue                  # more may have come while the caller had these
@@ -456,6 +452,18 @@ class JobEngine:
             job.handed += sum(map(len, ready))
             self._results_taken(job)
         return ready, error, drained
+
+    @staticmethod
+    def _over(job, error, drained) -> bool:
+        """After handing out what was ready: raise the error whose turn it
+        is (the source's once all else is drained); True when the call is done."""
+        if error is not None:
+            raise error
+        if drained:
+            if job.source_error is not None:
+                raise job.source_error
+            return True
+        return False
 
     def _collect(self, job, bar):
         """map/starmap: wait for every result (the first error raises), then
