@@ -42,6 +42,11 @@ multiprocessing.Pool (1.00x).
    pool.aimap vs asyncio.gather over loop.run_in_executor on the stdlib
    executor.  Targets: the Future path <= 1.5x shmproc's own submit path;
    as_completed >= 5x ProcessPoolExecutor at one task per submit.
+8. After idle, many workers, idle cost (issue 14): bench/idle_and_scale.py's
+   rows and targets (submit -> result after 1/20 ms idle vs an os.pipe
+   ping-pong, back-to-back vs mp.Pool.apply, p.result after a Process's
+   last hook vs os.fork + pipe, pool lifecycle and one-task dispatch at
+   1-64 workers vs mp.Pool, an idle 64-worker pool's wake-ups and memory).
 """
 from __future__ import annotations
 
@@ -56,8 +61,10 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
     sys.path.append(_HERE)
     import _common as C
+    import idle_and_scale
 else:
     from . import _common as C
+    from . import idle_and_scale
 
 import argparse
 import json
@@ -573,6 +580,17 @@ def main(argv=None) -> int:
     print("targets (DESIGN.md)")
     print(C.table(["target", "verdict", "measured"],
                   [(t, C.verdict(ok), m) for t, ok, m in checks], "llr"))
+    print()
+    # 8. Performance round 2 (issue 14): after idle, many workers, idle cost.
+    print("8. after idle, many workers, idle cost (bench/idle_and_scale.py)")
+    after = idle_and_scale.after_idle(quick)
+    last_hook = idle_and_scale.result_after_last_hook(quick)
+    scale = idle_and_scale.scaling(quick, s.repeat)
+    cost = idle_and_scale.idle_cost(64, 1.0 if quick else 2.0)
+    round2_ok = idle_and_scale.report(after, last_hook, scale, cost)
+    results["round2"] = {"after_idle": after, "last_hook": last_hook,
+                         "scaling": {n: v for n, v in scale.items()}, "idle_cost": cost}
+    checks.append(("round 2 targets (8.)", round2_ok, ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)

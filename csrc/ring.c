@@ -85,6 +85,7 @@ struct shmp_ring {
      * it under-states both free space and available data.              */
     _Atomic uint64_t cached_head;       /* producer's view of head */
     _Atomic uint64_t cached_tail;       /* consumer's view of tail */
+    int64_t wait_slice_ns;              /* this handle's re-check slice (wait.c) */
 };
 
 /* Views (see struct shmp_ring): release store pairs with acquire load. */
@@ -142,6 +143,7 @@ static int handle_for(void *payload, uint64_t payload_size, shmp_ring **out)
     r->flags = sh->flags;
     r->cached_head = head;
     r->cached_tail = tail;
+    r->wait_slice_ns = SHMP_WAIT_SLICE_NS;
     *out = r;
     return SHMP_OK;
 }
@@ -390,7 +392,12 @@ static int wait_ring(shmp_ring *r, _Atomic uint32_t *seq, _Atomic uint32_t *wait
                      ready_fn ready, uint64_t arg, uint64_t deadline)
 {
     struct ring_wait w = { r, ready, arg };
-    return shmp_wait_until(seq, waiters, ring_cond, &w, deadline);
+    return shmp_wait_sliced(seq, waiters, ring_cond, &w, deadline, r->wait_slice_ns);
+}
+
+void shmp_ring_set_wait_slice(shmp_ring *r, int64_t slice_ns)
+{
+    r->wait_slice_ns = slice_ns < 0 ? SHMP_WAIT_SLICE_NS : slice_ns;
 }
 
 /* ---- producer ---------------------------------------------------------------- */

@@ -21,10 +21,18 @@
 #  define SHMP_POPULATE 0
 #endif
 
-/* Never prefault a sparse segment: that would allocate all of it. */
-static int map_flags(uint32_t seg_flags)
+/* Only a blob's creator prefaults its mapping: it writes all of it at once
+ * (a large array), so one batch of faults beats one per page.  Never a
+ * sparse segment (that would allocate all of it).  Never a ring or a
+ * control block: their pages are reserved (no SIGBUS), they are touched a
+ * little at a time, and a prefaulted shared mapping makes every later
+ * fork() copy its page-table entries: with a 64-worker pool's 1 MiB task
+ * rings populated, each fork took 6 ms instead of 2.6 ms.              */
+static int map_flags(uint32_t kind, uint32_t seg_flags)
 {
-    return MAP_SHARED | ((seg_flags & SHMP_SEG_SPARSE) ? 0 : SHMP_POPULATE);
+    if (kind != SHMP_KIND_BLOB || (seg_flags & SHMP_SEG_SPARSE))
+        return MAP_SHARED;
+    return MAP_SHARED | SHMP_POPULATE;
 }
 
 uint64_t shmp_seg_check_word(const shmp_seg_header *h)
@@ -106,7 +114,8 @@ static int create(uint32_t kind, uint64_t payload_size, uint32_t flags, int *fd_
         close(fd);
         return rc;
     }
-    uint8_t *base = mmap(NULL, (size_t)total, PROT_READ | PROT_WRITE, map_flags(flags), fd, 0);
+    uint8_t *base = mmap(NULL, (size_t)total, PROT_READ | PROT_WRITE, map_flags(kind, flags),
+                         fd, 0);
     if (base == MAP_FAILED) {
         shmp_set_errno(errno);
         close(fd);
@@ -197,11 +206,10 @@ int shmp_seg_attach(int fd, uint32_t kind, void **payload_out, uint64_t *payload
     int rc = read_checked_header(fd, kind, &h);
     if (rc != SHMP_OK)
         return rc;
-    /* A blob's reader reads its large buffers through private views
-     * (shmp_seg_map_private, populated there) and the rest once: faulting
-     * all of it in here too would map every page twice.                 */
-    int flags = kind == SHMP_KIND_BLOB ? MAP_SHARED : map_flags(h.flags);
-    uint8_t *base = mmap(NULL, (size_t)h.total_size, PROT_READ | PROT_WRITE, flags, fd, 0);
+    /* Never prefaulted on attach: a blob's reader reads its large buffers
+     * through private views (shmp_seg_map_private, populated there) and
+     * the rest once; rings and control blocks as in map_flags().          */
+    uint8_t *base = mmap(NULL, (size_t)h.total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) {
         shmp_set_errno(errno);
         return SHMP_EOS;

@@ -191,8 +191,15 @@ void shmp_fault_point(uint32_t point);
  * negative status to return.  The waker makes the condition true,
  * changes `word` (a new value, or a bump), then shmp_wake_waiters(). */
 typedef int (*shmp_cond_fn)(void *arg);
+/* A sleeper's default re-check slice (wait.c: a killed waker delays it by
+ * at most this).                                                       */
+#define SHMP_WAIT_SLICE_NS 200000000
 int  shmp_wait_until(_Atomic uint32_t *word, _Atomic uint32_t *waiters,
                      shmp_cond_fn cond, void *arg, uint64_t deadline);
+/* The same with the re-check slice given (0: none, sleep until woken or
+ * the deadline; shmp_wait_until uses SHMP_WAIT_SLICE_NS).             */
+int  shmp_wait_sliced(_Atomic uint32_t *word, _Atomic uint32_t *waiters,
+                      shmp_cond_fn cond, void *arg, uint64_t deadline, int64_t slice_ns);
 void shmp_wake_waiters(_Atomic uint32_t *word, _Atomic uint32_t *waiters);
 /* For a condition kept elsewhere (ring indices): `seq` is bumped, then
  * woken, only if someone is registered: a busy ring never writes it.  */

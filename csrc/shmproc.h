@@ -191,6 +191,11 @@ uint64_t shmp_ring_count(const shmp_ring *ring);      /* records queued (approxi
 uint64_t shmp_ring_taken(const shmp_ring *ring);      /* records ever taken by consumers */
 uint64_t shmp_ring_used_bytes(const shmp_ring *ring);
 int  shmp_ring_wait_data(shmp_ring *ring, int64_t timeout_ns);
+/* This handle's sleepers re-check the ring every slice_ns even if no wake-up
+ * comes (default 200 ms; a negative value restores it).  0: no re-check, for
+ * a consumer whose producers' death ends it anyway (an idle pool worker then
+ * costs no wake-up at all).  Handle-local: nothing in shared memory. */
+void shmp_ring_set_wait_slice(shmp_ring *ring, int64_t slice_ns);
 int  shmp_ring_mark_closed(shmp_ring *ring);          /* wakes every waiter; later puts fail */
 int  shmp_ring_is_closed(const shmp_ring *ring);
 

@@ -45,8 +45,10 @@
  * short against the ~5-15 µs cost of a futex sleep and wake.            */
 #define SHMP_SPIN_NS 20000u
 /* A sleeper re-checks its condition at least this often even if no wake-up
- * comes (a waker killed between its store and its wake-up).             */
-#define SHMP_WAIT_SLICE_NS 200000000
+ * comes (a waker killed between its store and its wake-up).  A waiter whose
+ * every waker's death ends it anyway may wait unsliced (shmp_wait_sliced
+ * with 0): an idle pool worker, whose only waker is the pool's process,
+ * then costs no wake-up at all.                                          */
 
 static int spin(shmp_cond_fn cond, void *arg, uint64_t deadline)
 {
@@ -65,6 +67,12 @@ static int spin(shmp_cond_fn cond, void *arg, uint64_t deadline)
 
 int shmp_wait_until(_Atomic uint32_t *word, _Atomic uint32_t *waiters,
                     shmp_cond_fn cond, void *arg, uint64_t deadline)
+{
+    return shmp_wait_sliced(word, waiters, cond, arg, deadline, SHMP_WAIT_SLICE_NS);
+}
+
+int shmp_wait_sliced(_Atomic uint32_t *word, _Atomic uint32_t *waiters,
+                     shmp_cond_fn cond, void *arg, uint64_t deadline, int64_t slice_ns)
 {
     for (;;) {
         int c = cond(arg);
@@ -91,8 +99,8 @@ int shmp_wait_until(_Atomic uint32_t *word, _Atomic uint32_t *waiters,
         int rc = SHMP_OK;
         c = cond(arg);
         if (c == 0)
-            rc = shmp_os_futex_wait(word, seq, (left < 0 || left > SHMP_WAIT_SLICE_NS)
-                                               ? SHMP_WAIT_SLICE_NS : left);
+            rc = shmp_os_futex_wait(word, seq, (slice_ns > 0 && (left < 0 || left > slice_ns))
+                                               ? slice_ns : left);
         /* relaxed: a stale count only costs a waker one needless syscall. */
         atomic_fetch_sub_explicit(waiters, 1, memory_order_relaxed);
         if (c != 0)

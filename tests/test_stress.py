@@ -441,10 +441,15 @@ def _ring_echo(ping, pong, rounds, seed):
     os._exit(0 if worst < LOST_NS else 7)
 
 
-@pytest.mark.parametrize("multi", [False, True])
-def test_ring_data_waits_never_lose_a_wakeup_across_processes(multi):
+@pytest.mark.parametrize("multi,unsliced", [(False, False), (True, False), (False, True)])
+def test_ring_data_waits_never_lose_a_wakeup_across_processes(multi, unsliced):
+    # unsliced: both sleepers wait for their wake-up alone, with no periodic
+    # re-check to hide a lost one (what an idle pool worker does).
     ping = native.Ring.create(4096, multi_producer=multi, multi_consumer=multi)
     pong = native.Ring.create(4096, multi_producer=multi, multi_consumer=multi)
+    if unsliced:
+        ping.set_wait_slice(0)              # the child's handle, after the fork
+        pong.set_wait_slice(0)
     p = mp.get_context("fork").Process(target=_ring_echo, args=(ping, pong, WAKE_ROUNDS, 8))
     p.start()
     rnd = random.Random(9)

@@ -27,7 +27,7 @@ class Ring:
     """
 
     __slots__ = ("_h", "fd", "capacity", "max_record", "put", "put_tracked",
-                 "put_many", "get_into", "get_record", "get_many_into", "__weakref__")
+                 "put_many", "get_into", "get_record", "get_many_into", "count", "__weakref__")
 
     def __init__(self, handle, fd: int):
         # The mapping goes with the handle's last reference, not this
@@ -44,6 +44,7 @@ class Ring:
         self.get_into = partial(lib.shmp_ring_get, handle)
         self.get_record = partial(lib.shmp_ring_get_record, handle)
         self.get_many_into = partial(lib.shmp_ring_get_many, handle)
+        self.count = partial(lib.shmp_ring_count, handle)   # records in it: polled in hot loops
 
     @classmethod
     def create(cls, capacity: int, *, multi_producer=False, multi_consumer=False, max_items=0):
@@ -67,6 +68,11 @@ class Ring:
                 os.close(fd)
         return cls(h[0], fd)
 
+    def set_wait_slice(self, slice_ns: int):
+        """How often this handle's sleepers re-check the ring without a
+        wake-up (0: never; negative: the default).  See shmproc.h."""
+        lib.shmp_ring_set_wait_slice(self._h, slice_ns)
+
     @property
     def closed(self) -> bool:
         return self._h is None
@@ -76,7 +82,7 @@ class Ring:
         h, self._h = self._h, None
         if h is not None:
             self.put = self.put_tracked = self.put_many = self.get_into = \
-                self.get_record = self.get_many_into = _ring_closed
+                self.get_record = self.get_many_into = self.count = _ring_closed
             ffi.release(h)                  # unmaps now
         self._close_fd()
 
@@ -87,9 +93,6 @@ class Ring:
 
     def __del__(self):
         self._close_fd()                    # the mapping goes with the handle (see __init__)
-
-    def count(self) -> int:
-        return lib.shmp_ring_count(self._h)
 
     def taken(self) -> int:
         """Records ever taken by consumers (see put_tracked's sequence)."""

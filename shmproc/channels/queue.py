@@ -199,6 +199,8 @@ class Queue(Moving):
 
     def qsize(self) -> int:
         """Approximate number of items queued (exact when nothing runs concurrently)."""
+        if self._chain is None and not self._closed:
+            return self._prod.count()       # one ring: one C call (polled in hot loops)
         self._check_open()
         return sum(ring.count() for ring in self._rings())
 
@@ -213,6 +215,14 @@ class Queue(Moving):
         if self._maxsize and self._prod.count() >= self._maxsize:
             return True
         return self._prod.capacity - self._prod.used_bytes() < 64
+
+    def _sleep_until_woken(self):
+        """This handle's waits for an item sleep until woken, with no
+        periodic re-check: only for a reader whose every writer's death
+        ends it anyway (a pool worker's task ring: its guard ends it with
+        the pool's process), so that an idle reader costs no wake-ups."""
+        if self._chain is None:
+            self._cons.set_wait_slice(0)
 
     def _check_open(self):
         if self._closed:

@@ -25,6 +25,7 @@ from concurrent.futures import _base as futures_base
 from .. import _native as native
 from ..common.errors import ProcessError
 from ..common.outcome import FAILED_RESULT
+from ..common.validate import callable_name
 from ..wire.detach import detach
 
 __all__ = ["Task", "TaskOptions", "DEFAULT_OPTIONS", "writable", "deliver_process", "SLICE_S"]
@@ -114,7 +115,7 @@ class Task(Future):
         self._waiters = _Watched()
         self._waiters.task = self
         self._pool = pool
-        self._name = name
+        self._name = name             # a str, or the callable (named when shown: not per submit)
         self.retries = retries        # re-runs allowed if its worker dies while running it
         self._proc = proc             # submit(proc_instance): gets timers and error back
         self._copy = options.copy
@@ -246,7 +247,10 @@ class Task(Future):
         """The task's return value, waiting up to `timeout` seconds (None:
         for ever); raises what the task raised, CancelledError, or
         TimeoutError (concurrent.futures') if it is not done in time."""
-        self.wait(timeout)
+        if self._state != _FINISHED:
+            self.wait(timeout)
+        elif self._exception is None:
+            return self._result           # set before _state, under the condition
         return super().result(timeout=0)
 
     def exception(self, timeout: float | None = None):
@@ -259,5 +263,6 @@ class Task(Future):
             state = "cancelled"
         else:
             state = {_PENDING: "pending", _RUNNING: "running"}.get(self._state, "done")
-        return f"<shmproc.Task {self._name} {state}>"
+        name = self._name if isinstance(self._name, str) else callable_name(self._name)
+        return f"<shmproc.Task {name} {state}>"
 

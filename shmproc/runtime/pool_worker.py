@@ -48,6 +48,11 @@ from .watchdog import EXIT_ORPHANED, Watchdog
 _now = native.now_ns
 _unpack = taskwire.HEADER.unpack_from
 _loads = pickle.loads
+_dumps = pickle.dumps
+_yield = os.sched_yield
+#: A yield longer than this means the core is contended (see backends/local/pool.py).
+CONTENDED_NS = 50_000
+_pack = taskwire.HEADER.pack
 _encode = taskwire.encode
 _HS = taskwire.HEADER_SIZE
 
@@ -67,8 +72,6 @@ DECODING = 2    # a record of several items, the first of them item k, is being
 #: latency bound; also about the most finished work whose results die with a
 #: crashed worker: those items fail, they are never run again).
 FLUSH_NS = 1_000_000
-#: A waiting worker wakes this often to notice that it should exit.
-IDLE_SLICE_S = 1.0
 #: After finishing work, watch the task ring this long before sleeping.
 LINGER_NS = 100_000
 #: Items of a chunk run in blocks of 1..MAX_BLOCK, sized to take between
@@ -170,6 +173,7 @@ class PoolWorker:
         pctl.set_pid(os.getpid())
         pctl.set_state(native.STATE_RUNNING)
         task_q, now = self.task_q, native.now_ns
+        task_q._sleep_until_woken()
         get, get_many, qsize = task_q.get, task_q.get_many, task_q.qsize
         last_work = 0
         try:
@@ -178,13 +182,20 @@ class PoolWorker:
                     # Just busy: the next task often follows within
                     # microseconds; watching the ring beats a futex sleep and wake.
                     end = last_work + LINGER_NS
-                    while not qsize() and now() < end:
-                        pass
+                    while not qsize():
+                        t = now()
+                        if t >= end:
+                            break
+                        _yield()          # a loaded machine: let the pool's process run
+                        if now() - t > CONTENDED_NS:
+                            break         # it did: sleep until woken instead
                 try:
                     if qsize() > 1:
                         records = get_many(block=False, max_items=BATCH)
                     else:
-                        records = (get(timeout=IDLE_SLICE_S),)   # cheaper for one
+                        # Sleeps until the pool sends something: no periodic
+                        # wake-up (if the pool's process dies, the guard ends us).
+                        records = (get(),)
                 except queue.Empty:
                     continue
                 flushed = now()
@@ -260,6 +271,14 @@ class PoolWorker:
 
     def flush(self):
         if self.fast_ids:
+            if len(self.fast_ids) == 1 and not self.out:
+                # A lone task's scalar value, the common case after an idle
+                # spell: straight into the ring (a scalar always encodes).
+                us = min(self.fast_ns // 1000, 0xFFFFFFFF)
+                self.fast_ns = 0
+                self.result_q.put(_pack(R_VALUE, 0, self.slot, us, self.fast_ids.pop())
+                                  + _dumps(self.fast_values.pop(), 5))
+                return
             self._coalesce()
         out = self.out
         if len(out) == 1:

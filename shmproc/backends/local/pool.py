@@ -37,6 +37,7 @@ from ...common.outcome import is_process_class
 from ...common.validate import callable_name
 from ...jobs.engine import RUNNING, TERMINATED, JobEngine, Progress
 from ...jobs.task import SLICE_S, Task
+from ...jobs.task import _RUNNING
 from ...wire import blobs, taskwire
 from ...wire import pickling as wire
 from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_LIMIT, OP_RUN, OP_STOP
@@ -44,9 +45,18 @@ from ...runtime import pool_worker
 from .forkserver import preload_into_forkserver
 from .recovery import WorkerRecovery
 from .results import ResultIntake
-from .units import LocalJob, Slot, Unit
+from .units import CallRun, LocalJob, Slot, Unit
 
 __all__ = ["LocalPool"]
+
+# Polite spinning: on a loaded machine the worker we wait for may be
+# waiting for this very core; yielding hands it over (and costs ~0.3 µs
+# when nobody else wants the core).  A yield that took longer than
+# CONTENDED_NS means another task ran meanwhile: the core is contended,
+# and a futex sleep (the kernel wakes us the moment the result is in)
+# beats taking turns with whatever else runs.
+_yield = os.sched_yield
+CONTENDED_NS = 50_000
 
 #: Bytes of each worker's task ring, and of the result ring they share.
 TASK_RING_BYTES = 1 << 20
@@ -278,13 +288,16 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             inflight = slot.inflight
             allowance = slot.allowance
             busy = slot.busy_items
-            batch, sent = [], []
+            batch, sent, notify = [], [], []
             while len(inflight) + len(sent) < 2 or busy < window:
                 if allowance is not None and allowance <= 0:
                     break
                 taken = self._take(max(1, window - busy), allowance or MAX_CHUNK, feed_jobs)
                 if not taken:
                     break
+                if type(taken) is CallRun and allowance is None:
+                    busy += self._pack_call_run(taken, slot, batch, sent)
+                    continue
                 for unit in taken:
                     if unit.sink.dropped:
                         continue
@@ -318,6 +331,8 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
                     slot.sent_items += unit.n
                     busy += unit.n
                     units[unit.id] = unit
+                    if unit.op != OP_CHUNK:
+                        notify.append(unit.sink)
             if slot.forget and sent:                     # with the next batch that goes
                 batch[:0] = [taskwire.encode_raw(OP_FORGET, fid) for fid in slot.forget]
                 slot.forget.clear()
@@ -325,10 +340,45 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             slot.allowance = allowance
             if sent:
                 inflight.extend(sent)
-                for unit in sent:
-                    if unit.op != OP_CHUNK:
-                        unit.sink._sent()
+                for sink in notify:
+                    sink._sent()
+                notify.clear()
                 self._send(slot, batch, sent)
+
+    def _pack_call_run(self, run, slot, batch, sent) -> int:
+        """A map's one-item calls (LocalJob.take) into `batch` for `slot`:
+        the general loop's work, done once per run where it is the same for
+        every unit (one sink, one function, one task timeout).  The hot
+        path of map(chunksize=1).  Returns the items added."""
+        sink = run.sink
+        if sink.dropped:
+            return 0
+        fn_id = run.fn_id
+        if fn_id not in slot.fns:
+            batch.append(taskwire.encode_raw(OP_DEF, fn_id, self._fn_pickle(fn_id)))
+            slot.fns.add(fn_id)
+        limit = sink.timeout_ns
+        if limit != slot.limit_ns:
+            batch.append(taskwire.encode_raw(OP_LIMIT, limit))
+            slot.limit_ns = limit
+        token, units = self._res.token, self._units
+        first = stream = slot.sent_items
+        for unit in run:
+            rec = unit.record
+            if rec is None:
+                try:
+                    rec = unit.encode(token)
+                except Exception as exc:         # noqa: BLE001 - an argument cannot travel
+                    self._unsendable(unit, exc)
+                    continue
+            batch.append(rec)
+            sent.append(unit)
+            unit.slot = slot
+            unit.stream = stream
+            stream += 1
+            units[unit.id] = unit
+        slot.sent_items = stream
+        return stream - first
 
     def _fn_pickle(self, fn_id) -> bytes:
         for fid, _, data in self._functions.values():
@@ -378,20 +428,26 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
     # -- driving --------------------------------------------------------------------------------
     def _pump(self, wait_s, feed_jobs=True):
         """Send what can go, take results (waiting up to wait_s for the first)."""
-        self._feed(feed_jobs)
+        if self._pending or self._jobs:
+            self._feed(feed_jobs)
         records = ()
         if self._units:
             results = self._res.results
             slots = self._res.slots
             avg = self._avg_item_ns
             if (wait_s and (avg is None or avg < SPIN_NS)
-                    and sum(slot.busy_items for slot in slots) <= len(slots)):
+                    and len(self._units) <= len(slots)):
                 # At most one short task per worker out: a reply is usually
                 # tens of microseconds away, and spinning for it beats a futex
                 # sleep and wake-up (which costs as much again on a VM).
-                qsize, end = results.qsize, native.now_ns() + SPIN_NS
-                while not qsize() and native.now_ns() < end:
-                    pass
+                qsize, now, end = results.qsize, native.now_ns, native.now_ns() + SPIN_NS
+                while not qsize():
+                    t = now()
+                    if t >= end:
+                        break
+                    _yield()
+                    if now() - t > CONTENDED_NS:
+                        break             # another task needed this core: sleep instead
             try:
                 if results.qsize() > 1:
                     records = results.get_many(block=False, max_items=4096)
@@ -408,7 +464,7 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             self._next_check = now + SLICE_S
             self._check_workers()
             self._recycle_spent()
-        if records:
+        if records and (self._pending or self._jobs):
             self._feed(feed_jobs)
 
     def _recycle_spent(self):
@@ -517,13 +573,16 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
         retries = self._retries if options.retries is None else options.retries
         with self._lock:
             self._check_open()
+            task = self._submit_direct(fn, args, kwargs, options, retries)
+            if task is not None:
+                return task
             if self._submit_kind(fn, args, kwargs) == "process":
                 task = Task(self, type(fn).__name__, fn, retries, options)
                 unit = Unit(self._new_id(), task, 0, OP_RUN, 0, False, [fn])
                 unit.flags = taskwire.FLAG_TELLS
             else:
                 fn_id = self._register(fn)
-                task = Task(self, callable_name(fn), None, retries, options)
+                task = Task(self, fn, None, retries, options)
                 unit = Unit(self._new_id(), task, 0, OP_CALL, fn_id, False,
                             [(args, kwargs or None)])
                 if is_process_class(fn):
@@ -539,6 +598,52 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             self._feed()
             self._ensure_pumper()
             return task
+
+    def _submit_direct(self, fn, args, kwargs, options, retries):
+        """The common submit, straight onto an idle worker's ring: a function
+        that worker already knows, nothing queued before it, no change of
+        task timeout.  None (nothing done) when it is not that case: then
+        the general path (_feed) decides.  Under the lock.
+
+        Why: after an idle spell every line of Python runs several times
+        slower (cold caches), so the path of a lone task is kept short."""
+        entry = self._functions.get(id(fn))
+        if entry is None or entry[1] is not fn or self._pending or self._jobs:
+            return None
+        fn_id = entry[0]
+        timeout_ns = self._timeout_ns if options.timeout_ns is None else options.timeout_ns
+        for slot in self._res.slots:
+            if (not slot.inflight and fn_id in slot.fns and slot.limit_ns == timeout_ns
+                    and slot.allowance != 0 and not slot.forget):
+                break
+        else:
+            return None
+        if is_process_class(fn):
+            return None                   # its tells need the general path's flag
+        task = Task(self, fn, None, retries, options)
+        kwargs = kwargs or None
+        unit = Unit(next(self._ids), task, 0, OP_CALL, fn_id, False, [(args, kwargs)])
+        try:
+            rec = unit.record = taskwire.encode(OP_CALL, unit.id, (fn_id, args, kwargs),
+                                                self._res.token, elapsed_us=1)
+        except Exception as exc:          # noqa: BLE001 - an unpicklable argument fails here
+            raise self._submit_error(fn, unit, exc) from exc
+        task._unit = unit
+        task.timeout_ns = timeout_ns
+        task._state = _RUNNING            # on a worker from now on (Future: not cancellable)
+        self._total += 1
+        unit.slot = slot
+        unit.stream = slot.sent_items
+        slot.sent_items += 1
+        slot.busy_items += 1
+        if slot.allowance is not None:
+            slot.allowance -= 1
+        self._units[unit.id] = unit
+        slot.inflight.append(unit)
+        self._send(slot, [rec], [unit])   # a full ring (huge arguments) queues it instead
+        if self._pending:
+            self._ensure_pumper()
+        return task
 
     def _submit_error(self, fn, unit, exc):
         if unit.op == OP_RUN:

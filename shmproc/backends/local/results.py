@@ -10,6 +10,7 @@ which sizes the work it sends ahead (pool.py: _window, _auto_chunk).
 """
 from __future__ import annotations
 
+import itertools
 import queue as _stdlib_queue
 
 from ...common.errors import remote_failure
@@ -115,10 +116,11 @@ class ResultIntake:
         inflight, n = slot.inflight, len(ids)
         if type(sink) is not LocalJob or sink.dropped or len(inflight) < n:
             return False
-        for k, ident in enumerate(ids):
-            unit = inflight[k]
-            if unit.id != ident or unit.sink is not sink or unit.index != start + k:
-                return False
+        # The checks of one loop over the units, as comparisons of whole lists (C loops).
+        head = list(itertools.islice(inflight, n))
+        if ([u.id for u in head] != ids or [u.index for u in head] != list(range(start, start + n))
+                or [u.sink for u in head].count(sink) != n):
+            return False
         units = self._units
         for ident in ids:
             del units[ident]

@@ -14,7 +14,7 @@ from ...jobs.job import READ_AHEAD_ITEMS, Job
 from ...wire import taskwire
 from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_RETRY
 
-__all__ = ["Unit", "Slot", "LocalJob"]
+__all__ = ["Unit", "Slot", "LocalJob", "CallRun"]
 
 
 class Unit:
@@ -97,6 +97,18 @@ class Slot:
         self.limit_ns = 0                      # the task timeout it applies (OP_LIMIT; -1: unsure)
 
 
+class CallRun(list):
+    """Units of one-item calls of one job, in item order (what LocalJob.take
+    gives for chunksize 1): the dispatcher packs them in one pass."""
+
+    __slots__ = ("sink", "fn_id")
+
+    def __init__(self, sink, fn_id):
+        super().__init__()
+        self.sink = sink
+        self.fn_id = fn_id
+
+
 class LocalJob(Job):
     """A Job whose items go to local workers as task records."""
 
@@ -129,11 +141,12 @@ class LocalJob(Job):
         ids = list(itertools.islice(pool._ids, count))
         fn_id = self.fn_id
         records = taskwire.encode_calls(fn_id, items, ids)
-        out = []
+        out = CallRun(self, fn_id)
+        append = out.append
         for k in range(count):
             unit = Unit(ids[k], self, index + k, OP_CALL, fn_id, False, [((items[k],), None)])
             unit.record = records[k]      # None: Unit.encode takes the general path later
-            out.append(unit)
+            append(unit)
         return out
 
     def next_unit(self, pool, max_items):
