@@ -65,6 +65,9 @@ def no_leaks(request):
     blobs.pool.sweep()
     blobs.pool.trim()
     arenas.pool.trim()          # finished runs' arenas are kept for reuse, likewise
+    from shmproc.channels import mailbox
+    mailbox.trim()              # the next run's mailbox, made ahead
+    gc.collect()
     assert not mp.active_children(), f"test left child processes: {mp.active_children()}"
     assert shmproc_fds() == fds, "test leaked shmproc file descriptors"
     assert shmproc_mappings() == maps, "test leaked shmproc mappings"

@@ -66,13 +66,36 @@ class Ticker(Process):
 
 
 class TellsThenDies(Process):
+    """Tells n messages in its first lap; dies in its second."""
+
     def __init__(self, n):
         self.n = n
 
     def __loop__(self):
+        if self.current_lap == 1:
+            os._exit(3)
         for i in range(self.n):
             self.tell(i)
-        os._exit(3)
+
+
+class TellsThenWorks(Process):
+    """Tells one message, then computes for `seconds` in the same hook (in
+    Python, or asleep), then dies: the flusher thread sends the message."""
+
+    def __init__(self, seconds, how):
+        self.seconds, self.how = seconds, how
+        self.config.num_loops = 1
+
+    def __loop__(self):
+        self.tell("started")
+        end = time.monotonic() + self.seconds
+        if self.how == "sleep":
+            time.sleep(self.seconds)
+        else:
+            x = 0
+            while time.monotonic() < end:
+                x += 1
+        os._exit(4)
 
 
 class ReadsOneAndFails(Process):
@@ -232,11 +255,28 @@ def test_messages_around_stop(method):
 
 
 def test_messages_sent_before_a_crash_survive_it(method):
-    """A worker that dies: what it sent before is still read, then None."""
+    """A worker that dies: what it told before the end of its last lap is
+    still read, then None."""
     p = started(TellsThenDies(3), method)
     p.wait(30)
     assert isinstance(p.error or shmproc.ProcessCrashedError(), shmproc.ProcessCrashedError)
     assert [p.listen(timeout=0) for _ in range(4)] == [0, 1, 2, None]
+
+
+@pytest.mark.parametrize("how", ["sleep", "python"])
+def test_a_tell_reaches_the_parent_while_its_hook_goes_on(how):
+    """Coalescing holds a message at most outbox.FLUSH_AFTER_S (+ the switch
+    interval): one told before a long computation in the same hook arrives
+    while the hook still runs, and survives the worker dying after it."""
+    p = started(TellsThenWorks(3.0, how))
+    t0 = time.monotonic()
+    assert p.listen(timeout=1.0) == "started"
+    assert time.monotonic() - t0 < 1.0 and p.is_alive      # well within its 3 s
+    p.kill()
+    q = started(TellsThenWorks(0.5, how))
+    q.wait(30)
+    assert q.exitcode == 4                                  # it died, not ended
+    assert [q.listen(timeout=0), q.listen(timeout=0)] == ["started", None]
 
 
 def test_messages_sent_before_a_kill_survive_it():

@@ -252,6 +252,21 @@ class Queue(Moving):
         if rc:
             self._put_retry(rc, data, tag, tmo, block)
 
+    def _put_encoded(self, data, tag, bufs=None):
+        """put(block=False) of an item already encoded: `data` and its
+        out-of-band buffers (channels/outbox.py encodes when told, puts later)."""
+        if self._closed:
+            self._check_open()
+        tmo = self._room_timeout(False, None)
+        if bufs or len(data) > self._inband_max:
+            self._put_blob(data, tag, bufs, _deadline(tmo), False)
+            return
+        if _pool.in_flight:
+            _pool.sweep()
+        rc = self._put(data, len(data), tag, tmo)
+        if rc:
+            self._put_retry(rc, data, tag, tmo, False)
+
     def _put_blob(self, data, tag, bufs, deadline, block):
         """Put a large item out-of-band; a put that fails retracts its blob."""
         if _pool.in_flight:

@@ -19,6 +19,7 @@ import sys
 import time
 
 from .. import _native as native
+from ..channels.outbox import Outbox
 from ..wire import transfer
 from ..common.errors import ProcessError, ResultError, TimeoutError as SectionTimeoutError
 from .watchdog import EXIT_ORPHANED, Watchdog, timeout_ns as _timeout_ns
@@ -59,6 +60,7 @@ class Runner:
         self.armed = False            # a hook is executing (timeouts may raise)
         self.obj = None
         self.mailbox = None           # channels.Mailbox of a started Process (tell / listen)
+        self.outbox = None            # its coalesced to_parent side (channels/outbox.py)
 
     def rebuild(self):
         """A fresh copy of the object as it was at start (next life)."""
@@ -103,6 +105,8 @@ class Runner:
         num_loops, join_in = cfg.num_loops, cfg.join_in
         enter, end_lap = self.ctl.enter, self.ctl.end_lap
         stopping = self.ctl.stop_requested
+        # What a lap told goes to the parent at the lap's end (outbox.py).
+        pending = self.outbox.pending if self.outbox is not None else ()
         started = time.monotonic()
         last = (0, None)
         while True:
@@ -123,6 +127,8 @@ class Runner:
                     self.ctl.leave()               # this section's deadline no longer applies
                     raise self._failure(sec, exc, limit) from None
                 self.armed = False
+            if pending:
+                self.outbox.flush_between_hooks()
             bits = end_lap()
             if bits & OVERRAN:
                 raise self._overran(*last)
@@ -223,6 +229,8 @@ def _run(ctl, arena, name, dog, mailbox):
     record = transfer.read_bytes(arena)
     runner = Runner(ctl, record, name)
     runner.mailbox = mailbox
+    if mailbox is not None:
+        runner.outbox = Outbox(mailbox.to_parent, runner)
     signal.signal(signal.SIGALRM, runner.on_alarm)
     ctl.set_state(native.STATE_RUNNING)
     try:
@@ -246,6 +254,11 @@ def _run(ctl, arena, name, dog, mailbox):
                            traceback_text=_format(exc),
                            process_name=name)
         payload = (err, None, err, runner.lap)
+    if runner.outbox is not None:
+        try:
+            runner.outbox.close()                    # every message told, before the outcome
+        except Exception:                            # noqa: BLE001 - the outcome still goes
+            pass
     _report(ctl, arena, kind, payload)
 
 

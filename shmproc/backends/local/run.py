@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 
-from ...channels.mailbox import Mailbox
+from ...channels import mailbox as mailboxes
 from ...wire import arenas
 from ... import _native as native
 from ...runtime import runner
@@ -60,12 +60,14 @@ class LocalRun(Run):
             ctl = ctl_array.control(0)
             # tell / listen, both ways (not for a run whose parent is a Ray
             # launcher: nobody there would read or write them).
-            self.mailbox = Mailbox() if messages else None
+            self.mailbox = mailboxes.take() if messages else None
             ctl.set_lives(obj.config.lives)
             ctl.set_state(native.STATE_STARTING)
             self.ctx, self.method, self.name = ctx, method, type(obj).__name__
             self.ctl_array, self.ctl, self.arena = ctl_array, ctl, arena
             self._spawn()
+            if messages:
+                mailboxes.replenish()             # the next run's, while this worker starts up
         except BaseException:
             ctl_array.close()                     # the arena goes back to the pool with its mapping
             raise
