@@ -600,23 +600,32 @@ class LocalPool(WorkerRecovery, ResultIntake, JobEngine):
             return task
 
     def _submit_direct(self, fn, args, kwargs, options, retries):
-        """The common submit, straight onto an idle worker's ring: a function
-        that worker already knows, nothing queued before it, no change of
-        task timeout.  None (nothing done) when it is not that case: then
-        the general path (_feed) decides.  Under the lock.
+        """The common submit, straight onto the ring of the worker _feed would
+        pick (an idle one, else the least loaded, if its window has room):
+        a function that worker already knows, nothing queued before it, no
+        change of task timeout.  None (nothing done) when it is not that
+        case: then the general path (_feed) decides.  Under the lock.
 
         Why: after an idle spell every line of Python runs several times
-        slower (cold caches), so the path of a lone task is kept short."""
+        slower (cold caches), so the path of a lone task is kept short; and
+        a burst of submits pays no dispatcher pass per task."""
         entry = self._functions.get(id(fn))
         if entry is None or entry[1] is not fn or self._pending or self._jobs:
             return None
+        slot = None
+        for s in self._res.slots:                  # _feed's order: least loaded, lowest index
+            if not s.inflight:
+                slot = s
+                break
+            if slot is None or s.busy_items < slot.busy_items:
+                slot = s
+        if slot is None or (slot.inflight and len(slot.inflight) >= 2
+                            and slot.busy_items >= self._window()):
+            return None
         fn_id = entry[0]
         timeout_ns = self._timeout_ns if options.timeout_ns is None else options.timeout_ns
-        for slot in self._res.slots:
-            if (not slot.inflight and fn_id in slot.fns and slot.limit_ns == timeout_ns
-                    and slot.allowance != 0 and not slot.forget):
-                break
-        else:
+        if (fn_id not in slot.fns or slot.limit_ns != timeout_ns or slot.allowance == 0
+                or slot.forget):
             return None
         if is_process_class(fn):
             return None                   # its tells need the general path's flag
