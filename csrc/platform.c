@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -279,6 +280,11 @@ void shmp_os_populate_read(void *addr, uint64_t length)
 }
 
 /* ---- futex ------------------------------------------------------------- */
+
+void shmp_os_yield(void)
+{
+    sched_yield();
+}
 
 int shmp_os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns)
 {

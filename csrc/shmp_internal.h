@@ -146,6 +146,8 @@ int  shmp_os_parent_death_signal(int signo);
 int  shmp_os_seal(int fd);                          /* forbid resizing where supported */
 int  shmp_os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
 int  shmp_os_futex_wake(_Atomic uint32_t *word, int32_t count);
+/* Give the core to another runnable task, if any (sched_yield: POSIX). */
+void shmp_os_yield(void);
 int  shmp_os_open_peer(int32_t pid, int32_t fd, int *fd_out);
 /* Map a private mapping's pages for reading without breaking copy-on-write
  * (Linux 5.14+ MADV_POPULATE_READ); a hint: elsewhere it does nothing.   */

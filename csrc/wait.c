@@ -50,9 +50,15 @@
  * with 0): an idle pool worker, whose only waker is the pool's process,
  * then costs no wake-up at all.                                          */
 
+/* A yield that kept us off the core this long means another task wanted
+ * it: the machine is loaded, and the peer we wait for may be the one
+ * waiting for a core.  Sleeping then beats spinning: the kernel runs the
+ * peer, and wakes us the moment it is done.                              */
+#define SHMP_CONTENDED_NS 50000u
+
 static int spin(shmp_cond_fn cond, void *arg, uint64_t deadline)
 {
-    uint64_t stop = shmp_now_ns() + SHMP_SPIN_NS;
+    uint64_t now = shmp_now_ns(), stop = now + SHMP_SPIN_NS;
     if (deadline < stop)
         stop = deadline;
     for (unsigned i = 1;; i++) {
@@ -60,8 +66,15 @@ static int spin(shmp_cond_fn cond, void *arg, uint64_t deadline)
         if (c != 0)
             return c;
         shmp_cpu_relax();
-        if ((i & 15u) == 0 && shmp_now_ns() >= stop)
-            return 0;
+        if ((i & 15u) == 0) {
+            /* Polite spinning: give the core away each turn (free when
+             * nobody else wants it); stop at once if somebody did.   */
+            shmp_os_yield();
+            uint64_t after = shmp_now_ns();
+            if (after >= stop || after - now > SHMP_CONTENDED_NS)
+                return 0;
+            now = after;
+        }
     }
 }
 

@@ -346,9 +346,11 @@ class Process:
         box = rt.worker.mailbox
         if box is None:
             raise NotImplementedError(
-                "tell()/listen() are not available here: inside a Pool.map item (submit the "
-                "Process instead: task.listen() hears what it tells) or a Process running on "
-                "Ray (pass it a ray.util.queue.Queue); or give it a shmproc.Queue")
+                "tell()/listen() are not available here: inside an item of Pool.map / starmap, "
+                "which have no handle to listen on (use imap, imap_unordered or map_async, "
+                "whose listen() hears what items tell, or submit the Process: task.listen()), "
+                "or a Process running on Ray (pass it a ray.util.queue.Queue); or give it a "
+                "shmproc.Queue")
         return box
 
     def _worker_inbox(self, rt):

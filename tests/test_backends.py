@@ -684,6 +684,11 @@ def test_tell_and_listen_on_ray_are_clear_errors_on_both_sides(ray_cluster):
     q = TellsOnRay().start(on=RayBackend())
     with pytest.raises(ProcessError, match="on Ray"):
         q.result
+    with Pool(1, backend="ray") as pool:                 # map items' listen() too
+        it = pool.imap(square, range(3))
+        with pytest.raises(NotImplementedError, match="ray.util.queue.Queue"):
+            it.listen(0)
+        assert list(it) == [0, 1, 4]
 
 
 def test_another_address_while_connected_is_refused(ray_cluster):

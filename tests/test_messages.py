@@ -157,6 +157,20 @@ class TellsInPool(Process):
         return "told"
 
 
+class TellsThenDiesInPool(Process):
+    def __init__(self, die):
+        self.die = die
+        self.config.num_loops = 1
+
+    def __loop__(self):
+        self.tell("before")
+        if self.die:
+            os._exit(9)
+
+    def __result__(self):
+        return "told"
+
+
 @pytest.fixture(params=["fork", "spawn"])
 def method(request):
     return request.param
@@ -373,9 +387,55 @@ def test_a_submitted_process_tells_its_task(method):
         assert pool.submit(abs, -1).listen(timeout=30) is None      # a plain call tells nothing
 
 
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_imap_items_tell_the_iterator(method, chunksize):
+    """Process items of imap / imap_unordered: what each tells reaches the
+    iterator's listen() as (index in the input, message), in order per item."""
+    with shmproc.Pool(2, start_method=method) as pool:
+        it = pool.imap(TellsInPool, range(10, 17), chunksize=chunksize)
+        heard = []
+        while True:
+            got = it.listen(timeout=30)
+            if got is None:
+                break
+            heard.append(got)
+        assert list(it) == ["told"] * 7
+        assert it.listen(timeout=0) is None
+        assert sorted(heard) == [(i, (10 + i, lap)) for i in range(7) for lap in range(3)]
+        for i in range(7):                                 # each item's own order
+            assert [m for k, m in heard if k == i] == [(10 + i, lap) for lap in range(3)]
+        unordered = pool.imap_unordered(TellsInPool, [5, 6])
+        assert sorted(unordered) == ["told", "told"]       # results first, messages after
+        assert sorted(iter(lambda: unordered.listen(0), None)) == \
+            [(0, (5, 0)), (0, (5, 1)), (0, (5, 2)), (1, (6, 0)), (1, (6, 1)), (1, (6, 2))]
+
+
+def test_map_async_items_tell_the_result():
+    with shmproc.Pool(2) as pool:
+        r = pool.starmap_async(TellsInPool, [(1,), (2,)])
+        first = r.listen(timeout=30)
+        assert first in [(0, (1, 0)), (1, (2, 0))]
+        assert r.get(timeout=30) == ["told", "told"]
+        rest = list(iter(lambda: r.listen(0), None))
+        assert sorted([first] + rest) == [(k, (k + 1, lap)) for k in range(2) for lap in range(3)]
+        plain = pool.map_async(abs, [-1, -2])                # plain functions tell nothing
+        assert plain.listen(timeout=30) is None and plain.get() == [1, 2]
+
+
+def test_a_crash_keeps_what_earlier_items_told():
+    """A worker dies in item 1: item 0's messages and result stay; item 1 fails."""
+    with shmproc.Pool(1) as pool:
+        it = pool.imap(TellsThenDiesInPool, [False, True], chunksize=2)
+        assert next(it) == "told"
+        with pytest.raises(shmproc.ProcessCrashedError):
+            next(it)
+        assert list(iter(lambda: it.listen(0), None)) == [(0, "before"), (1, "before")]
+
+
 def test_what_pool_tasks_cannot_do_is_a_clear_error():
     with shmproc.Pool(1) as pool:
         with pytest.raises(shmproc.ProcessError, match="not hear from it"):
             pool.submit(TellsInPool, 1, listen=True).result(timeout=30)
-        with pytest.raises(shmproc.ProcessError, match="Pool.map item"):
-            pool.map(TellsInPool, [1, 2])
+        with pytest.raises(shmproc.ProcessError, match="Pool.map / starmap.*imap"):
+            pool.map(TellsInPool, [1, 2])           # no handle to listen on: told at once
+        assert pool.imap(abs, [-3]).listen(timeout=30) is None      # a plain map tells nothing

@@ -23,7 +23,7 @@ import time
 import traceback
 
 from .. import _native as native
-from .task import SLICE_S
+from .task import SLICE_S, listen
 
 TERMINATED = "terminated"     # engine.TERMINATED (engine.py imports this module)
 
@@ -138,6 +138,14 @@ class MapResult(AsyncResult):
         if self._sink.complete():
             return
         self._engine._end_job(self._sink)       # failed early: the rest is dropped
+
+    def listen(self, timeout: float | None = None):
+        """(index, message): the next message a Process item of this call
+        told (`self.tell` in its hooks), or None once `timeout` seconds
+        pass; with None, waits until one comes or the call is done."""
+        engine, job = self._engine, self._sink
+        engine._check_tells()
+        return listen(engine, job, lambda: job.quiet() or engine._status == TERMINATED, timeout)
 
     def _done(self) -> bool:
         # As multiprocessing's: ready at the first error too (the rest still run).

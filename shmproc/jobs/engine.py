@@ -32,11 +32,11 @@ import threading
 import time
 
 from ..common import validate
-from ..common.outcome import is_process
+from ..common.outcome import is_process, is_process_class
 from .asyncresult import AsyncResult, MapResult
 from .job import Job
 from . import aio, progressbar
-from .task import DEFAULT_OPTIONS, SLICE_S, Task
+from .task import DEFAULT_OPTIONS, SLICE_S, Task, listen
 
 __all__ = ["JobEngine", "IMapIterator", "Progress", "RUNNING", "CLOSED", "TERMINATED"]
 
@@ -54,10 +54,20 @@ _TIMED_OUT = object()       # what _drive yields when an IMapIterator.next(timeo
 
 
 class _Wait:
-    __slots__ = ("deadline",)
+    """An imap iterator's state shared with its generator: the deadline of
+    the next(timeout) in progress, and the job once the work started."""
 
-    def __init__(self):
+    __slots__ = ("deadline", "job", "start")
+
+    def __init__(self, start=None):
         self.deadline = None
+        self.job = None
+        self.start = start            # () -> the job (what the first next() or listen() does)
+
+    def begin(self):
+        if self.job is None:
+            self.job = self.start()
+        return self.job
 
 
 class IMapIterator:
@@ -67,11 +77,12 @@ class IMapIterator:
     The work starts with the first next(); close() (or dropping the
     iterator) drops what is left."""
 
-    __slots__ = ("_gen", "_wait")
+    __slots__ = ("_gen", "_wait", "_engine")
 
-    def __init__(self, gen, wait):
+    def __init__(self, gen, wait, engine=None):
         self._gen = gen
         self._wait = wait
+        self._engine = engine
 
     def __iter__(self):
         return self
@@ -90,6 +101,17 @@ class IMapIterator:
         if item is _TIMED_OUT:
             raise multiprocessing.TimeoutError
         return item
+
+    def listen(self, timeout: float | None = None):
+        """(index, message): the next message a Process item of this call
+        told (`self.tell` in its hooks; index: the item's position in the
+        input), or None once `timeout` seconds pass; with None, waits until
+        one comes or nothing of the call runs (all done, or paused until
+        results are taken).  Starts the work if no next() did."""
+        engine = self._engine
+        engine._check_tells()
+        job = self._wait.begin()
+        return listen(engine, job, lambda: job.quiet() or engine._status == TERMINATED, timeout)
 
     def close(self):
         self._gen.close()
@@ -223,7 +245,7 @@ class JobEngine:
         for name, fn in (("callback", callback), ("error_callback", error_callback)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
-        job = self._start_job(func, iterable, chunksize, star, False, True)
+        job = self._start_job(func, iterable, chunksize, star, False, True, tells=True)
         return self._track(MapResult(self, job, callback, error_callback))
 
     def _track(self, result):
@@ -294,13 +316,12 @@ class JobEngine:
         with self._lock:
             self._check_open()
             self._register(fn)
-        wait = _Wait()
-        return IMapIterator(self._lazy_results(fn, iterable, chunksize, star, copy, ordered,
-                                               progress, retries, wait, task_timeout), wait)
+        wait = _Wait(lambda: self._start_job(fn, iterable, chunksize, star, copy, False, retries,
+                                             task_timeout, tells=True))
+        return IMapIterator(self._lazy_results(ordered, progress, wait), wait, self)
 
-    def _lazy_results(self, fn, iterable, chunksize, star, copy, ordered, progress, retries,
-                      wait=None, task_timeout=None):
-        job = self._start_job(fn, iterable, chunksize, star, copy, False, retries, task_timeout)
+    def _lazy_results(self, ordered, progress, wait):
+        job = wait.begin()
         yield from self._drive(job, ordered, _bar(progress, job), wait)
 
     # -- state -----------------------------------------------------------------------------
@@ -316,6 +337,15 @@ class JobEngine:
         if callable(fn):
             return "call"
         raise TypeError(f"submit() needs a callable or a Process, not {type(fn).__name__}")
+
+    #: Whether Process items may tell (Pool.map & co.'s listen()); see _check_tells.
+    _TELLS = True
+
+    def _check_tells(self):
+        if not self._TELLS:
+            raise NotImplementedError(
+                f"listen() on a {type(self).__name__} call: Process items cannot tell their "
+                f"caller on this backend; pass them a ray.util.queue.Queue instead")
 
     def _check_open(self):
         self._check_broken()
@@ -356,7 +386,9 @@ class JobEngine:
 
     # -- one call's life ---------------------------------------------------------------------
     def _start_job(self, fn, iterable, chunksize, star, copy, eager, retries=None,
-                   task_timeout=None) -> Job:
+                   task_timeout=None, tells=False) -> Job:
+        """tells: the call has a handle whose listen() hears what its
+        Process items tell (imap & co., map_async), so they may tell."""
         chunksize = validate.chunksize(chunksize)
         retries = validate.retries(retries, self._retries)
         timeout_ns = validate.task_timeout(task_timeout) or self._timeout_ns
@@ -383,6 +415,7 @@ class JobEngine:
             job = self._new_job(self._register(fn), validate.callable_name(fn), star, source,
                                 total, chunksize, copy, retries, seq)
             job.timeout_ns = timeout_ns
+            job.tells = tells and is_process_class(fn)
             self._jobs.append(job)
             self._job_added(job)
         return job

@@ -44,6 +44,9 @@ class Job:
         self.finished = 0
         self.dropped = False          # cancelled: outcomes are ignored
         self.timeout_ns = 0           # how long one item may run (0: no limit)
+        self.tells = False            # Process items whose self.tell reaches listen()
+        self.ahead = READ_AHEAD_ITEMS  # how far a lazy call reads ahead (see paused)
+        self._messages = None         # (index, message) told and not yet heard
 
     # -- sink interface (called under the engine's lock) --
     def _sent(self):
@@ -64,6 +67,11 @@ class Job:
         if not self.dropped:
             self.errors[index] = exc
         self.finished += 1
+
+    def _message(self, index, obj):
+        if self._messages is None:
+            self._messages = collections.deque()
+        self._messages.append((index, obj))
 
     def _process_outcome(self, index, kind, value, timers, error, lap):
         deliver_process(self, index, kind, value, error)
@@ -89,7 +97,15 @@ class Job:
 
     def paused(self, ahead: int) -> bool:
         """A lazy call whose caller is `ahead` items behind: read no further."""
+        self.ahead = ahead
         return self.lazy and self.taken - self.handed >= ahead
+
+    def quiet(self) -> bool:
+        """Nothing of it runs or waits to run until its caller takes results:
+        every item taken has its outcome, and the input is exhausted or
+        the call is paused for its reader (what a listen() waits for)."""
+        return self.finished >= self.taken and (
+            self.dropped or self.complete() or (self.lazy and self.taken - self.handed >= self.ahead))
 
     # -- reading the input --
     def read_chunk(self, size: int):

@@ -28,7 +28,8 @@ from ..common.outcome import FAILED_RESULT
 from ..common.validate import callable_name
 from ..wire.detach import detach
 
-__all__ = ["Task", "TaskOptions", "DEFAULT_OPTIONS", "writable", "deliver_process", "SLICE_S"]
+__all__ = ["Task", "TaskOptions", "DEFAULT_OPTIONS", "writable", "deliver_process", "listen",
+           "SLICE_S"]
 
 #: How long a waiting caller sleeps before it looks again (and drives its pool).
 SLICE_S = 0.02
@@ -180,7 +181,7 @@ class Task(Future):
         self._unit = None
         self._pool._task_settled(self)
 
-    def _message(self, obj):
+    def _message(self, index, obj):
         if self._messages is None:
             self._messages = collections.deque()
         self._messages.append(obj)
@@ -189,16 +190,7 @@ class Task(Future):
         """The next message a submitted Process task told (`self.tell` in
         its hooks), or None once `timeout` seconds pass; with None, waits
         until one comes or the task is done and all were heard."""
-        deadline = None if timeout is None else time.monotonic() + native.timeout_ns(timeout) / 1e9
-        while True:
-            if self._messages:
-                return self._messages.popleft()
-            if self._finished():
-                return self._messages.popleft() if self._messages else None
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return None
-            self._pool._wait_step(SLICE_S if left is None else min(left, SLICE_S))
+        return listen(self._pool, self, self._finished, timeout)
 
     def _finished(self) -> bool:
         """Done or cancelled, without driving the pool."""
@@ -266,3 +258,18 @@ class Task(Future):
         name = self._name if isinstance(self._name, str) else callable_name(self._name)
         return f"<shmproc.Task {name} {state}>"
 
+
+def listen(engine, sink, over, timeout):
+    """The next of `sink._messages` (what Process tasks told), driving
+    `engine` meanwhile; None once `timeout` passes, or once over() holds
+    and every message was heard (timeout None: waits for one of the two)."""
+    deadline = None if timeout is None else time.monotonic() + native.timeout_ns(timeout) / 1e9
+    while True:
+        if sink._messages:
+            return sink._messages.popleft()
+        if over():
+            return sink._messages.popleft() if sink._messages else None
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return None
+        engine._wait_step(SLICE_S if left is None else min(left, SLICE_S))

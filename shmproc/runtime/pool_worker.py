@@ -136,7 +136,8 @@ class PoolWorker:
         self.dog = Watchdog(self.rctl, (), parent_pid, direct_child)
         self.lives_next = None          # lives left for the next Process task (OP_RETRY)
         self.limit_ns = 0               # task_timeout of plain calls (OP_LIMIT; 0: none)
-        self.task_ident = None          # the submitted task running now (its self.tell goes there)
+        self.task_ident = None          # the flagged record running now (its items' self.tell goes there)
+        self.task_offset = 0            # which item of that record is running
         self.timing = False             # a plain call runs under limit_ns now
 
     # -- timeouts of Process tasks: the guard signals, the runner raises ---------------
@@ -394,7 +395,11 @@ class PoolWorker:
                 self.task_ident = None
         elif op == OP_CHUNK:
             fn_id, star, items = body
-            self.chunk(ident, self._fn(fn_id), star, items, start)
+            self.task_ident = ident if flags & FLAG_TELLS else None
+            try:
+                self.chunk(ident, self._fn(fn_id), star, items, start)
+            finally:
+                self.task_ident = None
         elif op == OP_RUN:
             self.task_ident = ident if flags & FLAG_TELLS else None
             try:
@@ -538,6 +543,7 @@ class PoolWorker:
         part_start = start
         for item in items:
             progress[0] = self.completed << 2 | RUNNING
+            self.task_offset = len(values)
             args = tuple(item) if star else (item,)
             kind, value, timers, error, lap = self.run_process(self.construct(fn, args, {}))
             if kind == 2 and isinstance(value, BaseException):
@@ -604,7 +610,8 @@ class PoolWorker:
         rctl.set_state(native.STATE_RUNNING)
         runner = Runner(rctl, None, name)
         if self.task_ident is not None:
-            runner.mailbox = _TaskMailbox(self, self.task_ident)
+            runner.mailbox = _TaskMailbox(self, self.task_ident, self.task_offset)
+            self.task_offset = 0
         if snapshot is not None:
             runner.rebuild = lambda: wire.loads(snapshot[0], [bytearray(b) for b in snapshot[1]])
         t = obj.config.timeouts
@@ -627,17 +634,19 @@ class PoolWorker:
 
 
 class _TaskOutbox:
-    """`self.tell` inside a Process that Pool.submit runs: an R_MESSAGE record
-    for the caller's task.listen(), sent at once, after the results before it."""
+    """`self.tell` inside a Process task of a Pool (submit, or an item of
+    imap & co. / map_async): an R_MESSAGE record, (the item's offset in its
+    record, the message), for the caller's listen(), sent at once, after
+    the results before it."""
 
-    __slots__ = ("worker", "ident")
+    __slots__ = ("worker", "ident", "offset")
 
-    def __init__(self, worker, ident):
-        self.worker, self.ident = worker, ident
+    def __init__(self, worker, ident, offset=0):
+        self.worker, self.ident, self.offset = worker, ident, offset
 
     def put(self, obj, block=False):
         w = self.worker
-        record = taskwire.encode(R_MESSAGE, self.ident, obj, w.token, w.slot)
+        record = taskwire.encode(R_MESSAGE, self.ident, (self.offset, obj), w.token, w.slot)
         w.flush()
         w.result_q.put(record)
 
@@ -650,8 +659,8 @@ class _TaskMailbox:
 
     __slots__ = ("to_parent", "to_worker")
 
-    def __init__(self, worker, ident):
-        self.to_parent = _TaskOutbox(worker, ident)
+    def __init__(self, worker, ident, offset=0):
+        self.to_parent = _TaskOutbox(worker, ident, offset)
         self.to_worker = None
 
 

@@ -78,10 +78,12 @@ class ResultIntake:
             else:
                 self._init_failed(body, None)
             return
-        if op == R_MESSAGE:                           # a submitted Process told its caller
+        if op == R_MESSAGE:                           # a Process task told its caller
             unit = self._units.get(ident)
-            if unit is not None and hasattr(unit.sink, "_message"):
-                unit.sink._message(body)
+            if unit is not None and isinstance(body, tuple) and len(body) == 2:
+                offset, obj = body                    # offset: the item within the record
+                if not unit.sink.dropped:
+                    unit.sink._message(unit.base + offset, obj)
             return
         if op == R_PART:                              # a chunk's first items; it goes on
             unit = self._units.get(ident)

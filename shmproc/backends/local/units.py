@@ -21,7 +21,7 @@ class Unit:
     """Items sent to one worker as one record: a call, a chunk, or a Process."""
 
     __slots__ = ("id", "sink", "index", "op", "fn_id", "star", "items", "n", "record", "slot",
-                 "stream", "crashes", "cut", "lives", "flags")
+                 "stream", "crashes", "cut", "lives", "flags", "base")
 
     def __init__(self, ident, sink, index, op, fn_id, star, items):
         self.id = ident
@@ -38,7 +38,8 @@ class Unit:
         self.crashes = 0              # times its worker died while it (one item) was running
         self.cut = False              # its first items were answered (R_PART) and dropped
         self.lives = None             # a Process task's lives left, if not its config's
-        self.flags = 0                # taskwire.FLAG_TELLS: a submitted Process (its tells)
+        self.flags = 0                # taskwire.FLAG_TELLS: Process items whose tells reach the sink
+        self.base = index             # index of its record's first item (cut_answered moves index)
 
     def payload(self):
         if self.op == OP_CHUNK:
@@ -127,6 +128,9 @@ class LocalJob(Job):
             return [unit] if unit is not None else None
         if self.dropped:
             return None
+        if self.tells:                # Process items that tell: one record each, flagged
+            unit = self.next_unit(pool, 1)
+            return [unit] if unit is not None else None
         buffered = self.buffered
         if len(buffered) < want:
             self._read(buffered, want - len(buffered))
@@ -157,4 +161,7 @@ class LocalJob(Job):
             return None
         index, items = got
         pool._total += len(items)
-        return Unit(pool._new_id(), self, index, OP_CHUNK, self.fn_id, self.star, items)
+        unit = Unit(pool._new_id(), self, index, OP_CHUNK, self.fn_id, self.star, items)
+        if self.tells:
+            unit.flags = taskwire.FLAG_TELLS
+        return unit

@@ -93,6 +93,8 @@ class RayPool(JobEngine):
     """shmproc.Pool's API (map, imap, imap_unordered, starmap, istarmap,
     submit) with one launcher actor per worker on a Ray cluster."""
 
+    _TELLS = False                # the launcher runs Process items without a mailbox
+
     def __init__(self, backend, workers, start_method, max_tasks_per_worker, retries=0,
                  initializer=None, initargs=(), task_timeout=None):
         if start_method is not None:
