@@ -19,7 +19,7 @@ import shmproc
 from conftest import FULL_METHODS, START_METHODS
 from proc_helpers import wait_gone
 from shmproc import Pool
-from shmproc.backends.local.pool import MAX_WINDOW_ITEMS
+from shmproc.backends.local.dispatch import MAX_WINDOW_ITEMS
 from shmproc.common.errors import RemoteTraceback
 from shmproc.jobs.job import READ_AHEAD_ITEMS
 from shmproc.processing import (MainLoopError, Process, ProcessCrashedError, TimeoutError,

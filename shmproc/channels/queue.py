@@ -217,10 +217,8 @@ class Queue(Moving):
         return self._prod.capacity - self._prod.used_bytes() < 64
 
     def _sleep_until_woken(self):
-        """This handle's waits for an item sleep until woken, with no
-        periodic re-check: only for a reader whose every writer's death
-        ends it anyway (a pool worker's task ring: its guard ends it with
-        the pool's process), so that an idle reader costs no wake-ups."""
+        """Waits for an item sleep until woken, never re-checking: only for a reader
+        whose writers' death ends it anyway (a pool worker: see pool_worker.run)."""
         if self._chain is None:
             self._cons.set_wait_slice(0)
 

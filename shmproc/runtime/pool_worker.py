@@ -40,9 +40,10 @@ from ..common.errors import TimeoutError as TaskTimeoutError
 from ..common.outcome import CALL, HOOK_NAMES, is_process_class
 from ..wire.taskwire import (FLAG_TELLS, OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_LIMIT, OP_RETRY, OP_RUN,
                              OP_STOP,
-                       R_CHUNK, R_ERROR, R_INIT_FAILED, R_MESSAGE, R_PART, R_PROCESS, R_VALUE,
+                       R_CHUNK, R_ERROR, R_INIT_FAILED, R_PART, R_PROCESS, R_VALUE,
                        R_VALUES)
 from .main_globals import adopt
+from .task_mailbox import TaskMailbox
 from .watchdog import EXIT_ORPHANED, Watchdog
 
 _now = native.now_ns
@@ -610,7 +611,7 @@ class PoolWorker:
         rctl.set_state(native.STATE_RUNNING)
         runner = Runner(rctl, None, name)
         if self.task_ident is not None:
-            runner.mailbox = _TaskMailbox(self, self.task_ident, self.task_offset)
+            runner.mailbox = TaskMailbox(self, self.task_ident, self.task_offset)
             self.task_offset = 0
         if snapshot is not None:
             runner.rebuild = lambda: wire.loads(snapshot[0], [bytearray(b) for b in snapshot[1]])
@@ -631,37 +632,6 @@ class PoolWorker:
             self._failed()
         rctl.set_state(native.STATE_DONE if kind != FAILED_RESULT else native.STATE_FAILED)
         return kind, value, timers, error, lap
-
-
-class _TaskOutbox:
-    """`self.tell` inside a Process task of a Pool (submit, or an item of
-    imap & co. / map_async): an R_MESSAGE record, (the item's offset in its
-    record, the message), for the caller's listen(), sent at once, after
-    the results before it."""
-
-    __slots__ = ("worker", "ident", "offset")
-
-    def __init__(self, worker, ident, offset=0):
-        self.worker, self.ident, self.offset = worker, ident, offset
-
-    def put(self, obj, block=False):
-        w = self.worker
-        record = taskwire.encode(R_MESSAGE, self.ident, (self.offset, obj), w.token, w.slot)
-        w.flush()
-        w.result_q.put(record)
-
-    def qsize(self) -> int:
-        return 0
-
-
-class _TaskMailbox:
-    """A submitted Process task's mailbox: it can tell its caller, not hear from it."""
-
-    __slots__ = ("to_parent", "to_worker")
-
-    def __init__(self, worker, ident, offset=0):
-        self.to_parent = _TaskOutbox(worker, ident, offset)
-        self.to_worker = None
 
 
 class _CallTimeout(BaseException):

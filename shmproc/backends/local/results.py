@@ -6,7 +6,7 @@ one-item units at once (R_VALUES: the common record of a map with small
 items, delivered as one slice when they are consecutive), or the first
 items of a chunk still running (R_PART: delivered now, so a crash later
 cannot fail them).  Each record also teaches the pool the time per item,
-which sizes the work it sends ahead (pool.py: _window, _auto_chunk).
+which sizes the work it sends ahead (dispatch.py: _window, _auto_chunk).
 """
 from __future__ import annotations
 
