@@ -120,6 +120,16 @@ int shmp_ctl_set_state(shmp_control *c, uint32_t state)
     return SHMP_OK;
 }
 
+int shmp_ctl_advance(shmp_control *c, uint32_t state)
+{
+    if (c == NULL || state >= SHMP_STATE_DONE)
+        return SHMP_EINVAL;
+    /* release: as set_state's, for a reader that polls the word.  No wake:
+     * every sleeper waits for >= DONE (LocalRun.wait), which this is not. */
+    atomic_store_explicit(&c->s.state, state, RELEASE);
+    return SHMP_OK;
+}
+
 struct at_least { _Atomic uint32_t *word; uint32_t value; };
 
 static int reached(void *arg)

@@ -230,6 +230,11 @@ int  shmp_ctl_reset(shmp_control *ctl);
 
 uint32_t shmp_ctl_state(const shmp_control *ctl);
 int  shmp_ctl_set_state(shmp_control *ctl, uint32_t state);
+/* A state below DONE (STARTING, RUNNING, FINISHING), stored without a
+ * wake-up: sleepers in wait_state wait for an end state, and waking them
+ * at every step only makes them look and sleep again.  EINVAL for DONE
+ * and later (those go through set_state).                               */
+int  shmp_ctl_advance(shmp_control *ctl, uint32_t state);
 int  shmp_ctl_wait_state(shmp_control *ctl, uint32_t at_least, int64_t timeout_ns);
 
 int  shmp_ctl_request_stop(shmp_control *ctl);

@@ -53,6 +53,25 @@ def build(portable: bool):
         % (str(ROOT / "csrc"), str(BUILD))
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
+    # The CPython-API extensions (csrc/python/), sanitized too: without them
+    # here, `import shmproc._marks` would find whatever copy the environment
+    # has installed, and shmproc._laps might be missing altogether.
+    code = (
+        "from setuptools import Distribution, Extension\n"
+        "san = ['-fsanitize=address,undefined', '-fno-omit-frame-pointer', '-g']\n"
+        "exts = [Extension('shmproc.' + n, sources=['csrc/python/' + n[1:] + '.c'],\n"
+        "                  extra_compile_args=['-std=c11', '-O1', '-Wall', '-Wextra'] + san,\n"
+        "                  extra_link_args=san,\n"
+        "                  define_macros=[('Py_LIMITED_API', '0x030A0000')], py_limited_api=True)\n"
+        "        for n in ('_marks', '_laps')]\n"
+        "cmd = Distribution({'ext_modules': exts}).get_command_obj('build_ext')\n"
+        "cmd.build_lib = %r\n"
+        "cmd.build_temp = %r\n"
+        "cmd.ensure_finalized()\n"
+        "cmd.run()\n" % (str(BUILD), str(BUILD / "ext-tmp"))
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def main(argv):
@@ -68,7 +87,9 @@ def main(argv):
         SHMPROC_STRESS_SCALE=os.environ.get("SHMPROC_STRESS_SCALE", "0.1"),
     )
     probe = subprocess.run(
-        [sys.executable, "-c", "import shmproc._shmp_cffi as n; print(n.__file__, n.lib.shmp_sanitized())"],
+        [sys.executable, "-c", "import shmproc._laps, shmproc._marks, shmproc._shmp_cffi as n; "
+         "assert all(m.__file__.startswith(%r) for m in (shmproc._laps, shmproc._marks)); "
+         "print(n.__file__, n.lib.shmp_sanitized())" % str(BUILD)],
         env=env, capture_output=True, text=True, cwd=BUILD)
     if probe.returncode != 0 or not probe.stdout.strip().endswith(" 1") or str(BUILD) not in probe.stdout:
         raise SystemExit(f"asan: the sanitized build did not load:\n{probe.stdout}{probe.stderr}")

@@ -11,8 +11,9 @@
 Everything above imports `shmproc._native` and calls what it exports;
 nothing above touches `ffi` or `lib` (a test checks it).
 """
-from .control import (Control, ControlArray, guard_rearm, guard_running, guard_start, guard_stop,
-                      parent_death_signal)
+from .control import (LAPS_DONE, LAPS_OVERRAN_END, LAPS_OVERRAN_ENTER, LAPS_RAISED, LAPS_STOPPED,
+                      Control, ControlArray, guard_rearm, guard_running, guard_start, guard_stop,
+                      laps_armed, parent_death_signal)
 from .core import (CTL_OVERRAN, CTL_STOP, EEMPTY, EFULL, EINTR, EPEER, ESEALED, ESMALLBUF,
                    ESTATE, ETIMEDOUT, ETOOBIG, EXIT_EXPIRED, EXIT_ORPHANED, FOREVER, OK, PEER_FD_OK,
                    STATE_CRASHED, STATE_DONE, STATE_FAILED, STATE_FINISHING, STATE_KILLED,
@@ -28,7 +29,8 @@ __all__ = [
     "guard_running", "open_peer_fd", "copy_offset", "private_view", "is_private_view",
     "buffer_address", "OK", "EFULL", "EEMPTY", "ETIMEDOUT", "EINTR", "ESMALLBUF",
     "ETOOBIG", "ESTATE", "EPEER", "ESEALED", "EXIT_EXPIRED", "EXIT_ORPHANED", "FOREVER",
-    "PEER_FD_OK",
+    "PEER_FD_OK", "laps_armed", "LAPS_DONE", "LAPS_STOPPED", "LAPS_OVERRAN_ENTER", "LAPS_RAISED",
+    "LAPS_OVERRAN_END",
     "RecvBuffer", "char_pointer", "u32_array", "u32_cell", "u64_cell", "unpack",
     "CTL_STOP", "CTL_OVERRAN", "STATE_NEW", "STATE_STARTING", "STATE_RUNNING", "STATE_FINISHING",
     "STATE_DONE", "STATE_FAILED", "STATE_CRASHED", "STATE_KILLED",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from functools import partial
 
+from .. import _laps
 from .._marks import marked as _marked
 from .._shmp_cffi import ffi, lib
 from .core import EPEER, OK, _attach_failed, _dup_for_child, _fd_arg, check
@@ -71,6 +72,16 @@ class ControlArray:
         return _attach_control_array, (_dup_for_child(self.fd, "control blocks"),)
 
 
+# run_laps: the C loop calls the very functions the cffi module exports.
+_ENTER = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ctl_enter")))
+_END_LAP = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ctl_end_lap")))
+_laps.set_bits(lib.SHMP_CTL_STOP, lib.SHMP_CTL_OVERRAN)
+#: What Control.run_laps returns as its second item.
+LAPS_DONE, LAPS_STOPPED, LAPS_OVERRAN_ENTER, LAPS_RAISED, LAPS_OVERRAN_END = range(5)
+#: Is a hook of run_laps executing?  (Runner.on_alarm)
+laps_armed = _laps.armed
+
+
 def _attach_control_array(dupfd):
     return ControlArray.attach(dupfd.detach())
 
@@ -82,7 +93,8 @@ class Control:
     read, no syscall); the parent reads the rest at any time.
     """
 
-    __slots__ = ("array", "index", "block", "enter", "end_lap", "leave", "lap", "_lap_addr")
+    __slots__ = ("array", "index", "block", "enter", "end_lap", "leave", "lap", "_lap_addr",
+                 "_addr")
 
     def __init__(self, array: ControlArray, index: int):
         if not 0 <= index < array.count:
@@ -95,6 +107,14 @@ class Control:
         self.leave = partial(lib.shmp_ctl_leave, b)        # () -> bits
         self.lap = partial(lib.shmp_ctl_lap, b)            # () -> int
         self._lap_addr = None                              # see _lap_address
+        self._addr = int(ffi.cast("uintptr_t", b))         # for run_laps
+
+    def run_laps(self, sections, laps, obj, runner, pending, flush):
+        """The worker's lap loop in C (csrc/python/laps.c): up to `laps`
+        laps (-1: no limit) of `sections`, (section, hook, timeout_ns)
+        each.  Returns (laps done, LAPS_*, section index, exception)."""
+        return _laps.run(self._addr, _ENTER, _END_LAP, sections, laps, obj, runner,
+                         pending, flush)
 
     def reset(self):
         check(lib.shmp_ctl_reset(self.block), "resetting a control block")
@@ -105,6 +125,10 @@ class Control:
 
     def set_state(self, state: int):
         check(lib.shmp_ctl_set_state(self.block, state), "setting a worker state")
+
+    def advance(self, state: int):
+        """A state below DONE, with no wake-up (no one sleeps waiting for it)."""
+        check(lib.shmp_ctl_advance(self.block, state), "setting a worker state")
 
     def wait_state(self, at_least: int, timeout_ns: int) -> int:
         """OK once state >= at_least; ETIMEDOUT or EINTR otherwise."""

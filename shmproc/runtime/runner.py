@@ -72,7 +72,8 @@ class Runner:
         # signals for: a signal that arrives after that section ended, or
         # between hooks, raises nothing.
         ctl = self.ctl
-        if self.armed and ctl.section_start_ns == ctl.alarm_start_ns:
+        if (self.armed or native.laps_armed()) and \
+                ctl.section_start_ns == ctl.alarm_start_ns:
             raise _Timeout()
 
     # -- one section -------------------------------------------------------------
@@ -102,6 +103,46 @@ class Runner:
                                  (POSTLOOP, "__postloop__", tmo.postloop)):
             if not is_default_hook(getattr(cls, attr)):       # skip the empty defaults
                 sections.append((sec, getattr(obj, attr), _timeout_ns(limit), limit))
+        if cfg.join_in is None:
+            self._run_laps_native(obj, sections)
+        else:
+            self._run_laps_python(obj, sections)
+
+    def _run_laps_native(self, obj, sections):
+        """The loop of _run_laps_python, in C (csrc/python/laps.c): the
+        same order of calls, without cffi's cost per control-block call."""
+        num_loops = obj.config.num_loops
+        if self.ctl.stop_requested:
+            return
+        laps = -1
+        if num_loops is not None:
+            laps = num_loops - self.lap
+            if laps <= 0:
+                return
+        outbox = self.outbox
+        pending, flush = (outbox.pending, outbox.flush_between_hooks) if outbox else (None, None)
+        hooks = tuple((sec, hook, limit_ns) for sec, hook, limit_ns, _ in sections)
+        done, what, index, exc = self.ctl.run_laps(hooks, laps, obj, self, pending, flush)
+        if what == native.LAPS_RAISED:
+            sec, limit = sections[index][0], sections[index][3]
+            self.ctl.leave()                       # this section's deadline no longer applies
+            raise self._failure(sec, exc, limit) from None
+        if what == native.LAPS_OVERRAN_ENTER:
+            # The section that overran is the one entered before this one.
+            if index > 0:
+                prev = sections[index - 1]
+            elif done > 0:
+                prev = sections[-1]
+            else:
+                prev = (0, None, None, None)
+            raise self._overran(prev[0], prev[3])
+        if what == native.LAPS_OVERRAN_END:
+            prev = sections[-1] if sections else (0, None, None, None)
+            raise self._overran(prev[0], prev[3])
+
+    def _run_laps_python(self, obj, sections):
+        """Laps with join_in (a clock read per lap), one Python call per section."""
+        cfg = obj.config
         num_loops, join_in = cfg.num_loops, cfg.join_in
         enter, end_lap = self.ctl.enter, self.ctl.end_lap
         stopping = self.ctl.stop_requested
@@ -189,7 +230,7 @@ class Runner:
                     return FAILED_RESULT, (err, obj.timers, err, self.lap)
                 continue
             break
-        self.ctl.set_state(native.STATE_FINISHING)
+        self.ctl.advance(native.STATE_FINISHING)
         if failure is None:
             try:
                 self.run_single(obj, ONFINISH, "__onfinish__", obj.config.timeouts.onfinish)
@@ -232,7 +273,7 @@ def _run(ctl, arena, name, dog, mailbox):
     if mailbox is not None:
         runner.outbox = Outbox(mailbox.to_parent, runner)
     signal.signal(signal.SIGALRM, runner.on_alarm)
-    ctl.set_state(native.STATE_RUNNING)
+    ctl.advance(native.STATE_RUNNING)
     try:
         obj = transfer.loads_copy(record)
         t = obj.config.timeouts

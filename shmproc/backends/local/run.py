@@ -29,6 +29,7 @@ from ...runtime import runner
 from ...wire import transfer
 from ...wire import pickling as wire
 from ..base import Backend, Outcome, Run
+from .forking import DirectForkProcess
 from .forkserver import preload_into_forkserver
 from .pool import LocalPool
 from ...common.config import default_start_method
@@ -79,7 +80,9 @@ class LocalRun(Run):
         """Start a worker on the state in the arena (the first life, or a
         later one after the guard ended a worker stuck past its timeout)."""
         main = threading.current_thread() is threading.main_thread()
-        proc = self.ctx.Process(
+        # fork: multiprocessing's Process with a lean child bootstrap (forking.py).
+        make = DirectForkProcess if self.method == "fork" else self.ctx.Process
+        proc = make(
             target=runner.worker_entry,
             args=(self.ctl_array, 0, self.arena, os.getpid(), self.name,
                   self.method != "forkserver", main, self.mailbox),
