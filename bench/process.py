@@ -76,6 +76,10 @@ first object is created to after the last result is in hand and checked.
    mp.Queue: round trip and a 64-byte stream (bench/messages.py, run at
    the end; its targets: round trip <= 0.5x mp.Pipe, stream >= 10x mp.Queue).
 
+6. p.result returning after the worker's last hook, the child having idled
+   1 or 20 ms, vs os.fork + a pipe after the same idle (bench/idle_and_scale.py
+   1b, run at the end; issue 14's target: <= 2x).
+
 The shared options, as this script reads them: --repeat is the number of
 timed runs in parts 2 and 3 (default 3) and of rounds in part 4 (default 7;
 --quick: 1); --target-time is the seconds of laps in part 2 (default 0.5;
@@ -1230,6 +1234,18 @@ def main(argv=None) -> int:
             from . import messages
         print("5. tell / listen (bench/messages.py)", file=out, flush=True)
         messages.main(["--quick"] if s.quick else [])
+        print(file=out)
+        # 6. p.result after the worker's last hook vs os.fork + a pipe (issue 14).
+        if __package__ in (None, ""):
+            import idle_and_scale
+        else:
+            from . import idle_and_scale
+        print("6. result after the last hook (bench/idle_and_scale.py)", file=out, flush=True)
+        last_hook = idle_and_scale.result_after_last_hook(s.quick)
+        rows = [(f"issue 14: p.result after the last hook ({ms * 1e3:g} ms idle) vs fork+pipe",
+                 C.ratio(ours, anchor), "<= 2x", C.verdict(ours <= 2 * anchor))
+                for ms, (ours, anchor) in sorted(last_hook.items())]
+        print(C.table(["target", "measured", "required", "verdict"], rows, "lrrr"), file=out)
         print(file=out)
     print(f"total time {time.perf_counter() - progress.t0:.1f} s", file=out, flush=True)
 
