@@ -44,7 +44,7 @@ from ..wire.taskwire import (FLAG_TELLS, OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, O
                        R_VALUES)
 from .main_globals import adopt
 from .task_mailbox import TaskMailbox
-from .watchdog import EXIT_ORPHANED, Watchdog
+from .watchdog import EXIT_ORPHANED, Watchdog, horizon_ns
 
 _now = native.now_ns
 _unpack = taskwire.HEADER.unpack_from
@@ -115,7 +115,8 @@ class _BrokenFn:
 
 
 class PoolWorker:
-    def __init__(self, slot, ctl_array, task_q, result_q, parent_pid, direct_child, max_tasks):
+    def __init__(self, slot, ctl_array, task_q, result_q, parent_pid, direct_child, max_tasks,
+                 orphan_signal=False):
         self.slot = slot
         self.pctl = ctl_array.control(2 * slot)
         self.rctl = ctl_array.control(2 * slot + 1)
@@ -135,6 +136,12 @@ class PoolWorker:
         self.out = []                   # encoded results not yet sent
         self.runner = None              # the Runner of the Process task running now
         self.dog = Watchdog(self.rctl, (), parent_pid, direct_child)
+        # The guard thread ends a call stuck past a timeout, and an orphan.  A
+        # worker whose parent's death already kills it (orphan_signal:
+        # PR_SET_PDEATHSIG, see main) starts it only once it has a timeout to
+        # enforce: a pool of many workers then starts no thread per worker.
+        self.dog_started = False
+        self.dog_lazy = orphan_signal
         self.lives_next = None          # lives left for the next Process task (OP_RETRY)
         self.limit_ns = 0               # task_timeout of plain calls (OP_LIMIT; 0: none)
         self.task_ident = None          # the flagged record running now (its items' self.tell goes there)
@@ -169,8 +176,8 @@ class PoolWorker:
     # -- the loop -------------------------------------------------------------------------
     def run(self):
         signal.signal(signal.SIGALRM, self._on_alarm)
-        if not self.dog.start():
-            os._exit(EXIT_ORPHANED)                 # the parent is already gone
+        if not self.dog_lazy:
+            self._start_guard()
         pctl = self.pctl
         pctl.set_pid(os.getpid())
         pctl.set_state(native.STATE_RUNNING)
@@ -221,8 +228,24 @@ class PoolWorker:
                 if self.max_tasks is not None and self.completed >= self.max_tasks:
                     return                      # recycled: the parent starts a fresh worker
         finally:
-            self.dog.stop()
+            if self.dog_started:
+                self.dog.stop()
             pctl.set_state(native.STATE_DONE)
+
+    def _start_guard(self):
+        if not self.dog.start():
+            os._exit(EXIT_ORPHANED)                 # the parent is already gone
+        self.dog_started = True
+
+    def _arm(self, timeouts_s):
+        """The guard's limits for what runs next (starting it if need be)."""
+        if not self.dog_started:
+            if not any(timeouts_s):
+                return                              # nothing to enforce: no thread yet
+            self.dog.horizon_ns = horizon_ns(timeouts_s)
+            self._start_guard()
+            return
+        self.dog.rearm(timeouts_s)
 
     def call_fast(self, rec) -> bool:
         """The common record, a plain function call with small arguments,
@@ -368,7 +391,7 @@ class PoolWorker:
         if op == OP_LIMIT:
             self.limit_ns = ident
             if ident:
-                self.dog.rearm((ident / 1e9,))
+                self._arm((ident / 1e9,))
             return True
         start = native.now_ns()
         # Rebuilding a one-item record's arguments is part of running that
@@ -445,7 +468,7 @@ class PoolWorker:
         watches the call as a section of the runner block, signals past its
         deadline, and ends the worker if the call does not unwind."""
         rctl = self.rctl
-        self.dog.rearm((self.limit_ns / 1e9,))     # a Process task may have changed it
+        self._arm((self.limit_ns / 1e9,))     # a Process task may have changed it
         rctl.enter(CALL, self.limit_ns)
         self.timing = True
         try:
@@ -616,7 +639,7 @@ class PoolWorker:
         if snapshot is not None:
             runner.rebuild = lambda: wire.loads(snapshot[0], [bytearray(b) for b in snapshot[1]])
         t = obj.config.timeouts
-        self.dog.rearm((t.preloop, t.loop, t.postloop, t.onfinish))
+        self._arm((t.preloop, t.loop, t.postloop, t.onfinish))
         self.runner = runner
         try:
             kind, (value, timers, error, lap) = runner.execute(obj)
@@ -668,7 +691,8 @@ def main(slot, ctl_array, task_q, result_q, parent_pid, direct_child, use_pdeath
     if init is not None and not _initialize(init, result_q):
         sys.stdout.flush()
         os._exit(1)
-    worker = PoolWorker(slot, ctl_array, task_q, result_q, parent_pid, direct_child, max_tasks)
+    worker = PoolWorker(slot, ctl_array, task_q, result_q, parent_pid, direct_child, max_tasks,
+                        orphan_signal=direct_child and use_pdeathsig)
     try:
         worker.run()
     finally:

@@ -40,6 +40,7 @@ from ...wire import pickling as wire
 from ...wire.taskwire import OP_CALL, OP_RUN, OP_STOP
 from ...runtime import pool_worker
 from .dispatch import Dispatch
+from .forking import DirectForkProcess
 from .forkserver import preload_into_forkserver
 from .recovery import WorkerRecovery
 from .results import ResultIntake
@@ -152,8 +153,9 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             res.results = Queue(capacity=RESULT_RING_BYTES, _consumers="one")
             if self._method == "forkserver":
                 preload_into_forkserver()
-            for i in range(self._n):
-                res.slots.append(self._start_worker(i))
+            elif self._method == "fork":
+                wire.preload_for_fork_children()
+            res.slots.extend(self._start_workers(range(self._n)))
         except BaseException:
             res.kill()
             raise
@@ -161,7 +163,30 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         _ensure_exit_hook()
 
     # -- workers -------------------------------------------------------------------------
+    def _start_workers(self, indices) -> list:
+        """Start workers: everything each needs is made first, then they are
+        forked in one tight loop.  Python objects made between two forks
+        touch pages the last child still shares, and each such first write
+        copies a page: a 64-worker pool spent more on that than on fork."""
+        made = []
+        try:
+            for index in indices:
+                made.append(self._prepare_worker(index))
+            slots = []
+            for k, (index, proc, task_q, pctl, rctl) in enumerate(made):
+                proc.start()
+                slots.append(Slot(index, proc, task_q, pctl, rctl, self._max_tasks))
+            return slots
+        except BaseException:
+            for _, proc, task_q, _, _ in made:
+                if getattr(proc, "_popen", None) is None:
+                    task_q.close()             # never started: nobody else will close it
+            raise
+
     def _start_worker(self, index) -> Slot:
+        return self._start_workers([index])[0]
+
+    def _prepare_worker(self, index):
         res = self._res
         pctl, rctl = res.ctl.control(2 * index), res.ctl.control(2 * index + 1)
         pctl.reset()
@@ -171,17 +196,18 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         task_q = Queue(capacity=TASK_RING_BYTES, _producers="one", _consumers="one")
         task_q.cancel_join_thread()        # its large records matter only while the worker lives
         main = threading.current_thread() is threading.main_thread()
+        # fork: multiprocessing's Process with a lean child bootstrap (forking.py).
+        make = DirectForkProcess if self._method == "fork" else self._ctx.Process
         try:
-            proc = self._ctx.Process(
+            proc = make(
                 target=pool_worker.main,
                 args=(index, res.ctl, task_q, res.results, os.getpid(),
                       self._method != "forkserver", main, self._max_tasks, self._init),
                 name=f"shmproc:pool-worker-{index}")
-            proc.start()
         except BaseException:
             task_q.close()
             raise
-        return Slot(index, proc, task_q, pctl, rctl, self._max_tasks)
+        return index, proc, task_q, pctl, rctl
 
     # -- functions -------------------------------------------------------------------------
     def _register(self, fn) -> int:
