@@ -10,6 +10,7 @@ import os
 import queue
 import signal
 import time
+
 import numpy as np
 from shmproc.common import faults
 from shmproc.processing import Process

@@ -8,6 +8,7 @@ imports every name from here.
 """
 import os
 import time
+
 import numpy as np
 from shmproc.processing import Process
 

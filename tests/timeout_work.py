@@ -7,6 +7,7 @@ machine).  This module imports only what the workers need; test_task_timeout.py
 imports every name from here.
 """
 import time
+
 from shmproc.processing import Process
 
 

@@ -8,6 +8,7 @@ imports every name from here.
 """
 import os
 import pickle
+
 import numpy as np
 from shmproc import _native as native
 from shmproc.processing import Process
