@@ -128,7 +128,10 @@ def test_queue_storm(tmp_path, request, method, ci_rounds):
         victim = rng.choice([prod, cons])
         time.sleep(rng.uniform(0, 0.03 if method == "fork" else 0.3))
         if victim.pid is not None:
-            os.kill(victim.pid, signal.SIGKILL)
+            try:
+                os.kill(victim.pid, signal.SIGKILL)
+            except ProcessLookupError:      # it had finished its part and exited first
+                pass
         victim.join(60)
         consumer_died = victim is cons and cons.exitcode == -signal.SIGKILL
         if victim is cons:
