@@ -11,40 +11,9 @@ import time
 import pytest
 
 import shmproc
-from shmproc.processing import Process
 
-
-def square(x):
-    return x * x
-
-
-def nap(s):
-    time.sleep(s)
-    return s
-
-
-def fails_on_three(x):
-    if x == 3:
-        raise ValueError("three")
-    return x
-
-
-def source_that_breaks(n):
-    yield from range(n)
-    raise KeyError("the source broke")
-
-
-class Double(Process):
-    def __init__(self, n, fail=False):
-        self.n, self.fail = n, fail
-        self.config.num_loops = 2
-
-    def __loop__(self):
-        if self.fail:
-            raise OSError("lap failed")
-
-    def __result__(self):
-        return 2 * self.n
+# What the workers run lives in asyncio_work.py (a spawn worker imports only that).
+from asyncio_work import Double, fails_on_three, nap, source_that_breaks, square
 
 
 @pytest.fixture(params=["fork", "spawn"])

@@ -8,33 +8,14 @@ the executor), the test says so and runs on shmproc only.
 import asyncio
 import concurrent.futures as cf
 import multiprocessing
-import os
 import time
 
 import pytest
 
 import shmproc
 
-
-def square(x):
-    return x * x
-
-
-def fail(x):
-    raise ValueError(f"bad {x}")
-
-
-def die(_):
-    os._exit(7)
-
-
-def nap(s):
-    time.sleep(s)
-    return s
-
-
-def refuse():
-    raise OSError("no database")
+# What the workers run lives in executor_work.py (a spawn worker imports only that).
+from executor_work import die, fail, nap, refuse, square
 
 
 @pytest.fixture(params=["fork", "spawn"])

@@ -31,49 +31,20 @@ from proc_helpers import alive, wait_gone
 from shmproc import _native as native
 from shmproc.backends.local import run as local_backend
 from shmproc._shmp_cffi import lib
-from shmproc.processing import Process, TimeoutError
+from shmproc.processing import TimeoutError
 from shmproc.runtime.runner import LOOP
 from shmproc.runtime.watchdog import EXIT_EXPIRED, EXIT_ORPHANED
 
+# What the workers run lives in guard_work.py (a spawn worker imports only that).
+from guard_work import (
+    ExitsAtOnce, ForksQuickly, ForksThenSticks, IgnoresEverySignal, PoolStuck, PoolStuckOnce,
+    StuckFirstLife, StuckInC, _in_child,
+)
+
 pytestmark = pytest.mark.timeout(120)
 
-FOREVER_IN_C = 10**11
 BOUND_S = 3.0
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(shmproc.__file__)))
-
-
-
-class StuckInC(Process):
-    """Stuck in C in `section` on lap `stuck_lap` while its lives are in `stuck_lives`."""
-
-    def __init__(self, section="loop", timeout=0.2, lives=1, stuck_lives=(1,), stuck_lap=0,
-                 method=None):
-        self.section = section
-        self.stuck_lives = tuple(stuck_lives)
-        self.stuck_lap = stuck_lap
-        self.config.num_loops = 2
-        self.config.lives = lives
-        self.config.start_method = method
-        setattr(self.config.timeouts, section, timeout)
-        self.seen = []
-
-    def _maybe_stick(self, name):
-        if (name == self.section and self.current_lap == self.stuck_lap
-                and self.config.lives in self.stuck_lives):
-            sum(range(FOREVER_IN_C))
-
-    def __preloop__(self):
-        self._maybe_stick("preloop")
-
-    def __loop__(self):
-        self.seen.append((self.config.lives, self.current_lap))
-        self._maybe_stick("loop")
-
-    def __onfinish__(self):
-        self._maybe_stick("onfinish")
-
-    def __result__(self):
-        return self.seen
 
 
 def _timed_result(p):
@@ -133,24 +104,6 @@ def test_lives_apply_after_a_life_stuck_in_c(method):
     assert took < 0.2 + BOUND_S + 2
 
 
-class StuckFirstLife(Process):
-    def __init__(self, marker):
-        self.marker = marker
-        self.config.num_loops = 1000
-        self.config.lives = 2
-        self.config.timeouts.loop = 0.2
-        self.laps = 0
-
-    def __loop__(self):
-        self.laps += 1
-        if self.config.lives == 2:
-            open(self.marker, "w").close()
-            sum(range(FOREVER_IN_C))
-
-    def __result__(self):
-        return self.config.lives, self.laps
-
-
 def test_a_stop_asked_while_a_life_is_stuck_carries_into_the_next(tmp_path):
     marker = tmp_path / "in-c"
     p = StuckFirstLife(str(marker))
@@ -174,22 +127,6 @@ def test_the_last_life_stuck_in_c_reports_the_timeout():
     assert took < 2 * (0.2 + BOUND_S)
 
 
-class IgnoresEverySignal(Process):
-    """Swallows the TimeoutError itself (BaseException) and carries on."""
-
-    def __init__(self):
-        self.config.num_loops = 1
-        self.config.timeouts.loop = 0.2
-
-    def __loop__(self):
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            try:
-                time.sleep(0.01)
-            except BaseException:                          # noqa: BLE001 - the point of the test
-                pass
-
-
 def test_a_hook_that_ignores_every_signal_is_ended_as_a_timeout():
     p = IgnoresEverySignal()
     p.start()
@@ -199,28 +136,6 @@ def test_a_hook_that_ignores_every_signal_is_ended_as_a_timeout():
 
 
 # ---- Pool: a Process task stuck in C fails with its TimeoutError, or uses a life --------
-
-class PoolStuck(Process):
-    """Item 1 is stuck in C while it has `stuck_lives` lives."""
-
-    def __init__(self, item, lives=1, stuck_lives=(1,)):
-        self.item = item
-        self.stuck_lives = tuple(stuck_lives)
-        self.config.num_loops = 1
-        self.config.lives = lives
-        self.config.timeouts.loop = 0.2
-
-    def __loop__(self):
-        if self.item == 1 and self.config.lives in self.stuck_lives:
-            sum(range(FOREVER_IN_C))
-
-    def __result__(self):
-        return (self.item, self.config.lives)
-
-
-class PoolStuckOnce(PoolStuck):
-    def __init__(self, item):
-        PoolStuck.__init__(self, item, lives=2, stuck_lives=(2,))
 
 
 def test_pool_map_of_a_process_stuck_in_c():
@@ -311,29 +226,6 @@ def test_a_worker_stuck_in_c_exits_when_its_parent_is_killed(tmp_path, method, w
 
 # ---- fork() in user code ---------------------------------------------------------------
 
-class ForksThenSticks(Process):
-    """Lap 0 forks a child that outlives the worker's deadline + grace and
-    then leaves a mark; lap 1 is stuck in C."""
-
-    def __init__(self, mark):
-        self.mark = mark
-        self.config.num_loops = 2
-        self.config.timeouts.loop = 0.3
-
-    def __loop__(self):
-        if self.current_lap == 0:
-            if os.fork() == 0:
-                code = 1
-                try:
-                    time.sleep(1.5)                        # past the worker's end
-                    code = 0 if not native.guard_running() else 2
-                    with open(self.mark, "w") as f:
-                        f.write(str(code))
-                finally:
-                    os._exit(code)
-        else:
-            sum(range(FOREVER_IN_C))
-
 
 def test_fork_in_a_hook_keeps_the_guard_and_spares_the_child(tmp_path):
     mark = tmp_path / "child"
@@ -347,22 +239,6 @@ def test_fork_in_a_hook_keeps_the_guard_and_spares_the_child(tmp_path):
     assert mark.exists() and mark.read_text() == "0", "the forked child was killed or had a guard"
 
 
-class ForksQuickly(Process):
-    def __init__(self):
-        self.config.num_loops = 3
-        self.config.timeouts.loop = 5
-        self.codes = []
-
-    def __loop__(self):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(7)
-        self.codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-
-    def __result__(self):
-        return self.codes, native.guard_running()
-
-
 @pytest.mark.asan
 def test_fork_in_a_hook_breaks_nothing():
     p = ForksQuickly()
@@ -371,17 +247,6 @@ def test_fork_in_a_hook_breaks_nothing():
 
 
 # ---- the guard itself, from C ------------------------------------------------------------
-
-def _in_child(fn):
-    """Run fn() in a fork of this process; its exit status (fn returns the code)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = fn()
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 @pytest.mark.asan
@@ -526,10 +391,6 @@ def test_a_fork_child_has_no_guard_and_may_start_its_own():
 
 
 # ---- defect 9c: kill after the worker was reaped -------------------------------------------
-
-class ExitsAtOnce(Process):
-    def __loop__(self):
-        os._exit(3)
 
 
 @pytest.mark.parametrize("pidfd", [True, False])

@@ -11,7 +11,6 @@ import os
 import pickle
 import queue
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
@@ -25,39 +24,17 @@ from conftest import START_METHODS
 import shmproc
 from shmproc.wire import blobs
 from shmproc import _native as native
-from shmproc import _shmp_cffi as _cffi
-from shmproc.channels import queue as queue_mod
 from shmproc.common.errors import CorruptSharedMemoryError
-from shmproc.processing import Process
+
+# What the workers run lives in integrity_work.py (a spawn worker imports only that).
+from integrity_work import (
+    _BigResult, _Grumpy, _InterruptsOnce, _ListFds, _blob_state, _count_items, _fork_and_check,
+    _in_flight, _interrupts, _list_fds_of_a_program, _queue_user, _with_fields, put_raw,
+    second_handle, take_raw,
+)
 
 TAG_PICKLE, TAG_BLOB = 0, 3
 BIG = 200 * 1024            # larger than a consumer's first scratch buffer (64 KiB), in-band
-
-
-class _Fd:
-    def __init__(self, fd):
-        self.fd = fd
-
-    def detach(self):
-        return self.fd
-
-
-def second_handle(q):
-    """Another consumer handle on the same ring, as another process would have."""
-    return queue_mod._rebuild_queue(_Fd(os.dup(q._ring.fd)), q.maxsize)
-
-
-def take_raw(q):
-    """Take the next record off the ring as bytes, bypassing decoding."""
-    buf = bytearray(1 << 20)
-    out = _cffi.ffi.new("uint32_t[2]")
-    rc = q._ring.get_into(_cffi.ffi.from_buffer(buf), len(buf), 10**9, out, out + 1)
-    assert rc == native.OK
-    return bytes(buf[:out[0]]), out[1]
-
-
-def put_raw(q, data, tag):
-    assert q._ring.put(data, len(data), tag, 10**9) == native.OK
 
 
 # ---- 1. a size probe never consumes ----------------------------------------------
@@ -88,16 +65,6 @@ def test_empty_item_behind_a_large_one_is_not_lost_to_a_racing_consumer():
     finally:
         q.close()
         q2.close()
-
-
-def _count_items(q, out):
-    n = 0
-    while True:
-        item = q.get()
-        if item == b"STOP":
-            break
-        n += 1
-    out.put(n)
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -169,15 +136,6 @@ def test_get_many_keeps_the_items_around_a_corrupt_record():
         q.close()
 
 
-class _Grumpy:
-    def __reduce__(self):
-        return (_refuse, ())
-
-
-def _refuse():
-    raise ValueError("I refuse to be rebuilt")
-
-
 def test_an_items_own_error_while_rebuilt_is_raised_as_is():
     q = shmproc.Queue()
     try:
@@ -189,25 +147,6 @@ def test_an_items_own_error_while_rebuilt_is_raised_as_is():
 
 
 # ---- 3. an out-of-band item is claimed only after its identity is checked ------------
-
-def _desc_fields(desc):
-    return list(blobs.DESC.unpack_from(desc))
-
-
-def _with_fields(desc, **changes):
-    names = ["pid", "fd", "size", "main_len", "kind", "nbufs", "nonce"]
-    fields = _desc_fields(desc)
-    for k, v in changes.items():
-        fields[names.index(k)] = v
-    return blobs.DESC.pack(*fields) + desc[blobs.DESC.size:]
-
-
-def _blob_state(desc):
-    fd = _desc_fields(desc)[1]
-    for sent in blobs.pool.in_flight:
-        if sent.blob.fd == fd:
-            return sent.blob.load_word(0)
-    raise AssertionError("blob not in flight")
 
 
 @pytest.mark.parametrize("change", [
@@ -271,28 +210,6 @@ def test_malformed_descriptors_are_corrupt(desc):
 
 # ---- 4. a fork child's view never changes under it -----------------------------------
 
-def _fork_and_check(box, expected, then):
-    """Fork a child holding the view in `box`; run `then()` in the parent
-    (which drops its own view and makes the producer reuse what it can);
-    the child then checks its view still holds `expected`."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(w)
-            os.read(r, 1)
-            os._exit(0 if np.array_equal(box[0], expected) else 3)
-        finally:
-            os._exit(4)
-    os.close(r)
-    try:
-        then()
-    finally:
-        os.write(w, b"x")
-        os.close(w)
-        _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
 
 def test_queue_view_inherited_by_a_fork_child_never_changes():
     q = shmproc.Queue()
@@ -314,15 +231,6 @@ def test_queue_view_inherited_by_a_fork_child_never_changes():
                                parent_drops_and_reuses) == 0
     finally:
         q.close()
-
-
-class _BigResult(Process):
-    def __init__(self, fill):
-        self.fill = fill
-        self.config.num_loops = 0
-
-    def __result__(self):
-        return np.full(500_000, self.fill, dtype=np.int64)
 
 
 def test_process_result_view_inherited_by_a_fork_child_never_changes():
@@ -364,10 +272,6 @@ def test_fork_child_that_drops_its_view_gives_the_lease_back():
 
 
 # ---- 5. a failed put retracts its item and never stalls exit ------------------------------
-
-def _in_flight():
-    blobs.pool.sweep()
-    return len(blobs.pool.in_flight)
 
 
 @pytest.mark.parametrize("how", ["nowait", "timeout", "closed"])
@@ -455,25 +359,6 @@ def test_exit_is_not_stalled_by_a_consumer_that_died_before_opening():
 
 # ---- 7. shared memory never leaks into unrelated programs --------------------------------------
 
-class _ListFds(Process):
-    def __init__(self):
-        self.config.num_loops = 0
-
-    def __result__(self):
-        return subprocess.run(["ls", "-l", "/proc/self/fd/"], close_fds=False,
-                              capture_output=True, text=True).stdout
-
-
-def _list_fds_of_a_program(_):
-    return subprocess.run(["ls", "-l", "/proc/self/fd/"], close_fds=False,
-                          capture_output=True, text=True).stdout
-
-
-def _queue_user(q, out):
-    q.get(timeout=30)
-    out.put(subprocess.run(["ls", "-l", "/proc/self/fd/"], close_fds=False,
-                           capture_output=True, text=True).stdout)
-
 
 @pytest.mark.parametrize("method", START_METHODS)
 def test_no_shmproc_descriptor_reaches_an_exec_ed_program(method):
@@ -539,23 +424,6 @@ def test_exit_waits_for_a_live_reader_and_stops_when_it_dies():
 
 
 # ---- found by review: edges of the fixes above ---------------------------------------------
-
-_interrupts = []
-
-
-def _interrupt_once(value):
-    if not _interrupts:
-        _interrupts.append(1)
-        raise KeyboardInterrupt         # stands in for Ctrl-C arriving while an item is rebuilt
-    return value
-
-
-class _InterruptsOnce:
-    def __init__(self, value):
-        self.value = value
-
-    def __reduce__(self):
-        return (_interrupt_once, (self.value,))
 
 
 def test_get_many_after_a_lost_item_and_a_bad_item_keeps_the_rest():

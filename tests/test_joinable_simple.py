@@ -13,35 +13,11 @@ import pytest
 
 import shmproc
 
+# What the workers run lives in joinable_work.py (a spawn worker imports only that).
+from joinable_work import _echo_simple, _one_too_many, _take_and_die, _work
+
 
 # ---- helpers run in child processes (module level: importable under spawn) ----
-
-def _work(q, n):
-    for _ in range(n):
-        q.get(timeout=30)
-        q.task_done()
-
-
-def _one_too_many(q, out):
-    q.get(timeout=30)
-    q.task_done()
-    try:
-        q.task_done()
-    except ValueError as exc:
-        out.put(str(exc))
-
-
-def _take_and_die(q):
-    q.get(timeout=30)
-    os._exit(0)                             # never calls task_done()
-
-
-def _echo_simple(q_in, q_out):
-    while True:
-        item = q_in.get()
-        if item is None:
-            return
-        q_out.put(item)
 
 
 # ---- JoinableQueue -------------------------------------------------------------------

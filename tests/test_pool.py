@@ -1,9 +1,7 @@
 """shmproc.Pool: ordering, laziness, submit/cancel, Process classes, numpy,
 crashes, task errors, recycling, Ctrl-C and bad input.  Every test runs
 inside the leak check of conftest.py (fds, mappings, /dev/shm, children)."""
-import logging
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -22,123 +20,14 @@ from shmproc import Pool
 from shmproc.backends.local.dispatch import MAX_WINDOW_ITEMS
 from shmproc.common.errors import RemoteTraceback
 from shmproc.jobs.job import READ_AHEAD_ITEMS
-from shmproc.processing import (MainLoopError, Process, ProcessCrashedError, TimeoutError,
-                                timesection)
+from shmproc.processing import MainLoopError, ProcessCrashedError, TimeoutError
 from shmproc.wire import SerializationError
 
-
-# ---- module-level functions and classes: importable under every start method ------------
-
-def square(x):
-    return x * x
-
-
-def add(a, b):
-    return a + b
-
-
-def pid_of(_):
-    return os.getpid()
-
-
-def nap(seconds):
-    time.sleep(seconds)
-    return seconds
-
-
-def fail_on(x, bad=5):
-    if x == bad:
-        raise ValueError(f"bad item {x}")
-    return x
-
-
-def die_on(x, bad=3):
-    if x == bad:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return x
-
-
-def make_lock(_):
-    return threading.Lock()
-
-
-def big_array(n):
-    return np.arange(n, dtype=np.float64)
-
-
-def array_sum(a):
-    return float(a.sum()), a.flags.writeable
-
-
-class Counter(Process):
-    def __init__(self, n):
-        self.config.num_loops = n
-        self.count = 0
-
-    def __loop__(self):
-        self.count += 1
-
-    def __result__(self):
-        return self.count
-
-
-class Trivial(Process):
-    def __init__(self, i):
-        self.i = i
-        self.config.num_loops = 1
-
-    def __result__(self):
-        return self.i
-
-
-class FlakyOnce(Process):
-    """Fails its first life (recorded in a file), succeeds in the second."""
-
-    def __init__(self, marker):
-        self.marker = marker
-        self.config.num_loops = 2
-        self.config.lives = 2
-        self.laps = 0
-
-    def __loop__(self):
-        self.laps += 1
-        if not os.path.exists(self.marker):
-            open(self.marker, "w").close()
-            raise RuntimeError("first life fails")
-
-    def __result__(self):
-        return self.laps
-
-
-class Sleepy(Process):
-    def __init__(self, seconds):
-        self.seconds = seconds
-        self.config.num_loops = 1
-        self.config.timeouts.loop = 0.2
-
-    def __loop__(self):
-        time.sleep(self.seconds)
-
-    def __result__(self):
-        return "woke"
-
-
-class Broken(Process):
-    def __init__(self):
-        self.config.num_loops = 3
-
-    def __loop__(self):
-        if self.current_lap == 1:
-            raise KeyError("lap one")
-
-
-class SelfKill(Process):
-    def __init__(self):
-        self.config.num_loops = 5
-
-    def __loop__(self):
-        if self.current_lap == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
+# What the workers run lives in pool_work.py (a spawn worker imports only that).
+from pool_work import (Broken, Chatty, Counter, FlakyOnce, RebuildsOnlyInTheParent, SelfKill,
+                       Sleepy, TimedCounter, Trivial, add, array_sum, big_array, checksum,
+                       die_on, fail_on, log_once, make_lock, nap, pid_of,
+                       result_kills_worker, square)
 
 
 #: Tests of what the parent alone does (argument checks, progress bars,
@@ -267,12 +156,6 @@ def test_a_thousand_trivial_processes(pool):
     assert pool.map(Trivial, range(1000)) == list(range(1000))
 
 
-class TimedCounter(Counter):
-    @timesection()
-    def __loop__(self):
-        self.count += 1
-
-
 def test_process_instance_gets_timers_and_error(pool):
     proc = TimedCounter(4)
     assert proc.timers is None
@@ -297,46 +180,9 @@ def test_process_timeouts_in_the_pool(pool):
     assert pool.submit(Sleepy, 0).result() == "woke"        # the worker is fine afterwards
 
 
-# A timeout is raised asynchronously, wherever the hook is: here, often
-# inside queue.Queue.put between Condition.__enter__'s lock acquire and the
-# with block (a non-reentrant lock, left held).  The next task that logs in
-# that interpreter would block for ever, so a worker in which a timeout was
-# raised reports that task and is replaced.
-
-class QueueingHandler(logging.Handler):
-    """Hands each record through a queue.Queue, as logging.handlers.QueueHandler does."""
-
-    def __init__(self):
-        super().__init__()
-        self.q = queue.Queue()
-
-    def emit(self, record):
-        self.q.put(record)
-        self.q.get()
-
-
-chatty_log = logging.getLogger("shmproc.tests.chatty")
-chatty_log.propagate = False
-chatty_log.setLevel(logging.INFO)
-chatty_log.addHandler(QueueingHandler())
-
-
-class Chatty(Process):
-    """Logs until its 2 ms loop timeout interrupts it."""
-
-    def __init__(self, i):
-        self.i = i
-        self.config.num_loops = 1
-        self.config.timeouts.loop = 0.002
-
-    def __loop__(self):
-        while True:
-            chatty_log.info("item %s", self.i)
-
-
-def log_once(i):
-    chatty_log.info("after %s", i)
-    return i
+# A timeout is raised asynchronously, wherever the hook is (see Chatty in
+# pool_work.py): a worker in which a timeout was raised reports that task
+# and is replaced.
 
 
 def test_a_worker_whose_task_timed_out_is_replaced(method):
@@ -700,10 +546,6 @@ def test_a_pool_cannot_be_sent_to_a_worker(pool):
 
 # ---- stress: many records of every size, a worker killed from outside mid-stream -----------------
 
-def checksum(data):
-    import zlib
-    return len(data), zlib.crc32(memoryview(data).cast("B"))
-
 
 def test_stress_mixed_sizes_with_a_worker_killed_midstream(method):
     import zlib
@@ -790,14 +632,6 @@ def test_many_distinct_functions_in_flight(pool):
 
 # ---- regressions found in review ------------------------------------------------------------------
 
-class ExitsWhenPickled:
-    def __reduce__(self):
-        os._exit(7)
-
-
-def result_kills_worker(x):
-    return ExitsWhenPickled() if x == 1 else x
-
 
 def test_a_result_that_kills_its_worker_fails_only_that_task(method):
     with Pool(1, start_method=method) as p:
@@ -809,19 +643,6 @@ def test_a_result_that_kills_its_worker_fails_only_that_task(method):
         with pytest.raises(ProcessCrashedError):
             p.map(result_kills_worker, [0, 1, 2], chunksize=3)     # inside a chunk's result
         assert p.pids != before and p.map(square, [4]) == [16]
-
-
-class RebuildsOnlyInTheParent:
-    parent = os.getpid()
-
-    def __reduce__(self):
-        return _rebuild_only_in_parent, (RebuildsOnlyInTheParent.parent,)
-
-
-def _rebuild_only_in_parent(parent):
-    if os.getpid() != parent:
-        raise RuntimeError("cannot be rebuilt here")
-    return RebuildsOnlyInTheParent()
 
 
 def test_a_chunk_whose_arguments_cannot_be_rebuilt_fails_all_its_items(pool):

@@ -6,30 +6,13 @@ under fork and spawn: the stdlib's behaviour is the contract.
 """
 import multiprocessing
 import threading
-import time
 
 import pytest
 
 import shmproc
 
-
-def square(x):
-    return x * x
-
-
-def fail(x):
-    raise ValueError(f"bad {x}")
-
-
-def fail_on_three(x):
-    if x == 3:
-        raise KeyError(x)
-    return x
-
-
-def nap(s):
-    time.sleep(s)
-    return s
+# What the workers run lives in stdlib_work.py (a spawn worker imports only that).
+from stdlib_work import fail, fail_on_three, nap, recall, refuse, remember, square
 
 
 @pytest.fixture(params=["fork", "spawn"])
@@ -189,22 +172,6 @@ def test_star_import_does_not_shadow_builtins():
 
 
 # ---- the constructor: multiprocessing.Pool's signature, initializer ------------------------
-
-_STATE = {}
-
-
-def remember(value):
-    _STATE["value"] = value
-    _STATE["runs"] = _STATE.get("runs", 0) + 1
-
-
-def recall(_=None):
-    import os
-    return _STATE.get("value"), _STATE.get("runs"), os.getpid()
-
-
-def refuse():
-    raise OSError("no database")
 
 
 def test_positional_arguments_are_multiprocessings(method):

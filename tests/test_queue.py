@@ -14,43 +14,13 @@ import shmproc
 from shmproc.wire import pickling as wire
 from shmproc.channels.queue import DEFAULT_CAPACITY
 
+# What the workers run lives in queue_work.py (a spawn worker imports only that).
+from queue_work import (
+    _blocked_get, _echo, _put_array_and_exit, _put_forever, _put_range, _try_use_closed,
+)
+
 
 # ---- helpers run in child processes (module level: importable under spawn) ----
-
-def _echo(q_in, q_out):
-    while True:
-        item = q_in.get()
-        if item is None:
-            break
-        q_out.put(item)
-
-
-def _put_range(q, n, start=0):
-    for i in range(start, start + n):
-        q.put(i)
-
-
-def _put_array_and_exit(q, n):
-    q.put(np.arange(n, dtype=np.float64))
-
-
-def _try_use_closed(q, out):
-    try:
-        q.put(1)
-    except ValueError as exc:
-        out.put(str(exc))
-
-
-def _blocked_get(q):
-    q.get()
-
-
-def _put_forever(q, started):
-    started.set()
-    i = 0
-    while True:
-        q.put(("item", i, b"x" * (i % 5000)))
-        i += 1
 
 
 # ---- the basic contract ---------------------------------------------------------

@@ -16,51 +16,17 @@ from shmproc.common.errors import CorruptSharedMemoryError
 from conftest import shmproc_fds, shmproc_mappings
 from shmproc.wire.blobs import PEER_FD_OK
 
+# What the workers run lives in growth_work.py (a spawn worker imports only that).
+from growth_work import ITEM, _consume, _consume_forever, _drain, _produce, _produce_forever
+
 # Growing opens the rings other processes made through their descriptors;
 # the portable layer has none, and keeps one ring per queue.
 pytestmark = pytest.mark.skipif(not PEER_FD_OK, reason="growing needs peer descriptors")
 
 SMALL = 64 * 1024
-ITEM = b"p" * 100
 
 
 # ---- helpers run in child processes (module level: importable under spawn) ----
-
-def _produce(q, who, n):
-    for i in range(n):
-        q.put((who, i, ITEM))
-
-
-def _consume(q, out, n):
-    got = [q.get(timeout=60)[:2] for _ in range(n)]
-    out.put(got)
-
-
-def _produce_forever(q, started, fault=None):
-    if fault:
-        from shmproc.common import faults
-        faults.arm(fault)
-    i = 0
-    while True:
-        q.put((0, i, ITEM))
-        if i == 2000:
-            started.set()
-        i += 1
-
-
-def _consume_forever(q, started):
-    while True:
-        q.get()
-        started.set()
-
-
-def _drain(q):
-    got = []
-    while True:
-        try:
-            got.append(q.get(timeout=0.5))
-        except queue.Empty:
-            return got
 
 
 # ---- one process ----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The lone-task path of Pool.submit, and what an idle pool costs (issue 14).
 
 A submit of a function an idle worker already knows goes straight onto
-that worker's ring (LocalPool._submit_direct) instead of through the
+that worker's ring (dispatch.py: _submit_direct) instead of through the
 general dispatcher.  These tests drive that path through the public API
 and check that it keeps every guarantee of the general one: task
 timeouts set and cleared, arguments that cannot travel, a worker dying
@@ -14,45 +14,9 @@ import time
 import pytest
 
 import shmproc
-from shmproc.processing import Process
 
-
-def square(x):
-    return x * x
-
-
-def nap(s):
-    time.sleep(s)
-    return s
-
-
-def die_if(flag, marker=None):
-    """Ends its worker when `flag` is set (only the first time, if a marker
-    file is given: a retry then succeeds)."""
-    if flag:
-        if marker is None or not os.path.exists(marker):
-            if marker is not None:
-                open(marker, "w").close()
-            os._exit(3)
-    return "alive"
-
-
-class Unpicklable:
-    def __reduce__(self):
-        raise TypeError("no pickling for this one")
-
-
-class Tells(Process):
-    def __init__(self, n):
-        self.n = n
-        self.config.num_loops = 1
-
-    def __loop__(self):
-        for i in range(self.n):
-            self.tell(i)
-
-    def __result__(self):
-        return "told"
+# What the workers run lives in direct_work.py (a spawn worker imports only that).
+from direct_work import Tells, Unpicklable, die_if, nap, square
 
 
 @pytest.fixture(params=["fork", "spawn"])

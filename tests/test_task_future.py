@@ -14,22 +14,8 @@ import pytest
 
 import shmproc
 
-
-def square(x):
-    return x * x
-
-
-def nap(s):
-    time.sleep(s)
-    return s
-
-
-def fail(x):
-    raise ValueError(f"bad {x}")
-
-
-def keywords(copy=None, retries=None, timeout=None):
-    return (copy, retries, timeout)
+# What the workers run lives in future_work.py (a spawn worker imports only that).
+from future_work import fail, keywords, nap, square
 
 
 @pytest.fixture(params=["fork", "spawn"])

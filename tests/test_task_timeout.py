@@ -14,39 +14,9 @@ import time
 import pytest
 
 import shmproc
-from shmproc.processing import Process
 
-
-def nap(s):
-    time.sleep(s)
-    return s
-
-
-def square(x):
-    return x * x
-
-
-def swallow(s):
-    try:
-        time.sleep(s)
-    except BaseException:           # noqa: BLE001 - a call that eats the interruption
-        return "swallowed"
-    return "slept"
-
-
-def spin_in_c(_):
-    return sum(range(10 ** 12))     # C code holding the GIL: no handler runs
-
-
-class SlowLap(Process):
-    def __init__(self):
-        self.config.num_loops = 1
-
-    def __loop__(self):
-        time.sleep(0.4)
-
-    def __result__(self):
-        return "lap"
+# What the workers run lives in timeout_work.py (a spawn worker imports only that).
+from timeout_work import SlowLap, nap, spin_in_c, square, swallow
 
 
 @pytest.fixture(params=["fork", "spawn"])
