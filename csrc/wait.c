@@ -59,6 +59,7 @@
 static int spin(shmp_cond_fn cond, void *arg, uint64_t deadline)
 {
     uint64_t now = shmp_now_ns(), stop = now + SHMP_SPIN_NS;
+    uint64_t polite = now + SHMP_SPIN_NS / 2;
     if (deadline < stop)
         stop = deadline;
     for (unsigned i = 1;; i++) {
@@ -67,9 +68,12 @@ static int spin(shmp_cond_fn cond, void *arg, uint64_t deadline)
             return c;
         shmp_cpu_relax();
         if ((i & 15u) == 0) {
-            /* Polite spinning: give the core away each turn (free when
-             * nobody else wants it); stop at once if somebody did.   */
-            shmp_os_yield();
+            /* The first half spins hard (a peer mid-write answers within
+             * microseconds); then politely: the core is given away each
+             * turn (free when nobody else wants it), and the spin stops at
+             * once if somebody did take it.                            */
+            if (now >= polite)
+                shmp_os_yield();
             uint64_t after = shmp_now_ns();
             if (after >= stop || after - now > SHMP_CONTENDED_NS)
                 return 0;
