@@ -28,7 +28,7 @@ MAX_LINES = 700
 
 LAYERS = ["tools", "common", "_native", "wire", "channels", "runtime", "jobs", "backends", "faces"]
 TOOLS = {"shmproc.sktime", "shmproc.circuit", "shmproc.docs"}
-COMPILED = {"shmproc._shmp_cffi", "shmproc._marks"}
+COMPILED = {"shmproc._shmp_cffi", "shmproc._marks", "shmproc._laps"}
 
 
 def _modules() -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from functools import partial
 
-from .. import _laps
+from .._laps import armed as _laps_armed, run as _laps_run, set_bits as _laps_set_bits
 from .._marks import marked as _marked
 from .._shmp_cffi import ffi, lib
 from .core import EPEER, OK, _attach_failed, _dup_for_child, _fd_arg, check
@@ -75,11 +75,11 @@ class ControlArray:
 # run_laps: the C loop calls the very functions the cffi module exports.
 _ENTER = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ctl_enter")))
 _END_LAP = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ctl_end_lap")))
-_laps.set_bits(lib.SHMP_CTL_STOP, lib.SHMP_CTL_OVERRAN)
+_laps_set_bits(lib.SHMP_CTL_STOP, lib.SHMP_CTL_OVERRAN)
 #: What Control.run_laps returns as its second item.
 LAPS_DONE, LAPS_STOPPED, LAPS_OVERRAN_ENTER, LAPS_RAISED, LAPS_OVERRAN_END = range(5)
 #: Is a hook of run_laps executing?  (Runner.on_alarm)
-laps_armed = _laps.armed
+laps_armed = _laps_armed
 
 
 def _attach_control_array(dupfd):
@@ -113,7 +113,7 @@ class Control:
         """The worker's lap loop in C (csrc/python/laps.c): up to `laps`
         laps (-1: no limit) of `sections`, (section, hook, timeout_ns)
         each.  Returns (laps done, LAPS_*, section index, exception)."""
-        return _laps.run(self._addr, _ENTER, _END_LAP, sections, laps, obj, runner,
+        return _laps_run(self._addr, _ENTER, _END_LAP, sections, laps, obj, runner,
                          pending, flush)
 
     def reset(self):
