@@ -66,7 +66,7 @@ class _Wait:
 
     def begin(self):
         if self.job is None:
-            self.job = self.start()
+            self.job, self.start = self.start(), None     # the caller's input goes with the job
         return self.job
 
 

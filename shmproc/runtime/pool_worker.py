@@ -203,7 +203,8 @@ class PoolWorker:
                         records = get_many(block=False, max_items=BATCH)
                     else:
                         # Sleeps until the pool sends something: no periodic
-                        # wake-up (if the pool's process dies, the guard ends us).
+                        # wake-up (if the pool's process dies, PR_SET_PDEATHSIG
+                        # or the guard ends us).
                         records = (get(),)
                 except queue.Empty:
                     continue
