@@ -1,8 +1,15 @@
-"""Pools far larger than the machine (issue 14's bad input): a 256-worker
-pool on a 2-core machine starts, runs and shuts down cleanly, and a pool
-whose workers are all stuck in long tasks still answers terminate()
-promptly.  Under fork (the start method does not change either path)."""
+"""Pools at the edges (issue 14's bad input): a 256-worker pool on a
+2-core machine starts, runs and shuts down cleanly; a pool whose workers
+are all stuck in long tasks still answers terminate() promptly; and the
+workers of a pool whose process is killed do not outlive it, whether
+PR_SET_PDEATHSIG ends them (a pool made on the main thread: their guard
+thread is then only started for a timeout) or their guard does (a pool
+made on another thread, whose end must not end them)."""
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -30,6 +37,8 @@ def _alive(pid):
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux's /proc")
 def test_256_workers_start_run_and_shut_down_cleanly():
+    with shmproc.Pool(1, start_method="fork") as warm:    # once-per-process descriptors
+        warm.map(square, [1])                              # (fork workers' /dev/null) open now
     fds_before = len(os.listdir("/proc/self/fd"))
     with shmproc.Pool(256, start_method="fork") as pool:
         pids = pool.pids
@@ -52,3 +61,52 @@ def test_terminate_answers_while_every_worker_is_busy():
     assert took < 2.0, f"terminate() took {took:.2f} s"      # the bound is 1 s; slack for load
     assert not [pid for pid in pids if _alive(pid)]
     assert all(t.cancelled() for t in tasks)
+
+
+_ORPHANS = """
+import sys, threading, time
+import shmproc
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    method, where = sys.argv[1], sys.argv[2]
+    pools = []
+
+    def make():
+        pools.append(shmproc.Pool(2, start_method=method))
+        pools[0].map(square, range(4))
+
+    if where == "thread":
+        t = threading.Thread(target=make)
+        t.start()
+        t.join()                                  # the thread that made the pool has ended
+    else:
+        make()
+    print(" ".join(map(str, pools[0].pids)), flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs Linux's /proc")
+@pytest.mark.parametrize("method,where", [("fork", "main"), ("spawn", "main"), ("fork", "thread")])
+def test_workers_do_not_outlive_a_killed_pool_process(tmp_path, method, where):
+    script = tmp_path / "orphans.py"
+    script.write_text(textwrap.dedent(_ORPHANS))
+    proc = subprocess.Popen([sys.executable, str(script), method, where],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2
+        assert all(_alive(pid) for pid in pids)           # a pool made on a thread that ended lives on
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in pids if _alive(pid)], "workers outlived their pool's process"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
