@@ -117,6 +117,19 @@ class IMapIterator:
         self._gen.close()
 
 
+def _length_of(iterable, iterator):
+    """len(iterable) for a sized container read lazily (a list, range, numpy
+    array): the progress bar's total.  None for an iterator or generator
+    (their length is not known without reading them), or when len fails."""
+    if iterator is iterable or not hasattr(type(iterable), "__len__"):
+        return None
+    try:
+        n = len(iterable)
+    except Exception:                        # noqa: BLE001 - e.g. a 0-d numpy array
+        return None
+    return n if isinstance(n, int) and n >= 0 else None
+
+
 def validate_timeout(timeout):
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
@@ -410,12 +423,15 @@ class JobEngine:
                 seq = items
         else:
             source = iter(iterable)
+            hint = _length_of(iterable, source)
         with self._lock:                     # registered and queued under one hold
             self._check_open()
             job = self._new_job(self._register(fn), validate.callable_name(fn), star, source,
                                 total, chunksize, copy, retries, seq)
             job.timeout_ns = timeout_ns
             job.tells = tells and is_process_class(fn)
+            if not eager:
+                job.size_hint = hint
             self._jobs.append(job)
             self._job_added(job)
         return job

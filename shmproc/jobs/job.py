@@ -46,6 +46,7 @@ class Job:
         self.timeout_ns = 0           # how long one item may run (0: no limit)
         self.tells = False            # Process items whose self.tell reaches listen()
         self.ahead = READ_AHEAD_ITEMS  # how far a lazy call reads ahead (see paused)
+        self.size_hint = None         # a lazy call's input length, if it has one (known_total)
         self._messages = None         # (index, message) told and not yet heard
 
     # -- sink interface (called under the engine's lock) --
@@ -85,9 +86,12 @@ class Job:
 
     # -- progress --
     def known_total(self):
+        """The call's item count for its progress bar: exact once known;
+        for a lazy call over a sized input (a list, range, numpy array),
+        that input's length; else None (the bar counts without a total)."""
         if self.total is None and self.source is None:
             return self.taken + len(self.buffered)
-        return self.total
+        return self.total if self.total is not None else self.size_hint
 
     def complete(self) -> bool:
         return self.source is None and not self.buffered and self.finished >= self.taken

@@ -94,10 +94,12 @@ class ProgressBar:
         rate = self.shown / max(time.monotonic() - self.started, 1e-9)
         if total:
             width = 30
-            filled = int(width * self.shown / total)
-            line = (f"{self.desc}: {100 * self.shown // total:3d}% "
+            filled = min(width, int(width * self.shown / total))
+            left = max(total - self.shown, 0)
+            eta = f", ETA {_clock(left / rate)}" if left and rate > 0 else ""
+            line = (f"{self.desc}: {min(100, 100 * self.shown // total):3d}% "
                     f"|{'#' * filled}{'.' * (width - filled)}| {self.shown}/{total} "
-                    f"[{rate:,.0f} tasks/s]")
+                    f"[{rate:,.0f} tasks/s{eta}]")
         else:
             line = f"{self.desc}: {self.shown} [{rate:,.0f} tasks/s]"
         if self.in_place:
@@ -111,3 +113,11 @@ class ProgressBar:
             self.tqdm.close()
             return
         self._draw(self.total, end="\n")
+
+
+def _clock(seconds: float) -> str:
+    """12:05 (minutes:seconds), or 1:02:03 past an hour."""
+    seconds = int(seconds + 0.5)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
