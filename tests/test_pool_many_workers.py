@@ -110,3 +110,31 @@ def test_workers_do_not_outlive_a_killed_pool_process(tmp_path, method, where):
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+def test_a_fork_that_fails_midway_leaves_no_worker_and_no_ring(monkeypatch):
+    """Pool(4) whose third fork fails (EAGAIN: a process limit): the error
+    reaches the caller, and the two workers already forked are ended, their
+    rings and every other descriptor closed."""
+    import multiprocessing as mp
+    from shmproc.backends.local import forking
+
+    with shmproc.Pool(1, start_method="fork") as warm:    # once-per-process descriptors
+        warm.map(square, [1])
+    fds_before = len(os.listdir("/proc/self/fd"))
+    real_start, calls, pids = forking.DirectForkProcess.start, [0], []
+
+    def start(self):                    # holds no reference to the Process (nor its ring)
+        calls[0] += 1
+        if calls[0] == 3:
+            raise BlockingIOError(11, "Resource temporarily unavailable (fork)")
+        real_start(self)
+        pids.append(self.pid)
+
+    monkeypatch.setattr(forking.DirectForkProcess, "start", start)
+    with pytest.raises(BlockingIOError, match="fork"):
+        shmproc.Pool(4, start_method="fork")
+    assert len(pids) == 2
+    assert not [pid for pid in pids if _alive(pid)]             # ended and reaped
+    assert not [p for p in mp.active_children() if p.pid in pids]
+    assert len(os.listdir("/proc/self/fd")) <= fds_before

@@ -173,14 +173,20 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             for index in indices:
                 made.append(self._prepare_worker(index))
             slots = []
-            for k, (index, proc, task_q, pctl, rctl) in enumerate(made):
+            for index, proc, task_q, pctl, rctl in made:
                 proc.start()
                 slots.append(Slot(index, proc, task_q, pctl, rctl, self._max_tasks))
             return slots
         except BaseException:
+            # None of these is in the pool's slots yet: end the ones that
+            # started (no orphan) and close every ring made here.
             for _, proc, task_q, _, _ in made:
-                if getattr(proc, "_popen", None) is None:
-                    task_q.close()             # never started: nobody else will close it
+                if getattr(proc, "_popen", None) is not None:
+                    _kill(proc)
+                    proc.join()
+                    _close_task_queue(task_q)
+                else:
+                    task_q.close()
             raise
 
     def _start_worker(self, index) -> Slot:
