@@ -18,7 +18,7 @@ from .core import (CTL_OVERRAN, CTL_STOP, EEMPTY, EFULL, EINTR, EPEER, ESEALED, 
                    ESTATE, ETIMEDOUT, ETOOBIG, EXIT_EXPIRED, EXIT_ORPHANED, FOREVER, OK, PEER_FD_OK,
                    STATE_CRASHED, STATE_DONE, STATE_FAILED, STATE_FINISHING, STATE_KILLED,
                    STATE_NEW, STATE_RUNNING, STATE_STARTING, check, now_ns, open_peer_fd,
-                   timeout_ns)
+                   spin_politely, timeout_ns)
 from .memory import (Arena, Blob, Board, buffer_address, copy_offset, is_private_view,
                      private_view)
 from .ring import RecvBuffer, Ring, char_pointer, u32_array, u32_cell, u64_cell, unpack

@@ -48,6 +48,26 @@ PEER_FD_OK = bool(lib.shmp_platform_features() & lib.SHMP_FEAT_PEER_FD)
 now_ns = lib.shmp_now_ns
 FOREVER = -1
 
+#: A yield that kept the caller off the core this long: another task wanted it.
+CONTENDED_NS = 50_000
+
+
+def spin_politely(ready, end_ns: int) -> None:
+    """Watch ready() until it holds or the now_ns clock reaches end_ns,
+    yielding the core each turn (free when nobody else wants it).  Stops
+    early once a yield took over CONTENDED_NS: the machine is loaded, the
+    peer we wait for may be the task that wants this core, and a futex
+    sleep (woken the moment the peer is done) beats taking turns.  The
+    Python twin of wait.c's spin, for waits that poll a ring's count."""
+    now, give_way = now_ns, os.sched_yield
+    while not ready():
+        t = now()
+        if t >= end_ns:
+            return
+        give_way()
+        if now() - t > CONTENDED_NS:
+            return
+
 
 def timeout_ns(timeout) -> int:
     """Seconds (float, int or None) to the C convention: -1 forever, else >= 0 ns."""

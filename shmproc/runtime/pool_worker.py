@@ -50,9 +50,6 @@ _now = native.now_ns
 _unpack = taskwire.HEADER.unpack_from
 _loads = pickle.loads
 _dumps = pickle.dumps
-_yield = os.sched_yield
-#: A yield longer than this means the core is contended (see backends/local/pool.py).
-CONTENDED_NS = 50_000
 _pack = taskwire.HEADER.pack
 _encode = taskwire.encode
 _HS = taskwire.HEADER_SIZE
@@ -190,14 +187,7 @@ class PoolWorker:
                 if not qsize() and now() - last_work < LINGER_NS:
                     # Just busy: the next task often follows within
                     # microseconds; watching the ring beats a futex sleep and wake.
-                    end = last_work + LINGER_NS
-                    while not qsize():
-                        t = now()
-                        if t >= end:
-                            break
-                        _yield()          # a loaded machine: let the pool's process run
-                        if now() - t > CONTENDED_NS:
-                            break         # it did: sleep until woken instead
+                    native.spin_politely(qsize, last_work + LINGER_NS)
                 try:
                     if qsize() > 1:
                         records = get_many(block=False, max_items=BATCH)

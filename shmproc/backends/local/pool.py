@@ -48,14 +48,6 @@ from .units import LocalJob, Slot, Unit
 
 __all__ = ["LocalPool"]
 
-# Polite spinning: on a loaded machine the worker we wait for may be
-# waiting for this very core; yielding hands it over (and costs ~0.3 µs
-# when nobody else wants the core).  A yield that took longer than
-# CONTENDED_NS means another task ran meanwhile: the core is contended,
-# and a futex sleep (the kernel wakes us the moment the result is in)
-# beats taking turns with whatever else runs.
-_yield = os.sched_yield
-CONTENDED_NS = 50_000
 
 #: Bytes of each worker's task ring, and of the result ring they share.
 TASK_RING_BYTES = 1 << 20
@@ -268,14 +260,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                 # At most one short task per worker out: a reply is usually
                 # tens of microseconds away, and spinning for it beats a futex
                 # sleep and wake-up (which costs as much again on a VM).
-                qsize, now, end = results.qsize, native.now_ns, native.now_ns() + SPIN_NS
-                while not qsize():
-                    t = now()
-                    if t >= end:
-                        break
-                    _yield()
-                    if now() - t > CONTENDED_NS:
-                        break             # another task needed this core: sleep instead
+                native.spin_politely(results.qsize, native.now_ns() + SPIN_NS)
             try:
                 if results.qsize() > 1:
                     records = results.get_many(block=False, max_items=4096)
