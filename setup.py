@@ -51,12 +51,20 @@ MARKS = Extension("shmproc._marks", sources=["csrc/python/marks.c"],
 
 # A Process worker's lap loop (see its header comment): four control-block
 # calls and three hook calls a lap without cffi's per-call cost.
-LAPS = Extension("shmproc._laps", sources=["csrc/python/laps.c"],
+LAPS = Extension("shmproc._laps", sources=["csrc/python/laps.c"], include_dirs=["csrc"],
+                 depends=["csrc/shmp_trace.h"],
                  extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
                  define_macros=[("Py_LIMITED_API", "0x030A0000")], py_limited_api=True)
 
+# A pool worker's span writer (see its header comment): a span per task
+# for a few stores, on the trace ring laid out in csrc/shmp_trace.h.
+SPANS = Extension("shmproc._spans", sources=["csrc/python/spans.c"], include_dirs=["csrc"],
+                  depends=["csrc/shmp_trace.h"],
+                  extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
+                  define_macros=[("Py_LIMITED_API", "0x030A0000")], py_limited_api=True)
+
 setup(
     cffi_modules=["csrc/build_cffi.py:ffibuilder"],
-    ext_modules=[MARKS, LAPS],
+    ext_modules=[MARKS, LAPS, SPANS],
     cmdclass={"build_ext": BuildExtWithClearErrors, "build_py": BuildPyWithDocs},
 )

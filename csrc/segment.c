@@ -51,6 +51,7 @@ uint32_t shmp_kind_layout_size(uint32_t kind)
     case SHMP_KIND_RING:    return (uint32_t)sizeof(shmp_ring_shared);
     case SHMP_KIND_CONTROL: return (uint32_t)sizeof(shmp_control_shared);
     case SHMP_KIND_BLOB:    return 0;
+    case SHMP_KIND_TRACE:   return (uint32_t)sizeof(shmp_trace_entry);
     default:                return UINT32_MAX;
     }
 }

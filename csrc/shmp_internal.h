@@ -139,6 +139,19 @@ typedef struct shmp_control_array {
     SHMP_ALIGNED shmp_control_shared blocks[];
 } shmp_control_array;
 
+/* ---- trace segment: `rings` rings of `capacity` entries (trace.c) --------
+ * Line 0 is written once at creation; ring i starts at
+ * SHMP_CACHE_LINE + i * shmp_trace_ring_size(capacity), its head on a
+ * line of its own, then the entries (shmp_trace.h).                      */
+#include "shmp_trace.h"
+
+typedef struct shmp_trace_area {
+    SHMP_ALIGNED uint32_t rings;
+    uint32_t capacity;
+} shmp_trace_area;
+
+struct shmp_trace { shmp_trace_ring r; };
+
 /* ---- platform layer (platform.c): the only Linux-specific code ----------- */
 int  shmp_os_anon_fd(uint64_t size, int reserve_space, int *fd_out);   /* memfd or unlinked shm_open */
 int  shmp_os_reserve(int fd, uint64_t offset, uint64_t length);

@@ -53,7 +53,8 @@ enum {
 enum {
     SHMP_KIND_RING    = 1,
     SHMP_KIND_CONTROL = 2,
-    SHMP_KIND_BLOB    = 3
+    SHMP_KIND_BLOB    = 3,
+    SHMP_KIND_TRACE   = 4
 };
 
 /* ---- ring creation flags and record flags ------------------------------ */
@@ -313,6 +314,47 @@ uint32_t shmp_add_u32(void *word, int32_t delta);
 /* compare-and-swap (acq_rel), then wake as store does; SHMP_ESTATE if the
  * word was not `expected`                                               */
 int  shmp_cas_u32(void *word, void *waiters, uint32_t expected, uint32_t desired);
+
+
+/* ---- trace rings: the spans each worker recorded (trace.c) -------------
+ * A trace segment holds `rings` rings of `capacity` entries (a power of
+ * two, 16 .. 2^20), one per worker slot; a span is (start, end, label,
+ * flags, pid, lap), the oldest overwritten once a ring is full.  As with
+ * control blocks, `rings` and `capacity` passed to get/begin/end/read are
+ * the caller's own, never re-read from shared memory.  The writer's
+ * inline form is in shmp_trace.h (the CPython extensions use it).
+ * read: copies the ring's spans, oldest first, into `out` (up to
+ * `out_len`), dropping any the writer may have been overwriting while it
+ * copied and any whose fields fail their checks; returns how many it
+ * copied (or a status) and sets *written_out to the number ever begun, so
+ * written - copied were lost to overwriting (or damage).  An open span
+ * (end_ns 0) is copied as it is.  close_open: ends the newest span if it
+ * is open, for a writer that died (flags usually SHMP_SPAN_IS_CRASHED).  */
+typedef struct shmp_trace shmp_trace;
+typedef struct shmp_span {
+    uint64_t start_ns;
+    uint64_t end_ns;
+    uint32_t label;
+    uint32_t flags;
+    uint32_t pid;
+    uint32_t lap;
+} shmp_span;
+enum {
+    SHMP_SPAN_IS_FAILED  = 1,
+    SHMP_SPAN_IS_CRASHED = 2
+};
+
+uint64_t shmp_trace_payload_size(uint32_t rings, uint32_t capacity);   /* 0 if out of range */
+int  shmp_trace_create(uint32_t rings, uint32_t capacity, int *fd_out, void **payload_out);
+int  shmp_trace_attach(int fd, void **payload_out, uint32_t *rings_out, uint32_t *capacity_out);
+int  shmp_trace_get(void *payload, uint32_t rings, uint32_t capacity, uint32_t index,
+                    shmp_trace **ring_out);
+int  shmp_trace_begin(shmp_trace *ring, uint32_t capacity, uint64_t start_ns, uint32_t label,
+                      uint32_t pid, uint32_t lap);
+int  shmp_trace_end(shmp_trace *ring, uint32_t capacity, uint64_t end_ns, uint32_t flags);
+int64_t shmp_trace_read(const shmp_trace *ring, uint32_t capacity, shmp_span *out,
+                        uint32_t out_len, uint64_t *written_out);
+int  shmp_trace_close_open(shmp_trace *ring, uint32_t capacity, uint64_t end_ns, uint32_t flags);
 
 /* CDEF-END */
 

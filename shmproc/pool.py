@@ -7,11 +7,16 @@ and every call goes to it.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .backends.resolve import resolve as resolve_backend
 from .common import validate
 from .jobs.asyncresult import AsyncResult, MapResult
 from .jobs.engine import Progress
 from .jobs.task import DEFAULT_OPTIONS, Task, TaskOptions
+
+if TYPE_CHECKING:
+    from .observe.timeline import Timeline
 
 __all__ = ["Pool", "Task", "Progress", "AsyncResult", "MapResult", "SubmitOptions"]
 
@@ -212,6 +217,21 @@ class Pool:
     @property
     def pids(self) -> list:
         return self._engine.pids
+
+    def timeline(self) -> "Timeline":
+        """What the workers did: a Timeline with a span per finished task
+        (worker, start, end, label, ok), its summary(), to_chrome_trace()
+        and plot().  Recorded all along in shared memory (the newest 4095
+        tasks per worker); works during the run, after close() or
+        terminate(), and is empty on a pool that ran nothing."""
+        record = getattr(self._engine, "trace_spans", None)
+        if record is None:
+            raise NotImplementedError(
+                f"timeline() is recorded by the local backend's workers; the "
+                f"{self._engine.__class__.__name__} has none (on Ray, ray.timeline() shows "
+                f"its tasks)")
+        from .observe.recorded import pool_timeline
+        return pool_timeline(**record())
 
     def close(self):
         """No more tasks; those already submitted still run (then join())."""

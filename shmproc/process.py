@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import TYPE_CHECKING
 
 from .backends.resolve import resolve as resolve_backend
 from .common import lifecycle
@@ -16,6 +17,9 @@ from .common.config import ProcessConfig, validate
 from .channels.mailbox import Mailbox
 from .common.errors import NotRunningError, ProcessError
 from .common.outcome import HOOK_NAMES, default_hook
+
+if TYPE_CHECKING:
+    from .observe.timeline import Timeline
 
 __all__ = ["Process"]
 
@@ -224,6 +228,28 @@ class Process:
             return
         rt.run.kill()
         self._collect(rt)
+
+    def timeline(self) -> "Timeline":
+        """What the worker did: a Timeline with a span per hook section
+        (__preloop__, __loop__, __postloop__ of each lap with its lap number,
+        then __onfinish__, __result__ or __error__), recorded in shared
+        memory (the newest 4095); ok is False for a hook that raised, timed
+        out or died with its worker.  During the run it holds the sections
+        done so far; before start() it is empty."""
+        rt = self._rt()
+        if rt.worker is not None:
+            raise RuntimeError("timeline() is read in the parent; inside the worker the "
+                               "run is not over")
+        from .observe.recorded import process_timeline
+        if rt.run is None:
+            return process_timeline((), lost=0, origin_ns=0, end_ns=0)
+        record = rt.run.spans()
+        if record is None:
+            raise NotImplementedError(
+                f"timeline() is recorded by the local backend's workers; "
+                f"{type(rt.run).__name__} runs record none")
+        spans, lost, origin_ns, end_ns = record
+        return process_timeline(spans, lost=lost, origin_ns=origin_ns, end_ns=end_ns)
 
     # -- state -----------------------------------------------------------------------------
     @property

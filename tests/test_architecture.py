@@ -26,9 +26,9 @@ import shmproc
 PACKAGE = pathlib.Path(shmproc.__file__).resolve().parent
 MAX_LINES = 700
 
-LAYERS = ["tools", "common", "_native", "wire", "channels", "runtime", "jobs", "backends", "faces"]
+LAYERS = ["tools", "common", "observe", "_native", "wire", "channels", "runtime", "jobs", "backends", "faces"]
 TOOLS = {"shmproc.sktime", "shmproc.circuit", "shmproc.docs"}
-COMPILED = {"shmproc._shmp_cffi", "shmproc._marks", "shmproc._laps"}
+COMPILED = {"shmproc._shmp_cffi", "shmproc._marks", "shmproc._laps", "shmproc._spans"}
 
 
 def _modules() -> dict:

@@ -33,10 +33,32 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <time.h>
+
+#include "shmp_trace.h"
 
 /* The signatures of shmp_ctl_enter / shmp_ctl_end_lap (csrc/shmproc.h). */
 typedef int (*enter_fn)(void *ctl, uint32_t section, uint64_t timeout_ns);
 typedef int (*end_lap_fn)(void *ctl);
+typedef uint64_t (*start_fn)(const void *ctl);       /* shmp_ctl_section_start_ns */
+
+/* The span of each section, on the run's trace ring (shmp_trace.h), when
+ * run() is given one: begun at the stamp enter() just stored (no clock
+ * read of our own), ended at the next section's stamp; the last section
+ * of a lap ends at one clock read after its hook.  ~10 ns a section.   */
+typedef struct {
+    shmp_trace_ring *ring;              /* NULL: not tracing */
+    uint64_t mask;
+    uint32_t pid;
+    start_fn section_start;
+} tracer;
+
+static uint64_t clock_ns(void)
+{
+    struct timespec ts;                 /* the core's clock (shmp_now_ns) */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 #define MAX_SECTIONS 3
 
@@ -80,23 +102,42 @@ static PyObject *take_exception(void)
     return value;
 }
 
-/* run(ctl, enter, end_lap, sections, laps, obj, runner, pending, flush)
+/* run(ctl, enter, end_lap, sections, laps, obj, runner, pending, flush, trace)
  *   ctl, enter, end_lap: addresses (ints) of the control block and of the
  *     two functions; sections: up to 3 (section, hook, timeout_ns);
  *   laps: how many laps at most (-1: no limit);
  *   obj: the Process (its `timers`, read after each lap);
  *   runner: its `lap` attribute is set after each lap;
- *   pending, flush: the outbox's deque and flush_between_hooks, or None.
+ *   pending, flush: the outbox's deque and flush_between_hooks, or None;
+ *   trace: None, or (ring address, capacity, pid, address of
+ *     shmp_ctl_section_start_ns): a span per section (see `tracer`).
  * Returns (laps done, what, section index, exception or None).           */
 static PyObject *laps_run(PyObject *self, PyObject *args)
 {
     (void)self;
     unsigned long long ctl_addr, enter_addr, end_addr;
-    PyObject *sections, *obj, *runner, *pending, *flush;
+    PyObject *sections, *obj, *runner, *pending, *flush, *trace;
     long long laps;
-    if (!PyArg_ParseTuple(args, "KKKO!LOOOO", &ctl_addr, &enter_addr, &end_addr,
-                          &PyTuple_Type, &sections, &laps, &obj, &runner, &pending, &flush))
+    if (!PyArg_ParseTuple(args, "KKKO!LOOOOO", &ctl_addr, &enter_addr, &end_addr,
+                          &PyTuple_Type, &sections, &laps, &obj, &runner, &pending, &flush,
+                          &trace))
         return NULL;
+    tracer tr = {NULL, 0, 0, NULL};
+    if (trace != Py_None) {
+        unsigned long long ring_addr, start_addr;
+        unsigned int capacity, pid;
+        if (!PyArg_ParseTuple(trace, "KIIK", &ring_addr, &capacity, &pid, &start_addr))
+            return NULL;
+        if (ring_addr == 0 || ring_addr % 64 != 0 || start_addr == 0 || capacity < 16 ||
+            (capacity & (capacity - 1)) != 0) {
+            PyErr_SetString(PyExc_ValueError, "run: a bad trace ring");
+            return NULL;
+        }
+        tr.ring = (shmp_trace_ring *)(uintptr_t)ring_addr;
+        tr.mask = capacity - 1;
+        tr.pid = pid;
+        tr.section_start = (start_fn)(uintptr_t)start_addr;
+    }
     if (ctl_addr == 0 || enter_addr == 0 || end_addr == 0) {
         PyErr_SetString(PyExc_ValueError, "run: a null control block or function");
         return NULL;
@@ -147,6 +188,14 @@ static PyObject *laps_run(PyObject *self, PyObject *args)
     while (laps < 0 || done < laps) {
         for (Py_ssize_t i = 0; i < n; i++) {
             int bits = enter(ctl, sec[i], tmo[i]);
+            if (tr.ring != NULL) {
+                uint64_t t = tr.section_start(ctl);
+                shmp_trace_end_at(tr.ring, tr.mask, t, 0);
+                if (bits & OVERRAN_BIT)         /* the section being left overran */
+                    shmp_trace_fail_newest(tr.ring, tr.mask);
+                else
+                    shmp_trace_begin_at(tr.ring, tr.mask, t, sec[i], tr.pid, (uint32_t)lap);
+            }
             if (bits & OVERRAN_BIT) {
                 what = R_OVERRAN_ENTER;
                 index = i;
@@ -156,6 +205,8 @@ static PyObject *laps_run(PyObject *self, PyObject *args)
             PyObject *r = PyObject_CallNoArgs(hook[i]);
             armed = 0;
             if (r == NULL) {
+                if (tr.ring != NULL)
+                    shmp_trace_end_at(tr.ring, tr.mask, clock_ns(), SHMP_SPAN_FAILED);
                 what = R_RAISED;
                 index = i;
                 exc = take_exception();
@@ -163,6 +214,8 @@ static PyObject *laps_run(PyObject *self, PyObject *args)
             }
             Py_DECREF(r);
         }
+        if (tr.ring != NULL && n > 0)
+            shmp_trace_end_at(tr.ring, tr.mask, clock_ns(), 0);
         if (pending != NULL) {
             int any = PyObject_IsTrue(pending);
             if (any < 0)
@@ -176,6 +229,8 @@ static PyObject *laps_run(PyObject *self, PyObject *args)
         }
         int bits = end_lap(ctl);
         if (bits & OVERRAN_BIT) {
+            if (tr.ring != NULL && n > 0)
+                shmp_trace_fail_newest(tr.ring, tr.mask);
             what = R_OVERRAN_END;
             goto out;
         }

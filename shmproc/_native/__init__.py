@@ -7,6 +7,7 @@
               private (copy-on-write) views of them
               Board (a small segment of shared words)
     control   ControlArray / Control (csrc/control.c), the native guard (guard.c)
+    trace     TraceArea / TraceRing (csrc/trace.c): the spans workers record
 
 Everything above imports `shmproc._native` and calls what it exports;
 nothing above touches `ffi` or `lib` (a test checks it).
@@ -21,6 +22,7 @@ from .core import (CTL_OVERRAN, CTL_STOP, EEMPTY, EFULL, EINTR, EPEER, ESEALED, 
                    spin_politely, timeout_ns)
 from .memory import (Arena, Blob, Board, buffer_address, copy_offset, is_private_view,
                      private_view)
+from .trace import SPAN_CRASHED, SPAN_FAILED, TraceArea, TraceRing, null_writer
 from .ring import RecvBuffer, Ring, char_pointer, u32_array, u32_cell, u64_cell, unpack
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "PEER_FD_OK", "laps_armed", "LAPS_DONE", "LAPS_STOPPED", "LAPS_OVERRAN_ENTER", "LAPS_RAISED",
     "LAPS_OVERRAN_END",
     "RecvBuffer", "char_pointer", "u32_array", "u32_cell", "u64_cell", "unpack",
+    "TraceArea", "TraceRing", "SPAN_FAILED", "SPAN_CRASHED", "null_writer",
     "CTL_STOP", "CTL_OVERRAN", "STATE_NEW", "STATE_STARTING", "STATE_RUNNING", "STATE_FINISHING",
     "STATE_DONE", "STATE_FAILED", "STATE_CRASHED", "STATE_KILLED",
 ]

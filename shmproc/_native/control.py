@@ -75,6 +75,7 @@ class ControlArray:
 # run_laps: the C loop calls the very functions the cffi module exports.
 _ENTER = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ctl_enter")))
 _END_LAP = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ctl_end_lap")))
+_SECTION_START = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ctl_section_start_ns")))
 _laps_set_bits(lib.SHMP_CTL_STOP, lib.SHMP_CTL_OVERRAN)
 #: What Control.run_laps returns as its second item.
 LAPS_DONE, LAPS_STOPPED, LAPS_OVERRAN_ENTER, LAPS_RAISED, LAPS_OVERRAN_END = range(5)
@@ -109,12 +110,15 @@ class Control:
         self._lap_addr = None                              # see _lap_address
         self._addr = int(ffi.cast("uintptr_t", b))         # for run_laps
 
-    def run_laps(self, sections, laps, obj, runner, pending, flush):
+    def run_laps(self, sections, laps, obj, runner, pending, flush, trace=None):
         """The worker's lap loop in C (csrc/python/laps.c): up to `laps`
         laps (-1: no limit) of `sections`, (section, hook, timeout_ns)
-        each.  Returns (laps done, LAPS_*, section index, exception)."""
+        each, recording a span per section on `trace` (a TraceRing) if
+        given.  Returns (laps done, LAPS_*, section index, exception)."""
+        if trace is not None:
+            trace = (trace.address, trace.capacity, os.getpid(), _SECTION_START)
         return _laps_run(self._addr, _ENTER, _END_LAP, sections, laps, obj, runner,
-                         pending, flush)
+                         pending, flush, trace)
 
     def reset(self):
         check(lib.shmp_ctl_reset(self.block), "resetting a control block")

@@ -67,6 +67,14 @@ class Run(abc.ABC):
     def outcome(self) -> Outcome:
         """How the run ended; only called once ended() is True."""
 
+    def spans(self):
+        """What the worker recorded, for Process.timeline(): (spans, lost,
+        origin_ns, end_ns) -- spans as (start_ns, end_ns, section, flags,
+        pid, lap) on the now_ns clock (end_ns 0: running), lost the number
+        overwritten, origin_ns and end_ns when the run started and ended (or
+        now) -- or None where this backend records nothing."""
+        return None
+
     async def until_ended(self) -> None:
         """Await the end of the run in an asyncio loop, never blocking it.
         This default looks every few milliseconds; a backend with a file

@@ -35,13 +35,14 @@ from ..wire import blobs
 from .. import _native as native
 from ..wire import taskwire
 from ..wire import pickling as wire
-from ..common.errors import ProcessError, RemoteError, ResultError
+from ..common.errors import ProcessError
 from ..common.errors import TimeoutError as TaskTimeoutError
-from ..common.outcome import CALL, HOOK_NAMES, is_process_class
+from ..common.outcome import CALL, FAILED_RESULT, HOOK_NAMES, is_process_class
 from ..wire.taskwire import (FLAG_TELLS, OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_LIMIT, OP_RETRY, OP_RUN,
                              OP_STOP,
                        R_CHUNK, R_ERROR, R_INIT_FAILED, R_PART, R_PROCESS, R_VALUE,
                        R_VALUES)
+from .failures import BrokenFn as _BrokenFn, format_exception as _format, error_payload, unsendable
 from .main_globals import adopt
 from .task_mailbox import TaskMailbox
 from .watchdog import EXIT_ORPHANED, Watchdog, horizon_ns
@@ -81,40 +82,14 @@ BLOCK_MAX_NS = 2_000_000
 BATCH = 256
 
 
-def _format(exc) -> str:
-    import traceback
-    return "".join(traceback.format_exception(exc))
-
-
-def _qualified(cls) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def error_payload(exc):
-    """(exception, traceback text), with a stand-in if it cannot travel."""
-    tb = _format(exc)
-    try:
-        main, bufs = wire.dumps(exc)
-        wire.loads(main, [b.raw() for b in bufs])
-    except Exception:                       # noqa: BLE001 - any failure: send a stand-in
-        exc = RemoteError(_qualified(type(exc)), str(exc))
-    return exc, tb
-
-
-class _BrokenFn:
-    """A function that could not be rebuilt here: every call reports why."""
-
-    def __init__(self, exc):
-        self.exc = exc
-
-    def __call__(self, *args, **kwargs):
-        raise self.exc
-
-
 class PoolWorker:
     def __init__(self, slot, ctl_array, task_q, result_q, parent_pid, direct_child, max_tasks,
-                 orphan_signal=False):
+                 orphan_signal=False, trace=None):
         self.slot = slot
+        # A span per task on this slot's trace ring (csrc/python/spans.c):
+        # begin(label, start) / end(failed) -> end stamp, a few stores each.
+        self.spans = (trace.ring(slot).writer(os.getpid()) if trace is not None
+                      else native.null_writer(os.getpid()))
         self.pctl = ctl_array.control(2 * slot)
         self.rctl = ctl_array.control(2 * slot + 1)
         self.ctl_array = ctl_array
@@ -252,22 +227,25 @@ class PoolWorker:
         fn = self.plain.get(fn_id)
         if fn is None:
             return False
+        spans = self.spans
+        spans.begin(fn_id, start)
         try:
             value = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:         # noqa: BLE001 - the task's failure, not ours
-            self._send(R_ERROR, ident, error_payload(exc), _now() - start)
+            self._send(R_ERROR, ident, error_payload(exc), spans.end(True) - start)
             self._done()
             self._failed()
             return True
+        end = spans.end()
         if type(value) not in _SCALARS:      # only values that surely unpickle in the parent
-            self._send(R_VALUE, ident, value, _now() - start)   # done once it is encoded
+            self._send(R_VALUE, ident, value, end - start)   # done once it is encoded
             self._done()
             return True
         self.completed = k = k + 1           # a scalar: encoding it cannot fail or crash
         self.progress[0] = k << 2
         self.fast_ids.append(ident)
         self.fast_values.append(value)
-        self.fast_ns += _now() - start
+        self.fast_ns += end - start
         return True
 
     def _coalesce(self):
@@ -322,37 +300,7 @@ class PoolWorker:
         self.out.append(rec)
 
     def _unsendable(self, op, ident, payload, exc, us):
-        what = f"cannot send the result of task {ident} back to the parent: " \
-               f"{type(exc).__name__}: {exc}"
-        if op in (R_CHUNK, R_PART):         # fail only the items that cannot travel
-            values, errors = payload
-            for i, v in enumerate(values):
-                if i not in errors:
-                    try:
-                        wire.dumps(v)
-                    except Exception as e:   # noqa: BLE001
-                        values[i] = None
-                        errors[i] = error_payload(wire.SerializationError(
-                            f"cannot send the result of item {i} of this chunk back to the "
-                            f"parent: {type(e).__name__}: {e}"))
-                        self._failed()
-            for i, e in list(errors.items()):
-                try:
-                    wire.dumps(e)
-                except Exception:            # noqa: BLE001
-                    errors[i] = (RemoteError(_qualified(type(e[0])), str(e[0])), e[1])
-            try:
-                return taskwire.encode(op, ident, (values, errors), self.token, self.slot, us)
-            except Exception as e2:          # noqa: BLE001 - give up on the whole chunk
-                exc = e2
-        if op == R_PROCESS:
-            kind, value, timers, error, lap = payload
-            err = ResultError(what, current_lap=lap, original_error=exc)
-            return taskwire.encode(R_PROCESS, ident, (2, err, None, err, lap), self.token,
-                                   self.slot, us)
-        self._failed()
-        return taskwire.encode(R_ERROR, ident, error_payload(wire.SerializationError(what)),
-                               self.token, self.slot, us)
+        return unsendable(op, ident, payload, exc, us, self.token, self.slot, self._failed)
 
     # -- one record -----------------------------------------------------------------------
     def handle(self, rec) -> bool:
@@ -404,6 +352,7 @@ class PoolWorker:
         if op == OP_CALL:
             fn_id, args, kwargs = body
             self.task_ident = ident if flags & FLAG_TELLS else None
+            self.spans.begin(fn_id, start)
             try:
                 self.call(ident, self._fn(fn_id), args, kwargs, start)
             finally:
@@ -412,15 +361,18 @@ class PoolWorker:
             fn_id, star, items = body
             self.task_ident = ident if flags & FLAG_TELLS else None
             try:
-                self.chunk(ident, self._fn(fn_id), star, items, start)
+                self.chunk(ident, self._fn(fn_id), fn_id, star, items, start)
             finally:
                 self.task_ident = None
         elif op == OP_RUN:
+            label, obj = body
             self.task_ident = ident if flags & FLAG_TELLS else None
+            self.spans.begin(label, start)
             try:
-                out = self.run_process(body)
+                out = self.run_process(obj)
             finally:
                 self.task_ident = None
+            self.spans.end(out[0] == FAILED_RESULT)
             self._send(R_PROCESS, ident, out, native.now_ns() - start)
             self._done()
             self.flush()            # a lifecycle's outcome leaves at once (see _process_chunk)
@@ -433,9 +385,11 @@ class PoolWorker:
         return fn
 
     def call(self, ident, fn, args, kwargs, start):
+        """One call; ends the span handle() began for it."""
+        spans = self.spans
         if is_process_class(fn):
             out = self.run_process(self.construct(fn, args, kwargs))
-            self._send(R_PROCESS, ident, out, native.now_ns() - start)
+            self._send(R_PROCESS, ident, out, spans.end(out[0] == FAILED_RESULT) - start)
             self._done()
             self.flush()            # a lifecycle's outcome leaves at once (see _process_chunk)
             return
@@ -445,13 +399,13 @@ class PoolWorker:
             else:
                 value = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:         # noqa: BLE001 - the task's failure, not ours
-            self._send(R_ERROR, ident, error_payload(exc), native.now_ns() - start)
+            self._send(R_ERROR, ident, error_payload(exc), spans.end(True) - start)
             self._done()
             self._failed()
             return
         # Done only once its result is encoded: a crash while encoding it
         # (the OOM killer on a huge result) is then blamed on this task.
-        self._send(R_VALUE, ident, value, native.now_ns() - start)
+        self._send(R_VALUE, ident, value, spans.end() - start)
         self._done()
 
     def timed(self, fn, args, kwargs):
@@ -481,13 +435,13 @@ class PoolWorker:
                                 f"timeout of {limit:g} s and was interrupted",
                                 process_name=name)
 
-    def chunk(self, ident, fn, star, items, start):
+    def chunk(self, ident, fn, label, star, items, start):
         n = len(items)
         if is_process_class(fn):
-            self._process_chunk(ident, fn, star, items, start)
+            self._process_chunk(ident, fn, label, star, items, start)
             return
         if self.limit_ns:
-            self._timed_chunk(ident, fn, star, items, start)
+            self._timed_chunk(ident, fn, label, star, items, start)
             return
         # Items run in blocks through map() in C.  Each item's start is
         # published as it is taken (native marked(): a store in C as the
@@ -498,25 +452,30 @@ class PoolWorker:
         # instant has it blamed.  Blocks grow while they take under
         # BLOCK_MIN_NS and shrink past BLOCK_MAX_NS; results go out at
         # least every FLUSH_NS (R_PART).
+        # Each item's span is recorded the same way (spans.items: the
+        # previous item's span ends and the next one's begins as it is
+        # handed out), the last of a block when map() returns or raises.
         mapper = itertools.starmap if star else map
         progress, marked, now = self.progress, self.pctl.marked, _now
+        spans = self.spans
         values, errors, sent = [], {}, 0
         base, it = self.completed, iter(items)
         block = self.block
         part_start = start
         while len(values) < n:
             b = min(block, n - len(values))
-            batch = marked(it, (base + len(values)) << 2 | RUNNING, 4, b)
+            batch = spans.items(marked(it, (base + len(values)) << 2 | RUNNING, 4, b), label, b)
             t0 = now()
             try:
                 values.extend(mapper(fn, batch))
             except BaseException as exc:     # noqa: BLE001 - the item after the last value failed
+                spans.end(True)
                 errors[len(values)] = error_payload(exc)
                 values.append(None)
                 self._failed()
+            t1 = spans.end()
             self.completed = base + len(values)
             progress[0] = self.completed << 2
-            t1 = now()
             dt = t1 - t0
             if dt < BLOCK_MIN_NS and block < MAX_BLOCK:
                 block *= 2
@@ -529,20 +488,23 @@ class PoolWorker:
         self.block = block
         self._send_part(R_CHUNK, ident, values, errors, sent, part_start)
 
-    def _timed_chunk(self, ident, fn, star, items, start):
+    def _timed_chunk(self, ident, fn, label, star, items, start):
         """A chunk under a task timeout: one timed call per item.  After a
         timeout the worker retires: what ran is sent now (R_PART), the
         items after it go to the replacement worker."""
         values, errors, n = [], {}, len(items)
-        progress = self.progress
+        progress, spans = self.progress, self.spans
         for item in items:
             progress[0] = self.completed << 2 | RUNNING
+            spans.begin(label)
             try:
                 values.append(self.timed(fn, tuple(item) if star else (item,), None))
             except BaseException as exc:     # noqa: BLE001 - the item's failure
+                spans.end(True)
                 errors[len(values)] = error_payload(exc)
                 values.append(None)
                 self._failed()
+            spans.end()
             self.completed += 1
             progress[0] = self.completed << 2
             if self.retiring and len(values) < n:
@@ -550,7 +512,7 @@ class PoolWorker:
                 return
         self._send_part(R_CHUNK, ident, values, errors, 0, start)
 
-    def _process_chunk(self, ident, fn, star, items, start):
+    def _process_chunk(self, ident, fn, label, star, items, start):
         """A chunk of Process classes, one lifecycle per item; each item's
         outcome is sent as it ends (R_PART)."""
         values, errors, sent = [], {}, 0
@@ -560,7 +522,9 @@ class PoolWorker:
             progress[0] = self.completed << 2 | RUNNING
             self.task_offset = len(values)
             args = tuple(item) if star else (item,)
+            self.spans.begin(label)
             kind, value, timers, error, lap = self.run_process(self.construct(fn, args, {}))
+            self.spans.end(kind == FAILED_RESULT)
             if kind == 2 and isinstance(value, BaseException):
                 errors[len(values)] = (value, "")
                 values.append(None)
@@ -600,7 +564,7 @@ class PoolWorker:
     def run_process(self, obj):
         """Run a Process object's whole lifecycle here; (kind, value, timers, error, lap)."""
         from ..common.config import validate
-        from .runner import FAILED_RESULT, Runner
+        from .runner import Runner
         name = type(obj).__name__
         lives, self.lives_next = self.lives_next, None
         if isinstance(obj, _ConstructionFailed):       # Cls(item) raised: that is the error
@@ -673,7 +637,7 @@ def _initialize(init, result_q) -> bool:
 
 
 def main(slot, ctl_array, task_q, result_q, parent_pid, direct_child, use_pdeathsig, max_tasks,
-         init=None):
+         init=None, trace=None):
     """The target of a pool worker process (`init`: the pool's initializer, pickled)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
     if direct_child and use_pdeathsig:
@@ -683,7 +647,7 @@ def main(slot, ctl_array, task_q, result_q, parent_pid, direct_child, use_pdeath
         sys.stdout.flush()
         os._exit(1)
     worker = PoolWorker(slot, ctl_array, task_q, result_q, parent_pid, direct_child, max_tasks,
-                        orphan_signal=direct_child and use_pdeathsig)
+                        orphan_signal=direct_child and use_pdeathsig, trace=trace)
     try:
         worker.run()
     finally:

@@ -61,6 +61,8 @@ class Runner:
         self.obj = None
         self.mailbox = None           # channels.Mailbox of a started Process (tell / listen)
         self.outbox = None            # its coalesced to_parent side (channels/outbox.py)
+        self.trace = None             # the run's TraceRing: a span per section (or None)
+        self.spans = None             # its writer, for the sections run from Python
 
     def rebuild(self):
         """A fresh copy of the object as it was at start (next life)."""
@@ -122,7 +124,8 @@ class Runner:
         outbox = self.outbox
         pending, flush = (outbox.pending, outbox.flush_between_hooks) if outbox else (None, None)
         hooks = tuple((sec, hook, limit_ns) for sec, hook, limit_ns, _ in sections)
-        done, what, index, exc = self.ctl.run_laps(hooks, laps, obj, self, pending, flush)
+        done, what, index, exc = self.ctl.run_laps(hooks, laps, obj, self, pending, flush,
+                                                   self.trace)
         if what == native.LAPS_RAISED:
             sec, limit = sections[index][0], sections[index][3]
             self.ctl.leave()                       # this section's deadline no longer applies
@@ -145,6 +148,7 @@ class Runner:
         cfg = obj.config
         num_loops, join_in = cfg.num_loops, cfg.join_in
         enter, end_lap = self.ctl.enter, self.ctl.end_lap
+        spans = self.spans
         stopping = self.ctl.stop_requested
         # What a lap told goes to the parent at the lap's end (outbox.py).
         pending = self.outbox.pending if self.outbox is not None else ()
@@ -158,20 +162,30 @@ class Runner:
             for sec, hook, limit_ns, limit in sections:
                 bits = enter(sec, limit_ns)
                 if bits & OVERRAN:
+                    if spans is not None:
+                        spans.fail_newest()
                     raise self._overran(*last)
                 last = (sec, limit)
+                if spans is not None:
+                    spans.begin(sec, 0, self.lap)
                 self.armed = True
                 try:
                     hook()
                 except BaseException as exc:
                     self.armed = False
+                    if spans is not None:
+                        spans.end(True)
                     self.ctl.leave()               # this section's deadline no longer applies
                     raise self._failure(sec, exc, limit) from None
                 self.armed = False
+                if spans is not None:
+                    spans.end(False)
             if pending:
                 self.outbox.flush_between_hooks()
             bits = end_lap()
             if bits & OVERRAN:
+                if spans is not None:
+                    spans.fail_newest()
                 raise self._overran(*last)
             stopping = bits & STOP
             self.lap += 1
@@ -182,15 +196,23 @@ class Runner:
     def run_single(self, obj, sec, attr, limit):
         """Run one hook (onfinish, result, error) under its timeout; returns its value."""
         self.ctl.enter(sec, _timeout_ns(limit))
+        spans = self.spans
+        if spans is not None:
+            spans.begin(sec, 0, self.lap)
         self.armed = True
         try:
             value = getattr(obj, attr)()
         except BaseException as exc:
             self.armed = False
+            if spans is not None:
+                spans.end(True)
             self.ctl.leave()
             raise self._failure(sec, exc, limit) from None
         self.armed = False
-        if self.ctl.leave() & OVERRAN:
+        overran = self.ctl.leave() & OVERRAN
+        if spans is not None:
+            spans.end(bool(overran))
+        if overran:
             raise self._overran(sec, limit)
         return value
 
@@ -247,7 +269,7 @@ class Runner:
 
 
 def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direct_child: bool,
-                 use_pdeathsig: bool, mailbox=None):
+                 use_pdeathsig: bool, mailbox=None, trace=None):
     """The target of the worker process."""
     ctl = ctl_array.control(index)
     # Ctrl-C belongs to the parent: it stops us (then kills us if we linger).
@@ -259,17 +281,20 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
     if not dog.start():
         os._exit(EXIT_ORPHANED)
     try:
-        _run(ctl, arena, name, dog, mailbox)
+        _run(ctl, arena, name, dog, mailbox, trace)
     finally:
         dog.stop()                                    # joined: no thread outlives the run
 
 
-def _run(ctl, arena, name, dog, mailbox):
+def _run(ctl, arena, name, dog, mailbox, trace):
     lives = ctl.lives                                 # set by the parent: fewer on a restart
     ctl.set_pid(os.getpid())
     record = transfer.read_bytes(arena)
     runner = Runner(ctl, record, name)
     runner.mailbox = mailbox
+    if trace is not None:
+        runner.trace = ring = trace.ring(0)
+        runner.spans = ring.writer(os.getpid())
     if mailbox is not None:
         runner.outbox = Outbox(mailbox.to_parent, runner)
     signal.signal(signal.SIGALRM, runner.on_alarm)

@@ -29,7 +29,7 @@ import weakref
 
 from ... import _native as native
 from ...channels.queue import Queue
-from ...common import lifecycle, validate
+from ...common import lifecycle, tracing, validate
 from ...common.errors import InitializerError, remote_failure
 from ...common.outcome import is_process_class
 from ...common.validate import callable_name
@@ -56,6 +56,8 @@ RESULT_RING_BYTES = 4 << 20
 SPIN_NS = 200_000
 #: Functions remembered by the workers (by id) before the oldest are dropped.
 MAX_FUNCTIONS = 256
+#: Span labels (function names) remembered for timeline().
+MAX_LABELS = 65536
 #: Seconds a stopping worker gets to exit before it is killed.
 STOP_GRACE_S = 5.0
 
@@ -67,6 +69,7 @@ class _Resources:
     def __init__(self):
         self.slots = []
         self.ctl = None
+        self.trace = None
         self.results = None
         self.token = blobs.FlushToken()
         self.token.wait = False       # a task's arguments matter only while its worker lives
@@ -90,6 +93,9 @@ class _Resources:
         if self.ctl is not None:
             self.ctl.close()
             self.ctl = None
+        if self.trace is not None:
+            self.trace.close()        # the pool unmaps it once it has copied the spans
+            self.trace = None
         blobs.pool.drop(self.token)
 
 
@@ -126,6 +132,12 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         self._ids = itertools.count(1)
         self._fn_ids = itertools.count(1)
         self._functions = collections.OrderedDict()     # id(fn) -> (fn id, fn, pickle)
+        self._labels = {}                               # fn id -> its name, for timeline()
+        self._run_labels = {}                           # a submitted Process's class -> label id
+        self._origin_ns = native.now_ns()
+        self._ended_ns = None
+        self._traced = tracing.enabled()
+        self._trace_rings = ()                          # none while tracing is off
         self._units = {}                                # id -> unit a worker holds
         self._pending = collections.deque()             # units ready to send
         self._avg_item_ns = None                        # measured time per item (EWMA)
@@ -141,6 +153,10 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         weakref.finalize(self, res.kill)
         try:
             res.ctl = native.ControlArray.create(2 * self._n)
+            # A ring of task spans per worker slot (csrc/trace.c): timeline().
+            if self._traced:
+                res.trace = native.TraceArea.create(self._n)
+                self._trace_rings = [res.trace.ring(i) for i in range(self._n)]
             # Every worker puts, only the pool reads (under its lock): one consumer.
             res.results = Queue(capacity=RESULT_RING_BYTES, _consumers="one")
             if self._method == "forkserver":
@@ -200,7 +216,8 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             proc = make(
                 target=pool_worker.main,
                 args=(index, res.ctl, task_q, res.results, os.getpid(),
-                      self._method != "forkserver", main, self._max_tasks, self._init),
+                      self._method != "forkserver", main, self._max_tasks, self._init,
+                      res.trace),
                 name=f"shmproc:pool-worker-{index}")
         except BaseException:
             task_q.close()
@@ -223,6 +240,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                 f"level, or make what it refers to picklable.") from exc.__cause__
         fn_id = next(self._fn_ids)
         self._functions[key] = (fn_id, fn, data)
+        self._name_label(fn_id, callable_name(fn))
         if len(self._functions) > MAX_FUNCTIONS:
             self._forget_functions()
         return fn_id
@@ -244,6 +262,55 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
 
     def _new_id(self) -> int:
         return next(self._ids)
+
+    # -- timeline ----------------------------------------------------------------------------
+    def _name_label(self, label: int, name: str):
+        labels = self._labels
+        labels[label] = name
+        if len(labels) > MAX_LABELS:              # a new function per call: keep the newest
+            for old in list(labels)[:MAX_LABELS // 2]:
+                del labels[old]
+
+    def _run_label(self, cls) -> int:
+        """The span label of a submitted Process object's class (its record
+        carries the label, as a call's carries its function id)."""
+        label = self._run_labels.get(cls)
+        if label is None:
+            label = self._run_labels[cls] = next(self._fn_ids)
+            self._name_label(label, cls.__qualname__)
+            if len(self._run_labels) > MAX_LABELS:
+                self._run_labels.clear()
+        return label
+
+    def _close_spans(self, index: int, flags: int):
+        """The span a dead (or killed) worker of slot `index` left open ends now."""
+        if self._trace_rings:
+            self._trace_rings[index].close_open(native.now_ns(), flags)
+
+    def trace_spans(self):
+        """What the workers recorded, for Pool.timeline(): a dict of spans
+        (slot, start_ns, end_ns, label, ok, pid) on the now_ns clock,
+        complete ones only (a task still running has none yet); lost (spans
+        overwritten in the bounded rings); origin_ns and end_ns (the pool's
+        start, and its end or now); workers."""
+        if not self._traced:
+            raise RuntimeError("this pool records no timeline: it was made with SHMPROC_TRACE=0 "
+                               "in the environment")
+        out, lost = [], 0
+        with self._lock:
+            labels = dict(self._labels)
+            end_ns = self._ended_ns or native.now_ns()
+        for ring in self._trace_rings:
+            spans, written = ring.read()
+            lost += written - len(spans)
+            index = ring.index
+            for start, end, label, flags, pid, _ in spans:
+                if end == 0:
+                    continue                      # running now
+                name = labels.get(label) or f"function #{label}"
+                out.append((index, start, end, name, not flags, pid))
+        return {"spans": out, "lost": lost, "origin_ns": self._origin_ns, "end_ns": end_ns,
+                "workers": self._n}
 
     # -- driving --------------------------------------------------------------------------------
     def _pump(self, wait_s, feed_jobs=True):
@@ -391,7 +458,8 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                 return task
             if self._submit_kind(fn, args, kwargs) == "process":
                 task = Task(self, type(fn).__name__, fn, retries, options)
-                unit = Unit(self._new_id(), task, 0, OP_RUN, 0, False, [fn])
+                unit = Unit(self._new_id(), task, 0, OP_RUN, self._run_label(type(fn)), False,
+                            [fn])
                 unit.flags = taskwire.FLAG_TELLS
             else:
                 fn_id = self._register(fn)
@@ -501,6 +569,16 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         self._status = TERMINATED
         _live_pools.discard(self)
         res.kill()
+        self._ended()
+
+    def _ended(self):
+        """The workers are gone: spans they left open were cut short.  The
+        spans are copied out and the segment unmapped (timeline() reads the
+        copy), so an ended pool holds no shared memory."""
+        for i in range(self._n):
+            self._close_spans(i, native.SPAN_CRASHED)
+        self._trace_rings = [ring.snapshot() for ring in self._trace_rings]
+        self._ended_ns = native.now_ns()
 
     def terminate(self):
         """Kill the workers now; unfinished tasks are cancelled."""
@@ -510,6 +588,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             self._status = TERMINATED
             _live_pools.discard(self)
             self._res.kill()
+            self._ended()
             for unit in list(self._units.values()) + list(self._pending):
                 unit.sink._cancel() if isinstance(unit.sink, Task) else unit.sink.cancel()
             for job in self._jobs:

@@ -14,6 +14,7 @@ next life.
 """
 from __future__ import annotations
 
+from ... import _native as native
 from ...common.errors import ProcessCrashedError, note_where
 from ...common.errors import TimeoutError as SectionTimeoutError
 from ...common.outcome import CALL, RETRIED, SECTION_NAMES, is_process_class
@@ -39,6 +40,9 @@ class WorkerRecovery:
         account, fail or re-send what it held, replace it."""
         self._drain()                            # what it sent before it went
         slot.proc.join()
+        # The task it died in (or was ended in by its guard) ends here.
+        self._close_spans(slot.index, native.SPAN_CRASHED |
+                          (native.SPAN_FAILED if slot.rctl.expired() else 0))
         if self._broken is not None:
             # Its initializer failed (results.py): what it held has failed
             # with the pool; nothing is re-sent and no worker replaces it.

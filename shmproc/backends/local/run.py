@@ -32,6 +32,7 @@ from ..base import Backend, Outcome, Run
 from .forking import DirectForkProcess
 from .forkserver import preload_into_forkserver
 from .pool import LocalPool
+from ...common import tracing
 from ...common.config import default_start_method
 from ...common.errors import ProcessCrashedError, ProcessError, ResultError
 from ...common.errors import TimeoutError as SectionTimeoutError
@@ -53,7 +54,14 @@ class LocalRun(Run):
             preload_into_forkserver()
         ctl_array = native.ControlArray.create(1)
         arena = arenas.pool.take()
+        trace = None
         try:
+            # A span per hook section (csrc/trace.c), for Process.timeline().
+            self.trace = self.trace_ring = None
+            if tracing.enabled():
+                trace = native.TraceArea.create(1)
+                self.trace, self.trace_ring = trace, trace.ring(0)
+            self.origin_ns = native.now_ns()
             try:
                 transfer.write(arena, obj, same_main=method == "fork")
             except wire.SerializationError as exc:
@@ -71,6 +79,8 @@ class LocalRun(Run):
                 mailboxes.replenish()             # the next run's, while this worker starts up
         except BaseException:
             ctl_array.close()                     # the arena goes back to the pool with its mapping
+            if trace is not None:
+                trace.close()
             raise
         self.ended_ = self.killed = self._views = self._stop_asked = False
         self._outcome = None
@@ -85,7 +95,7 @@ class LocalRun(Run):
         proc = make(
             target=runner.worker_entry,
             args=(self.ctl_array, 0, self.arena, os.getpid(), self.name,
-                  self.method != "forkserver", main, self.mailbox),
+                  self.method != "forkserver", main, self.mailbox, self.trace),
             name=f"shmproc:{self.name}",
         )
         proc.start()
@@ -130,12 +140,15 @@ class LocalRun(Run):
         state = ctl.state
         if self.killed:
             self._reaped()
+            self._close_spans(native.SPAN_CRASHED)          # the section it was killed in
             ctl.set_state(native.STATE_KILLED)
             self._outcome = Outcome("killed", None, None, None, ctl.lap(), -signal.SIGKILL)
         elif state < native.STATE_DONE:
             self._reaped()
             state = ctl.state                     # it may have reported just before dying
             expired = ctl.expired() if state < native.STATE_DONE else None
+            if state < native.STATE_DONE:                   # the section it died in
+                self._close_spans(native.SPAN_CRASHED | (native.SPAN_FAILED if expired else 0))
             if expired is not None:
                 if self._expired(*expired):
                     return                        # a next life runs: not ended
@@ -147,11 +160,16 @@ class LocalRun(Run):
                 ctl.set_state(native.STATE_CRASHED)
                 self._outcome = Outcome("crashed", crashed, None, None, ctl.lap(), code)
         self.ctl_array.close()                    # descriptors go now, mappings with their views
+        if self.trace is not None:
+            self.trace.close()
+            self.trace_ring = self.trace_ring.snapshot()     # the spans, copied: unmapped now
+            self.trace = None
         self._close_pidfd()                       # a worker that reported may still be exiting
         if self._outcome is None:
             self._outcome = self._decode()
         if not self._views:
             self.arena = None                     # nothing refers to it: unmap now, not with us
+        self.ended_ns = native.now_ns()
         self.ended_ = True                        # last: ended() promises an outcome
 
     def _expired(self, section, timeout_ns, lap) -> bool:
@@ -284,6 +302,18 @@ class LocalRun(Run):
 
     def outcome(self) -> Outcome:
         return self._outcome
+
+    def _close_spans(self, flags):
+        if self.trace_ring is not None:
+            self.trace_ring.close_open(native.now_ns(), flags)
+
+    def spans(self):
+        if self.trace_ring is None:
+            raise RuntimeError("this run records no timeline: it was started with "
+                               "SHMPROC_TRACE=0 in the environment")
+        spans, written = self.trace_ring.read()
+        end_ns = self.ended_ns if self.ended_ else native.now_ns()
+        return spans, written - len(spans), self.origin_ns, end_ns
 
 
 class LocalBackend(Backend):

@@ -30,7 +30,7 @@ class Unit:
         self.op = op
         self.fn_id = fn_id
         self.star = star
-        self.items = items            # OP_CHUNK: the items; OP_CALL: [(args, kwargs)]; OP_RUN: [proc]
+        self.items = items            # OP_CHUNK: the items; OP_CALL: [(args, kwargs)]; OP_RUN: [proc] (fn_id: its span label)
         self.n = len(items)
         self.record = None            # encoded, once
         self.slot = None
@@ -47,7 +47,7 @@ class Unit:
         if self.op == OP_CALL:
             args, kwargs = self.items[0]
             return self.fn_id, args, kwargs
-        return self.items[0]
+        return self.fn_id, self.items[0]      # OP_RUN: (span label, the Process)
 
     def encode(self, token) -> bytes:
         if self.record is None:
