@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import pathlib
 import sys
 import time
 
@@ -95,7 +96,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m shmproc", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller workloads (a few seconds)")
     ap.add_argument("--workers", type=int, default=None, help="workers per pool (default: CPUs)")
+    ap.add_argument("--out", default=".", help="folder for the timeline PNG and Chrome trace "
+                    "(default: here)")
     args = ap.parse_args(argv)
+    out_dir = pathlib.Path(args.out).resolve()
+    if not out_dir.is_dir():
+        ap.error(f"--out {args.out}: no such folder")
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     workers = args.workers or len(os.sched_getaffinity(0))
     n_tiles = 100 if args.quick else 600
@@ -111,6 +117,7 @@ def main(argv=None) -> int:
     with Pool(workers, start_method=method) as pool:
         pool.map(process_tile, seeds[:workers])                     # warm up
         tiles, fast_tiles = run_tiles(pool, seeds, progress=True)
+        timeline = pool.timeline()          # what each worker did during the tile pipeline
         _check_tiles(tiles, seeds, sample)
         del tiles
         fast_scores = run_scores(pool, readings)
@@ -140,7 +147,23 @@ def main(argv=None) -> int:
         print(f"{label:<{w}}  {x:>{a}}  {y:>{b}}  {ratio:>7.1f}x")
     print("\nevery tile was checked (and a sample matched the in-process pipeline bit for bit); "
           "every score matched")
+    show_timeline(timeline, out_dir)
     return 0
+
+
+def show_timeline(timeline, out_dir: pathlib.Path):
+    """The tile pipeline's timeline: its summary, a Chrome trace and a PNG."""
+    print(f"\nthe tile pipeline on shmproc's workers (pool.timeline()):\n")
+    print(timeline.summary())
+    trace = timeline.to_chrome_trace(out_dir / "shmproc-demo-trace.json")
+    print(f"\nChrome trace (open in https://ui.perfetto.dev or chrome://tracing): {trace}")
+    try:
+        png = timeline.plot(out_dir / "shmproc-demo-timeline.png",
+                            title="shmproc demo: the tile pipeline")
+    except ImportError as exc:
+        print(f"timeline picture: not drawn ({exc})")
+    else:
+        print(f"timeline picture: {png}")
 
 
 if __name__ == "__main__":

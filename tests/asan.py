@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = ROOT / ".asan-build"
 # The files whose `asan`-marked tests run sanitized.
 ASAN_FILES = ["test_native.py", "test_stress.py", "test_ring_faults.py", "test_fuzz.py",
-              "test_guard.py"]
+              "test_guard.py", "test_timeline_recording.py"]
 
 
 def runtime(name: str) -> str:
@@ -55,15 +55,16 @@ def build(portable: bool):
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
     # The CPython-API extensions (csrc/python/), sanitized too: without them
     # here, `import shmproc._marks` would find whatever copy the environment
-    # has installed, and shmproc._laps might be missing altogether.
+    # has installed, and shmproc._laps / _spans might be missing altogether.
     code = (
         "from setuptools import Distribution, Extension\n"
         "san = ['-fsanitize=address,undefined', '-fno-omit-frame-pointer', '-g']\n"
         "exts = [Extension('shmproc.' + n, sources=['csrc/python/' + n[1:] + '.c'],\n"
         "                  extra_compile_args=['-std=c11', '-O1', '-Wall', '-Wextra'] + san,\n"
         "                  extra_link_args=san,\n"
+        "                  include_dirs=['csrc'],\n"
         "                  define_macros=[('Py_LIMITED_API', '0x030A0000')], py_limited_api=True)\n"
-        "        for n in ('_marks', '_laps')]\n"
+        "        for n in ('_marks', '_laps', '_spans')]\n"
         "cmd = Distribution({'ext_modules': exts}).get_command_obj('build_ext')\n"
         "cmd.build_lib = %r\n"
         "cmd.build_temp = %r\n"

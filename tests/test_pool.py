@@ -1,6 +1,7 @@
 """shmproc.Pool: ordering, laziness, submit/cancel, Process classes, numpy,
 crashes, task errors, recycling, Ctrl-C and bad input.  Every test runs
 inside the leak check of conftest.py (fds, mappings, /dev/shm, children)."""
+import json
 import os
 import signal
 import subprocess
@@ -519,11 +520,23 @@ def test_exit_without_close_does_not_hang(tmp_path):
     assert wait_gone([int(p) for p in out.stdout.split()[:2]])
 
 
-def test_the_readme_demo_runs():
+def test_the_readme_demo_runs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "shmproc", "--quick", "--workers", "2"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "speed-up" in out.stdout and "every tile was checked" in out.stdout
+    # It ends with the tile pipeline's timeline, written where it runs.
+    trace = tmp_path / "shmproc-demo-trace.json"
+    assert str(trace) in out.stdout
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert sum(1 for e in events if e["ph"] == "X") == 100 + 2      # the tiles, the warm-up
+    png = tmp_path / "shmproc-demo-timeline.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "not drawn" in out.stdout and not png.exists()
+    else:
+        assert str(png) in out.stdout and png.stat().st_size > 5000
 
 
 def test_submitted_tasks_run_without_anyone_waiting(pool):

@@ -12,6 +12,7 @@ import os
 import time
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from shmproc import Pool
 from shmproc import _native as native
@@ -45,6 +46,7 @@ def test_100_tasks_give_100_spans_that_tile_each_worker():
         assert row.busy_fraction > 0.5
 
 
+@pytest.mark.asan
 @pytest.mark.parametrize("chunksize", [1, 10])
 def test_failed_tasks_are_marked(chunksize):
     with Pool(2) as pool:
@@ -56,6 +58,7 @@ def test_failed_tasks_are_marked(chunksize):
     assert len(failed) == 1 and failed[0].label == "fail_on"
 
 
+@pytest.mark.asan
 def test_a_crashed_task_is_marked_and_the_rest_survive():
     with Pool(1) as pool:
         assert pool.map(noop, range(5), chunksize=1) == list(range(5))
@@ -155,6 +158,7 @@ def test_ten_million_tasks_keep_memory_bounded():
 
 # ---- Process runs -------------------------------------------------------------------------------
 
+@pytest.mark.asan
 def test_a_process_records_every_section_with_its_lap():
     p = Laps(3)
     p.start()
@@ -184,6 +188,7 @@ def test_a_failing_hook_is_marked():
     assert tl.spans[-1].label == "__error__"
 
 
+@pytest.mark.asan
 def test_a_killed_process_has_its_last_section_closed():
     p = slow_lap_process()
     p.start()
@@ -213,6 +218,7 @@ def test_a_spawned_process_records_too(method):
 
 # ---- the rings themselves ----------------------------------------------------------------------
 
+@pytest.mark.asan
 def test_a_ring_keeps_the_newest_spans_and_counts_the_rest():
     area = native.TraceArea.create(1, 16)
     ring = area.ring(0)
@@ -227,6 +233,7 @@ def test_a_ring_keeps_the_newest_spans_and_counts_the_rest():
     area.close()
 
 
+@pytest.mark.asan
 def test_bad_trace_areas_are_refused():
     with pytest.raises(ValueError):
         native.TraceArea.create(0)
@@ -240,6 +247,7 @@ def test_bad_trace_areas_are_refused():
     area.close()
 
 
+@pytest.mark.asan
 def test_a_ring_read_while_its_writer_races_sees_only_whole_spans():
     """A writer process records spans as fast as it can while this
     process reads the ring again and again: every span read is one the
@@ -280,6 +288,7 @@ def test_a_ring_read_while_its_writer_races_sees_only_whole_spans():
     area.close()
 
 
+@pytest.mark.asan
 def test_damaged_entries_are_dropped_not_returned():
     area = native.TraceArea.create(1, 16)
     ring = area.ring(0)
@@ -313,6 +322,7 @@ def test_with_tracing_off_work_runs_and_timeline_says_why_there_is_none(monkeypa
         p.timeline()
 
 
+@pytest.mark.asan
 def test_a_writer_refuses_a_bad_ring():
     from shmproc._spans import writer
     with pytest.raises(ValueError):
@@ -330,4 +340,24 @@ def test_a_writer_refuses_a_bad_ring():
         w.begin(1 << 40)
     with pytest.raises(TypeError):
         w.begin()
+    area.close()
+
+
+@pytest.mark.asan
+@settings(max_examples=200, deadline=None)
+@given(head=st.integers(0, 2**64 - 1), junk=st.binary(min_size=16 * 32, max_size=16 * 32))
+def test_a_ring_of_random_bytes_reads_only_checked_spans(head, junk):
+    """Whatever a crashing or hostile peer left in a ring, reading it stays
+    inside the ring and returns only spans whose fields are possible."""
+    area = native.TraceArea.create(1, 16)
+    ring = area.ring(0)
+    ffi = native.trace.ffi
+    ffi.cast("uint64_t *", ring.address)[0] = head
+    ffi.memmove(ffi.cast("char *", ring.address + 64), junk, len(junk))
+    spans, written = ring.read()
+    assert written == head
+    assert len(spans) <= min(head, 16)
+    for start, end, label, flags, pid, lap in spans:
+        assert start != 0 and (end == 0 or end >= start) and flags & ~3 == 0
+    ring.close_open(12345, native.SPAN_CRASHED)     # never outside the ring either
     area.close()
