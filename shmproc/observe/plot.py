@@ -76,8 +76,10 @@ def draw(spans: Sequence[Span], *, workers: int, kind: str, window: tuple[float,
     low, high = window
     if high <= low:
         high = low + 1.0
-    # Roughly 80% of the figure's width is the plotting area.
-    pixel = (high - low) / (WIDTH_INCHES * DPI * 0.8)
+    # Seconds per pixel column of the plotting area, which the layout makes
+    # 65-80% of the figure's width (the legend takes the rest). Erring wide
+    # keeps a "one pixel" failure at least one real pixel wide.
+    pixel = (high - low) / (WIDTH_INCHES * DPI * 0.6)
 
     start, end, worker, code, legend = _arrays(spans)
     failed_code = len(LABEL_COLOURS) + 1
@@ -97,8 +99,12 @@ def draw(spans: Sequence[Span], *, workers: int, kind: str, window: tuple[float,
         verts[:, 2, 0] = verts[:, 3, 0] = left + width
         verts[:, 0, 1] = verts[:, 3, 1] = row - BAR_HEIGHT / 2
         verts[:, 1, 1] = verts[:, 2, 1] = row + BAR_HEIGHT / 2
-        axes.add_collection(PolyCollection(list(verts), facecolors=palette[colour],
-                                           edgecolors="white", linewidths=0.3 if sparse else 0.0))
+        # A thin white outline separates back-to-back tasks, but would eat a
+        # bar of a few pixels: those, and failures, go without. Not
+        # antialiased: a one-pixel failure keeps its exact red, not a blend.
+        outline = (colour != failed_code) & (width >= 3 * pixel) if sparse else np.zeros(len(left), np.bool_)
+        axes.add_collection(PolyCollection(list(verts), facecolors=palette[colour], edgecolors="white",
+                                           linewidths=np.where(outline, 0.3, 0.0), antialiaseds=False))
 
     axes.set_xlim(low, high)
     axes.set_ylim(rows - 0.5, -0.5)          # worker 0 on top
@@ -137,21 +143,25 @@ def _arrays(spans: Sequence[Span]) -> tuple[FloatArray, FloatArray, IntArray, In
     ids: dict[str, int] = {}
     label = np.fromiter((ids.setdefault(s.label, len(ids)) for s in spans), np.int64, n)
     names = list(ids)
-    busy = np.bincount(label, weights=end - start, minlength=len(names))
-    counts = np.bincount(label, minlength=len(names))
-    ranked = sorted(range(len(names)), key=lambda i: (-busy[i], names[i]))
+    # Colours go to the labels with the most busy time among spans that did
+    # not fail (a failed span is red whatever its label).
+    ok = ~failed
+    busy = np.bincount(label[ok], weights=(end - start)[ok], minlength=len(names))
+    counts = np.bincount(label[ok], minlength=len(names))
+    ranked = sorted((i for i in range(len(names)) if counts[i]), key=lambda i: (-busy[i], names[i]))
     other, failed_code = len(LABEL_COLOURS), len(LABEL_COLOURS) + 1
     code_of_label = np.full(len(names), other, np.int64)
     legend: list[tuple[str, str]] = []
     for rank, i in enumerate(ranked[:len(LABEL_COLOURS)]):
         code_of_label[i] = rank
-        legend.append((LABEL_COLOURS[rank], f"{_short(names[i])} ({counts[i]})"))
+        legend.append((LABEL_COLOURS[rank], f"{_short(names[i])} ({counts[i]:,})"))
     if len(ranked) > len(LABEL_COLOURS):
-        legend.append((OTHER_COLOUR, f"other labels ({sum(counts[i] for i in ranked[len(LABEL_COLOURS):])})"))
+        rest = sum(int(counts[i]) for i in ranked[len(LABEL_COLOURS):])
+        legend.append((OTHER_COLOUR, f"other labels ({rest:,})"))
     code = code_of_label[label]
     code[failed] = failed_code
     if failed.any():
-        legend.append((FAILED_COLOUR, f"failed ({int(failed.sum())})"))
+        legend.append((FAILED_COLOUR, f"failed ({int(failed.sum()):,})"))
     return start, end, worker, code, legend
 
 

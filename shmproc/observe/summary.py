@@ -69,10 +69,10 @@ class TimelineSummary:
         """One line: tasks, failures, workers, window and busy percentage."""
         noun = "section" if self.kind == "process" else "task"
         workers = len(self.per_worker)
-        text = (f"{counted(self.tasks, noun)}, {self.failed} failed, on {counted(workers, 'worker')} "
+        text = (f"{counted(self.tasks, noun)}, {self.failed:,} failed, on {counted(workers, 'worker')} "
                 f"over {format_seconds(self.window[1] - self.window[0])}: busy {self.busy_fraction:.1%}")
         if self.dropped:
-            text += f" ({self.dropped} oldest spans dropped)"
+            text += f" ({self.dropped:,} oldest spans dropped)"
         return text
 
     def __str__(self) -> str:
@@ -172,8 +172,8 @@ def format_seconds(seconds: float) -> str:
 
 
 def counted(n: int, noun: str) -> str:
-    """``1 task``, ``2 tasks``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+    """``1 task``, ``2 tasks``, ``1,000,000 tasks``."""
+    return f"{n} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
 def _shorten(label: str, width: int = 24) -> str:
