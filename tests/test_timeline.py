@@ -78,6 +78,17 @@ def test_timeline_attributes_and_default_window():
     assert Timeline([], workers=1, origin=0.0, window=(1, 2)).window == (1.0, 2.0)
 
 
+def test_default_window_after_dropped_spans_starts_where_every_record_does():
+    # Worker 0's area kept spans from 5 s on, worker 1's from 7 s on: before
+    # 7 s, part of the record is gone, and would read as idle time.
+    spans = [Span(0, 5.0, 6.0, "x", True), Span(0, 8.0, 9.0, "x", True), Span(1, 7.0, 10.0, "x", True)]
+    timeline = Timeline(spans, workers=3, origin=0.0, dropped=40)
+    assert timeline.window == (7.0, 10.0)
+    assert timeline.summary().per_worker[1].busy_fraction == 1.0
+    assert Timeline(spans, workers=3, origin=0.0).window == (0.0, 10.0)        # nothing dropped
+    assert Timeline(spans, workers=3, origin=0.0, dropped=40, window=(0, 10)).window == (0.0, 10.0)
+
+
 def test_timeline_rejects_bad_input():
     span = Span(2, 0.0, 1.0, "x", True)
     with pytest.raises(ValueError, match="worker 2.*2 worker slot"):

@@ -36,9 +36,12 @@ class Timeline:
     ``workers``: how many worker rows (slots 0..workers-1; 1 for a Process).
     ``origin``: the ``time.monotonic()`` reading, in seconds, that span
     times count from. ``window``: the (start, end) seconds over which the
-    summary measures busy and idle time; by default from 0 (or the earliest
-    start, if earlier) to the latest end. ``dropped``: how many of the
-    oldest spans the bounded trace areas overwrote, so are missing here.
+    summary measures busy and idle time and the plot's x axis; by default
+    from 0 (or the earliest start, if earlier) to the latest end, except
+    when spans were dropped: then from the latest of the workers' first
+    recorded starts, so lost history does not read as idle time.
+    ``dropped``: how many of the oldest spans the bounded trace areas
+    overwrote, so are missing here.
     ``kind``: "pool", or "process" for a Process's hook sections.
 
     ``len()`` and iteration go over the spans.
@@ -65,7 +68,7 @@ class Timeline:
         self._spans: tuple[Span, ...] = tuple(items)
         self._workers = workers
         self._origin = float(origin)
-        self._window = _checked_window(window) if window is not None else _default_window(self._spans)
+        self._window = _checked_window(window) if window is not None else _default_window(self._spans, dropped)
         self._dropped = dropped
         self._kind = kind
         self._summary: TimelineSummary | None = None
@@ -175,8 +178,17 @@ def _checked_window(window: tuple[float, float]) -> tuple[float, float]:
     return (start, end)
 
 
-def _default_window(spans: tuple[Span, ...]) -> tuple[float, float]:
+def _default_window(spans: tuple[Span, ...], dropped: int) -> tuple[float, float]:
     if not spans:
         return (0.0, 0.0)
+    end = max(span.end for span in spans)
+    if dropped:
+        # The trace areas lost their oldest spans, so the early part of the
+        # run would look idle: start where every worker that recorded
+        # anything still has its record, the latest of their first starts.
+        first: dict[int, float] = {}
+        for span in spans:                  # sorted by start: the first seen is the earliest
+            first.setdefault(span.worker, span.start)
+        return (max(first.values()), end)
     # spans are sorted by start: the first starts earliest.
-    return (min(0.0, spans[0].start), max(span.end for span in spans))
+    return (min(0.0, spans[0].start), end)
