@@ -3,8 +3,8 @@
 Every time figure is measured inside the timeline's *window* (start, end),
 in seconds, per worker row:
 
-    window   |<------------------------------------------------------->|
-    worker 0 |   lead   [ task ]  gap  [ task ][ task ]  gap  [ task ]  tail  |
+    window   |<------------------------------------------------------------------------>|
+    worker 0 |   lead   [ task ]  gap  [ task ][ task ]  gap  [ task ]       tail       |
                         ^^^^^^^^       ^^^^^^^^^^^^^^^^       ^^^^^^^^
                         busy: the union of the worker's spans (overlaps count once)
     idle              = window - busy           = lead + dispatch overhead + tail
