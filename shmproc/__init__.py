@@ -32,7 +32,7 @@ _ERRORS = ("SerializationError", "LostRecord", "InitializerError", "RayNotInstal
 __all__ = [
     "Queue", "JoinableQueue", "SimpleQueue", "Pool", "Task", "Progress", "AsyncResult", "MapResult", "Executor",
     "ProcessPoolExecutor", "WorkerCrashedError", "share", "SharedArray", "empty_shared", "Backend", "LocalBackend", "RayBackend", "ShmprocError", "SharedMemoryError", "CorruptSharedMemoryError",
-    "SharedMemoryVersionError", "ForeignSharedMemoryError",
+    "SharedMemoryVersionError", "ForeignSharedMemoryError", "Timeline", "Span",
     "sktime", "circuit", "docs", "processing", *_PROCESSING, *_ERRORS,
 ]
 # `from shmproc import *` must not shadow the builtin TimeoutError: shmproc's
@@ -53,7 +53,9 @@ _LAZY = {"Queue": ("shmproc.channels.queue", "Queue"),
          "Backend": ("shmproc.backends.base", "Backend"),
          "LocalBackend": ("shmproc.backends.local.run", "LocalBackend"),
          # Importing the Ray backend does not import Ray: that waits for first use.
-         "RayBackend": ("shmproc.ray_backend", "RayBackend")}
+         "RayBackend": ("shmproc.ray_backend", "RayBackend"),
+         "Timeline": ("shmproc.observe.timeline", "Timeline"),
+         "Span": ("shmproc.observe.span", "Span")}
 _LAZY.update({name: ("shmproc.common.errors", name) for name in _ERRORS})
 _LAZY.update({name: ("shmproc.processing", name) for name in _PROCESSING})
 

@@ -1,0 +1,37 @@
+"""Span: what one worker did from one moment to another."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["Span"]
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One task of a pool (or one hook section of a Process) on one worker.
+
+    Times are seconds since the timeline's ``origin`` (the pool's or the
+    Process's start, on the ``time.monotonic()`` clock).
+    """
+
+    worker: int               # pool worker slot 0..workers-1 (a replacement keeps its slot); 0 for a Process
+    start: float              # seconds since Timeline.origin
+    end: float                # seconds since Timeline.origin, >= start
+    label: str                # the task function's __qualname__; a Process's hook name ("__loop__")
+    ok: bool                  # False: the task raised, timed out, or its worker crashed under it
+    pid: int = 0              # OS pid of the worker process that ran it (0: unknown)
+    lap: int | None = None    # a Process section's lap number; None for pool tasks
+
+    def __post_init__(self) -> None:
+        # Written so that NaN fails too (every comparison with NaN is false).
+        if not -math.inf < self.start <= self.end < math.inf:
+            raise ValueError(f"a span needs finite times with start <= end, got start={self.start!r}, "
+                             f"end={self.end!r} ({self.label!r} on worker {self.worker})")
+        if self.worker < 0:
+            raise ValueError(f"worker must be a slot number >= 0, got {self.worker!r} ({self.label!r})")
+
+    @property
+    def duration(self) -> float:
+        """``end - start``, in seconds."""
+        return self.end - self.start
