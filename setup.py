@@ -28,7 +28,8 @@ class BuildExtWithClearErrors(build_ext):
 
 
 class BuildPyWithDocs(build_py):
-    """Copy docs/*.md into shmproc/_docs so shmproc.docs.download() can find them."""
+    """Copy docs/*.md into shmproc/_docs so shmproc.docs.download() can find them
+    (with docs/images/*.png when a test run has generated them)."""
 
     def run(self):
         src = ROOT / "docs"
@@ -36,7 +37,7 @@ class BuildPyWithDocs(build_py):
             dst = ROOT / "shmproc" / "_docs"
             if dst.exists():
                 shutil.rmtree(dst)
-            for md in src.rglob("*.md"):
+            for md in [*src.rglob("*.md"), *src.glob("images/*.png")]:
                 target = dst / md.relative_to(src)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(md, target)

@@ -691,6 +691,20 @@ def test_tell_and_listen_on_ray_are_clear_errors_on_both_sides(ray_cluster):
         assert list(it) == [0, 1, 4]
 
 
+def test_timelines_on_ray_are_clear_errors(ray_cluster):
+    """timeline() (issue 15) is recorded by the local backend's workers;
+    on Ray it raises NotImplementedError naming Ray's own."""
+    from shmproc import RayBackend
+    p = Echo(1).start(on=RayBackend())
+    assert p.result == 2
+    with pytest.raises(NotImplementedError, match="local backend"):
+        p.timeline()
+    with Pool(1, backend="ray") as pool:
+        assert pool.map(square, range(3)) == [0, 1, 4]
+        with pytest.raises(NotImplementedError, match="ray.timeline"):
+            pool.timeline()
+
+
 def test_another_address_while_connected_is_refused(ray_cluster):
     from shmproc import RayBackend
     from shmproc.ray_backend import ClusterUnreachable

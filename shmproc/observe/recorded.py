@@ -23,8 +23,8 @@ def pool_timeline(*, spans: Iterable[tuple[int, int, int, str, bool, int]], work
     return Timeline(
         [Span(worker, (start - origin_ns) * _NS, (end - origin_ns) * _NS, label, ok, pid)
          for worker, start, end, label, ok, pid in spans],
-        workers=workers, origin=origin_ns * _NS,
-        window=(0.0, max(0, end_ns - origin_ns) * _NS), dropped=lost, kind="pool")
+        workers=workers, origin=origin_ns * _NS, window=_window(lost, origin_ns, end_ns),
+        dropped=lost, kind="pool")
 
 
 def process_timeline(spans: Iterable[tuple[int, int, int, int, int, int]], *, lost: int,
@@ -40,5 +40,11 @@ def process_timeline(spans: Iterable[tuple[int, int, int, int, int, int]], *, lo
         out.append(Span(0, (start - origin_ns) * _NS, (end - origin_ns) * _NS, label,
                         not flags, pid, lap))
     return Timeline(out, workers=1, origin=origin_ns * _NS,
-                    window=(0.0, max(0, end_ns - origin_ns) * _NS), dropped=lost,
-                    kind="process")
+                    window=_window(lost, origin_ns, end_ns), dropped=lost, kind="process")
+
+
+def _window(lost: int, origin_ns: int, end_ns: int) -> tuple[float, float] | None:
+    """From the start to the end (or now); with spans lost to the bounded
+    rings, Timeline's own default (the part every worker's record covers),
+    so that lost history does not count as idle time."""
+    return None if lost else (0.0, max(0, end_ns - origin_ns) * _NS)
