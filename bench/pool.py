@@ -47,6 +47,8 @@ multiprocessing.Pool (1.00x).
    ping-pong, back-to-back vs mp.Pool.apply, p.result after a Process's
    last hook vs os.fork + pipe, pool lifecycle and one-task dispatch at
    1-64 workers vs mp.Pool, an idle 64-worker pool's wake-ups and memory).
+9. Tracing on vs off (issue 15): bench/tracing.py's one-task dispatch and
+   per-lap rows, the timeline's recording cost (targets <= 3%, <= 0.1 us).
 """
 from __future__ import annotations
 
@@ -62,9 +64,11 @@ if __package__ in (None, ""):
     sys.path.append(_HERE)
     import _common as C
     import idle_and_scale
+    import tracing
 else:
     from . import _common as C
     from . import idle_and_scale
+    from . import tracing
 
 import argparse
 import json
@@ -591,6 +595,12 @@ def main(argv=None) -> int:
     results["round2"] = {"after_idle": after, "last_hook": last_hook,
                          "scaling": {n: v for n, v in scale.items()}, "idle_cost": cost}
     checks.append(("round 2 targets (8.)", round2_ok, ""))
+    print()
+    # 9. What recording the timeline costs (issue 15): tracing on vs off.
+    print("9. tracing on vs off (bench/tracing.py)")
+    traced = tracing.dispatch(quick), tracing.per_lap(quick)
+    checks.append(("tracing costs (9.)", tracing.report(*traced), ""))
+    results["tracing"] = {"dispatch_on_off": traced[0], "lap_us_on_off": traced[1]}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)
