@@ -216,6 +216,16 @@ class Queue(Moving):
             return True
         return self._prod.capacity - self._prod.used_bytes() < 64
 
+    def _wait_readable(self, timeout_s: float) -> bool:
+        """Wait up to timeout_s until an item is there, without taking it
+        (one ring only): a thread can wait for items without holding the
+        lock its reader takes them under (the pool's driver thread)."""
+        if self._chain is not None:
+            raise ValueError("_wait_readable: only for a one-ring queue")
+        if self._closed:
+            return False            # (closed while waiting is safe: close() keeps the mapping)
+        return self._cons.wait_data(int(timeout_s * 1e9)) == native.OK
+
     def _sleep_until_woken(self):
         """Waits for an item sleep until woken, never re-checking: only for a reader
         whose writers' death ends it anyway (a pool worker: see pool_worker.run)."""

@@ -404,14 +404,30 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                             return
                     # imap & co. read as their caller takes: only eager calls (and
                     # aimap's, whose caller is an event loop) are fed here.
-                    self._pump(0.005, feed_jobs="eager")
+                    self._pump(0, feed_jobs="eager")
+                    results = self._res.results if self._units else None
                 self._fire_async()
-                time.sleep(0.0005)              # let a waiting caller take the lock
+                # Wait for the next result without the pool's lock: a caller
+                # submitting meanwhile must not queue behind this wait (it
+                # did, ~30 us a submit while tasks were queued).  The pool
+                # may end meanwhile: a closed queue keeps its mapping.
+                if results is None or not results._wait_readable(0.005):
+                    time.sleep(0.0005)
+                results = None
         except BaseException as exc:            # noqa: BLE001 - handed to the next caller
             with self._lock:
                 self._background_error = exc
                 with self._driver_lock:
                     self._pumper = None
+
+    def _join_driver(self):
+        """The pool has ended: its driver thread sees it within one wait
+        (5 ms) and exits; wait for that, so nothing of the pool outlives
+        terminate() or join() (the thread's last wait holds the result queue)."""
+        with self._driver_lock:
+            driver = self._pumper
+        if driver is not None and driver is not threading.current_thread():
+            driver.join(1.0)
 
     def _async_started(self):
         self._ensure_pumper()
@@ -552,6 +568,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             self._wait_step(SLICE_S)
         with self._lock:
             self._stop_workers()
+        self._join_driver()
         self._run_due()
 
     def _stop_workers(self):
@@ -596,6 +613,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             self._units.clear()
             self._pending.clear()
             self._jobs.clear()
+        self._join_driver()
         self._run_due()                   # the cancelled Tasks' done-callbacks
 
     def __repr__(self):
