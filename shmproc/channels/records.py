@@ -3,11 +3,15 @@ batch leaves behind when one of its items fails (queue.py's backlog)."""
 from __future__ import annotations
 
 import pickle
+from typing import TypeVar
 
 from ..common.errors import CorruptSharedMemoryError
 
 __all__ = ["TAG_PICKLE", "TAG_BYTES", "TAG_STR", "TAG_BLOB", "unpickle", "corrupt_pickle",
-           "decode_small", "Raw", "Failed", "NOTHING"]
+           "decode_small", "Raw", "Failed", "NOTHING", "Item"]
+
+#: The type of what a queue carries, for type checkers: Queue[Item].
+Item = TypeVar("Item")
 
 # Record tags (15 bits in the ring).  bytes and str skip pickle entirely:
 # a raw copy each way is several times cheaper than dumps + loads.
