@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from .backends.base import Backend, Run
-    from .channels.queue import Queue
     from .common.timing import ProcessTimers
 
 __all__ = ["Process"]
@@ -206,7 +205,7 @@ class Process:
             return
         rt.collected = True
         _live.discard(self)
-        out = rt.run.outcome()
+        out = rt.run.outcome()          # type: ignore[union-attr]  # a run, or collected already
         if out.status in ("ok", "failed"):
             self.timers = out.timers
             self.error = out.error
@@ -276,7 +275,7 @@ class Process:
         """Laps completed so far: live from shared memory while the worker runs."""
         rt = self._rt()
         if rt.worker is not None:
-            return rt.worker.lap
+            return rt.worker.lap        # type: ignore[no-any-return]  # the Runner's count
         return rt.run.lap() if rt.run is not None else 0
 
     @property
@@ -362,7 +361,7 @@ class Process:
                 f"machine; on Ray, pass the worker a ray.util.queue.Queue instead")
         return box
 
-    def _worker_mailbox(self, rt: _Runtime) -> Mailbox:
+    def _worker_mailbox(self, rt: _Runtime) -> Any:
         box = rt.worker.mailbox
         if box is None:
             raise NotImplementedError(
@@ -373,7 +372,7 @@ class Process:
                 "shmproc.Queue")
         return box
 
-    def _worker_inbox(self, rt: _Runtime) -> Queue[Any]:
+    def _worker_inbox(self, rt: _Runtime) -> Any:
         inbox = self._worker_mailbox(rt).to_worker
         if inbox is None:
             raise NotImplementedError(
