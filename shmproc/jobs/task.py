@@ -126,7 +126,7 @@ class Task(Future[_T]):
         _done_callbacks: list[Callable[[Future[Any]], object]]
         def _invoke_callbacks(self) -> None: ...
 
-    def __init__(self, pool: Any, name: Any, proc: Any = None, retries: int = 0,
+    def __init__(self, pool: Any, name: Any, proc: Any = None, retries: int | None = 0,
                  options: TaskOptions = DEFAULT_OPTIONS) -> None:
         super().__init__()
         self._waiters = _Watched()

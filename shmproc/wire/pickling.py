@@ -126,7 +126,7 @@ def preload_for_fork_children() -> None:
     import cloudpickle  # noqa: F401
 
 
-def pickle_function(fn: Callable[..., Any]) -> bytes:
+def pickle_function(fn: object) -> bytes:
     """A task's callable as one in-band pickle (it is sent to each worker once)."""
     main, bufs = dumps(fn)
     if not bufs:
