@@ -20,7 +20,7 @@ from .common.outcome import HOOK_NAMES, default_hook
 
 if TYPE_CHECKING:
     import collections
-    from collections.abc import Callable, Generator
+    from collections.abc import Generator
 
     from typing_extensions import Self
 
