@@ -27,11 +27,7 @@ import socket
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
-
-if TYPE_CHECKING:
-    from .backend import RayRun
-    from .pool import RayPool
+from typing import Any, Callable
 
 from ...common import lifecycle
 from ...common.errors import ClusterUnreachable, RayNotInstalled, ResourcesUnavailable
@@ -139,8 +135,8 @@ class _Cluster:
     job: Any
     idle: list[tuple[Any, _Launcher, float]]
     busy: set[_Launcher]
-    runs: weakref.WeakSet[RayRun]
-    pools: weakref.WeakSet[RayPool]
+    runs: weakref.WeakSet[Any]          # RayRuns and RayPools (backend.py, pool.py:
+    pools: weakref.WeakSet[Any]         # which import this module)
 
     def __init__(self) -> None:
         self.lock = threading.RLock()

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:
     from ...jobs.task import TaskOptions
-    from .backend import RayBackend
     from .cluster import _Launcher
 
 from ...common import validate
@@ -105,7 +104,7 @@ class RayPool(JobEngine):
     _TELLS = False                # the launcher runs Process items without a mailbox
     _inflight: dict[Any, tuple[_Slot, list[_Unit], float, _Launcher]]
 
-    def __init__(self, backend: RayBackend, workers: int | None, start_method: str | None,
+    def __init__(self, backend: Any, workers: int | None, start_method: str | None,
                  max_tasks_per_worker: int | None, retries: int = 0,
                  initializer: Callable[..., object] | None = None, initargs: Any = (),
                  task_timeout: float | None = None) -> None:
