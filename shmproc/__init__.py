@@ -14,8 +14,40 @@ Each layer imports only the ones below it (tests/test_architecture.py).
 Importing shmproc is cheap: the native library, numpy and cloudpickle load
 only when something that needs them is first used.
 """
+from typing import TYPE_CHECKING
+
 from .common.errors import (CorruptSharedMemoryError, ForeignSharedMemoryError, SharedMemoryError,
                      SharedMemoryVersionError, ShmprocError)
+
+if TYPE_CHECKING:
+    # What __getattr__ below loads on first use, spelled out for type
+    # checkers (shmproc ships py.typed); never imported at run time.
+    from . import circuit as circuit, docs as docs, processing as processing, sktime as sktime
+    from .backends.base import Backend as Backend
+    from .backends.local.run import LocalBackend as LocalBackend
+    from .channels.joinable import JoinableQueue as JoinableQueue
+    from .channels.queue import Queue as Queue
+    from .channels.simple import SimpleQueue as SimpleQueue
+    from .common.errors import (
+        ClusterUnreachable as ClusterUnreachable, InitializerError as InitializerError,
+        LostRecord as LostRecord, MessageBacklogError as MessageBacklogError,
+        NotRunningError as NotRunningError, RayNotInstalled as RayNotInstalled,
+        ResourcesUnavailable as ResourcesUnavailable, SerializationError as SerializationError,
+    )
+    from .executor import (Executor as Executor, ProcessPoolExecutor as ProcessPoolExecutor,
+                           WorkerCrashedError as WorkerCrashedError)
+    from .pool import (AsyncResult as AsyncResult, MapResult as MapResult, Pool as Pool,
+                       Progress as Progress, Task as Task)
+    from .processing import (
+        MainLoopError as MainLoopError, OnFinishError as OnFinishError,
+        PostLoopError as PostLoopError, PreloopError as PreloopError, Process as Process,
+        ProcessConfig as ProcessConfig, ProcessCrashedError as ProcessCrashedError,
+        ProcessError as ProcessError, ProcessTimers as ProcessTimers, ResultError as ResultError,
+        TimeoutConfig as TimeoutConfig, TimeoutError as TimeoutError, timesection as timesection,
+    )
+    from .observe import Span as Span, Timeline as Timeline
+    from .ray_backend import RayBackend as RayBackend
+    from .wire.shared import SharedArray as SharedArray, empty_shared as empty_shared, share as share
 
 __version__ = "0.1.0"
 
@@ -60,20 +92,21 @@ _LAZY.update({name: ("shmproc.common.errors", name) for name in _ERRORS})
 _LAZY.update({name: ("shmproc.processing", name) for name in _PROCESSING})
 
 
-def __getattr__(name):
-    # PEP 562: load heavy pieces on first use, keep `import shmproc` light.
-    import importlib
+if not TYPE_CHECKING:     # a module __getattr__ would make every name valid to a type checker
+    def __getattr__(name):
+        # PEP 562: load heavy pieces on first use, keep `import shmproc` light.
+        import importlib
 
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    if name in ("sktime", "circuit", "docs", "processing", "pool", "process", "ray_backend",
-                "wire", "common", "jobs", "runtime", "channels", "backends"):
-        return importlib.import_module(f"shmproc.{name}")
-    raise AttributeError(f"module 'shmproc' has no attribute {name!r}")
+        if name in _LAZY:
+            module, attr = _LAZY[name]
+            value = getattr(importlib.import_module(module), attr)
+            globals()[name] = value
+            return value
+        if name in ("sktime", "circuit", "docs", "processing", "pool", "process", "ray_backend",
+                    "wire", "common", "jobs", "runtime", "channels", "backends"):
+            return importlib.import_module(f"shmproc.{name}")
+        raise AttributeError(f"module 'shmproc' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))

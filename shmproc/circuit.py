@@ -30,10 +30,10 @@ def _check_sleep(value: Any, name: str) -> float:
     """Validate a non-negative, finite number of seconds (bool rejected)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if math.isnan(value) or math.isinf(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
+    seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {seconds!r}")
+    return seconds
 
 
 class Circuit:
@@ -56,12 +56,12 @@ class Circuit:
         self._total_trips = 0
         self._lock = threading.Lock()
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]  # locks can't be pickled; recreated in __setstate__
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 

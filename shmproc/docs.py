@@ -23,7 +23,11 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence, Union
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Literal
 
 __all__ = ["download", "Permission", "find_docs_source", "project_root", "DOCS_SOURCE_DIRS"]
 
@@ -33,7 +37,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _PROJECT_MARKERS = (".git", "pyproject.toml", "setup.py", "setup.cfg")
 
 
-def _default_docs_source_dirs() -> tuple:
+def _default_docs_source_dirs() -> tuple[Path, ...]:
     dirs = []
     repo = _PACKAGE_DIR.parent
     # In a source checkout (an editable install) the repository's docs/ is
@@ -69,7 +73,8 @@ class Permission:
         _permission.depth = getattr(_permission, "depth", 0) + 1
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         _permission.depth -= 1
         return False
 
@@ -78,7 +83,7 @@ def _has_permission() -> bool:
     return getattr(_permission, "depth", 0) > 0
 
 
-def project_root(start: Union[str, os.PathLike, None] = None) -> Path:
+def project_root(start: Union[str, os.PathLike[str], None] = None) -> Path:
     """The nearest ancestor of ``start`` (default: the cwd) that looks like a project root.
 
     A project root contains ``.git``, ``pyproject.toml``, ``setup.py`` or
@@ -109,7 +114,7 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def download(path: Union[str, os.PathLike, None] = None) -> Path:
+def download(path: Union[str, os.PathLike[str], None] = None) -> Path:
     """Copy the documentation (``.md`` files, subfolders kept) into ``path``.
 
     ``path`` is created if needed and returned as an absolute Path. It must

@@ -18,11 +18,22 @@ import multiprocessing
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any
 
 from .common.errors import InitializerError, ProcessCrashedError
 from .jobs.engine import IMapIterator, _Wait
 from .jobs.task import TaskOptions
 from .pool import Pool
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from multiprocessing.context import BaseContext
+    from typing import ParamSpec, TypeVar
+
+    from .jobs.task import Task
+
+    _T = TypeVar("_T")
+    _P = ParamSpec("_P")
 
 __all__ = ["Executor", "ProcessPoolExecutor", "WorkerCrashedError", "BrokenInitializerError"]
 
@@ -44,9 +55,9 @@ def _as_stdlib(exc: BaseException) -> BaseException:
         new.__cause__ = exc
         return new
     if isinstance(exc, InitializerError) and not isinstance(exc, BrokenProcessPool):
-        new = BrokenInitializerError(str(exc))
-        new.__cause__ = exc.__cause__
-        return new
+        broken = BrokenInitializerError(str(exc))
+        broken.__cause__ = exc.__cause__
+        return broken
     return exc
 
 
@@ -55,8 +66,9 @@ class Executor(concurrent.futures.Executor):
     shmproc's pool: Executor(max_workers=None, mp_context=None,
     initializer=None, initargs=(), max_tasks_per_child=None)."""
 
-    def __init__(self, max_workers=None, mp_context=None, initializer=None, initargs=(),
-                 *, max_tasks_per_child=None):
+    def __init__(self, max_workers: int | None = None, mp_context: BaseContext | None = None,
+                 initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = (),
+                 *, max_tasks_per_child: int | None = None) -> None:
         if max_workers is not None:
             if isinstance(max_workers, bool) or not isinstance(max_workers, int):
                 raise TypeError(f"max_workers must be an int or None, not "
@@ -72,7 +84,7 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._lock = threading.Lock()
 
-    def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Task[_T]:
         """fn(*args, **kwargs) on a worker; a concurrent.futures.Future at
         once (a shmproc Task, set by the pool: no thread per task)."""
         with self._lock:
@@ -80,7 +92,8 @@ class Executor(concurrent.futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             return self._pool._engine._submit(fn, args, kwargs, _STDLIB_ERRORS)
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[_T]:
         """Results of fn over the iterables, in order, as concurrent.futures'
         map: every item is taken now, results come lazily; TimeoutError if
         one is not ready `timeout` seconds after the call; a task's error
@@ -95,10 +108,10 @@ class Executor(concurrent.futures.Executor):
             # A starmap: fn goes to each worker once, not with every item.
             job = engine._start_job(fn, zip(*iterables), chunksize, True, False, True)
         wait = _Wait()
-        results = IMapIterator(engine._drive(job, True, None, wait), wait)
+        results: IMapIterator[_T] = IMapIterator(engine._drive(job, True, None, wait), wait)
         return _results(results, end)
 
-    def shutdown(self, wait=True, *, cancel_futures=False):
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new tasks; with wait, return once every submitted task ran and
         the workers are gone.  cancel_futures: drop tasks no worker started."""
         with self._lock:
@@ -121,7 +134,7 @@ _STDLIB_ERRORS = TaskOptions(on_error=_as_stdlib)
 ProcessPoolExecutor = Executor
 
 
-def _results(results, end):
+def _results(results: IMapIterator[_T], end: float | None) -> Iterator[_T]:
     try:
         while True:
             left = None if end is None else max(0.0, end - time.monotonic())

@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from typing import Any, Callable
 
 try:
     import joblib
@@ -57,7 +58,8 @@ __all__ = ["ShmprocBackend", "register", "shutdown", "BACKEND_NAME"]
 BACKEND_NAME = "shmproc"
 
 
-class ShmprocBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
+# joblib ships no type information: its classes are Any to a type checker.
+class ShmprocBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
     """joblib's parallel backend interface on a shmproc.Pool.
 
     Options given to joblib.parallel_backend("shmproc", **options) go to
@@ -72,17 +74,20 @@ class ShmprocBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
     supports_sharedmem = False              # require="sharedmem" makes joblib pick threads
     supports_inner_max_num_threads = True   # parallel_config(inner_max_num_threads=)
     default_n_jobs = 1
+    _pool: Pool | None              # the pool of the Parallel call in progress
 
-    def effective_n_jobs(self, n_jobs):
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
         """n_jobs as joblib means it (-1: every CPU, -2: all but one...); 1
         inside a shmproc worker, which must not start a pool of its own."""
         if n_jobs is not None and n_jobs != 1 and _in_shmproc_worker():
             warnings.warn("a shmproc-backed Parallel inside a shmproc worker runs "
                           "sequentially (n_jobs=1)", stacklevel=3)
             return 1
-        return super().effective_n_jobs(n_jobs)
+        n: int = super().effective_n_jobs(n_jobs)
+        return n
 
-    def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **pool_kwargs):
+    def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: str | None = None,
+                  require: str | None = None, **pool_kwargs: Any) -> int:
         n_jobs = self.effective_n_jobs(n_jobs)
         if n_jobs == 1:
             raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
@@ -98,14 +103,14 @@ class ShmprocBackend(PoolManagerMixin, AutoBatchingMixin, ParallelBackendBase):
         self._pool = _warm.take(n_jobs, options)
         return n_jobs
 
-    def terminate(self):
+    def terminate(self) -> None:
         """End of a Parallel call: the pool stays warm for the next one."""
         if self._pool is not None:
             _warm.give_back(self._pool)
             self._pool = None
         self.reset_batch_stats()
 
-    def abort_everything(self, ensure_ready=True):
+    def abort_everything(self, ensure_ready: bool = True) -> None:
         """A call failed: kill the running batches (their results are not
         wanted), and start afresh if joblib will submit again."""
         if self._pool is not None:
@@ -135,16 +140,16 @@ class _WarmPool:
     exit, or when a call needs another size.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.idle = None                    # (key, Pool) of the last call, or None
-        self.busy = {}                      # id(pool) -> key, of pools lent to a call
+        self.idle: tuple[Any, Pool] | None = None   # (key, Pool) of the last call, or None
+        self.busy: dict[int, Any] = {}      # id(pool) -> key, of pools lent to a call
         # Stopped at exit before multiprocessing joins its children; a fork
         # child forgets the parent's pool (the parent's to stop, not its).
         lifecycle.at_exit(self.close, lifecycle.STOP_WORKERS + 1)
         lifecycle.at_fork(after_in_child=self._forget_all)
 
-    def take(self, n_jobs: int, options: dict) -> Pool:
+    def take(self, n_jobs: int, options: dict[str, Any]) -> Pool:
         key = (n_jobs, tuple(sorted(options.items())))
         stale = None
         with self.lock:
@@ -162,23 +167,23 @@ class _WarmPool:
             self.busy[id(pool)] = key
         return pool
 
-    def give_back(self, pool):
+    def give_back(self, pool: Pool) -> None:
         with self.lock:
             key = self.busy.pop(id(pool), None)
             if key is not None and self.idle is None:
-                self.idle, pool = (key, pool), None
+                self.idle, pool = (key, pool), None     # type: ignore[assignment]
         if pool is not None:                # another call's pool is already kept
             pool.terminate()
 
-    def forget(self, pool):
+    def forget(self, pool: Pool) -> None:
         with self.lock:
             self.busy.pop(id(pool), None)
 
-    def _forget_all(self):
+    def _forget_all(self) -> None:
         self.lock = threading.Lock()
         self.idle, self.busy = None, {}
 
-    def close(self):
+    def close(self) -> None:
         with self.lock:
             idle, self.idle = self.idle, None
         if idle is not None:
@@ -188,7 +193,8 @@ class _WarmPool:
 _warm = _WarmPool()
 
 
-def _init_worker(env: dict, initializer, initargs):
+def _init_worker(env: dict[str, str], initializer: Callable[..., object] | None,
+                 initargs: tuple[Any, ...]) -> None:
     """A worker's start: thread limits, then the user's initializer."""
     os.environ.update(env)          # for libraries this worker has not loaded yet
     try:
@@ -202,7 +208,7 @@ def _init_worker(env: dict, initializer, initargs):
         initializer(*initargs)
 
 
-_thread_limits = None
+_thread_limits: Any = None
 
 
 def _in_shmproc_worker() -> bool:
@@ -214,13 +220,13 @@ def _in_shmproc_worker() -> bool:
 _WORKER_NAME_PREFIX = "shmproc:pool-worker-"
 
 
-def shutdown():
+def shutdown() -> None:
     """Stop the workers kept warm between Parallel calls (also done at exit);
     the next call starts new ones."""
     _warm.close()
 
 
-def register(name: str = BACKEND_NAME, make_default: bool = False):
+def register(name: str = BACKEND_NAME, make_default: bool = False) -> None:
     """Register the backend with joblib as `name` (done once on import)."""
     joblib.register_parallel_backend(name, ShmprocBackend, make_default=make_default)
 

@@ -7,7 +7,7 @@ and every call goes to it.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, overload
 
 from .backends.resolve import resolve as resolve_backend
 from .common import validate
@@ -17,11 +17,30 @@ from .jobs.task import DEFAULT_OPTIONS, Task, TaskOptions
 
 if TYPE_CHECKING:
     from .observe.timeline import Timeline
+    from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+    from multiprocessing.context import BaseContext
+    from types import TracebackType
+    from typing import ParamSpec, TypeVar
+
+    from typing_extensions import Self
+
+    from .backends.base import Backend
+    from .jobs.engine import IMapIterator, JobEngine
+    from .jobs.progressbar import ProgressOption
+    from .process import Process
+
+    _S = TypeVar("_S")
+    _T = TypeVar("_T")
+    _P = ParamSpec("_P")
+
+# Each call is typed twice (the @overloads): a Process subclass as `fn`
+# runs whole for each item and gives what its __result__ returns (Any); any
+# other callable gives what it returns, as the stdlib's Pool is typed.
 
 __all__ = ["Pool", "Task", "Progress", "AsyncResult", "MapResult", "SubmitOptions"]
 
 
-def _one_of(name, value, alias, alias_value):
+def _one_of(name: str, value: int | None, alias: str, alias_value: int | None) -> int | None:
     """multiprocessing's argument or shmproc's alias for it, not both."""
     if value is not None and alias_value is not None:
         raise TypeError(f"Pool() got both {name}= and {alias}= (the same option): pass one")
@@ -61,12 +80,14 @@ class Pool:
     """
 
     __slots__ = ("_engine", "__weakref__")
+    _engine: JobEngine
 
-    def __init__(self, processes: int | None = None, initializer=None, initargs=(),
-                 maxtasksperchild: int | None = None, context=None, *,
+    def __init__(self, processes: int | None = None,
+                 initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = (),
+                 maxtasksperchild: int | None = None, context: BaseContext | None = None, *,
                  workers: int | None = None, start_method: str | None = None,
-                 max_tasks_per_worker: int | None = None, backend=None, retries: int = 0,
-                 task_timeout: float | None = None):
+                 max_tasks_per_worker: int | None = None, backend: str | Backend | None = None,
+                 retries: int = 0, task_timeout: float | None = None) -> None:
         workers = _one_of("processes", processes, "workers", workers)
         max_tasks = _one_of("maxtasksperchild", maxtasksperchild,
                             "max_tasks_per_worker", max_tasks_per_worker)
@@ -89,9 +110,19 @@ class Pool:
                                                      task_timeout=task_timeout)
 
     # -- calls -----------------------------------------------------------------------------
-    def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+    @overload
+    def map(self, fn: type[Process], iterable: Iterable[Any], chunksize: int | None = None, *,
+            progress: ProgressOption = False, copy: bool = False, retries: int | None = None,
+            task_timeout: float | None = None) -> list[Any]: ...
+    @overload
+    def map(self, fn: Callable[[_S], _T], iterable: Iterable[_S],
+            chunksize: int | None = None, *, progress: ProgressOption = False,
             copy: bool = False, retries: int | None = None,
-            task_timeout: float | None = None) -> list:
+            task_timeout: float | None = None) -> list[_T]: ...
+    def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
+            chunksize: int | None = None, *, progress: ProgressOption = False,
+            copy: bool = False, retries: int | None = None,
+            task_timeout: float | None = None) -> list[Any]:
         """[fn(x) for x in iterable], in parallel; raises the first task error.
 
         chunksize None picks a batch size (as multiprocessing.Pool.map
@@ -108,36 +139,90 @@ class Pool:
         return self._engine.map(fn, iterable, chunksize, progress=progress, copy=copy,
                                 retries=retries, task_timeout=task_timeout)
 
-    def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+    @overload
+    def starmap(self, fn: type[Process], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None, *, progress: ProgressOption = False,
                 copy: bool = False, retries: int | None = None,
-            task_timeout: float | None = None) -> list:
+                task_timeout: float | None = None) -> list[Any]: ...
+    @overload
+    def starmap(self, fn: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None, *, progress: ProgressOption = False,
+                copy: bool = False, retries: int | None = None,
+                task_timeout: float | None = None) -> list[_T]: ...
+    def starmap(self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None, *, progress: ProgressOption = False,
+                copy: bool = False, retries: int | None = None,
+            task_timeout: float | None = None) -> list[Any]:
         """[fn(*args) for args in iterable], in parallel."""
         return self._engine.starmap(fn, iterable, chunksize, progress=progress, copy=copy,
                                     retries=retries, task_timeout=task_timeout)
 
-    def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-             copy: bool = False, retries: int | None = None, task_timeout: float | None = None):
+    @overload
+    def imap(self, fn: type[Process], iterable: Iterable[Any], chunksize: int | None = None, *,
+             progress: ProgressOption = False, copy: bool = False, retries: int | None = None,
+             task_timeout: float | None = None) -> IMapIterator[Any]: ...
+    @overload
+    def imap(self, fn: Callable[[_S], _T], iterable: Iterable[_S], chunksize: int | None = None,
+             *, progress: ProgressOption = False, copy: bool = False, retries: int | None = None,
+             task_timeout: float | None = None) -> IMapIterator[_T]: ...
+    def imap(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
+             chunksize: int | None = None, *, progress: ProgressOption = False,
+             copy: bool = False, retries: int | None = None,
+             task_timeout: float | None = None) -> IMapIterator[Any]:
         """Lazy map: yields results in order as they are ready; reads the
         input only as fast as workers need it.  A failed task raises when
         its turn comes, after the results before it."""
         return self._engine.imap(fn, iterable, chunksize, progress=progress, copy=copy,
                                  retries=retries, task_timeout=task_timeout)
 
-    def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
-                       progress: bool = False, copy: bool = False, retries: int | None = None,
-                       task_timeout: float | None = None):
+    @overload
+    def imap_unordered(self, fn: type[Process], iterable: Iterable[Any],
+                       chunksize: int | None = None, *, progress: ProgressOption = False,
+                       copy: bool = False, retries: int | None = None,
+                       task_timeout: float | None = None) -> IMapIterator[Any]: ...
+    @overload
+    def imap_unordered(self, fn: Callable[[_S], _T], iterable: Iterable[_S],
+                       chunksize: int | None = None, *, progress: ProgressOption = False,
+                       copy: bool = False, retries: int | None = None,
+                       task_timeout: float | None = None) -> IMapIterator[_T]: ...
+    def imap_unordered(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
+                       chunksize: int | None = None, *, progress: ProgressOption = False,
+                       copy: bool = False, retries: int | None = None,
+                       task_timeout: float | None = None) -> IMapIterator[Any]:
         """Like imap, but yields results in the order they finish."""
         return self._engine.imap_unordered(fn, iterable, chunksize, progress=progress,
                                            copy=copy, retries=retries, task_timeout=task_timeout)
 
-    def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                 copy: bool = False, retries: int | None = None, task_timeout: float | None = None):
+    @overload
+    def istarmap(self, fn: type[Process], iterable: Iterable[Iterable[Any]],
+                 chunksize: int | None = None, *, progress: ProgressOption = False,
+                 copy: bool = False, retries: int | None = None,
+                 task_timeout: float | None = None) -> IMapIterator[Any]: ...
+    @overload
+    def istarmap(self, fn: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                 chunksize: int | None = None, *, progress: ProgressOption = False,
+                 copy: bool = False, retries: int | None = None,
+                 task_timeout: float | None = None) -> IMapIterator[_T]: ...
+    def istarmap(self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                 chunksize: int | None = None, *, progress: ProgressOption = False,
+                 copy: bool = False, retries: int | None = None, task_timeout: float | None = None
+                 ) -> IMapIterator[Any]:
         """Lazy starmap, in order."""
         return self._engine.istarmap(fn, iterable, chunksize, progress=progress, copy=copy,
                                      retries=retries, task_timeout=task_timeout)
 
-    def aimap(self, fn, iterable, chunksize: int | None = None, *, copy: bool = False,
-              retries: int | None = None, task_timeout: float | None = None):
+    @overload
+    def aimap(self, fn: type[Process], iterable: Iterable[Any], chunksize: int | None = None, *,
+              copy: bool = False, retries: int | None = None,
+              task_timeout: float | None = None) -> AsyncIterator[Any]: ...
+    @overload
+    def aimap(self, fn: Callable[[_S], _T], iterable: Iterable[_S],
+              chunksize: int | None = None, *, copy: bool = False, retries: int | None = None,
+              task_timeout: float | None = None) -> AsyncIterator[_T]: ...
+    def aimap(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
+              chunksize: int | None = None, *, copy: bool = False,
+              retries: int | None = None,
+              task_timeout: float | None = None) -> AsyncIterator[Any]:
         """imap for asyncio: `async for r in pool.aimap(fn, items)` yields
         results in order without blocking the event loop (no thread per
         call: the pool's one background driver wakes the loop).  The
@@ -145,13 +230,32 @@ class Pool:
         return self._engine.aimap(fn, iterable, chunksize, copy=copy, retries=retries,
                                   task_timeout=task_timeout)
 
-    def aimap_unordered(self, fn, iterable, chunksize: int | None = None, *, copy: bool = False,
-                        retries: int | None = None, task_timeout: float | None = None):
+    @overload
+    def aimap_unordered(self, fn: type[Process], iterable: Iterable[Any],
+                        chunksize: int | None = None, *, copy: bool = False,
+                        retries: int | None = None,
+                        task_timeout: float | None = None) -> AsyncIterator[Any]: ...
+    @overload
+    def aimap_unordered(self, fn: Callable[[_S], _T], iterable: Iterable[_S],
+                        chunksize: int | None = None, *, copy: bool = False,
+                        retries: int | None = None,
+                        task_timeout: float | None = None) -> AsyncIterator[_T]: ...
+    def aimap_unordered(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
+                        chunksize: int | None = None, *, copy: bool = False,
+                        retries: int | None = None, task_timeout: float | None = None
+                        ) -> AsyncIterator[Any]:
         """aimap, in the order results finish."""
         return self._engine.aimap_unordered(fn, iterable, chunksize, copy=copy, retries=retries,
                                             task_timeout=task_timeout)
 
-    def submit(self, fn, /, *args, **kwargs) -> Task:
+    @overload
+    def submit(self, fn: type[Process] | Process, /, *args: Any,
+               **kwargs: Any) -> Task[Any]: ...
+    @overload
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args,
+               **kwargs: _P.kwargs) -> Task[_T]: ...
+    def submit(self, fn: Callable[..., Any] | Process, /, *args: Any,
+               **kwargs: Any) -> Task[Any]:
         """Run fn(*args, **kwargs) on a worker; returns a Task, which is a
         concurrent.futures.Future (result(timeout), exception(), done(),
         cancel(), add_done_callback(), as_completed, asyncio.wrap_future).
@@ -167,7 +271,7 @@ class Pool:
         return self._engine._submit(fn, args, kwargs, DEFAULT_OPTIONS)
 
     def options(self, *, copy: bool = False, retries: int | None = None,
-                task_timeout: float | None = None) -> "SubmitOptions":
+                task_timeout: float | None = None) -> SubmitOptions:
         """Per-call options for submit: pool.options(retries=2).submit(fn, x).
         copy=True: the result's numpy arrays come as private writable copies;
         retries: re-runs if the worker dies (None: the pool's); task_timeout:
@@ -180,27 +284,79 @@ class Pool:
                                                        timeout_ns=timeout_ns))
 
     # -- multiprocessing.Pool's asynchronous calls --------------------------------------------
-    def apply(self, func, args=(), kwds={}):            # noqa: B006 - the stdlib's signature
+    @overload
+    def apply(self, func: type[Process], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] = {}) -> Any: ...     # noqa: B006
+    @overload
+    def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] = {}) -> _T: ...      # noqa: B006
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] = {}) -> Any:         # noqa: B006 - the stdlib's signature
         """func(*args, **kwds) on a worker; waits for and returns its result
         (multiprocessing.Pool.apply)."""
         return self._engine.apply(func, args, kwds)
 
-    def apply_async(self, func, args=(), kwds={}, callback=None,     # noqa: B006
-                    error_callback=None) -> AsyncResult:
+    @overload
+    def apply_async(self, func: type[Process], args: Iterable[Any] = (),
+                    kwds: Mapping[str, Any] = {},                            # noqa: B006
+                    callback: Callable[[Any], object] | None = None,
+                    error_callback: Callable[[BaseException], object] | None = None
+                    ) -> AsyncResult[Any]: ...
+    @overload
+    def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (),
+                    kwds: Mapping[str, Any] = {},                            # noqa: B006
+                    callback: Callable[[_T], object] | None = None,
+                    error_callback: Callable[[BaseException], object] | None = None
+                    ) -> AsyncResult[_T]: ...
+    def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
+                    kwds: Mapping[str, Any] = {},                            # noqa: B006
+                    callback: Callable[[Any], object] | None = None,
+                    error_callback: Callable[[BaseException], object] | None = None
+                    ) -> AsyncResult[Any]:
         """func(*args, **kwds) on a worker; an AsyncResult at once
         (multiprocessing.Pool.apply_async: get(timeout), wait(timeout),
         ready(), successful(); callback(value) or error_callback(exception)
         run once in this process)."""
         return self._engine.apply_async(func, args, kwds, callback, error_callback)
 
-    def map_async(self, func, iterable, chunksize=None, callback=None,
-                  error_callback=None) -> MapResult:
+    @overload
+    def map_async(self, func: type[Process], iterable: Iterable[Any],
+                  chunksize: int | None = None,
+                  callback: Callable[[list[Any]], object] | None = None,
+                  error_callback: Callable[[BaseException], object] | None = None
+                  ) -> MapResult[Any]: ...
+    @overload
+    def map_async(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+                  chunksize: int | None = None,
+                  callback: Callable[[list[_T]], object] | None = None,
+                  error_callback: Callable[[BaseException], object] | None = None
+                  ) -> MapResult[_T]: ...
+    def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+                  chunksize: int | None = None,
+                  callback: Callable[[list[Any]], object] | None = None,
+                  error_callback: Callable[[BaseException], object] | None = None
+                  ) -> MapResult[Any]:
         """map() returning a MapResult at once; get() gives the list
         (multiprocessing.Pool.map_async)."""
         return self._engine.map_async(func, iterable, chunksize, callback, error_callback)
 
-    def starmap_async(self, func, iterable, chunksize=None, callback=None,
-                      error_callback=None) -> MapResult:
+    @overload
+    def starmap_async(self, func: type[Process], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None,
+                      callback: Callable[[list[Any]], object] | None = None,
+                      error_callback: Callable[[BaseException], object] | None = None
+                      ) -> MapResult[Any]: ...
+    @overload
+    def starmap_async(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None,
+                      callback: Callable[[list[_T]], object] | None = None,
+                      error_callback: Callable[[BaseException], object] | None = None
+                      ) -> MapResult[_T]: ...
+    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None,
+                      callback: Callable[[list[Any]], object] | None = None,
+                      error_callback: Callable[[BaseException], object] | None = None
+                      ) -> MapResult[Any]:
         """starmap() returning a MapResult at once (multiprocessing.Pool.starmap_async)."""
         return self._engine.starmap_async(func, iterable, chunksize, callback, error_callback)
 
@@ -215,7 +371,7 @@ class Pool:
         return self._engine.workers
 
     @property
-    def pids(self) -> list:
+    def pids(self) -> list[int]:
         return self._engine.pids
 
     def timeline(self) -> "Timeline":
@@ -233,34 +389,35 @@ class Pool:
         from .observe.recorded import pool_timeline
         return pool_timeline(**record())
 
-    def close(self):
+    def close(self) -> None:
         """No more tasks; those already submitted still run (then join())."""
         self._engine.close()
 
-    def join(self, timeout: float | None = None):
+    def join(self, timeout: float | None = None) -> None:
         """Wait for every submitted task, then stop the workers.  Call close() first.
         As multiprocessing's, it returns after the async results' callbacks ran."""
         self._engine.join(timeout)
         self._engine._fire_async()
 
-    def terminate(self):
+    def terminate(self) -> None:
         """Kill the workers now; unfinished tasks are cancelled."""
         self._engine.terminate()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None:
             self.close()
             self.join()
         else:
             self.terminate()
 
-    def __reduce__(self):
+    def __reduce__(self) -> str | tuple[Any, ...]:
         return self._engine.__reduce__()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return repr(self._engine)
 
 
@@ -268,14 +425,23 @@ class SubmitOptions:
     """What Pool.options(...) returns: submit with those options."""
 
     __slots__ = ("_engine", "_options")
+    _engine: JobEngine
+    _options: TaskOptions
 
-    def __init__(self, engine, options):
+    def __init__(self, engine: JobEngine, options: TaskOptions) -> None:
         self._engine = engine
         self._options = options
 
-    def submit(self, fn, /, *args, **kwargs) -> Task:
+    @overload
+    def submit(self, fn: type[Process] | Process, /, *args: Any,
+               **kwargs: Any) -> Task[Any]: ...
+    @overload
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args,
+               **kwargs: _P.kwargs) -> Task[_T]: ...
+    def submit(self, fn: Callable[..., Any] | Process, /, *args: Any,
+               **kwargs: Any) -> Task[Any]:
         """Pool.submit with these options."""
         return self._engine._submit(fn, args, kwargs, self._options)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<shmproc.Pool options {self._options!r}>"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .backends.resolve import resolve as resolve_backend
 from .common import lifecycle
@@ -20,6 +20,13 @@ from .common.outcome import HOOK_NAMES, default_hook
 
 if TYPE_CHECKING:
     from .observe.timeline import Timeline
+    import collections
+    from collections.abc import Generator
+
+    from typing_extensions import Self
+
+    from .backends.base import Backend, Run
+    from .common.timing import ProcessTimers
 
 __all__ = ["Process"]
 
@@ -37,8 +44,12 @@ class _Runtime:
     """Everything a Process object needs at run time; not part of its state."""
 
     __slots__ = ("run", "collected", "worker", "inbox", "__weakref__")
+    run: Run | None
+    collected: bool
+    worker: Any
+    inbox: collections.deque[Any] | None
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.run = None               # the backends.Run of the latest start()
         self.collected = False        # its outcome's timers/error copied onto the object
         self.worker = None            # the Runner, when this object lives in the worker
@@ -50,10 +61,10 @@ class _StopEvent:
 
     __slots__ = ("_proc",)
 
-    def __init__(self, proc):
+    def __init__(self, proc: Process) -> None:
         self._proc = proc
 
-    def set(self):
+    def set(self) -> None:
         self._proc.stop()
 
     def is_set(self) -> bool:
@@ -73,8 +84,13 @@ class Process:
 
     __shmproc_process__ = True      # outcome.PROCESS_MARK: the worker side tells a Process by it
 
+    # What a run's hooks and its parent read and write (set in __init__ and by a run).
+    config: ProcessConfig           # how it runs: laps, lives, timeouts, start method
+    timers: ProcessTimers | None    # @timesection()'s timings, back from the worker
+    error: ProcessError | None      # why the run failed (set when it ended), or None
+
     # -- construction ------------------------------------------------------------
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name in _HOOKS:
             if name in cls.__dict__ and not callable(cls.__dict__[name]):
@@ -83,28 +99,28 @@ class Process:
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "_shmproc_wrapped", False):
             @functools.wraps(init)
-            def __init__(self, *args, **kw):
+            def __init__(self: Process, *args: Any, **kw: Any) -> None:
                 # Base setup first, once, so self.config exists on the
                 # user's first line; no super().__init__() needed.
                 if _RT not in self.__dict__:
                     Process.__init__(self)
                 init(self, *args, **kw)
-            __init__._shmproc_wrapped = True
-            cls.__init__ = __init__
+            __init__._shmproc_wrapped = True        # type: ignore[attr-defined]
+            cls.__init__ = __init__                 # type: ignore[method-assign]
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.__dict__[_RT] = _Runtime()
         self.config = ProcessConfig()
         self.timers = None
         self.error = None
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop(_RT, None)
         state.pop("tell", None)         # the worker's shortcut (see _shmproc_bind_worker)
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__[_RT] = _Runtime()
 
@@ -114,7 +130,7 @@ class Process:
             rt = self.__dict__[_RT] = _Runtime()
         return rt
 
-    def _shmproc_bind_worker(self, run):
+    def _shmproc_bind_worker(self, run: Any) -> None:
         self._rt().worker = run
         # A stream of self.tell() is the hot path of messages: unless the
         # class overrides tell, the instance's `tell` is the outbox's own,
@@ -126,28 +142,28 @@ class Process:
     # -- hooks (defaults) ------------------------------------------------------------
     # Marked so that a run skips the empty ones without importing this class.
     @default_hook
-    def __preloop__(self):
+    def __preloop__(self) -> None:
         pass
 
     @default_hook
-    def __loop__(self):
+    def __loop__(self) -> None:
         pass
 
     @default_hook
-    def __postloop__(self):
+    def __postloop__(self) -> None:
         pass
 
-    def __onfinish__(self):
+    def __onfinish__(self) -> None:
         pass
 
-    def __result__(self):
+    def __result__(self) -> Any:
         return None
 
-    def __error__(self):
+    def __error__(self) -> Any:
         return self.error
 
     # -- parent-side control -------------------------------------------------------------
-    def start(self, on=None):
+    def start(self, on: str | Backend | None = None) -> Self:
         """Validate the config, serialize the object and launch its worker.
 
         `on` picks where it runs: None or "local" (a process on this
@@ -176,7 +192,7 @@ class Process:
         _ensure_exit_hook()
         return self
 
-    def _check_ended(self, rt) -> bool:
+    def _check_ended(self, rt: _Runtime) -> bool:
         """Non-blocking: has the run ended?  Collects its timers and error once."""
         if rt.collected or rt.run is None:
             return True
@@ -185,12 +201,12 @@ class Process:
         self._collect(rt)
         return True
 
-    def _collect(self, rt):
+    def _collect(self, rt: _Runtime) -> None:
         if rt.collected:
             return
         rt.collected = True
         _live.discard(self)
-        out = rt.run.outcome()
+        out = rt.run.outcome()          # type: ignore[union-attr]  # a run, or collected already
         if out.status in ("ok", "failed"):
             self.timers = out.timers
             self.error = out.error
@@ -207,7 +223,7 @@ class Process:
         self._collect(rt)
         return True
 
-    def stop(self):
+    def stop(self) -> None:
         """Ask the worker to finish its current lap, then onfinish and result.
 
         Non-blocking and idempotent; before start() it does nothing.  Inside
@@ -219,7 +235,7 @@ class Process:
         elif rt.run is not None and not rt.collected:
             rt.run.stop()
 
-    def kill(self):
+    def kill(self) -> None:
         """SIGKILL the worker now: no onfinish, no result (result is None)."""
         rt = self._rt()
         if rt.worker is not None:
@@ -260,13 +276,13 @@ class Process:
         return rt.run is not None and not self._check_ended(rt)
 
     @property
-    def pid(self):
+    def pid(self) -> int | None:
         """The worker's process id (on its node, for a cluster backend)."""
         rt = self._rt()
         return rt.run.pid if rt.run is not None else None
 
     @property
-    def exitcode(self):
+    def exitcode(self) -> int | None:
         """As multiprocessing's: None while running, negative signal number if killed.
 
         A worker that reported its outcome is done; until its process has
@@ -282,7 +298,7 @@ class Process:
         """Laps completed so far: live from shared memory while the worker runs."""
         rt = self._rt()
         if rt.worker is not None:
-            return rt.worker.lap
+            return rt.worker.lap        # type: ignore[no-any-return]  # the Runner's count
         return rt.run.lap() if rt.run is not None else 0
 
     @property
@@ -290,7 +306,7 @@ class Process:
         return self.current_lap
 
     # -- messages: tell / listen ----------------------------------------------------------
-    def tell(self, obj) -> None:
+    def tell(self, obj: object) -> None:
         """Send `obj` to the other side: from the parent to the running
         worker, or from inside a hook to the parent.  Never waits for the
         reader; order is kept.  Messages the worker sent stay listenable
@@ -309,7 +325,7 @@ class Process:
                                   f"message (tell while it runs; start() it again for a new run)")
         Mailbox.tell(box.to_worker, obj, "worker")
 
-    def listen(self, timeout: float | None = None):
+    def listen(self, timeout: float | None = None) -> Any:
         """The next message from the other side, or None once `timeout`
         seconds pass.  With timeout=None it waits until a message comes, or
         until none can come (in the parent: the run ended and everything it
@@ -327,7 +343,7 @@ class Process:
         self._flush_told(worker)
         return Mailbox.listen(inbox, timeout, lambda: bool(ctl.stop_requested))
 
-    async def alisten(self, timeout: float | None = None):
+    async def alisten(self, timeout: float | None = None) -> Any:
         """listen() in an asyncio loop, without blocking it or using a thread."""
         rt = self._rt()
         worker = rt.worker
@@ -340,7 +356,7 @@ class Process:
         return await box.areceive(timeout, lambda: self._check_ended(rt))
 
     @staticmethod
-    def _flush_told(worker):
+    def _flush_told(worker: Any) -> None:
         """Before the worker waits for the parent: what it told goes out
         (the parent may be waiting for it to answer)."""
         outbox = worker.outbox
@@ -357,7 +373,7 @@ class Process:
         box = rt.run.mailbox if rt.run is not None else None
         return box.to_worker.qsize() if box is not None else 0
 
-    def _parent_mailbox(self, rt, what):
+    def _parent_mailbox(self, rt: _Runtime, what: str) -> Mailbox:
         if rt.run is None:
             raise NotRunningError(f"{what}() before start(): start {type(self).__name__} first")
         box = rt.run.mailbox
@@ -368,7 +384,7 @@ class Process:
                 f"machine; on Ray, pass the worker a ray.util.queue.Queue instead")
         return box
 
-    def _worker_mailbox(self, rt):
+    def _worker_mailbox(self, rt: _Runtime) -> Any:
         box = rt.worker.mailbox
         if box is None:
             raise NotImplementedError(
@@ -379,7 +395,7 @@ class Process:
                 "shmproc.Queue")
         return box
 
-    def _worker_inbox(self, rt):
+    def _worker_inbox(self, rt: _Runtime) -> Any:
         inbox = self._worker_mailbox(rt).to_worker
         if inbox is None:
             raise NotImplementedError(
@@ -388,12 +404,12 @@ class Process:
                 "arguments, or give it a shmproc.Queue")
         return inbox
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         """`await p` in an asyncio loop: the result, as `p.result` gives it
         (or raises), without blocking the loop."""
         return self._result_when_ended().__await__()
 
-    async def _result_when_ended(self):
+    async def _result_when_ended(self) -> Any:
         rt = self._rt()
         if rt.worker is not None:
             raise RuntimeError("a Process is awaited in the parent, after start(); inside the "
@@ -406,11 +422,11 @@ class Process:
         return self.result
 
     @property
-    def _stop_event(self):
+    def _stop_event(self) -> _StopEvent:
         return _StopEvent(self)
 
     @property
-    def result(self):
+    def result(self) -> Any:
         """The value __result__ returned (waits if needed); raises what the run raised."""
         rt = self._rt()
         if rt.worker is not None:
@@ -433,12 +449,12 @@ class Process:
         return value
 
     @result.setter
-    def result(self, value):
+    def result(self, value: Any) -> None:
         # Hooks may keep their own `self.result` (concept section 11 does);
         # it stays a worker-side attribute and never shadows the run's result.
         self.__dict__[_USER_RESULT] = value
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         rt = self.__dict__.get(_RT)
         if rt is not None and rt.worker is not None:
             state = "in worker"
@@ -459,12 +475,12 @@ class Process:
 _live: "set[Process]" = set()
 
 
-def _ensure_exit_hook():
+def _ensure_exit_hook() -> None:
     # Before multiprocessing joins its children: workers are stopped, not waited for.
     lifecycle.at_exit(shutdown_all, lifecycle.STOP_WORKERS)
 
 
-def shutdown_all(grace: float = EXIT_GRACE_S):
+def shutdown_all(grace: float = EXIT_GRACE_S) -> None:
     """Stop every live worker, wait up to `grace` seconds, then kill the rest.
 
     Runs at interpreter exit (Ctrl-C included).  A second KeyboardInterrupt
@@ -488,7 +504,7 @@ def shutdown_all(grace: float = EXIT_GRACE_S):
                 p.kill()
 
 
-def _forget_after_fork():
+def _forget_after_fork() -> None:
     # A forked child is not responsible for its parent's workers.
     _live.clear()
 

@@ -20,10 +20,33 @@ import time
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Tuple, overload
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Literal, ParamSpec, Protocol, TypeVar
+
+    _P = ParamSpec("_P")
+    _R = TypeVar("_R")
+    _R_co = TypeVar("_R_co", covariant=True)
+
+    class TimedFunction(Protocol[_P, _R_co]):
+        """What @timethis gives: the function, with its Timer as ``.timer``."""
+
+        timer: Timer
+        __name__: str
+
+        def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co: ...
+
+    class _Statistics(Protocol):
+        # What this module uses of the statistics module (which _stats returns).
+        def fmean(self, data: Sequence[float]) -> float: ...
+        def median(self, data: Sequence[float]) -> float: ...
+        def stdev(self, data: Sequence[float]) -> float: ...
+        def variance(self, data: Sequence[float]) -> float: ...
 
 
-def _stats():
+def _stats() -> _Statistics:
     # statistics pulls in fractions and decimal (~6 ms): every worker
     # imports this module, few ever ask for a median.
     import statistics
@@ -64,12 +87,12 @@ def _check_number(value: Any, name: str) -> None:
 def _check_duration(value: Any, name: str) -> float:
     """Validate a non-negative, finite number of seconds and return it as float."""
     _check_number(value, name)
-    value = float(value)
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
-    return value
+    seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"{name} must be a finite number of seconds, got {seconds!r}")
+    if seconds < 0:
+        raise ValueError(f"{name} must be >= 0 seconds, got {seconds!r}")
+    return seconds
 
 
 def sleep(seconds: float) -> float:
@@ -164,7 +187,7 @@ class Timer:
     """
 
     def __init__(self) -> None:
-        self._records: list = []
+        self._records: list[float] = []
         self._paused_total = 0.0
         self._init_runtime_state()
 
@@ -174,11 +197,11 @@ class Timer:
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         with self._lock:
             return {"records": list(self._records), "paused_total": self._paused_total}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self._records = list(state["records"])
         self._paused_total = float(state["paused_total"])
         self._init_runtime_state()
@@ -474,7 +497,8 @@ class TimeThis:
     def __enter__(self) -> Timer:
         return self.timer.start()
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         # The block may already have stopped the timer itself; don't turn
         # that into an error on exit.
         if self.timer.is_running:
@@ -501,7 +525,12 @@ def clear_global_timers() -> None:
         timer.reset()
 
 
-def timethis(timer: Optional[Timer] = None) -> Callable:
+@overload
+def timethis(timer: Callable[_P, _R]) -> TimedFunction[_P, _R]: ...
+@overload
+def timethis(timer: Optional[Timer] = None
+             ) -> Callable[[Callable[_P, _R]], TimedFunction[_P, _R]]: ...
+def timethis(timer: Any = None) -> Any:
     """Decorator factory recording the duration of each call.
 
     ``@timethis()`` gives the function its own Timer, reachable as
@@ -519,21 +548,21 @@ def timethis(timer: Optional[Timer] = None) -> Callable:
         with _global_timers_lock:
             _global_timers.add(timer)
 
-    def decorate(func: Callable) -> Callable:
+    def decorate(func: Callable[_P, _R]) -> TimedFunction[_P, _R]:
         record = timer._record  # bound once: keeps the per-call overhead low
 
         # The clock is read here rather than through timer.start()/stop(),
         # so recursive and concurrent calls each get their own measurement.
         @functools.wraps(func)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             t0 = _clock()
             try:
                 return func(*args, **kwargs)
             finally:
                 record(_clock() - t0)
 
-        wrapper.timer = timer
-        return wrapper
+        wrapper.timer = timer               # type: ignore[attr-defined]
+        return wrapper                      # type: ignore[return-value]  # with .timer
 
     return decorate
 
@@ -560,12 +589,12 @@ class Yawn:
         self.total_sleeps = 0
         self._lock = threading.Lock()
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]  # locks can't be pickled; recreated below
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
@@ -594,7 +623,7 @@ class Yawn:
             self.current_yawns = 0
             self.total_sleeps = 0
 
-    def get_stats(self) -> dict:
+    def get_stats(self) -> dict[str, Any]:
         """Current counters as a dict."""
         with self._lock:
             return {

@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import abc
 import collections
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from ..channels.mailbox import Mailbox
+    from ..jobs.engine import JobEngine
 
 __all__ = ["Backend", "Run", "Outcome"]
 
@@ -31,8 +36,8 @@ error are the worker's ProcessTimers and its error; lap the laps completed.
 class Run(abc.ABC):
     """One run of one Process, as its parent sees it.  `pid` is the worker's."""
 
-    pid = None
-    mailbox = None          # a channels.Mailbox where tell / listen work (None: they don't)
+    pid: int | None = None
+    mailbox: Mailbox | None = None  # where tell / listen work (None: they don't)
 
     @abc.abstractmethod
     def ended(self) -> bool:
@@ -60,14 +65,14 @@ class Run(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def exitcode(self):
+    def exitcode(self) -> int | None:
         """As multiprocessing's: None while running, negative signal number if killed."""
 
     @abc.abstractmethod
     def outcome(self) -> Outcome:
         """How the run ended; only called once ended() is True."""
 
-    def spans(self):
+    def spans(self) -> tuple[list[tuple[int, int, int, int, int, int]], int, int, int] | None:
         """What the worker recorded, for Process.timeline(): (spans, lost,
         origin_ns, end_ns) -- spans as (start_ns, end_ns, section, flags,
         pid, lap) on the now_ns clock (end_ns 0: running), lost the number
@@ -92,16 +97,18 @@ class Backend(abc.ABC):
     name = "?"
 
     @abc.abstractmethod
-    def launch(self, proc) -> Run:
+    def launch(self, proc: Any) -> Run:
         """Start one run of `proc` (config already validated); return its Run."""
 
     @abc.abstractmethod
-    def pool(self, workers, start_method, max_tasks_per_worker, retries=0, *,
-             initializer=None, initargs=(), task_timeout=None):
+    def pool(self, workers: int | None, start_method: str | None,
+             max_tasks_per_worker: int | None, retries: int = 0, *,
+             initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = (),
+             task_timeout: float | None = None) -> JobEngine:
         """The engine of a shmproc.Pool whose workers run on this backend: a
         jobs.engine.JobEngine (arguments as Pool's, checked by the engine;
         `initializer(*initargs)` runs once in every worker; a plain call
         running past task_timeout seconds fails with TimeoutError)."""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<shmproc {type(self).__name__}>"

@@ -6,7 +6,7 @@ from .base import Backend
 __all__ = ["resolve"]
 
 
-def resolve(on) -> Backend:
+def resolve(on: str | Backend | None) -> Backend:
     """None / "local" / "ray" / a Backend -> a Backend."""
     if on is None or on == "local":
         from .local.run import LOCAL          # on first use: import shmproc stays light

@@ -59,6 +59,7 @@ import threading
 import time
 import weakref
 import zlib
+from typing import Any, Iterable, Optional
 
 from .. import _native as native
 from ..common import faults, lifecycle
@@ -103,12 +104,12 @@ _me = os.getpid
 class _Entry:
     __slots__ = ("index", "word", "gen", "id", "capacity")
 
-    def __init__(self, index, word, gen, ring_id, capacity):
+    def __init__(self, index: int, word: int, gen: int, ring_id: int, capacity: int) -> None:
         self.index, self.word, self.gen, self.id, self.capacity = \
             index, word, gen, ring_id, capacity
 
     @property
-    def state(self):
+    def state(self) -> int:
         return self.word & 3
 
 
@@ -117,7 +118,7 @@ class _Held:
 
     __slots__ = ("ring", "gen", "slot")
 
-    def __init__(self, ring, gen, slot):
+    def __init__(self, ring: native.Ring, gen: int, slot: Optional[tuple[int, int, int]]) -> None:
         self.ring, self.gen, self.slot = ring, gen, slot   # slot: (entry, i, our word) or None
 
 
@@ -129,7 +130,7 @@ class _Recycled(Exception):
     """The entry changed while we tried its holders (drained, freed, reused): look again."""
 
 
-def _crc(gen, ring_id, capacity) -> int:
+def _crc(gen: int, ring_id: int, capacity: int) -> int:
     return zlib.crc32(_FIELDS_FMT.pack(gen, ring_id, capacity))
 
 
@@ -140,19 +141,19 @@ def _new_id() -> int:
 class Chain:
     """One process's view of a growing Queue's rings (see the module doc)."""
 
-    def __init__(self, board, capacity: int):
+    def __init__(self, board: native.Board, capacity: int) -> None:
         self.board = board
         self.board_id = _identity(board.fd)     # who else holds the queue: blobs.HolderCheck
         self.capacity = capacity        # the queue's ring size: the first ring's, and the floor
-        self.held = {}                  # ring id -> _Held
-        self._words = None              # the directory as u32 words (see _entries)
+        self.held: dict[int, _Held] = {}    # ring id -> _Held
+        self._words: Any = None         # the directory as u32 words (see _entries)
         self.lock = threading.RLock()   # threads of this process sharing the handle
         self.wait_at_exit = True        # Queue.cancel_join_thread() clears it
         _live.add(self)
 
     # -- making and sharing ---------------------------------------------------
     @classmethod
-    def create(cls, capacity: int):
+    def create(cls, capacity: int) -> tuple[Chain, native.Ring]:
         """A new directory with its first ring (gen 0); returns (chain, ring)."""
         board = native.Board.create(DIRECTORY_BYTES)
         for off, value in ((0, _MAGIC), (4, _VERSION), (8, ENTRIES)):
@@ -161,11 +162,11 @@ class Chain:
         _register_exit()
         ring = chain._new_ring(capacity)
         index, _ = chain._register(0, ring, LINKED, reader=True)
-        chain.held[ring.id] = _Held(ring, 0, (index, 0, _me() | _READER))
+        chain.held[ring.id] = _Held(ring, 0, (index, 0, _me() | _READER))  # type: ignore[arg-type]
         return chain, ring
 
     @classmethod
-    def attach(cls, board, capacity: int, ring, gen: int):
+    def attach(cls, board: native.Board, capacity: int, ring: native.Ring, gen: int) -> Chain:
         """A handle rebuilt in another process, reading from `ring`."""
         words = [board.load(off) for off in (0, 4, 8)]
         if words != [_MAGIC, _VERSION, ENTRIES]:
@@ -179,14 +180,14 @@ class Chain:
                 held.slot = chain._join_holders(e, reader=True)
         return chain
 
-    def gen_of(self, ring) -> int:
+    def gen_of(self, ring: native.Ring) -> int:
         return self.held[ring.id].gen
 
     # -- the directory ------------------------------------------------------------
-    def _base(self, index):
+    def _base(self, index: int) -> int:
         return _HEADER + index * _ENTRY
 
-    def _read(self, index):
+    def _read(self, index: int) -> _Entry | None:
         """Entry `index` if it names a ring (PENDING or LINKED), else None."""
         b, base = self.board, self._base(index)
         for _ in range(1000):
@@ -205,14 +206,14 @@ class Chain:
             return _Entry(index, word, gen, ring_id, cap)
         raise CorruptSharedMemoryError(f"entry {index} of a shmproc.Queue directory never settles")
 
-    def _entries(self):
+    def _entries(self) -> list[_Entry]:
         # A plain look at every state word first (one memoryview index each):
         # free entries, most of them, cost no call into the core; the others
         # are read properly, under their sequence word (_read).
         words = self._words
         if words is None:
             words = self._words = self.board.view.cast("I")
-        out = []
+        out: list[_Entry] = []
         stride, first = _ENTRY // 4, (_HEADER + _STATE) // 4
         for i in range(ENTRIES):
             if words[first + i * stride] & 3 == FREE:
@@ -222,9 +223,10 @@ class Chain:
                 out.append(e)
         return out
 
-    def _holders(self, index):
+    def _holders(self, index: int) -> list[tuple[int, int, int, int]]:
         """(slot, pid word, pid, fd) of the holders entry `index` names."""
-        b, base, out = self.board, self._base(index) + _HOLDERS, []
+        b, base = self.board, self._base(index) + _HOLDERS
+        out: list[tuple[int, int, int, int]] = []
         for i in range(HOLDERS):
             word = b.load(base + 8 * i)
             if word == 0 or word == _BUSY:
@@ -236,7 +238,7 @@ class Chain:
             out.append((i, word, pid, fd))
         return out
 
-    def _join_holders(self, e, reader):
+    def _join_holders(self, e: _Entry, reader: bool) -> tuple[int, int, int] | None:
         """Register this process as a holder of entry `e` (a reader: a consumer
         that will read it); the slot, or None if every slot is taken."""
         b, base = self.board, self._base(e.index) + _HOLDERS
@@ -250,7 +252,8 @@ class Chain:
                 return (e.index, i, word)
         return None
 
-    def _register(self, gen, ring, state, reader=False):
+    def _register(self, gen: int, ring: native.Ring, state: int,
+                  reader: bool = False) -> tuple[int, int] | tuple[None, None]:
         """Write a new entry for `ring`, this process its first holder:
         (index, state word), or (None, None) when the directory is full."""
         b = self.board
@@ -258,14 +261,15 @@ class Chain:
             for i in range(ENTRIES):
                 word = b.load(self._base(i) + _STATE)
                 if word & 3 == FREE:
-                    word = self._write(i, word, gen, ring, state, reader)
+                    word = self._write(i, word, gen, ring, state, reader)   # type: ignore[assignment]
                     if word is not None:
                         return i, word
             if attempt == 0:
                 self._collect_abandoned()
         return None, None
 
-    def _write(self, index, old, gen, ring, state, reader):
+    def _write(self, index: int, old: int, gen: int, ring: native.Ring, state: int,
+               reader: bool) -> int | None:
         """Claim entry `index` from exactly the word `old` and fill it for
         `ring`; the new word, or None if someone else changed it first."""
         b, base = self.board, self._base(index)
@@ -282,14 +286,14 @@ class Chain:
         b.store(base + _STATE, word)        # release: everything above before it
         return word
 
-    def _set_state(self, index, word, state) -> bool:
+    def _set_state(self, index: int, word: int, state: int) -> bool:
         """Move entry `index` from exactly `word` to `state` (same version)."""
         return self.board.cas(self._base(index) + _STATE, word, (word & ~3) | state)
 
-    def _free(self, e):
+    def _free(self, e: _Entry) -> None:
         self._set_state(e.index, e.word, FREE)
 
-    def _collect_abandoned(self):
+    def _collect_abandoned(self) -> None:
         """Free PENDING entries whose holders are all dead (a grower killed before its seal)."""
         for e in self._entries():
             if e.state == PENDING and e.id not in self.held and \
@@ -297,12 +301,12 @@ class Chain:
                 self._free(e)
 
     # -- moving along the chain -------------------------------------------------------
-    def _new_ring(self, capacity):
-        ring = native.Ring.create(capacity, multi_producer=True, multi_consumer=True)
+    def _new_ring(self, capacity: int) -> native.Ring:
+        ring: native.Ring = native.Ring.create(capacity, multi_producer=True, multi_consumer=True)
         ring.set_id(_new_id())
         return ring
 
-    def _capacity_for(self, after):
+    def _capacity_for(self, after: native.Ring) -> int:
         """Size of the ring to add after `after`: the queue's own while few
         are live, then doubling, so entries never run out before memory."""
         live = len(self._entries())
@@ -310,7 +314,7 @@ class Chain:
             return self.capacity
         return min(max(after.capacity * 2, self.capacity), max(MAX_RING, self.capacity))
 
-    def grow(self, full):
+    def grow(self, full: native.Ring) -> native.Ring | None:
         """`full` (the newest ring we know) has no room: add a ring after it,
         or follow whoever added one first.  Returns the ring to put into."""
         with self.lock:
@@ -328,14 +332,14 @@ class Chain:
                     break
             if rc == OK:
                 faults.point("chain.sealed")
-                self._set_state(index, word, LINKED)
+                self._set_state(index, word, LINKED)    # type: ignore[arg-type]  # registered
                 return ring
             self._drop(ring.id, free_entry=True)
             if rc != ESTATE:
                 native.check(rc, "sealing a shmproc.Queue segment")
             return self.follow(full)
 
-    def shrink(self, ring):
+    def shrink(self, ring: native.Ring) -> native.Ring:
         """`ring` is larger than the queue's size and was found empty: seal it
         behind a ring of the queue's own size (how a burst's memory comes
         back).  Returns the ring to use, or `ring` if someone got there first."""
@@ -346,12 +350,12 @@ class Chain:
                 return ring
             self.held[new.id] = _Held(new, self.gen_of(ring) + 1, (index, 0, _me()))
             if ring.used_bytes() == 0 and ring.seal(new.id, 0) == OK:
-                self._set_state(index, word, LINKED)
+                self._set_state(index, word, LINKED)    # type: ignore[arg-type]  # registered
                 return new
             self._drop(new.id, free_entry=True)
             return ring
 
-    def follow(self, sealed, reader=False):
+    def follow(self, sealed: native.Ring, reader: bool = False) -> native.Ring:
         """The ring after `sealed` (which must be sealed); `reader`: we will read it."""
         with self.lock:
             _register_exit()
@@ -391,7 +395,7 @@ class Chain:
                         continue
                     return self._replace(e)
 
-    def _open(self, e, reader):
+    def _open(self, e: _Entry, reader: bool) -> native.Ring:
         """Map entry `e`'s ring through one of its holders and hold it too."""
         dead, odd = 0, 0
         for i, word, pid, fd in self._holders(e.index):
@@ -428,7 +432,7 @@ class Chain:
                 f"segment")
         raise _Lost
 
-    def _replace(self, e):
+    def _replace(self, e: _Entry) -> native.Ring:
         """The newest ring was lost with its holders: put a fresh one in its place."""
         ring = self._new_ring(e.capacity)
         if self._write(e.index, e.word, e.gen, ring, LINKED, False) is None:
@@ -437,7 +441,7 @@ class Chain:
         self.held[ring.id] = _Held(ring, e.gen, (e.index, 0, _me()))
         return ring
 
-    def follow_gen(self, gen, reader=False):
+    def follow_gen(self, gen: int, reader: bool = False) -> native.Ring:
         """The oldest linked ring after generation `gen` (someone else replaced a lost one)."""
         settle = time.monotonic() + _SETTLE_S
         while True:
@@ -456,7 +460,7 @@ class Chain:
             time.sleep(0.001)
 
     # -- giving memory back ---------------------------------------------------------------
-    def open_all(self, reader=False):
+    def open_all(self, reader: bool = False) -> list[native.Ring]:
         """Hold every ring the directory lists (so producers of later rings may
         exit, and qsize() can count them); the rings we hold, oldest first."""
         with self.lock:
@@ -468,7 +472,8 @@ class Chain:
                         pass
             return [h.ring for h in sorted(self.held.values(), key=lambda h: h.gen)]
 
-    def catch_up(self, prod, cons):
+    def catch_up(self, prod: native.Ring,
+                 cons: native.Ring) -> tuple[native.Ring, native.Ring]:
         """A handle's (producer, consumer) rings moved past the drained and
         sealed ones, so that tidy() can let those go."""
         with self.lock:
@@ -480,14 +485,14 @@ class Chain:
                 prod = cons = self.shrink(cons)     # a burst's large ring, now empty
             return prod, cons
 
-    def tidy(self, keep):
+    def tidy(self, keep: Iterable[native.Ring]) -> None:
         """Let go of the drained rings we hold, except those in `keep`."""
         with self.lock:
             for ring_id, h in list(self.held.items()):
                 if h.ring not in keep and _drained(h.ring):
                     self._drop(ring_id, free_entry=True)
 
-    def _drop(self, ring_id, free_entry):
+    def _drop(self, ring_id: int, free_entry: bool) -> None:
         h = self.held.pop(ring_id)
         if h.slot is not None:
             index, i, word = h.slot
@@ -502,7 +507,7 @@ class Chain:
         # No explicit close: a blob's record may still name this ring
         # (blobs.Sent.ring); the mapping goes with the last reference.
 
-    def flush(self, deadline) -> bool:
+    def flush(self, deadline: float) -> bool:
         """Wait until every ring with items that we hold is drained or held by
         another live reader (see the module doc); False if the deadline
         passed first.  Does not wait when no other process holds the queue."""
@@ -519,14 +524,14 @@ class Chain:
                 return False
             time.sleep(0.02)
 
-    def _read_elsewhere(self, ring_id) -> bool:
+    def _read_elsewhere(self, ring_id: int) -> bool:
         e = next((x for x in self._entries() if x.id == ring_id), None)
         if e is None:
             return True                 # freed: drained, nothing to keep
         return any(word & _READER and pid != _me() and _alive(pid)
                    for _, word, pid, _ in self._holders(e.index))
 
-    def close(self):
+    def close(self) -> None:
         """This handle is done: close our descriptors, except those of rings
         with items that only we hold while someone else holds the queue (the
         exit flush waits for them; see the module doc)."""
@@ -549,15 +554,21 @@ class Moving:
     (`_prod`, `_cons`, with `_put` and `_get` bound to them) and moving them
     along.  Mixed into Queue; `_chain` is None for a queue that does not grow."""
 
-    def _use_producer(self, ring):
+    _chain: Chain | None
+    _prod: native.Ring
+    _cons: native.Ring
+    _put: Any
+    _get: Any
+
+    def _use_producer(self, ring: native.Ring) -> None:
         self._prod, self._put = ring, ring.put
 
-    def _use_consumer(self, ring):
+    def _use_consumer(self, ring: native.Ring) -> None:
         self._cons, self._get = ring, ring.get_record
 
-    def _next_producer(self, rc):
+    def _next_producer(self, rc: int) -> None:
         """The producer's ring said sealed (follow it) or full (grow after it)."""
-        chain = self._chain
+        chain: Chain = self._chain          # type: ignore[assignment]  # a growing queue's
         with chain.lock:
             ring = self._prod
             if rc == native.ESEALED and ring.sealed() is None:
@@ -568,9 +579,9 @@ class Moving:
                 return
             self._use_producer(nxt)
 
-    def _next_consumer(self):
+    def _next_consumer(self) -> None:
         """The consumer's ring is sealed and drained: on to the next; let drained ones go."""
-        chain = self._chain
+        chain: Chain = self._chain          # type: ignore[assignment]  # a growing queue's
         with chain.lock:
             ring = self._cons
             if ring.sealed() is not None and not ring.used_bytes():
@@ -579,7 +590,7 @@ class Moving:
                 chain.open_all(reader=True)     # hold the later rings: their producers may exit
                 chain.tidy((self._prod, self._cons))
 
-    def _rings(self):
+    def _rings(self) -> list[native.Ring]:
         if self._chain is None:
             return [self._prod]
         with self._chain.lock:
@@ -590,22 +601,22 @@ class Moving:
             return self._chain.open_all()
 
 
-def _drained(ring) -> bool:
+def _drained(ring: native.Ring) -> bool:
     return ring.sealed() is not None and ring.used_bytes() == 0
 
 
-def _close_fd(obj):
+def _close_fd(obj: Any) -> None:
     fd, obj.fd = obj.fd, -1
     if fd >= 0:
         os.close(fd)
 
 
-def _identity(fd):
+def _identity(fd: int) -> tuple[int, int]:
     st = os.fstat(fd)
     return (st.st_dev, st.st_ino)
 
 
-def _alive(pid) -> bool:
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -617,20 +628,20 @@ def _alive(pid) -> bool:
 
 # ---- at exit: rings only this process holds --------------------------------------
 
-_live = weakref.WeakSet()
+_live: weakref.WeakSet[Chain] = weakref.WeakSet()
 
 
-def _flush_all():
+def _flush_all() -> None:
     deadline = time.monotonic() + blobs.EXIT_FLUSH_TIMEOUT
     for chain in list(_live):
         if chain.wait_at_exit and chain.held:
             chain.flush(deadline)
 
 
-_exit_pid = None
+_exit_pid: int | None = None
 
 
-def _register_exit():
+def _register_exit() -> None:
     # Registered in each process that creates, grows or follows a chain, and
     # no earlier: a multiprocessing child clears its exit hooks once it is
     # started, so a hook registered from a fork handler, or while a spawned

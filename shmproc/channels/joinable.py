@@ -19,10 +19,12 @@ takes an optional timeout (a shmproc extra) to bound the wait.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import _native as native
 from .._native import EINTR
 from .queue import Queue
+from .records import Item
 
 __all__ = ["JoinableQueue", "JOIN_SLICE_S"]
 
@@ -32,19 +34,22 @@ _COUNT, _WAITERS = 0, 4         # words of the count board
 _BOARD_BYTES = 64
 
 
-class JoinableQueue(Queue):
+class JoinableQueue(Queue[Item]):
     """A Queue with ``task_done()`` and ``join()``, compatible with
     multiprocessing.JoinableQueue across processes (fork, spawn, forkserver)."""
 
-    def __init__(self, maxsize: int = 0, *, capacity: int | None = None):
+    def __init__(self, maxsize: int = 0, *, capacity: int | None = None) -> None:
         super().__init__(maxsize, capacity=capacity)
         self._tasks = native.Board.create(_BOARD_BYTES)
 
-    def __reduce__(self):
+    if TYPE_CHECKING:           # with-blocks give a JoinableQueue (Queue.__enter__ returns self)
+        def __enter__(self) -> JoinableQueue[Item]: ...
+
+    def __reduce__(self) -> tuple[Any, ...]:
         rebuild, args = super().__reduce__()
         return _rebuild_joinable, (rebuild, args, self._tasks)
 
-    def put(self, obj, block: bool = True, timeout: float | None = None):
+    def put(self, obj: Item, block: bool = True, timeout: float | None = None) -> None:
         """Put `obj` (as Queue.put) and count it unfinished."""
         self._check_open()
         self._tasks.add(_COUNT, 1)          # before the item can be taken (module doc)
@@ -54,19 +59,20 @@ class JoinableQueue(Queue):
             self._done(1)                   # not put: not unfinished
             raise
 
-    def put_many(self, objs, block: bool = True, timeout: float | None = None):
+    def put_many(self, objs: Iterable[Item], block: bool = True,
+                 timeout: float | None = None) -> None:
         """Put each item (one put() each here: every item is counted as it goes in)."""
         for obj in (objs if isinstance(objs, (list, tuple)) else list(objs)):
             self.put(obj, block, timeout)
 
-    def task_done(self):
+    def task_done(self) -> None:
         """Mark one item taken from the queue as finished.
 
         Raises ValueError if called more times than there were items put.
         """
         self._done(1, "task_done() called too many times")
 
-    def _done(self, n, too_many=None):
+    def _done(self, n: int, too_many: str | None = None) -> None:
         tasks = self._tasks
         while True:
             count = tasks.load(_COUNT)
@@ -99,13 +105,14 @@ class JoinableQueue(Queue):
             if rc not in (native.OK, native.ETIMEDOUT, EINTR):
                 native.check(rc, "waiting on a shmproc.JoinableQueue")
 
-    def close(self):
+    def close(self) -> None:
         super().close()
         self._tasks.close()                 # the mapping stays for task_done() and join()
 
 
-def _rebuild_joinable(rebuild, args, tasks):
+def _rebuild_joinable(rebuild: Callable[..., Queue[Any]], args: tuple[Any, ...],
+                      tasks: Any) -> JoinableQueue[Any]:
     q = rebuild(*args)
     q.__class__ = JoinableQueue
-    q._tasks = tasks
-    return q
+    q._tasks = tasks                    # type: ignore[attr-defined]
+    return q                            # type: ignore[return-value]

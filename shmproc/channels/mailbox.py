@@ -47,6 +47,7 @@ import collections
 import pickle
 import queue as _stdlib_queue
 import time
+from typing import Any, Callable
 
 from .. import _native as native
 from ..common import lifecycle
@@ -62,7 +63,7 @@ class _Failed:
 
     __slots__ = ("exc",)
 
-    def __init__(self, exc):
+    def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
 __all__ = ["Mailbox", "SLICE_S", "take", "replenish", "trim"]
@@ -83,20 +84,25 @@ class Mailbox:
     """The two queues of one run; pickled into the worker with the run."""
 
     __slots__ = ("to_worker", "to_parent", "inbox", "held")
+    to_worker: Queue[Any]
+    to_parent: Queue[Any]
+    inbox: collections.deque[Any]
+    held: collections.deque[Any]
 
-    def __init__(self, to_worker=None, to_parent=None):
+    def __init__(self, to_worker: Queue[Any] | None = None,
+                 to_parent: Queue[Any] | None = None) -> None:
         if to_worker is None:                     # the parent, making a run's mailbox
             to_worker, to_parent = _queue(), _queue()
             # A large message the worker never opened must not hold up the
             # parent's exit: the worker goes with the parent anyway.
             to_worker.cancel_join_thread()
         self.to_worker = to_worker
-        self.to_parent = to_parent
+        self.to_parent = to_parent                # type: ignore[assignment]  # given with to_worker
         self.inbox = collections.deque()          # the parent's: taken from to_parent, not yet listened
         self.held = collections.deque()           # after a message that failed to unpickle
 
     # -- the parent: what the worker told ------------------------------------------------
-    def receive(self, timeout, ended):
+    def receive(self, timeout: float | None, ended: Callable[[], bool]) -> Any:
         """The parent's listen: the next message from the worker, or None
         once `timeout` seconds pass (None: until one comes or `ended()`)."""
         inbox = self.inbox
@@ -121,7 +127,7 @@ class Mailbox:
             if self._take(q, True, step):
                 return inbox.popleft()
 
-    async def areceive(self, timeout, ended):
+    async def areceive(self, timeout: float | None, ended: Callable[[], bool]) -> Any:
         """receive() for an asyncio loop: looks without blocking, then sleeps
         on the loop (0.2 ms, doubling to 5 ms) until a message comes."""
         import asyncio
@@ -142,7 +148,7 @@ class Mailbox:
             await asyncio.sleep(pause if deadline is None else min(pause, deadline - now))
             pause = min(2 * pause, 0.005)
 
-    def _take(self, q, block, timeout) -> bool:
+    def _take(self, q: Queue[Any], block: bool, timeout: float | None) -> bool:
         """Move what is in the ring (up to INBOX_BATCH records) into the inbox."""
         try:
             records = q.get_many(block, timeout, max_items=INBOX_BATCH)
@@ -152,7 +158,7 @@ class Mailbox:
             self._unpack(record)
         return self._release()
 
-    def _unpack(self, record):
+    def _unpack(self, record: Any) -> None:
         """One record of the worker's (outbox.py): a batch (a list whose
         1-tuples are pickled messages) or one message, in a 1-tuple."""
         into = self.held if self.held else self.inbox
@@ -185,7 +191,7 @@ class Mailbox:
 
     # -- either side -------------------------------------------------------------------
     @staticmethod
-    def tell(q, obj, who: str):
+    def tell(q: Queue[Any], obj: object, who: str) -> None:
         try:
             q.put(obj, block=False)
         except _stdlib_queue.Full:
@@ -194,7 +200,7 @@ class Mailbox:
                 f"queue cannot grow further; have it listen() more often") from None
 
     @staticmethod
-    def listen(q, timeout, ended):
+    def listen(q: Queue[Any], timeout: float | None, ended: Callable[[], bool]) -> Any:
         """The next message on `q`, or None once `timeout` seconds pass
         (None: wait until a message comes or `ended()` says none will)."""
         tmo = native.timeout_ns(timeout)          # TypeError / ValueError for bad ones
@@ -214,7 +220,7 @@ class Mailbox:
                 pass
 
     @staticmethod
-    async def alisten(q, timeout, ended):
+    async def alisten(q: Queue[Any], timeout: float | None, ended: Callable[[], bool]) -> Any:
         """listen() for an asyncio loop: looks without blocking, then sleeps
         on the loop (0.2 ms, doubling to 5 ms) until a message comes."""
         import asyncio
@@ -231,13 +237,13 @@ class Mailbox:
             await asyncio.sleep(pause if deadline is None else min(pause, deadline - now))
             pause = min(2 * pause, 0.005)
 
-    def close(self):
+    def close(self) -> None:
         for q in (self.to_worker, self.to_parent):
             q.close()
 
 
 # -- a mailbox made ahead of its run ------------------------------------------------------
-_spare: list = []
+_spare: list[Mailbox] = []
 
 
 def take() -> Mailbox:
@@ -248,7 +254,7 @@ def take() -> Mailbox:
         return Mailbox()
 
 
-def replenish():
+def replenish() -> None:
     """Make the next run's mailbox now (the parent just forked a worker)."""
     if not _spare:
         try:
@@ -257,7 +263,7 @@ def replenish():
             pass
 
 
-def trim():
+def trim() -> None:
     """Close the spare mailbox (tests, and memory-conscious callers)."""
     while _spare:
         try:
@@ -267,7 +273,7 @@ def trim():
         box.close()
 
 
-def _drop_spares():
+def _drop_spares() -> None:
     _spare.clear()                          # a fork child: they are its parent's
 
 
@@ -277,7 +283,7 @@ lifecycle.at_fork(after_in_child=_drop_spares)
 _WAIT = object()       # _look: nothing yet, but more may come
 
 
-def _look(q, ended):
+def _look(q: Queue[Any], ended: Callable[[], bool]) -> Any:
     """Without waiting: the next message; None if none will come any more
     (`ended()`, and nothing came just before the end); else _WAIT.  The end
     is asked only when no message is waiting."""
@@ -293,7 +299,7 @@ def _look(q, ended):
         return None
 
 
-def _queue():
+def _queue() -> Queue[Any]:
     # The locked sides: a queue grows only with them (a single side's room is
     # flow control), and they survive a process killed mid-operation.
     return Queue(capacity=RING_BYTES)

@@ -70,6 +70,10 @@ import queue as _stdlib_queue
 import threading
 import time
 import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .queue import Queue
 
 from ..common.errors import MessageBacklogError
 from ..wire import pickling as wire
@@ -102,8 +106,11 @@ class Outbox:
 
     __slots__ = ("q", "runner", "pending", "lock", "batch", "nbytes", "flushes", "parked",
                  "wake", "thread", "closed", "error", "inband_max", "__weakref__")
+    pending: collections.deque[Any]
+    thread: threading.Thread | None
+    error: BaseException | None
 
-    def __init__(self, q, runner):
+    def __init__(self, q: Queue[Any], runner: Any) -> None:
         self.q = q                      # the run's to_parent Queue
         self.runner = runner            # its `armed` is off while a hook's tell flushes
         self.pending = collections.deque()  # messages as themselves, or (pickle,)
@@ -121,7 +128,7 @@ class Outbox:
         _current = weakref.ref(self)
 
     # -- the hot path ----------------------------------------------------------------
-    def tell(self, obj):
+    def tell(self, obj: Any) -> None:
         """Queue `obj` for the next flush (pickled now unless immutable)."""
         t = type(obj)
         if t in _AS_IS:
@@ -145,7 +152,7 @@ class Outbox:
         if len(pending) >= self.batch:
             self.flush()
 
-    def _sized(self, record, n) -> bool:
+    def _sized(self, record: Any, n: int) -> bool:
         """Count a record's bytes; a large one is put now, on its own (True)."""
         if n <= BATCH_BYTES:
             self.nbytes += n
@@ -159,7 +166,7 @@ class Outbox:
             self._put(_pickle([record], _PROTOCOL), None)
         return True
 
-    def _put_one(self, obj):
+    def _put_one(self, obj: object) -> None:
         """A message with out-of-band buffers: after what is pending, at once."""
         data, bufs = _dumps((obj,))
         self.flush()
@@ -167,7 +174,7 @@ class Outbox:
             self._put(data, bufs)
 
     # -- flushing ----------------------------------------------------------------------
-    def flush(self):
+    def flush(self) -> None:
         """Put what is pending, from the main thread inside a hook (or anywhere)."""
         runner = self.runner
         armed = runner.armed
@@ -181,12 +188,12 @@ class Outbox:
             err, self.error = self.error, None
             raise err
 
-    def flush_between_hooks(self):
+    def flush_between_hooks(self) -> None:
         """Put what is pending; the runner calls it where no alarm can raise."""
         with self.lock:
             self._flush_locked()
 
-    def _flush_locked(self):
+    def _flush_locked(self) -> None:
         pending = self.pending
         n = len(pending)
         if not n:
@@ -197,7 +204,7 @@ class Outbox:
         self.flushes += 1
         self._put_batch(items)
 
-    def _put_batch(self, items):
+    def _put_batch(self, items: list[Any]) -> None:
         record = _pickle(items, _PROTOCOL)
         if len(record) > self.inband_max and len(items) > 1:
             half = len(items) // 2      # keep batches in the ring (never out-of-band)
@@ -210,7 +217,7 @@ class Outbox:
             self.pending.extendleft(reversed(items))    # kept, in order, for the next flush
             raise
 
-    def _put(self, data, bufs):
+    def _put(self, data: bytes, bufs: Any) -> None:
         try:
             self.q._put_encoded(data, TAG_PICKLE, bufs)
         except _stdlib_queue.Full:
@@ -220,7 +227,7 @@ class Outbox:
                 f"often") from None
 
     # -- the flusher thread ----------------------------------------------------------------
-    def _unpark(self):
+    def _unpark(self) -> None:
         self.parked = False
         if self.thread is None:
             if self.batch == 1:
@@ -231,7 +238,7 @@ class Outbox:
         else:
             self.wake.set()
 
-    def _flusher(self):
+    def _flusher(self) -> None:
         look = FLUSH_AFTER_S / 2
         seen = -1                       # flush count at the last look that found records
         empty = 0
@@ -260,40 +267,40 @@ class Outbox:
                 self.wake.clear()
                 self.parked = False
 
-    def close(self):
+    def close(self) -> None:
         """The run is over: put everything; the flusher thread ends."""
         self.closed = True
         self.wake.set()
         self.flush_between_hooks()
 
     # -- fork -----------------------------------------------------------------------------------
-    def _before_fork(self):
+    def _before_fork(self) -> None:
         self.lock.acquire()             # held across the fork: no flush half done in the child
         try:
             self._flush_locked()
         except Exception as exc:        # noqa: BLE001 - reported by the next tell
             self.error = exc
 
-    def _after_fork_in_parent(self):
+    def _after_fork_in_parent(self) -> None:
         self.lock.release()
 
-    def _after_fork_in_child(self):
+    def _after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.thread = None
         self.batch = 1                  # no flusher thread here: put each tell at once
 
 
-_current = None         # weakref to this process's Outbox (a worker has one)
+_current: weakref.ref[Outbox] | None = None     # this process's Outbox (a worker has one)
 
 
-def _before_fork():
+def _before_fork() -> None:
     box = _current() if _current is not None else None
     if box is not None:
         box._before_fork()
 
 
-def _after_fork(in_child):
+def _after_fork(in_child: bool) -> None:
     box = _current() if _current is not None else None
     if box is not None:
         if in_child:

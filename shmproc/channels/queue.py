@@ -36,15 +36,17 @@ import os
 import pickle
 import queue as _stdlib_queue
 import time
+from typing import Any, Generic, Iterable
 
-from ..wire import blobs
+from ..wire import blobs, pickling as wire
 from ..common import faults
 from .. import _native as native
-from ..wire import pickling as wire
 from ..wire.blobs import EXIT_FLUSH_TIMEOUT, LOST
 from .._native import EEMPTY, EFULL, EINTR, ESEALED, ESMALLBUF, ETIMEDOUT, OK
 from .chain import Chain, Moving
-from .records import (NOTHING, TAG_BLOB, TAG_BYTES, TAG_PICKLE, TAG_STR, Failed, Raw,
+from .waits import (blocking_timeout as _blocking_timeout, deadline as _deadline,
+                    left_ns as _left_ns, try_room as _try_room)
+from .records import (NOTHING, TAG_BLOB, TAG_BYTES, TAG_PICKLE, TAG_STR, Failed, Item, Raw,
                       corrupt_pickle, decode_small, unpickle)
 
 __all__ = ["Queue", "DEFAULT_CAPACITY", "EXIT_FLUSH_TIMEOUT"]
@@ -65,7 +67,7 @@ _SCRATCH_START = 64 * 1024
 _MANY_MAX = 1024            # get_many arrays kept per scratch buffer
 
 
-def _round_capacity(capacity) -> int:
+def _round_capacity(capacity: int) -> int:
     if isinstance(capacity, bool) or not isinstance(capacity, int):
         raise TypeError(f"capacity must be an int number of bytes, not {type(capacity).__name__}")
     if capacity < MIN_CAPACITY:
@@ -85,24 +87,18 @@ _unpack = native.unpack
 _pool = blobs.pool
 
 
-def _Scratch(size):
+def _Scratch(size: int) -> Any:
     """A reusable receive buffer (one per concurrent getter)."""
     return native.RecvBuffer(size, _MANY_MAX)
 
 
-def _many(side, name) -> bool:
+def _many(side: str, name: str) -> bool:
     if side not in ("one", "many"):
         raise ValueError(f"{name} must be 'one' or 'many', not {side!r}")
     return side == "many"
 
 
-def _blocking_timeout(block, timeout) -> int:
-    if not block:
-        return 0
-    return -1 if timeout is None else native.timeout_ns(timeout)
-
-
-class Queue(Moving):
+class Queue(Moving, Generic[Item]):
     """A process-safe FIFO queue in shared memory, compatible with multiprocessing.Queue.
 
     ``maxsize`` bounds the number of items (0: unbounded); ``capacity`` is
@@ -126,7 +122,7 @@ class Queue(Moving):
     """
 
     def __init__(self, maxsize: int = 0, *, capacity: int | None = None,
-                 _producers: str = "many", _consumers: str = "many"):
+                 _producers: str = "many", _consumers: str = "many") -> None:
         if isinstance(maxsize, bool) or not isinstance(maxsize, int):
             raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
         if maxsize < 0:
@@ -143,7 +139,7 @@ class Queue(Moving):
                                                    multi_consumer=consumers, max_items=maxsize)
         self._setup(ring, maxsize, chain)
 
-    def _setup(self, ring, maxsize, chain=None):
+    def _setup(self, ring: Any, maxsize: int, chain: Chain | None = None) -> None:
         self._chain = chain
         self._use_producer(ring)
         self._use_consumer(ring)
@@ -155,19 +151,19 @@ class Queue(Moving):
         self._inband_max = min(ring.max_record, ring.capacity // 4)
         self._closed = False
         self._token = blobs.FlushToken()
-        self._scratch = []              # free list of _Scratch, one taken per get
+        self._scratch: list[Any] = []   # free list of _Scratch, one taken per get
         self._lost = 0
-        self._backlog = []              # items of a batch taken behind one that failed
+        self._backlog: list[Any] = []   # items of a batch taken behind one that failed
         st = os.fstat(ring.fd if chain is None else chain.board.fd)
         self._ring_id = (st.st_dev, st.st_ino)      # who else holds it: blobs._HolderCheck
 
     @property
-    def _ring(self):
+    def _ring(self) -> Any:
         """The ring producers put into now (tests and tools reach the ring here)."""
         return self._prod
 
     # -- pickling: hand the ring's descriptor to the other process ------------
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         if self._closed:
             raise ValueError("this shmproc.Queue was closed in this process and cannot be "
                              "passed to another process; pass it before calling close()")
@@ -179,7 +175,7 @@ class Queue(Moving):
         return _rebuild_queue, (DupFd(self._prod.fd), self._maxsize)
 
     # -- introspection ------------------------------------------------------------
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.qsize()} items"
         return f"<shmproc.Queue maxsize={self._maxsize} capacity={self.capacity} {state}>"
 
@@ -200,7 +196,7 @@ class Queue(Moving):
     def qsize(self) -> int:
         """Approximate number of items queued (exact when nothing runs concurrently)."""
         if self._chain is None and not self._closed:
-            return self._prod.count()       # one ring: one C call (polled in hot loops)
+            return self._prod.count()       # type: ignore[no-any-return]  # one ring: one C call
         self._check_open()
         return sum(ring.count() for ring in self._rings())
 
@@ -217,27 +213,24 @@ class Queue(Moving):
         return self._prod.capacity - self._prod.used_bytes() < 64
 
     def _wait_readable(self, timeout_s: float) -> bool:
-        """Wait up to timeout_s until an item is there, without taking it
-        (one ring only): a thread can wait for items without holding the
-        lock its reader takes them under (the pool's driver thread)."""
-        if self._chain is not None:
-            raise ValueError("_wait_readable: only for a one-ring queue")
-        if self._closed:
-            return False            # (closed while waiting is safe: close() keeps the mapping)
+        """Wait up to timeout_s for an item of a one-ring queue, not taking it:
+        the pool's driver waits so, without the lock its reader takes items under."""
+        if self._closed:            # (closing while a thread waits is safe: the mapping stays)
+            return False
         return self._cons.wait_data(int(timeout_s * 1e9)) == native.OK
 
-    def _sleep_until_woken(self):
+    def _sleep_until_woken(self) -> None:
         """Waits for an item sleep until woken, never re-checking: only for a reader
         whose writers' death ends it anyway (a pool worker: see pool_worker.run)."""
         if self._chain is None:
             self._cons.set_wait_slice(0)
 
-    def _check_open(self):
+    def _check_open(self) -> None:
         if self._closed:
             raise ValueError("operation on a closed shmproc.Queue")
 
     # -- producer -------------------------------------------------------------------
-    def put(self, obj, block: bool = True, timeout: float | None = None):
+    def put(self, obj: Item, block: bool = True, timeout: float | None = None) -> None:
         """Put `obj`; with block and no timeout waits for room for ever."""
         # Hot path: kept inline on purpose (each Python call costs ~0.1 µs).
         if self._closed:
@@ -247,20 +240,20 @@ class Queue(Moving):
         if t is bytes:
             data, tag, bufs = obj, TAG_BYTES, None
         elif t is str:
-            data, tag, bufs = obj.encode("utf-8", "surrogatepass"), TAG_STR, None
+            data, tag, bufs = obj.encode("utf-8", "surrogatepass"), TAG_STR, None  # type: ignore[attr-defined]
         else:
-            data, bufs = _dumps(obj)
+            data, bufs = _dumps(obj)                      # type: ignore[assignment]
             tag = TAG_PICKLE
-        if bufs or len(data) > self._inband_max:
+        if bufs or len(data) > self._inband_max:            # type: ignore[arg-type]
             self._put_blob(data, tag, bufs, _deadline(tmo), block)
             return
         if _pool.in_flight:
             _pool.sweep()
-        rc = self._put(data, len(data), tag, tmo)
+        rc = self._put(data, len(data), tag, tmo)                   # type: ignore[arg-type]
         if rc:
             self._put_retry(rc, data, tag, tmo, block)
 
-    def _put_encoded(self, data, tag, bufs=None):
+    def _put_encoded(self, data: Any, tag: int, bufs: Any = None) -> None:
         """put(block=False) of an item already encoded: `data` and its
         out-of-band buffers (channels/outbox.py encodes when told, puts later)."""
         if self._closed:
@@ -275,7 +268,7 @@ class Queue(Moving):
         if rc:
             self._put_retry(rc, data, tag, tmo, False)
 
-    def _put_blob(self, data, tag, bufs, deadline, block):
+    def _put_blob(self, data: Any, tag: int, bufs: Any, deadline: float | None, block: bool) -> None:
         """Put a large item out-of-band; a put that fails retracts its blob."""
         if _pool.in_flight:
             _pool.sweep()
@@ -314,7 +307,7 @@ class Queue(Moving):
                 _pool.retract(sent)     # nobody saw its descriptor: reuse it, wait for nothing
             raise
 
-    def _put_retry(self, rc, data, tag, tmo, block):
+    def _put_retry(self, rc: int, data: Any, tag: int, tmo: int, block: bool) -> None:
         deadline = _deadline(tmo)
         wait_room = block and self._chain is not None       # once, before growing
         while rc != OK:
@@ -332,10 +325,10 @@ class Queue(Moving):
                 native.check(rc, "putting an item on a shmproc.Queue")
             rc = self._put(data, len(data), tag, _left_ns(deadline))
 
-    def put_nowait(self, obj):
+    def put_nowait(self, obj: Item) -> None:
         return self.put(obj, False)
 
-    def put_many(self, objs, block: bool = True, timeout: float | None = None):
+    def put_many(self, objs: Iterable[Item], block: bool = True, timeout: float | None = None) -> None:
         """Put every item of `objs` in order, published in batches.
 
         Much faster than a put() per item: one lock, one copy and at most
@@ -355,18 +348,18 @@ class Queue(Moving):
                 self._put_run(objs, lens, None, deadline, 0, total, block)
                 return
         done = 0
-        run, lens, tags = [], [], []
+        run, lens, tags = [], [], []         # type: ignore[var-annotated]
         for obj in objs:                     # encoding inlined: this loop is the hot path
             t = type(obj)
             bufs = None
             if t is bytes:
                 data, tag = obj, TAG_BYTES
             elif t is str:
-                data, tag = obj.encode("utf-8", "surrogatepass"), TAG_STR
+                data, tag = obj.encode("utf-8", "surrogatepass"), TAG_STR  # type: ignore[union-attr]
             else:
                 data, bufs = _dumps(obj)
                 tag = TAG_PICKLE
-            if bufs or len(data) > inband_max:
+            if bufs or len(data) > inband_max:              # type: ignore[arg-type]
                 done += self._put_run(run, lens, tags, deadline, done, total, block)
                 run, lens, tags = [], [], []
                 try:
@@ -377,7 +370,7 @@ class Queue(Moving):
                 done += 1
                 continue
             run.append(data)
-            lens.append(len(data))
+            lens.append(len(data))                          # type: ignore[arg-type]
             tags.append(tag)
         self._put_run(run, lens, tags, deadline, done, total, block)
 
@@ -416,7 +409,7 @@ class Queue(Moving):
                     done_before + put)
             native.check(rc, "putting items on a shmproc.Queue")
 
-    def _to_blob(self, data, tag, bufs):
+    def _to_blob(self, data: Any, tag: int, bufs: Any) -> Any:
         """Copy a large record out-of-band; returns (descriptor, blobs.Sent)."""
         raws = [b.raw() for b in bufs] if bufs else []
         if not blobs.PEER_FD_OK:
@@ -427,7 +420,7 @@ class Queue(Moving):
         return blobs.encode_blob(data, tag, raws, self._token)
 
     # -- consumer -------------------------------------------------------------------
-    def _take_scratch(self, need=0):
+    def _take_scratch(self, need: int = 0) -> Any:
         try:
             s = self._scratch.pop()
         except IndexError:
@@ -436,7 +429,7 @@ class Queue(Moving):
             s = _Scratch(max(need, _SCRATCH_START))
         return s
 
-    def get(self, block: bool = True, timeout: float | None = None, *, copy: bool = False):
+    def get(self, block: bool = True, timeout: float | None = None, *, copy: bool = False) -> Item:
         """Remove and return an item; with block and no timeout waits for ever.
 
         Large numpy arrays come back as writable copy-on-write views of
@@ -449,7 +442,7 @@ class Queue(Moving):
         if self._backlog:
             item = self._from_backlog()
             if item is not NOTHING:
-                return item
+                return item                 # type: ignore[no-any-return]
         tmo = -1 if block and timeout is None else _blocking_timeout(block, timeout)
         scratch = self._scratch
         s = scratch.pop() if scratch else _Scratch(_SCRATCH_START)
@@ -471,7 +464,7 @@ class Queue(Moving):
         finally:
             scratch.append(s)
 
-    def _get_slow(self, rc, s, tmo, copy):
+    def _get_slow(self, rc: int, s: Any, tmo: int, copy: bool) -> Any:
         deadline = _deadline(tmo)
         while True:
             if rc >= 0:
@@ -499,11 +492,11 @@ class Queue(Moving):
                 native.check(rc, "getting an item from a shmproc.Queue")
             rc = self._get(s.ptr, s.size, _left_ns(deadline))
 
-    def get_nowait(self):
+    def get_nowait(self) -> Item:
         return self.get(False)
 
     def get_many(self, block: bool = True, timeout: float | None = None, *,
-                 max_items: int = 1024, copy: bool = False) -> list:
+                 max_items: int = 1024, copy: bool = False) -> list[Item]:
         """Remove and return 1..max_items items in one call.
 
         Waits (as get does) only for the first item; the rest are whatever
@@ -515,7 +508,7 @@ class Queue(Moving):
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         if self._backlog:
-            out = []
+            out: list[Any] = []
             while len(out) < max_items:
                 try:
                     if out and type(self._backlog[0]) is Failed:
@@ -557,8 +550,8 @@ class Queue(Moving):
         finally:
             self._scratch.append(s)
 
-    def _decode_many(self, view, lens, tags, copy):
-        out = []
+    def _decode_many(self, view: Any, lens: Any, tags: Any, copy: bool) -> list[Any]:
+        out: list[Any] = []
         append = out.append
         tag = tags[0]
         if tags.count(tag) == len(tags) and tag != TAG_BLOB:
@@ -605,7 +598,7 @@ class Queue(Moving):
         self._backlog[:0] = good + [bad] + rest
         raise exc
 
-    def _from_backlog(self):
+    def _from_backlog(self) -> Any:
         """The next item kept from a batch, or NOTHING if another thread took
         the last one first."""
         while True:
@@ -628,7 +621,7 @@ class Queue(Moving):
             if value is not LOST:
                 return value
 
-    def _decode(self, record, tag, copy):
+    def _decode(self, record: Any, tag: int, copy: bool) -> Any:
         if tag != TAG_BLOB:
             return decode_small(record, tag)
         faults.point("queue.record_taken")
@@ -642,7 +635,7 @@ class Queue(Moving):
         return decode_small(main, kind)
 
     # -- lifecycle --------------------------------------------------------------------
-    def close(self):
+    def close(self) -> None:
         """No more puts or gets through this handle in this process.
 
         Releases the descriptor now; the mapping goes when the object is
@@ -660,7 +653,7 @@ class Queue(Moving):
             blobs.pool.sweep()
         blobs.pool.trim()
 
-    def join_thread(self):
+    def join_thread(self) -> None:
         """Wait until the large items this handle put were picked up (after close())."""
         if not self._closed:
             raise ValueError("join_thread() is only valid after close()")
@@ -669,41 +662,26 @@ class Queue(Moving):
         if self._chain is not None:
             self._chain.flush(deadline)
 
-    def cancel_join_thread(self):
+    def cancel_join_thread(self) -> None:
         """Do not wait at exit for this handle's large items to be picked up."""
         self._token.wait = False
         if self._chain is not None:
             self._chain.wait_at_exit = False
 
-    def __enter__(self):
+    def __enter__(self) -> Queue[Item]:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def _deadline(tmo_ns):
-    return None if tmo_ns < 0 else time.monotonic() + tmo_ns / 1e9
-
-
-def _try_room(block, timeout) -> int:
-    _blocking_timeout(block, timeout)           # checks the timeout given
-    return 0
-
-
-def _left_ns(deadline):
-    if deadline is None:
-        return -1
-    return max(0, int((deadline - time.monotonic()) * 1e9))
-
-
-def _rebuild_queue(dupfd, maxsize):
+def _rebuild_queue(dupfd: Any, maxsize: int) -> Queue[Any]:
     q = Queue.__new__(Queue)
     q._setup(native.Ring.attach(dupfd.detach()), maxsize)
     return q
 
 
-def _rebuild_grown(board, capacity, dupfd, gen):
+def _rebuild_grown(board: Any, capacity: int, dupfd: Any, gen: int) -> Queue[Any]:
     ring = native.Ring.attach(dupfd.detach())
     q = Queue.__new__(Queue)
     q._setup(ring, 0, Chain.attach(board, capacity, ring, gen))

@@ -3,11 +3,15 @@ batch leaves behind when one of its items fails (queue.py's backlog)."""
 from __future__ import annotations
 
 import pickle
+from typing import Any, Iterable, TypeVar
 
 from ..common.errors import CorruptSharedMemoryError
 
 __all__ = ["TAG_PICKLE", "TAG_BYTES", "TAG_STR", "TAG_BLOB", "unpickle", "corrupt_pickle",
-           "decode_small", "Raw", "Failed", "NOTHING"]
+           "decode_small", "Raw", "Failed", "NOTHING", "Item"]
+
+#: The type of what a queue carries, for type checkers: Queue[Item].
+Item = TypeVar("Item")
 
 # Record tags (15 bits in the ring).  bytes and str skip pickle entirely:
 # a raw copy each way is several times cheaper than dumps + loads.
@@ -17,7 +21,7 @@ TAG_STR = 2
 TAG_BLOB = 3       # descriptor of an out-of-band record; its kind is inside
 
 
-def unpickle(view, buffers=()):
+def unpickle(view: Any, buffers: Iterable[Any] = ()) -> Any:
     """Unpickle exactly one record; a malformed one is CorruptSharedMemoryError."""
     try:
         return pickle.loads(view, buffers=buffers)
@@ -25,7 +29,7 @@ def unpickle(view, buffers=()):
         raise corrupt_pickle(exc, len(view)) from exc
 
 
-def corrupt_pickle(exc, n):
+def corrupt_pickle(exc: BaseException, n: int) -> BaseException:
     """`exc` from pickle.loads of an n-byte record (caught in the frame that
     called loads), or the error to raise instead.
 
@@ -44,7 +48,7 @@ def corrupt_pickle(exc, n):
         f"({type(exc).__name__}: {exc})")
 
 
-def decode_small(view, tag):
+def decode_small(view: memoryview, tag: int) -> Any:
     if tag == TAG_PICKLE:
         return unpickle(view)
     if tag == TAG_BYTES:
@@ -59,7 +63,7 @@ class Raw:
 
     __slots__ = ("data", "tag", "copy")
 
-    def __init__(self, data, tag, copy):
+    def __init__(self, data: bytes, tag: int, copy: bool) -> None:
         self.data, self.tag, self.copy = data, tag, copy
 
 
@@ -71,5 +75,5 @@ class Failed:
 
     __slots__ = ("exc",)
 
-    def __init__(self, exc):
+    def __init__(self, exc: BaseException) -> None:
         self.exc = exc

@@ -15,7 +15,7 @@ import difflib
 import math
 import numbers
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .validate import default_start_method, start_methods
 
@@ -27,17 +27,20 @@ class _NoTyposMixin:
 
     __slots__ = ()
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        try:
-            object.__setattr__(self, name, value)
-        except AttributeError:
-            known = [f.name for f in fields(self)]
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise AttributeError(
-                f"{type(self).__name__} has no field {name!r}; {hint}"
-                f"the fields are: {', '.join(known)}"
-            ) from None
+    # Hidden from type checkers: a class with __setattr__ accepts any
+    # attribute name to them, and a misspelled field is what they should catch.
+    if not TYPE_CHECKING:
+        def __setattr__(self, name: str, value: Any) -> None:
+            try:
+                object.__setattr__(self, name, value)
+            except AttributeError:
+                known = [f.name for f in fields(self)]
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise AttributeError(
+                    f"{type(self).__name__} has no field {name!r}; {hint}"
+                    f"the fields are: {', '.join(known)}"
+                ) from None
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ the library raises on its own behalf.
 """
 
 import builtins
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .outcome import HOOKS
 
@@ -170,7 +170,7 @@ def note_where(err: BaseException, where: str) -> BaseException:
     """Say where a task failed: as a note (Python 3.11+) and as ``err.shmproc_task``."""
     if hasattr(err, "add_note"):
         err.add_note(where)
-    err.shmproc_task = where
+    err.shmproc_task = where                    # type: ignore[attr-defined]
     return err
 
 
@@ -195,10 +195,11 @@ def _dumps(obj: Any) -> bytes:
         import cloudpickle  # a dependency, but keep errors usable without it
     except ImportError:  # pragma: no cover
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    data: bytes = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
 
 
-def _pack_original(exc: Optional[BaseException]) -> Optional[tuple]:
+def _pack_original(exc: Optional[BaseException]) -> Optional[tuple[Optional[bytes], str, str]]:
     """Pre-serialize ``exc`` so that failing to pickle it cannot fail the outer pickle.
 
     cloudpickle is used whatever the outer pickler is, so user exceptions of
@@ -214,7 +215,7 @@ def _pack_original(exc: Optional[BaseException]) -> Optional[tuple]:
     return (payload, _qualified_name(type(exc)), _safe_str(exc))
 
 
-def _unpack_original(packed: Optional[tuple]) -> Optional[BaseException]:
+def _unpack_original(packed: Optional[tuple[Optional[bytes], str, str]]) -> Optional[BaseException]:
     if packed is None:
         return None
     payload, type_name, message = packed
@@ -222,13 +223,14 @@ def _unpack_original(packed: Optional[tuple]) -> Optional[BaseException]:
         import pickle
 
         try:
-            return pickle.loads(payload)
+            error: BaseException = pickle.loads(payload)
+            return error
         except Exception:
             pass  # e.g. class missing here, or __init__ rejects its own args
     return RemoteError(type_name, message)
 
 
-def _restore_error(cls: type, args: tuple) -> BaseException:
+def _restore_error(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
     """Unpickling constructor: make the instance without calling ``__init__``.
 
     ``__init__`` takes keyword-only fields, which plain ``cls(*args)``
@@ -351,12 +353,13 @@ class ProcessError(ShmprocError):
             self.__suppress_context__ = True
         return self
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., BaseException], tuple[Any, ...], dict[str, Any]]:
         state = dict(self.__dict__)
         state["original_error"] = _pack_original(state.get("original_error"))
         return (_restore_error, (type(self), self.args), state)
 
-    def __setstate__(self, state: dict) -> None:
+    # Only ever called with __reduce__'s dict (BaseException's allows None).
+    def __setstate__(self, state: dict[str, Any]) -> None:  # type: ignore[override]
         state = dict(state)
         packed = state.pop("original_error", None)
         self.__dict__.update(state)

@@ -28,7 +28,7 @@ POINTS = (
 )
 
 
-def _parse(spec: str) -> dict:
+def _parse(spec: str) -> dict[str, int]:
     counts = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, n = part.partition(":")
@@ -38,7 +38,7 @@ def _parse(spec: str) -> dict:
     return counts
 
 
-_armed: dict = {}
+_armed: dict[str, int] = {}
 
 
 def point(name: str) -> None:

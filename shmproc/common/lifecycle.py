@@ -19,6 +19,7 @@ import atexit
 import os
 import sys
 import traceback
+from typing import Callable, Iterable
 
 __all__ = ["at_fork", "at_exit", "at_interpreter_exit",
            "STOP_WORKERS", "FLUSH_OUT_OF_BAND"]
@@ -28,13 +29,16 @@ STOP_WORKERS = 100
 #: Keep out-of-band segments until readers took them (after the joins).
 FLUSH_OUT_OF_BAND = -10
 
-_before: list = []
-_after_in_parent: list = []
-_after_in_child: list = []
-_exit_registered: set = set()
+_Hook = Callable[[], object]
+
+_before: list[_Hook] = []
+_after_in_parent: list[_Hook] = []
+_after_in_child: list[_Hook] = []
+_exit_registered: set[tuple[_Hook, int]] = set()
 
 
-def at_fork(*, before=None, after_in_parent=None, after_in_child=None) -> None:
+def at_fork(*, before: _Hook | None = None, after_in_parent: _Hook | None = None,
+            after_in_child: _Hook | None = None) -> None:
     """Run these around every os.fork() of this process (see module doc)."""
     if before is not None:
         _before.append(before)
@@ -44,7 +48,7 @@ def at_fork(*, before=None, after_in_parent=None, after_in_child=None) -> None:
         _after_in_child.append(after_in_child)
 
 
-def _run(hooks) -> None:
+def _run(hooks: Iterable[_Hook]) -> None:
     for fn in hooks:
         try:
             fn()
@@ -57,7 +61,7 @@ os.register_at_fork(before=lambda: _run(reversed(_before)),
                     after_in_child=lambda: _run(_after_in_child))
 
 
-def at_exit(fn, priority: int) -> None:
+def at_exit(fn: _Hook, priority: int) -> None:
     """Run fn() once in multiprocessing's exit function (see module doc).
     Registering the same function again does nothing."""
     key = (fn, priority)
@@ -68,7 +72,7 @@ def at_exit(fn, priority: int) -> None:
     _exit_registered.add(key)
 
 
-def at_interpreter_exit(fn) -> None:
+def at_interpreter_exit(fn: _Hook) -> None:
     """Run fn() from atexit (for what must run after multiprocessing's exit
     function, such as leaving a Ray cluster this process started)."""
     atexit.register(fn)

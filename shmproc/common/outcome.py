@@ -1,9 +1,15 @@
 """The words a run's outcome is told in, shared by the worker side and the
 parent side: section ids (stored in a control block), their names, the
 hook methods they run, which failures consume a life, and the kinds of
-outcome a worker writes back.  No imports: every layer may use it.
+outcome a worker writes back.  No shmproc imports: every layer may use it.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, TypeVar
+    _F = TypeVar("_F", bound=Callable[..., Any])
 
 __all__ = ["PRELOOP", "LOOP", "POSTLOOP", "ONFINISH", "RESULT", "ERROR", "CALL", "SECTION_NAMES",
            "HOOKS", "HOOK_NAMES", "RETRIED", "OK_RESULT", "FAILED_RESULT", "PROCESS_MARK",
@@ -39,21 +45,21 @@ PROCESS_MARK = "__shmproc_process__"
 DEFAULT_HOOK_MARK = "__shmproc_default_hook__"
 
 
-def default_hook(fn):
+def default_hook(fn: _F) -> _F:
     """Mark `fn` as an empty default hook of the Process base class."""
     setattr(fn, DEFAULT_HOOK_MARK, True)
     return fn
 
 
-def is_default_hook(fn) -> bool:
+def is_default_hook(fn: object) -> bool:
     return getattr(fn, DEFAULT_HOOK_MARK, False) is True
 
 
-def is_process_class(obj) -> bool:
+def is_process_class(obj: object) -> bool:
     """Is `obj` shmproc's Process class or a subclass of it?"""
     return isinstance(obj, type) and getattr(obj, PROCESS_MARK, False) is True
 
 
-def is_process(obj) -> bool:
+def is_process(obj: object) -> bool:
     """Is `obj` an instance of a Process subclass?"""
     return is_process_class(type(obj))

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    _F = TypeVar("_F", bound=Callable[..., Any])
 
 from ..sktime import Timer, _check_duration
 
@@ -94,12 +99,12 @@ class ProcessTimers:
             self._lap_total = None
             self.full_loop._record(total)
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         # A dict (not the slots tuple) keeps older pickles loadable if
         # fields are added later. Timers pickle themselves (locks recreated).
         return {name: getattr(self, name) for name in self.__slots__}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         for name in self.__slots__:
             setattr(self, name, state.get(name))
         if self.full_loop is None:
@@ -114,7 +119,7 @@ class ProcessTimers:
         return f"ProcessTimers({', '.join(counts)})"
 
 
-def timesection(*args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
+def timesection(*args: Any, **kwargs: Any) -> Callable[[_F], _F]:
     """Decorator factory: time each call of a lifecycle hook into ``self.timers``.
 
     Use it with parentheses, on ``__preloop__``, ``__loop__``,
@@ -141,7 +146,7 @@ def timesection(*args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
     return _decorate
 
 
-def _decorate(func: Callable) -> Callable:
+def _decorate(func: _F) -> _F:
     name = getattr(func, "__name__", None)
     section = _HOOK_SECTIONS.get(name) if isinstance(name, str) else None
     if section is None or not callable(func):
@@ -153,7 +158,7 @@ def _decorate(func: Callable) -> Callable:
         return func  # already timed: a second wrapper would record every call twice
 
     @functools.wraps(func)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         timers = getattr(self, "timers", None)
         if timers is None:
             # Created before the first timed call, with this section's timer,
@@ -173,4 +178,4 @@ def _decorate(func: Callable) -> Callable:
             timers._add(section, _clock() - t0)
 
     setattr(wrapper, MARKER, section)
-    return wrapper
+    return wrapper                      # type: ignore[return-value]  # same signature

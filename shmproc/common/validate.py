@@ -10,12 +10,13 @@ import functools
 import multiprocessing as mp
 import os
 import sys
+from typing import Any, Callable
 
 __all__ = ["start_methods", "default_start_method", "start_method", "positive_int",
            "worker_count", "chunksize", "retries", "initializer", "callable_name"]
 
 
-def start_methods() -> list:
+def start_methods() -> list[str]:
     """The start methods this platform has ("fork", "forkserver", "spawn")."""
     return mp.get_all_start_methods()
 
@@ -29,7 +30,7 @@ def default_start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
-def start_method(method) -> str:
+def start_method(method: str | None) -> str:
     """A pool's `start_method`: one of start_methods(), or None (the default)."""
     if method is None:
         return default_start_method()
@@ -39,7 +40,7 @@ def start_method(method) -> str:
     return method
 
 
-def positive_int(value, name: str, none_means: str):
+def positive_int(value: int | None, name: str, none_means: str) -> int | None:
     """An option that is an int >= 1 or None; returns it."""
     if value is None:
         return None
@@ -51,7 +52,7 @@ def positive_int(value, name: str, none_means: str):
     return value
 
 
-def task_timeout(value, name: str = "task_timeout"):
+def task_timeout(value: float | None, name: str = "task_timeout") -> int:
     """A task timeout: seconds > 0 (int or float), or None for no limit;
     returns it as nanoseconds (0: none)."""
     if value is None:
@@ -64,21 +65,22 @@ def task_timeout(value, name: str = "task_timeout"):
     return max(1, round(value * 1e9))
 
 
-def worker_count(workers, name: str = "workers") -> int:
+def worker_count(workers: int | None, name: str = "workers") -> int:
     """A pool's `workers`: an int >= 1, or None for one per CPU this process may use."""
-    if positive_int(workers, name, "one per CPU") is not None:
-        return workers
+    checked = positive_int(workers, name, "one per CPU")
+    if checked is not None:
+        return checked
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
 
 
-def chunksize(value):
+def chunksize(value: int | None) -> int | None:
     return positive_int(value, "chunksize", "automatic")
 
 
-def retries(value, default=None):
+def retries(value: int | None, default: int | None = None) -> int:
     """`retries`: an int >= 0; None means `default` (a call's: the pool's)."""
     if value is None and default is not None:
         return default
@@ -90,7 +92,8 @@ def retries(value, default=None):
     return value
 
 
-def initializer(fn, args):
+def initializer(fn: Callable[..., object] | None,
+                args: Any) -> tuple[Callable[..., object], tuple[Any, ...]] | None:
     """A pool's (initializer, initargs as a tuple), or None when there is
     no initializer.  Errors as multiprocessing.Pool's."""
     if fn is None:
@@ -105,8 +108,9 @@ def initializer(fn, args):
     return fn, args
 
 
-def callable_name(fn) -> str:
+def callable_name(fn: object) -> str:
     """How a task's function is named in errors and progress bars."""
     if isinstance(fn, functools.partial):
         return f"partial({callable_name(fn.func)})"
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    name: str = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return name

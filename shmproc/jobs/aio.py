@@ -10,27 +10,34 @@ the driver may hold it for a few milliseconds while it waits for results).
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING, Any
 
 from .task import SLICE_S
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import AsyncGenerator
+
+    from .job import Job
 
 __all__ = ["results"]
 
 TERMINATED = "terminated"       # engine.TERMINATED (engine.py imports this module)
 
 
-async def _locked(lock):
+async def _locked(lock: threading.RLock) -> None:
     """Take the engine's lock without blocking the event loop."""
     while not lock.acquire(blocking=False):
         await asyncio.sleep(0.0002)
 
 
-async def results(engine, job, ordered):
+async def results(engine: Any, job: Job, ordered: bool) -> AsyncGenerator[Any, None]:
     """The job's results as an async generator, in order or as they finish;
     a failed item raises when its turn comes, as in imap."""
     loop = asyncio.get_running_loop()
     wake = asyncio.Event()
 
-    def notify():                       # the driver's thread: results came in
+    def notify() -> None:               # the driver's thread: results came in
         if not wake.is_set():
             try:
                 loop.call_soon_threadsafe(wake.set)

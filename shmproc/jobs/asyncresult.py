@@ -21,19 +21,27 @@ import sys
 import threading
 import time
 import traceback
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from .. import _native as native
 from .task import SLICE_S, listen
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .task import Task
 
 TERMINATED = "terminated"     # engine.TERMINATED (engine.py imports this module)
 
 __all__ = ["AsyncResult", "MapResult"]
 
+_T = TypeVar("_T")
 
-class AsyncResult:
+
+class AsyncResult(Generic[_T]):
     """apply_async's handle: one call on a worker."""
 
-    def __init__(self, engine, sink, callback=None, error_callback=None):
+    def __init__(self, engine: Any, sink: Any, callback: Callable[[_T], object] | None = None,
+                 error_callback: Callable[[BaseException], object] | None = None) -> None:
         for name, fn in (("callback", callback), ("error_callback", error_callback)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
@@ -47,11 +55,12 @@ class AsyncResult:
 
     # -- what each kind of sink says ---------------------------------------------------------
     def _done(self) -> bool:
-        return self._sink._finished()
+        finished: bool = self._sink._finished()
+        return finished
 
-    def _outcome(self):
+    def _outcome(self) -> tuple[Any, BaseException | None]:
         """(value, error) once done."""
-        task = self._sink
+        task: Task[Any] = self._sink
         if task.cancelled():
             return None, CancelledError(f"task {task._name} was cancelled")
         return task._result, task._exception
@@ -80,17 +89,17 @@ class AsyncResult:
             engine._wait_step(SLICE_S if left is None else min(left, SLICE_S))
         self._fire()
 
-    def get(self, timeout: float | None = None):
+    def get(self, timeout: float | None = None) -> _T:
         self.wait(timeout)
         if not self._done():
             raise multiprocessing.TimeoutError
         value, error = self._outcome()
         if error is not None:
             raise error
-        return value
+        return value                         # type: ignore[no-any-return]  # the call's: a _T
 
     # -- callbacks -------------------------------------------------------------------------------
-    def _fire(self):
+    def _fire(self) -> None:
         """Run the callback once the result is in: once, whoever calls, and
         a caller returns only after it ran (get() follows the callback, as
         in multiprocessing), unless it is the callback's own thread."""
@@ -105,10 +114,11 @@ class AsyncResult:
             finally:
                 self._fired = True
 
-    def _run_callback(self):
+    def _run_callback(self) -> None:
         self._engine._async_pending.discard(self)
         self._settle()
         value, error = self._outcome()
+        arg: Any
         fn, arg = (self._callback, value) if error is None else (self._error_callback, error)
         if fn is None:
             return
@@ -119,41 +129,45 @@ class AsyncResult:
                   f"{self!r} raised:", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
 
-    def _settle(self):
+    def _settle(self) -> None:
         pass
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "ready" if self._done() else "pending"
         return f"<shmproc.AsyncResult {state}>"
 
 
-class MapResult(AsyncResult):
+class MapResult(AsyncResult[list[_T]]):
     """map_async / starmap_async's handle: every item's result, in order."""
 
-    def __init__(self, engine, sink, callback=None, error_callback=None):
+    def __init__(self, engine: Any, sink: Any,
+                 callback: Callable[[list[_T]], object] | None = None,
+                 error_callback: Callable[[BaseException], object] | None = None) -> None:
         super().__init__(engine, sink, callback, error_callback)
         self._fired = False             # the job is ended once, callbacks or not
 
-    def _settle(self):
+    def _settle(self) -> None:
         if self._sink.complete():
             return
         self._engine._end_job(self._sink)       # failed early: the rest is dropped
 
-    def listen(self, timeout: float | None = None):
+    def listen(self, timeout: float | None = None) -> tuple[int, Any] | None:
         """(index, message): the next message a Process item of this call
         told (`self.tell` in its hooks), or None once `timeout` seconds
         pass; with None, waits until one comes or the call is done."""
         engine, job = self._engine, self._sink
         engine._check_tells()
-        return listen(engine, job, lambda: job.quiet() or engine._status == TERMINATED, timeout)
+        told: tuple[int, Any] | None = listen(
+            engine, job, lambda: job.quiet() or engine._status == TERMINATED, timeout)
+        return told
 
     def _done(self) -> bool:
         # As multiprocessing's: ready at the first error too (the rest still run).
         job = self._sink
         return job.complete() or bool(job.errors) or self._engine._status == TERMINATED
 
-    def _outcome(self):
-        job = self._sink
+    def _outcome(self) -> tuple[Any, BaseException | None]:
+        job: Job = self._sink
         with self._engine._lock:
             if job.errors:
                 return None, job.errors[min(job.errors)]

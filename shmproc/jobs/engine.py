@@ -30,23 +30,38 @@ import math
 import multiprocessing
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, NamedTuple, TypeVar, cast
 
 from ..common import validate
 from ..common.outcome import is_process, is_process_class
 from .asyncresult import AsyncResult, MapResult
 from .job import Job
 from . import aio, progressbar
-from .task import DEFAULT_OPTIONS, SLICE_S, Task, listen
+from .task import DEFAULT_OPTIONS, SLICE_S, Task, TaskOptions, listen
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Generator, Iterator, Mapping
+
+    from .progressbar import ProgressOption, Reporter
 
 __all__ = ["JobEngine", "IMapIterator", "Progress", "RUNNING", "CLOSED", "TERMINATED"]
 
-Progress = collections.namedtuple("Progress", "done total failed")
+_T = TypeVar("_T")
+_R = TypeVar("_R", bound=AsyncResult[Any])
+
+
+class Progress(NamedTuple):
+    done: int
+    total: int
+    failed: int
+
+
 Progress.__doc__ = "Items finished (failed ones included), items accepted, items that failed."
 
 RUNNING, CLOSED, TERMINATED = "running", "closed", "terminated"
 
 
-def _bar(progress, job):
+def _bar(progress: ProgressOption, job: Job) -> Reporter | None:
     return progressbar.make(progress, job.total, job.name)
 
 
@@ -58,19 +73,23 @@ class _Wait:
     the next(timeout) in progress, and the job once the work started."""
 
     __slots__ = ("deadline", "job", "start")
+    deadline: float | None
+    job: Job | None
+    start: Callable[[], Job] | None
 
-    def __init__(self, start=None):
+    def __init__(self, start: Callable[[], Job] | None = None) -> None:
         self.deadline = None
         self.job = None
         self.start = start            # () -> the job (what the first next() or listen() does)
 
-    def begin(self):
+    def begin(self) -> Job:
         if self.job is None:
-            self.job, self.start = self.start(), None     # the caller's input goes with the job
+            # The caller's input goes with the job (start is set until then).
+            self.job, self.start = self.start(), None     # type: ignore[misc]
         return self.job
 
 
-class IMapIterator:
+class IMapIterator(Generic[_T]):
     """What imap / imap_unordered / istarmap return: an iterator whose
     next(timeout) raises multiprocessing.TimeoutError when no result comes
     in time, as multiprocessing's IMapIterator (the next call goes on).
@@ -79,18 +98,19 @@ class IMapIterator:
 
     __slots__ = ("_gen", "_wait", "_engine")
 
-    def __init__(self, gen, wait, engine=None):
+    def __init__(self, gen: Generator[Any, None, None], wait: _Wait,
+                 engine: JobEngine | None = None) -> None:
         self._gen = gen
         self._wait = wait
         self._engine = engine
 
-    def __iter__(self):
+    def __iter__(self) -> IMapIterator[_T]:
         return self
 
-    def __next__(self):
+    def __next__(self) -> _T:
         return self.next()
 
-    def next(self, timeout: float | None = None):
+    def next(self, timeout: float | None = None) -> _T:
         if timeout is not None:
             validate_timeout(timeout)
             self._wait.deadline = time.monotonic() + timeout
@@ -100,42 +120,44 @@ class IMapIterator:
             self._wait.deadline = None
         if item is _TIMED_OUT:
             raise multiprocessing.TimeoutError
-        return item
+        return item                                # type: ignore[no-any-return]  # a result: a _T
 
-    def listen(self, timeout: float | None = None):
+    def listen(self, timeout: float | None = None) -> tuple[int, Any] | None:
         """(index, message): the next message a Process item of this call
         told (`self.tell` in its hooks; index: the item's position in the
         input), or None once `timeout` seconds pass; with None, waits until
         one comes or nothing of the call runs (all done, or paused until
         results are taken).  Starts the work if no next() did."""
-        engine = self._engine
+        engine = cast("JobEngine", self._engine)   # an imap's (Executor.map's has none)
         engine._check_tells()
         job = self._wait.begin()
-        return listen(engine, job, lambda: job.quiet() or engine._status == TERMINATED, timeout)
+        told: tuple[int, Any] | None = listen(
+            engine, job, lambda: job.quiet() or engine._status == TERMINATED, timeout)
+        return told
 
-    def close(self):
+    def close(self) -> None:
         self._gen.close()
 
 
-def _length_of(iterable, iterator):
+def _length_of(iterable: Iterable[Any], iterator: Iterator[Any]) -> int | None:
     """len(iterable) for a sized container read lazily (a list, range, numpy
     array): the progress bar's total.  None for an iterator or generator
     (their length is not known without reading them), or when len fails."""
     if iterator is iterable or not hasattr(type(iterable), "__len__"):
         return None
     try:
-        n = len(iterable)
+        n = len(iterable)                    # type: ignore[arg-type]  # it has __len__
     except Exception:                        # noqa: BLE001 - e.g. a 0-d numpy array
         return None
     return n if isinstance(n, int) and n >= 0 else None
 
 
-def validate_timeout(timeout):
+def validate_timeout(timeout: object) -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
 
 
-def _check_callable(fn):
+def _check_callable(fn: object) -> None:
     if not callable(fn):
         raise TypeError(f"the function to map must be callable, not {type(fn).__name__}")
 
@@ -143,7 +165,34 @@ def _check_callable(fn):
 class JobEngine:
     """The calls every pool has; see the module doc for what a subclass adds."""
 
-    def _init_engine(self, workers: int, retries: int, timeout_ns: int = 0):
+    # Set by _init_engine (said there).
+    _jobs: collections.deque[Job]
+    _async_pending: set[AsyncResult[Any]]
+    _watched: set[Task[Any]]
+    _due: collections.deque[Task[Any]]
+    _ajobs: dict[Job, list[Any]]
+
+    if TYPE_CHECKING:
+        # What an engine subclass provides (see the module doc).
+        _pending: collections.deque[Any]          # the units not yet sent to a worker
+
+        def _register(self, fn: Callable[..., Any]) -> Any: ...
+        def _new_job(self, fn: Any, name: str, star: bool, source: Iterator[Any],
+                     total: int | None, chunksize: int | None, copy: bool, retries: int,
+                     seq: Any) -> Job: ...
+        def _wait_step(self, wait_s: float, seen: Any = None) -> None: ...
+        def _poll(self) -> None: ...
+        def _drop_pending(self, unit: Any) -> None: ...
+        def _submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    options: TaskOptions) -> Task[Any]: ...
+        @property
+        def progress(self) -> Progress: ...
+        @property
+        def pids(self) -> list[int]: ...
+        def join(self, timeout: float | None = None) -> None: ...
+        def terminate(self) -> None: ...
+
+    def _init_engine(self, workers: int, retries: int, timeout_ns: int = 0) -> None:
         self._n = workers
         self._retries = retries
         self._timeout_ns = timeout_ns          # the pool's task_timeout (0: none)
@@ -156,50 +205,62 @@ class JobEngine:
         self._ajobs = {}                       # aimap jobs -> [wake their loop, results seen]
 
     # -- the calls -------------------------------------------------------------------------
-    def map(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+    def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
+            chunksize: int | None = None, *, progress: ProgressOption = False,
             copy: bool = False, retries: int | None = None,
-            task_timeout: float | None = None) -> list:
+            task_timeout: float | None = None) -> list[Any]:
         """The calls below are documented where users read them: shmproc.Pool."""
         progressbar.check(progress)
         job = self._start_job(fn, iterable, chunksize, False, copy, True, retries, task_timeout)
         return self._collect(job, _bar(progress, job))
 
-    def starmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
+    def starmap(self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None, *, progress: ProgressOption = False,
                 copy: bool = False, retries: int | None = None,
-            task_timeout: float | None = None) -> list:
+            task_timeout: float | None = None) -> list[Any]:
         progressbar.check(progress)
         job = self._start_job(fn, iterable, chunksize, True, copy, True, retries, task_timeout)
         return self._collect(job, _bar(progress, job))
 
-    def imap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-             copy: bool = False, retries: int | None = None, task_timeout: float | None = None):
+    def imap(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
+             chunksize: int | None = None, *, progress: ProgressOption = False,
+             copy: bool = False, retries: int | None = None,
+             task_timeout: float | None = None) -> IMapIterator[Any]:
         return self._lazy(fn, iterable, chunksize, False, copy, True, progress, retries,
                           task_timeout)
 
-    def imap_unordered(self, fn, iterable, chunksize: int | None = None, *,
-                       progress: bool = False, copy: bool = False, retries: int | None = None,
-                       task_timeout: float | None = None):
+    def imap_unordered(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
+                       chunksize: int | None = None, *, progress: ProgressOption = False,
+                       copy: bool = False, retries: int | None = None,
+                       task_timeout: float | None = None) -> IMapIterator[Any]:
         return self._lazy(fn, iterable, chunksize, False, copy, False, progress, retries,
                           task_timeout)
 
-    def istarmap(self, fn, iterable, chunksize: int | None = None, *, progress: bool = False,
-                 copy: bool = False, retries: int | None = None, task_timeout: float | None = None):
+    def istarmap(self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                 chunksize: int | None = None, *, progress: ProgressOption = False,
+                 copy: bool = False, retries: int | None = None,
+                 task_timeout: float | None = None) -> IMapIterator[Any]:
         return self._lazy(fn, iterable, chunksize, True, copy, True, progress, retries,
                           task_timeout)
 
-    def submit(self, fn, /, *args, **kwargs):
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Task[Any]:
         return self._submit(fn, args, kwargs, DEFAULT_OPTIONS)
 
     # -- asyncio ------------------------------------------------------------------------------
-    def aimap(self, fn, iterable, chunksize: int | None = None, *, copy: bool = False,
-              retries: int | None = None, task_timeout: float | None = None):
+    def aimap(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
+              chunksize: int | None = None, *, copy: bool = False, retries: int | None = None,
+              task_timeout: float | None = None) -> AsyncGenerator[Any, None]:
         return self._aiter(fn, iterable, chunksize, copy, True, retries, task_timeout)
 
-    def aimap_unordered(self, fn, iterable, chunksize: int | None = None, *, copy: bool = False,
-                        retries: int | None = None, task_timeout: float | None = None):
+    def aimap_unordered(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
+                        chunksize: int | None = None, *, copy: bool = False,
+                        retries: int | None = None,
+                        task_timeout: float | None = None) -> AsyncGenerator[Any, None]:
         return self._aiter(fn, iterable, chunksize, copy, False, retries, task_timeout)
 
-    def _aiter(self, fn, iterable, chunksize, copy, ordered, retries, task_timeout):
+    def _aiter(self, fn: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None,
+               copy: bool, ordered: bool, retries: int | None,
+               task_timeout: float | None) -> AsyncGenerator[Any, None]:
         """Bad arguments fail at the call; the job starts with the first
         __anext__ (an iterator never started runs nothing)."""
         validate.chunksize(chunksize)
@@ -211,20 +272,22 @@ class JobEngine:
             self._register(fn)
         return self._aresults(fn, iterable, chunksize, copy, ordered, retries, task_timeout)
 
-    async def _aresults(self, fn, iterable, chunksize, copy, ordered, retries, task_timeout):
+    async def _aresults(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
+                        chunksize: int | None, copy: bool, ordered: bool, retries: int | None,
+                        task_timeout: float | None) -> AsyncGenerator[Any, None]:
         job = self._start_job(fn, iterable, chunksize, False, copy, False, retries, task_timeout)
         async for value in aio.results(self, job, ordered):
             yield value
 
-    def _watch_job(self, job, notify):
+    def _watch_job(self, job: Job, notify: Callable[[], None]) -> None:
         """An aimap job: the background driver feeds it and wakes its loop."""
         self._ajobs[job] = [notify, -1]
         self._async_started()
 
-    def _unwatch_job(self, job):
+    def _unwatch_job(self, job: Job) -> None:
         self._ajobs.pop(job, None)
 
-    def _notify_ajobs(self):
+    def _notify_ajobs(self) -> None:
         """The driver's thread, after taking results: wake the loops whose
         jobs moved."""
         for job, entry in list(self._ajobs.items()):
@@ -234,45 +297,58 @@ class JobEngine:
                 entry[0]()
 
     # -- multiprocessing.Pool's asynchronous calls ----------------------------------------------
-    def apply(self, func, args=(), kwds={}):           # noqa: B006 - the stdlib's signature
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] = {}) -> Any:     # noqa: B006 - the stdlib's signature
         """func(*args, **kwds) on a worker; waits for and returns its result."""
         return self.apply_async(func, args, kwds).get()
 
-    def apply_async(self, func, args=(), kwds={}, callback=None,     # noqa: B006
-                    error_callback=None) -> AsyncResult:
+    def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (),
+                    kwds: Mapping[str, Any] = {},                    # noqa: B006
+                    callback: Callable[[Any], object] | None = None,
+                    error_callback: Callable[[BaseException], object] | None = None
+                    ) -> AsyncResult[Any]:
         """func(*args, **kwds) on a worker; returns an AsyncResult at once."""
         task = self.submit(func, *args, **kwds)
         return self._track(AsyncResult(self, task, callback, error_callback))
 
-    def map_async(self, func, iterable, chunksize=None, callback=None,
-                  error_callback=None) -> MapResult:
+    def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any],
+                  chunksize: int | None = None,
+                  callback: Callable[[list[Any]], object] | None = None,
+                  error_callback: Callable[[BaseException], object] | None = None
+                  ) -> MapResult[Any]:
         """map() that returns a MapResult at once; get() gives the list."""
         return self._map_async(func, iterable, chunksize, False, callback, error_callback)
 
-    def starmap_async(self, func, iterable, chunksize=None, callback=None,
-                      error_callback=None) -> MapResult:
+    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None,
+                      callback: Callable[[list[Any]], object] | None = None,
+                      error_callback: Callable[[BaseException], object] | None = None
+                      ) -> MapResult[Any]:
         """starmap() that returns a MapResult at once."""
         return self._map_async(func, iterable, chunksize, True, callback, error_callback)
 
-    def _map_async(self, func, iterable, chunksize, star, callback, error_callback):
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
+                   chunksize: int | None, star: bool,
+                   callback: Callable[[list[Any]], object] | None,
+                   error_callback: Callable[[BaseException], object] | None) -> MapResult[Any]:
         for name, fn in (("callback", callback), ("error_callback", error_callback)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
         job = self._start_job(func, iterable, chunksize, star, False, True, tells=True)
         return self._track(MapResult(self, job, callback, error_callback))
 
-    def _track(self, result):
+    def _track(self, result: _R) -> _R:
         if not result._fired:
             with self._lock:
                 self._async_pending.add(result)
             self._async_started()
         return result
 
-    def _async_started(self):
+    def _async_started(self) -> None:
         """Results with callbacks are pending: make sure something drives
         the pool while nobody waits (the local engine starts its driver)."""
 
-    def _watch(self, task):
+    def _watch(self, task: Task[Any]) -> None:
         """Something waits on `task` without calling into it (a done-callback,
         concurrent.futures.wait): drive the pool in the background until it is done."""
         # Called under the Task's own condition (concurrent.futures.wait holds
@@ -282,7 +358,7 @@ class JobEngine:
             self._watched.add(task)
             self._async_started()
 
-    def _task_settled(self, task):
+    def _task_settled(self, task: Task[Any]) -> None:
         """A Task finished (under the lock): its done-callbacks run once the
         lock is let go, by whoever drove the pool (see _run_due)."""
         self._watched.discard(task)
@@ -290,7 +366,7 @@ class JobEngine:
             self._due.append(task)
             self._async_started()
 
-    def _run_due(self):
+    def _run_due(self) -> None:
         """Run the done-callbacks of settled Tasks (never under the lock)."""
         due = self._due
         while due:
@@ -300,7 +376,7 @@ class JobEngine:
                 return
             task._invoke_callbacks()
 
-    def _cancel_waiting_tasks(self):
+    def _cancel_waiting_tasks(self) -> None:
         """Cancel every submitted Task no worker has yet (Executor.shutdown's
         cancel_futures): the engine's _pending holds the units not sent."""
         with self._lock:
@@ -308,7 +384,7 @@ class JobEngine:
         for task in tasks:
             task.cancel()
 
-    def _fire_async(self):
+    def _fire_async(self) -> None:
         """Run the callbacks of pending results that are ready (never under the lock)."""
         self._run_due()
         if self._ajobs:
@@ -317,8 +393,9 @@ class JobEngine:
             if result._done():
                 result._fire()
 
-    def _lazy(self, fn, iterable, chunksize, star, copy, ordered, progress, retries,
-              task_timeout=None):
+    def _lazy(self, fn: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None,
+              star: bool, copy: bool, ordered: bool, progress: ProgressOption,
+              retries: int | None, task_timeout: float | None = None) -> IMapIterator[Any]:
         """imap & co.: bad arguments fail now; the work starts with the first
         next() (a generator never started runs nothing)."""
         validate.chunksize(chunksize)
@@ -333,13 +410,14 @@ class JobEngine:
                                              task_timeout, tells=True))
         return IMapIterator(self._lazy_results(ordered, progress, wait), wait, self)
 
-    def _lazy_results(self, ordered, progress, wait):
+    def _lazy_results(self, ordered: bool, progress: ProgressOption,
+                      wait: _Wait) -> Generator[Any, None, None]:
         job = wait.begin()
         yield from self._drive(job, ordered, _bar(progress, job), wait)
 
     # -- state -----------------------------------------------------------------------------
     @staticmethod
-    def _submit_kind(fn, args, kwargs) -> str:
+    def _submit_kind(fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
         """What submit(fn, *args, **kwargs) runs: "process" (a built Process,
         no arguments) or "call"; raises TypeError for anything else."""
         if is_process(fn):
@@ -354,36 +432,36 @@ class JobEngine:
     #: Whether Process items may tell (Pool.map & co.'s listen()); see _check_tells.
     _TELLS = True
 
-    def _check_tells(self):
+    def _check_tells(self) -> None:
         if not self._TELLS:
             raise NotImplementedError(
                 f"listen() on a {type(self).__name__} call: Process items cannot tell their "
                 f"caller on this backend; pass them a ray.util.queue.Queue instead")
 
-    def _check_open(self):
+    def _check_open(self) -> None:
         self._check_broken()
         if self._status != RUNNING:
             raise ValueError(f"the pool is {self._status}: no new tasks can be submitted")
 
-    def _check_broken(self):
+    def _check_broken(self) -> None:
         pass
 
-    def _change(self):
+    def _change(self) -> Any:
         return None
 
-    def _job_added(self, job):
+    def _job_added(self, job: Job) -> None:
         pass
 
-    def _results_taken(self, job):
+    def _results_taken(self, job: Job | None) -> None:
         pass
 
-    def close(self):
+    def close(self) -> None:
         """No more tasks; those already submitted still run (then join())."""
         with self._lock:
             if self._status == RUNNING:
                 self._status = CLOSED
 
-    def _read_lazy_jobs_to_the_end(self):
+    def _read_lazy_jobs_to_the_end(self) -> None:
         """join(): every submitted call finishes, as multiprocessing's do.  A
         lazy call (imap) whose caller stopped taking results would otherwise
         stay paused for ever; its results wait for the caller, or go with
@@ -398,8 +476,9 @@ class JobEngine:
         return self._n
 
     # -- one call's life ---------------------------------------------------------------------
-    def _start_job(self, fn, iterable, chunksize, star, copy, eager, retries=None,
-                   task_timeout=None, tells=False) -> Job:
+    def _start_job(self, fn: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None,
+                   star: bool, copy: bool, eager: bool, retries: int | None = None,
+                   task_timeout: float | None = None, tells: bool = False) -> Job:
         """tells: the call has a handle whose listen() hears what its
         Process items tell (imap & co., map_async), so they may tell."""
         chunksize = validate.chunksize(chunksize)
@@ -415,7 +494,7 @@ class JobEngine:
             # As the stdlib: map takes the whole input first (a list, tuple or
             # range as it is).
             items = iterable if type(iterable) in (list, tuple, range) else list(iterable)
-            total = len(items)
+            total = len(items)                  # type: ignore[arg-type]  # a list, tuple or range
             if chunksize is None:
                 chunksize = max(1, math.ceil(total / (4 * self._n))) if total else 1
             source = iter(items)
@@ -436,7 +515,8 @@ class JobEngine:
             self._job_added(job)
         return job
 
-    def _drive(self, job, ordered, bar, wait=None):
+    def _drive(self, job: Job, ordered: bool, bar: Reporter | None,
+               wait: _Wait | None = None) -> Generator[Any, None, None]:
         """Yield the job's results, driving the pool meanwhile.  With `wait`
         (an IMapIterator's), yields _TIMED_OUT once its deadline passes with
         no result in, and goes on from there at the next call."""
@@ -475,7 +555,8 @@ class JobEngine:
             if bar is not None:
                 bar.close()
 
-    def _take_ready(self, job, ordered, nxt):
+    def _take_ready(self, job: Job, ordered: bool,
+                    nxt: list[int]) -> tuple[list[list[Any]], BaseException | None, bool]:
         """Under the lock: (chunks of results ready to hand out, the error
         whose turn it is or None, whether the job is drained).  nxt[0]: for
         an ordered call, the index of the next result to hand out."""
@@ -503,7 +584,7 @@ class JobEngine:
         return ready, error, drained
 
     @staticmethod
-    def _over(job, error, drained) -> bool:
+    def _over(job: Job, error: BaseException | None, drained: bool) -> bool:
         """After handing out what was ready: raise the error whose turn it
         is (the source's once all else is drained); True when the call is done."""
         if error is not None:
@@ -514,7 +595,7 @@ class JobEngine:
             return True
         return False
 
-    def _collect(self, job, bar):
+    def _collect(self, job: Job, bar: Reporter | None) -> list[Any]:
         """map/starmap: wait for every result (the first error raises), then
         join the chunks in order."""
         try:
@@ -544,7 +625,7 @@ class JobEngine:
                 bar.update(job.finished, job.known_total())
                 bar.close()
 
-    def _end_job(self, job):
+    def _end_job(self, job: Job) -> None:
         with self._lock:
             if not job.complete() or job.ready or job.errors:
                 job.cancel()
@@ -554,6 +635,6 @@ class JobEngine:
                     pass
 
     # -- a pool is the creating process's ------------------------------------------------------
-    def __reduce__(self):
+    def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("a shmproc.Pool belongs to the process that created it and cannot be "
                         "sent to another process; create a Pool where it is used")

@@ -11,6 +11,12 @@ from __future__ import annotations
 
 import collections
 import itertools
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from ..common.timing import ProcessTimers
 
 from .task import deliver_process, writable
 
@@ -24,7 +30,19 @@ class Job:
     """One call's items and outcomes.  `fn` is the engine's handle for the
     function (an id, or a reference in an object store)."""
 
-    def __init__(self, fn, name, star, source, total, chunksize, copy, retries, seq=None):
+    # Set in __init__ (said there).
+    source: Iterator[Any] | None
+    seq: Sequence[Any] | None
+    buffered: collections.deque[Any]
+    source_error: BaseException | None
+    ready: dict[int, list[Any]]
+    errors: dict[int, BaseException]
+    size_hint: int | None
+    _messages: collections.deque[tuple[int, Any]] | None
+
+    def __init__(self, fn: Any, name: str, star: bool, source: Iterator[Any] | None,
+                 total: int | None, chunksize: int | None, copy: bool, retries: int,
+                 seq: Sequence[Any] | None = None) -> None:
         self.fn = fn
         self.name = name
         self.star = star
@@ -50,42 +68,43 @@ class Job:
         self._messages = None         # (index, message) told and not yet heard
 
     # -- sink interface (called under the engine's lock) --
-    def _sent(self):
+    def _sent(self) -> None:
         pass
 
-    def _put(self, index, value):
+    def _put(self, index: int, value: Any) -> None:
         if not self.dropped:
             self.ready[index] = [writable(value) if self.copy else value]
         self.finished += 1
 
-    def _put_many(self, index, values):
+    def _put_many(self, index: int, values: list[Any]) -> None:
         if values:
             if not self.dropped:
                 self.ready[index] = [writable(v) for v in values] if self.copy else values
             self.finished += len(values)
 
-    def _fail(self, index, exc):
+    def _fail(self, index: int, exc: BaseException) -> None:
         if not self.dropped:
             self.errors[index] = exc
         self.finished += 1
 
-    def _message(self, index, obj):
+    def _message(self, index: int, obj: Any) -> None:
         if self._messages is None:
             self._messages = collections.deque()
         self._messages.append((index, obj))
 
-    def _process_outcome(self, index, kind, value, timers, error, lap):
+    def _process_outcome(self, index: int, kind: int, value: Any, timers: ProcessTimers | None,
+                         error: Any, lap: int) -> None:
         deliver_process(self, index, kind, value, error)
 
-    def in_order(self) -> list:
+    def in_order(self) -> list[Any]:
         """Every value received, in item order (a complete job: all of them)."""
-        out = []
+        out: list[Any] = []
         for index in sorted(self.ready):
             out.extend(self.ready[index])
         return out
 
     # -- progress --
-    def known_total(self):
+    def known_total(self) -> int | None:
         """The call's item count for its progress bar: exact once known;
         for a lazy call over a sized input (a list, range, numpy array),
         that input's length; else None (the bar counts without a total)."""
@@ -112,7 +131,7 @@ class Job:
             self.dropped or self.complete() or (self.lazy and self.taken - self.handed >= self.ahead))
 
     # -- reading the input --
-    def read_chunk(self, size: int):
+    def read_chunk(self, size: int) -> tuple[int, Sequence[Any]] | None:
         """The next `size` items as (index of the first, items), or None when
         the input is exhausted.  A list, tuple or range gives slices (a
         range's slices are ranges, which cost nothing to send)."""
@@ -140,7 +159,7 @@ class Job:
         self.taken += len(items)
         return index, items
 
-    def _read(self, into, count):
+    def _read(self, into: list[Any], count: int) -> None:
         if self.source is None:
             return
         before = len(into)
@@ -152,7 +171,7 @@ class Job:
         if len(into) - before < count:
             self.source = None
 
-    def cancel(self):
+    def cancel(self) -> None:
         self.dropped = True
         self.source = None
         self.buffered.clear()

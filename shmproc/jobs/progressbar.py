@@ -10,6 +10,16 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TYPE_CHECKING, Any, Callable, TextIO
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeAlias
+
+    #: What `progress=` takes: True/False (a bar or none), a dict of tqdm's
+    #: options, or a callable taking (done, total); total is None while unknown.
+    ProgressOption: TypeAlias = bool | dict[str, Any] | Callable[[int, int | None], object] | None
+    #: What make() gives: something updated with (done, total), then closed.
+    Reporter: TypeAlias = "_Callback | ProgressBar"
 
 __all__ = ["make", "check", "ProgressBar"]
 
@@ -17,7 +27,7 @@ REDRAW_S = 0.1
 LINE_S = 2.0
 
 
-def check(progress) -> None:
+def check(progress: object) -> None:
     """Refuse what progress= cannot be, at the call (not when results come)."""
     if progress is None or isinstance(progress, (bool, dict)) or callable(progress):
         return
@@ -25,7 +35,7 @@ def check(progress) -> None:
                     f"taking (done, total), not {type(progress).__name__}")
 
 
-def make(progress, total, desc: str):
+def make(progress: ProgressOption, total: int | None, desc: str) -> Reporter | None:
     """The progress reporter a call asked for, or None."""
     check(progress)
     if not progress and not isinstance(progress, dict):
@@ -39,30 +49,31 @@ def make(progress, total, desc: str):
 class _Callback:
     """progress=fn: fn(done, total) as results come, and once at the end."""
 
-    def __init__(self, fn, total):
+    def __init__(self, fn: Callable[[int, int | None], object], total: int | None) -> None:
         self.fn = fn
         self.total = total
         self.shown = -1
 
-    def update(self, done: int, total):
+    def update(self, done: int, total: int | None) -> None:
         self.total = total
         if done != self.shown:
             self.shown = done
             self.fn(done, total)
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
 class ProgressBar:
-    def __init__(self, total, desc: str = "", stream=None, options=None):
+    def __init__(self, total: int | None, desc: str = "", stream: TextIO | None = None,
+                 options: dict[str, Any] | None = None) -> None:
         options = dict(options or {})
         self.desc = options.pop("desc", desc)
         self.stream = options.pop("file", None) or stream or sys.stderr
         self.shown = 0
         self.last_draw = 0.0
         self.started = time.monotonic()
-        self.tqdm = None
+        self.tqdm: Any = None
         self.total = total
         isatty = getattr(self.stream, "isatty", None)
         self.in_place = bool(isatty and isatty())
@@ -74,7 +85,7 @@ class ProgressBar:
             options.setdefault("unit", "task")
             self.tqdm = tqdm(total=total, desc=self.desc, file=self.stream, **options)
 
-    def update(self, done: int, total):
+    def update(self, done: int, total: int | None) -> None:
         self.total = total
         if self.tqdm is not None:
             if total is not None and self.tqdm.total != total:
@@ -90,7 +101,7 @@ class ProgressBar:
             self.last_draw = now
             self._draw(total)
 
-    def _draw(self, total, end=""):
+    def _draw(self, total: int | None, end: str = "") -> None:
         rate = self.shown / max(time.monotonic() - self.started, 1e-9)
         if total:
             width = 30
@@ -108,7 +119,7 @@ class ProgressBar:
             self.stream.write(line + "\n")        # not a terminal: one line per update
         self.stream.flush()
 
-    def close(self):
+    def close(self) -> None:
         if self.tqdm is not None:
             self.tqdm.close()
             return

@@ -21,12 +21,16 @@ import collections
 import time
 from concurrent.futures import Future
 from concurrent.futures import _base as futures_base
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .. import _native as native
 from ..common.errors import ProcessError
 from ..common.outcome import FAILED_RESULT
 from ..common.validate import callable_name
 from ..wire.detach import detach
+
+if TYPE_CHECKING:
+    from ..common.timing import ProcessTimers
 
 __all__ = ["Task", "TaskOptions", "DEFAULT_OPTIONS", "writable", "deliver_process", "listen",
            "SLICE_S"]
@@ -39,15 +43,17 @@ _RUNNING = futures_base.RUNNING
 _FINISHED = futures_base.FINISHED
 _CANCELLED = (futures_base.CANCELLED, futures_base.CANCELLED_AND_NOTIFIED)
 
+_T = TypeVar("_T")
 
-def writable(value):
+
+def writable(value: Any) -> Any:
     """copy=True: `value` with nothing left in shared memory (wire.detach)
     and no read-only array (Ray's object store gives those): private,
     writable copies of both."""
     return _writable_copies(detach(value))
 
 
-def _writable_copies(value):
+def _writable_copies(value: Any) -> Any:
     if isinstance(value, memoryview):
         return bytearray(value)
     if type(value).__name__ == "ndarray" and not value.flags.writeable:
@@ -61,7 +67,7 @@ def _writable_copies(value):
     return value
 
 
-def deliver_process(sink, index, kind, value, error):
+def deliver_process(sink: Any, index: int, kind: int, value: Any, error: Any) -> None:
     """A Process task's outcome: its result, or its error with the worker's traceback."""
     if kind == FAILED_RESULT and isinstance(value, BaseException):
         if isinstance(value, ProcessError):
@@ -77,13 +83,15 @@ class TaskOptions:
 
     __slots__ = ("copy", "retries", "timeout_ns", "on_error")
 
-    def __init__(self, copy=False, retries=None, timeout_ns=None, on_error=None):
+    def __init__(self, copy: bool = False, retries: int | None = None,
+                 timeout_ns: int | None = None,
+                 on_error: Callable[[BaseException], BaseException] | None = None) -> None:
         self.copy = copy              # writable private copies of the result's arrays
         self.retries = retries        # None: the pool's
         self.timeout_ns = timeout_ns  # how long a call may run (0: no limit; None: the pool's)
         self.on_error = on_error      # maps an error before the Future holds it
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         timeout = None if self.timeout_ns is None else self.timeout_ns / 1e9
         return f"TaskOptions(copy={self.copy}, retries={self.retries}, task_timeout={timeout})"
 
@@ -91,19 +99,20 @@ class TaskOptions:
 DEFAULT_OPTIONS = TaskOptions()
 
 
-class _Watched(list):
+class _Watched(list[Any]):
     """A Future's _waiters list that tells the Task when concurrent.futures.wait
     or as_completed start waiting on it: from then on the pool must be
     driven in the background, since those waiters never call into the Task."""
 
     __slots__ = ("task",)
+    task: Task[Any]
 
-    def append(self, waiter):
+    def append(self, waiter: Any) -> None:
         super().append(waiter)
         self.task._watched()
 
 
-class Task(Future):
+class Task(Future[_T]):
     """The handle Pool.submit returns: a concurrent.futures.Future.
 
     result(timeout), exception(timeout), done(), cancel(), cancelled(),
@@ -111,7 +120,14 @@ class Task(Future):
     is shmproc's own (block until done without raising).
     """
 
-    def __init__(self, pool, name, proc=None, retries=0, options=DEFAULT_OPTIONS):
+    _unit: Any
+    _messages: collections.deque[Any] | None
+    if TYPE_CHECKING:   # concurrent.futures.Future's own, which the engine runs
+        _done_callbacks: list[Callable[[Future[Any]], object]]
+        def _invoke_callbacks(self) -> None: ...
+
+    def __init__(self, pool: Any, name: Any, proc: Any = None, retries: int | None = 0,
+                 options: TaskOptions = DEFAULT_OPTIONS) -> None:
         super().__init__()
         self._waiters = _Watched()
         self._waiters.task = self
@@ -127,18 +143,18 @@ class Task(Future):
         self._messages = None         # what a submitted Process told (self.tell), not yet heard
 
     # -- sink interface (called under the pool lock) --
-    def _put(self, index, value):
+    def _put(self, index: int, value: Any) -> None:
         self._settle(writable(value) if self._copy else value, None)
 
-    def _put_many(self, index, values):
+    def _put_many(self, index: int, values: list[Any]) -> None:
         self._put(index, values[0])
 
-    def _fail(self, index, exc):
+    def _fail(self, index: int, exc: BaseException) -> None:
         if self._on_error is not None:
             exc = self._on_error(exc)
         self._settle(None, exc)
 
-    def _settle(self, value, error):
+    def _settle(self, value: Any, error: BaseException | None) -> None:
         with self._condition:
             if self._state in _CANCELLED or self._state == _FINISHED:
                 return                    # cancelled meanwhile: the outcome is ignored
@@ -155,18 +171,19 @@ class Task(Future):
         self._unit = None                 # no cycle: a result's memory goes with the Task
         self._pool._task_settled(self)
 
-    def _process_outcome(self, index, kind, value, timers, error, lap):
+    def _process_outcome(self, index: int, kind: int, value: Any, timers: ProcessTimers | None,
+                         error: Any, lap: int) -> None:
         if self._proc is not None:
             self._proc.timers = timers
             self._proc.error = error
         deliver_process(self, index, kind, value, error)
 
-    def _sent(self):
+    def _sent(self) -> None:
         with self._condition:
             if self._state == _PENDING:
                 self._state = _RUNNING
 
-    def _cancel(self):
+    def _cancel(self) -> None:
         """The pool ended before the task did: it counts as cancelled, even
         if a worker had it (a Future cannot be cancelled once running, so
         the state is set here rather than through Future.cancel)."""
@@ -181,12 +198,12 @@ class Task(Future):
         self._unit = None
         self._pool._task_settled(self)
 
-    def _message(self, index, obj):
+    def _message(self, index: int, obj: Any) -> None:
         if self._messages is None:
             self._messages = collections.deque()
         self._messages.append(obj)
 
-    def listen(self, timeout: float | None = None):
+    def listen(self, timeout: float | None = None) -> Any:
         """The next message a submitted Process task told (`self.tell` in
         its hooks), or None once `timeout` seconds pass; with None, waits
         until one comes or the task is done and all were heard."""
@@ -196,7 +213,7 @@ class Task(Future):
         """Done or cancelled, without driving the pool."""
         return self._state == _FINISHED or self._state in _CANCELLED
 
-    def _watched(self):
+    def _watched(self) -> None:
         if not self._finished():
             self._pool._watch(self)
 
@@ -219,7 +236,7 @@ class Task(Future):
         self.set_running_or_notify_cancel()       # wait()/as_completed learn it now
         return True
 
-    def add_done_callback(self, fn):
+    def add_done_callback(self, fn: Callable[[Future[_T]], object]) -> None:
         """fn(task) once the task is done, in this process; at once if it is."""
         super().add_done_callback(fn)
         self._watched()
@@ -235,22 +252,23 @@ class Task(Future):
             pool._wait_step(SLICE_S if left is None else min(left, SLICE_S))
         return True
 
-    def result(self, timeout: float | None = None):
+    def result(self, timeout: float | None = None) -> _T:
         """The task's return value, waiting up to `timeout` seconds (None:
         for ever); raises what the task raised, CancelledError, or
         TimeoutError (concurrent.futures') if it is not done in time."""
         if self._state != _FINISHED:
             self.wait(timeout)
         elif self._exception is None:
-            return self._result           # set before _state, under the condition
+            # _result is set before _state, under the condition.
+            return self._result           # type: ignore[return-value]  # not None: a _T
         return super().result(timeout=0)
 
-    def exception(self, timeout: float | None = None):
+    def exception(self, timeout: float | None = None) -> BaseException | None:
         """What the task raised (None if it returned), waiting as result() does."""
         self.wait(timeout)
         return super().exception(timeout=0)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self._state in _CANCELLED:
             state = "cancelled"
         else:
@@ -259,7 +277,7 @@ class Task(Future):
         return f"<shmproc.Task {name} {state}>"
 
 
-def listen(engine, sink, over, timeout):
+def listen(engine: Any, sink: Any, over: Callable[[], bool], timeout: float | None) -> Any:
     """The next of `sink._messages` (what Process tasks told), driving
     `engine` meanwhile; None once `timeout` passes, or once over() holds
     and every message was heard (timeout None: waits for one of the two)."""

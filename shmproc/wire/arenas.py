@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 from .. import _native as native
 from ..common import lifecycle
@@ -26,12 +27,12 @@ MAX_KEPT_BYTES = 1 << 30
 
 
 class ArenaPool:
-    def __init__(self):
+    def __init__(self) -> None:
         # Reentrant: an unmap callback may run in a GC pass inside a locked
         # section of the same thread (the fork hooks hold it across fork).
         self.lock = threading.RLock()
-        self.kept: list = []            # (fd, bytes of pages it holds)
-        self.exposed: dict = {}         # id(box) -> box, of arenas whose views users hold
+        self.kept: list[tuple[int, int]] = []   # (fd, bytes of pages it holds)
+        self.exposed: dict[int, dict[str, Any]] = {}    # id(box) -> box, of exposed arenas
 
     def take(self) -> native.Arena:
         """An arena for a new run: a kept one if any, else a new one."""
@@ -39,17 +40,18 @@ class ArenaPool:
             fd = self.kept.pop()[0] if self.kept else None
         # The descriptor belongs to the mapping: it comes back here when the
         # mapping goes.  Never close such an Arena's fd yourself.
-        box = {"fd": -1, "pinned": False, "pid": os.getpid()}
+        box: dict[str, Any] = {"fd": -1, "pinned": False, "pid": os.getpid()}
         on_unmap = lambda: self._returned(box)         # noqa: E731
+        arena: native.Arena
         if fd is None:
             arena = native.Arena.create(ARENA_BYTES, on_unmap=on_unmap)
         else:
             arena = native.Arena.attach(fd, on_unmap=on_unmap)
         box["fd"] = arena.fd
-        arena.box = box
+        arena.box = box                 # type: ignore[assignment]  # Arena.box: None until set
         return arena
 
-    def expose(self, arena):
+    def expose(self, arena: native.Arena) -> None:
         """Views of `arena` were handed to the user: if this process forks
         while they live, a child holds them too, so the pages must never
         be reused for another run (see _pin_for_fork)."""
@@ -59,7 +61,7 @@ class ArenaPool:
         with self.lock:
             self.exposed[id(box)] = box
 
-    def _returned(self, box):
+    def _returned(self, box: dict[str, Any]) -> None:
         fd = box["fd"]
         with self.lock:
             self.exposed.pop(id(box), None)
@@ -78,14 +80,14 @@ class ArenaPool:
                 return
         os.close(fd)
 
-    def trim(self):
+    def trim(self) -> None:
         """Close every kept arena (tests, and memory-conscious callers)."""
         with self.lock:
             kept, self.kept = self.kept, []
         for fd, _ in kept:
             os.close(fd)
 
-    def _pin_for_fork(self):
+    def _pin_for_fork(self) -> None:
         # A fork child inherits the mappings of the views the user holds;
         # once the parent drops its views the arena would be reused under
         # the child.  So such arenas are never reused, only freed.  The lock
@@ -95,10 +97,10 @@ class ArenaPool:
         for box in self.exposed.values():
             box["pinned"] = True
 
-    def _forked_parent(self):
+    def _forked_parent(self) -> None:
         self.lock.release()
 
-    def _after_fork_in_child(self):
+    def _after_fork_in_child(self) -> None:
         self.lock = threading.RLock()
         self.exposed = {}
         kept, self.kept = self.kept, []

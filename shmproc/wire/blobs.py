@@ -52,6 +52,7 @@ import struct
 import threading
 import time
 import zlib
+from typing import Any, Callable, Sequence
 
 from ..common import faults
 from ..common.errors import CorruptSharedMemoryError
@@ -108,32 +109,33 @@ class Sent:
 
     __slots__ = ("blob", "token", "nonce", "ring", "ring_id", "seq", "taken_at")
 
-    def __init__(self, blob, token, nonce):
+    def __init__(self, blob: native.Blob, token: FlushToken, nonce: int) -> None:
         self.blob = blob
         self.token = token
         self.nonce = nonce
-        self.ring = None            # the ring its descriptor was put on (put_tracked)
-        self.ring_id = None         # that ring's (st_dev, st_ino), to find who else holds it
+        self.ring: Any = None       # the ring its descriptor was put on (put_tracked)
+        self.ring_id: tuple[int, int] | None = None  # its (st_dev, st_ino): who else holds it
         self.seq = 0                # records put on that ring before it
-        self.taken_at = None        # when its record was first seen taken
+        self.taken_at: float | None = None   # when its record was first seen taken
 
     def record_taken(self) -> bool:
         ring = self.ring
         if ring is None or ring.closed:
             return False
-        return ring.taken() > self.seq
+        taken: int = ring.taken()
+        return taken > self.seq
 
 
 class BlobPool:
     """Blobs this process produced: in flight, and free for reuse."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.in_flight: list = []       # Sent: published or opened
-        self.free: list = []            # released blobs, ready for reuse
+        self.in_flight: list[Sent] = []     # published or opened
+        self.free: list[native.Blob] = []   # released blobs, ready for reuse
         self.registered = False
 
-    def acquire(self, need: int):
+    def acquire(self, need: int) -> native.Blob:
         """A blob with at least `need` payload bytes, reused when possible."""
         with self.lock:
             for blob in list(self.free):
@@ -145,9 +147,11 @@ class BlobPool:
                 elif need <= blob.size <= need + need // 4 + 65536:
                     self.free.remove(blob)
                     return blob
-        return native.Blob.create(_granule(need))
+        fresh: native.Blob = native.Blob.create(_granule(need))
+        return fresh
 
-    def publish(self, blob, token, describe) -> tuple:
+    def publish(self, blob: native.Blob, token: FlushToken,
+                describe: Callable[[int], bytes]) -> tuple[bytes, Sent]:
         """Give `blob` a new identity, count it in flight; returns
         (descriptor, Sent), the descriptor made by describe(nonce)."""
         nonce = int.from_bytes(os.urandom(8), "little")
@@ -168,7 +172,7 @@ class BlobPool:
                 self.registered = True
         return desc, sent
 
-    def retract(self, sent: Sent):
+    def retract(self, sent: Sent) -> None:
         """A put of `sent`'s descriptor failed: nobody saw it; reuse the blob."""
         with self.lock:
             try:
@@ -177,10 +181,11 @@ class BlobPool:
                 return
             self._recycle(sent.blob)
 
-    def sweep(self):
+    def sweep(self) -> None:
         """Recycle released blobs, bound the opened ones; cheap when idle."""
         with self.lock:
-            keep, opened = [], 0
+            keep: list[Sent] = []
+            opened = 0
             for sent in reversed(self.in_flight):     # newest first
                 blob = sent.blob
                 state = blob.load_word(_STATE)
@@ -194,19 +199,21 @@ class BlobPool:
             keep.reverse()
             self.in_flight = keep
 
-    def _recycle(self, blob):
+    def _recycle(self, blob: native.Blob) -> None:
         free_bytes = sum(b.size for b in self.free)
         if len(self.free) < MAX_FREE_BLOBS and free_bytes + blob.size <= MAX_FREE_BYTES:
             self.free.append(blob)
         else:
             blob.close_fd()
 
-    def _unopened(self, token, now, holders):
+    def _unopened(self, token: FlushToken | None, now: float,
+                  holders: Callable[[tuple[int, int]], bool]) -> list[Sent]:
         """Blobs of `token` (all, if None) still waiting for a live reader.
         Given up: those whose record was taken TAKEN_GRACE ago and still not
         opened (their reader died), and those on a ring no other process
         holds any more (`holders(ring_id)` says; nobody can ever read them)."""
-        waiting, abandoned = [], []
+        waiting: list[Sent] = []
+        abandoned: list[Sent] = []
         with self.lock:
             for sent in self.in_flight:
                 if token is not None and sent.token is not token:
@@ -231,7 +238,7 @@ class BlobPool:
             sent.blob.close_fd()
         return waiting
 
-    def wait_opened(self, token, deadline) -> bool:
+    def wait_opened(self, token: FlushToken | None, deadline: float) -> bool:
         """Wait until every blob of `token` (all, if None) was opened by a
         consumer, or can no longer be (see _unopened)."""
         holders = _HolderCheck()
@@ -246,16 +253,17 @@ class BlobPool:
                 return False
             waiting[0].blob.wait_word(_STATE, _WAITERS, PUBLISHED, int(min(left, 0.05) * 1e9))
 
-    def flush_at_exit(self):
+    def flush_at_exit(self) -> None:
         self.wait_opened(None, time.monotonic() + EXIT_FLUSH_TIMEOUT)
         self.close_all()
 
-    def trim(self):
+    def trim(self) -> None:
         """Drop the free list and the descriptors of opened blobs (kept only
         for reuse: their readers hold their own mappings).  Queue.close and
         tests call this."""
         with self.lock:
-            free, self.free, keep = self.free, [], []
+            keep: list[Sent] = []
+            free, self.free = self.free, []
             for sent in self.in_flight:
                 if sent.blob.load_word(_STATE) == OPENED:
                     free.append(sent.blob)
@@ -279,7 +287,7 @@ class BlobPool:
                     return sent.blob.load_word(_STATE) == PUBLISHED
         return False
 
-    def discard(self, fd: int, nonce: int):
+    def discard(self, fd: int, nonce: int) -> None:
         """Forget blob (fd, nonce) (its record will never be read): close our descriptor."""
         with self.lock:
             mine = [s for s in self.in_flight if s.blob.fd == fd and s.nonce == nonce]
@@ -287,7 +295,7 @@ class BlobPool:
         for sent in mine:
             sent.blob.close_fd()
 
-    def drop(self, token):
+    def drop(self, token: FlushToken) -> None:
         """Close our descriptors of `token`'s blobs: their reader is gone."""
         with self.lock:
             mine = [s.blob for s in self.in_flight if s.token is token]
@@ -295,14 +303,14 @@ class BlobPool:
         for blob in mine:
             blob.close_fd()
 
-    def close_all(self):
+    def close_all(self) -> None:
         with self.lock:
             blobs = [s.blob for s in self.in_flight] + self.free
             self.in_flight, self.free = [], []
         for blob in blobs:
             blob.close_fd()
 
-    def after_fork_in_child(self):
+    def after_fork_in_child(self) -> None:
         # The child holds copies of the parent's descriptors; they are the
         # parent's business, so the child just closes its copies.
         self.lock = threading.Lock()
@@ -325,10 +333,10 @@ class _HolderCheck:
     readers are assumed alive.
     """
 
-    def __init__(self):
-        self.seen = {}              # ring id -> (answer, when)
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, int], tuple[bool, float]] = {}   # ring id -> (answer, when)
 
-    def __call__(self, ring_id) -> bool:
+    def __call__(self, ring_id: tuple[int, int]) -> bool:
         now = time.monotonic()
         known = self.seen.get(ring_id)
         if known is not None and now - known[1] < HOLDER_CHECK_S:
@@ -345,7 +353,7 @@ HolderCheck = _HolderCheck       # for channels/chain.py: who else holds a ring
 HOLDER_CHECK_S = 0.25
 
 
-def _held_elsewhere(ring_id) -> bool:
+def _held_elsewhere(ring_id: tuple[int, int]) -> bool:
     dev, ino = ring_id
     me = os.getpid()
     try:
@@ -383,11 +391,12 @@ class FlushToken:
 
     __slots__ = ("wait",)
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.wait = True
 
 
-def encode_blob(main: bytes, kind: int, raws, token):
+def encode_blob(main: bytes, kind: int, raws: Sequence[memoryview],
+                token: FlushToken) -> tuple[bytes, Sent]:
     """Copy `main` and the buffers `raws` into a published blob; returns
     (descriptor, Sent).  Retract the Sent if the descriptor is never put."""
     places, end = layout.place(HEADER + len(main), raws)
@@ -402,7 +411,7 @@ def encode_blob(main: bytes, kind: int, raws, token):
         pid, blob.fd, blob.size, len(main), kind, len(places), nonce) + tail)
 
 
-def encode(main: bytes, kind: int, raws, token) -> bytes:
+def encode(main: bytes, kind: int, raws: Sequence[memoryview], token: FlushToken) -> bytes:
     """Copy `main` and the buffers `raws` into a blob; returns its descriptor."""
     return encode_blob(main, kind, raws, token)[0]
 
@@ -410,7 +419,7 @@ def encode(main: bytes, kind: int, raws, token) -> bytes:
 class _Lost:
     __slots__ = ()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<lost out-of-band item>"
 
 
@@ -419,11 +428,11 @@ class _Lost:
 LOST = _Lost()
 
 
-def _corrupt(what: str):
+def _corrupt(what: str) -> CorruptSharedMemoryError:
     return CorruptSharedMemoryError(f"out-of-band descriptor {what}")
 
 
-def _layout(record, size, main_len, nbufs):
+def _layout(record: Any, size: int, main_len: int, nbufs: int) -> list[tuple[int, int]]:
     """The buffers' (offset, length), checked against the blob's size."""
     if HEADER + main_len > size:
         raise _corrupt(f"says its {main_len}-byte main part fits a {size}-byte segment")
@@ -433,7 +442,7 @@ def _layout(record, size, main_len, nbufs):
                                  f"{size}-byte segment"))
 
 
-def decode(record, copy: bool):
+def decode(record: Any, copy: bool) -> Any:
     """Descriptor -> (main view, kind, buffers) or LOST.
 
     Everything is checked before anything is written to the segment: the
@@ -471,7 +480,7 @@ def decode(record, copy: bool):
     return main, kind, buffers
 
 
-def _claim(blob, record, size, nonce):
+def _claim(blob: native.Blob, record: Any, size: int, nonce: int) -> bool:
     """Check that `blob` holds the item `record` describes, then claim it;
     False if it holds another; CorruptSharedMemoryError if it is claimed."""
     view = memoryview(blob.buffer)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from typing import Any
 
 from .. import _native as native
 
@@ -26,7 +27,7 @@ _ATOMS = frozenset((int, float, complex, bool, str, bytes, bytearray, type(None)
                     range, slice, frozenset, set))
 
 
-def detach(value):
+def detach(value: Any) -> Any:
     """`value` with its arrays and buffers that lie in shared memory copied
     out (writable copies); the same object when there are none."""
     t = type(value)
@@ -46,11 +47,11 @@ def detach(value):
     return _detach_other(value)
 
 
-def _in_view(address) -> bool:
+def _in_view(address: int | None) -> bool:
     return address is not None and native.is_private_view(address)
 
 
-def _detach_view(view: memoryview):
+def _detach_view(view: memoryview) -> memoryview:
     address = native.buffer_address(view)
     if address is None:                 # not contiguous: look at what it views
         address = native.buffer_address(view.obj)
@@ -58,14 +59,14 @@ def _detach_view(view: memoryview):
         return view
     copy = memoryview(bytearray(view.tobytes()))
     if view.format != "B" or view.ndim != 1:
-        copy = copy.cast(view.format, view.shape)
+        copy = copy.cast(view.format, view.shape)   # type: ignore[call-overload]
     return copy.toreadonly() if view.readonly else copy
 
 
-def _detach_other(value):
-    buffers = []
+def _detach_other(value: Any) -> Any:
+    buffers: list[memoryview] = []
 
-    def out_of_band(pb):
+    def out_of_band(pb: pickle.PickleBuffer) -> bool:
         try:
             raw = pb.raw()
         except BufferError:             # not contiguous: pickle copies it in-band

@@ -18,6 +18,7 @@ entry against the segment before anything is addressed.
 from __future__ import annotations
 
 import struct
+from typing import Any, Callable, Iterable, Sequence
 
 from .. import _native as native
 
@@ -31,10 +32,10 @@ def align64(n: int) -> int:
     return (n + 63) & ~63
 
 
-def place(start: int, raws) -> tuple:
+def place(start: int, raws: Sequence[memoryview]) -> tuple[list[tuple[int, int]], int]:
     """(layout, end): an (offset, length) for each buffer in `raws`, the
     first at or after `start`, and the offset just past the last."""
-    layout = []
+    layout: list[tuple[int, int]] = []
     off = align64(start)
     for raw in raws:
         off = native.copy_offset(off, raw)
@@ -43,20 +44,22 @@ def place(start: int, raws) -> tuple:
     return layout, off
 
 
-def copy_in(view, raws, layout) -> None:
+def copy_in(view: memoryview, raws: Sequence[memoryview],
+            layout: Sequence[tuple[int, int]]) -> None:
     """Copy each buffer to its place (the one copy a large buffer costs)."""
     for raw, (o, n) in zip(raws, layout):
         view[o:o + n] = raw
 
 
-def table(layout) -> bytes:
+def table(layout: Iterable[tuple[int, int]]) -> bytes:
     return b"".join(TABLE_ENTRY.pack(o, n) for o, n in layout)
 
 
-def read_table(data, at: int, count: int, lowest: int, size: int, corrupt) -> list:
+def read_table(data: Any, at: int, count: int, lowest: int, size: int,
+               corrupt: Callable[[int, int, int], BaseException]) -> list[tuple[int, int]]:
     """The `count` entries of a table at `data[at:]`, each checked to lie in
     [lowest, size); a bad one raises corrupt(index, offset, length)."""
-    layout = []
+    layout: list[tuple[int, int]] = []
     for i in range(count):
         o, n = TABLE_ENTRY.unpack_from(data, at + i * TABLE_ENTRY.size)
         if o < lowest or o > size or n > size - o:
@@ -65,7 +68,8 @@ def read_table(data, at: int, count: int, lowest: int, size: int, corrupt) -> li
     return layout
 
 
-def reader_views(shared, layout, fd: int, copy: bool) -> list:
+def reader_views(shared: Any, layout: Sequence[tuple[int, int]], fd: int,
+                 copy: bool) -> list[Any]:
     """The buffers at `layout` in the segment behind `fd`, whose shared
     mapping is `shared` (a buffer), for the reader: private copies if
     `copy`, else writable copy-on-write views of one private mapping over

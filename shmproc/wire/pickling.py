@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import io
 import pickle
+from typing import TYPE_CHECKING, Any, Callable
 
-from ..common.errors import SerializationError  # defined with the other errors; re-exported here
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+from ..common.errors import SerializationError as SerializationError  # re-exported here
 
 PROTOCOL = 5
 
@@ -30,8 +34,8 @@ OOB_THRESHOLD = 256 * 1024
 _MAIN_MARKER = b"main__"
 
 
-def _collector(buffers: list):
-    def keep(pb: pickle.PickleBuffer):
+def _collector(buffers: list[pickle.PickleBuffer]) -> Callable[[pickle.PickleBuffer], bool]:
+    def keep(pb: pickle.PickleBuffer) -> bool:
         try:
             nbytes = pb.raw().nbytes
         except BufferError:          # not contiguous: let pickle copy it in-band
@@ -43,21 +47,22 @@ def _collector(buffers: list):
     return keep
 
 
-def _cloudpickle(obj, buffers: list) -> bytes:
+def _cloudpickle(obj: object, buffers: list[pickle.PickleBuffer]) -> bytes:
     import cloudpickle          # imported on first need: a spawn child may never need it
     f = io.BytesIO()
     cloudpickle.Pickler(f, protocol=PROTOCOL, buffer_callback=_collector(buffers)).dump(obj)
     return f.getvalue()
 
 
-def dumps(obj, same_main: bool = False) -> tuple[bytes, list]:
+def dumps(obj: object, same_main: bool = False) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Serialize `obj`; returns (pickle bytes, out-of-band PickleBuffers).
 
     same_main: the reader shares this process's __main__ (a fork child), so
     references to __main__ objects resolve there and need not be shipped by
     value (which costs ~1 ms for a class).
     """
-    buffers: list = []
+    buffers: list[pickle.PickleBuffer] = []
+    data: bytes | None
     try:
         data = pickle.dumps(obj, PROTOCOL, buffer_callback=_collector(buffers))
     except Exception:           # noqa: BLE001 - any refusal: let cloudpickle try, then explain
@@ -75,19 +80,20 @@ def dumps(obj, same_main: bool = False) -> tuple[bytes, list]:
         ) from exc
 
 
-def loads(data, buffers=()):
+def loads(data: Any, buffers: Iterable[Any] = ()) -> Any:
     """Inverse of dumps; `buffers` are the out-of-band buffers in order."""
     return pickle.loads(data, buffers=buffers)
 
 
-def find_unpicklable(obj, root: str = "self", max_depth: int = 6):
+def find_unpicklable(obj: object, root: str = "self",
+                     max_depth: int = 6) -> tuple[str, type, BaseException] | None:
     """(path, type, error) of the deepest part of `obj` that cannot be
     serialized, or None.  Only called after a failure, so its cost does not
     matter; it names the culprit, e.g. ``self.conn.sock``.
     """
-    seen = set()
+    seen: set[int] = set()
 
-    def children(o, path):
+    def children(o: Any, path: str) -> Iterator[tuple[str, Any]]:
         if isinstance(o, dict):
             for k, v in o.items():
                 yield (f"{path}.{k}" if path == root and isinstance(k, str) else f"{path}[{k!r}]"), v
@@ -98,7 +104,7 @@ def find_unpicklable(obj, root: str = "self", max_depth: int = 6):
             for k, v in vars(o).items():
                 yield f"{path}.{k}", v
 
-    def walk(o, path, depth):
+    def walk(o: object, path: str, depth: int) -> tuple[str, type, BaseException] | None:
         if id(o) in seen or depth > max_depth:
             return None
         seen.add(id(o))
@@ -112,7 +118,7 @@ def find_unpicklable(obj, root: str = "self", max_depth: int = 6):
     return walk(obj, root, 0)
 
 
-def preload_for_fork_children():
+def preload_for_fork_children() -> None:
     """Import cloudpickle now, in a parent about to fork workers: they then
     inherit it.  Every function of a __main__ script comes to a worker as a
     cloudpickle, and importing it in each worker at its first task cost ~6 ms
@@ -120,16 +126,17 @@ def preload_for_fork_children():
     import cloudpickle  # noqa: F401
 
 
-def pickle_function(fn) -> bytes:
+def pickle_function(fn: object) -> bytes:
     """A task's callable as one in-band pickle (it is sent to each worker once)."""
     main, bufs = dumps(fn)
     if not bufs:
         return main
     import cloudpickle
-    return cloudpickle.dumps(fn, protocol=PROTOCOL)
+    data: bytes = cloudpickle.dumps(fn, protocol=PROTOCOL)
+    return data
 
 
-def unserializable(proc, exc) -> SerializationError:
+def unserializable(proc: Any, exc: BaseException) -> SerializationError:
     """The error for a Process object whose state cannot be sent to a worker:
     names the attribute that holds the culprit, and what to do instead."""
     found = find_unpicklable(proc.__getstate__(), "self")

@@ -27,9 +27,17 @@ from __future__ import annotations
 
 import os
 import weakref
+from typing import TYPE_CHECKING, Any
 
 from .. import _native as native
 from ..common.errors import CorruptSharedMemoryError, SharedMemoryError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from .._native import Arena
 
 __all__ = ["share", "SharedArray", "empty_shared"]
 
@@ -38,31 +46,32 @@ _HEADER = 64                    # nonce (8) · data bytes (8) · padding: data i
 try:
     import numpy as _np
 except ImportError:             # numpy is optional at import; shared arrays need it
-    _np = None
+    _np = None                  # type: ignore[assignment]
 
 
 class _Segment:
     """This process's hold on one shared segment: its descriptor and mapping."""
 
     __slots__ = ("arena", "nonce", "nbytes", "address", "writable", "__weakref__")
+    address: int
 
-    def __init__(self, arena, nonce, nbytes, writable):
+    def __init__(self, arena: Arena, nonce: int, nbytes: int, writable: bool) -> None:
         self.arena = arena
         self.nonce = nonce
         self.nbytes = nbytes
         self.writable = writable
-        self.address = native.buffer_address(arena.buffer) + _HEADER
+        self.address = native.buffer_address(arena.buffer) + _HEADER   # type: ignore[operator]
         weakref.finalize(self, arena.close)        # the descriptor goes with the last holder
 
-    def ref(self):
+    def ref(self) -> tuple[int, int, int, int, bool]:
         return (os.getpid(), self.arena.fd, self.nonce, self.nbytes, self.writable)
 
-    def data(self):
+    def data(self) -> memoryview:
         view = memoryview(self.arena.buffer)[_HEADER:_HEADER + self.nbytes]
         return view if self.writable else view.toreadonly()
 
-    def holds(self, arr) -> bool:
-        start = arr.__array_interface__["data"][0]
+    def holds(self, arr: Any) -> bool:
+        start: int = arr.__array_interface__["data"][0]
         return self.address <= start and start + max(arr.nbytes, 0) <= self.address + self.nbytes
 
 
@@ -70,12 +79,12 @@ class _Segment:
 _segments: "weakref.WeakValueDictionary[int, _Segment]" = weakref.WeakValueDictionary()
 
 
-def _need_numpy():
+def _need_numpy() -> None:
     if _np is None:
         raise ImportError("shared arrays need numpy: pip install numpy")
 
 
-def _check_dtype(dtype):
+def _check_dtype(dtype: Any) -> None:
     if dtype.hasobject:
         raise TypeError(f"cannot share an array of dtype {dtype}: it holds Python objects, "
                         f"which live in one process's memory; convert it to a numeric, string "
@@ -94,7 +103,7 @@ def _new_segment(nbytes: int, writable: bool) -> _Segment:
     return seg
 
 
-def _open_segment(pid, fd, nonce, nbytes, writable) -> _Segment:
+def _open_segment(pid: int, fd: int, nonce: int, nbytes: int, writable: bool) -> _Segment:
     seg = _segments.get(nonce)
     if seg is not None and seg.nbytes == nbytes:
         return seg
@@ -117,7 +126,7 @@ def _open_segment(pid, fd, nonce, nbytes, writable) -> _Segment:
     return seg
 
 
-def _view(seg, shape, dtype, offset, strides):
+def _view(seg: _Segment, shape: Any, dtype: Any, offset: int, strides: Any) -> SharedArray:
     # Through frombuffer: numpy then refuses `flags.writeable = True` on a
     # read-only share (an ndarray made straight on a read-only buffer allows it).
     flat = _np.frombuffer(seg.data(), dtype=_np.uint8)
@@ -127,7 +136,8 @@ def _view(seg, shape, dtype, offset, strides):
     return out
 
 
-def _rebuild(ref, offset, shape, dtype, strides):
+def _rebuild(ref: tuple[int, int, int, int, bool], offset: int, shape: Any, dtype: Any,
+             strides: Any) -> SharedArray:
     _need_numpy()
     return _view(_open_segment(*ref), shape, dtype, offset, strides)
 
@@ -138,22 +148,22 @@ if _np is not None:
         (see the module doc).  Results of arithmetic on it are ordinary
         arrays' worth of new memory: they pickle as usual, by value."""
 
-        _shm = None
+        _shm: _Segment | None = None
 
-        def __array_finalize__(self, obj):
+        def __array_finalize__(self, obj: Any) -> None:
             seg = getattr(obj, "_shm", None)
             # A view of shared memory stays a reference; a new array (a
             # ufunc's result, a copy) does not point into the segment.
             self._shm = seg if seg is not None and seg.holds(self) else None
 
-        def __reduce_ex__(self, protocol):
+        def __reduce_ex__(self, protocol: Any) -> Any:
             seg = self._shm
             if seg is None or not seg.holds(self):
                 return _np.asarray(self).copy().__reduce_ex__(protocol)
             offset = self.__array_interface__["data"][0] - seg.address
             return _rebuild, (seg.ref(), offset, self.shape, self.dtype, self.strides)
 
-        def __reduce__(self):
+        def __reduce__(self) -> Any:
             return self.__reduce_ex__(2)
 
         @property
@@ -161,10 +171,10 @@ if _np is not None:
             """True while this array's memory lies in a shared segment."""
             return self._shm is not None
 else:                                   # pragma: no cover - numpy is installed for the tests
-    SharedArray = None
+    SharedArray = None                          # type: ignore[misc]
 
 
-def share(array, *, writable: bool = False):
+def share(array: ArrayLike, *, writable: bool = False) -> SharedArray:
     """A SharedArray holding a copy of `array` (made once): pass it to
     Processes, Pool tasks and Queues, and each process maps the same
     memory.  writable=True: writes through any holder are seen by all."""
@@ -180,7 +190,8 @@ def share(array, *, writable: bool = False):
     return _view(seg, arr.shape, arr.dtype, 0, None)
 
 
-def empty_shared(shape, dtype=float, *, writable: bool = True):
+def empty_shared(shape: int | Sequence[int], dtype: DTypeLike = float, *,
+                 writable: bool = True) -> SharedArray:
     """A new SharedArray of zeros (shared memory starts zeroed), writable
     by default: the way to fill a shared output from many workers."""
     _need_numpy()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+from typing import Any, Iterable
 
 from . import blobs
 from . import pickling as wire
@@ -60,12 +61,13 @@ _loads = pickle.loads
 _MAIN_MARKER = wire._MAIN_MARKER
 
 
-def encode(op: int, ident: int, payload, token, slot: int = 0, elapsed_us: int = 0,
-           flags: int = 0) -> bytes:
+def encode(op: int, ident: int, payload: object, token: Any, slot: int = 0,
+           elapsed_us: int = 0, flags: int = 0) -> bytes:
     """A record; raises wire.SerializationError if `payload` cannot be pickled."""
     # Fast path, the common small task or result: the C pickler took it, no
     # buffers and nothing from __main__.  Anything else goes the long way.
-    bufs = []
+    bufs: list[Any] = []
+    main: bytes | None
     try:
         main = _dumps(payload, 5, buffer_callback=bufs.append)
     except Exception:                       # noqa: BLE001 - wire.dumps explains or copes
@@ -84,7 +86,7 @@ def encode(op: int, ident: int, payload, token, slot: int = 0, elapsed_us: int =
 _NUMBERS = frozenset((int, float, bool, type(None)))
 
 
-def encode_calls(fn_id: int, items, ids) -> list:
+def encode_calls(fn_id: int, items: Iterable[Any], ids: Iterable[int]) -> list[bytes | None]:
     """OP_CALL records for fn(item), one per item (a map with chunksize 1),
     with the common case inline: a list of records, None where an item
     needs encode()'s general path (buffers out-of-band, a reference to
@@ -92,14 +94,15 @@ def encode_calls(fn_id: int, items, ids) -> list:
     no call per item beyond pickle's own."""
     pack, dumps, marker = _pack, _dumps, _MAIN_MARKER
     numbers = _NUMBERS
-    oob = []                  # buffers pickle wants out-of-band: then the general path
+    oob: list[pickle.PickleBuffer] = []   # buffers pickle wants out-of-band: then the general path
     keep = oob.append
-    out = []
+    out: list[bytes | None] = []
     append = out.append
     for item, ident in zip(items, ids):
         if type(item) in numbers:                  # cannot fail, refer to __main__ or go OOB
             append(pack(OP_CALL, 0, 0, 1, ident) + dumps((fn_id, (item,), None), 5))
             continue
+        main: bytes | None
         try:
             main = dumps((fn_id, (item,), None), 5, buffer_callback=keep)
         except Exception:                          # noqa: BLE001 - the general path decides
@@ -118,14 +121,14 @@ def encode_raw(op: int, ident: int, data: bytes = b"", slot: int = 0) -> bytes:
     return HEADER.pack(op, 0, slot, 0, ident) + data
 
 
-def header(record):
+def header(record: Any) -> tuple[int, int, int, int, int]:
     """(op, flags, slot, elapsed µs, id); CorruptSharedMemoryError if too short."""
     if len(record) < HEADER_SIZE:
         raise CorruptSharedMemoryError(f"a {len(record)}-byte pool record has no header")
     return HEADER.unpack_from(record)
 
 
-def payload(record, flags: int):
+def payload(record: Any, flags: int) -> Any:
     """The payload of a record whose header was read with header().
 
     Damaged framing (unknown flags, a pickle cut short) raises
@@ -148,7 +151,7 @@ def payload(record, flags: int):
     return pickle.loads(main, buffers=buffers)
 
 
-def blob_ref(record):
+def blob_ref(record: Any) -> tuple[int, int] | None:
     """(our descriptor, nonce) of the blob an out-of-band record we wrote
     names, or None: the descriptor number alone is no identity (a blob is
     reused with a new nonce under the same number)."""
@@ -158,5 +161,5 @@ def blob_ref(record):
     return desc[1], desc[6]
 
 
-def raw_payload(record) -> bytes:
+def raw_payload(record: Any) -> bytes:
     return bytes(memoryview(record)[HEADER_SIZE:])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import pickle
 import struct
 import zlib
+from typing import Any
 
 from . import layout as layout_
 from . import pickling as wire
@@ -38,7 +39,7 @@ _BUF = layout_.TABLE_ENTRY           # offset, length (layout.py)
 _align64 = layout_.align64
 
 
-def write(arena, obj, kind: int = 0, same_main: bool = False) -> int:
+def write(arena: Any, obj: object, kind: int = 0, same_main: bool = False) -> int:
     """Serialize `obj` into `arena` at offset 0; returns the bytes used.
 
     Raises wire.SerializationError if `obj` cannot be serialized and
@@ -66,11 +67,11 @@ def write(arena, obj, kind: int = 0, same_main: bool = False) -> int:
     return off
 
 
-def _check(view, table_end: int) -> int:
+def _check(view: memoryview, table_end: int) -> int:
     return zlib.crc32(view[_HEADER.size:table_end], zlib.crc32(view[:_CHECKED]))
 
 
-def _frame(view, size: int):
+def _frame(view: memoryview, size: int) -> tuple[int, int, int, list[tuple[int, int]], int]:
     """(kind, main_at, main_len, [(offset, length)], end) of the record in
     `view`, every number checked against `size`; raises CorruptSharedMemoryError."""
     if size < _HEADER.size or len(view) < size:
@@ -95,7 +96,7 @@ def _frame(view, size: int):
     return kind, main_at, main_len, layout, end
 
 
-def read(arena, copy: bool = False):
+def read(arena: Any, copy: bool = False) -> tuple[Any, int, bool]:
     """(object, kind, views) written by `write`; buffers are writable
     copy-on-write views of the arena (they keep its mapping, so the arena is
     not reused while they live) unless copy; `views` says whether any were
@@ -112,7 +113,7 @@ def read(arena, copy: bool = False):
     return obj, kind, bool(buffers) and not copy
 
 
-def read_bytes(arena) -> bytes:
+def read_bytes(arena: Any) -> bytes:
     """The raw record (header included), to rebuild the object later (lives)."""
     view = memoryview(arena.buffer).toreadonly()
     end = _frame(view, arena.size)[4]
@@ -122,11 +123,11 @@ def read_bytes(arena) -> bytes:
 class BytesArena:
     """An in-memory stand-in for an Arena (to re-read a copied record)."""
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes) -> None:
         self.buffer = data
         self.size = len(data)
 
 
-def loads_copy(record: bytes):
+def loads_copy(record: bytes) -> Any:
     """Rebuild the object from read_bytes() output, with private buffers."""
     return read(BytesArena(record), copy=True)[0]

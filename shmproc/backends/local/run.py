@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ...channels import mailbox as mailboxes
 from ...wire import arenas
@@ -38,6 +39,11 @@ from ...common.errors import ProcessCrashedError, ProcessError, ResultError
 from ...common.errors import TimeoutError as SectionTimeoutError
 from ...common.outcome import FAILED_RESULT, RETRIED, SECTION_NAMES
 
+if TYPE_CHECKING:
+    import asyncio
+
+    from ...common.errors import SerializationError
+
 __all__ = ["LocalBackend", "LocalRun", "LOCAL"]
 
 #: How often a waiting parent checks that the worker is still alive.
@@ -47,7 +53,10 @@ _LIVENESS_SLICE_NS = 20_000_000
 class LocalRun(Run):
     """A worker process on this machine, read through its control block."""
 
-    def __init__(self, obj, serialize_error, messages=True):
+    _outcome: Outcome | None        # set once it ended
+
+    def __init__(self, obj: Any, serialize_error: Callable[[Any, BaseException], SerializationError],
+                 messages: bool = True) -> None:
         method = obj.config.start_method or default_start_method()
         ctx = mp.get_context(method)
         if method == "forkserver":
@@ -86,7 +95,7 @@ class LocalRun(Run):
         self._outcome = None
         self._finishing = threading.Lock()        # kill() and a waiting thread may race to _finish
 
-    def _spawn(self):
+    def _spawn(self) -> None:
         """Start a worker on the state in the arena (the first life, or a
         later one after the guard ended a worker stuck past its timeout)."""
         main = threading.current_thread() is threading.main_thread()
@@ -115,7 +124,7 @@ class LocalRun(Run):
         self._finish()
         return self.ended_                        # False: a next life started in a new worker
 
-    def _finish(self):
+    def _finish(self) -> None:
         """The worker has ended: it reported (DONE/FAILED), died, or was killed.
 
         A worker that reported counts as ended at once: all that remains of
@@ -126,16 +135,16 @@ class LocalRun(Run):
             if not self.ended_:
                 self._finish_once()
 
-    def _reaped(self):
+    def _reaped(self) -> None:
         self.proc.join()
         self._close_pidfd()
 
-    def _close_pidfd(self):
+    def _close_pidfd(self) -> None:
         fd, self._pidfd = self._pidfd, None
         if fd is not None:
             os.close(fd)
 
-    def _finish_once(self):
+    def _finish_once(self) -> None:
         ctl = self.ctl
         state = ctl.state
         if self.killed:
@@ -172,7 +181,7 @@ class LocalRun(Run):
         self.ended_ns = native.now_ns()
         self.ended_ = True                        # last: ended() promises an outcome
 
-    def _expired(self, section, timeout_ns, lap) -> bool:
+    def _expired(self, section: int, timeout_ns: int, lap: int) -> bool:
         """The guard ended the worker: a hook ran past its timeout and did
         not give way (stuck in C holding the GIL, or it swallowed the
         TimeoutError).  Its state died with it, so lives are applied here:
@@ -234,7 +243,7 @@ class LocalRun(Run):
                 slice_ns = min(slice_ns, int(left * 1e9) + 1)
             ctl.wait_state(native.STATE_DONE, slice_ns)
 
-    async def until_ended(self):
+    async def until_ended(self) -> None:
         """The worker's sentinel (readable once it exits) wakes the loop; the
         control block's state is looked at too, since a worker counts as
         ended once it reported, a little before it exits."""
@@ -253,7 +262,7 @@ class LocalRun(Run):
                 loop.remove_reader(fd)
             pause = min(2 * pause, 0.05)
 
-    def stop(self):
+    def stop(self) -> None:
         if not self.ended_:
             self._stop_asked = True
             self.ctl.request_stop()
@@ -261,7 +270,7 @@ class LocalRun(Run):
     def stop_requested(self) -> bool:
         return bool(self.ctl.stop_requested)
 
-    def kill(self):
+    def kill(self) -> None:
         with self._finishing:
             if self.ended_:
                 return
@@ -287,7 +296,7 @@ class LocalRun(Run):
         return self.ctl.lap()
 
     @property
-    def exitcode(self):
+    def exitcode(self) -> int | None:
         """A worker that reported its outcome is done; until its process has
         finished exiting, the exit status it reported (0) stands in."""
         if not self.ended_:
@@ -321,28 +330,30 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def launch(self, proc, messages=True) -> LocalRun:
+    def launch(self, proc: Any, messages: bool = True) -> LocalRun:
         return LocalRun(proc, wire.unserializable, messages)
 
-    def pool(self, workers, start_method, max_tasks_per_worker, retries=0, *,
-             initializer=None, initargs=(), task_timeout=None):
+    def pool(self, workers: int | None, start_method: str | None,
+             max_tasks_per_worker: int | None, retries: int = 0, *,
+             initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = (),
+             task_timeout: float | None = None) -> LocalPool:
         """The engine of a local shmproc.Pool (arguments as Pool's, unchecked)."""
         return LocalPool(workers, start_method, max_tasks_per_worker, retries,
                          initializer, initargs, task_timeout)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<shmproc LocalBackend>"
 
 
 LOCAL = LocalBackend()
 
 
-def _set_once(future):
+def _set_once(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
 
-def _open_pidfd(pid: int):
+def _open_pidfd(pid: int) -> int | None:
     """A pidfd for our child `pid` (not reaped yet: only we reap it), or
     None where the system has none (not Linux 5.3+)."""
     if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):

@@ -7,6 +7,7 @@ every backend object in this process, are cluster.py's.
 from __future__ import annotations
 
 import threading
+from typing import Any, Callable, Iterable
 
 from ...common.errors import ClusterUnreachable, ProcessCrashedError, ResultError
 from ...wire import pickling as wire
@@ -23,7 +24,9 @@ __all__ = ["RayBackend", "RayRun"]
 class RayRun(Run):
     """One Process run in a launcher on the cluster."""
 
-    def __init__(self, backend, proc):
+    _outcome: Outcome | None        # set once it ended
+
+    def __init__(self, backend: RayBackend, proc: Any) -> None:
         import cloudpickle
         try:
             blob = cloudpickle.dumps(proc, protocol=5)
@@ -61,7 +64,7 @@ class RayRun(Run):
         self._last_lap = 0
         _cluster.runs.add(self)
 
-    def _take(self):
+    def _take(self) -> None:
         """The run ended: fetch its outcome (once), hand the launcher back."""
         with self._taking:
             if self._outcome is None:
@@ -69,7 +72,7 @@ class RayRun(Run):
                 _cluster.runs.discard(self)
                 _cluster.release([self._launcher], broken=broken)
 
-    def _fetch(self):
+    def _fetch(self) -> Any:
         ray = self._ray
         try:
             out = ray.get(self._ref)
@@ -98,7 +101,7 @@ class RayRun(Run):
             return True
         return self.wait(0)
 
-    def wait(self, timeout):
+    def wait(self, timeout: float | None) -> bool:
         if self._outcome is not None:
             return True
         try:
@@ -110,7 +113,7 @@ class RayRun(Run):
         self._take()
         return True
 
-    def stop(self):
+    def stop(self) -> None:
         if self._outcome is None:
             self._stop_sent = True
             self._launcher.actor.stop.remote(self._id)
@@ -118,7 +121,7 @@ class RayRun(Run):
     def stop_requested(self) -> bool:
         return self._stop_sent
 
-    def kill(self):
+    def kill(self) -> None:
         if self._outcome is not None:
             return
         self._kill_sent = True
@@ -148,7 +151,7 @@ class RayRun(Run):
         return lap
 
     @property
-    def exitcode(self):
+    def exitcode(self) -> int | None:
         return None if self._outcome is None else self._outcome.exitcode
 
     def outcome(self) -> Outcome:
@@ -170,9 +173,10 @@ class RayBackend(Backend):
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, resources: dict | None = None, *,
+    def __init__(self, address: str | None = None, resources: dict[str, float] | None = None, *,
                  connect_timeout: float = CONNECT_TIMEOUT_S,
-                 start_timeout: float = START_TIMEOUT_S, runtime_env: dict | None = None):
+                 start_timeout: float = START_TIMEOUT_S,
+                 runtime_env: dict[str, Any] | None = None) -> None:
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise TypeError(f"address must be a string such as 'auto', 'host:6379' or "
                             f"'ray://host:10001', or None; not {address!r}")
@@ -188,18 +192,20 @@ class RayBackend(Backend):
         self.start_timeout = float(start_timeout)
         self.runtime_env = runtime_env
 
-    def connect(self):
+    def connect(self) -> Any:
         """Connect to (or start) the cluster now; later calls reuse the connection."""
         return _cluster.connect(self.address, self.connect_timeout)
 
-    def launch(self, proc) -> RayRun:
+    def launch(self, proc: Any) -> RayRun:
         return RayRun(self, proc)
 
-    def pool(self, workers, start_method, max_tasks_per_worker, retries=0, *,
-             initializer=None, initargs=(), task_timeout=None):
+    def pool(self, workers: int | None, start_method: str | None,
+             max_tasks_per_worker: int | None, retries: int = 0, *,
+             initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = (),
+             task_timeout: float | None = None) -> RayPool:
         return RayPool(self, workers, start_method, max_tasks_per_worker, retries,
                        initializer, initargs, task_timeout)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"<shmproc RayBackend address={self.address!r} "
                 f"resources={_describe(self.spec)}>")

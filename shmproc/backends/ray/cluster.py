@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 import weakref
+from typing import Any, Callable
 
 from ...common import lifecycle
 from ...common.errors import ClusterUnreachable, RayNotInstalled, ResourcesUnavailable
@@ -48,7 +49,7 @@ SHUTDOWN_TIMEOUT_S = 20.0
 CALL_TIMEOUT_S = 30.0
 
 
-def import_ray():
+def import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
@@ -62,14 +63,14 @@ def import_ray():
 _RAY_NAMES = {"num_cpus": "CPU", "cpu": "CPU", "num_gpus": "GPU", "gpu": "GPU"}
 
 
-def normalize_resources(resources) -> dict:
+def normalize_resources(resources: dict[str, float] | None) -> dict[str, float]:
     """{"CPU": 1, "GPU": 0.5, "memory": bytes, "custom": n} in Ray's own names."""
     if resources is None:
         return {"CPU": 1.0}
     if not isinstance(resources, dict):
         raise TypeError(f"resources must be a dict such as {{'CPU': 2, 'GPU': 1}}, "
                         f"not {type(resources).__name__}")
-    out = {}
+    out: dict[str, float] = {}
     for key, amount in resources.items():
         if not isinstance(key, str) or not key:
             raise TypeError(f"resource names are strings such as 'CPU', not {key!r}")
@@ -82,8 +83,8 @@ def normalize_resources(resources) -> dict:
     return out
 
 
-def _actor_options(spec: dict, runtime_env) -> dict:
-    opts = {"num_cpus": spec.get("CPU", 0.0), "num_gpus": spec.get("GPU", 0.0),
+def _actor_options(spec: dict[str, float], runtime_env: Any) -> dict[str, Any]:
+    opts: dict[str, Any] = {"num_cpus": spec.get("CPU", 0.0), "num_gpus": spec.get("GPU", 0.0),
             "max_concurrency": 64}
     if "memory" in spec:
         opts["memory"] = spec["memory"]
@@ -95,22 +96,22 @@ def _actor_options(spec: dict, runtime_env) -> dict:
     return opts
 
 
-def _fits(spec: dict, offered: dict) -> bool:
+def _fits(spec: dict[str, float], offered: dict[str, float]) -> bool:
     return all(offered.get(k, 0.0) + 1e-9 >= v for k, v in spec.items() if v > 0)
 
 
-def _how_many(spec: dict, offered: dict) -> int:
+def _how_many(spec: dict[str, float], offered: dict[str, float]) -> int:
     """Workers of `spec` that fit in `offered` (a node's total resources)."""
     counts = [int((offered.get(k, 0.0) + 1e-9) // v) for k, v in spec.items() if v > 0]
     return min(counts) if counts else 1 << 30
 
 
-def _free(available: dict, spec: dict) -> str:
+def _free(available: dict[str, float], spec: dict[str, float]) -> str:
     return _describe({k: available.get(k, 0.0) for k in spec})
 
 
-def _describe(resources: dict) -> str:
-    parts = []
+def _describe(resources: dict[str, float]) -> str:
+    parts: list[str] = []
     for k in sorted(resources):
         v = resources[k]
         if k.startswith("node:") or k.startswith("accelerator_type"):
@@ -127,7 +128,17 @@ def _describe(resources: dict) -> str:
 class _Cluster:
     """This process's one connection to Ray, and the launchers it holds."""
 
-    def __init__(self):
+    ray: Any                            # the ray module, once connected
+    actor_class: Any
+    hanging: threading.Thread | None
+    reaper: threading.Thread | None
+    job: Any
+    idle: list[tuple[Any, _Launcher, float]]
+    busy: set[_Launcher]
+    runs: weakref.WeakSet[Any]          # RayRuns and RayPools (backend.py, pool.py:
+    pools: weakref.WeakSet[Any]         # which import this module)
+
+    def __init__(self) -> None:
         self.lock = threading.RLock()
         self.ray = None
         self.actor_class = None
@@ -142,7 +153,7 @@ class _Cluster:
         self.job = None                # the Ray job the launchers belong to
 
     # -- connecting --
-    def connect(self, address, timeout):
+    def connect(self, address: str | None, timeout: float) -> Any:
         with self.lock:
             ray = import_ray()
             if self.ray is not None and ray.is_initialized() and self.job == _job_id(ray):
@@ -172,7 +183,7 @@ class _Cluster:
                 self.exit_hook = True
             return ray
 
-    def _start_local(self, ray, timeout):
+    def _start_local(self, ray: Any, timeout: float) -> None:
         # In this thread: nothing to wait for on a network, and Ray sets its
         # signal handlers only from the main thread.
         try:
@@ -182,18 +193,18 @@ class _Cluster:
                                      f"{type(exc).__name__}: {exc}") from exc
         self.started_here = True
 
-    def _connect(self, ray, address, timeout):
+    def _connect(self, ray: Any, address: str, timeout: float) -> None:
         hostport = address.split("://", 1)[-1]
         if address != "auto" and ":" in hostport:
             _probe(hostport, timeout)
         self._in_thread(lambda: ray.init(address=address, configure_logging=False),
                         timeout, f"connect to the Ray cluster at {address!r}")
 
-    def _in_thread(self, fn, timeout, what):
+    def _in_thread(self, fn: Callable[[], object], timeout: float, what: str) -> None:
         """ray.init under our own timeout: a wrong address must not hang for minutes."""
-        box = {}
+        box: dict[str, BaseException] = {}
 
-        def target():
+        def target() -> None:
             try:
                 fn()
             except BaseException as exc:          # noqa: BLE001 - re-raised below
@@ -211,7 +222,7 @@ class _Cluster:
             raise ClusterUnreachable(f"could not {what}: {type(err).__name__}: {err}") from err
 
     # -- launchers --
-    def check_feasible(self, spec, count):
+    def check_feasible(self, spec: dict[str, float], count: int) -> None:
         """Fail at once when the cluster could never hold `count` workers of `spec`."""
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
         offered = "; ".join(f"{n.get('NodeManagerAddress', '?')}: {_describe(n.get('Resources', {}))}"
@@ -227,10 +238,11 @@ class _Cluster:
                                        f"{count} were asked for: ask for fewer workers or less "
                                        f"per worker")
 
-    def acquire(self, spec, runtime_env, count, timeout):
+    def acquire(self, spec: dict[str, float], runtime_env: Any, count: int,
+                timeout: float) -> list[_Launcher]:
         """`count` ready launchers for `spec`: idle ones first, then new actors."""
         key = (tuple(sorted(spec.items())), repr(runtime_env))
-        got = []
+        got: list[_Launcher] = []
         with self.lock:
             self._reap_finished_runs()
             self._expire()
@@ -258,7 +270,8 @@ class _Cluster:
             launcher.key = key
         return got
 
-    def _create(self, spec, runtime_env, count, timeout):
+    def _create(self, spec: dict[str, float], runtime_env: Any, count: int,
+                timeout: float) -> list[_Launcher]:
         ray = self.ray
         opts = _actor_options(spec, runtime_env)
         actors = [self.actor_class.options(**opts).remote() for _ in range(count)]
@@ -277,7 +290,7 @@ class _Cluster:
             for a in actors:
                 ray.kill(a)
             raise
-        out = []
+        out: list[_Launcher] = []
         with self.lock:
             for actor, (pid, node) in zip(actors, infos):
                 launcher = _Launcher(actor, pid, node)
@@ -285,13 +298,13 @@ class _Cluster:
                 out.append(launcher)
         return out
 
-    def _reap_finished_runs(self):
+    def _reap_finished_runs(self) -> None:
         """Runs that ended but that nobody looked at still hold their launcher:
         take their outcomes now, which hands the launchers back."""
         for run in list(self.runs):
             run.ended()
 
-    def release(self, launchers, broken=False):
+    def release(self, launchers: list[_Launcher], broken: bool = False) -> None:
         with self.lock:
             for launcher in launchers:
                 if launcher not in self.busy:
@@ -307,7 +320,7 @@ class _Cluster:
                                                name="shmproc-ray-idle")
                 self.reaper.start()
 
-    def _reap_idle(self):
+    def _reap_idle(self) -> None:
         """Give idle launchers' resources back to the cluster after IDLE_LAUNCHER_S."""
         while True:
             time.sleep(IDLE_LAUNCHER_S / 4)
@@ -319,7 +332,7 @@ class _Cluster:
                     self.reaper = None
                     return
 
-    def _expire(self):
+    def _expire(self) -> None:
         now = time.monotonic()
         keep = []
         for item in self.idle:
@@ -335,7 +348,7 @@ class _Cluster:
         return (self.ray is not None and self.ray.is_initialized()
                 and self.job == _job_id(self.ray))
 
-    def _forget(self):
+    def _forget(self) -> None:
         """Drop every handle of a Ray session that is gone, without calling Ray."""
         self.idle, self.busy = [], set()
         for pool in list(self.pools):
@@ -345,7 +358,7 @@ class _Cluster:
         self.ray = None
         self.started_here = False
 
-    def _kill(self, launcher):
+    def _kill(self, launcher: _Launcher) -> None:
         if not self.usable():
             return
         try:
@@ -353,7 +366,7 @@ class _Cluster:
         except Exception:                          # noqa: BLE001 - already gone
             pass
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """At exit (or on demand): end pools and runs, free launchers, and stop
         the local cluster if this process started it."""
         with self.lock:
@@ -388,7 +401,7 @@ class _Cluster:
                 stop_ray(ray)
 
 
-def stop_ray(ray, timeout=SHUTDOWN_TIMEOUT_S):
+def stop_ray(ray: Any, timeout: float = SHUTDOWN_TIMEOUT_S) -> bool:
     """ray.shutdown() within `timeout` seconds.
 
     It can block for ever in a gRPC call to a cluster that stopped
@@ -416,14 +429,14 @@ def stop_ray(ray, timeout=SHUTDOWN_TIMEOUT_S):
 _cluster = _Cluster()
 
 
-def _job_id(ray):
+def _job_id(ray: Any) -> Any:
     try:
         return ray.get_runtime_context().get_job_id()
     except Exception:                              # noqa: BLE001
         return None
 
 
-def _check_same_cluster(ray, address):
+def _check_same_cluster(ray: Any, address: str | None) -> None:
     """One process talks to one cluster: a different explicit address is an error."""
     if address is None or address == "auto" or "://" in address:
         return
@@ -438,7 +451,7 @@ def _check_same_cluster(ray, address):
                                  f"ray.shutdown() first to switch)")
 
 
-def _probe(hostport, timeout):
+def _probe(hostport: str, timeout: float) -> None:
     host, _, port = hostport.rpartition(":")
     port = port.split("/", 1)[0]
     if not port.isdigit():
@@ -457,7 +470,7 @@ def _probe(hostport, timeout):
                                  f"({type(exc).__name__}: {exc})") from None
 
 
-def _launcher_class():
+def _launcher_class() -> type:
     from .launcher import Launcher
     return Launcher
 
@@ -467,17 +480,20 @@ class _Launcher:
 
     __slots__ = ("actor", "pid", "node", "key", "known", "__weakref__")
 
-    def __init__(self, actor, pid, node):
+    key: Any
+    known: set[Any]
+
+    def __init__(self, actor: Any, pid: int, node: str) -> None:
         self.actor, self.pid, self.node, self.key = actor, pid, node, None
         self.known = set()             # pool function keys it was sent (it may forget some)
 
 
-def _first_line(exc) -> str:
+def _first_line(exc: BaseException) -> str:
     text = str(exc)
     return text.splitlines()[0] if text else ""
 
 
-def release_idle():
+def release_idle() -> None:
     """Give the resources of every idle launcher back to the cluster now
     (instead of after IDLE_LAUNCHER_S), e.g. before running plain Ray work."""
     with _cluster.lock:
@@ -486,7 +502,7 @@ def release_idle():
         _cluster.idle = []
 
 
-def shutdown():
+def shutdown() -> None:
     """End this process's Ray pools and runs, free its launchers, and stop the
     local cluster if shmproc started it.  Runs at exit on its own."""
     _cluster.shutdown()

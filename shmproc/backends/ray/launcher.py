@@ -21,11 +21,16 @@ import collections
 import itertools
 import os
 import socket
+from typing import TYPE_CHECKING, Any
 
 from ..base import Outcome
 from ..local.run import LOCAL
 from ...common.errors import RemoteTraceback
 from ...jobs.task import TaskOptions
+
+if TYPE_CHECKING:
+    from ..local.pool import LocalPool
+    from ..local.run import LocalRun
 
 #: Functions a launcher keeps unpickled for its pool (least recently used go).
 MAX_FUNCTIONS = 64
@@ -38,14 +43,14 @@ def node_name() -> str:
         return "?"
 
 
-def _strip_local_task(exc):
+def _strip_local_task(exc: BaseException) -> tuple[BaseException, str | None]:
     """An error from the launcher's local pool, ready to travel: the local
     task note (its index is within one chunk) goes; the driver adds the
     global one.  Returns (exception, worker traceback text)."""
     tb = str(exc.__cause__) if isinstance(exc.__cause__, RemoteTraceback) else None
     where = getattr(exc, "shmproc_task", None)
     if where is not None:
-        del exc.shmproc_task
+        del exc.shmproc_task                    # type: ignore[attr-defined]  # noted above
         notes = getattr(exc, "__notes__", None)
         if notes and where in notes:
             notes.remove(where)
@@ -62,17 +67,17 @@ def _strip_local_task(exc):
 class Launcher:
     """One pool slot, or the host of one Process run at a time."""
 
-    def __init__(self):
-        self._runs = {}
+    def __init__(self) -> None:
+        self._runs: dict[int, LocalRun] = {}
         self._ids = itertools.count(1)
-        self._pool = None
-        self._functions = collections.OrderedDict()
+        self._pool: LocalPool | None = None
+        self._functions: collections.OrderedDict[int, Any] = collections.OrderedDict()
 
-    async def ready(self):
+    async def ready(self) -> tuple[int, str]:
         return os.getpid(), node_name()
 
     # -- Process runs ---------------------------------------------------------------------------
-    async def start(self, blob: bytes):
+    async def start(self, blob: bytes) -> tuple[Any, Any]:
         """Rebuild the Process and start it locally; (run id, pid) or ("error", text)."""
         import cloudpickle
         try:
@@ -92,22 +97,23 @@ class Launcher:
         del self._runs[run_id]
         return run.outcome()
 
-    async def stop(self, run_id: int):
+    async def stop(self, run_id: int) -> None:
         run = self._runs.get(run_id)
         if run is not None:
             run.stop()
 
-    async def kill(self, run_id: int):
+    async def kill(self, run_id: int) -> None:
         run = self._runs.get(run_id)
         if run is not None:
             await asyncio.to_thread(run.kill)
 
-    async def lap(self, run_id: int):
+    async def lap(self, run_id: int) -> int | None:
         run = self._runs.get(run_id)
         return None if run is None else run.lap()
 
     # -- pool slot ------------------------------------------------------------------------------
-    async def pool_open(self, start_method, max_tasks, retries=0, init=None):
+    async def pool_open(self, start_method: str | None, max_tasks: int | None, retries: int = 0,
+                        init: bytes | None = None) -> list[int]:
         """A one-worker local pool; `init`: the driver's pickled (initializer, initargs)."""
         if self._pool is not None:
             self._pool.terminate()
@@ -119,14 +125,14 @@ class Launcher:
                                 initializer=initializer, initargs=initargs)
         return self._pool.pids
 
-    async def pool_pids(self):
+    async def pool_pids(self) -> list[int]:
         return [] if self._pool is None else self._pool.pids
 
-    async def pool_run(self, units):
+    async def pool_run(self, units: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Run a batch of pool work units (kind, function key, its pickle or None,
         items, star, retries: None for the pool's, task timeout in ns: 0 for none); one reply each: ("ok", values, extra), ("error", k, values,
         exc, tb, extra), or ("missing",) when the function is not known here."""
-        work = []
+        work: list[tuple[Any, ...]] = []
         for kind, fn_key, fn_ref, items, star, retries, timeout_ns in units:
             fn = None
             if kind != "process":
@@ -134,12 +140,12 @@ class Launcher:
             work.append((kind, fn, items, star, retries, timeout_ns))
         return await asyncio.to_thread(self._run_batch, work)
 
-    def _run_batch(self, work):
+    def _run_batch(self, work: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         return [("missing",) if kind != "process" and fn is None
                 else self._run_unit(kind, fn, items, star, retries, timeout_ns)
                 for kind, fn, items, star, retries, timeout_ns in work]
 
-    async def _function(self, key, ref):
+    async def _function(self, key: int, ref: Any) -> Any:
         # The pickle comes (as a nested ObjectRef) only with a function's first
         # unit here: passing a reference on every call costs Ray a borrow each.
         fn = self._functions.get(key)
@@ -155,8 +161,9 @@ class Launcher:
             self._functions.move_to_end(key)
         return fn
 
-    def _run_unit(self, kind, fn, items, star, retries, timeout_ns):
-        pool = self._pool
+    def _run_unit(self, kind: str, fn: Any, items: Any, star: bool, retries: int | None,
+                  timeout_ns: int) -> tuple[Any, ...]:
+        pool: Any = self._pool
         try:
             if kind == "process":                 # submit(a built Process): timers and error back
                 proc = items[0]
@@ -174,7 +181,8 @@ class Launcher:
         except BaseException as exc:              # noqa: BLE001 - the driver raises it
             return ("error", 0, [], *_strip_local_task(exc), None)
 
-    def _run_chunk(self, pool, fn, items, star, retries, timeout_ns):
+    def _run_chunk(self, pool: LocalPool, fn: Any, items: Any, star: bool, retries: int | None,
+                   timeout_ns: int) -> tuple[Any, ...]:
         """Every item runs once, as on the local pool: a failed one is noted
         and the rest go on.  ("ok", values, None), or ("errors", values
         with None where an item failed, [(position, exc, tb)], None)."""
@@ -185,17 +193,17 @@ class Launcher:
             return ("errors", values, errors, None)
         return ("ok", values, None)
 
-    async def pool_close(self):
+    async def pool_close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.to_thread(_close_pool, pool)
 
-    async def pool_terminate(self):
+    async def pool_terminate(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.terminate()
 
 
-def _close_pool(pool):
+def _close_pool(pool: LocalPool) -> None:
     pool.close()
     pool.join()

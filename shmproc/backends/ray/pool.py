@@ -20,6 +20,11 @@ import itertools
 import threading
 import time
 import weakref
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:
+    from ...jobs.task import TaskOptions
+    from .cluster import _Launcher
 
 from ...common import validate
 from ...common.errors import ProcessCrashedError, SerializationError, remote_failure
@@ -55,14 +60,17 @@ _fn_keys = itertools.count(1)
 class _Slot:
     __slots__ = ("launcher", "inflight", "index")
 
-    def __init__(self, index, launcher):
+    launcher: Any                   # a _Launcher, None while it is replaced
+
+    def __init__(self, index: int, launcher: _Launcher) -> None:
         self.index, self.launcher, self.inflight = index, launcher, 0
 
 
 class _Unit:
     __slots__ = ("sink", "index", "kind", "fn", "items", "star", "resends")
 
-    def __init__(self, sink, index, kind, fn, items, star):
+    def __init__(self, sink: Any, index: int, kind: str, fn: Any, items: Any,
+                 star: bool) -> None:
         self.sink, self.index, self.kind, self.fn = sink, index, kind, fn
         self.items, self.star, self.resends = items, star, 0
 
@@ -72,7 +80,7 @@ class _Fn:
 
     __slots__ = ("key", "ref", "name")
 
-    def __init__(self, key, ref, name):
+    def __init__(self, key: int, ref: Any, name: str) -> None:
         self.key, self.ref, self.name = key, ref, name
 
 
@@ -81,7 +89,7 @@ class RayJob(Job):
     sent or waiting (an item after a failure in a unit never runs, so
     completion is counted by units, not items)."""
 
-    def __init__(self, *args):
+    def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.outstanding = 0
 
@@ -94,9 +102,12 @@ class RayPool(JobEngine):
     submit) with one launcher actor per worker on a Ray cluster."""
 
     _TELLS = False                # the launcher runs Process items without a mailbox
+    _inflight: dict[Any, tuple[_Slot, list[_Unit], float, _Launcher]]
 
-    def __init__(self, backend, workers, start_method, max_tasks_per_worker, retries=0,
-                 initializer=None, initargs=(), task_timeout=None):
+    def __init__(self, backend: Any, workers: int | None, start_method: str | None,
+                 max_tasks_per_worker: int | None, retries: int = 0,
+                 initializer: Callable[..., object] | None = None, initargs: Any = (),
+                 task_timeout: float | None = None) -> None:
         if start_method is not None:
             validate.start_method(start_method)
         max_tasks = validate.positive_int(max_tasks_per_worker, "max_tasks_per_worker",
@@ -117,12 +128,12 @@ class RayPool(JobEngine):
         self._init_engine(n, retries, validate.task_timeout(task_timeout))
         self._cond = threading.Condition(self._lock)
         self._pending = collections.deque()
-        self._inflight = {}                 # ref -> (slot, unit, sent at)
-        self._functions = collections.OrderedDict()     # id(fn) -> (fn, _Fn), newest last
-        self._broken = None                 # why the pool cannot go on (see _break)
+        self._inflight = {}                 # ref -> (slot, units, sent at, launcher)
+        self._functions: collections.OrderedDict[int, tuple[Any, _Fn]] = collections.OrderedDict()
+        self._broken: BaseException | None = None   # why the pool cannot go on (see _break)
         self._replacing = False
         self._total = self._done = self._failed = 0
-        self._item_s = None                 # measured seconds per item (EWMA)
+        self._item_s: float | None = None   # measured seconds per item (EWMA)
         self._events = [0]                  # see _wake
         launchers = _cluster.acquire(backend.spec, backend.runtime_env, n, backend.start_timeout)
         self._slots = [_Slot(i, launcher) for i, launcher in enumerate(launchers)]
@@ -143,7 +154,7 @@ class RayPool(JobEngine):
         self._thread.start()
 
     # -- functions ----------------------------------------------------------------------------
-    def _register(self, fn) -> _Fn:
+    def _register(self, fn: Callable[..., Any]) -> _Fn:
         entry = self._functions.get(id(fn))
         if entry is not None and entry[0] is fn:
             self._functions.move_to_end(id(fn))
@@ -157,7 +168,7 @@ class RayPool(JobEngine):
         return handle
 
     # -- dispatching (dispatcher thread, and callers that add work) --------------------------------
-    def _fill(self):
+    def _fill(self) -> None:
         """Give every slot with room its next batch of units."""
         for slot in self._slots:
             while slot.launcher is not None and slot.inflight < DEPTH:
@@ -166,7 +177,7 @@ class RayPool(JobEngine):
                     return
                 self._send(slot, batch)
 
-    def _next_batch(self):
+    def _next_batch(self) -> list[_Unit]:
         """Units for one actor call: as many as make about LAZY_UNIT_S of
         measured work (one while nothing is measured), so that one-item
         units (chunksize=1, submit) share the call's ~ms cost."""
@@ -185,7 +196,7 @@ class RayPool(JobEngine):
             work += self._item_s * len(unit.items)
         return batch
 
-    def _next_unit(self):
+    def _next_unit(self) -> _Unit | None:
         while self._pending:
             unit = self._pending.popleft()
             if not _dropped(unit):
@@ -200,7 +211,7 @@ class RayPool(JobEngine):
             if job.exhausted():
                 self._jobs.remove(job)
             if got is not None:
-                job.outstanding += 1
+                job.outstanding += 1        # type: ignore[attr-defined]  # a RayJob
                 self._total += len(got[1])
                 return _Unit(job, got[0], "chunk", job.fn, got[1], job.star)
         return None
@@ -210,7 +221,7 @@ class RayPool(JobEngine):
             return 1
         return max(1, min(MAX_LAZY_CHUNK, int(LAZY_UNIT_S / max(self._item_s, 1e-7))))
 
-    def _send(self, slot, batch, with_function=False):
+    def _send(self, slot: _Slot, batch: list[_Unit], with_function: bool = False) -> None:
         known = slot.launcher.known
         wire = []
         for unit in batch:
@@ -238,7 +249,7 @@ class RayPool(JobEngine):
         self._inflight[ref_out] = (slot, batch, time.monotonic(), slot.launcher)
         slot.inflight += 1
 
-    def _unsendable(self, unit, exc):
+    def _unsendable(self, unit: _Unit, exc: BaseException) -> None:
         if isinstance(unit.sink, RayJob):
             unit.sink.outstanding -= 1
         self._total -= len(unit.items) - 1
@@ -248,7 +259,7 @@ class RayPool(JobEngine):
                                  f"{type(exc).__name__}: {_first_line(exc)}")
         unit.sink._fail(unit.index, err)
 
-    def _complete(self, ref):
+    def _complete(self, ref: Any) -> None:
         slot, batch, sent, launcher = self._inflight.pop(ref)
         slot.inflight -= 1
         ray = self._ray
@@ -285,7 +296,7 @@ class RayPool(JobEngine):
         if missing:
             self._send(slot, missing, with_function=True)
 
-    def _outcome(self, slot, unit, reply):
+    def _outcome(self, slot: _Slot, unit: _Unit, reply: Any) -> None:
         sink = unit.sink
         if isinstance(sink, RayJob):
             sink.outstanding -= 1
@@ -314,23 +325,24 @@ class RayPool(JobEngine):
             self._deliver(sink, unit.index, values)
         self._fail(sink, unit, slot, k, exc, tb)
 
-    def _fail(self, sink, unit, slot, k, exc, tb):
+    def _fail(self, sink: Any, unit: _Unit, slot: _Slot, k: int, exc: Any,
+              tb: str | None) -> None:
         exc = remote_failure(exc, tb, self._where(unit, k, slot))
         self._failed += 1
         self._done += 1
         sink._fail(unit.index + k, exc)
 
-    def _deliver(self, sink, index, values):
+    def _deliver(self, sink: Any, index: int, values: list[Any]) -> None:
         self._done += len(values)
         sink._put_many(index, values)
 
-    def _where(self, unit, k, slot):
+    def _where(self, unit: _Unit, k: int, slot: _Slot) -> str:
         what = unit.fn.name if unit.fn is not None else "a Process"
         where = slot.launcher or _Gone
         return (f"in shmproc.Pool task {unit.index + k} ({what}), Ray launcher pid "
                 f"{where.pid} on {where.node}")
 
-    def _replace_launchers(self):
+    def _replace_launchers(self) -> None:
         """Called by the dispatcher without the lock: new launchers for slots
         whose launcher died.  A slot that cannot get one is dropped; a pool
         left with none is broken."""
@@ -361,7 +373,7 @@ class RayPool(JobEngine):
                 slot.launcher = fresh
                 self._wake()
 
-    def _lost(self, unit, why):
+    def _lost(self, unit: _Unit, why: str) -> None:
         """A unit whose launcher died: send it again, or fail it."""
         if _dropped(unit):
             if isinstance(unit.sink, RayJob):
@@ -380,7 +392,7 @@ class RayPool(JobEngine):
         self._done += 1
         unit.sink._fail(unit.index, err)
 
-    def _wake(self):
+    def _wake(self) -> None:
         """Wake the dispatcher and waiting callers (under the lock).  The
         counter lets an idle dispatcher see work that came while it was
         not yet waiting."""
@@ -388,28 +400,30 @@ class RayPool(JobEngine):
         self._cond.notify_all()
 
     # -- what the job engine and Task need ------------------------------------------------------
-    def _poll(self):
+    def _poll(self) -> None:
         pass                                        # the dispatcher thread delivers
 
-    def _change(self):
+    def _change(self) -> int:
         return self._events[0]
 
-    def _wait_step(self, wait_s, seen=None):
+    def _wait_step(self, wait_s: float, seen: Any = None) -> None:
         with self._cond:
             if seen is None or self._events[0] == seen:     # nothing came since the caller looked
                 self._cond.wait(wait_s)
 
-    def _new_job(self, fn, name, star, source, total, chunksize, copy, retries, seq):
+    def _new_job(self, fn: Any, name: str, star: bool, source: Iterator[Any],
+                 total: int | None, chunksize: int | None, copy: bool, retries: int,
+                 seq: Any) -> RayJob:
         return RayJob(fn, name, star, source, total, chunksize, copy, retries, seq)
 
-    def _job_added(self, job):
+    def _job_added(self, job: Job) -> None:
         self._fill()
         self._wake()
 
-    def _results_taken(self, job):
+    def _results_taken(self, job: Job | None) -> None:
         self._wake()                                # the dispatcher may read further now
 
-    def _break(self, exc):
+    def _break(self, exc: BaseException) -> None:
         """The pool cannot go on (its dispatcher failed, or it lost every worker):
         fail what is waiting, refuse new work, wake everyone (under the lock)."""
         if self._broken is None:
@@ -426,32 +440,33 @@ class RayPool(JobEngine):
             job.source = None
         self._wake()
 
-    def _lost_cluster(self):
+    def _lost_cluster(self) -> None:
         """Ray was shut down under this pool."""
         with self._lock:
             self._break(RuntimeError("Ray was shut down while this pool was open"))
             self._status = TERMINATED
             self._finalizer.detach()
 
-    def _check_broken(self):
+    def _check_broken(self) -> None:
         if self._broken is not None:
             raise RuntimeError(f"this Ray pool cannot go on: {type(self._broken).__name__}: "
                                f"{self._broken}") from self._broken
 
-    def _drop_pending(self, unit):
+    def _drop_pending(self, unit: Any) -> None:
         try:
             self._pending.remove(unit)
         except ValueError:
             pass
 
     # -- public API ----------------------------------------------------------------------------------
-    def _submit(self, fn, args, kwargs, options) -> Task:
+    def _submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+                options: TaskOptions) -> Task[Any]:
         """See shmproc.Pool.submit; options: a TaskOptions."""
         import cloudpickle
         with self._lock:
             self._check_open()
             if self._submit_kind(fn, args, kwargs) == "process":
-                task = Task(self, type(fn).__name__, fn, options.retries, options)
+                task: Task[Any] = Task(self, type(fn).__name__, fn, options.retries, options)
                 unit = _Unit(task, 0, "process", None, [fn], False)
                 payload = fn
             else:
@@ -481,15 +496,15 @@ class RayPool(JobEngine):
             return Progress(self._done, self._total, self._failed)
 
     @property
-    def pids(self) -> list:
+    def pids(self) -> list[int]:
         """Pids of the workers (on their nodes)."""
         refs = [s.launcher.actor.pool_pids.remote() for s in self._slots if s.launcher]
         return [pid for pids in self._ray.get(refs) for pid in pids]
 
-    def _busy(self):
+    def _busy(self) -> object:
         return self._inflight or self._pending or any(not j.complete() for j in self._jobs)
 
-    def join(self, timeout: float | None = None):
+    def join(self, timeout: float | None = None) -> None:
         """Wait for every submitted task, then give the workers back.  Call close() first."""
         if self._status == RUNNING:
             raise ValueError("join() needs close() (or terminate()) first")
@@ -506,7 +521,7 @@ class RayPool(JobEngine):
             self._wake()
         self._give_back("pool_close")
 
-    def terminate(self):
+    def terminate(self) -> None:
         """Kill the workers' running tasks now; unfinished tasks are cancelled."""
         with self._lock:
             if self._status == TERMINATED:
@@ -525,7 +540,7 @@ class RayPool(JobEngine):
         self._run_due()                   # the cancelled Tasks' done-callbacks
         self._give_back("pool_terminate")
 
-    def _give_back(self, how):
+    def _give_back(self, how: str) -> None:
         self._finalizer.detach()
         _cluster.pools.discard(self)
         launchers = [s.launcher for s in self._slots if s.launcher is not None]
@@ -541,7 +556,7 @@ class RayPool(JobEngine):
         for s in self._slots:
             s.launcher = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"<shmproc.Pool backend=ray workers={self._n} {self._status} "
                 f"progress={tuple(self.progress)}>")
 
@@ -550,12 +565,12 @@ class _Gone:
     pid = node = "?"
 
 
-def _dropped(unit) -> bool:
+def _dropped(unit: _Unit) -> bool:
     sink = unit.sink
     return sink.dropped if isinstance(sink, RayJob) else sink.cancelled()
 
 
-def _fail_unit(unit, err):
+def _fail_unit(unit: _Unit, err: BaseException) -> None:
     sink = unit.sink
     if isinstance(sink, Task):
         if not sink._finished():
@@ -566,7 +581,7 @@ def _fail_unit(unit, err):
         sink._fail(unit.index, err)
 
 
-def _abandon(ray, slots):
+def _abandon(ray: Any, slots: list[_Slot]) -> None:
     launchers = [s.launcher for s in slots if s.launcher is not None]
     if not _cluster.usable():
         return
@@ -578,7 +593,7 @@ def _abandon(ray, slots):
     _cluster.release(launchers, broken=broken)
 
 
-def _cancel(unit):
+def _cancel(unit: _Unit) -> None:
     sink = unit.sink
     if isinstance(sink, Task):
         sink._cancel()
@@ -586,7 +601,7 @@ def _cancel(unit):
         sink.cancel()
 
 
-def _dispatch(pool_ref):
+def _dispatch(pool_ref: weakref.ref[RayPool]) -> None:
     """The dispatcher thread: whatever goes wrong in it breaks the pool
     (callers get the error) instead of leaving them waiting for ever."""
     try:
@@ -598,7 +613,7 @@ def _dispatch(pool_ref):
                 pool._break(exc)
 
 
-def _dispatch_loop(pool_ref):
+def _dispatch_loop(pool_ref: weakref.ref[RayPool]) -> None:
     """Send work to slots with room, take results as they come, replace
     launchers that died."""
     while True:
