@@ -600,7 +600,7 @@ def main(argv=None) -> int:
     print("9. tracing on vs off (bench/tracing.py)")
     traced = tracing.dispatch(quick), tracing.per_lap(quick)
     checks.append(("tracing costs (9.)", tracing.report(*traced), ""))
-    results["tracing"] = {"dispatch_on_off": traced[0], "lap_us_on_off": traced[1]}
+    results["tracing"] = {"dispatch_on_off_cpu": traced[0], "lap_us_on_off": traced[1]}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1, default=str)

@@ -2,11 +2,13 @@
 
 1. One task per dispatch: Pool(2).map(noop, range(N), chunksize=1), items
    per second with the workers recording a span per task (the default)
-   and with SHMPROC_TRACE=0; the rounds alternate, best of R each.
+   and with SHMPROC_TRACE=0: two pools side by side, their calls
+   alternating, medians of R rounds; and the workers' CPU time per task
+   in the same runs (/proc), which the parent's own pace does not blur.
    Target: tracing costs <= 3% of the throughput.
 2. Per lap, __preloop__ + __loop__ + __postloop__ (empty), timeouts armed:
    (time(N laps) - time(0 laps)) / N for a Process, start -> result, with
-   a span per section and without; medians of R alternating rounds.
+   a span per section and without; best of R alternating rounds each.
    Target: <= 0.1 us per lap more.
 
     python bench/tracing.py [--quick]
@@ -76,23 +78,45 @@ def tracing(on: bool):
             os.environ["SHMPROC_TRACE"] = old
 
 
-def _dispatch_rate(on: bool, n: int) -> float:
-    with tracing(on):
-        with Pool(2) as pool:
-            pool.map(noop, range(2000), chunksize=1)          # warm
-            t0 = time.perf_counter()
-            pool.map(noop, range(n), chunksize=1)
-            return n / (time.perf_counter() - t0)
+def _cpu_ns(pids) -> int:
+    """CPU time (user + system) the processes `pids` used so far, in ns."""
+    tick = 1e9 / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])          # utime, stime
+    return int(total * tick)
 
 
-def dispatch(quick: bool, rounds: int = 5):
-    """(best items/s on, best items/s off)."""
+def dispatch(quick: bool, rounds: int = 9):
+    """(items/s on, items/s off, worker CPU ns a task on, off): one traced
+    and one untraced pool made side by side, their map calls alternating
+    (neither always first); medians over the rounds."""
     n = 50_000 if quick else 200_000
-    on, off = [], []
-    for _ in range(rounds):
-        on.append(_dispatch_rate(True, n))
-        off.append(_dispatch_rate(False, n))
-    return max(on), max(off)
+    with tracing(True):
+        traced = Pool(2)
+    with tracing(False):
+        plain = Pool(2)
+    rates = {True: [], False: []}
+    cpu = {True: [], False: []}
+    try:
+        for pool in (traced, plain):
+            pool.map(noop, range(2000), chunksize=1)          # warm
+        for r in range(rounds):
+            for flag in ((True, False) if r % 2 else (False, True)):
+                pool = traced if flag else plain
+                pids = pool.pids
+                c0 = _cpu_ns(pids)
+                t0 = time.perf_counter()
+                pool.map(noop, range(n), chunksize=1)
+                rates[flag].append(n / (time.perf_counter() - t0))
+                cpu[flag].append((_cpu_ns(pids) - c0) / n)
+    finally:
+        traced.terminate()
+        plain.terminate()
+    med = statistics.median
+    return med(rates[True]), med(rates[False]), med(cpu[True]), med(cpu[False])
 
 
 def _run_laps(on: bool, laps: int) -> float:
@@ -104,20 +128,22 @@ def _run_laps(on: bool, laps: int) -> float:
         return time.perf_counter() - t0
 
 
-def per_lap(quick: bool, rounds: int = 7):
-    """(us per lap on, us per lap off): median of paired (N - 0) differences."""
+def per_lap(quick: bool, rounds: int = 9):
+    """(us per lap on, us per lap off): (best N-lap run - best 0-lap run) / N,
+    the runs of both kinds alternating (noise on a shared VM only adds time,
+    so the best of each is the steadiest estimate)."""
     n = 300_000 if quick else 2_000_000
-    on, off = [], []
-    for _ in range(rounds):
-        for flag, out in ((True, on), (False, off)):
-            zero = _run_laps(flag, 0)
-            full = _run_laps(flag, n)
-            out.append((full - zero) / n * 1e6)
-    return statistics.median(on), statistics.median(off)
+    zero = {True: [], False: []}
+    full = {True: [], False: []}
+    for r in range(rounds):
+        for flag in ((True, False) if r % 2 else (False, True)):
+            zero[flag].append(_run_laps(flag, 0))
+            full[flag].append(_run_laps(flag, n))
+    return tuple((min(full[f]) - min(zero[f])) / n * 1e6 for f in (True, False))
 
 
 def report(d, lap) -> bool:
-    on, off = d
+    on, off, cpu_on, cpu_off = d
     cost = 1 - on / off
     lap_on, lap_off = lap
     extra = lap_on - lap_off
@@ -125,6 +151,8 @@ def report(d, lap) -> bool:
     rows = [
         ("one task per dispatch (chunksize=1), 2 workers", f"{on / 1e3:.0f}k/s",
          f"{off / 1e3:.0f}k/s", f"{cost * 100:+.1f}%", "<= 3%", C.verdict(ok_d)),
+        ("  the workers' CPU per task (same runs)", f"{cpu_on / 1e3:.2f} us",
+         f"{cpu_off / 1e3:.2f} us", f"{(cpu_on - cpu_off):+.0f} ns", "", ""),
         ("per lap, 3 hooks, timeouts armed", f"{lap_on:.3f} us", f"{lap_off:.3f} us",
          f"{extra * 1e3:+.0f} ns", "<= 100 ns", C.verdict(ok_l)),
     ]

@@ -270,7 +270,16 @@ static PyObject *make_writer(PyObject *Py_UNUSED(module), PyObject *args)
     return (PyObject *)w;
 }
 
+/* now() -> the core's clock (shmp_now_ns), without a cffi call's cost:
+ * ~30 ns against ~145 ns on the reference VM, and the pool worker and the
+ * pool read it several times a task.                                   */
+static PyObject *module_now(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
+{
+    return PyLong_FromUnsignedLongLong(now_ns());
+}
+
 static PyMethodDef module_methods[] = {
+    {"now", module_now, METH_NOARGS, "now() -> CLOCK_MONOTONIC in ns, the core's clock"},
     {"writer", make_writer, METH_VARARGS,
      "writer(owner, address, capacity, pid) -> a span writer on the trace ring at address"},
     {NULL, NULL, 0, NULL},

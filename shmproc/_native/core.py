@@ -13,6 +13,7 @@ import math
 import os
 
 from .._shmp_cffi import ffi, lib
+from .._spans import now as _spans_now
 from ..common.errors import (CorruptSharedMemoryError, ForeignSharedMemoryError,
                              SharedMemoryError, SharedMemoryVersionError)
 
@@ -45,7 +46,9 @@ CTL_OVERRAN = lib.SHMP_CTL_OVERRAN
 #: Can a process open another's descriptor (/proc/PID/fd) on this platform?
 PEER_FD_OK = bool(lib.shmp_platform_features() & lib.SHMP_FEAT_PEER_FD)
 
-now_ns = lib.shmp_now_ns
+#: The core's clock (shmp_now_ns: CLOCK_MONOTONIC, ns), read through the
+#: CPython extension: ~30 ns a read instead of a cffi call's ~145 ns.
+now_ns = _spans_now
 FOREVER = -1
 
 #: A yield that kept the caller off the core this long: another task wanted it.
