@@ -179,3 +179,61 @@ def test_terminate_cancels_and_tells_the_callbacks():
     assert sorted(map(id, called)) == sorted(map(id, tasks))
     with pytest.raises(cf.CancelledError):
         tasks[0].result()
+
+
+# ---- a Task's Condition is made only when something needs it ----------------------------------
+
+def test_a_task_read_through_the_pool_never_makes_a_condition():
+    """The fast path (submit, then result() or exception()) needs no Condition:
+    a Task then holds far fewer objects for the garbage collector to sweep."""
+    with shmproc.Pool(2) as pool:
+        ok, bad = pool.submit(square, 3), pool.submit(fail, 1)
+        assert ok.result(timeout=60) == 9
+        assert isinstance(bad.exception(timeout=60), ValueError)
+        assert "_condition" not in ok.__dict__ and "_condition" not in bad.__dict__
+        # Asked for once done: the shared one, which is only ever locked to be read.
+        assert ok._condition is bad._condition
+        with pytest.raises(ValueError):
+            bad.result()
+        assert ok.done() and not ok.cancel()
+
+
+def test_waiters_on_pending_tasks_get_their_own_condition_and_are_woken():
+    """concurrent.futures.wait on a pending Task makes it a Condition of its
+    own, which the pool notifies when it settles the Task."""
+    with shmproc.Pool(2) as pool:
+        done_early = pool.submit(square, 2)
+        assert done_early.result(timeout=60) == 4
+        fresh = pool.submit(nap, 0.3)
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(cf.wait([fresh], timeout=60)))
+        waiter.start()
+        waiter.join(60)
+        assert got and got[0].done == {fresh} and fresh.result() == 0.3
+        assert fresh._condition is not done_early._condition       # its own, not the shared one
+
+
+def test_settling_races_with_waiters_arriving_lose_no_wake_up():
+    """Threads start waiting (wait, as_completed, Future.result) on Tasks
+    just as the pool settles them: every waiter returns, none hangs."""
+    with shmproc.Pool(2) as pool:
+        for _ in range(20):
+            tasks = [pool.submit(square, i) for i in range(50)]
+            seen = []
+
+            def use(kind):
+                if kind == 0:
+                    done, _ = cf.wait(tasks, timeout=60)
+                    seen.append(len(done))
+                elif kind == 1:
+                    seen.append(sum(1 for _ in cf.as_completed(tasks, timeout=60)))
+                else:
+                    seen.append(sum(1 for t in tasks if t.result(60) is not None))
+
+            threads = [threading.Thread(target=use, args=(k,)) for k in (0, 1, 2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(90)
+            assert not any(t.is_alive() for t in threads)
+            assert seen and all(n == 50 for n in seen), seen

@@ -18,6 +18,7 @@ run under the pool's lock: the engine runs them once it let go of it.
 from __future__ import annotations
 
 import collections
+import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import _base as futures_base
@@ -44,6 +45,10 @@ _FINISHED = futures_base.FINISHED
 _CANCELLED = (futures_base.CANCELLED, futures_base.CANCELLED_AND_NOTIFIED)
 
 _T = TypeVar("_T")
+
+#: The Condition of every Task that was done before anything needed one
+#: (Task.__getattr__): locked to read the state, never waited on.
+_DONE = threading.Condition()
 
 
 def writable(value: Any) -> Any:
@@ -126,9 +131,23 @@ class Task(Future[_T]):
         _done_callbacks: list[Callable[[Future[Any]], object]]
         def _invoke_callbacks(self) -> None: ...
 
+    # A Task's Condition is made when something first needs it (_condition,
+    # below), under this one lock, which also guards settling a Task that
+    # has none: see _locked().
+    _making = threading.Lock()
+
     def __init__(self, pool: Any, name: Any, proc: Any = None, retries: int | None = 0,
                  options: TaskOptions = DEFAULT_OPTIONS) -> None:
-        super().__init__()
+        # Future.__init__'s fields, but not its Condition: with its lock,
+        # deque and bound methods that is 8 objects the garbage collector
+        # tracks per Task (half of all it makes for one submit), and most
+        # Tasks are settled and read through the pool without anyone ever
+        # waiting on it.  (Many pending Tasks made the collector's sweeps
+        # the largest cost of a burst of submits.)
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._done_callbacks = []
         self._waiters = _Watched()
         self._waiters.task = self
         self._pool = pool
@@ -154,8 +173,43 @@ class Task(Future[_T]):
             exc = self._on_error(exc)
         self._settle(None, exc)
 
+    def __getattr__(self, name: str) -> Any:
+        # Only a missing _condition comes here: made on first use, once.
+        if name != "_condition":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        with Task._making:
+            cond = self.__dict__.get("_condition")
+            if cond is None:
+                # A Task already done (its state changes under _making until
+                # it has a Condition of its own, so this is final) is only
+                # locked to be read, never waited on: one shared Condition
+                # serves them all (as_completed locks every Task it is given).
+                done = self._state == _FINISHED or self._state == _CANCELLED[1]
+                cond = _DONE if done else threading.Condition()
+                self.__dict__["_condition"] = cond
+        return cond
+
+    def _state_lock(self) -> Any:
+        """Acquire and return the lock to change the state under: the Task's
+        Condition if it has one, else the lock that makes them, so that no
+        Condition (and no waiter: they register under it) appears meanwhile."""
+        while True:
+            cond = self.__dict__.get("_condition")
+            lock = Task._making if cond is None else cond
+            lock.acquire()
+            if cond is not None or "_condition" not in self.__dict__:
+                return lock
+            lock.release()                # one was made just now: take that one
+
+    def _notify(self) -> None:
+        """Wake threads waiting on the Condition (held), if there is one."""
+        cond = self.__dict__.get("_condition")
+        if cond is not None:
+            cond.notify_all()
+
     def _settle(self, value: Any, error: BaseException | None) -> None:
-        with self._condition:
+        lock = self._state_lock()
+        try:
             if self._state in _CANCELLED or self._state == _FINISHED:
                 return                    # cancelled meanwhile: the outcome is ignored
             if error is None:
@@ -167,7 +221,9 @@ class Task(Future[_T]):
                 for waiter in self._waiters:
                     waiter.add_exception(self)
             self._state = _FINISHED
-            self._condition.notify_all()
+            self._notify()
+        finally:
+            lock.release()
         self._unit = None                 # no cycle: a result's memory goes with the Task
         self._pool._task_settled(self)
 
@@ -179,22 +235,28 @@ class Task(Future[_T]):
         deliver_process(self, index, kind, value, error)
 
     def _sent(self) -> None:
-        with self._condition:
+        lock = self._state_lock()
+        try:
             if self._state == _PENDING:
                 self._state = _RUNNING
+        finally:
+            lock.release()
 
     def _cancel(self) -> None:
         """The pool ended before the task did: it counts as cancelled, even
         if a worker had it (a Future cannot be cancelled once running, so
         the state is set here rather than through Future.cancel)."""
-        with self._condition:
+        lock = self._state_lock()
+        try:
             if self._state in _CANCELLED or self._state == _FINISHED:
                 return
             self._state = futures_base.CANCELLED_AND_NOTIFIED
             self.dropped = True
             for waiter in self._waiters:
                 waiter.add_cancelled(self)
-            self._condition.notify_all()
+            self._notify()
+        finally:
+            lock.release()
         self._unit = None
         self._pool._task_settled(self)
 
@@ -258,15 +320,17 @@ class Task(Future[_T]):
         TimeoutError (concurrent.futures') if it is not done in time."""
         if self._state != _FINISHED:
             self.wait(timeout)
-        elif self._exception is None:
-            # _result is set before _state, under the condition.
+        if self._state == _FINISHED and self._exception is None:
+            # _result is set before _state, under the state lock.
             return self._result           # type: ignore[return-value]  # not None: a _T
-        return super().result(timeout=0)
+        return super().result(timeout=0)  # raises what it holds, or times out
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """What the task raised (None if it returned), waiting as result() does."""
         self.wait(timeout)
-        return super().exception(timeout=0)
+        if self._state == _FINISHED:
+            return self._exception
+        return super().exception(timeout=0)   # cancelled, or not done in time
 
     def __repr__(self) -> str:
         if self._state in _CANCELLED:
