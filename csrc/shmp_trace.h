@@ -40,8 +40,20 @@ typedef struct shmp_trace_entry {
     _Atomic uint32_t lap;
 } shmp_trace_entry;
 
+/* Totals per label below SHMP_TRACE_TALLIES, over every span ever ended
+ * with a tally (a Process's sections: the ring keeps the newest spans,
+ * these keep the whole run).                                           */
+#define SHMP_TRACE_TALLIES 8u
+
+typedef struct shmp_trace_tally {
+    _Atomic uint64_t count;
+    _Atomic uint64_t total_ns;
+    _Atomic uint64_t failed;
+} shmp_trace_tally;
+
 typedef struct shmp_trace_ring {
     _Alignas(64) _Atomic uint64_t head;   /* entries ever begun (free-running) */
+    _Alignas(64) shmp_trace_tally tallies[SHMP_TRACE_TALLIES];
     _Alignas(64) shmp_trace_entry entries[];
 } shmp_trace_ring;
 
@@ -84,14 +96,49 @@ static inline void shmp_trace_end_at(shmp_trace_ring *r, uint64_t mask, uint64_t
     atomic_store_explicit(&e->end_ns, end_ns, memory_order_release);
 }
 
+/* End the newest span as shmp_trace_end_at does, and count it in its
+ * label's tally (a Process's sections; other labels are not counted).   */
+static inline void shmp_trace_end_tally_at(shmp_trace_ring *r, uint64_t mask, uint64_t end_ns,
+                                           uint32_t flags)
+{
+    uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+    if (h == 0)
+        return;
+    shmp_trace_entry *e = &r->entries[(h - 1) & mask];
+    if (atomic_load_explicit(&e->end_ns, memory_order_relaxed) != 0)
+        return;
+    uint32_t label = atomic_load_explicit(&e->label, memory_order_relaxed);
+    uint64_t start = atomic_load_explicit(&e->start_ns, memory_order_relaxed);
+    shmp_trace_end_at(r, mask, end_ns, flags);
+    if (label < SHMP_TRACE_TALLIES) {
+        shmp_trace_tally *t = &r->tallies[label];      /* one writer: plain adds */
+        atomic_store_explicit(&t->count, atomic_load_explicit(&t->count, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+        atomic_store_explicit(&t->total_ns, atomic_load_explicit(&t->total_ns,
+                              memory_order_relaxed) + (end_ns > start ? end_ns - start : 0),
+                              memory_order_relaxed);
+        if (flags & SHMP_SPAN_FAILED)
+            atomic_store_explicit(&t->failed, atomic_load_explicit(&t->failed,
+                                  memory_order_relaxed) + 1, memory_order_relaxed);
+    }
+}
+
 /* Mark the newest span failed, open or closed (a section found to have
  * overrun only once it was left).                                       */
 static inline void shmp_trace_fail_newest(shmp_trace_ring *r, uint64_t mask)
 {
     uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
-    if (h != 0)
-        atomic_fetch_or_explicit(&r->entries[(h - 1) & mask].flags, SHMP_SPAN_FAILED,
-                                 memory_order_relaxed);
+    if (h == 0)
+        return;
+    shmp_trace_entry *e = &r->entries[(h - 1) & mask];
+    uint32_t was = atomic_fetch_or_explicit(&e->flags, SHMP_SPAN_FAILED, memory_order_relaxed);
+    uint32_t label = atomic_load_explicit(&e->label, memory_order_relaxed);
+    if (!(was & SHMP_SPAN_FAILED) && label < SHMP_TRACE_TALLIES &&
+        atomic_load_explicit(&e->end_ns, memory_order_relaxed) != 0) {
+        shmp_trace_tally *t = &r->tallies[label];      /* a tallied section, failed late */
+        atomic_store_explicit(&t->failed, atomic_load_explicit(&t->failed,
+                              memory_order_relaxed) + 1, memory_order_relaxed);
+    }
 }
 
 #endif

@@ -341,7 +341,8 @@ typedef struct shmp_span {
 } shmp_span;
 enum {
     SHMP_SPAN_IS_FAILED  = 1,
-    SHMP_SPAN_IS_CRASHED = 2
+    SHMP_SPAN_IS_CRASHED = 2,
+    SHMP_TRACE_TALLY_LABELS = 8     /* labels 0..7 have a tally (end_tally) */
 };
 
 uint64_t shmp_trace_payload_size(uint32_t rings, uint32_t capacity);   /* 0 if out of range */
@@ -355,6 +356,12 @@ int  shmp_trace_end(shmp_trace *ring, uint32_t capacity, uint64_t end_ns, uint32
 int64_t shmp_trace_read(const shmp_trace *ring, uint32_t capacity, shmp_span *out,
                         uint32_t out_len, uint64_t *written_out);
 int  shmp_trace_close_open(shmp_trace *ring, uint32_t capacity, uint64_t end_ns, uint32_t flags);
+/* end_tally: end as shmp_trace_end, and count the span in its label's
+ * tally: (count, total ns, failed) per label 0..7 over the whole run,
+ * however many spans the ring overwrote (a Process's sections).
+ * tallies: copies them, 3 x SHMP_TRACE_TALLY_LABELS words into `out`.   */
+int  shmp_trace_end_tally(shmp_trace *ring, uint32_t capacity, uint64_t end_ns, uint32_t flags);
+int  shmp_trace_tallies(const shmp_trace *ring, uint64_t *out, uint32_t out_len);
 
 /* CDEF-END */
 

@@ -12,6 +12,7 @@
  */
 #include "shmp_internal.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #define MAX_RINGS     65536u
@@ -22,6 +23,8 @@ _Static_assert(SHMP_SPAN_FAILED == (unsigned)SHMP_SPAN_IS_FAILED, "flag values")
 _Static_assert(SHMP_SPAN_CRASHED == (unsigned)SHMP_SPAN_IS_CRASHED, "flag values");
 _Static_assert(sizeof(shmp_trace_entry) == 32, "a trace entry is 32 bytes");
 _Static_assert(sizeof(shmp_trace_area) <= SHMP_CACHE_LINE, "the area header is one line");
+_Static_assert(offsetof(shmp_trace_ring, entries) % SHMP_CACHE_LINE == 0, "entries on a line");
+_Static_assert(SHMP_TRACE_TALLIES == (unsigned)SHMP_TRACE_TALLY_LABELS, "tally count");
 
 static int capacity_ok(uint32_t capacity)
 {
@@ -31,7 +34,7 @@ static int capacity_ok(uint32_t capacity)
 
 static uint64_t ring_size(uint32_t capacity)
 {
-    return SHMP_CACHE_LINE + (uint64_t)capacity * sizeof(shmp_trace_entry);
+    return offsetof(shmp_trace_ring, entries) + (uint64_t)capacity * sizeof(shmp_trace_entry);
 }
 
 uint64_t shmp_trace_payload_size(uint32_t rings, uint32_t capacity)
@@ -109,6 +112,28 @@ int shmp_trace_end(shmp_trace *t, uint32_t capacity, uint64_t end_ns, uint32_t f
     if (t == NULL || !capacity_ok(capacity) || (flags & ~SHMP_SPAN_FLAGS) != 0)
         return SHMP_EINVAL;
     shmp_trace_end_at(&t->r, capacity - 1, end_ns, flags);
+    return SHMP_OK;
+}
+
+int shmp_trace_end_tally(shmp_trace *t, uint32_t capacity, uint64_t end_ns, uint32_t flags)
+{
+    if (t == NULL || !capacity_ok(capacity) || (flags & ~SHMP_SPAN_FLAGS) != 0)
+        return SHMP_EINVAL;
+    shmp_trace_end_tally_at(&t->r, capacity - 1, end_ns, flags);
+    return SHMP_OK;
+}
+
+int shmp_trace_tallies(const shmp_trace *t, uint64_t *out, uint32_t out_len)
+{
+    if (t == NULL || out == NULL || out_len < 3 * SHMP_TRACE_TALLIES)
+        return SHMP_EINVAL;
+    shmp_trace_ring *r = (shmp_trace_ring *)&t->r;
+    for (uint32_t i = 0; i < SHMP_TRACE_TALLIES; i++) {
+        /* Plain counters: whatever a damaged ring holds, they are only numbers. */
+        out[3 * i] = atomic_load_explicit(&r->tallies[i].count, memory_order_relaxed);
+        out[3 * i + 1] = atomic_load_explicit(&r->tallies[i].total_ns, memory_order_relaxed);
+        out[3 * i + 2] = atomic_load_explicit(&r->tallies[i].failed, memory_order_relaxed);
+    }
     return SHMP_OK;
 }
 

@@ -250,22 +250,24 @@ class Process:
         (__preloop__, __loop__, __postloop__ of each lap with its lap number,
         then __onfinish__, __result__ or __error__), recorded in shared
         memory (the newest 4095); ok is False for a hook that raised, timed
-        out or died with its worker.  During the run it holds the sections
-        done so far; before start() it is empty."""
+        out or died with its worker.  Its totals() hold each hook's count and
+        time over every lap, however many spans were dropped.  During the run
+        it holds the sections done so far; before start() it is empty."""
         rt = self._rt()
         if rt.worker is not None:
             raise RuntimeError("timeline() is read in the parent; inside the worker the "
                                "run is not over")
         from .observe.recorded import process_timeline
         if rt.run is None:
-            return process_timeline((), lost=0, origin_ns=0, end_ns=0)
+            return process_timeline((), lost=0, origin_ns=0, end_ns=0, tallies=())
         record = rt.run.spans()
         if record is None:
             raise NotImplementedError(
                 f"timeline() is recorded by the local backend's workers; "
                 f"{type(rt.run).__name__} runs record none")
-        spans, lost, origin_ns, end_ns = record
-        return process_timeline(spans, lost=lost, origin_ns=origin_ns, end_ns=end_ns)
+        spans, lost, origin_ns, end_ns, tallies = record
+        return process_timeline(spans, lost=lost, origin_ns=origin_ns, end_ns=end_ns,
+                                tallies=tallies)
 
     # -- state -----------------------------------------------------------------------------
     @property

@@ -203,6 +203,32 @@ def test_a_killed_process_has_its_last_section_closed():
     assert all(s.ok for s in tl.spans if s is not last)
 
 
+def test_a_long_run_keeps_the_newest_sections_and_totals_over_every_lap():
+    p = Laps(5000)
+    p.start()
+    assert p.result == 5000
+    tl = p.timeline()
+    cap = native.trace.DEFAULT_CAPACITY
+    assert len(tl.spans) <= cap and tl.dropped == 3 * 5000 + 2 - len(tl.spans)
+    assert max(s.lap for s in tl.spans if s.lap is not None) == 5000
+    totals = tl.totals
+    assert {k: v.count for k, v in totals.items()} == {
+        "__preloop__": 5000, "__loop__": 5000, "__postloop__": 5000, "__onfinish__": 1,
+        "__result__": 1}
+    assert all(t.failed == 0 and t.seconds >= 0 for t in totals.values())
+    recorded = sum(s.duration for s in tl.spans if s.label == "__loop__")
+    assert totals["__loop__"].seconds >= recorded
+    assert "over the whole run" in str(tl.summary())
+
+
+def test_failed_hooks_are_counted_in_the_totals():
+    p = Flaky()
+    p.start()
+    p.wait()
+    totals = p.timeline().totals
+    assert totals["__loop__"].count == 2 and totals["__loop__"].failed == 1
+
+
 def test_timeline_of_a_process_never_started_is_empty():
     assert len(Laps(1).timeline().spans) == 0
 
@@ -296,10 +322,11 @@ def test_damaged_entries_are_dropped_not_returned():
         ring.begin(i, 100 + i)
         ring.end(200 + i)
     # Damage: entry 3's end before its start, entry 5's unknown flag bits,
-    # entry 7's start of 0.  (Entries follow the ring's 64-byte head.)
-    raw = native.trace.ffi.cast("uint64_t *", ring.address + 64)
+    # entry 7's start of 0.  (Entries follow the ring's head line and its
+    # three lines of tallies: 256 bytes.)
+    raw = native.trace.ffi.cast("uint64_t *", ring.address + 256)
     raw[3 * 4 + 1] = 5
-    raw32 = native.trace.ffi.cast("uint32_t *", ring.address + 64)
+    raw32 = native.trace.ffi.cast("uint32_t *", ring.address + 256)
     raw32[5 * 8 + 5] = 0xF0
     raw[7 * 4] = 0
     spans, written = ring.read()
@@ -353,11 +380,12 @@ def test_a_ring_of_random_bytes_reads_only_checked_spans(head, junk):
     ring = area.ring(0)
     ffi = native.trace.ffi
     ffi.cast("uint64_t *", ring.address)[0] = head
-    ffi.memmove(ffi.cast("char *", ring.address + 64), junk, len(junk))
+    ffi.memmove(ffi.cast("char *", ring.address + 256), junk, len(junk))
     spans, written = ring.read()
     assert written == head
     assert len(spans) <= min(head, 16)
     for start, end, label, flags, pid, lap in spans:
         assert start != 0 and (end == 0 or end >= start) and flags & ~3 == 0
     ring.close_open(12345, native.SPAN_CRASHED)     # never outside the ring either
+    assert len(ring.tallies()) == 8                  # only numbers, whatever they hold
     area.close()

@@ -190,7 +190,7 @@ static PyObject *laps_run(PyObject *self, PyObject *args)
             int bits = enter(ctl, sec[i], tmo[i]);
             if (tr.ring != NULL) {
                 uint64_t t = tr.section_start(ctl);
-                shmp_trace_end_at(tr.ring, tr.mask, t, 0);
+                shmp_trace_end_tally_at(tr.ring, tr.mask, t, 0);
                 if (bits & OVERRAN_BIT)         /* the section being left overran */
                     shmp_trace_fail_newest(tr.ring, tr.mask);
                 else
@@ -206,7 +206,7 @@ static PyObject *laps_run(PyObject *self, PyObject *args)
             armed = 0;
             if (r == NULL) {
                 if (tr.ring != NULL)
-                    shmp_trace_end_at(tr.ring, tr.mask, clock_ns(), SHMP_SPAN_FAILED);
+                    shmp_trace_end_tally_at(tr.ring, tr.mask, clock_ns(), SHMP_SPAN_FAILED);
                 what = R_RAISED;
                 index = i;
                 exc = take_exception();
@@ -215,7 +215,7 @@ static PyObject *laps_run(PyObject *self, PyObject *args)
             Py_DECREF(r);
         }
         if (tr.ring != NULL && n > 0)
-            shmp_trace_end_at(tr.ring, tr.mask, clock_ns(), 0);
+            shmp_trace_end_tally_at(tr.ring, tr.mask, clock_ns(), 0);
         if (pending != NULL) {
             int any = PyObject_IsTrue(pending);
             if (any < 0)

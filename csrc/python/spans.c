@@ -116,6 +116,24 @@ static PyObject *writer_end(PyObject *self, PyObject *const *args, Py_ssize_t na
     return PyLong_FromUnsignedLongLong(end);
 }
 
+/* end_tally(failed=False) -> end_ns: end() that also counts the span in
+ * its label's tally (a Process's sections, csrc/shmp_trace.h).          */
+static PyObject *writer_end_tally(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Writer *w = (Writer *)self;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "end_tally(failed=False)");
+        return NULL;
+    }
+    int failed = 0;
+    if (nargs == 1 && (failed = PyObject_IsTrue(args[0])) < 0)
+        return NULL;
+    uint64_t end = now_ns();
+    if (w->ring != NULL)
+        shmp_trace_end_tally_at(w->ring, w->mask, end, failed ? SHMP_SPAN_FAILED : 0);
+    return PyLong_FromUnsignedLongLong(end);
+}
+
 /* fail_newest(): mark the newest span failed, open or closed. */
 static PyObject *writer_fail_newest(PyObject *self, PyObject *Py_UNUSED(unused))
 {
@@ -132,6 +150,8 @@ static PyMethodDef writer_methods[] = {
      "begin(label, start_ns=0, lap=0) -> start_ns: begin a span (start_ns 0: now)"},
     {"end", (PyCFunction)(void (*)(void))writer_end, METH_FASTCALL,
      "end(failed=False) -> end_ns: end the newest span, if it is open"},
+    {"end_tally", (PyCFunction)(void (*)(void))writer_end_tally, METH_FASTCALL,
+     "end_tally(failed=False) -> end_ns: end(), counting the span in its label's tally"},
     {"fail_newest", writer_fail_newest, METH_NOARGS,
      "fail_newest(): mark the newest span failed (a section found overrun once left)"},
     {"items", writer_items, METH_VARARGS,

@@ -141,20 +141,36 @@ class TraceRing:
         out = ffi.new("shmp_span[]", max(room, 1))
         n = lib.shmp_trace_read(self.ring, self.capacity, out, room, written)
         check(n if n < 0 else OK, "reading a trace ring")
-        return SpanSnapshot(self.index, ffi.buffer(out, n * _SPAN.size)[:], written[0])
+        return SpanSnapshot(self.index, ffi.buffer(out, n * _SPAN.size)[:], written[0],
+                            self.tallies())
+
+    def end_tally(self, end_ns: int, flags: int = 0):
+        check(lib.shmp_trace_end_tally(self.ring, self.capacity, end_ns, flags), "ending a span")
+
+    def tallies(self) -> list:
+        """[(count, total_ns, failed)] for labels 0..7 over every span ended
+        with a tally (a Process's sections), however many the ring overwrote."""
+        n = 3 * lib.SHMP_TRACE_TALLY_LABELS
+        out = ffi.new("uint64_t[]", n)
+        check(lib.shmp_trace_tallies(self.ring, out, n), "reading a trace ring's tallies")
+        return [tuple(out[i:i + 3]) for i in range(0, n, 3)]
 
 
 class SpanSnapshot:
     """A ring's spans copied out of shared memory (TraceRing.snapshot)."""
 
-    __slots__ = ("index", "data", "written")
+    __slots__ = ("index", "data", "written", "_tallies")
 
-    def __init__(self, index: int, data: bytes, written: int):
-        self.index, self.data, self.written = index, data, written
+    def __init__(self, index: int, data: bytes, written: int, tallies: list):
+        self.index, self.data, self.written, self._tallies = index, data, written, tallies
 
     def read(self):
         """As TraceRing.read."""
         return list(_SPAN.iter_unpack(self.data)), self.written
+
+    def tallies(self) -> list:
+        """As TraceRing.tallies."""
+        return self._tallies
 
     def close_open(self, end_ns: int, flags: int = 0):
         """Nothing is open in a copy (it was taken once its writer ended)."""

@@ -72,12 +72,14 @@ class Run(abc.ABC):
     def outcome(self) -> Outcome:
         """How the run ended; only called once ended() is True."""
 
-    def spans(self) -> tuple[list[tuple[int, int, int, int, int, int]], int, int, int] | None:
+    def spans(self) -> tuple[list[tuple[int, int, int, int, int, int]], int, int, int,
+                             list[tuple[int, int, int]]] | None:
         """What the worker recorded, for Process.timeline(): (spans, lost,
-        origin_ns, end_ns) -- spans as (start_ns, end_ns, section, flags,
-        pid, lap) on the now_ns clock (end_ns 0: running), lost the number
-        overwritten, origin_ns and end_ns when the run started and ended (or
-        now) -- or None where this backend records nothing."""
+        origin_ns, end_ns, tallies) -- spans as (start_ns, end_ns, section,
+        flags, pid, lap) on the now_ns clock (end_ns 0: running), lost the
+        number overwritten, origin_ns and end_ns when the run started and
+        ended (or now), tallies (count, total_ns, failed) per section id over
+        the whole run -- or None where this backend records nothing."""
         return None
 
     async def until_ended(self) -> None:

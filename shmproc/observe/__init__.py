@@ -1,6 +1,7 @@
 """See what the workers did: timelines of a pool's tasks or a Process's sections.
 
-    span.py          Span: one task (or one Process section) on one worker, start to end
+    span.py          Span: one task (or one Process section) on one worker, start to end;
+                     Total: one label's count and time over a whole run
     timeline.py      Timeline: the spans of one pool or Process, sorted, with a summary
     summary.py       busy, idle and dispatch time per worker and for the pool
     chrome_trace.py  the Trace Event Format JSON that Perfetto and chrome://tracing open
@@ -12,8 +13,8 @@ from what the workers recorded in shared memory; nothing here touches
 processes or shared memory, so a Timeline can also be built by hand from
 Span objects. docs/observability.md shows how to read one.
 """
-from .span import Span
+from .span import Span, Total
 from .summary import TimelineSummary, WorkerSummary
 from .timeline import Timeline
 
-__all__ = ["Span", "Timeline", "TimelineSummary", "WorkerSummary"]
+__all__ = ["Span", "Timeline", "TimelineSummary", "Total", "WorkerSummary"]

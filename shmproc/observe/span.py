@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Span"]
+__all__ = ["Span", "Total"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,3 +35,18 @@ class Span:
     def duration(self) -> float:
         """``end - start``, in seconds."""
         return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class Total:
+    """One label's spans over a whole run, dropped ones included: a
+    Process's hook counts and time over every lap (Timeline.totals)."""
+
+    count: int                # spans ended with this label
+    seconds: float            # their summed duration
+    failed: int = 0           # of which failed
+
+    @property
+    def mean(self) -> float:
+        """Seconds per span (0.0 when there were none)."""
+        return self.seconds / self.count if self.count else 0.0

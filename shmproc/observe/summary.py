@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .span import Span
+from .span import Span, Total
 
 __all__ = ["WorkerSummary", "TimelineSummary", "summarize", "format_seconds", "counted"]
 
@@ -63,6 +63,7 @@ class TimelineSummary:
     dispatch_overhead: float
     longest: Span | None
     dropped: int                            # spans lost to the bounded trace areas (oldest first)
+    totals: tuple[tuple[str, Total], ...] = ()   # per label over the whole run (Timeline.totals)
 
     @property
     def headline(self) -> str:
@@ -92,11 +93,19 @@ class TimelineSummary:
         for row in rows:
             cells = [cell.rjust(width) for cell, width in zip(row, widths)]
             lines.append("  ".join(cells + [row[-1]]).rstrip())
+        if self.totals:
+            lines.append("")
+            lines.append("over the whole run (dropped spans included):")
+            width = max(len(label) for label, _ in self.totals)
+            for label, total in self.totals:
+                failed = f", {total.failed:,} failed" if total.failed else ""
+                lines.append(f"  {label.ljust(width)}  {total.count:,} x {format_seconds(total.mean)}"
+                             f" = {format_seconds(total.seconds)}{failed}")
         return "\n".join(lines)
 
 
 def summarize(spans: Sequence[Span], *, workers: int, window: tuple[float, float], dropped: int,
-              kind: str) -> TimelineSummary:
+              kind: str, totals: tuple[tuple[str, Total], ...] = ()) -> TimelineSummary:
     """The summary of ``spans``, which must be sorted by start time."""
     by_worker: list[list[Span]] = [[] for _ in range(workers)]
     for span in spans:
@@ -112,7 +121,7 @@ def summarize(spans: Sequence[Span], *, workers: int, window: tuple[float, float
         busy=sum(r.busy for r in rows),
         busy_fraction=sum(r.busy_fraction for r in rows) / len(rows) if rows else 0.0,
         idle=sum(r.idle for r in rows), dispatch_overhead=sum(r.dispatch_overhead for r in rows),
-        longest=longest, dropped=dropped)
+        longest=longest, dropped=dropped, totals=totals)
 
 
 def _worker_summary(worker: int, spans: Sequence[Span], window: tuple[float, float]) -> WorkerSummary:

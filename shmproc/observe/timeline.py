@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from operator import attrgetter
 from pathlib import Path
 
 from .chrome_trace import write_trace
 from .files import destination, write_whole
-from .span import Span
+from .span import Span, Total
 from .summary import TimelineSummary, counted, format_seconds, summarize
 
 __all__ = ["Span", "Timeline", "KINDS"]
@@ -43,14 +43,18 @@ class Timeline:
     ``dropped``: how many of the oldest spans the bounded trace areas
     overwrote, so are missing here.
     ``kind``: "pool", or "process" for a Process's hook sections.
+    ``totals``: per label, its count and time over the whole run, dropped
+    spans included (a Process's hooks over every lap); empty if unknown.
 
     ``len()`` and iteration go over the spans.
     """
 
-    __slots__ = ("_spans", "_workers", "_origin", "_window", "_dropped", "_kind", "_summary")
+    __slots__ = ("_spans", "_workers", "_origin", "_window", "_dropped", "_kind", "_totals",
+                 "_summary")
 
     def __init__(self, spans: Iterable[Span], *, workers: int, origin: float,
-                 window: tuple[float, float] | None = None, dropped: int = 0, kind: str = "pool") -> None:
+                 window: tuple[float, float] | None = None, dropped: int = 0, kind: str = "pool",
+                 totals: Mapping[str, Total] | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         _check_count("workers", workers)
@@ -71,6 +75,11 @@ class Timeline:
         self._window = _checked_window(window) if window is not None else _default_window(self._spans, dropped)
         self._dropped = dropped
         self._kind = kind
+        self._totals = dict(totals or {})
+        for label, total in self._totals.items():
+            if not isinstance(total, Total):
+                raise TypeError(f"totals map labels to Total objects, got {type(total).__name__} "
+                                f"for {label!r}")
         self._summary: TimelineSummary | None = None
 
     @property
@@ -103,6 +112,12 @@ class Timeline:
         """"pool", or "process" for the hook sections of one Process."""
         return self._kind
 
+    @property
+    def totals(self) -> dict[str, Total]:
+        """Per label: count, seconds and failures over the whole run, dropped
+        spans included (a Process's hooks over every lap); {} if not known."""
+        return dict(self._totals)
+
     def __len__(self) -> int:
         return len(self._spans)
 
@@ -127,7 +142,8 @@ class Timeline:
         """
         if self._summary is None:
             self._summary = summarize(self._spans, workers=self._workers, window=self._window,
-                                      dropped=self._dropped, kind=self._kind)
+                                      dropped=self._dropped, kind=self._kind,
+                                      totals=tuple(self._totals.items()))
         return self._summary
 
     def to_chrome_trace(self, path: str | os.PathLike[str]) -> Path:

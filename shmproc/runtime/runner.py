@@ -174,12 +174,12 @@ class Runner:
                 except BaseException as exc:
                     self.armed = False
                     if spans is not None:
-                        spans.end(True)
+                        spans.end_tally(True)
                     self.ctl.leave()               # this section's deadline no longer applies
                     raise self._failure(sec, exc, limit) from None
                 self.armed = False
                 if spans is not None:
-                    spans.end(False)
+                    spans.end_tally(False)
             if pending:
                 self.outbox.flush_between_hooks()
             bits = end_lap()
@@ -205,13 +205,13 @@ class Runner:
         except BaseException as exc:
             self.armed = False
             if spans is not None:
-                spans.end(True)
+                spans.end_tally(True)
             self.ctl.leave()
             raise self._failure(sec, exc, limit) from None
         self.armed = False
         overran = self.ctl.leave() & OVERRAN
         if spans is not None:
-            spans.end(bool(overran))
+            spans.end_tally(bool(overran))
         if overran:
             raise self._overran(sec, limit)
         return value

@@ -322,7 +322,7 @@ class LocalRun(Run):
                                "SHMPROC_TRACE=0 in the environment")
         spans, written = self.trace_ring.read()
         end_ns = self.ended_ns if self.ended_ else native.now_ns()
-        return spans, written - len(spans), self.origin_ns, end_ns
+        return spans, written - len(spans), self.origin_ns, end_ns, self.trace_ring.tallies()
 
 
 class LocalBackend(Backend):
