@@ -96,6 +96,13 @@ static inline void shmp_trace_end_at(shmp_trace_ring *r, uint64_t mask, uint64_t
     atomic_store_explicit(&e->end_ns, end_ns, memory_order_release);
 }
 
+/* One writer per ring: a counter is a plain load and store, no RMW. */
+static inline void shmp_trace_add(_Atomic uint64_t *counter, uint64_t n)
+{
+    atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
 /* End the newest span as shmp_trace_end_at does, and count it in its
  * label's tally (a Process's sections; other labels are not counted).   */
 static inline void shmp_trace_end_tally_at(shmp_trace_ring *r, uint64_t mask, uint64_t end_ns,
@@ -111,15 +118,11 @@ static inline void shmp_trace_end_tally_at(shmp_trace_ring *r, uint64_t mask, ui
     uint64_t start = atomic_load_explicit(&e->start_ns, memory_order_relaxed);
     shmp_trace_end_at(r, mask, end_ns, flags);
     if (label < SHMP_TRACE_TALLIES) {
-        shmp_trace_tally *t = &r->tallies[label];      /* one writer: plain adds */
-        atomic_store_explicit(&t->count, atomic_load_explicit(&t->count, memory_order_relaxed) + 1,
-                              memory_order_relaxed);
-        atomic_store_explicit(&t->total_ns, atomic_load_explicit(&t->total_ns,
-                              memory_order_relaxed) + (end_ns > start ? end_ns - start : 0),
-                              memory_order_relaxed);
+        shmp_trace_tally *t = &r->tallies[label];
+        shmp_trace_add(&t->count, 1);
+        shmp_trace_add(&t->total_ns, end_ns > start ? end_ns - start : 0);
         if (flags & SHMP_SPAN_FAILED)
-            atomic_store_explicit(&t->failed, atomic_load_explicit(&t->failed,
-                                  memory_order_relaxed) + 1, memory_order_relaxed);
+            shmp_trace_add(&t->failed, 1);
     }
 }
 
@@ -134,11 +137,8 @@ static inline void shmp_trace_fail_newest(shmp_trace_ring *r, uint64_t mask)
     uint32_t was = atomic_fetch_or_explicit(&e->flags, SHMP_SPAN_FAILED, memory_order_relaxed);
     uint32_t label = atomic_load_explicit(&e->label, memory_order_relaxed);
     if (!(was & SHMP_SPAN_FAILED) && label < SHMP_TRACE_TALLIES &&
-        atomic_load_explicit(&e->end_ns, memory_order_relaxed) != 0) {
-        shmp_trace_tally *t = &r->tallies[label];      /* a tallied section, failed late */
-        atomic_store_explicit(&t->failed, atomic_load_explicit(&t->failed,
-                              memory_order_relaxed) + 1, memory_order_relaxed);
-    }
+        atomic_load_explicit(&e->end_ns, memory_order_relaxed) != 0)
+        shmp_trace_add(&r->tallies[label].failed, 1);      /* a tallied section, failed late */
 }
 
 #endif

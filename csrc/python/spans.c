@@ -99,39 +99,36 @@ static PyObject *writer_begin(PyObject *self, PyObject *const *args, Py_ssize_t 
     return PyLong_FromUnsignedLongLong(start);
 }
 
-/* end(failed=False) -> end_ns: closes the newest span if it is open. */
-static PyObject *writer_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* end(failed=False) -> end_ns: closes the newest span if it is open;
+ * end_tally(failed=False) also counts it in its label's tally (a
+ * Process's sections, csrc/shmp_trace.h).                              */
+static PyObject *end_span(PyObject *self, PyObject *const *args, Py_ssize_t nargs, int tally)
 {
     Writer *w = (Writer *)self;
     if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "end(failed=False)");
+        PyErr_SetString(PyExc_TypeError, tally ? "end_tally(failed=False)" : "end(failed=False)");
         return NULL;
     }
     int failed = 0;
     if (nargs == 1 && (failed = PyObject_IsTrue(args[0])) < 0)
         return NULL;
     uint64_t end = now_ns();
-    if (w->ring != NULL)
-        shmp_trace_end_at(w->ring, w->mask, end, failed ? SHMP_SPAN_FAILED : 0);
+    uint32_t flags = failed ? SHMP_SPAN_FAILED : 0;
+    if (w->ring != NULL && tally)
+        shmp_trace_end_tally_at(w->ring, w->mask, end, flags);
+    else if (w->ring != NULL)
+        shmp_trace_end_at(w->ring, w->mask, end, flags);
     return PyLong_FromUnsignedLongLong(end);
 }
 
-/* end_tally(failed=False) -> end_ns: end() that also counts the span in
- * its label's tally (a Process's sections, csrc/shmp_trace.h).          */
+static PyObject *writer_end(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return end_span(self, args, nargs, 0);
+}
+
 static PyObject *writer_end_tally(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Writer *w = (Writer *)self;
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "end_tally(failed=False)");
-        return NULL;
-    }
-    int failed = 0;
-    if (nargs == 1 && (failed = PyObject_IsTrue(args[0])) < 0)
-        return NULL;
-    uint64_t end = now_ns();
-    if (w->ring != NULL)
-        shmp_trace_end_tally_at(w->ring, w->mask, end, failed ? SHMP_SPAN_FAILED : 0);
-    return PyLong_FromUnsignedLongLong(end);
+    return end_span(self, args, nargs, 1);
 }
 
 /* fail_newest(): mark the newest span failed, open or closed. */
