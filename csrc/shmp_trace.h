@@ -75,17 +75,24 @@ static inline void shmp_trace_begin_at(shmp_trace_ring *r, uint64_t mask, uint64
     atomic_store_explicit(&r->head, h + 1, memory_order_release);
 }
 
+/* The newest entry if it is still open, else NULL. */
+static inline shmp_trace_entry *shmp_trace_open_newest(shmp_trace_ring *r, uint64_t mask)
+{
+    uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
+    if (h == 0)
+        return NULL;
+    shmp_trace_entry *e = &r->entries[(h - 1) & mask];
+    return atomic_load_explicit(&e->end_ns, memory_order_relaxed) == 0 ? e : NULL;
+}
+
 /* End the newest span at `end_ns` with `flags`, if it is still open.
  * An end before the start (a clock that cannot go back: only a bug) is
  * stored as the start, so a closed span is never negative.              */
 static inline void shmp_trace_end_at(shmp_trace_ring *r, uint64_t mask, uint64_t end_ns,
                                      uint32_t flags)
 {
-    uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
-    if (h == 0)
-        return;
-    shmp_trace_entry *e = &r->entries[(h - 1) & mask];
-    if (atomic_load_explicit(&e->end_ns, memory_order_relaxed) != 0)
+    shmp_trace_entry *e = shmp_trace_open_newest(r, mask);
+    if (e == NULL)
         return;
     uint64_t start = atomic_load_explicit(&e->start_ns, memory_order_relaxed);
     if (end_ns < start)
@@ -108,11 +115,8 @@ static inline void shmp_trace_add(_Atomic uint64_t *counter, uint64_t n)
 static inline void shmp_trace_end_tally_at(shmp_trace_ring *r, uint64_t mask, uint64_t end_ns,
                                            uint32_t flags)
 {
-    uint64_t h = atomic_load_explicit(&r->head, memory_order_relaxed);
-    if (h == 0)
-        return;
-    shmp_trace_entry *e = &r->entries[(h - 1) & mask];
-    if (atomic_load_explicit(&e->end_ns, memory_order_relaxed) != 0)
+    shmp_trace_entry *e = shmp_trace_open_newest(r, mask);
+    if (e == NULL)
         return;
     uint32_t label = atomic_load_explicit(&e->label, memory_order_relaxed);
     uint64_t start = atomic_load_explicit(&e->start_ns, memory_order_relaxed);
