@@ -184,18 +184,23 @@ def test_terminate_cancels_and_tells_the_callbacks():
 # ---- a Task's Condition is made only when something needs it ----------------------------------
 
 def test_a_task_read_through_the_pool_never_makes_a_condition():
-    """The fast path (submit, then result() or exception()) needs no Condition:
-    a Task then holds far fewer objects for the garbage collector to sweep."""
+    """The fast path (submit, then result() or exception()) needs no Condition,
+    no waiters list and no callbacks list: a Task then holds far fewer objects
+    for the garbage collector to sweep."""
     with shmproc.Pool(2) as pool:
         ok, bad = pool.submit(square, 3), pool.submit(fail, 1)
         assert ok.result(timeout=60) == 9
         assert isinstance(bad.exception(timeout=60), ValueError)
-        assert "_condition" not in ok.__dict__ and "_condition" not in bad.__dict__
+        for task in (ok, bad):
+            assert not {"_condition", "_waiters", "_done_callbacks"} & set(task.__dict__)
         # Asked for once done: the shared one, which is only ever locked to be read.
         assert ok._condition is bad._condition
         with pytest.raises(ValueError):
             bad.result()
         assert ok.done() and not ok.cancel()
+        late = []
+        ok.add_done_callback(late.append)         # done already: called at once
+        assert late == [ok] and ok._done_callbacks == []
 
 
 def test_waiters_on_pending_tasks_get_their_own_condition_and_are_woken():

@@ -362,7 +362,7 @@ class JobEngine:
         """A Task finished (under the lock): its done-callbacks run once the
         lock is let go, by whoever drove the pool (see _run_due)."""
         self._watched.discard(task)
-        if task._done_callbacks:
+        if task._has_callbacks():
             self._due.append(task)
             self._async_started()
 

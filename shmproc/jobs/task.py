@@ -46,6 +46,9 @@ _CANCELLED = (futures_base.CANCELLED, futures_base.CANCELLED_AND_NOTIFIED)
 
 _T = TypeVar("_T")
 
+#: Future's fields a Task makes only when something uses them (Task.__getattr__).
+_LAZY_FIELDS = frozenset(("_condition", "_waiters", "_done_callbacks"))
+
 #: The Condition of every Task that was done before anything needed one
 #: (Task.__getattr__): locked to read the state, never waited on.
 _DONE = threading.Condition()
@@ -144,12 +147,10 @@ class Task(Future[_T]):
         # Tasks are settled and read through the pool without anyone ever
         # waiting on it.  (Many pending Tasks made the collector's sweeps
         # the largest cost of a burst of submits.)
+        # (_waiters and _done_callbacks too: made by __getattr__ on first use.)
         self._state = _PENDING
         self._result = None
         self._exception = None
-        self._done_callbacks = []
-        self._waiters = _Watched()
-        self._waiters.task = self
         self._pool = pool
         self._name = name             # a str, or the callable (named when shown: not per submit)
         self.retries = retries        # re-runs allowed if its worker dies while running it
@@ -174,20 +175,29 @@ class Task(Future[_T]):
         self._settle(None, exc)
 
     def __getattr__(self, name: str) -> Any:
-        # Only a missing _condition comes here: made on first use, once.
-        if name != "_condition":
+        # Only Future's fields a Task makes on first use come here, once each.
+        if name not in _LAZY_FIELDS:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         with Task._making:
-            cond = self.__dict__.get("_condition")
-            if cond is None:
-                # A Task already done (its state changes under _making until
-                # it has a Condition of its own, so this is final) is only
-                # locked to be read, never waited on: one shared Condition
-                # serves them all (as_completed locks every Task it is given).
-                done = self._state == _FINISHED or self._state == _CANCELLED[1]
-                cond = _DONE if done else threading.Condition()
-                self.__dict__["_condition"] = cond
-        return cond
+            value = self.__dict__.get(name)
+            if value is None:
+                if name == "_condition":
+                    # A Task already done (its state changes under _making
+                    # until it has a Condition of its own, so this is final)
+                    # is only locked to be read, never waited on: one shared
+                    # Condition serves them all (as_completed locks each Task).
+                    done = self._state == _FINISHED or self._state == _CANCELLED[1]
+                    value = _DONE if done else threading.Condition()
+                elif name == "_waiters":
+                    value = _Watched()
+                    value.task = self
+                else:
+                    value = []            # _done_callbacks
+                self.__dict__[name] = value
+        return value
+
+    def _has_callbacks(self) -> bool:
+        return bool(self.__dict__.get("_done_callbacks"))
 
     def _state_lock(self) -> Any:
         """Acquire and return the lock to change the state under: the Task's
@@ -214,11 +224,11 @@ class Task(Future[_T]):
                 return                    # cancelled meanwhile: the outcome is ignored
             if error is None:
                 self._result = value
-                for waiter in self._waiters:
+                for waiter in self.__dict__.get("_waiters", ()):
                     waiter.add_result(self)
             else:
                 self._exception = error
-                for waiter in self._waiters:
+                for waiter in self.__dict__.get("_waiters", ()):
                     waiter.add_exception(self)
             self._state = _FINISHED
             self._notify()
@@ -252,7 +262,7 @@ class Task(Future[_T]):
                 return
             self._state = futures_base.CANCELLED_AND_NOTIFIED
             self.dropped = True
-            for waiter in self._waiters:
+            for waiter in self.__dict__.get("_waiters", ()):
                 waiter.add_cancelled(self)
             self._notify()
         finally:
