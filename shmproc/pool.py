@@ -113,16 +113,19 @@ class Pool:
     @overload
     def map(self, fn: type[Process], iterable: Iterable[Any], chunksize: int | None = None, *,
             progress: ProgressOption = False, copy: bool = False, retries: int | None = None,
-            task_timeout: float | None = None) -> list[Any]: ...
+            task_timeout: float | None = None,
+            on_message: Callable[[int, Any], object] | None = None) -> list[Any]: ...
     @overload
     def map(self, fn: Callable[[_S], _T], iterable: Iterable[_S],
             chunksize: int | None = None, *, progress: ProgressOption = False,
             copy: bool = False, retries: int | None = None,
-            task_timeout: float | None = None) -> list[_T]: ...
+            task_timeout: float | None = None,
+            on_message: Callable[[int, Any], object] | None = None) -> list[_T]: ...
     def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
             chunksize: int | None = None, *, progress: ProgressOption = False,
             copy: bool = False, retries: int | None = None,
-            task_timeout: float | None = None) -> list[Any]:
+            task_timeout: float | None = None,
+            on_message: Callable[[int, Any], object] | None = None) -> list[Any]:
         """[fn(x) for x in iterable], in parallel; raises the first task error.
 
         chunksize None picks a batch size (as multiprocessing.Pool.map
@@ -134,28 +137,36 @@ class Pool:
         is run again on a fresh worker before it fails with
         ProcessCrashedError (None: the pool's `retries`).  Items that
         finished are never run again.  task_timeout: seconds one item may
-        run (None: the pool's task_timeout).
+        run (None: the pool's task_timeout).  on_message: for a Process
+        class as `fn`, called as on_message(index, message) in this thread
+        for each message an item tells (self.tell), in order per item, as
+        they come and before map returns or raises.
         """
         return self._engine.map(fn, iterable, chunksize, progress=progress, copy=copy,
-                                retries=retries, task_timeout=task_timeout)
+                                retries=retries, task_timeout=task_timeout,
+                                on_message=on_message)
 
     @overload
     def starmap(self, fn: type[Process], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, *, progress: ProgressOption = False,
                 copy: bool = False, retries: int | None = None,
-                task_timeout: float | None = None) -> list[Any]: ...
+                task_timeout: float | None = None,
+                on_message: Callable[[int, Any], object] | None = None) -> list[Any]: ...
     @overload
     def starmap(self, fn: Callable[..., _T], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, *, progress: ProgressOption = False,
                 copy: bool = False, retries: int | None = None,
-                task_timeout: float | None = None) -> list[_T]: ...
+                task_timeout: float | None = None,
+                on_message: Callable[[int, Any], object] | None = None) -> list[_T]: ...
     def starmap(self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, *, progress: ProgressOption = False,
                 copy: bool = False, retries: int | None = None,
-            task_timeout: float | None = None) -> list[Any]:
-        """[fn(*args) for args in iterable], in parallel."""
+                task_timeout: float | None = None,
+                on_message: Callable[[int, Any], object] | None = None) -> list[Any]:
+        """[fn(*args) for args in iterable], in parallel (on_message: as map's)."""
         return self._engine.starmap(fn, iterable, chunksize, progress=progress, copy=copy,
-                                    retries=retries, task_timeout=task_timeout)
+                                    retries=retries, task_timeout=task_timeout,
+                                    on_message=on_message)
 
     @overload
     def imap(self, fn: type[Process], iterable: Iterable[Any], chunksize: int | None = None, *,

@@ -390,11 +390,11 @@ class Process:
         box = rt.worker.mailbox
         if box is None:
             raise NotImplementedError(
-                "tell()/listen() are not available here: inside an item of Pool.map / starmap, "
-                "which have no handle to listen on (use imap, imap_unordered or map_async, "
-                "whose listen() hears what items tell, or submit the Process: task.listen()), "
-                "or a Process running on Ray (pass it a ray.util.queue.Queue); or give it a "
-                "shmproc.Queue")
+                "tell()/listen() are not available here: inside an item of Pool.map / starmap "
+                "called without on_message= (pass on_message=fn: fn(index, message) hears what "
+                "items tell; or use imap, imap_unordered or map_async, whose listen() hears it, "
+                "or submit the Process: task.listen()), or a Process running on Ray (pass it a "
+                "ray.util.queue.Queue); or give it a shmproc.Queue")
         return box
 
     def _worker_inbox(self, rt: _Runtime) -> Any:

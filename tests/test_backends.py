@@ -689,6 +689,8 @@ def test_tell_and_listen_on_ray_are_clear_errors_on_both_sides(ray_cluster):
         with pytest.raises(NotImplementedError, match="ray.util.queue.Queue"):
             it.listen(0)
         assert list(it) == [0, 1, 4]
+        with pytest.raises(NotImplementedError, match="on_message"):
+            pool.map(square, range(3), on_message=print)
 
 
 def test_timelines_on_ray_are_clear_errors(ray_cluster):

@@ -286,10 +286,47 @@ def test_a_crash_keeps_what_earlier_items_told():
         assert list(iter(lambda: it.listen(0), None)) == [(0, "before"), (1, "before")]
 
 
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_plain_map_items_tell_through_on_message(chunksize):
+    """Pool.map / starmap of a Process class: on_message(index, message) is
+    called in the caller's thread for every message, in order per item,
+    before the call returns."""
+    heard = []
+    callers = set()
+
+    def on_message(index, message):
+        callers.add(threading.get_ident())
+        heard.append((index, message))
+
+    with shmproc.Pool(2) as pool:
+        assert pool.map(TellsInPool, range(10, 17), chunksize=chunksize,
+                        on_message=on_message) == ["told"] * 7
+        assert callers == {threading.get_ident()}
+        for i in range(7):
+            assert [m for j, m in heard if j == i] == [(10 + i, lap) for lap in range(3)]
+        assert len(heard) == 21
+        heard.clear()
+        assert pool.starmap(TellsInPool, [(1,), (2,)], on_message=on_message) == ["told"] * 2
+        assert sorted(heard) == [(i, (i + 1, lap)) for i in (0, 1) for lap in range(3)]
+
+
+def test_on_message_hears_what_came_before_an_item_failed():
+    """A map that raises has delivered every message that reached the
+    parent before it raised; one whose worker dies keeps earlier items' tells."""
+    heard = []
+    with shmproc.Pool(1) as pool:
+        with pytest.raises(shmproc.ProcessCrashedError):
+            pool.map(TellsThenDiesInPool, [False, True], chunksize=2,
+                     on_message=lambda i, m: heard.append((i, m)))
+    assert heard == [(0, "before"), (1, "before")]
+
+
 def test_what_pool_tasks_cannot_do_is_a_clear_error():
     with shmproc.Pool(1) as pool:
         with pytest.raises(shmproc.ProcessError, match="not hear from it"):
             pool.submit(TellsInPool, 1, listen=True).result(timeout=30)
-        with pytest.raises(shmproc.ProcessError, match="Pool.map / starmap.*imap"):
-            pool.map(TellsInPool, [1, 2])           # no handle to listen on: told at once
+        with pytest.raises(shmproc.ProcessError, match="Pool.map / starmap.*on_message="):
+            pool.map(TellsInPool, [1, 2])           # nothing listens: told at once
+        with pytest.raises(TypeError, match="on_message must be a callable"):
+            pool.map(TellsInPool, [1, 2], on_message="print")
         assert pool.imap(abs, [-3]).listen(timeout=30) is None      # a plain map tells nothing

@@ -208,19 +208,25 @@ class JobEngine:
     def map(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
             chunksize: int | None = None, *, progress: ProgressOption = False,
             copy: bool = False, retries: int | None = None,
-            task_timeout: float | None = None) -> list[Any]:
+            task_timeout: float | None = None,
+            on_message: Callable[[int, Any], object] | None = None) -> list[Any]:
         """The calls below are documented where users read them: shmproc.Pool."""
         progressbar.check(progress)
-        job = self._start_job(fn, iterable, chunksize, False, copy, True, retries, task_timeout)
-        return self._collect(job, _bar(progress, job))
+        self._check_on_message(on_message)
+        job = self._start_job(fn, iterable, chunksize, False, copy, True, retries, task_timeout,
+                              tells=on_message is not None)
+        return self._collect(job, _bar(progress, job), on_message)
 
     def starmap(self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]],
                 chunksize: int | None = None, *, progress: ProgressOption = False,
                 copy: bool = False, retries: int | None = None,
-            task_timeout: float | None = None) -> list[Any]:
+            task_timeout: float | None = None,
+            on_message: Callable[[int, Any], object] | None = None) -> list[Any]:
         progressbar.check(progress)
-        job = self._start_job(fn, iterable, chunksize, True, copy, True, retries, task_timeout)
-        return self._collect(job, _bar(progress, job))
+        self._check_on_message(on_message)
+        job = self._start_job(fn, iterable, chunksize, True, copy, True, retries, task_timeout,
+                              tells=on_message is not None)
+        return self._collect(job, _bar(progress, job), on_message)
 
     def imap(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
              chunksize: int | None = None, *, progress: ProgressOption = False,
@@ -438,6 +444,17 @@ class JobEngine:
                 f"listen() on a {type(self).__name__} call: Process items cannot tell their "
                 f"caller on this backend; pass them a ray.util.queue.Queue instead")
 
+    def _check_on_message(self, on_message: Callable[[int, Any], object] | None) -> None:
+        if on_message is None:
+            return
+        if not callable(on_message):
+            raise TypeError(f"on_message must be a callable taking (index, message), not "
+                            f"{type(on_message).__name__}")
+        if not self._TELLS:
+            raise NotImplementedError(
+                f"map(..., on_message=...) on a {type(self).__name__}: Process items cannot "
+                f"tell their caller on this backend; pass them a ray.util.queue.Queue instead")
+
     def _check_open(self) -> None:
         self._check_broken()
         if self._status != RUNNING:
@@ -595,24 +612,34 @@ class JobEngine:
             return True
         return False
 
-    def _collect(self, job: Job, bar: Reporter | None) -> list[Any]:
+    def _collect(self, job: Job, bar: Reporter | None,
+                 on_message: Callable[[int, Any], object] | None = None) -> list[Any]:
         """map/starmap: wait for every result (the first error raises), then
-        join the chunks in order."""
+        join the chunks in order.  on_message hears what Process items told,
+        in this thread, outside the lock, before the call returns or raises."""
         try:
             while True:
                 with self._lock:
+                    heard = job.take_messages() if on_message is not None else ()
                     self._check_broken()
-                    if self._status == TERMINATED:
-                        raise RuntimeError("the pool was terminated while this map was running")
-                    if job.errors:
-                        raise job.errors[min(job.errors)]
-                    if job.complete():
+                    over = (self._status == TERMINATED or bool(job.errors) or job.complete())
+                    seen = self._change()
+                for index, message in heard:
+                    on_message(index, message)  # type: ignore[misc]  # not None when heard
+                if over:
+                    with self._lock:
+                        if on_message is not None and job.has_messages():
+                            continue            # what came with the last results first
+                        if self._status == TERMINATED:
+                            raise RuntimeError("the pool was terminated while this map was "
+                                               "running")
+                        if job.errors:
+                            raise job.errors[min(job.errors)]
                         if job.source_error is not None:
                             raise job.source_error
                         out = job.in_order()
                         job.ready.clear()
                         return out
-                    seen = self._change()
                 if bar is not None:
                     bar.update(job.finished, job.known_total())
                 self._wait_step(SLICE_S, seen)

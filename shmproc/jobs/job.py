@@ -92,6 +92,17 @@ class Job:
             self._messages = collections.deque()
         self._messages.append((index, obj))
 
+    def take_messages(self) -> list[tuple[int, Any]]:
+        """Every (index, message) told and not yet heard, oldest first (under the lock)."""
+        if not self._messages:
+            return []
+        out = list(self._messages)
+        self._messages.clear()
+        return out
+
+    def has_messages(self) -> bool:
+        return bool(self._messages)
+
     def _process_outcome(self, index: int, kind: int, value: Any, timers: ProcessTimers | None,
                          error: Any, lap: int) -> None:
         deliver_process(self, index, kind, value, error)
