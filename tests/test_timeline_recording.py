@@ -52,8 +52,10 @@ def test_failed_tasks_are_marked(chunksize):
     with Pool(2) as pool:
         with pytest.raises(ValueError):
             pool.map(fail_on, range(20), chunksize=chunksize)
-        tl = pool.timeline()
-    assert len(tl.spans) == 20                 # the items after the failure still ran
+    tl = pool.timeline()                       # after join(): what started has finished
+    # map raises at the first failure; how many of the other items had
+    # started by then depends on timing (those never sent never run).
+    assert 4 <= len(tl.spans) <= 20 and {s.label for s in tl.spans} == {"fail_on"}
     failed = [s for s in tl.spans if not s.ok]
     assert len(failed) == 1 and failed[0].label == "fail_on"
 
