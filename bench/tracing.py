@@ -26,8 +26,10 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
     sys.path.append(_HERE)
     import _common as C
+    from process import LapsThreeHooks          # bench/process.py part 2's Process
 else:
     from . import _common as C
+    from .process import LapsThreeHooks
 
 import argparse
 import statistics
@@ -35,7 +37,6 @@ import time
 from contextlib import contextmanager
 
 from shmproc import Pool
-from shmproc.processing import Process
 
 DISPATCH_TARGET = 0.03        # at most 3% of one-task dispatch throughput
 LAP_TARGET_US = 0.1           # at most 0.1 us per lap
@@ -43,26 +44,6 @@ LAP_TARGET_US = 0.1           # at most 0.1 us per lap
 
 def noop(x):
     return x
-
-
-class ThreeHooks(Process):
-    def __init__(self, laps):
-        self.config.num_loops = laps
-        self.config.timeouts.preloop = 30.0
-        self.config.timeouts.loop = 30.0
-        self.config.timeouts.postloop = 30.0
-
-    def __preloop__(self):
-        pass
-
-    def __loop__(self):
-        pass
-
-    def __postloop__(self):
-        pass
-
-    def __result__(self):
-        return self.config.num_loops
 
 
 @contextmanager
@@ -121,10 +102,11 @@ def dispatch(quick: bool, rounds: int = 9):
 
 def _run_laps(on: bool, laps: int) -> float:
     with tracing(on):
-        p = ThreeHooks(laps)
+        p = LapsThreeHooks(laps, "fork")    # its default timeouts are armed
         t0 = time.perf_counter()
         p.start()
-        assert p.result == laps
+        p.result
+        assert p.current_lap == laps
         return time.perf_counter() - t0
 
 
