@@ -85,15 +85,11 @@ static inline shmp_trace_entry *shmp_trace_open_newest(shmp_trace_ring *r, uint6
     return atomic_load_explicit(&e->end_ns, memory_order_relaxed) == 0 ? e : NULL;
 }
 
-/* End the newest span at `end_ns` with `flags`, if it is still open.
- * An end before the start (a clock that cannot go back: only a bug) is
- * stored as the start, so a closed span is never negative.              */
-static inline void shmp_trace_end_at(shmp_trace_ring *r, uint64_t mask, uint64_t end_ns,
-                                     uint32_t flags)
+/* Close the open entry `e` at `end_ns` with `flags`.  An end before the
+ * start (a clock that cannot go back: only a bug) is stored as the
+ * start, so a closed span is never negative.                            */
+static inline void shmp_trace_close(shmp_trace_entry *e, uint64_t end_ns, uint32_t flags)
 {
-    shmp_trace_entry *e = shmp_trace_open_newest(r, mask);
-    if (e == NULL)
-        return;
     uint64_t start = atomic_load_explicit(&e->start_ns, memory_order_relaxed);
     if (end_ns < start)
         end_ns = start;
@@ -101,6 +97,15 @@ static inline void shmp_trace_end_at(shmp_trace_ring *r, uint64_t mask, uint64_t
         end_ns = 1;               /* 0 means open */
     atomic_store_explicit(&e->flags, flags & SHMP_SPAN_FLAGS, memory_order_relaxed);
     atomic_store_explicit(&e->end_ns, end_ns, memory_order_release);
+}
+
+/* End the newest span at `end_ns` with `flags`, if it is still open. */
+static inline void shmp_trace_end_at(shmp_trace_ring *r, uint64_t mask, uint64_t end_ns,
+                                     uint32_t flags)
+{
+    shmp_trace_entry *e = shmp_trace_open_newest(r, mask);
+    if (e != NULL)
+        shmp_trace_close(e, end_ns, flags);
 }
 
 /* One writer per ring: a counter is a plain load and store, no RMW. */
@@ -120,7 +125,7 @@ static inline void shmp_trace_end_tally_at(shmp_trace_ring *r, uint64_t mask, ui
         return;
     uint32_t label = atomic_load_explicit(&e->label, memory_order_relaxed);
     uint64_t start = atomic_load_explicit(&e->start_ns, memory_order_relaxed);
-    shmp_trace_end_at(r, mask, end_ns, flags);
+    shmp_trace_close(e, end_ns, flags);
     if (label < SHMP_TRACE_TALLIES) {
         shmp_trace_tally *t = &r->tallies[label];
         shmp_trace_add(&t->count, 1);
