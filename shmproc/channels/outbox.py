@@ -270,7 +270,8 @@ class Outbox:
     def close(self) -> None:
         """The run is over: put everything; the flusher thread ends."""
         self.closed = True
-        self.wake.set()
+        if self.thread is not None:
+            self.wake.set()             # a parked flusher wakes to see `closed`
         self.flush_between_hooks()
 
     # -- fork -----------------------------------------------------------------------------------

@@ -311,6 +311,7 @@ def _run(ctl, arena, name, dog, mailbox, trace):
                               process_name=name), None, None, 0))
         return
     dog.rearm(limits)
+    transfer.rehearse_write()             # see there: the outcome's pages, made private now
     try:
         kind, payload = runner.execute(obj, lives)
     except BaseException as exc:                     # a bug of ours: report it, don't just die

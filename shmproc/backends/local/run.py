@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ...channels import mailbox as mailboxes
@@ -33,7 +34,7 @@ from ..base import Backend, Outcome, Run
 from .forking import DirectForkProcess
 from .forkserver import preload_into_forkserver
 from .pool import LocalPool
-from ...common import tracing
+from ...common import lifecycle, tracing
 from ...common.config import default_start_method
 from ...common.errors import ProcessCrashedError, ProcessError, ResultError
 from ...common.errors import TimeoutError as SectionTimeoutError
@@ -91,9 +92,12 @@ class LocalRun(Run):
             if trace is not None:
                 trace.close()
             raise
-        self.ended_ = self.killed = self._views = self._stop_asked = False
+        self.ended_ = self.killed = self._views = self._stop_asked = self._rehearsed = False
         self._outcome = None
         self._finishing = threading.Lock()        # kill() and a waiting thread may race to _finish
+        self._releasing = threading.Lock()
+        self._released = False
+        self._held: _Held | None = None           # set while release_ended has it
 
     def _spawn(self) -> None:
         """Start a worker on the state in the arena (the first life, or a
@@ -147,12 +151,22 @@ class LocalRun(Run):
     def _finish_once(self) -> None:
         ctl = self.ctl
         state = ctl.state
+        if not self.killed and state >= native.STATE_DONE:
+            # It reported: decode and return at once.  What the run still
+            # holds goes while the parent next waits (release_ended): after
+            # a fork every page the parent writes first traps, so each step
+            # moved off this path is time p.result gives back.
+            self._outcome = self._decode_outcome()
+            self.ended_ns = native.now_ns()
+            self.ended_ = True                    # last: ended() promises an outcome
+            _hold_until_released(self)
+            return
         if self.killed:
             self._reaped()
             self._close_spans(native.SPAN_CRASHED)          # the section it was killed in
             ctl.set_state(native.STATE_KILLED)
             self._outcome = Outcome("killed", None, None, None, ctl.lap(), -signal.SIGKILL)
-        elif state < native.STATE_DONE:
+        else:
             self._reaped()
             state = ctl.state                     # it may have reported just before dying
             expired = ctl.expired() if state < native.STATE_DONE else None
@@ -168,18 +182,28 @@ class LocalRun(Run):
                 ctl.set_exit(code if code is not None else 0, -code if code and code < 0 else 0)
                 ctl.set_state(native.STATE_CRASHED)
                 self._outcome = Outcome("crashed", crashed, None, None, ctl.lap(), code)
-        self.ctl_array.close()                    # descriptors go now, mappings with their views
-        if self.trace is not None:
-            self.trace.close()
-            self.trace_ring = self.trace_ring.snapshot()     # the spans, copied: unmapped now
-            self.trace = None
-        self._close_pidfd()                       # a worker that reported may still be exiting
         if self._outcome is None:
-            self._outcome = self._decode()
-        if not self._views:
-            self.arena = None                     # nothing refers to it: unmap now, not with us
+            self._outcome = self._decode_outcome()
+        self._release()
         self.ended_ns = native.now_ns()
         self.ended_ = True                        # last: ended() promises an outcome
+
+    def _release(self) -> None:
+        """Close what an ended run holds: the control block's descriptor (its
+        mapping goes with the last view), the trace segment (the spans are
+        copied first) and the pidfd.  Idempotent."""
+        with self._releasing:
+            if self._released:
+                return
+            self._released = True
+            if self._held is not None:
+                self._held.released = True
+            self.ctl_array.close()
+            if self.trace is not None:
+                self.trace.close()
+                self.trace_ring = self.trace_ring.snapshot()     # the spans, copied: unmapped now
+                self.trace = None
+            self._close_pidfd()                   # a worker that reported may still be exiting
 
     def _expired(self, section: int, timeout_ns: int, lap: int) -> bool:
         """The guard ended the worker: a hook ran past its timeout and did
@@ -208,24 +232,31 @@ class LocalRun(Run):
         self._outcome = Outcome("failed", err, None, err, lap, self.proc.exitcode)
         return False
 
-    def _decode(self) -> Outcome:
+    def _decode(self, arena: Any) -> tuple[Outcome, bool]:
+        """The outcome the worker wrote in `arena`, and whether it holds views of it."""
         lap = self.ctl.lap()
         code, sig = self.ctl.exit_info()          # what the worker reported
         code = -sig if sig else code
         try:
-            (value, timers, error, _), kind, views = transfer.read(self.arena)
+            (value, timers, error, _), kind, views = transfer.read(arena)
         except Exception as exc:                 # noqa: BLE001 - e.g. a class missing here
             err = ResultError(f"the worker's result could not be deserialized in the parent: "
                               f"{type(exc).__name__}: {exc}", current_lap=lap,
                               original_error=exc, process_name=self.name)
-            return Outcome("failed", err, None, err, lap, code)
-        self._views = bool(views)                # views keep the arena (and its mapping) alive
-        if views:
-            arenas.pool.expose(self.arena)
+            return Outcome("failed", err, None, err, lap, code), False
         if error is not None and isinstance(error, ProcessError):
             error = error.with_remote_traceback()
         status = "failed" if kind == FAILED_RESULT else "ok"
-        return Outcome(status, value, timers, error, lap, code)
+        return Outcome(status, value, timers, error, lap, code), views
+
+    def _decode_outcome(self) -> Outcome:
+        outcome, views = self._decode(self.arena)
+        self._views = views                      # views keep the arena (and its mapping) alive
+        if views:
+            arenas.pool.expose(self.arena)
+        else:
+            self.arena = None                     # nothing refers to it: unmap now, not with us
+        return outcome
 
     def wait(self, timeout: float | None) -> bool:
         if self.ended_:
@@ -235,6 +266,14 @@ class LocalRun(Run):
         while True:
             if self.ended():
                 return True
+            if not self._rehearsed:
+                # Time the worker is busy anyway: release what ended runs
+                # hold, and take this fork's copy-on-write traps on the
+                # outcome's path now, on a sample, rather than after the
+                # worker reported (transfer.rehearse_write).
+                self._rehearsed = True
+                release_ended()
+                self._decode(transfer.sample())
             slice_ns = _LIVENESS_SLICE_NS
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -317,6 +356,8 @@ class LocalRun(Run):
             self.trace_ring.close_open(native.now_ns(), flags)
 
     def spans(self):
+        if self.ended_:
+            self._release()                       # the spans are read from their copy
         if self.trace_ring is None:
             raise RuntimeError("this run records no timeline: it was started with "
                                "SHMPROC_TRACE=0 in the environment")
@@ -346,6 +387,59 @@ class LocalBackend(Backend):
 
 
 LOCAL = LocalBackend()
+
+
+# Ended runs not released yet (LocalRun._finish_once): a few at most, since
+# every wait() before it blocks and every eighth ended run release them all.
+# A run is referred to weakly: one its Process dropped meanwhile is closed
+# from what it held.
+class _Held:
+    __slots__ = ("run", "ctl_array", "trace", "pidfd", "released")
+
+    def __init__(self, run: LocalRun) -> None:
+        self.run = weakref.ref(run)
+        self.ctl_array, self.trace, self.pidfd = run.ctl_array, run.trace, run._pidfd
+        self.released = False
+
+
+_unreleased: list[_Held] = []
+_unreleased_lock = threading.Lock()
+_RELEASE_BATCH = 8
+
+
+def _hold_until_released(run: LocalRun) -> None:
+    run._held = held = _Held(run)
+    with _unreleased_lock:
+        _unreleased.append(held)
+        full = len(_unreleased) >= _RELEASE_BATCH
+    if full:
+        release_ended()
+
+
+def release_ended() -> None:
+    """Close what ended runs still hold (LocalRun._release)."""
+    with _unreleased_lock:
+        batch = _unreleased[:]
+        _unreleased.clear()
+    for held in batch:
+        run = held.run()
+        if run is not None:
+            run._release()
+        elif not held.released:                   # its run is gone: nobody else closes these
+            held.released = True
+            held.ctl_array.close()
+            if held.trace is not None:
+                held.trace.close()
+            if held.pidfd is not None:
+                os.close(held.pidfd)
+
+
+def _forget_the_parents_runs() -> None:
+    _unreleased.clear()                           # a fork child: the parent releases its own
+
+
+lifecycle.at_fork(after_in_child=_forget_the_parents_runs)
+lifecycle.at_exit(release_ended, lifecycle.STOP_WORKERS - 1)
 
 
 def _set_once(future: asyncio.Future[None]) -> None:

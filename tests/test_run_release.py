@@ -1,0 +1,109 @@
+"""An ended run's segments are released off the result path.
+
+A run that reported gives its outcome at once; its control block, trace
+segment and pidfd are closed while the parent next waits for a run, or
+when eight ended runs are held (backends/local/run.py, release_ended).
+These tests pin that bound, and that nothing is lost on the way: the
+timeline of a released run, a run whose Process was dropped first.
+"""
+import gc
+import os
+import weakref
+
+import pytest
+
+from shmproc.backends.local import run as local_run
+from shmproc.processing import Process
+
+
+class Seven(Process):
+    def __init__(self):
+        self.config.num_loops = 1
+
+    def __result__(self):
+        return 7
+
+
+def _run_of(p):
+    return p._rt().run
+
+
+def _is_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_an_ended_runs_descriptors_close_when_the_parent_next_waits():
+    first = Seven()
+    first.start()
+    assert first.result == 7
+    run = _run_of(first)
+    second = Seven()
+    second.start()
+    assert second.result == 7                 # waited: released what `first` held
+    assert run.ctl_array.fd == -1
+    assert run.trace is None and run._pidfd is None
+    assert first.result == 7                  # the outcome stays
+
+
+def test_ended_runs_never_wait_in_numbers():
+    procs = [Seven() for _ in range(20)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.wait()
+    assert [p.result for p in procs] == [7] * 20
+    assert len(local_run._unreleased) < local_run._RELEASE_BATCH
+    released = sum(_run_of(p).ctl_array.fd == -1 for p in procs)
+    assert released >= 20 - local_run._RELEASE_BATCH
+
+
+def test_a_released_runs_timeline_is_kept():
+    p = Seven()
+    p.start()
+    assert p.result == 7
+    local_run.release_ended()
+    assert _run_of(p).trace is None
+    names = {s.label for s in p.timeline().spans}
+    assert "__result__" in names
+
+
+def test_a_run_whose_process_was_dropped_is_closed_from_what_it_held():
+    p = Seven()
+    p.start()
+    assert p.result == 7
+    run = _run_of(p)
+    fds = [run.ctl_array.fd, run.trace.fd if run.trace is not None else -1,
+           run._pidfd if run._pidfd is not None else -1]
+    fds = [fd for fd in fds if fd >= 0]
+    assert fds and all(_is_open(fd) for fd in fds)
+    gone = weakref.ref(run)
+    del p, run
+    gc.collect()
+    assert gone() is None
+    local_run.release_ended()
+    assert not any(_is_open(fd) for fd in fds)
+
+
+@pytest.mark.parametrize("how", ["kill", "crash"])
+def test_a_run_that_did_not_report_is_released_at_once(how):
+    class Stuck(Process):
+        def __init__(self):
+            self.config.num_loops = None
+
+        def __loop__(self):
+            if how == "crash":
+                os._exit(3)
+
+    p = Stuck()
+    p.start()
+    if how == "kill":
+        p.kill()
+    else:
+        p.wait()
+    run = _run_of(p)
+    assert run.ctl_array.fd == -1 and run._pidfd is None
+    assert all(h.run() is not run for h in local_run._unreleased)
