@@ -272,6 +272,8 @@ class Outbox:
         self.closed = True
         if self.thread is not None:
             self.wake.set()             # a parked flusher wakes to see `closed`
+        elif not self.pending:
+            return                      # nothing told, or all of it put: the common case
         self.flush_between_hooks()
 
     # -- fork -----------------------------------------------------------------------------------

@@ -28,13 +28,13 @@ import itertools
 import os
 import pickle
 import queue
-import signal
 import sys
 
 from ..wire import blobs
 from .. import _native as native
 from ..wire import taskwire
 from ..wire import pickling as wire
+from ..common import signals
 from ..common.errors import ProcessError
 from ..common.errors import TimeoutError as TaskTimeoutError
 from ..common.outcome import CALL, FAILED_RESULT, HOOK_NAMES, is_process_class
@@ -147,7 +147,7 @@ class PoolWorker:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self):
-        signal.signal(signal.SIGALRM, self._on_alarm)
+        signals.set_handler(signals.SIGALRM, self._on_alarm)
         if not self.dog_lazy:
             self._start_guard()
         pctl = self.pctl
@@ -639,9 +639,9 @@ def _initialize(init, result_q) -> bool:
 def main(slot, ctl_array, task_q, result_q, parent_pid, direct_child, use_pdeathsig, max_tasks,
          init=None, trace=None):
     """The target of a pool worker process (`init`: the pool's initializer, pickled)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
+    signals.set_handler(signals.SIGINT, signals.SIG_IGN)      # Ctrl-C is the parent's to handle
     if direct_child and use_pdeathsig:
-        if not native.parent_death_signal(signal.SIGKILL, parent_pid):
+        if not native.parent_death_signal(signals.SIGKILL, parent_pid):
             os._exit(EXIT_ORPHANED)
     if init is not None and not _initialize(init, result_q):
         sys.stdout.flush()

@@ -14,13 +14,13 @@ control block; nothing else crosses until the outcome.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
 from .. import _native as native
 from ..channels.outbox import Outbox
 from ..wire import transfer
+from ..common import signals
 from ..common.errors import ProcessError, ResultError, TimeoutError as SectionTimeoutError
 from .watchdog import EXIT_ORPHANED, Watchdog, timeout_ns as _timeout_ns
 
@@ -273,9 +273,9 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
     """The target of the worker process."""
     ctl = ctl_array.control(index)
     # Ctrl-C belongs to the parent: it stops us (then kills us if we linger).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signals.set_handler(signals.SIGINT, signals.SIG_IGN)
     if direct_child and use_pdeathsig:
-        if not native.parent_death_signal(signal.SIGKILL, parent_pid):
+        if not native.parent_death_signal(signals.SIGKILL, parent_pid):
             os._exit(EXIT_ORPHANED)                   # the parent is already gone
     dog = Watchdog(ctl, (), parent_pid, direct_child)
     if not dog.start():
@@ -297,7 +297,7 @@ def _run(ctl, arena, name, dog, mailbox, trace):
         runner.spans = ring.writer(os.getpid())
     if mailbox is not None:
         runner.outbox = Outbox(mailbox.to_parent, runner)
-    signal.signal(signal.SIGALRM, runner.on_alarm)
+    signals.set_handler(signals.SIGALRM, runner.on_alarm)
     ctl.advance(native.STATE_RUNNING)
     try:
         obj = transfer.loads_copy(record)

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import sys
 import threading
 from multiprocessing import context as mp_context
@@ -56,7 +55,7 @@ from multiprocessing import popen_fork
 from multiprocessing import process as mp_process
 from multiprocessing import util as mp_util
 
-from ...common import lifecycle
+from ...common import lifecycle, signals
 
 __all__ = ["DirectForkProcess"]
 
@@ -71,7 +70,7 @@ class _Popen(popen_fork.Popen):
         if self.pid == 0:
             code = 1
             try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signals.set_handler(signals.SIGINT, signals.SIG_IGN)
                 os.close(sentinel)
                 code = _child_main(process_obj, stdin)
             finally:
