@@ -161,3 +161,28 @@ def _in_child(fn):
 class ExitsAtOnce(Process):
     def __loop__(self):
         os._exit(3)
+
+
+class NoLimits(Process):
+    """Every timeout off, so the guard (lazy under fork) has nothing to enforce
+    until __loop__ sets `onfinish_later`; with it, __onfinish__ sticks in C."""
+
+    def __init__(self, onfinish_later=None):
+        self.config.num_loops = 1
+        self.config.timeouts.preloop = self.config.timeouts.loop = None
+        self.config.timeouts.postloop = self.config.timeouts.onfinish = None
+        self.later = onfinish_later
+        self.seen = []
+
+    def __loop__(self):
+        self.seen.append(native.guard_running())
+        if self.later:
+            self.config.timeouts.onfinish = self.later
+
+    def __onfinish__(self):
+        self.seen.append(native.guard_running())
+        if self.later:
+            sum(range(FOREVER_IN_C))
+
+    def __result__(self):
+        return self.seen

@@ -37,7 +37,8 @@ from shmproc.runtime.watchdog import EXIT_EXPIRED, EXIT_ORPHANED
 
 # What the workers run lives in guard_work.py (a spawn worker imports only that).
 from guard_work import (
-    ExitsAtOnce, ForksQuickly, ForksThenSticks, IgnoresEverySignal, PoolStuck, PoolStuckOnce,
+    ExitsAtOnce, ForksQuickly, ForksThenSticks, IgnoresEverySignal, NoLimits, PoolStuck,
+    PoolStuckOnce,
     StuckFirstLife, StuckInC, _in_child,
 )
 
@@ -205,7 +206,8 @@ _ORPHAN = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("method,where", [("forkserver", "main"), ("fork", "thread")])
+@pytest.mark.parametrize("method,where", [("forkserver", "main"), ("fork", "thread"),
+                                          ("fork", "main")])
 def test_a_worker_stuck_in_c_exits_when_its_parent_is_killed(tmp_path, method, where):
     script = tmp_path / "parent.py"
     script.write_text(_ORPHAN)
@@ -222,6 +224,35 @@ def test_a_worker_stuck_in_c_exits_when_its_parent_is_killed(tmp_path, method, w
         finally:
             if alive(worker):
                 os.kill(worker, signal.SIGKILL)
+
+
+# ---- a guard only where there is something to guard -------------------------------------
+
+def test_a_fork_run_without_timeouts_runs_no_guard_thread():
+    """Under fork the kernel ends the worker with its parent (PR_SET_PDEATHSIG),
+    so with every timeout off nothing needs the guard (the orphan case is
+    test_a_worker_stuck_in_c_exits_when_its_parent_is_killed[fork-main])."""
+    p = NoLimits()
+    p.config.start_method = "fork"
+    p.start()
+    assert p.result == [False, False]
+
+
+def test_a_timeout_set_by_a_hook_starts_the_guard_and_holds():
+    """No limit at start, then __loop__ gives __onfinish__ one and it sticks
+    in C: the guard starts for that section and its TimeoutError ends the run."""
+    p = NoLimits(onfinish_later=0.3)
+    p.config.start_method = "fork"
+    t = time.monotonic()
+    p.start()
+    try:
+        assert p.wait(timeout=0.3 + 0.5 + BOUND_S), "nothing ended the hook stuck in C"
+    finally:
+        p.kill()                          # (does nothing if it ended)
+    assert time.monotonic() - t < 0.3 + 0.5 + BOUND_S + 1
+    with pytest.raises(TimeoutError) as err:
+        p.result
+    assert err.value.section == "__onfinish__"
 
 
 # ---- fork() in user code ---------------------------------------------------------------

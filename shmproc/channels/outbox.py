@@ -119,7 +119,7 @@ class Outbox:
         self.nbytes = 0                 # bytes pending (approximately: threads race on it)
         self.flushes = 0                # flushes done: the flusher's "nothing moved" test
         self.parked = True              # the flusher sleeps (or was never started)
-        self.wake = threading.Event()
+        self.wake: threading.Event | None = None     # made with the flusher thread
         self.thread = None
         self.closed = False
         self.error = None               # a flush by the flusher thread failed: raised by tell
@@ -232,17 +232,19 @@ class Outbox:
         if self.thread is None:
             if self.batch == 1:
                 return                  # a forked child: every tell flushes
+            self.wake = threading.Event()
             self.thread = threading.Thread(target=self._flusher, name="shmproc-tell-flusher",
                                            daemon=True)
             self.thread.start()
         else:
-            self.wake.set()
+            self.wake.set()             # type: ignore[union-attr]  # made with the thread
 
     def _flusher(self) -> None:
         look = FLUSH_AFTER_S / 2
         seen = -1                       # flush count at the last look that found records
         empty = 0
-        pending = self.pending
+        pending, wake = self.pending, self.wake
+        assert wake is not None         # made before this thread started
         while not self.closed:
             time.sleep(look)
             if pending:
@@ -263,15 +265,15 @@ class Outbox:
                 empty = 0
                 self.parked = True
                 if not pending:                     # a tell after this sees `parked`
-                    self.wake.wait()
-                self.wake.clear()
+                    wake.wait()
+                wake.clear()
                 self.parked = False
 
     def close(self) -> None:
         """The run is over: put everything; the flusher thread ends."""
         self.closed = True
         if self.thread is not None:
-            self.wake.set()             # a parked flusher wakes to see `closed`
+            self.wake.set()             # type: ignore[union-attr]  # a parked flusher wakes to see `closed`
         elif not self.pending:
             return                      # nothing told, or all of it put: the common case
         self.flush_between_hooks()
@@ -289,7 +291,7 @@ class Outbox:
 
     def _after_fork_in_child(self) -> None:
         self.lock = threading.Lock()
-        self.wake = threading.Event()
+        self.wake = None
         self.thread = None
         self.batch = 1                  # no flusher thread here: put each tell at once
 

@@ -45,7 +45,7 @@ from ..wire.taskwire import (FLAG_TELLS, OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, O
 from .failures import BrokenFn as _BrokenFn, format_exception as _format, error_payload, unsendable
 from .main_globals import adopt
 from .task_mailbox import TaskMailbox
-from .watchdog import EXIT_ORPHANED, Watchdog, horizon_ns
+from .watchdog import EXIT_ORPHANED, Watchdog
 
 _now = native.now_ns
 _unpack = taskwire.HEADER.unpack_from
@@ -107,13 +107,11 @@ class PoolWorker:
         self.token = blobs.FlushToken()     # results: wait at exit until the parent opened them
         self.out = []                   # encoded results not yet sent
         self.runner = None              # the Runner of the Process task running now
-        self.dog = Watchdog(self.rctl, (), parent_pid, direct_child)
         # The guard thread ends a call stuck past a timeout, and an orphan.  A
         # worker whose parent's death already kills it (orphan_signal:
         # PR_SET_PDEATHSIG, see main) starts it only once it has a timeout to
         # enforce: a pool of many workers then starts no thread per worker.
-        self.dog_started = False
-        self.dog_lazy = orphan_signal
+        self.dog = Watchdog(self.rctl, (), parent_pid, direct_child, lazy=orphan_signal)
         self.lives_next = None          # lives left for the next Process task (OP_RETRY)
         self.limit_ns = 0               # task_timeout of plain calls (OP_LIMIT; 0: none)
         self.task_ident = None          # the flagged record running now (its items' self.tell goes there)
@@ -148,7 +146,7 @@ class PoolWorker:
     # -- the loop -------------------------------------------------------------------------
     def run(self):
         signals.set_handler(signals.SIGALRM, self._on_alarm)
-        if not self.dog_lazy:
+        if not self.dog.lazy:
             self._start_guard()
         pctl = self.pctl
         pctl.set_pid(os.getpid())
@@ -194,24 +192,17 @@ class PoolWorker:
                 if self.max_tasks is not None and self.completed >= self.max_tasks:
                     return                      # recycled: the parent starts a fresh worker
         finally:
-            if self.dog_started:
-                self.dog.stop()
+            self.dog.stop()
             pctl.set_state(native.STATE_DONE)
 
     def _start_guard(self):
         if not self.dog.start():
             os._exit(EXIT_ORPHANED)                 # the parent is already gone
-        self.dog_started = True
 
     def _arm(self, timeouts_s):
         """The guard's limits for what runs next (starting it if need be)."""
-        if not self.dog_started:
-            if not any(timeouts_s):
-                return                              # nothing to enforce: no thread yet
-            self.dog.horizon_ns = horizon_ns(timeouts_s)
-            self._start_guard()
-            return
-        self.dog.rearm(timeouts_s)
+        if not self.dog.arm(timeouts_s):
+            os._exit(EXIT_ORPHANED)
 
     def call_fast(self, rec) -> bool:
         """The common record, a plain function call with small arguments,
@@ -588,6 +579,7 @@ class PoolWorker:
         rctl.reset()
         rctl.set_state(native.STATE_RUNNING)
         runner = Runner(rctl, None, name)
+        runner.dog = self.dog
         if self.task_ident is not None:
             runner.mailbox = TaskMailbox(self, self.task_ident, self.task_offset)
             self.task_offset = 0

@@ -63,6 +63,7 @@ class Runner:
         self.outbox = None            # its coalesced to_parent side (channels/outbox.py)
         self.trace = None             # the run's TraceRing: a span per section (or None)
         self.spans = None             # its writer, for the sections run from Python
+        self.dog = None               # the Watchdog (set by _run)
 
     def rebuild(self):
         """A fresh copy of the object as it was at start (next life)."""
@@ -195,6 +196,8 @@ class Runner:
 
     def run_single(self, obj, sec, attr, limit):
         """Run one hook (onfinish, result, error) under its timeout; returns its value."""
+        if limit and not self.dog.started and not self.dog.arm((limit,)):
+            os._exit(EXIT_ORPHANED)       # a limit set by a hook meanwhile, the parent gone
         self.ctl.enter(sec, _timeout_ns(limit))
         spans = self.spans
         if spans is not None:
@@ -277,8 +280,10 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
     if direct_child and use_pdeathsig:
         if not native.parent_death_signal(signals.SIGKILL, parent_pid):
             os._exit(EXIT_ORPHANED)                   # the parent is already gone
-    dog = Watchdog(ctl, (), parent_pid, direct_child)
-    if not dog.start():
+    # With the parent's death signal set the guard only enforces timeouts:
+    # it starts at the first one (Watchdog.arm), most runs never start it.
+    dog = Watchdog(ctl, (), parent_pid, direct_child, lazy=direct_child and use_pdeathsig)
+    if not dog.lazy and not dog.start():
         os._exit(EXIT_ORPHANED)
     try:
         _run(ctl, arena, name, dog, mailbox, trace)
@@ -310,7 +315,9 @@ def _run(ctl, arena, name, dog, mailbox, trace):
                               traceback_text=_format(exc),
                               process_name=name), None, None, 0))
         return
-    dog.rearm(limits)
+    runner.dog = dog
+    if not dog.arm(limits):
+        os._exit(EXIT_ORPHANED)                       # the parent is already gone
     transfer.rehearse_write()             # see there: the outcome's pages, made private now
     try:
         kind, payload = runner.execute(obj, lives)

@@ -64,9 +64,8 @@ starts its own guard on its own control block.
 """
 from __future__ import annotations
 
-import signal
-
 from .. import _native as native
+from ..common import signals
 
 #: How long past its deadline a hook gets to honour SIGALRM before the
 #: guard ends the worker.  A hook running Python code unwinds within
@@ -83,17 +82,34 @@ class Watchdog:
     """The worker's guard (one per process), with its limits in seconds.
 
     start() returns False if the process that started us is already gone.
+    lazy: the kernel ends this worker with its parent (PR_SET_PDEATHSIG),
+    so the guard has only timeouts to enforce; arm() starts it at the
+    first limit, and a worker that never has one runs no guard thread.
     """
 
-    def __init__(self, ctl, timeouts_s, parent_pid: int, direct_child: bool):
+    def __init__(self, ctl, timeouts_s, parent_pid: int, direct_child: bool, lazy: bool = False):
         self.ctl = ctl
         self.horizon_ns = horizon_ns(timeouts_s)
         self.parent_pid = parent_pid
         self.direct = direct_child
+        self.lazy = lazy
+        self.started = False
 
     def start(self) -> bool:
-        return native.guard_start(self.ctl, self.parent_pid, self.direct, self.horizon_ns,
-                                  int(GRACE_S * 1e9), signal.SIGALRM)
+        self.started = native.guard_start(self.ctl, self.parent_pid, self.direct, self.horizon_ns,
+                                          int(GRACE_S * 1e9), signals.SIGALRM)
+        return self.started
+
+    def arm(self, timeouts_s) -> bool:
+        """The limits of what runs next, starting the guard if it now has
+        one to enforce; False if the parent is already gone."""
+        if not self.started:
+            if not any(timeouts_s):
+                return True                 # nothing to enforce: no thread yet
+            self.horizon_ns = horizon_ns(timeouts_s)
+            return self.start()
+        self.rearm(timeouts_s)
+        return True
 
     def rearm(self, timeouts_s):
         """New limits (the first life's, or a pool worker's next Process):
@@ -105,7 +121,9 @@ class Watchdog:
             native.guard_rearm(horizon)
 
     def stop(self):
-        native.guard_stop()
+        if self.started:
+            self.started = False
+            native.guard_stop()
 
 
 def horizon_ns(timeouts_s) -> int:
