@@ -318,7 +318,10 @@ def _run(ctl, arena, name, dog, mailbox, trace):
     runner.dog = dog
     if not dog.arm(limits):
         os._exit(EXIT_ORPHANED)                       # the parent is already gone
-    transfer.rehearse_write()             # see there: the outcome's pages, made private now
+    try:
+        transfer.rehearse_write()         # see there: the outcome's pages, made private now
+    except Exception:                     # noqa: BLE001 - a rehearsal never fails the run
+        pass
     try:
         kind, payload = runner.execute(obj, lives)
     except BaseException as exc:                     # a bug of ours: report it, don't just die
