@@ -481,7 +481,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                 fn_id = self._register(fn)
                 task = Task(self, fn, None, retries, options)
                 unit = Unit(self._new_id(), task, 0, OP_CALL, fn_id, False,
-                            [(args, kwargs or None)])
+                            ((args, kwargs or None),))
                 if is_process_class(fn):
                     unit.flags = taskwire.FLAG_TELLS
             try:

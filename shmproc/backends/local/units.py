@@ -30,7 +30,10 @@ class Unit:
         self.op = op
         self.fn_id = fn_id
         self.star = star
-        self.items = items            # OP_CHUNK: the items; OP_CALL: [(args, kwargs)]; OP_RUN: [proc] (fn_id: its span label)
+        # OP_CHUNK: the items; OP_CALL: ((args, kwargs),) -- tuples, which the
+        # collector stops tracking once they hold nothing it tracks (many
+        # Tasks may be pending); OP_RUN: [proc] (fn_id: its span label).
+        self.items = items
         self.n = len(items)
         self.record = None            # encoded, once
         self.slot = None
