@@ -107,3 +107,30 @@ def test_a_run_that_did_not_report_is_released_at_once(how):
     run = _run_of(p)
     assert run.ctl_array.fd == -1 and run._pidfd is None
     assert all(h.run() is not run for h in local_run._unreleased)
+
+
+def test_threads_ending_and_reading_runs_at_once_lose_nothing():
+    """Several threads start runs, read results and timelines while others'
+    waits release ended runs: every result arrives, every timeline reads."""
+    import threading
+
+    errors = []
+
+    def work():
+        try:
+            for _ in range(8):
+                p = Seven()
+                p.start()
+                assert p.result == 7
+                assert any(s.label == "__result__" for s in p.timeline().spans)
+        except BaseException as exc:          # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert len(local_run._unreleased) < local_run._RELEASE_BATCH
