@@ -151,7 +151,7 @@ class LocalJob(Job):
         out = CallRun(self, fn_id)
         append = out.append
         for k in range(count):
-            unit = Unit(ids[k], self, index + k, OP_CALL, fn_id, False, [((items[k],), None)])
+            unit = Unit(ids[k], self, index + k, OP_CALL, fn_id, False, (((items[k],), None),))
             unit.record = records[k]      # None: Unit.encode takes the general path later
             append(unit)
         return out
