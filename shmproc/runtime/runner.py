@@ -309,7 +309,7 @@ def _run(ctl, arena, name, dog, mailbox, trace):
         t = obj.config.timeouts
         limits = (t.preloop, t.loop, t.postloop, t.onfinish)
     except BaseException as exc:                     # unpickling the state failed
-        _report(ctl, arena, FAILED_RESULT,
+        _report(ctl, arena, len(record), FAILED_RESULT,
                 (ProcessError(f"could not rebuild the Process in the worker: "
                               f"{type(exc).__name__}: {exc}",
                               traceback_text=_format(exc),
@@ -336,21 +336,22 @@ def _run(ctl, arena, name, dog, mailbox, trace):
             runner.outbox.close()                    # every message told, before the outcome
         except Exception:                            # noqa: BLE001 - the outcome still goes
             pass
-    _report(ctl, arena, kind, payload)
+    _report(ctl, arena, len(record), kind, payload)
 
 
-def _report(ctl, arena, kind, payload):
-    """Write the outcome; if it cannot be serialized, report that instead."""
+def _report(ctl, arena, present, kind, payload):
+    """Write the outcome; if it cannot be serialized, report that instead.
+    present: the bytes of the arena the start record filled (their pages exist)."""
     try:
-        transfer.write(arena, payload, kind)
+        transfer.write(arena, payload, kind, present=present)
     except BaseException as exc:
         value, timers, _, lap = payload
         err = ResultError(f"the result of __result__/__error__ could not be sent to the parent: "
                           f"{type(exc).__name__}: {exc}", current_lap=lap, original_error=exc)
         try:
-            transfer.write(arena, (err, timers, err, lap), FAILED_RESULT)
+            transfer.write(arena, (err, timers, err, lap), FAILED_RESULT, present=present)
         except BaseException:
-            transfer.write(arena, (err, None, err, lap), FAILED_RESULT)
+            transfer.write(arena, (err, None, err, lap), FAILED_RESULT, present=present)
         kind = FAILED_RESULT
     ctl.set_exit(0, 0)
     ctl.set_state(native.STATE_DONE if kind == OK_RESULT else native.STATE_FAILED)

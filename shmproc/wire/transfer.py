@@ -39,12 +39,15 @@ _BUF = layout_.TABLE_ENTRY           # offset, length (layout.py)
 _align64 = layout_.align64
 
 
-def write(arena: Any, obj: object, kind: int = 0, same_main: bool = False) -> int:
+def write(arena: Any, obj: object, kind: int = 0, same_main: bool = False,
+          present: int = 0) -> int:
     """Serialize `obj` into `arena` at offset 0; returns the bytes used.
 
     Raises wire.SerializationError if `obj` cannot be serialized and
     SharedMemoryError if the machine has no memory for it.  same_main: see
-    wire.dumps (the reader is a fork child of this process).
+    wire.dumps (the reader is a fork child of this process).  present: the
+    first `present` bytes already have their pages (the record the writer
+    read from this arena): only what lies beyond them is reserved.
     """
     main, bufs = wire.dumps(obj, same_main)
     raws = [b.raw() for b in bufs]
@@ -53,7 +56,8 @@ def write(arena: Any, obj: object, kind: int = 0, same_main: bool = False) -> in
     layout, off = layout_.place(main_at + len(main), raws)
     if off > arena.size:
         raise ValueError(f"object needs {off} bytes, more than the {arena.size}-byte arena")
-    arena.reserve(0, off)
+    if off > present:
+        arena.reserve(present, off - present)
     view = memoryview(arena.buffer)
     try:
         _HEADER.pack_into(view, 0, _MAGIC, kind, len(main), len(raws), 0)

@@ -191,7 +191,8 @@ class LocalRun(Run):
     def _release(self) -> None:
         """Close what an ended run holds: the control block's descriptor (its
         mapping goes with the last view), the trace segment (the spans are
-        copied first) and the pidfd.  Idempotent."""
+        copied first) and the pidfd; the arena goes back to its pool unless
+        result views hold it.  Idempotent."""
         with self._releasing:
             if self._released:
                 return
@@ -204,6 +205,8 @@ class LocalRun(Run):
                 self.trace_ring = self.trace_ring.snapshot()     # the spans, copied: unmapped now
                 self.trace = None
             self._close_pidfd()                   # a worker that reported may still be exiting
+            if not self._views:
+                self.arena = None                 # back to its pool (views would keep it)
 
     def _expired(self, section: int, timeout_ns: int, lap: int) -> bool:
         """The guard ended the worker: a hook ran past its timeout and did
@@ -254,8 +257,6 @@ class LocalRun(Run):
         self._views = views                      # views keep the arena (and its mapping) alive
         if views:
             arenas.pool.expose(self.arena)
-        else:
-            self.arena = None                     # nothing refers to it: unmap now, not with us
         return outcome
 
     def wait(self, timeout: float | None) -> bool:
@@ -275,6 +276,7 @@ class LocalRun(Run):
                 release_ended()
                 try:
                     self._decode(transfer.sample())
+                    memoryview(self.arena.buffer).release()     # this run's own objects too
                 except Exception:         # noqa: BLE001 - a rehearsal never fails the wait
                     pass
             slice_ns = _LIVENESS_SLICE_NS
