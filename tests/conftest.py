@@ -64,6 +64,7 @@ def no_leaks(request):
     from shmproc.wire import arenas
     from shmproc.wire import blobs
     run.release_ended()         # ended runs' segments wait for the parent's next wait()
+    run.trim_spares()           # the next run's control block and trace segment, made ahead
     blobs.pool.sweep()
     blobs.pool.trim()
     arenas.pool.trim()          # finished runs' arenas are kept for reuse, likewise

@@ -134,3 +134,42 @@ def test_threads_ending_and_reading_runs_at_once_lose_nothing():
     assert not any(t.is_alive() for t in threads)
     assert not errors, errors
     assert len(local_run._unreleased) < local_run._RELEASE_BATCH
+
+
+def test_a_start_takes_the_control_block_and_trace_made_after_the_last_one():
+    """The next run's control block and trace segment are made while this
+    run's worker starts; the next start takes them (and makes the next)."""
+    first = Seven()
+    first.start()
+    spare_ctl, spare_trace = local_run._spares.get("control"), local_run._spares.get("trace")
+    assert spare_ctl is not None and spare_trace is not None
+    second = Seven()
+    second.start()
+    assert _run_of(second).ctl_array is spare_ctl
+    assert _run_of(second).trace is spare_trace
+    assert local_run._spares.get("control") not in (None, spare_ctl)
+    assert first.result == second.result == 7
+
+
+def test_concurrent_starts_never_share_a_control_block():
+    import threading
+
+    runs, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                p = Seven()
+                p.start()
+                runs.append(_run_of(p).ctl_array)
+                assert p.result == 7
+        except BaseException as exc:          # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert len(set(map(id, runs))) == len(runs) == 20

@@ -62,14 +62,14 @@ class LocalRun(Run):
         ctx = mp.get_context(method)
         if method == "forkserver":
             preload_into_forkserver()
-        ctl_array = native.ControlArray.create(1)
+        ctl_array = _spare_control() or native.ControlArray.create(1)
         arena = arenas.pool.take()
         trace = None
         try:
             # A span per hook section (csrc/trace.c), for Process.timeline().
             self.trace = self.trace_ring = None
             if tracing.enabled():
-                trace = native.TraceArea.create(1)
+                trace = _spare_trace() or native.TraceArea.create(1)
                 self.trace, self.trace_ring = trace, trace.ring(0)
             self.origin_ns = native.now_ns()
             try:
@@ -87,6 +87,7 @@ class LocalRun(Run):
             self._spawn()
             if messages:
                 mailboxes.replenish()             # the next run's, while this worker starts up
+            _replenish_spares()
         except BaseException:
             ctl_array.close()                     # the arena goes back to the pool with its mapping
             if trace is not None:
@@ -439,8 +440,44 @@ def release_ended() -> None:
                 os.close(held.pidfd)
 
 
+# The next run's control block and trace segment, made while this run's
+# worker starts up (as the mailbox is), so a start makes neither before
+# its fork.
+_spares: dict[str, Any] = {}
+_spares_lock = threading.Lock()
+
+
+def _spare_control() -> Any:
+    return _spares.pop("control", None)           # one C call: atomic under the GIL
+
+
+def _spare_trace() -> Any:
+    return _spares.pop("trace", None)
+
+
+def _replenish_spares() -> None:
+    with _spares_lock:                            # never two made for one place
+        try:
+            if "control" not in _spares:
+                _spares["control"] = native.ControlArray.create(1)
+            if "trace" not in _spares and tracing.enabled():
+                _spares["trace"] = native.TraceArea.create(1)
+        except Exception:                         # noqa: BLE001 - the next start() reports it
+            pass
+
+
+def trim_spares() -> None:
+    """Close the spare control block and trace segment (tests, and
+    memory-conscious callers)."""
+    for key in ("control", "trace"):
+        spare = _spares.pop(key, None)
+        if spare is not None:
+            spare.close()
+
+
 def _forget_the_parents_runs() -> None:
     _unreleased.clear()                           # a fork child: the parent releases its own
+    _spares.clear()                               # and closes its own spares
 
 
 lifecycle.at_fork(after_in_child=_forget_the_parents_runs)
