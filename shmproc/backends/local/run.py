@@ -98,7 +98,7 @@ class LocalRun(Run):
         self._finishing = threading.Lock()        # kill() and a waiting thread may race to _finish
         self._releasing = threading.Lock()
         self._released = False
-        self._held: _Held | None = None           # set while release_ended has it
+        self._held: _Held | None = None           # what release_ended closes if the run is dropped
 
     def _spawn(self) -> None:
         """Start a worker on the state in the arena (the first life, or a
@@ -277,7 +277,10 @@ class LocalRun(Run):
                 release_ended()
                 try:
                     self._decode(transfer.sample())
-                    memoryview(self.arena.buffer).release()     # this run's own objects too
+                    # ... and this run's own objects, made before the fork.
+                    memoryview(self.arena.buffer).release()
+                    with self._finishing:
+                        self._held = _Held(self)          # made now: the end only files it
                 except Exception:         # noqa: BLE001 - a rehearsal never fails the wait
                     pass
             slice_ns = _LIVENESS_SLICE_NS
@@ -414,7 +417,11 @@ _RELEASE_BATCH = 8
 
 
 def _hold_until_released(run: LocalRun) -> None:
-    run._held = held = _Held(run)
+    held = run._held
+    if held is None:
+        run._held = held = _Held(run)
+    else:                                         # made by the rehearsal: a later life may
+        held.ctl_array, held.trace, held.pidfd = run.ctl_array, run.trace, run._pidfd   # differ
     with _unreleased_lock:
         _unreleased.append(held)
         full = len(_unreleased) >= _RELEASE_BATCH
