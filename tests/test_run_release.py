@@ -109,30 +109,38 @@ def test_a_run_that_did_not_report_is_released_at_once(how):
     assert all(h.run() is not run for h in local_run._unreleased)
 
 
-def test_threads_ending_and_reading_runs_at_once_lose_nothing():
-    """Several threads start runs, read results and timelines while others'
-    waits release ended runs: every result arrives, every timeline reads."""
+def _in_threads(work, n=4):
+    """Run work() in n threads at once; fail with what any of them raised."""
     import threading
 
     errors = []
 
-    def work():
+    def guarded():
         try:
-            for _ in range(8):
-                p = Seven()
-                p.start()
-                assert p.result == 7
-                assert any(s.label == "__result__" for s in p.timeline().spans)
+            work()
         except BaseException as exc:          # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
+    threads = [threading.Thread(target=guarded) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
     assert not any(t.is_alive() for t in threads)
     assert not errors, errors
+
+
+def test_threads_ending_and_reading_runs_at_once_lose_nothing():
+    """Several threads start runs, read results and timelines while others'
+    waits release ended runs: every result arrives, every timeline reads."""
+    def work():
+        for _ in range(8):
+            p = Seven()
+            p.start()
+            assert p.result == 7
+            assert any(s.label == "__result__" for s in p.timeline().spans)
+
+    _in_threads(work)
     assert len(local_run._unreleased) < local_run._RELEASE_BATCH
 
 
@@ -152,24 +160,14 @@ def test_a_start_takes_the_control_block_and_trace_made_after_the_last_one():
 
 
 def test_concurrent_starts_never_share_a_control_block():
-    import threading
-
-    runs, errors = [], []
+    runs = []
 
     def work():
-        try:
-            for _ in range(5):
-                p = Seven()
-                p.start()
-                runs.append(_run_of(p).ctl_array)
-                assert p.result == 7
-        except BaseException as exc:          # noqa: BLE001 - reported below
-            errors.append(exc)
+        for _ in range(5):
+            p = Seven()
+            p.start()
+            runs.append(_run_of(p).ctl_array)
+            assert p.result == 7
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    _in_threads(work)
     assert len(set(map(id, runs))) == len(runs) == 20
