@@ -2,7 +2,8 @@
 
 A run that reported gives its outcome at once; its control block, trace
 segment and pidfd are closed while the parent next waits for a run, or
-when eight ended runs are held (backends/local/run.py, release_ended).
+when eight ended runs are held, and before a pool forks
+(backends/local/release.py).
 These tests pin that bound, and that nothing is lost on the way: the
 timeline of a released run, a run whose Process was dropped first.
 """
@@ -12,6 +13,7 @@ import weakref
 
 import pytest
 
+from shmproc.backends.local import release
 from shmproc.backends.local import run as local_run
 from shmproc.processing import Process
 
@@ -56,16 +58,16 @@ def test_ended_runs_never_wait_in_numbers():
     for p in procs:
         p.wait()
     assert [p.result for p in procs] == [7] * 20
-    assert len(local_run._unreleased) < local_run._RELEASE_BATCH
+    assert release.held_count() < release.BATCH
     released = sum(_run_of(p).ctl_array.fd == -1 for p in procs)
-    assert released >= 20 - local_run._RELEASE_BATCH
+    assert released >= 20 - release.BATCH
 
 
 def test_a_released_runs_timeline_is_kept():
     p = Seven()
     p.start()
     assert p.result == 7
-    local_run.release_ended()
+    release.release_ended()
     assert _run_of(p).trace is None
     names = {s.label for s in p.timeline().spans}
     assert "__result__" in names
@@ -84,7 +86,7 @@ def test_a_run_whose_process_was_dropped_is_closed_from_what_it_held():
     del p, run
     gc.collect()
     assert gone() is None
-    local_run.release_ended()
+    release.release_ended()
     assert not any(_is_open(fd) for fd in fds)
 
 
@@ -106,7 +108,7 @@ def test_a_run_that_did_not_report_is_released_at_once(how):
         p.wait()
     run = _run_of(p)
     assert run.ctl_array.fd == -1 and run._pidfd is None
-    assert all(h.run() is not run for h in local_run._unreleased)
+    assert all(h.run() is not run for h in release._unreleased)
 
 
 def _in_threads(work, n=4):
@@ -141,7 +143,7 @@ def test_threads_ending_and_reading_runs_at_once_lose_nothing():
             assert any(s.label == "__result__" for s in p.timeline().spans)
 
     _in_threads(work)
-    assert len(local_run._unreleased) < local_run._RELEASE_BATCH
+    assert release.held_count() < release.BATCH
 
 
 def test_a_start_takes_the_control_block_and_trace_made_after_the_last_one():
@@ -171,3 +173,15 @@ def test_concurrent_starts_never_share_a_control_block():
 
     _in_threads(work)
     assert len(set(map(id, runs))) == len(runs) == 20
+
+
+def test_a_pool_releases_ended_runs_before_it_forks_its_workers():
+    """Workers live long: none inherits an ended run's segments."""
+    import shmproc
+
+    p = Seven()
+    p.start()
+    assert p.result == 7
+    with shmproc.Pool(1) as pool:
+        assert _run_of(p).ctl_array.fd == -1 and _run_of(p).trace is None
+        assert pool.map(abs, [-1]) == [1]

@@ -43,6 +43,7 @@ from .dispatch import Dispatch
 from .forking import DirectForkProcess
 from .forkserver import preload_into_forkserver
 from .recovery import WorkerRecovery
+from .release import release_ended
 from .results import ResultIntake
 from .units import LocalJob, Slot, Unit
 
@@ -176,6 +177,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         forked in one tight loop.  Python objects made between two forks
         touch pages the last child still shares, and each such first write
         copies a page: a 64-worker pool spent more on that than on fork."""
+        release_ended()                   # no worker inherits an ended run's segments
         made = []
         try:
             for index in indices:

@@ -21,7 +21,6 @@ import os
 import signal
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ...channels import mailbox as mailboxes
@@ -34,6 +33,7 @@ from ..base import Backend, Outcome, Run
 from .forking import DirectForkProcess
 from .forkserver import preload_into_forkserver
 from .pool import LocalPool
+from .release import Held as _Held, hold_until_released as _hold_until_released, release_ended
 from ...common import lifecycle, tracing
 from ...common.config import default_start_method
 from ...common.errors import ProcessCrashedError, ProcessError, ResultError
@@ -398,55 +398,6 @@ class LocalBackend(Backend):
 LOCAL = LocalBackend()
 
 
-# Ended runs not released yet (LocalRun._finish_once): a few at most, since
-# every wait() before it blocks and every eighth ended run release them all.
-# A run is referred to weakly: one its Process dropped meanwhile is closed
-# from what it held.
-class _Held:
-    __slots__ = ("run", "ctl_array", "trace", "pidfd", "released")
-
-    def __init__(self, run: LocalRun) -> None:
-        self.run = weakref.ref(run)
-        self.ctl_array, self.trace, self.pidfd = run.ctl_array, run.trace, run._pidfd
-        self.released = False
-
-
-_unreleased: list[_Held] = []
-_unreleased_lock = threading.Lock()
-_RELEASE_BATCH = 8
-
-
-def _hold_until_released(run: LocalRun) -> None:
-    held = run._held
-    if held is None:
-        run._held = held = _Held(run)
-    else:                                         # made by the rehearsal: a later life may
-        held.ctl_array, held.trace, held.pidfd = run.ctl_array, run.trace, run._pidfd   # differ
-    with _unreleased_lock:
-        _unreleased.append(held)
-        full = len(_unreleased) >= _RELEASE_BATCH
-    if full:
-        release_ended()
-
-
-def release_ended() -> None:
-    """Close what ended runs still hold (LocalRun._release)."""
-    with _unreleased_lock:
-        batch = _unreleased[:]
-        _unreleased.clear()
-    for held in batch:
-        run = held.run()
-        if run is not None:
-            run._release()
-        elif not held.released:                   # its run is gone: nobody else closes these
-            held.released = True
-            held.ctl_array.close()
-            if held.trace is not None:
-                held.trace.close()
-            if held.pidfd is not None:
-                os.close(held.pidfd)
-
-
 # The next run's control block and trace segment, made while this run's
 # worker starts up (as the mailbox is), so a start makes neither before
 # its fork.
@@ -482,13 +433,11 @@ def trim_spares() -> None:
             spare.close()
 
 
-def _forget_the_parents_runs() -> None:
-    _unreleased.clear()                           # a fork child: the parent releases its own
-    _spares.clear()                               # and closes its own spares
+def _forget_the_parents_spares() -> None:
+    _spares.clear()                               # a fork child: the parent closes its own
 
 
-lifecycle.at_fork(after_in_child=_forget_the_parents_runs)
-lifecycle.at_exit(release_ended, lifecycle.STOP_WORKERS - 1)
+lifecycle.at_fork(after_in_child=_forget_the_parents_spares)
 
 
 def _set_once(future: asyncio.Future[None]) -> None:
