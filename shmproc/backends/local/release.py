@@ -33,8 +33,12 @@ class Held:
 
     def __init__(self, run: Any) -> None:
         self.run = weakref.ref(run)
-        self.ctl_array, self.trace, self.pidfd = run.ctl_array, run.trace, run._pidfd
         self.released = False       # the run released it itself (LocalRun._release)
+        self.refresh(run)
+
+    def refresh(self, run: Any) -> None:
+        """Take what `run` holds now (a later life has its own pidfd)."""
+        self.ctl_array, self.trace, self.pidfd = run.ctl_array, run.trace, run._pidfd
 
 
 _unreleased: list[Held] = []
@@ -46,8 +50,8 @@ def hold_until_released(run: Any) -> None:
     held = run._held
     if held is None:
         run._held = held = Held(run)
-    else:                           # made ahead: a later life has its own pidfd
-        held.ctl_array, held.trace, held.pidfd = run.ctl_array, run.trace, run._pidfd
+    else:
+        held.refresh(run)           # made ahead, maybe in an earlier life
     with _lock:
         _unreleased.append(held)
         full = len(_unreleased) >= BATCH
