@@ -7,6 +7,7 @@ done-callbacks, asyncio), by the pool's one background driver.
 """
 import asyncio
 import concurrent.futures as cf
+import os
 import threading
 import time
 
@@ -181,19 +182,18 @@ def test_terminate_cancels_and_tells_the_callbacks():
         tasks[0].result()
 
 
-# ---- a Task's Condition is made only when something needs it ----------------------------------
+# ---- a Task's waiters and callbacks are made only when something needs them ------------------
 
-def test_a_task_read_through_the_pool_never_makes_a_condition():
-    """The fast path (submit, then result() or exception()) needs no Condition,
-    no waiters list and no callbacks list: a Task then holds far fewer objects
-    for the garbage collector to sweep."""
+def test_a_task_read_through_the_pool_makes_no_waiters_or_callbacks_list():
+    """The fast path (submit, then result() or exception()) needs no waiters
+    list and no callbacks list, and Tasks share one Condition: a Task then
+    holds far fewer objects for the garbage collector to sweep."""
     with shmproc.Pool(2) as pool:
         ok, bad = pool.submit(square, 3), pool.submit(fail, 1)
         assert ok.result(timeout=60) == 9
         assert isinstance(bad.exception(timeout=60), ValueError)
         for task in (ok, bad):
-            assert not {"_condition", "_waiters", "_done_callbacks"} & set(task.__dict__)
-        # Asked for once done: the shared one, which is only ever locked to be read.
+            assert task._w is None and task._cbs is None
         assert ok._condition is bad._condition
         with pytest.raises(ValueError):
             bad.result()
@@ -203,19 +203,70 @@ def test_a_task_read_through_the_pool_never_makes_a_condition():
         assert late == [ok] and ok._done_callbacks == []
 
 
-def test_waiters_on_pending_tasks_get_their_own_condition_and_are_woken():
-    """concurrent.futures.wait on a pending Task makes it a Condition of its
-    own, which the pool notifies when it settles the Task."""
+def test_waiters_on_pending_tasks_are_woken():
+    """concurrent.futures.wait on a pending Task (which registers a waiter
+    under the Future's Condition, as the stdlib's wait does) returns when
+    the pool settles it, while another thread reads a second Task."""
     with shmproc.Pool(2) as pool:
         done_early = pool.submit(square, 2)
         assert done_early.result(timeout=60) == 4
-        fresh = pool.submit(nap, 0.3)
+        fresh, other = pool.submit(nap, 0.3), pool.submit(nap, 0.3)
         got = []
         waiter = threading.Thread(target=lambda: got.append(cf.wait([fresh], timeout=60)))
         waiter.start()
+        assert other.result(timeout=60) == 0.3
         waiter.join(60)
         assert got and got[0].done == {fresh} and fresh.result() == 0.3
-        assert fresh._condition is not done_early._condition       # its own, not the shared one
+
+
+def test_a_waiters_list_assigned_to_a_task_still_drives_the_pool():
+    """Future._waiters is a settable list in the stdlib's typing (the
+    as_completed protocol): a list assigned to a Task is taken in, and a
+    waiter appended to it still makes the pool settle the Task."""
+    with shmproc.Pool(1) as pool:
+        task = pool.submit(nap, 0.2)
+        task._waiters = []
+        assert cf.wait([task], timeout=60).done == {task}
+        assert task.result() == 0.2
+
+
+def test_a_child_forked_while_another_thread_holds_the_tasks_lock_can_use_a_pool():
+    """os.fork from one thread while another holds the lock every Task
+    shares: the child gets fresh locks (as the stdlib's at-fork handlers do
+    for its own), so a pool in the child settles its Tasks."""
+    with shmproc.Pool(1) as pool:
+        task = pool.submit(square, 5)
+        assert task.result(timeout=60) == 25
+        held, release = threading.Event(), threading.Event()
+
+        def hold():
+            with type(task)._condition:
+                held.set()
+                release.wait(60)
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert held.wait(60)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    with shmproc.Pool(1) as inner:
+                        code = 0 if inner.submit(square, 6).result(timeout=30) == 36 else 2
+                finally:
+                    os._exit(code)
+        finally:
+            release.set()
+            holder.join(60)
+        deadline = time.monotonic() + 60
+        while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        status = ended[1]
+        if ended[0] == 0:                         # still running: stuck on a held lock
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on a lock another thread held at the fork")
+        assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_settling_races_with_waiters_arriving_lose_no_wake_up():

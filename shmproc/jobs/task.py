@@ -25,6 +25,7 @@ from concurrent.futures import _base as futures_base
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .. import _native as native
+from ..common import lifecycle
 from ..common.errors import ProcessError
 from ..common.outcome import FAILED_RESULT
 from ..common.validate import callable_name
@@ -46,12 +47,6 @@ _CANCELLED = (futures_base.CANCELLED, futures_base.CANCELLED_AND_NOTIFIED)
 
 _T = TypeVar("_T")
 
-#: Future's fields a Task makes only when something uses them (Task.__getattr__).
-_LAZY_FIELDS = frozenset(("_condition", "_waiters", "_done_callbacks"))
-
-#: The Condition of every Task that was done before anything needed one
-#: (Task.__getattr__): locked to read the state, never waited on.
-_DONE = threading.Condition()
 
 
 def writable(value: Any) -> Any:
@@ -119,6 +114,21 @@ class _Watched(list[Any]):
         super().append(waiter)
         self.task._watched()
 
+    def remove(self, waiter: Any) -> None:
+        super().remove(waiter)
+        if not self:
+            # The last waiter left (under the Condition, as it came): the
+            # Task lets go of this list, so the two hold no cycle and go by
+            # reference counting, not at the collector's next sweep.
+            self.task._w = None
+
+
+def _fresh_locks_in_child() -> None:
+    # A fork from a thread other than the one holding them would leave them
+    # held for ever in the child.
+    Task._condition = threading.Condition()
+    Task._making = threading.Lock()
+
 
 class Task(Future[_T]):
     """The handle Pool.submit returns: a concurrent.futures.Future.
@@ -131,23 +141,26 @@ class Task(Future[_T]):
     _unit: Any
     _messages: collections.deque[Any] | None
     if TYPE_CHECKING:   # concurrent.futures.Future's own, which the engine runs
-        _done_callbacks: list[Callable[[Future[Any]], object]]
         def _invoke_callbacks(self) -> None: ...
 
-    # A Task's Condition is made when something first needs it (_condition,
-    # below), under this one lock, which also guards settling a Task that
-    # has none: see _locked().
+    # Every Task shares one Condition (reentrant): it is only ever locked,
+    # to change or read a state with the waiters list in step, and never
+    # waited on with a timeout (result() and exception() wait through the
+    # pool; Future's own wait is only reached with timeout 0).  A Condition
+    # per Task would be 8 more objects each for the garbage collector, made
+    # for every pending Task that as_completed or wait() locks.
+    _condition = threading.Condition()
+    # Guards making a Task's _waiters and _done_callbacks on first use.
     _making = threading.Lock()
 
     def __init__(self, pool: Any, name: Any, proc: Any = None, retries: int | None = 0,
                  options: TaskOptions = DEFAULT_OPTIONS) -> None:
-        # Future.__init__'s fields, but not its Condition: with its lock,
-        # deque and bound methods that is 8 objects the garbage collector
-        # tracks per Task (half of all it makes for one submit), and most
-        # Tasks are settled and read through the pool without anyone ever
-        # waiting on it.  (Many pending Tasks made the collector's sweeps
-        # the largest cost of a burst of submits.)
-        # (_waiters and _done_callbacks too: made by __getattr__ on first use.)
+        # Future.__init__'s fields, but not its Condition (shared: see
+        # above), nor _waiters and _done_callbacks, which their properties
+        # make on first use: most Tasks are settled and read through the pool
+        # without anyone waiting on them, and every object a Task holds is
+        # one more for the garbage collector to sweep (many pending Tasks
+        # made its sweeps the largest cost of a burst of submits).
         self._state = _PENDING
         self._result = None
         self._exception = None
@@ -161,6 +174,8 @@ class Task(Future[_T]):
         self.timeout_ns = 0           # its task timeout (set by the engine; 0: none)
         self._unit = None
         self._messages = None         # what a submitted Process told (self.tell), not yet heard
+        self._w: _Watched | None = None                      # _waiters, once made
+        self._cbs: list[Callable[[Future[Any]], object]] | None = None   # _done_callbacks
 
     # -- sink interface (called under the pool lock) --
     def _put(self, index: int, value: Any) -> None:
@@ -174,66 +189,59 @@ class Task(Future[_T]):
             exc = self._on_error(exc)
         self._settle(None, exc)
 
-    def __getattr__(self, name: str) -> Any:
-        # Only Future's fields a Task makes on first use come here, once each.
-        if name not in _LAZY_FIELDS:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        with Task._making:
-            value = self.__dict__.get(name)
-            if value is None:
-                if name == "_condition":
-                    # A Task already done (its state changes under _making
-                    # until it has a Condition of its own, so this is final)
-                    # is only locked to be read, never waited on: one shared
-                    # Condition serves them all (as_completed locks each Task).
-                    done = self._state == _FINISHED or self._state == _CANCELLED[1]
-                    value = _DONE if done else threading.Condition()
-                elif name == "_waiters":
-                    value = _Watched()
-                    value.task = self
-                else:
-                    value = []            # _done_callbacks
-                self.__dict__[name] = value
-        return value
+    # Future's _waiters and _done_callbacks, made on first use (concurrent.futures
+    # reads and appends to them; it never assigns them).
+    @property
+    def _waiters(self) -> list[Any]:
+        waiters = self._w
+        if waiters is None:
+            with Task._making:
+                waiters = self._w
+                if waiters is None:
+                    waiters = self._w = _Watched()
+                    waiters.task = self
+        return waiters
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        watched = _Watched(waiters)
+        watched.task = self
+        self._w = watched
+
+    @property
+    def _done_callbacks(self) -> list[Callable[[Future[Any]], object]]:
+        callbacks = self._cbs
+        if callbacks is None:
+            with Task._making:
+                callbacks = self._cbs
+                if callbacks is None:
+                    callbacks = self._cbs = []
+        return callbacks
 
     def _has_callbacks(self) -> bool:
-        return bool(self.__dict__.get("_done_callbacks"))
-
-    def _state_lock(self) -> Any:
-        """Acquire and return the lock to change the state under: the Task's
-        Condition if it has one, else the lock that makes them, so that no
-        Condition (and no waiter: they register under it) appears meanwhile."""
-        while True:
-            cond = self.__dict__.get("_condition")
-            lock = Task._making if cond is None else cond
-            lock.acquire()
-            if cond is not None or "_condition" not in self.__dict__:
-                return lock
-            lock.release()                # one was made just now: take that one
+        return bool(self._cbs)
 
     def _notify(self) -> None:
-        """Wake threads waiting on the Condition (held), if there is one."""
-        cond = self.__dict__.get("_condition")
-        if cond is not None:
+        """Wake threads waiting on the (held) Condition, if any (none of
+        shmproc's own code waits on it)."""
+        cond = self._condition
+        if cond._waiters:                 # type: ignore[attr-defined]  # threading's own
             cond.notify_all()
 
     def _settle(self, value: Any, error: BaseException | None) -> None:
-        lock = self._state_lock()
-        try:
+        with self._condition:
             if self._state in _CANCELLED or self._state == _FINISHED:
                 return                    # cancelled meanwhile: the outcome is ignored
             if error is None:
                 self._result = value
-                for waiter in self.__dict__.get("_waiters", ()):
+                for waiter in self._w or ():
                     waiter.add_result(self)
             else:
                 self._exception = error
-                for waiter in self.__dict__.get("_waiters", ()):
+                for waiter in self._w or ():
                     waiter.add_exception(self)
             self._state = _FINISHED
             self._notify()
-        finally:
-            lock.release()
         self._unit = None                 # no cycle: a result's memory goes with the Task
         self._pool._task_settled(self)
 
@@ -245,28 +253,22 @@ class Task(Future[_T]):
         deliver_process(self, index, kind, value, error)
 
     def _sent(self) -> None:
-        lock = self._state_lock()
-        try:
+        with self._condition:
             if self._state == _PENDING:
                 self._state = _RUNNING
-        finally:
-            lock.release()
 
     def _cancel(self) -> None:
         """The pool ended before the task did: it counts as cancelled, even
         if a worker had it (a Future cannot be cancelled once running, so
         the state is set here rather than through Future.cancel)."""
-        lock = self._state_lock()
-        try:
+        with self._condition:
             if self._state in _CANCELLED or self._state == _FINISHED:
                 return
             self._state = futures_base.CANCELLED_AND_NOTIFIED
             self.dropped = True
-            for waiter in self.__dict__.get("_waiters", ()):
+            for waiter in self._w or ():
                 waiter.add_cancelled(self)
             self._notify()
-        finally:
-            lock.release()
         self._unit = None
         self._pool._task_settled(self)
 
@@ -365,3 +367,6 @@ def listen(engine: Any, sink: Any, over: Callable[[], bool], timeout: float | No
         if left is not None and left <= 0:
             return None
         engine._wait_step(SLICE_S if left is None else min(left, SLICE_S))
+
+
+lifecycle.at_fork(after_in_child=_fresh_locks_in_child)
