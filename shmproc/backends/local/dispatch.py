@@ -260,7 +260,7 @@ class Dispatch:
             return None                   # its tells need the general path's flag
         task = Task(self, fn, None, retries, options)
         kwargs = kwargs or None
-        unit = Unit(next(self._ids), task, 0, OP_CALL, fn_id, False, ((args, kwargs),))
+        unit = Unit(next(self._ids), task, 0, OP_CALL, fn_id, False, args, kwargs)
         try:
             rec = unit.record = taskwire.encode(OP_CALL, unit.id, (fn_id, args, kwargs),
                                                 self._res.token, elapsed_us=1)

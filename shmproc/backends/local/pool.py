@@ -482,8 +482,8 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             else:
                 fn_id = self._register(fn)
                 task = Task(self, fn, None, retries, options)
-                unit = Unit(self._new_id(), task, 0, OP_CALL, fn_id, False,
-                            ((args, kwargs or None),))
+                unit = Unit(self._new_id(), task, 0, OP_CALL, fn_id, False, args,
+                            kwargs or None)
                 if is_process_class(fn):
                     unit.flags = taskwire.FLAG_TELLS
             try:
@@ -501,7 +501,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
     def _submit_error(self, fn, unit, exc):
         if unit.op == OP_RUN:
             return wire.unserializable(fn, exc)
-        found = wire.find_unpicklable({"args": unit.items[0][0], "kwargs": unit.items[0][1]},
+        found = wire.find_unpicklable({"args": unit.items, "kwargs": unit.kwargs},
                                       "call")
         where = ""
         if found is not None:

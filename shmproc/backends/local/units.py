@@ -20,21 +20,24 @@ __all__ = ["Unit", "Slot", "LocalJob", "CallRun"]
 class Unit:
     """Items sent to one worker as one record: a call, a chunk, or a Process."""
 
-    __slots__ = ("id", "sink", "index", "op", "fn_id", "star", "items", "n", "record", "slot",
-                 "stream", "crashes", "cut", "lives", "flags", "base")
+    __slots__ = ("id", "sink", "index", "op", "fn_id", "star", "items", "kwargs", "n", "record",
+                 "slot", "stream", "crashes", "cut", "lives", "flags", "base")
 
-    def __init__(self, ident, sink, index, op, fn_id, star, items):
+    def __init__(self, ident, sink, index, op, fn_id, star, items, kwargs=None):
         self.id = ident
         self.sink = sink              # the Task or _Job the outcomes go to
         self.index = index            # index of items[0] in the job
         self.op = op
         self.fn_id = fn_id
         self.star = star
-        # OP_CHUNK: the items; OP_CALL: ((args, kwargs),) -- tuples, which the
-        # collector stops tracking once they hold nothing it tracks (many
-        # Tasks may be pending); OP_RUN: [proc] (fn_id: its span label).
+        # OP_CHUNK: the items; OP_CALL: the call's args tuple, with its
+        # kwargs dict (or None) beside it -- no tuple around them: each one
+        # more object per item for the collector to track (a map with
+        # chunksize 1 makes a unit per item); OP_RUN: [proc] (fn_id: its
+        # span label).
         self.items = items
-        self.n = len(items)
+        self.kwargs = kwargs
+        self.n = 1 if op == OP_CALL else len(items)
         self.record = None            # encoded, once
         self.slot = None
         self.stream = 0               # position of items[0] in its worker's item stream
@@ -48,8 +51,7 @@ class Unit:
         if self.op == OP_CHUNK:
             return self.fn_id, self.star, self.items
         if self.op == OP_CALL:
-            args, kwargs = self.items[0]
-            return self.fn_id, args, kwargs
+            return self.fn_id, self.items, self.kwargs
         return self.fn_id, self.items[0]      # OP_RUN: (span label, the Process)
 
     def encode(self, token) -> bytes:
@@ -64,8 +66,9 @@ class Unit:
 
     def split(self, ident, start, stop):
         """A new unit for items[start:stop] (re-sent after a crash)."""
-        part = Unit(ident, self.sink, self.index + start, self.op, self.fn_id, self.star,
-                     self.items[start:stop])
+        items = self.items if self.op == OP_CALL else self.items[start:stop]   # a call is one item
+        part = Unit(ident, self.sink, self.index + start, self.op, self.fn_id, self.star, items,
+                    self.kwargs)
         part.lives = self.lives
         part.flags = self.flags
         return part
@@ -151,7 +154,7 @@ class LocalJob(Job):
         out = CallRun(self, fn_id)
         append = out.append
         for k in range(count):
-            unit = Unit(ids[k], self, index + k, OP_CALL, fn_id, False, (((items[k],), None),))
+            unit = Unit(ids[k], self, index + k, OP_CALL, fn_id, False, (items[k],))
             unit.record = records[k]      # None: Unit.encode takes the general path later
             append(unit)
         return out
