@@ -230,19 +230,20 @@ def test_a_waiters_list_assigned_to_a_task_still_drives_the_pool():
         assert task.result() == 0.2
 
 
-def test_a_child_forked_while_another_thread_holds_the_tasks_lock_can_use_a_pool():
+def test_a_fork_while_another_thread_holds_the_tasks_lock_waits_and_the_child_can_use_a_pool():
     """os.fork from one thread while another holds the lock every Task
-    shares: the child gets fresh locks (as the stdlib's at-fork handlers do
-    for its own), so a pool in the child settles its Tasks."""
+    shares: the fork waits until it is let go (as the stdlib's at-fork
+    handlers do for its own locks), so the child never inherits it held
+    and a pool in the child settles its Tasks."""
     with shmproc.Pool(1) as pool:
         task = pool.submit(square, 5)
         assert task.result(timeout=60) == 25
-        held, release = threading.Event(), threading.Event()
+        held = threading.Event()
 
         def hold():
             with type(task)._condition:
                 held.set()
-                release.wait(60)
+                time.sleep(0.3)
         holder = threading.Thread(target=hold)
         holder.start()
         assert held.wait(60)
@@ -256,7 +257,6 @@ def test_a_child_forked_while_another_thread_holds_the_tasks_lock_can_use_a_pool
                 finally:
                     os._exit(code)
         finally:
-            release.set()
             holder.join(60)
         deadline = time.monotonic() + 60
         while (ended := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:

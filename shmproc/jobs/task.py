@@ -120,14 +120,18 @@ class _Watched(list[Any]):
             # The last waiter left (under the Condition, as it came): the
             # Task lets go of this list, so the two hold no cycle and go by
             # reference counting, not at the collector's next sweep.
-            self.task._w = None
+            self.task.__dict__.pop("_w", None)
 
 
-def _fresh_locks_in_child() -> None:
-    # A fork from a thread other than the one holding them would leave them
-    # held for ever in the child.
-    Task._condition = threading.Condition()
-    Task._making = threading.Lock()
+def _hold_task_lock() -> None:
+    # Held across a fork, so that no other thread holds it in the child
+    # (where that thread would not exist to let go).  Cheaper in the child
+    # than making a new one: each page a fork child first writes traps.
+    Task._condition.acquire()
+
+
+def _let_go_of_task_lock() -> None:
+    Task._condition.release()
 
 
 class Task(Future[_T]):
@@ -150,8 +154,9 @@ class Task(Future[_T]):
     # per Task would be 8 more objects each for the garbage collector, made
     # for every pending Task that as_completed or wait() locks.
     _condition = threading.Condition()
-    # Guards making a Task's _waiters and _done_callbacks on first use.
-    _making = threading.Lock()
+    # _waiters and _done_callbacks, once made (see their properties).
+    _w: _Watched | None = None
+    _cbs: list[Callable[[Future[Any]], object]] | None = None
 
     def __init__(self, pool: Any, name: Any, proc: Any = None, retries: int | None = 0,
                  options: TaskOptions = DEFAULT_OPTIONS) -> None:
@@ -174,8 +179,6 @@ class Task(Future[_T]):
         self.timeout_ns = 0           # its task timeout (set by the engine; 0: none)
         self._unit = None
         self._messages = None         # what a submitted Process told (self.tell), not yet heard
-        self._w: _Watched | None = None                      # _waiters, once made
-        self._cbs: list[Callable[[Future[Any]], object]] | None = None   # _done_callbacks
 
     # -- sink interface (called under the pool lock) --
     def _put(self, index: int, value: Any) -> None:
@@ -190,32 +193,28 @@ class Task(Future[_T]):
         self._settle(None, exc)
 
     # Future's _waiters and _done_callbacks, made on first use (concurrent.futures
-    # reads and appends to them; it never assigns them).
+    # reads and appends to them; it never assigns them).  Two threads may
+    # ask at once: dict.setdefault (atomic) makes every caller use the same.
     @property
     def _waiters(self) -> list[Any]:
         waiters = self._w
         if waiters is None:
-            with Task._making:
-                waiters = self._w
-                if waiters is None:
-                    waiters = self._w = _Watched()
-                    waiters.task = self
+            made = _Watched()
+            made.task = self
+            waiters = self.__dict__.setdefault("_w", made)
         return waiters
 
     @_waiters.setter
     def _waiters(self, waiters: list[Any]) -> None:
         watched = _Watched(waiters)
         watched.task = self
-        self._w = watched
+        self.__dict__["_w"] = watched
 
     @property
     def _done_callbacks(self) -> list[Callable[[Future[Any]], object]]:
         callbacks = self._cbs
         if callbacks is None:
-            with Task._making:
-                callbacks = self._cbs
-                if callbacks is None:
-                    callbacks = self._cbs = []
+            callbacks = self.__dict__.setdefault("_cbs", [])
         return callbacks
 
     def _has_callbacks(self) -> bool:
@@ -369,4 +368,5 @@ def listen(engine: Any, sink: Any, over: Callable[[], bool], timeout: float | No
         engine._wait_step(SLICE_S if left is None else min(left, SLICE_S))
 
 
-lifecycle.at_fork(after_in_child=_fresh_locks_in_child)
+lifecycle.at_fork(before=_hold_task_lock, after_in_parent=_let_go_of_task_lock,
+                  after_in_child=_let_go_of_task_lock)
