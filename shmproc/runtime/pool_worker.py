@@ -54,8 +54,6 @@ _dumps = pickle.dumps
 _pack = taskwire.HEADER.pack
 _encode = taskwire.encode
 _HS = taskwire.HEADER_SIZE
-_read_int_call = taskwire.read_int_call
-_INT_CALL_SIZE = taskwire.INT_CALL_SIZE
 
 #: Values that may share a record (R_VALUES): they cannot fail to unpickle
 #: in the parent, so one bad value can never take the others' ids with it.
@@ -210,18 +208,13 @@ class PoolWorker:
         """The common record, a plain function call with small arguments,
         without the general path's layers; False if it is not one."""
         start = _now()
+        ident = _unpack(rec)[4]
         k = self.completed
         self.progress[0] = k << 2 | RUNNING          # from here on a crash is this item's
-        fast = _read_int_call(rec) if len(rec) == _INT_CALL_SIZE else None
-        if fast is not None:                 # map over ints: no Unpickler
-            ident, fn_id, item = fast
-            args, kwargs = (item,), None
-        else:
-            ident = _unpack(rec)[4]
-            try:
-                fn_id, args, kwargs = _loads(rec[_HS:])
-            except Exception:                # noqa: BLE001 - handle() reports it
-                return False
+        try:
+            fn_id, args, kwargs = _loads(rec[_HS:])
+        except Exception:                    # noqa: BLE001 - handle() reports it
+            return False
         fn = self.plain.get(fn_id)
         if fn is None:
             return False

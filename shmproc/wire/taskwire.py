@@ -87,25 +87,12 @@ _NUMBERS = frozenset((int, float, bool, type(None)))
 
 #: The OP_CALL record of fn(i) for an int i that fits 32 bits, whole: the
 #: header, then a hand-written protocol-5 pickle of (fn id, (i,), None)
-#: (PROTO, BININT, BININT, TUPLE1, NONE, TUPLE3, STOP), which pickle.loads
-#: reads as any other.  One pack per item instead of a Pickler (map over a
-#: range is the common case); read_int_call takes it apart again.
+#: (PROTO, BININT, BININT, TUPLE1, NONE, TUPLE3, STOP), which the worker's
+#: pickle.loads reads as any other.  One pack per item instead of a Pickler
+#: (map over a range is the common case).
 _INT_CALL = struct.Struct("<BBHIQ2sBiBi4s")
-INT_CALL_SIZE = _INT_CALL.size
 _INT_HEAD, _BININT, _INT_TAIL = b"\x80\x05", 0x4A, b"\x85N\x87."
 _I32 = range(-2**31, 2**31)
-
-
-def read_int_call(record: Any) -> tuple[int, int, int] | None:
-    """(task id, fn id, i) of a record laid out as _INT_CALL, byte for byte
-    (so exactly what pickle.loads would make of it); None for any other."""
-    if len(record) != INT_CALL_SIZE:
-        return None
-    op, flags, _, _, ident, head, b1, fn_id, b2, item, tail = _INT_CALL.unpack(record)
-    if (op != OP_CALL or flags or head != _INT_HEAD or b1 != _BININT or b2 != _BININT
-            or tail != _INT_TAIL):
-        return None
-    return ident, fn_id, item
 
 
 def encode_calls(fn_id: int, items: Iterable[Any], ids: Iterable[int]) -> list[bytes | None]:
