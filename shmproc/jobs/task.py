@@ -193,8 +193,9 @@ class Task(Future[_T]):
         self._settle(None, exc)
 
     # Future's _waiters and _done_callbacks, made on first use (concurrent.futures
-    # reads and appends to them; it never assigns them).  Two threads may
-    # ask at once: dict.setdefault (atomic) makes every caller use the same.
+    # reads and appends to them; _waiters is settable only because typing's
+    # as_completed protocol says so).  Two threads may ask at once:
+    # dict.setdefault (atomic) makes every caller use the same list.
     @property
     def _waiters(self) -> list[Any]:
         waiters = self._w
