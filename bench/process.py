@@ -1078,7 +1078,7 @@ def _ensure_bytecode(out) -> None:
     if spec is None or not spec.submodule_search_locations:
         return
     folder = list(spec.submodule_search_locations)[0]
-    compileall.compile_dir(folder, quiet=1, maxlevels=0)
+    compileall.compile_dir(folder, quiet=1)          # every subpackage too
     print(f"note: PYTHONDONTWRITEBYTECODE is set; compiled shmproc's bytecode in {folder} once, "
           f"as a normal install or first import would", file=out)
 
