@@ -240,3 +240,29 @@ def test_a_damaged_directory_entry_is_corrupt_shared_memory():
             q.get(timeout=1)
     q.cancel_join_thread()
     q.close()
+
+
+def test_qsize_and_empty_count_every_ring_when_another_process_grew_the_queue(ctx):
+    """queue.Queue / multiprocessing.Queue: qsize() counts what is queued,
+    empty() says whether anything is.  This handle put and took on one ring
+    (the quick path: it asks only that ring); another process then grew
+    the queue past it: both still count every ring, and once drained the
+    queue is back to one ring, with the quick path again."""
+    q = shmproc.Queue(capacity=SMALL)
+    q.put("first")
+    assert q.get(timeout=5) == "first"
+    assert q.qsize() == 0 and q.empty()
+    n = 3 * SMALL // len(ITEM)                  # well past one ring
+    p = ctx.Process(target=_produce, args=(q, 1, n))
+    p.start()
+    deadline = time.monotonic() + 60
+    while q.qsize() < n and time.monotonic() < deadline:   # (it holds the new rings)
+        time.sleep(0.01)
+    assert q.qsize() == n and not q.empty()
+    assert [i for _, i, _ in (q.get(timeout=5) for _ in range(n))] == list(range(n))
+    p.join(60)                                  # (it waits at exit until its rings are read)
+    assert p.exitcode == 0
+    assert q.qsize() == 0 and q.empty()
+    assert len(q._chain.held) == 1 and q._only_ring() is not None
+    q.put("again")
+    assert q.qsize() == 1 and not q.empty()
