@@ -245,3 +245,71 @@ def test_advance_refuses_end_states_and_stores_the_others():
         assert ctl.state == native.STATE_RUNNING
     finally:
         arr.close()
+
+
+_OVERLAPPING_FORKS = r"""
+import os, sys, threading, time
+from shmproc.processing import Process
+
+# What filelock >= 4.3 does on Python >= 3.12: refuse os.fork while another
+# thread is inside one.  The before-hook's pause makes overlaps likely.
+inside = []
+def before():
+    inside.append(1)
+    time.sleep(0.005)
+def after():
+    inside.pop()
+def refuse(event, args):
+    if event == "os.fork" and inside:
+        raise RuntimeError("os.fork while another thread is inside one")
+sys.addaudithook(refuse)
+os.register_at_fork(before=before, after_in_parent=after, after_in_child=after)
+
+class Seven(Process):
+    def __init__(self):
+        self.config.num_loops = 1
+        self.config.start_method = "fork"
+    def __result__(self):
+        return 7
+
+class Outer(Process):
+    # Starts a Process from its own hook: in this fork child the turn to
+    # fork, held at the fork that made it, must be free again.
+    def __init__(self):
+        self.config.num_loops = 1
+        self.config.start_method = "fork"
+    def __result__(self):
+        inner = Seven()
+        inner.start()
+        return inner.result * 2
+
+errors = []
+def work():
+    try:
+        for _ in range(4):
+            p = Seven()
+            p.start()
+            assert p.result == 7
+        outer = Outer()
+        outer.start()
+        assert outer.result == 14
+    except BaseException as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join(120)
+print("errors:", errors)
+sys.exit(1 if errors or any(t.is_alive() for t in threads) else 0)
+"""
+
+
+def test_starts_from_many_threads_never_fork_at_once():
+    """Threads starting fork Processes together: shmproc forks one at a
+    time, so a library that refuses a fork while another thread is inside
+    one (filelock >= 4.3 on Python >= 3.12 raises RuntimeError) never sees
+    two; and a fork child, which the fork that made it left holding the
+    turn, is free to start its own Processes."""
+    import subprocess
+    done = subprocess.run([sys.executable, "-c", _OVERLAPPING_FORKS], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -60,13 +60,38 @@ from ...common import lifecycle, signals
 __all__ = ["DirectForkProcess"]
 
 
+#: One fork at a time from this process's threads.  A fork costs the same
+#: either way (the kernel holds the parent's memory map while it copies it),
+#: and some libraries refuse a fork while another thread is inside one:
+#: filelock >= 4.3 on Python >= 3.12 raises RuntimeError from os.fork then.
+_forking = threading.Lock()
+
+
+def _let_go_in_child() -> None:
+    # A child inherits the lock held if it was forked while a thread held
+    # it: by our own fork, or by any other fork made meanwhile.
+    if _forking.locked():
+        _forking.release()
+
+
+lifecycle.at_fork(after_in_child=_let_go_in_child)
+
+
 class _Popen(popen_fork.Popen):
     """multiprocessing's fork Popen, launching _child_main instead of _bootstrap."""
 
     def _launch(self, process_obj):
         stdin = _devnull_stdin()                  # built here, once: not in every child
         sentinel, child_w = os.pipe()
-        self.pid = os.fork()
+        _forking.acquire()
+        try:
+            pid = os.fork()
+        except BaseException:
+            _forking.release()
+            raise
+        if pid:
+            _forking.release()                    # (the child's copy: _let_go_in_child)
+        self.pid = pid
         if self.pid == 0:
             code = 1
             try:
