@@ -208,25 +208,6 @@ class Queue(Moving, Generic[Item]):
         self._check_open()
         return all(ring.used_bytes() == 0 for ring in self._rings())
 
-    def _only_ring(self) -> native.Ring | None:
-        """The ring that holds all of the queue's items, when this handle can
-        tell without reading the directory (~25 us): a fixed queue's ring, or
-        a growing queue's when this handle holds one ring only, of the
-        queue's own size, and puts and takes on it, and nobody sealed it (a
-        ring is sealed before anything goes into its successor, so none has
-        items yet).  None: the directory is read, which also lets go of
-        drained rings and of a burst's large one (see _rings)."""
-        if self._closed:
-            return None
-        ring = self._prod
-        chain = self._chain
-        if chain is None:
-            return ring
-        if (ring is self._cons and len(chain.held) == 1 and ring.capacity <= chain.capacity
-                and ring.sealed() is None):
-            return ring
-        return None
-
     def full(self) -> bool:
         self._check_open()
         if self._chain is not None:
