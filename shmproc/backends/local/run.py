@@ -267,6 +267,11 @@ class LocalRun(Run):
         ctl = self.ctl
         while True:
             if self.ended():
+                if not self._rehearsed:
+                    # It ended before this wait could block: nothing to
+                    # rehearse, but ended runs are released at every wait.
+                    self._rehearsed = True
+                    release_ended()
                 return True
             if not self._rehearsed:
                 # Time the worker is busy anyway: release what ended runs
