@@ -733,6 +733,36 @@ def run_burst(make, n: int, repeat: int) -> Outcome:
 
 
 # --------------------------------------------------------------------------
+# polling: what a qsize() / empty() call costs (loops that poll a queue)
+
+POLL_CALLS = 20_000
+
+
+def run_poll(make, calls: int, repeat: int) -> tuple[Outcome, Outcome]:
+    """qsize() and empty() on a queue holding one item, in this process:
+    the best rate of each (calls/s)."""
+    out = []
+    try:
+        q = make()
+        q.put(b"x")
+        time.sleep(0.1)                   # mp.Queue: let its feeder thread deliver it
+        for method in (q.qsize, q.empty):
+            rates = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    method()
+                rates.append(calls / (time.perf_counter() - t0))
+            out.append(Outcome(rate=max(rates), n=calls, rates=rates))
+        q.get(timeout=5)
+        q.close()
+    except Exception as exc:              # noqa: BLE001 - reported as this row's error
+        err = Outcome(n=calls, error=f"{type(exc).__name__}: {exc!r}")
+        return err, err
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------
 # main
 
 
@@ -745,7 +775,8 @@ def main(argv=None) -> int:
                         f" keys: {', '.join(CONTENDERS)}")
     p.add_argument("--skip-arrays", action="store_true", help="skip the numpy array part")
     p.add_argument("--skip-idle", action="store_true", help="skip the idle-CPU part")
-    p.add_argument("--skip-burst", action="store_true", help="skip the one-process burst part")
+    p.add_argument("--skip-burst", action="store_true",
+                   help="skip the one-process parts (burst, polling)")
     p.add_argument("--idle-seconds", type=float, default=None,
                    help=f"how long the idle child blocks (default {IDLE_SECONDS:g}, quick 0.3)")
     p.add_argument("--json", metavar="FILE", help="also write every number to FILE as JSON")
@@ -826,6 +857,14 @@ def main(argv=None) -> int:
             burst_results[label] = o
             progress(f"burst {label}", o, "msgs/s")
 
+    # 5. polling
+    poll_results: dict[str, tuple[Outcome, Outcome]] = {}
+    if not args.skip_burst:
+        for label, make in _burst_contenders(ctx):
+            poll_results[label] = run_poll(make, POLL_CALLS // 5 if s.quick else POLL_CALLS,
+                                           s.repeat)
+            progress(f"qsize() {label}", poll_results[label][0], "calls/s")
+
     # report
     print(f"Messages between two processes (producer child -> consumer parent),"
           f" best of {s.repeat}", file=out)
@@ -869,6 +908,23 @@ def main(argv=None) -> int:
             ratio = f"{o.rate / ref.rate:.2f}x" if ref is not None and ref.rate else ""
             rows.append([label, C.si(o.rate), ratio])
         print(C.table(["queue", "msgs/s", "vs mp.Queue"], rows), file=out)
+        print(file=out)
+
+    if poll_results:
+        ref_q, ref_e = poll_results.get("multiprocessing.Queue", (None, None))
+        print(f"Polling in one process: qsize() and empty() on an unbounded queue holding"
+              f" one item, best of {s.repeat}", file=out)
+        rows = []
+        for label, (oq, oe) in poll_results.items():
+            if oq.rate is None:
+                rows.append([label, "ERROR " + oq.error.splitlines()[0] if oq.error else "n/a",
+                             "", "", ""])
+                continue
+            rows.append([label, C.si(1e6 / oq.rate) + " us",
+                         f"{ref_q.rate / oq.rate:.2f}x" if ref_q and ref_q.rate else "",
+                         C.si(1e6 / oe.rate) + " us",
+                         f"{ref_e.rate / oe.rate:.2f}x" if ref_e and ref_e.rate else ""])
+        print(C.table(["queue", "qsize()", "x mp's", "empty()", "x mp's"], rows), file=out)
         print(file=out)
 
     tg = targets(msg_results, arr_results, idle_results)
