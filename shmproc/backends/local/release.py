@@ -4,8 +4,8 @@ A run that reported gives its outcome at once (run.py, LocalRun._finish_once);
 what it still holds (its control block's descriptor, its trace segment, its
 pidfd, its arena) is released later, off the result path: after a fork every
 page the parent writes first is a copy-on-write trap, and each step moved off
-that path is time p.result gives back.  Released by every wait() before it
-blocks, by every eighth ended run, before a pool forks its workers (so they
+that path is time p.result gives back.  Released by every wait() (before
+it blocks, or at once if its run had ended already), by every eighth ended run, before a pool forks its workers (so they
 inherit none of it) and at exit; so a few runs at most are held.
 
 A run is referred to weakly: one whose Process was dropped meanwhile is
