@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 import numbers
-import threading
 import time
 from typing import Any, Optional
+
+from . import _forkfree
 
 __all__ = ["Circuit"]
 
@@ -54,7 +55,7 @@ class Circuit:
         self._broken = False
         self._times_shorted = 0
         self._total_trips = 0
-        self._lock = threading.Lock()
+        self._lock = _forkfree.lock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -63,7 +64,7 @@ class Circuit:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._lock = _forkfree.lock()
 
     def __repr__(self) -> str:
         return (

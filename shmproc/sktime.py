@@ -22,6 +22,8 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Tuple, overload
 
+from . import _forkfree
+
 if TYPE_CHECKING:
     from types import TracebackType
     from typing import Literal, ParamSpec, Protocol, TypeVar
@@ -194,7 +196,7 @@ class Timer:
     def _init_runtime_state(self) -> None:
         # Neither a lock nor a threading.local can be pickled, and in-flight
         # measurements mean nothing in another process anyway.
-        self._lock = threading.Lock()
+        self._lock = _forkfree.lock()
         self._local = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -510,7 +512,7 @@ class TimeThis:
 # reset them. Weak references: a decorated function that goes away must
 # not be kept alive (with its records) by this registry.
 _global_timers: "weakref.WeakSet[Timer]" = weakref.WeakSet()
-_global_timers_lock = threading.Lock()
+_global_timers_lock = _forkfree.lock()
 
 
 def clear_global_timers() -> None:
@@ -587,7 +589,7 @@ class Yawn:
         self.log_sleep = bool(log_sleep)
         self.current_yawns = 0
         self.total_sleeps = 0
-        self._lock = threading.Lock()
+        self._lock = _forkfree.lock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -596,7 +598,7 @@ class Yawn:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._lock = _forkfree.lock()
 
     def __repr__(self) -> str:
         return (

@@ -64,7 +64,6 @@ flushes first) and has no flusher thread: its tells are put at once.
 from __future__ import annotations
 
 import collections
-import os
 import pickle
 import queue as _stdlib_queue
 import threading
@@ -75,6 +74,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .queue import Queue
 
+from ..common import lifecycle
 from ..common.errors import MessageBacklogError
 from ..wire import pickling as wire
 from .records import TAG_PICKLE
@@ -314,7 +314,5 @@ def _after_fork(in_child: bool) -> None:
             box._after_fork_in_parent()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork,
-                        after_in_parent=lambda: _after_fork(False),
-                        after_in_child=lambda: _after_fork(True))
+lifecycle.at_fork(before=_before_fork, after_in_parent=lambda: _after_fork(False),
+                  after_in_child=lambda: _after_fork(True))

@@ -8,6 +8,10 @@ makes the one os.register_at_fork call.  As with os.register_at_fork,
 lower layer (registered first, being imported first) is the last to
 prepare and the first to recover.
 
+Locks that a fork child may still take are made with `lock()`
+(_forkfree.py), and freed here in every fork child before any other hook
+runs.
+
 Exit hooks run in multiprocessing's exit function, which also runs at the
 end of a multiprocessing child (that skips atexit): priority >= 0 runs
 before multiprocessing joins its children (so live workers are stopped,
@@ -21,7 +25,9 @@ import sys
 import traceback
 from typing import Callable, Iterable
 
-__all__ = ["at_fork", "at_exit", "at_interpreter_exit",
+from .._forkfree import free_all, lock
+
+__all__ = ["at_fork", "lock", "at_exit", "at_interpreter_exit",
            "STOP_WORKERS", "FLUSH_OUT_OF_BAND"]
 
 #: Stop live Process runs and pools before multiprocessing joins children.
@@ -33,7 +39,7 @@ _Hook = Callable[[], object]
 
 _before: list[_Hook] = []
 _after_in_parent: list[_Hook] = []
-_after_in_child: list[_Hook] = []
+_after_in_child: list[_Hook] = [free_all]       # first: later hooks may take them
 _exit_registered: set[tuple[_Hook, int]] = set()
 
 

@@ -64,17 +64,9 @@ __all__ = ["DirectForkProcess"]
 #: either way (the kernel holds the parent's memory map while it copies it),
 #: and some libraries refuse a fork while another thread is inside one:
 #: filelock >= 4.3 on Python >= 3.12 raises RuntimeError from os.fork then.
-_forking = threading.Lock()
-
-
-def _let_go_in_child() -> None:
-    # A child inherits the lock held if it was forked while a thread held
-    # it: by our own fork, or by any other fork made meanwhile.
-    if _forking.locked():
-        _forking.release()
-
-
-lifecycle.at_fork(after_in_child=_let_go_in_child)
+#: A child finds it free (lifecycle.lock), though our own fork made it
+#: holding it.
+_forking = lifecycle.lock()
 
 
 class _Popen(popen_fork.Popen):
@@ -90,7 +82,7 @@ class _Popen(popen_fork.Popen):
             _forking.release()
             raise
         if pid:
-            _forking.release()                    # (the child's copy: _let_go_in_child)
+            _forking.release()                    # (the child's copy is freed by lifecycle)
         self.pid = pid
         if self.pid == 0:
             code = 1

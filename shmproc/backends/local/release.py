@@ -14,7 +14,6 @@ closed from what it held.
 from __future__ import annotations
 
 import os
-import threading
 import weakref
 from typing import Any
 
@@ -42,7 +41,7 @@ class Held:
 
 
 _unreleased: list[Held] = []
-_lock = threading.Lock()
+_lock = lifecycle.lock()
 
 
 def hold_until_released(run: Any) -> None:

@@ -407,7 +407,7 @@ LOCAL = LocalBackend()
 # worker starts up (as the mailbox is), so a start makes neither before
 # its fork.
 _spares: dict[str, Any] = {}
-_spares_lock = threading.Lock()
+_spares_lock = lifecycle.lock()
 
 
 def _spare_control() -> Any:

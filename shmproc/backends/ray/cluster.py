@@ -139,7 +139,7 @@ class _Cluster:
     pools: weakref.WeakSet[Any]         # which import this module)
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
+        self.lock = lifecycle.lock(reentrant=True)    # free in a fork child
         self.ray = None
         self.actor_class = None
         self.started_here = False
