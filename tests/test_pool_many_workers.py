@@ -138,3 +138,34 @@ def test_a_fork_that_fails_midway_leaves_no_worker_and_no_ring(monkeypatch):
     assert not [pid for pid in pids if _alive(pid)]             # ended and reaped
     assert not [p for p in mp.active_children() if p.pid in pids]
     assert len(os.listdir("/proc/self/fd")) <= fds_before
+
+
+_ONE_SHOT = textwrap.dedent("""
+    import os, sys, shmproc
+
+    def nap_then(x):
+        import time
+        time.sleep(0.05 * (x % 3))          # workers end at different times
+        return x + 1
+
+    with shmproc.Pool(3) as pool:
+        assert pool.map(nap_then, range(9)) == list(range(1, 10))
+        pids = pool.pids
+    for pid in pids:                        # reaped: no zombie left behind
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        sys.exit(f"worker {pid} was not reaped")
+    # Joining waited on the workers' sentinels itself: importing
+    # multiprocessing.connection to do it cost a one-shot script ~3 ms.
+    sys.exit("multiprocessing.connection" in sys.modules)
+""")
+
+
+def test_join_reaps_every_worker_without_multiprocessing_connection():
+    """close() and join() reap every worker (os.kill finds none of their
+    pids), waiting on their sentinels with one poll."""
+    done = subprocess.run([sys.executable, "-c", _ONE_SHOT], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
