@@ -6,9 +6,10 @@
 Every row is a ratio against an anchor measured in the same run:
 
 1. submit -> result on a warm 2-worker pool, one task at a time, after the
-   caller sat idle 0, 1 and 20 ms before each call (median).  Anchors: two
-   processes ping-ponging one byte over os.pipe after the same idle (the
-   OS's floor for a wake-up each way), and multiprocessing.Pool.apply.
+   caller sat idle 0 (back-to-back: no sleep at all), 1 and 20 ms before
+   each call (median).  Anchors: two processes ping-ponging one byte over
+   os.pipe after the same idle (the OS's floor for a wake-up each way),
+   and multiprocessing.Pool.apply.
    Targets: <= 2x the pipe after 1 and 20 ms; back-to-back <= 0.1x
    mp.Pool.apply.
 1b. p.result of a started Process returning after its worker's last hook
@@ -82,7 +83,7 @@ def pipe_pingpong(idle_s, n):
     times = []
     try:
         for _ in range(n):
-            time.sleep(idle_s)
+            sit_idle(idle_s)
             t = time.perf_counter()
             os.write(a_w, b"x")
             os.read(b_r, 1)
@@ -95,10 +96,18 @@ def pipe_pingpong(idle_s, n):
     return statistics.median(times)
 
 
+def sit_idle(seconds):
+    """Idle this long; 0 is back-to-back.  Not time.sleep(0): that sleeps
+    ~55 us here (the kernel's timer slack), long enough for a worker's
+    linger to end and for an idle core to be handed back to the host."""
+    if seconds:
+        time.sleep(seconds)
+
+
 def one_at_a_time(call, idle_s, n):
     times = []
     for _ in range(n):
-        time.sleep(idle_s)
+        sit_idle(idle_s)
         t = time.perf_counter()
         call()
         times.append(time.perf_counter() - t)
