@@ -37,6 +37,7 @@ _BUF = layout_.TABLE_ENTRY           # offset, length (layout.py)
 
 
 _align64 = layout_.align64
+_loads = pickle.loads           # wire.loads, one call less on p.result's path
 
 
 def write(arena: Any, obj: object, kind: int = 0, same_main: bool = False,
@@ -92,6 +93,8 @@ def _frame(view: memoryview, size: int) -> tuple[int, int, int, list[tuple[int, 
     end = main_at + main_len
     if end > size:
         raise CorruptSharedMemoryError("the worker's arena record is truncated")
+    if not nbufs:
+        return kind, main_at, main_len, [], end   # the common outcome: p.result's path is short
     layout = layout_.read_table(
         view, _HEADER.size, nbufs, main_at + main_len, size,
         lambda i, o, n: CorruptSharedMemoryError("a buffer lies outside the worker's arena"))
@@ -107,9 +110,10 @@ def read(arena: Any, copy: bool = False) -> tuple[Any, int, bool]:
     made."""
     view = memoryview(arena.buffer).toreadonly()
     kind, main_at, main_len, layout, _ = _frame(view, arena.size)
-    buffers = layout_.reader_views(arena.buffer, layout, getattr(arena, "fd", -1), copy)
+    buffers = layout_.reader_views(arena.buffer, layout, getattr(arena, "fd", -1),
+                                   copy) if layout else ()
     try:
-        obj = wire.loads(view[main_at:main_at + main_len], buffers)
+        obj = _loads(view[main_at:main_at + main_len], buffers=buffers)
     except (pickle.UnpicklingError, EOFError) as exc:
         # A pickle cut short or out of step with its buffers: framing damage.
         # (A class missing here raises its own error, for the caller.)
