@@ -185,3 +185,25 @@ def test_a_pool_releases_ended_runs_before_it_forks_its_workers():
     with shmproc.Pool(1) as pool:
         assert _run_of(p).ctl_array.fd == -1 and _run_of(p).trace is None
         assert pool.map(abs, [-1]) == [1]
+
+
+def test_one_run_that_fails_to_release_leaves_none_of_the_others_open(monkeypatch):
+    procs = [Seven() for _ in range(3)]
+    for p in procs:
+        p.start()
+    runs = [_run_of(p) for p in procs]
+    for run in runs:                       # ended() files each run, releasing none
+        while not run.ended():
+            pass
+    assert release.held_count() >= 3
+
+    def refuse():
+        raise OSError("closing failed")
+    monkeypatch.setattr(runs[0], "_release", refuse)
+    with pytest.raises(OSError, match="closing failed"):
+        release.release_ended()
+    assert all(run.ctl_array.fd == -1 for run in runs[1:])
+    assert release.held_count() == 0
+    monkeypatch.undo()
+    runs[0]._release()
+    assert [p.result for p in procs] == [7, 7, 7]

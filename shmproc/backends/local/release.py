@@ -63,17 +63,28 @@ def release_ended() -> None:
     with _lock:
         batch = _unreleased[:]
         _unreleased.clear()
+    first_error = None
     for held in batch:
-        run = held.run()
-        if run is not None:
-            run._release()
-        elif not held.released:     # its run is gone: nobody else closes these
-            held.released = True
-            held.ctl_array.close()
-            if held.trace is not None:
-                held.trace.close()
-            if held.pidfd is not None:
-                os.close(held.pidfd)
+        try:
+            _release_one(held)
+        except Exception as exc:    # noqa: BLE001 - the rest of the batch is still closed
+            if first_error is None:
+                first_error = exc
+    if first_error is not None:
+        raise first_error
+
+
+def _release_one(held: Held) -> None:
+    run = held.run()
+    if run is not None:
+        run._release()
+    elif not held.released:         # its run is gone: nobody else closes these
+        held.released = True
+        held.ctl_array.close()
+        if held.trace is not None:
+            held.trace.close()
+        if held.pidfd is not None:
+            os.close(held.pidfd)
 
 
 def held_count() -> int:
