@@ -5,8 +5,11 @@ held at that moment would stay held there forever, and the child's first
 start, result or timer would block on it.  Locks a child may still take
 (module state; the timers and circuits a Process carries into its worker)
 are made here; common/lifecycle.py frees them all in every fork child,
-first of its hooks.  This module imports nothing of shmproc, so the
-standalone tools (sktime, circuit) can use it too.
+first of its hooks.  Not for a lock a `before` fork hook takes on
+purpose (held across the fork, released by an after-hook): freed first,
+it would then be released twice in the child.  This module imports
+nothing of shmproc, so the standalone tools (sktime, circuit) can use it
+too.
 """
 from __future__ import annotations
 

@@ -52,9 +52,9 @@ __all__ = ["LocalPool"]
 
 
 #: Bytes of each worker's task ring, and of the result ring they share.
-#: A worker's task ring.  Small: the window keeps ~2 ms of work ahead per
-#: worker, records over a quarter of it go out-of-band, and each worker's
-#: ring is reserved in /dev/shm when the pool starts (1 MiB rings cost a
+#: Task rings are small: the window keeps ~2 ms of work ahead per worker,
+#: records over a quarter of a ring go out-of-band, and every ring is
+#: reserved in /dev/shm when the pool starts (1 MiB task rings cost a
 #: 64-worker pool ~8 ms more to create, and 64 MiB of shared memory).
 TASK_RING_BYTES = 1 << 18
 RESULT_RING_BYTES = 4 << 20
