@@ -202,14 +202,10 @@ int shmp_guard_start(shmp_control *ctl, int32_t parent_pid, int parent_is_parent
         goto out;
     }
     int fds[2];
-    if (pipe(fds) != 0) {
+    if (shmp_os_wake_pipe(fds) != 0) {
         shmp_set_errno(errno);
         rc = SHMP_EOS;
         goto out;
-    }
-    for (int i = 0; i < 2; i++) {
-        fcntl(fds[i], F_SETFD, FD_CLOEXEC);
-        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
     }
     G.wake_r = fds[0];
     G.wake_w = fds[1];

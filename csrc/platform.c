@@ -221,16 +221,33 @@ int shmp_os_pidfd_open(int32_t pid)
      * pid, and turns readable when it exits.  Linux 5.3+; -1 elsewhere.  */
     if (pid <= 0)
         return -1;
-    long fd = syscall(SYS_pidfd_open, (pid_t)pid, 0);
-    if (fd < 0)
-        return -1;
-    int fl = fcntl((int)fd, F_GETFD);          /* pidfds are close-on-exec already; be sure */
-    if (fl >= 0 && !(fl & FD_CLOEXEC))
-        fcntl((int)fd, F_SETFD, fl | FD_CLOEXEC);
-    return (int)fd;
+    long fd = syscall(SYS_pidfd_open, (pid_t)pid, 0);   /* close-on-exec, always */
+    return fd < 0 ? -1 : (int)fd;
 #else
     (void)pid;
     return -1;
+#endif
+}
+
+int shmp_os_wake_pipe(int fds[2])
+{
+#if SHMP_LINUX
+    return pipe2(fds, O_CLOEXEC | O_NONBLOCK);
+#else
+    if (pipe(fds) != 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        int fl = fcntl(fds[i], F_GETFL);
+        if (fcntl(fds[i], F_SETFD, FD_CLOEXEC) != 0 || fl < 0 ||
+            fcntl(fds[i], F_SETFL, fl | O_NONBLOCK) != 0) {
+            int err = errno;
+            close(fds[0]);
+            close(fds[1]);
+            errno = err;
+            return -1;
+        }
+    }
+    return 0;
 #endif
 }
 

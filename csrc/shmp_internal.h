@@ -170,6 +170,9 @@ void shmp_set_errno(int err);
  * `is_parent`, getppid() answers for a direct parent.  pidfd: Linux 5.3+. */
 int  shmp_os_pidfd_open(int32_t pid);
 int  shmp_os_process_alive(int32_t pid, int pidfd, int is_parent);
+/* A pipe whose ends are close-on-exec and non-blocking: 0, or -1 and errno
+ * (pipe2: one syscall on Linux; pipe and four fcntl elsewhere).        */
+int  shmp_os_wake_pipe(int fds[2]);
 /* The guard records why it ends the worker (control.c). */
 void shmp_ctl_record_expired(shmp_control *c, uint32_t section, uint64_t timeout_ns);
 void shmp_ctl_store_alarm(shmp_control *c, uint64_t start_ns);
