@@ -169,3 +169,38 @@ def test_join_reaps_every_worker_without_multiprocessing_connection():
     done = subprocess.run([sys.executable, "-c", _ONE_SHOT], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _fork_a_sleeper(seconds):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            time.sleep(seconds)         # holds every descriptor its worker had
+        finally:
+            os._exit(0)
+    return pid
+
+
+def test_join_does_not_wait_for_a_process_a_task_forked(monkeypatch):
+    """A task that forks a long-lived process: that process inherits its
+    worker's end of the worker's sentinel, so the sentinel stays open after
+    the worker exits; join() still reaps the worker when it exits, not when
+    the stop grace runs out (made far longer here than the check allows)."""
+    from shmproc.backends.local import pool as local_pool
+    monkeypatch.setattr(local_pool, "STOP_GRACE_S", 60.0)
+    pool = shmproc.Pool(2, start_method="fork")
+    sleepers = []
+    try:
+        sleepers = pool.map(_fork_a_sleeper, [120, 120])
+        pool.close()
+        t = time.monotonic()
+        pool.join()
+        assert time.monotonic() - t < 30.0
+        assert all(_alive(pid) for pid in sleepers)
+    finally:
+        pool.terminate()
+        for pid in sleepers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -607,11 +607,20 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             wait_ms = int((deadline - time.monotonic()) * 1000)
             if wait_ms < 0:
                 return                                 # res.kill() ends the rest
-            for fd, _ in poller.poll(min(wait_ms, 10)):
+            ready = poller.poll(min(wait_ms, 10))
+            for fd, _ in ready:
                 slot = left.pop(fd, None)
                 if slot is not None:
                     poller.unregister(fd)
                     slot.proc.join()                   # it is gone: reap it
+            if not ready:
+                # A process a task forked inherits its worker's end of the
+                # sentinel and may keep it open after the worker exits:
+                # ask the kernel too.
+                for fd, slot in list(left.items()):
+                    if slot.proc.exitcode is not None:         # reaped
+                        poller.unregister(fd)
+                        del left[fd]
 
     def _ended(self):
         """The workers are gone: spans they left open were cut short.  The
