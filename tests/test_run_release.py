@@ -9,6 +9,7 @@ timeline of a released run, a run whose Process was dropped first.
 """
 import gc
 import os
+import time
 import weakref
 
 import pytest
@@ -192,9 +193,11 @@ def test_one_run_that_fails_to_release_leaves_none_of_the_others_open(monkeypatc
     for p in procs:
         p.start()
     runs = [_run_of(p) for p in procs]
+    deadline = time.monotonic() + 60
     for run in runs:                       # ended() files each run, releasing none
         while not run.ended():
-            pass
+            assert time.monotonic() < deadline, "a trivial run did not end within 60 s"
+            time.sleep(0.001)
     assert release.held_count() >= 3
 
     def refuse():

@@ -90,7 +90,7 @@ _NUMBERS = frozenset((int, float, bool, type(None)))
 #: (PROTO, BININT, BININT, TUPLE1, NONE, TUPLE3, STOP), which the worker's
 #: pickle.loads reads as any other.  One pack per item instead of a Pickler
 #: (map over a range is the common case).
-_INT_CALL = struct.Struct("<BBHIQ2sBiBi4s")
+_INT_CALL = struct.Struct(HEADER.format + "2sBiBi4s")     # the header's layout, then the pickle
 _INT_HEAD, _BININT, _INT_TAIL = b"\x80\x05", 0x4A, b"\x85N\x87."
 _I32 = range(-2**31, 2**31)
 
