@@ -216,6 +216,11 @@ int shmp_ctl_enter(shmp_control *c, uint32_t section, uint64_t timeout_ns)
     if (c == NULL)
         return SHMP_EINVAL;
     uint64_t now = shmp_now_ns();
+    /* A deferred guard (guard.c) becomes a thread at the first section
+     * entered after its promotion stamp: a load and a compare per section. */
+    uint64_t due = atomic_load_explicit(&shmp_guard_promote_at_ns, RELAXED);
+    if (due != 0 && now >= due)
+        shmp_guard_promote();
     int bits = leave_bits(&c->s, now);
     uint64_t deadline = 0;
     if (timeout_ns != 0)

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -248,6 +249,81 @@ int shmp_os_wake_pipe(int fds[2])
         }
     }
     return 0;
+#endif
+}
+
+/* ---- a timer that signals one thread (the guard's tick) ----------------
+ * Linux: a POSIX timer whose expiry is delivered to the thread that made
+ * it (SIGEV_THREAD_ID), with `fn` installed as the handler of `signo`.
+ * The handler stays installed after the timer is deleted: a tick already
+ * queued then finds nothing to do, where the default action of a
+ * real-time signal would end the process.  One timer per process; fork
+ * children have none (POSIX timers are not inherited).  Elsewhere
+ * (macOS has no timer_create; SHMP_PORTABLE builds): -1 with ENOSYS, and
+ * the guard runs as a thread from the start.                            */
+#if SHMP_LINUX
+#  ifndef sigev_notify_thread_id
+#    define sigev_notify_thread_id _sigev_un._tid
+#  endif
+static timer_t tick_timer;
+
+static void on_tick(int signo)
+{
+    int saved = errno;              /* the interrupted code's errno survives us */
+    (void)signo;
+    shmp_guard_tick();
+    errno = saved;
+}
+#endif
+
+int shmp_os_tick_create(int signo)
+{
+#if SHMP_LINUX
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_tick;
+    /* SA_RESTART: a tick interrupts few of the worker's blocking calls. */
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(signo, &sa, NULL) != 0)
+        return -1;
+    struct sigevent ev;
+    memset(&ev, 0, sizeof ev);
+    ev.sigev_notify = SIGEV_THREAD_ID;
+    ev.sigev_signo = signo;
+    ev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+    return timer_create(CLOCK_MONOTONIC, &ev, &tick_timer);
+#else
+    (void)signo;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int shmp_os_tick_arm(uint64_t ns)
+{
+#if SHMP_LINUX
+    /* Async-signal-safe (timer_settime is): the tick handler re-arms.
+     * ns = 0 disarms; UINT64_MAX (never) disarms too.                   */
+    struct itimerspec when;
+    memset(&when, 0, sizeof when);
+    if (ns != 0 && ns != UINT64_MAX) {
+        uint64_t sec = ns / 1000000000ull;
+        when.it_value.tv_sec = sec > (uint64_t)INT32_MAX ? INT32_MAX : (time_t)sec;
+        when.it_value.tv_nsec = (long)(ns % 1000000000ull);
+    }
+    return timer_settime(tick_timer, 0, &when, NULL);
+#else
+    (void)ns;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+void shmp_os_tick_delete(void)
+{
+#if SHMP_LINUX
+    timer_delete(tick_timer);
 #endif
 }
 

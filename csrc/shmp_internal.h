@@ -173,6 +173,19 @@ int  shmp_os_process_alive(int32_t pid, int pidfd, int is_parent);
 /* A pipe whose ends are close-on-exec and non-blocking: 0, or -1 and errno
  * (pipe2: one syscall on Linux; pipe and four fcntl elsewhere).        */
 int  shmp_os_wake_pipe(int fds[2]);
+/* A timer for the guard's tick (platform.c): its expiry runs
+ * shmp_guard_tick, as the handler of `signo`, on the thread that created
+ * it.  create/arm: 0, or -1 and errno (ENOSYS where the system has no
+ * such timer).  arm(0 or UINT64_MAX) disarms; arm is async-signal-safe.
+ * One per process.                                                      */
+int  shmp_os_tick_create(int signo);
+int  shmp_os_tick_arm(uint64_t ns);
+void shmp_os_tick_delete(void);
+/* A guard in its tick phase becomes a thread at the first section entered
+ * once this stamp has passed (0: never; guard.c, checked by control.c). */
+extern _Atomic uint64_t shmp_guard_promote_at_ns;
+void shmp_guard_promote(void);
+void shmp_guard_tick(void);         /* in a signal handler: async-signal-safe */
 /* The guard records why it ends the worker (control.c). */
 void shmp_ctl_record_expired(shmp_control *c, uint32_t section, uint64_t timeout_ns);
 void shmp_ctl_store_alarm(shmp_control *c, uint64_t start_ns);

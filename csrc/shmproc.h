@@ -273,7 +273,7 @@ uint64_t shmp_ctl_alarm_start_ns(const shmp_control *ctl);
  * exits with SHMP_EXIT_EXPIRED.  shmp_ctl_reset clears it.              */
 uint32_t shmp_ctl_expired(const shmp_control *ctl, uint64_t *timeout_ns_out, uint64_t *lap_out);
 
-/* ---- the guard: a native watchdog thread in the worker (guard.c) -------
+/* ---- the guard: a native watchdog in the worker (guard.c) ---------------
  * One per process, started by the worker's main thread, which becomes the
  * target of its SIGALRMs.  It sleeps until the current section's deadline
  * in `ctl` (or at most `horizon_ns`, the smallest timeout a new section
@@ -288,9 +288,23 @@ uint32_t shmp_ctl_expired(const shmp_control *ctl, uint64_t *timeout_ns_out, uin
  * guard (threads do not survive fork) and may start its own.           */
 int  shmp_guard_start(shmp_control *ctl, int32_t parent_pid, int parent_is_parent,
                       uint64_t horizon_ns, uint64_t grace_ns, int alarm_signo);
+/* start_deferred: the same guard, begun as a kernel timer that signals
+ * this thread (shmp_guard_tick_signal(), a real-time signal the guard
+ * handles in C) instead of a thread; it becomes the thread at the first
+ * section entered `promote_after_ns` after the start.  A run that ends
+ * sooner never makes the thread (~40 page faults in a fresh fork child).
+ * The tick does not watch the parent: only for a worker the kernel ends
+ * with its parent (PR_SET_PDEATHSIG).  Where the system has no such
+ * timer it is start() with a thread at once.                          */
+int  shmp_guard_start_deferred(shmp_control *ctl, int32_t parent_pid, int parent_is_parent,
+                               uint64_t horizon_ns, uint64_t grace_ns, int alarm_signo,
+                               uint64_t promote_after_ns);
 int  shmp_guard_rearm(uint64_t horizon_ns);
 int  shmp_guard_stop(void);
 int  shmp_guard_running(void);
+/* 0: no guard, 1: the tick (deferred, not promoted yet), 2: the thread. */
+int  shmp_guard_mode(void);
+int  shmp_guard_tick_signal(void);
 
 /* ---- wait/wake on a 32-bit shared word ----------------------------------
  * For words the caller lays out (blob headers, blobs.py), with the same

@@ -186,3 +186,26 @@ class NoLimits(Process):
 
     def __result__(self):
         return self.seen
+
+
+class ReportsGuardMode(Process):
+    """Default timeouts; laps for `for_s` seconds, then reports the guard's
+    mode as __result__ sees it (a deferred guard: tick, or thread once
+    the run outlived its promotion)."""
+
+    def __init__(self, for_s=0.0):
+        self.for_s = for_s
+        self.started = None
+
+    def __preloop__(self):
+        if self.started is None:
+            self.started = time.monotonic()
+
+    def __loop__(self):
+        if time.monotonic() - self.started >= self.for_s:
+            self.stop()
+        else:
+            time.sleep(0.005)
+
+    def __result__(self):
+        return native.guard_mode()

@@ -37,9 +37,8 @@ from shmproc.runtime.watchdog import EXIT_EXPIRED, EXIT_ORPHANED
 
 # What the workers run lives in guard_work.py (a spawn worker imports only that).
 from guard_work import (
-    ExitsAtOnce, ForksQuickly, ForksThenSticks, IgnoresEverySignal, NoLimits, PoolStuck,
-    PoolStuckOnce,
-    StuckFirstLife, StuckInC, _in_child,
+    FOREVER_IN_C, ExitsAtOnce, ForksQuickly, ForksThenSticks, IgnoresEverySignal, NoLimits,
+    PoolStuck, PoolStuckOnce, ReportsGuardMode, StuckFirstLife, StuckInC, _in_child,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -449,3 +448,233 @@ def test_kill_after_the_worker_was_reaped_signals_nothing(monkeypatch, pidfd):
     p.kill()
     assert (pid, signal.SIGKILL) not in sent
     assert p.is_alive is False and p.result is None
+
+
+# ---- the deferred guard: a timer tick first, the thread once the run lasts ---------------
+# (a fork worker's guard starts deferred: watchdog.Watchdog.start).  Where the
+# system has no thread-directed timer (the portable build) it is the thread
+# from the start, and these tests check that instead.
+
+TICKS = bool(lib.shmp_platform_features() & lib.SHMP_FEAT_FUTEX)     # the Linux layer
+FIRST_MODE = native.GUARD_TICK if TICKS else native.GUARD_THREAD
+NEVER_NS = 3600 * 10**9
+
+
+def _deferred(c, horizon_ns, grace_ns=100_000_000, promote_after_ns=NEVER_NS):
+    return native.guard_start(c, os.getppid(), True, horizon_ns, grace_ns, signal.SIGALRM,
+                              promote_after_ns)
+
+
+def test_a_short_fork_run_never_makes_the_guard_thread():
+    p = ReportsGuardMode()
+    p.config.start_method = "fork"
+    p.start()
+    assert p.result == FIRST_MODE
+
+
+def test_a_fork_run_that_lasts_gets_the_guard_thread():
+    p = ReportsGuardMode(for_s=0.2)               # > watchdog.PROMOTE_AFTER_S
+    p.config.start_method = "fork"
+    p.start()
+    assert p.result == native.GUARD_THREAD
+
+
+@pytest.mark.asan
+def test_deferred_guard_ends_a_section_stuck_in_c():
+    """The tick's handler is C: it runs while the hook holds the GIL."""
+    ctl = native.ControlArray.create(1)
+    c = ctl.control(0)
+
+    def child():
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        assert _deferred(c, 50_000_000)
+        if native.guard_mode() != FIRST_MODE:
+            return 5
+        c.set_lap(4)
+        c.enter(LOOP, 50_000_000)
+        sum(range(FOREVER_IN_C))
+        return 1
+
+    t = time.monotonic()
+    assert _in_child(child) == EXIT_EXPIRED
+    assert time.monotonic() - t < 0.15 + BOUND_S
+    assert c.expired() == (LOOP, 50_000_000, 4)
+    ctl.close()
+
+
+@pytest.mark.asan
+def test_deferred_guard_signals_the_main_thread_for_the_running_section():
+    ctl = native.ControlArray.create(1)
+    c = ctl.control(0)
+
+    class Alarm(Exception):
+        pass
+
+    def child():
+        start = []
+
+        def handler(signum, frame):
+            if c.alarm_start_ns == start[0]:
+                raise Alarm()
+
+        signal.signal(signal.SIGALRM, handler)
+        assert _deferred(c, 50_000_000, grace_ns=10 * 10**9)
+        c.enter(LOOP, 50_000_000)
+        start.append(c.section_start_ns)
+        try:
+            time.sleep(5)
+            return 3
+        except Alarm:
+            c.leave()
+            mode = native.guard_mode()
+            native.guard_stop()
+            return 0 if mode == FIRST_MODE else 4
+
+    assert _in_child(child) == 0
+    ctl.close()
+
+
+@pytest.mark.asan
+def test_deferred_guard_becomes_the_thread_at_the_first_section_after_its_stamp():
+    ctl = native.ControlArray.create(1)
+    c = ctl.control(0)
+
+    def child():
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        assert _deferred(c, 50_000_000, promote_after_ns=30_000_000)
+        c.enter(LOOP, 10**9)
+        c.leave()
+        if native.guard_mode() != FIRST_MODE:
+            return 5
+        time.sleep(0.05)
+        if native.guard_mode() != FIRST_MODE:         # no section entered yet
+            return 6
+        c.enter(LOOP, 50_000_000)                    # promotes; the thread ends it
+        if native.guard_mode() != native.GUARD_THREAD:
+            return 7
+        sum(range(FOREVER_IN_C))
+        return 1
+
+    assert _in_child(child) == EXIT_EXPIRED
+    assert c.expired()[0] == LOOP
+    ctl.close()
+
+
+@pytest.mark.asan
+def test_deferred_guard_looks_again_when_the_horizon_shrinks():
+    ctl = native.ControlArray.create(1)
+    c = ctl.control(0)
+
+    def child():
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        assert _deferred(c, 60 * 10**9)              # its first look: a minute away
+        native.guard_rearm(50_000_000)               # a Process with a 50 ms limit next
+        c.enter(LOOP, 50_000_000)
+        time.sleep(10)
+        return 1
+
+    t = time.monotonic()
+    assert _in_child(child) == EXIT_EXPIRED
+    assert time.monotonic() - t < 0.15 + BOUND_S
+    ctl.close()
+
+
+@pytest.mark.asan
+def test_ticks_leave_a_busy_worker_alone():
+    """A tick every millisecond while sections come and go within their
+    limits: no SIGALRM, no expiry, and the worker's sleeps and blocking
+    reads still do what they say (a tick interrupts them: SA_RESTART or
+    Python's own retry resumes them)."""
+    import threading
+
+    ctl = native.ControlArray.create(1)
+    c = ctl.control(0)
+
+    def child():
+        alarms = []
+        signal.signal(signal.SIGALRM, lambda *a: alarms.append(1))
+        assert _deferred(c, 1_000_000)
+        r, w = os.pipe()
+        for i in range(200):
+            c.enter(LOOP, 10**9)
+            t = time.monotonic()
+            time.sleep(0.002)
+            if time.monotonic() - t < 0.002:
+                return 3                              # a sleep cut short
+            if i % 20 == 0:
+                threading.Timer(0.01, os.write, (w, b"x")).start()
+                if os.read(r, 1) != b"x":             # blocks ~10 ms, ticked ~10 times
+                    return 4
+            c.leave()
+        mode = native.guard_mode()
+        native.guard_stop()
+        if alarms or c.expired() is not None:
+            return 2
+        return 0 if mode == FIRST_MODE else 5
+
+    assert _in_child(child) == 0
+    ctl.close()
+
+
+@pytest.mark.asan
+def test_deferred_guard_stop_start_and_a_late_tick():
+    ctl = native.ControlArray.create(1)
+    c = ctl.control(0)
+    tick = native.guard_tick_signal()
+
+    def child():
+        assert _deferred(c, 1_000_000)
+        with pytest.raises(RuntimeError):
+            _deferred(c, 1_000_000)                  # one guard per process
+        native.guard_stop()
+        native.guard_stop()                          # idempotent
+        if native.guard_mode() != native.GUARD_NONE:
+            return 2
+        if TICKS:                                    # (the handler exists where ticks do)
+            os.kill(os.getpid(), tick)               # a tick that arrives after the stop
+            time.sleep(0.02)                         # ... does nothing (the default would kill)
+        assert native.guard_start(c, os.getppid(), True, 10**7, 10**8, signal.SIGALRM)
+        if native.guard_mode() != native.GUARD_THREAD:
+            return 3
+        native.guard_stop()
+        assert _deferred(c, 10**7)
+        mode = native.guard_mode()
+        native.guard_stop()
+        return 0 if mode == FIRST_MODE else 4
+
+    try:
+        assert _in_child(child) == 0
+    finally:
+        ctl.close()
+
+
+@pytest.mark.asan
+def test_a_fork_child_of_a_ticking_worker_has_no_guard():
+    ctl = native.ControlArray.create(2)
+    c, other = ctl.control(0), ctl.control(1)
+    r, w = os.pipe()
+
+    def child():
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        assert _deferred(c, 50_000_000)
+        c.enter(LOOP, 50_000_000)                    # the grandchild inherits this deadline
+        pid = os.fork()
+        if pid == 0:                                 # outlives deadline + grace, unharmed
+            try:
+                time.sleep(0.6)
+                ok = native.guard_mode() == native.GUARD_NONE
+                ok = ok and _deferred(other, 10**7)
+                native.guard_stop()
+                os.write(w, b"1" if ok else b"0")
+            finally:
+                os._exit(0)
+        time.sleep(10)                               # ended by its tick meanwhile
+        return 1
+
+    assert _in_child(child) == EXIT_EXPIRED
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"1"                 # EOF (b"") if the grandchild died
+    finally:
+        os.close(r)
+    ctl.close()

@@ -13,7 +13,8 @@ Everything above imports `shmproc._native` and calls what it exports;
 nothing above touches `ffi` or `lib` (a test checks it).
 """
 from .control import (LAPS_DONE, LAPS_OVERRAN_END, LAPS_OVERRAN_ENTER, LAPS_RAISED, LAPS_STOPPED,
-                      Control, ControlArray, guard_rearm, guard_running, guard_start, guard_stop,
+                      Control, ControlArray, guard_mode, guard_rearm, guard_running, guard_start,
+                      guard_stop, guard_tick_signal, GUARD_NONE, GUARD_TICK, GUARD_THREAD,
                       laps_armed, parent_death_signal)
 from .core import (CTL_OVERRAN, CTL_STOP, EEMPTY, EFULL, EINTR, EPEER, ESEALED, ESMALLBUF,
                    ESTATE, ETIMEDOUT, ETOOBIG, EXIT_EXPIRED, EXIT_ORPHANED, FOREVER, OK, PEER_FD_OK,
@@ -28,7 +29,8 @@ from .ring import RecvBuffer, Ring, char_pointer, u32_array, u32_cell, u64_cell,
 __all__ = [
     "check", "now_ns", "timeout_ns", "Ring", "Blob", "ControlArray", "Control",
     "Arena", "Board", "parent_death_signal", "guard_start", "guard_rearm", "guard_stop",
-    "guard_running", "open_peer_fd", "copy_offset", "private_view", "is_private_view",
+    "guard_running", "guard_mode", "guard_tick_signal", "GUARD_NONE", "GUARD_TICK",
+    "GUARD_THREAD", "open_peer_fd", "copy_offset", "private_view", "is_private_view",
     "buffer_address", "OK", "EFULL", "EEMPTY", "ETIMEDOUT", "EINTR", "ESMALLBUF",
     "ETOOBIG", "ESTATE", "EPEER", "ESEALED", "EXIT_EXPIRED", "EXIT_ORPHANED", "FOREVER",
     "PEER_FD_OK", "laps_armed", "LAPS_DONE", "LAPS_STOPPED", "LAPS_OVERRAN_ENTER", "LAPS_RAISED",

@@ -238,11 +238,20 @@ class Control:
 
 
 def guard_start(ctl: Control, parent_pid: int, parent_is_parent: bool, horizon_ns: int,
-                grace_ns: int, alarm_signo: int) -> bool:
+                grace_ns: int, alarm_signo: int, promote_after_ns: int | None = None) -> bool:
     """Start this process's native guard on `ctl` (see csrc/guard.c), from
-    the main thread; False if the parent is already gone."""
-    rc = lib.shmp_guard_start(ctl.block, parent_pid or 0, bool(parent_is_parent), horizon_ns,
-                              grace_ns, alarm_signo)
+    the main thread; False if the parent is already gone.
+
+    promote_after_ns: start it deferred, as a timer tick that becomes the
+    thread at the first section entered that long after (Linux; a thread
+    at once elsewhere).  Only for a worker the kernel ends with its parent:
+    the tick does not watch the parent."""
+    if promote_after_ns is None:
+        rc = lib.shmp_guard_start(ctl.block, parent_pid or 0, bool(parent_is_parent),
+                                  horizon_ns, grace_ns, alarm_signo)
+    else:
+        rc = lib.shmp_guard_start_deferred(ctl.block, parent_pid or 0, bool(parent_is_parent),
+                                           horizon_ns, grace_ns, alarm_signo, promote_after_ns)
     if rc == EPEER:
         return False
     check(rc, "starting the worker's timeout guard")
@@ -259,6 +268,19 @@ def guard_stop():
 
 def guard_running() -> bool:
     return bool(lib.shmp_guard_running())
+
+
+#: guard_mode() values: no guard, the deferred guard's tick, the thread.
+GUARD_NONE, GUARD_TICK, GUARD_THREAD = 0, 1, 2
+
+
+def guard_mode() -> int:
+    return lib.shmp_guard_mode()
+
+
+def guard_tick_signal() -> int:
+    """The real-time signal the deferred guard's tick uses (its handler is C)."""
+    return lib.shmp_guard_tick_signal()
 
 
 def parent_death_signal(signo: int, expected_parent: int) -> bool:

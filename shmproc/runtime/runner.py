@@ -52,9 +52,10 @@ def _format(exc) -> str:
 class Runner:
     """Runs one Process object's whole lifecycle in this (worker) process."""
 
-    def __init__(self, ctl, record: bytes, name: str):
+    def __init__(self, ctl, arena, name: str):
         self.ctl = ctl
-        self.record = record          # serialized object: lives restart from it
+        self.arena = arena            # holds the object serialized at start: lives restart
+                                      # from it (nothing writes there before the outcome)
         self.name = name
         self.lap = 0
         self.armed = False            # a hook is executing (timeouts may raise)
@@ -67,7 +68,7 @@ class Runner:
 
     def rebuild(self):
         """A fresh copy of the object as it was at start (next life)."""
-        return transfer.loads_copy(self.record)
+        return transfer.read(self.arena, copy=True)[0]
 
     # -- timeouts ----------------------------------------------------------------
     def on_alarm(self, signum, frame):
@@ -294,8 +295,7 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
 def _run(ctl, arena, name, dog, mailbox, trace):
     lives = ctl.lives                                 # set by the parent: fewer on a restart
     ctl.set_pid(os.getpid())
-    record = transfer.read_bytes(arena)
-    runner = Runner(ctl, record, name)
+    runner = Runner(ctl, arena, name)
     runner.mailbox = mailbox
     if trace is not None:
         runner.trace = ring = trace.ring(0)
@@ -304,12 +304,16 @@ def _run(ctl, arena, name, dog, mailbox, trace):
         runner.outbox = Outbox(mailbox.to_parent, runner)
     signals.set_handler(signals.SIGALRM, runner.on_alarm)
     ctl.advance(native.STATE_RUNNING)
+    present = 0                                       # unknown: _report reserves it all
     try:
-        obj = transfer.loads_copy(record)
+        # Read in place: the pickle is parsed where it lies, only buffers
+        # are copied out (private), and the record's extent is checked.
+        present = transfer.extent(arena)
+        obj = runner.rebuild()
         t = obj.config.timeouts
         limits = (t.preloop, t.loop, t.postloop, t.onfinish)
     except BaseException as exc:                     # unpickling the state failed
-        _report(ctl, arena, len(record), FAILED_RESULT,
+        _report(ctl, arena, present, FAILED_RESULT,
                 (ProcessError(f"could not rebuild the Process in the worker: "
                               f"{type(exc).__name__}: {exc}",
                               traceback_text=_format(exc),
@@ -336,7 +340,7 @@ def _run(ctl, arena, name, dog, mailbox, trace):
             runner.outbox.close()                    # every message told, before the outcome
         except Exception:                            # noqa: BLE001 - the outcome still goes
             pass
-    _report(ctl, arena, len(record), kind, payload)
+    _report(ctl, arena, present, kind, payload)
 
 
 def _report(ctl, arena, present, kind, payload):

@@ -48,6 +48,19 @@ with the TimeoutError, or runs again on the replacement worker with one
 life fewer.  So a hook stuck in C ends within its timeout + GRACE_S (+ the
 parent's 20 ms liveness poll), whatever it holds.
 
+Starting that thread costs ~40 page faults (~0.2 ms) in a fresh fork
+child, as much as the rest of a short run's set-up.  A fork worker (the
+kernel ends it with its parent, so the guard has only timeouts to
+enforce) therefore starts it deferred: the same look at the control
+block is taken by a POSIX timer's handler in C, on the main thread, at
+the same moments the thread would wake; the first section entered
+PROMOTE_AFTER_S after the start makes the thread and ends the ticks.
+The tick is a real-time signal (native.guard_tick_signal(), SIGRTMIN+7
+on Linux) whose handler is ours: a hook that blocks that signal, or
+installs a handler of its own for it, is not bounded by its timeout
+until the thread takes over (the first section entered after the
+promotion).
+
 The guard also ends the worker when the process that started it exits
 (it need not be our parent: forkserver children are the fork server's):
 it sleeps on that process's pidfd where the system has one, so an orphan
@@ -72,6 +85,10 @@ from ..common import signals
 #: microseconds; this only has to cover a slow ``finally``/``__exit__``.
 #: Short, so that a stuck hook ends within its timeout + 1 s.
 GRACE_S = 0.5
+#: A deferred guard (lazy) becomes a thread at the first section entered
+#: this long after it started.  A thread costs ~40 page faults (~0.2 ms)
+#: in a fresh fork child; a run shorter than this never makes one.
+PROMOTE_AFTER_S = 0.05
 #: Exit status of a worker whose hook outlived its deadline + GRACE_S, and
 #: of an orphan.
 EXIT_EXPIRED = native.EXIT_EXPIRED
@@ -84,7 +101,8 @@ class Watchdog:
     start() returns False if the process that started us is already gone.
     lazy: the kernel ends this worker with its parent (PR_SET_PDEATHSIG),
     so the guard has only timeouts to enforce; arm() starts it at the
-    first limit, and a worker that never has one runs no guard thread.
+    first limit, and a worker that never has one runs no guard at all.
+    It starts deferred: a timer tick first, a thread once the run lasts.
     """
 
     def __init__(self, ctl, timeouts_s, parent_pid: int, direct_child: bool, lazy: bool = False):
@@ -96,8 +114,12 @@ class Watchdog:
         self.started = False
 
     def start(self) -> bool:
+        # lazy: the parent's end is the kernel's to enforce, so the guard
+        # may begin as a timer tick and become a thread only if the run
+        # lasts (PROMOTE_AFTER_S): most short runs never make the thread.
+        promote = int(PROMOTE_AFTER_S * 1e9) if self.lazy else None
         self.started = native.guard_start(self.ctl, self.parent_pid, self.direct, self.horizon_ns,
-                                          int(GRACE_S * 1e9), signals.SIGALRM)
+                                          int(GRACE_S * 1e9), signals.SIGALRM, promote)
         return self.started
 
     def arm(self, timeouts_s) -> bool:

@@ -121,24 +121,22 @@ def read(arena: Any, copy: bool = False) -> tuple[Any, int, bool]:
     return obj, kind, bool(buffers) and not copy
 
 
-def read_bytes(arena: Any) -> bytes:
-    """The raw record (header included), to rebuild the object later (lives)."""
+def extent(arena: Any) -> int:
+    """The bytes the record in `arena` spans (header, pickle and buffers),
+    checked as read() checks them."""
     view = memoryview(arena.buffer).toreadonly()
-    end = _frame(view, arena.size)[4]
-    return bytes(view[:end])
+    try:
+        return _frame(view, arena.size)[4]
+    finally:
+        view.release()
 
 
 class BytesArena:
-    """An in-memory stand-in for an Arena (to re-read a copied record)."""
+    """An in-memory stand-in for an Arena."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray) -> None:
         self.buffer = data
         self.size = len(data)
-
-
-def loads_copy(record: bytes) -> Any:
-    """Rebuild the object from read_bytes() output, with private buffers."""
-    return read(BytesArena(record), copy=True)[0]
 
 
 class _ScratchArena(BytesArena):
