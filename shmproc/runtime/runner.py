@@ -13,6 +13,7 @@ control block; nothing else crosses until the outcome.
 """
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -273,8 +274,10 @@ class Runner:
 
 
 def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direct_child: bool,
-                 use_pdeathsig: bool, mailbox=None, trace=None):
-    """The target of the worker process."""
+                 use_pdeathsig: bool, mailbox=None, trace=None, first=None):
+    """The target of the worker process.  first: under fork, the Process
+    object as the parent had it at start(), when a copy of it is what
+    unpickling would give (wire/fork_copy.py); else None."""
     ctl = ctl_array.control(index)
     # Ctrl-C belongs to the parent: it stops us (then kills us if we linger).
     signals.set_handler(signals.SIGINT, signals.SIG_IGN)
@@ -287,12 +290,12 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
     if not dog.lazy and not dog.start():
         os._exit(EXIT_ORPHANED)
     try:
-        _run(ctl, arena, name, dog, mailbox, trace)
+        _run(ctl, arena, name, dog, mailbox, trace, first)
     finally:
         dog.stop()                                    # joined: no thread outlives the run
 
 
-def _run(ctl, arena, name, dog, mailbox, trace):
+def _run(ctl, arena, name, dog, mailbox, trace, first=None):
     lives = ctl.lives                                 # set by the parent: fewer on a restart
     ctl.set_pid(os.getpid())
     runner = Runner(ctl, arena, name)
@@ -309,7 +312,13 @@ def _run(ctl, arena, name, dog, mailbox, trace):
         # Read in place: the pickle is parsed where it lies, only buffers
         # are copied out (private), and the record's extent is checked.
         present = transfer.extent(arena)
-        obj = runner.rebuild()
+        if first is None:
+            obj = runner.rebuild()
+        else:
+            # The top level rebuilt as unpickling does (its own __reduce_ex__
+            # and __setstate__), the values shared: fork copied them already.
+            # (The arena may hold no record, only reserved pages: LocalRun.)
+            obj = copy.copy(first)
         t = obj.config.timeouts
         limits = (t.preloop, t.loop, t.postloop, t.onfinish)
     except BaseException as exc:                     # unpickling the state failed

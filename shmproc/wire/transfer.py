@@ -72,6 +72,30 @@ def write(arena: Any, obj: object, kind: int = 0, same_main: bool = False,
     return off
 
 
+def check_serializable(obj: object, same_main: bool = False) -> None:
+    """Raise what write() would if `obj` cannot be serialized, copying nothing
+    (large buffers stay where they are)."""
+    wire.dumps(obj, same_main)
+
+
+#: What clear() reserves: an outcome this small is then written with no
+#: reservation (a syscall) on its path.
+CLEARED_BYTES = 4096
+_CLEARED = 0x52454C43          # "CLER": no record, CLEARED_BYTES reserved
+
+
+def clear(arena: Any) -> None:
+    """Leave `arena` holding no record but CLEARED_BYTES of reserved pages:
+    read() then raises CorruptSharedMemoryError (never returns an earlier
+    run's object) and extent() returns CLEARED_BYTES."""
+    arena.reserve(0, CLEARED_BYTES)
+    view = memoryview(arena.buffer)
+    try:
+        _HEADER.pack_into(view, 0, _CLEARED, 0, 0, 0, 0)
+    finally:
+        view.release()
+
+
 def _check(view: memoryview, table_end: int) -> int:
     return zlib.crc32(view[_HEADER.size:table_end], zlib.crc32(view[:_CHECKED]))
 
@@ -123,9 +147,11 @@ def read(arena: Any, copy: bool = False) -> tuple[Any, int, bool]:
 
 def extent(arena: Any) -> int:
     """The bytes the record in `arena` spans (header, pickle and buffers),
-    checked as read() checks them."""
+    checked as read() checks them; CLEARED_BYTES after clear()."""
     view = memoryview(arena.buffer).toreadonly()
     try:
+        if arena.size >= _HEADER.size and _HEADER.unpack_from(view, 0)[0] == _CLEARED:
+            return CLEARED_BYTES
         return _frame(view, arena.size)[4]
     finally:
         view.release()

@@ -29,6 +29,7 @@ from ... import _native as native
 from ...runtime import runner
 from ...wire import transfer
 from ...wire import pickling as wire
+from ...wire.fork_copy import copies_like_pickle
 from ..base import Backend, Outcome, Run
 from .forking import DirectForkProcess
 from .forkserver import preload_into_forkserver
@@ -72,8 +73,19 @@ class LocalRun(Run):
                 trace = _spare_trace() or native.TraceArea.create(1)
                 self.trace, self.trace_ring = trace, trace.ring(0)
             self.origin_ns = native.now_ns()
+            # A fork child may run its first life on its own copy of `obj`
+            # (wire/fork_copy.py); later lives unpickle the record written
+            # here.  With no later life, the record is never read: it is
+            # only made (so what cannot be serialized is still refused),
+            # not copied into the arena -- an array in the state then
+            # costs the start nothing.
+            first = obj if method == "fork" and copies_like_pickle(obj) else None
             try:
-                transfer.write(arena, obj, same_main=method == "fork")
+                if first is not None and obj.config.lives == 1:
+                    transfer.check_serializable(obj, same_main=True)
+                    transfer.clear(arena)
+                else:
+                    transfer.write(arena, obj, same_main=method == "fork")
             except wire.SerializationError as exc:
                 raise serialize_error(obj, exc) from exc.__cause__
             ctl = ctl_array.control(0)
@@ -84,7 +96,7 @@ class LocalRun(Run):
             ctl.set_state(native.STATE_STARTING)
             self.ctx, self.method, self.name = ctx, method, type(obj).__name__
             self.ctl_array, self.ctl, self.arena = ctl_array, ctl, arena
-            self._spawn()
+            self._spawn(first)
             if messages:
                 mailboxes.replenish()             # the next run's, while this worker starts up
             _replenish_spares()
@@ -100,16 +112,17 @@ class LocalRun(Run):
         self._released = False
         self._held: _Held | None = None           # what release_ended closes if the run is dropped
 
-    def _spawn(self) -> None:
+    def _spawn(self, first: Any = None) -> None:
         """Start a worker on the state in the arena (the first life, or a
-        later one after the guard ended a worker stuck past its timeout)."""
+        later one after the guard ended a worker stuck past its timeout).
+        first: the object itself, for a fork child to copy (first life)."""
         main = threading.current_thread() is threading.main_thread()
         # fork: multiprocessing's Process with a lean child bootstrap (forking.py).
         make = DirectForkProcess if self.method == "fork" else self.ctx.Process
         proc = make(
             target=runner.worker_entry,
             args=(self.ctl_array, 0, self.arena, os.getpid(), self.name,
-                  self.method != "forkserver", main, self.mailbox, self.trace),
+                  self.method != "forkserver", main, self.mailbox, self.trace, first),
             name=f"shmproc:{self.name}",
         )
         proc.start()
