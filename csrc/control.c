@@ -78,6 +78,10 @@ int shmp_ctl_get(void *payload, uint32_t count, uint32_t index, shmp_control **c
     return SHMP_OK;
 }
 
+/* Two lines: the hot one and the rest (shmp_internal.h); the scalar
+ * outcome fills the second line's last 16 bytes, no more.           */
+_Static_assert(sizeof(shmp_control_shared) == 2 * SHMP_CACHE_LINE, "a control block is two lines");
+
 int shmp_ctl_reset(shmp_control *c)
 {
     if (c == NULL)
@@ -96,6 +100,8 @@ int shmp_ctl_reset(shmp_control *c)
     atomic_store_explicit(&s->expired_timeout_ns, 0, RELAXED);
     atomic_store_explicit(&s->expired_lap, 0, RELAXED);
     atomic_store_explicit(&s->expired_section, 0, RELAXED);
+    atomic_store_explicit(&s->scalar_tag, SHMP_SCALAR_NONE, RELAXED);
+    atomic_store_explicit(&s->scalar_bits, 0, RELAXED);
     /* release: the resets above are visible to whoever sees state NEW. */
     atomic_store_explicit(&s->state, SHMP_STATE_NEW, RELEASE);
     return SHMP_OK;
@@ -313,6 +319,45 @@ int shmp_ctl_set_exit(shmp_control *c, int32_t code, int32_t signo)
     atomic_store_explicit(&c->s.exit_code, code, RELAXED);
     atomic_store_explicit(&c->s.exit_signal, signo, RELAXED);
     return SHMP_OK;     /* made visible by the set_state(DONE/...) release that follows */
+}
+
+int shmp_ctl_report_scalar(shmp_control *c, uint32_t tag, uint64_t bits)
+{
+    if (c == NULL || tag == SHMP_SCALAR_NONE || tag > SHMP_SCALAR_FLOAT)
+        return SHMP_EINVAL;
+    atomic_store_explicit(&c->s.scalar_bits, bits, RELAXED);
+    atomic_store_explicit(&c->s.scalar_tag, tag, RELAXED);
+    atomic_store_explicit(&c->s.exit_code, 0, RELAXED);
+    atomic_store_explicit(&c->s.exit_signal, 0, RELAXED);
+    /* set_state's release publishes the words above with DONE. */
+    return shmp_ctl_set_state(c, SHMP_STATE_DONE);
+}
+
+int shmp_ctl_scalar(const shmp_control *c, uint64_t *bits_out)
+{
+    if (c == NULL || bits_out == NULL)
+        return SHMP_EINVAL;
+    /* acquire: pairs with report_scalar's set_state; before DONE there
+     * is no outcome to read.                                           */
+    if (atomic_load_explicit(&c->s.state, ACQUIRE) != SHMP_STATE_DONE)
+        return SHMP_SCALAR_NONE;
+    uint32_t tag = atomic_load_explicit(&c->s.scalar_tag, RELAXED);
+    *bits_out = atomic_load_explicit(&c->s.scalar_bits, RELAXED);
+    /* The block is shared: a tag out of range is reported, never trusted. */
+    return tag > SHMP_SCALAR_FLOAT ? SHMP_ECORRUPT : (int)tag;
+}
+
+int shmp_ctl_outcome(const shmp_control *c, uint64_t *lap_out, int32_t *code_out,
+                     int32_t *signo_out, uint64_t *bits_out)
+{
+    if (c == NULL || lap_out == NULL || code_out == NULL || signo_out == NULL ||
+        bits_out == NULL)
+        return SHMP_EINVAL;
+    int tag = shmp_ctl_scalar(c, bits_out);     /* its acquire orders the reads below */
+    *lap_out = atomic_load_explicit(&c->s.lap, RELAXED);
+    *code_out = atomic_load_explicit(&c->s.exit_code, RELAXED);
+    *signo_out = atomic_load_explicit(&c->s.exit_signal, RELAXED);
+    return tag;
 }
 
 int shmp_ctl_exit(const shmp_control *c, int32_t *code_out, int32_t *signo_out)

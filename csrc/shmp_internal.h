@@ -130,6 +130,8 @@ typedef struct shmp_control_shared {
     _Atomic uint64_t expired_timeout_ns;
     _Atomic uint64_t expired_lap;
     _Atomic uint64_t alarm_start_ns;    /* guard: section start its SIGALRM is meant for */
+    _Atomic uint32_t scalar_tag;        /* SHMP_SCALAR_*: an outcome held here, not in the arena */
+    _Atomic uint64_t scalar_bits;       /* its value (int64 or IEEE-754 double bits) */
 } shmp_control_shared;
 
 struct shmp_control { shmp_control_shared s; };

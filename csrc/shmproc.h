@@ -265,6 +265,27 @@ int32_t shmp_ctl_pid(const shmp_control *ctl);
 int  shmp_ctl_set_pid(shmp_control *ctl, int32_t pid);
 int  shmp_ctl_set_exit(shmp_control *ctl, int32_t code, int32_t signo);
 int  shmp_ctl_exit(const shmp_control *ctl, int32_t *code_out, int32_t *signo_out);
+/* A run's outcome when it is a lone scalar (value None, a bool, an int64
+ * or a float; no timers, no error): held in the control block instead of
+ * an arena record, so neither side pickles or frames anything.
+ * report_scalar: the worker's report -- the value, exit 0, state DONE
+ * (waking the parent).  scalar: SHMP_SCALAR_NONE unless the state is DONE
+ * with such a value, else its tag (bits in *bits_out); SHMP_ECORRUPT for
+ * a tag no worker writes.  Cleared by shmp_ctl_reset.                 */
+enum {
+    SHMP_SCALAR_NONE  = 0,      /* the outcome is in the arena (or none yet) */
+    SHMP_SCALAR_NULL  = 1,      /* Python None */
+    SHMP_SCALAR_FALSE = 2,
+    SHMP_SCALAR_TRUE  = 3,
+    SHMP_SCALAR_INT   = 4,      /* bits: the int64, two's complement */
+    SHMP_SCALAR_FLOAT = 5       /* bits: the IEEE-754 double */
+};
+int  shmp_ctl_report_scalar(shmp_control *ctl, uint32_t tag, uint64_t bits);
+int  shmp_ctl_scalar(const shmp_control *ctl, uint64_t *bits_out);
+/* What the parent reads of an ended run, in one call: scalar()'s result,
+ * and the lap and exit info (as shmp_ctl_lap / shmp_ctl_exit).         */
+int  shmp_ctl_outcome(const shmp_control *ctl, uint64_t *lap_out, int32_t *code_out,
+                      int32_t *signo_out, uint64_t *bits_out);
 /* The section start stamp the guard's latest SIGALRM was meant for: the
  * handler raises only while that same section is still running.        */
 uint64_t shmp_ctl_alarm_start_ns(const shmp_control *ctl);

@@ -512,6 +512,73 @@ def test_control_blocks_fields():
     ctl.close()
 
 
+SCALARS = [None, False, True, 0, -1, 7, (1 << 63) - 1, -(1 << 63), 0.0, -0.0, 1.5,
+           float("inf"), float("-inf"), 1e-310]
+
+
+def test_control_scalar_outcome_round_trips():
+    ctl = native.ControlArray.create(1)
+    c = ctl.control(0)
+    assert c.scalar() == (False, None)                  # nothing reported
+    for value in SCALARS:
+        c.reset()
+        assert c.report_scalar(value)
+        assert c.state == lib.SHMP_STATE_DONE
+        found, got = c.scalar()
+        assert found and type(got) is type(value) and repr(got) == repr(value)
+        assert c.exit_info() == (0, 0)
+    c.reset()
+    assert c.report_scalar(float("nan")) and c.scalar()[1] != c.scalar()[1]
+    for other in [1 << 63, -(1 << 63) - 1, "s", b"b", (1,), 1j, [], True.__class__]:
+        c.reset()
+        assert not c.report_scalar(other) and c.state == lib.SHMP_STATE_NEW
+    c.reset()
+    assert c.report_scalar(3)
+    c.set_state(lib.SHMP_STATE_FAILED)                 # only DONE carries a scalar
+    assert c.scalar() == (False, None)
+    c.reset()
+    assert c.scalar() == (False, None)
+    assert lib.shmp_ctl_report_scalar(c.block, lib.SHMP_SCALAR_NONE, 0) == lib.SHMP_EINVAL
+    assert lib.shmp_ctl_report_scalar(c.block, 6, 0) == lib.SHMP_EINVAL
+    assert lib.shmp_ctl_report_scalar(ffi.NULL, 1, 0) == lib.SHMP_EINVAL
+    assert lib.shmp_ctl_scalar(c.block, ffi.NULL) == lib.SHMP_EINVAL
+    ctl.close()
+
+
+def test_control_scalar_tag_is_checked():
+    ctl = native.ControlArray.create(1)
+    c = ctl.control(0)
+    assert c.report_scalar(5)
+    # scalar_tag sits 48 bytes into the block's second line (shmp_internal.h;
+    # control.c asserts the block is two lines): a tag no worker writes.
+    ffi.cast("uint32_t *", c.block)[(64 + 48) // 4] = 99
+    with pytest.raises(CorruptSharedMemoryError):
+        c.scalar()
+    ctl.close()
+
+
+def test_control_scalar_across_processes():
+    """A child reports, the parent waits and reads: every value, many times."""
+    ctl = native.ControlArray.create(1)
+    c = ctl.control(0)
+    rounds = max(20, int(200 * float(os.environ.get("SHMPROC_STRESS_SCALE", "1"))))
+    for i in range(rounds):
+        value = SCALARS[i % len(SCALARS)]
+        c.reset()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = 0 if c.report_scalar(value) else 2
+            finally:
+                os._exit(code)
+        assert c.wait_state(lib.SHMP_STATE_DONE, 10 * 10**9) == OK
+        found, got = c.scalar()
+        assert found and type(got) is type(value) and repr(got) == repr(value)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    ctl.close()
+
+
 def test_control_waits_time_out_and_return():
     ctl = native.ControlArray.create(1)
     c = ctl.blocks[0]

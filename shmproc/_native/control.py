@@ -4,6 +4,7 @@ thread (csrc/guard.c)."""
 from __future__ import annotations
 
 import os
+import struct
 from functools import partial
 
 from .._laps import armed as _laps_armed, run as _laps_run, set_bits as _laps_set_bits
@@ -87,6 +88,12 @@ def _attach_control_array(dupfd):
     return ControlArray.attach(dupfd.detach())
 
 
+_INT64_MIN, _INT64_MAX, _U64_MASK = -(1 << 63), (1 << 63) - 1, (1 << 64) - 1
+_U64, _F64 = struct.Struct("<Q"), struct.Struct("<d")
+_SCALAR_CONSTANTS = {lib.SHMP_SCALAR_NULL: None, lib.SHMP_SCALAR_FALSE: False,
+                     lib.SHMP_SCALAR_TRUE: True}
+
+
 class Control:
     """One worker's control block, with its calls bound (see csrc/control.c).
 
@@ -95,7 +102,7 @@ class Control:
     """
 
     __slots__ = ("array", "index", "block", "enter", "end_lap", "leave", "lap", "_lap_addr",
-                 "_addr")
+                 "_addr", "_out", "_exit")
 
     def __init__(self, array: ControlArray, index: int):
         if not 0 <= index < array.count:
@@ -109,6 +116,8 @@ class Control:
         self.lap = partial(lib.shmp_ctl_lap, b)            # () -> int
         self._lap_addr = None                              # see _lap_address
         self._addr = int(ffi.cast("uintptr_t", b))         # for run_laps
+        self._out = ffi.new("uint64_t[2]")                 # outcome(): made once, not per call
+        self._exit = ffi.new("int32_t[2]")
 
     def run_laps(self, sections, laps, obj, runner, pending, flush, trace=None):
         """The worker's lap loop in C (csrc/python/laps.c): up to `laps`
@@ -218,6 +227,47 @@ class Control:
 
     def set_exit(self, code: int, signo: int):
         check(lib.shmp_ctl_set_exit(self.block, code, signo), "recording a worker exit")
+
+    def report_scalar(self, value) -> bool:
+        """The worker's report of an outcome that is a lone scalar (None, a
+        bool, an int64 or a float): held here, state DONE.  False (nothing
+        done) for any other value: it goes through the arena instead."""
+        t = type(value)
+        if value is None:
+            tag, bits = lib.SHMP_SCALAR_NULL, 0
+        elif t is bool:
+            tag, bits = (lib.SHMP_SCALAR_TRUE if value else lib.SHMP_SCALAR_FALSE), 0
+        elif t is int and _INT64_MIN <= value <= _INT64_MAX:
+            tag, bits = lib.SHMP_SCALAR_INT, value & _U64_MASK
+        elif t is float:
+            tag, bits = lib.SHMP_SCALAR_FLOAT, _U64.unpack(_F64.pack(value))[0]
+        else:
+            return False
+        check(lib.shmp_ctl_report_scalar(self.block, tag, bits), "reporting a worker's result")
+        return True
+
+    def scalar(self):
+        """(True, value) if the worker reported a lone scalar (report_scalar)
+        and the state is DONE; (False, None) otherwise.  Raises
+        CorruptSharedMemoryError for a tag no worker writes."""
+        return self.outcome()[2:]
+
+    def outcome(self):
+        """(lap, exit code, found, value) of an ended run, in one call: the
+        exit code is -signal for a worker the guard signalled; found and
+        value as scalar()'s."""
+        out, ex = self._out, self._exit
+        tag = lib.shmp_ctl_outcome(self.block, out, ex, ex + 1, out + 1)
+        code = -ex[1] if ex[1] else ex[0]
+        if tag == lib.SHMP_SCALAR_NONE:
+            return out[0], code, False, None
+        check(tag if tag < 0 else 0, "reading a worker's result")
+        if tag == lib.SHMP_SCALAR_INT:
+            v = out[1]
+            return out[0], code, True, v - (1 << 64) if v > _INT64_MAX else v
+        if tag == lib.SHMP_SCALAR_FLOAT:
+            return out[0], code, True, _F64.unpack(_U64.pack(out[1]))[0]
+        return out[0], code, True, _SCALAR_CONSTANTS[tag]
 
     def exit_info(self):
         code, sig = ffi.new("int32_t *"), ffi.new("int32_t *")

@@ -96,6 +96,9 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+_TIMEOUT_FIELDS = tuple(f.name for f in fields(TimeoutConfig))   # once: fields() builds a tuple
+
+
 def validate(config: Any) -> None:
     """Check every field of ``config``; raise ValueError on the first bad one.
 
@@ -135,11 +138,11 @@ def validate(config: Any) -> None:
             f"config.timeouts must be a shmproc TimeoutConfig, got {_describe(timeouts)}; "
             "set its fields (config.timeouts.loop = 5.0) instead of replacing it"
         )
-    for f in fields(TimeoutConfig):
-        limit = getattr(timeouts, f.name)
+    for name in _TIMEOUT_FIELDS:
+        limit = getattr(timeouts, name)
         if limit is not None and not (_is_finite_number(limit) and limit > 0):
             raise ValueError(
-                f"config.timeouts.{f.name} must be a positive, finite number of seconds "
+                f"config.timeouts.{name} must be a positive, finite number of seconds "
                 f"or None (None = no limit), got {_describe(limit)}"
             )
 

@@ -72,12 +72,6 @@ def write(arena: Any, obj: object, kind: int = 0, same_main: bool = False,
     return off
 
 
-def check_serializable(obj: object, same_main: bool = False) -> None:
-    """Raise what write() would if `obj` cannot be serialized, copying nothing
-    (large buffers stay where they are)."""
-    wire.dumps(obj, same_main)
-
-
 #: What clear() reserves: an outcome this small is then written with no
 #: reservation (a syscall) on its path.
 CLEARED_BYTES = 4096

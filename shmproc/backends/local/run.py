@@ -64,7 +64,7 @@ class LocalRun(Run):
         if method == "forkserver":
             preload_into_forkserver()
         ctl_array = _spare_control() or native.ControlArray.create(1)
-        arena = arenas.pool.take()
+        arena = _spare_arena() or arenas.pool.take()
         trace = None
         try:
             # A span per hook section (csrc/trace.c), for Process.timeline().
@@ -75,14 +75,13 @@ class LocalRun(Run):
             self.origin_ns = native.now_ns()
             # A fork child may run its first life on its own copy of `obj`
             # (wire/fork_copy.py); later lives unpickle the record written
-            # here.  With no later life, the record is never read: it is
-            # only made (so what cannot be serialized is still refused),
-            # not copied into the arena -- an array in the state then
-            # costs the start nothing.
+            # here.  With no later life the record would never be read, so
+            # none is written: an array in the state then costs the start
+            # nothing.  (Such a state is plain data, which always pickles:
+            # nothing that start() would refuse gets through.)
             first = obj if method == "fork" and copies_like_pickle(obj) else None
             try:
                 if first is not None and obj.config.lives == 1:
-                    transfer.check_serializable(obj, same_main=True)
                     transfer.clear(arena)
                 else:
                     transfer.write(arena, obj, same_main=method == "fork")
@@ -250,13 +249,18 @@ class LocalRun(Run):
         return False
 
     def _decode(self, arena: Any) -> tuple[Outcome, bool]:
-        """The outcome the worker wrote in `arena`, and whether it holds views of it."""
-        lap = self.ctl.lap()
-        code, sig = self.ctl.exit_info()          # what the worker reported
-        code = -sig if sig else code
+        """The outcome the worker wrote in `arena` (or, a lone scalar, in the
+        control block), and whether it holds views of the arena."""
         try:
+            # The lap, what the worker reported of its exit, and the scalar.
+            lap, code, scalar, value = self.ctl.outcome()
+            if scalar:
+                return Outcome("ok", value, None, None, lap, code), False
             (value, timers, error, _), kind, views = transfer.read(arena)
         except Exception as exc:                 # noqa: BLE001 - e.g. a class missing here
+            lap = self.ctl.lap()
+            code, sig = self.ctl.exit_info()
+            code = -sig if sig else code
             err = ResultError(f"the worker's result could not be deserialized in the parent: "
                               f"{type(exc).__name__}: {exc}", current_lap=lap,
                               original_error=exc, process_name=self.name)
@@ -416,9 +420,9 @@ class LocalBackend(Backend):
 LOCAL = LocalBackend()
 
 
-# The next run's control block and trace segment, made while this run's
-# worker starts up (as the mailbox is), so a start makes neither before
-# its fork.
+# The next run's control block, trace segment and arena, made (the arena:
+# taken from its pool and mapped) while this run's worker starts up, as
+# the mailbox is, so a start makes none of them before its fork.
 _spares: dict[str, Any] = {}
 _spares_lock = lifecycle.lock()
 
@@ -431,6 +435,10 @@ def _spare_trace() -> Any:
     return _spares.pop("trace", None)
 
 
+def _spare_arena() -> Any:
+    return _spares.pop("arena", None)
+
+
 def _replenish_spares() -> None:
     with _spares_lock:                            # never two made for one place
         try:
@@ -438,17 +446,20 @@ def _replenish_spares() -> None:
                 _spares["control"] = native.ControlArray.create(1)
             if "trace" not in _spares and tracing.enabled():
                 _spares["trace"] = native.TraceArea.create(1)
+            if "arena" not in _spares:
+                _spares["arena"] = arenas.pool.take()
         except Exception:                         # noqa: BLE001 - the next start() reports it
             pass
 
 
 def trim_spares() -> None:
-    """Close the spare control block and trace segment (tests, and
-    memory-conscious callers)."""
+    """Close the spare control block and trace segment and let go of the
+    spare arena (tests, and memory-conscious callers)."""
     for key in ("control", "trace"):
         spare = _spares.pop(key, None)
         if spare is not None:
             spare.close()
+    _spares.pop("arena", None)                    # back to the arena pool as its mapping goes
 
 
 def _forget_the_parents_spares() -> None:
