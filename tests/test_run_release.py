@@ -27,6 +27,14 @@ class Seven(Process):
         return 7
 
 
+class SevenLater(Seven):
+    """Reports after p.result has begun to wait: a run that ends before the
+    first wait is released by that wait, at once (LocalRun.wait)."""
+
+    def __loop__(self):
+        time.sleep(0.3)
+
+
 def _run_of(p):
     return p._rt().run
 
@@ -75,7 +83,7 @@ def test_a_released_runs_timeline_is_kept():
 
 
 def test_a_run_whose_process_was_dropped_is_closed_from_what_it_held():
-    p = Seven()
+    p = SevenLater()
     p.start()
     assert p.result == 7
     run = _run_of(p)

@@ -274,7 +274,9 @@ def trim() -> None:
 
 
 def _drop_spares() -> None:
-    _spare.clear()                          # a fork child: they are its parent's
+    global _spare                           # a fork child: they are its parent's
+    lifecycle.leave_for_later(_spare)
+    _spare = []
 
 
 lifecycle.at_fork(after_in_child=_drop_spares)

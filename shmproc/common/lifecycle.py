@@ -12,6 +12,15 @@ Locks that a fork child may still take are made with `lock()`
 (_forkfree.py), and freed here in every fork child before any other hook
 runs.
 
+A child's hooks let go of the parent's objects (spare segments, ended
+runs) with `leave_for_later`, not by tearing them down there: teardown
+touches their pages, and every page a fresh fork child writes is copied
+first, ~0.7 ms per child in all -- paid by every fork child of a process
+that used shmproc, multiprocessing's and the user's own included.  They
+go at `drop_leftovers()`, which a child calls at a quiet moment (a pool
+worker before its first sleep, any child before it starts a run or a
+pool of its own), or with the process.
+
 Exit hooks run in multiprocessing's exit function, which also runs at the
 end of a multiprocessing child (that skips atexit): priority >= 0 runs
 before multiprocessing joins its children (so live workers are stopped,
@@ -27,8 +36,8 @@ from typing import Callable, Iterable
 
 from .._forkfree import free_all, lock
 
-__all__ = ["at_fork", "lock", "at_exit", "at_interpreter_exit",
-           "STOP_WORKERS", "FLUSH_OUT_OF_BAND"]
+__all__ = ["at_fork", "lock", "at_exit", "at_interpreter_exit", "leave_for_later",
+           "drop_leftovers", "STOP_WORKERS", "FLUSH_OUT_OF_BAND"]
 
 #: Stop live Process runs and pools before multiprocessing joins children.
 STOP_WORKERS = 100
@@ -41,6 +50,7 @@ _before: list[_Hook] = []
 _after_in_parent: list[_Hook] = []
 _after_in_child: list[_Hook] = [free_all]       # first: later hooks may take them
 _exit_registered: set[tuple[_Hook, int]] = set()
+_leftovers: list[object] = []                  # the parent's, let go of in this fork child
 
 
 def at_fork(*, before: _Hook | None = None, after_in_parent: _Hook | None = None,
@@ -67,6 +77,20 @@ os.register_at_fork(before=lambda: _run(reversed(_before)),
                     after_in_child=lambda: _run(_after_in_child))
 
 
+def leave_for_later(obj: object) -> None:
+    """In an after-fork-in-child hook: the parent's `obj`, let go of without
+    tearing it down now (module doc); it goes at drop_leftovers()."""
+    _leftovers.append(obj)
+
+
+def drop_leftovers() -> None:
+    """Tear down what this process's fork hooks left (leave_for_later)."""
+    global _leftovers
+    if _leftovers:
+        batch, _leftovers = _leftovers, []
+        batch.clear()                       # the teardown: unmaps, closes, frees
+
+
 def at_exit(fn: _Hook, priority: int) -> None:
     """Run fn() once in multiprocessing's exit function (see module doc).
     Registering the same function again does nothing."""
@@ -88,7 +112,9 @@ def at_interpreter_exit(fn: _Hook) -> None:
 def _exit_hooks_are_the_parents() -> None:
     # multiprocessing runs a Finalize only in the process that made it: a
     # fork child must register its own exit hooks again.
-    _exit_registered.clear()
+    global _exit_registered
+    leave_for_later(_exit_registered)
+    _exit_registered = set()
 
 
 at_fork(after_in_child=_exit_hooks_are_the_parents)

@@ -34,7 +34,7 @@ from ..wire import blobs
 from .. import _native as native
 from ..wire import taskwire
 from ..wire import pickling as wire
-from ..common import signals
+from ..common import lifecycle, signals
 from ..common.errors import ProcessError
 from ..common.errors import TimeoutError as TaskTimeoutError
 from ..common.outcome import CALL, FAILED_RESULT, HOOK_NAMES, is_process_class
@@ -165,6 +165,10 @@ class PoolWorker:
                     if qsize() > 1:
                         records = get_many(block=False, max_items=BATCH)
                     else:
+                        # About to sleep: what the fork left of the parent's
+                        # goes now, off any task's path (lifecycle.py).
+                        if not qsize():
+                            lifecycle.drop_leftovers()
                         # Sleeps until the pool sends something: no periodic
                         # wake-up (if the pool's process dies, PR_SET_PDEATHSIG
                         # or the guard ends us).

@@ -184,6 +184,7 @@ def _use_stdin(stdin):
 def _forget_stdin_in_child():
     # A fork child that starts workers of its own opens its own /dev/null.
     global _stdin
+    lifecycle.leave_for_later(_stdin)
     _stdin = None
 
 

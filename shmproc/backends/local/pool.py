@@ -126,6 +126,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
 
     def __init__(self, workers=None, start_method=None, max_tasks_per_worker=None, retries=0,
                  initializer=None, initargs=(), task_timeout=None):
+        lifecycle.drop_leftovers()      # a fork child's first pool: its parent's go now
         self._init_engine(validate.worker_count(workers), validate.retries(retries),
                           validate.task_timeout(task_timeout))
         init = validate.initializer(initializer, initargs)

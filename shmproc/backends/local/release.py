@@ -92,7 +92,9 @@ def held_count() -> int:
 
 
 def _forget_the_parents_runs() -> None:
-    _unreleased.clear()             # a fork child: the parent releases its own
+    global _unreleased              # a fork child: the parent releases its own
+    lifecycle.leave_for_later(_unreleased)
+    _unreleased = []
 
 
 lifecycle.at_fork(after_in_child=_forget_the_parents_runs)

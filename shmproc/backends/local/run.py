@@ -61,6 +61,7 @@ class LocalRun(Run):
                  messages: bool = True) -> None:
         method = obj.config.start_method or default_start_method()
         ctx = mp.get_context(method)
+        lifecycle.drop_leftovers()                # a fork child's first run: its parent's go now
         if method == "forkserver":
             preload_into_forkserver()
         ctl_array = _spare_control() or native.ControlArray.create(1)
@@ -463,7 +464,9 @@ def trim_spares() -> None:
 
 
 def _forget_the_parents_spares() -> None:
-    _spares.clear()                               # a fork child: the parent closes its own
+    global _spares                                # a fork child: the parent closes its own
+    lifecycle.leave_for_later(_spares)
+    _spares = {}
 
 
 lifecycle.at_fork(after_in_child=_forget_the_parents_spares)
