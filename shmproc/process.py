@@ -130,6 +130,21 @@ class Process:
             rt = self.__dict__[_RT] = _Runtime()
         return rt
 
+    def _shmproc_fork_copy(self) -> Self:
+        """In a fork worker, the object its first life runs on, made from
+        the fork's copy of it as unpickling would make it (wire/fork_copy.py):
+        this copy itself, with a fresh runtime, when the class keeps
+        Process's own __getstate__/__setstate__; else copy.copy, so the
+        class's own run."""
+        cls = type(self)
+        if cls.__getstate__ is Process.__getstate__ and cls.__setstate__ is Process.__setstate__:
+            d = self.__dict__
+            d.pop("tell", None)                 # what __getstate__ drops
+            d[_RT] = _Runtime()                 # what __setstate__ makes
+            return self
+        import copy
+        return copy.copy(self)
+
     def _shmproc_bind_worker(self, run: Any) -> None:
         self._rt().worker = run
         # A stream of self.tell() is the hot path of messages: unless the

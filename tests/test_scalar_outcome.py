@@ -105,3 +105,45 @@ def test_a_damaged_scalar_is_a_result_error_not_a_value():
     ffi.cast("uint32_t *", ctl.block)[(64 + 48) // 4] = 77
     with pytest.raises(ResultError, match="CorruptSharedMemoryError"):
         p.result
+
+
+class ScalarAgain(Process):
+    def __init__(self):
+        self.config.num_loops = 1
+        self.config.start_method = "fork"
+
+    def __result__(self):
+        return 1
+
+
+class ListAgain(ScalarAgain):
+    def __result__(self):
+        return [1]
+
+
+def test_a_class_whose_last_run_was_a_scalar_skips_the_rehearsal(monkeypatch, tmp_path):
+    """The worker rehearses the arena write (its page faults, before the
+    hooks) unless the class's last run reported a lone scalar."""
+    from shmproc.wire import transfer
+
+    marks = tmp_path / "rehearsed"
+    marks.write_text("")
+
+    def mark():                                   # what the fork worker runs instead
+        with open(marks, "a") as f:
+            f.write("r")
+
+    monkeypatch.setattr(transfer, "rehearse_write", mark)
+
+    def rehearsals(cls, runs):
+        before = len(marks.read_text())
+        for _ in range(runs):
+            p = cls()
+            p.start()
+            p.result
+            p.wait()
+        return len(marks.read_text()) - before
+
+    assert rehearsals(ScalarAgain, 1) == 1        # nothing known of the class yet
+    assert rehearsals(ScalarAgain, 2) == 0        # its runs report scalars
+    assert rehearsals(ListAgain, 2) == 2          # its results need the arena

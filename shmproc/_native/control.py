@@ -116,8 +116,7 @@ class Control:
         self.lap = partial(lib.shmp_ctl_lap, b)            # () -> int
         self._lap_addr = None                              # see _lap_address
         self._addr = int(ffi.cast("uintptr_t", b))         # for run_laps
-        self._out = ffi.new("uint64_t[2]")                 # outcome(): made once, not per call
-        self._exit = ffi.new("int32_t[2]")
+        self._out = self._exit = None                      # outcome()'s buffers, made once
 
     def run_laps(self, sections, laps, obj, runner, pending, flush, trace=None):
         """The worker's lap loop in C (csrc/python/laps.c): up to `laps`
@@ -257,6 +256,9 @@ class Control:
         exit code is -signal for a worker the guard signalled; found and
         value as scalar()'s."""
         out, ex = self._out, self._exit
+        if out is None:                         # (not in the worker, which never reads it)
+            out = self._out = ffi.new("uint64_t[2]")
+            ex = self._exit = ffi.new("int32_t[2]")
         tag = lib.shmp_ctl_outcome(self.block, out, ex, ex + 1, out + 1)
         code = -ex[1] if ex[1] else ex[0]
         if tag == lib.SHMP_SCALAR_NONE:

@@ -13,7 +13,6 @@ control block; nothing else crosses until the outcome.
 """
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import time
@@ -274,10 +273,12 @@ class Runner:
 
 
 def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direct_child: bool,
-                 use_pdeathsig: bool, mailbox=None, trace=None, first=None):
+                 use_pdeathsig: bool, mailbox=None, trace=None, first=None, rehearse=True):
     """The target of the worker process.  first: under fork, the Process
     object as the parent had it at start(), when a copy of it is what
-    unpickling would give (wire/fork_copy.py); else None."""
+    unpickling would give (wire/fork_copy.py); else None.  rehearse: take
+    the arena write's page faults before the hooks (transfer.rehearse_write);
+    False when the class's last run reported a lone scalar."""
     ctl = ctl_array.control(index)
     # Ctrl-C belongs to the parent: it stops us (then kills us if we linger).
     signals.set_handler(signals.SIGINT, signals.SIG_IGN)
@@ -290,12 +291,12 @@ def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direc
     if not dog.lazy and not dog.start():
         os._exit(EXIT_ORPHANED)
     try:
-        _run(ctl, arena, name, dog, mailbox, trace, first)
+        _run(ctl, arena, name, dog, mailbox, trace, first, rehearse)
     finally:
         dog.stop()                                    # joined: no thread outlives the run
 
 
-def _run(ctl, arena, name, dog, mailbox, trace, first=None):
+def _run(ctl, arena, name, dog, mailbox, trace, first=None, rehearse=True):
     lives = ctl.lives                                 # set by the parent: fewer on a restart
     ctl.set_pid(os.getpid())
     runner = Runner(ctl, arena, name)
@@ -318,7 +319,7 @@ def _run(ctl, arena, name, dog, mailbox, trace, first=None):
             # The top level rebuilt as unpickling does (its own __reduce_ex__
             # and __setstate__), the values shared: fork copied them already.
             # (The arena may hold no record, only reserved pages: LocalRun.)
-            obj = copy.copy(first)
+            obj = first._shmproc_fork_copy()
         t = obj.config.timeouts
         limits = (t.preloop, t.loop, t.postloop, t.onfinish)
     except BaseException as exc:                     # unpickling the state failed
@@ -331,10 +332,11 @@ def _run(ctl, arena, name, dog, mailbox, trace, first=None):
     runner.dog = dog
     if not dog.arm(limits):
         os._exit(EXIT_ORPHANED)                       # the parent is already gone
-    try:
-        transfer.rehearse_write()         # see there: the outcome's pages, made private now
-    except Exception:                     # noqa: BLE001 - a rehearsal never fails the run
-        pass
+    if rehearse:
+        try:
+            transfer.rehearse_write()     # see there: the outcome's pages, made private now
+        except Exception:                 # noqa: BLE001 - a rehearsal never fails the run
+            pass
     try:
         kind, payload = runner.execute(obj, lives)
     except BaseException as exc:                     # a bug of ours: report it, don't just die

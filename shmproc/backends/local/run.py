@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ...channels import mailbox as mailboxes
@@ -95,6 +96,11 @@ class LocalRun(Run):
             ctl.set_lives(obj.config.lives)
             ctl.set_state(native.STATE_STARTING)
             self.ctx, self.method, self.name = ctx, method, type(obj).__name__
+            self._cls = type(obj)
+            # Rehearse the arena write in the worker unless this class's
+            # last run ended with a lone scalar, which never makes one.
+            self._rehearse = not _scalar_last.get(self._cls, False)
+            self._scalar = False                  # this run's outcome was (set by _decode)
             self.ctl_array, self.ctl, self.arena = ctl_array, ctl, arena
             self._spawn(first)
             if messages:
@@ -122,7 +128,8 @@ class LocalRun(Run):
         proc = make(
             target=runner.worker_entry,
             args=(self.ctl_array, 0, self.arena, os.getpid(), self.name,
-                  self.method != "forkserver", main, self.mailbox, self.trace, first),
+                  self.method != "forkserver", main, self.mailbox, self.trace, first,
+                  self._rehearse),
             name=f"shmproc:{self.name}",
         )
         proc.start()
@@ -255,6 +262,7 @@ class LocalRun(Run):
         try:
             # The lap, what the worker reported of its exit, and the scalar.
             lap, code, scalar, value = self.ctl.outcome()
+            self._scalar = scalar
             if scalar:
                 return Outcome("ok", value, None, None, lap, code), False
             (value, timers, error, _), kind, views = transfer.read(arena)
@@ -273,6 +281,7 @@ class LocalRun(Run):
 
     def _decode_outcome(self) -> Outcome:
         outcome, views = self._decode(self.arena)
+        _scalar_last[self._cls] = self._scalar
         self._views = views                      # views keep the arena (and its mapping) alive
         if views:
             arenas.pool.expose(self.arena)
@@ -420,6 +429,13 @@ class LocalBackend(Backend):
 
 LOCAL = LocalBackend()
 
+
+# Whether the last run of each Process class ended with a lone scalar (in
+# its control block): its next worker then skips rehearsing the arena
+# write (runner._run), ~20 page faults a scalar outcome never needs; a
+# class whose results need the arena keeps the rehearsal, which takes
+# those faults before the hooks instead of after the last one.
+_scalar_last: "weakref.WeakKeyDictionary[type, bool]" = weakref.WeakKeyDictionary()
 
 # The next run's control block, trace segment and arena, made (the arena:
 # taken from its pool and mapped) while this run's worker starts up, as
