@@ -224,6 +224,21 @@ static int look(look_memory *m, uint64_t *sleep_ns, look_found *out)
     return LOOK_ALARM;
 }
 
+/* What a look found, done: the SIGALRM to the worker's main thread, or
+ * the end.  Async-signal-safe (pthread_kill is, since POSIX.1-2017): the
+ * tick's handler, on that main thread, calls it too.                  */
+static void act(int what, const look_found *found)
+{
+    if (what == LOOK_EXPIRE) {
+        shmp_ctl_record_expired(G.ctl, found->section, found->timeout_ns);
+        _exit(SHMP_EXIT_EXPIRED);
+    }
+    if (what == LOOK_ALARM) {
+        shmp_ctl_store_alarm(G.ctl, found->start);
+        pthread_kill(G.target, G.alarm_signo);
+    }
+}
+
 static void *guard_main(void *arg)
 {
     (void)arg;
@@ -241,18 +256,8 @@ static void *guard_main(void *arg)
         sleep_ns = horizon ? horizon : UINT64_MAX;
         if (G.pidfd < 0 && sleep_ns > PARENT_CHECK_NS)
             sleep_ns = PARENT_CHECK_NS;
-        look_found found;
-        switch (look(&memory, &sleep_ns, &found)) {
-        case LOOK_EXPIRE:
-            shmp_ctl_record_expired(G.ctl, found.section, found.timeout_ns);
-            _exit(SHMP_EXIT_EXPIRED);
-        case LOOK_ALARM:
-            shmp_ctl_store_alarm(G.ctl, found.start);
-            pthread_kill(G.target, G.alarm_signo);
-            break;
-        default:
-            break;
-        }
+        look_found found = { 0, 0, 0 };
+        act(look(&memory, &sleep_ns, &found), &found);
     }
 }
 
@@ -274,18 +279,8 @@ void shmp_guard_tick(void)
         return;                     /* stopped or promoted: a late tick */
     uint64_t horizon = atomic_load_explicit(&G.horizon_ns, memory_order_relaxed);
     uint64_t sleep_ns = horizon ? horizon : UINT64_MAX;
-    look_found found;
-    switch (look(&tick_memory, &sleep_ns, &found)) {
-    case LOOK_EXPIRE:
-        shmp_ctl_record_expired(G.ctl, found.section, found.timeout_ns);
-        _exit(SHMP_EXIT_EXPIRED);
-    case LOOK_ALARM:
-        shmp_ctl_store_alarm(G.ctl, found.start);
-        raise(G.alarm_signo);       /* we are on the main thread: the tick targets it */
-        break;
-    default:
-        break;
-    }
+    look_found found = { 0, 0, 0 };
+    act(look(&tick_memory, &sleep_ns, &found), &found);
     if (sleep_ns < TICK_RETRY_NS)
         sleep_ns = TICK_RETRY_NS;
     shmp_os_tick_arm(sleep_ns);

@@ -44,6 +44,11 @@ from guard_work import (
 pytestmark = pytest.mark.timeout(120)
 
 BOUND_S = 3.0
+# The deferred guard starts as a tick where the system has thread-directed
+# timers (the Linux layer), else as the thread (the portable build).
+TICKS = bool(lib.shmp_platform_features() & lib.SHMP_FEAT_FUTEX)
+FIRST_MODE = native.GUARD_TICK if TICKS else native.GUARD_THREAD
+NEVER_NS = 3600 * 10**9
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(shmproc.__file__)))
 
 
@@ -302,7 +307,8 @@ def test_guard_ends_a_process_whose_section_outlives_deadline_plus_grace():
 
 
 @pytest.mark.asan
-def test_guard_signals_the_main_thread_for_the_running_section():
+@pytest.mark.parametrize("deferred", [False, True], ids=["thread", "tick"])
+def test_guard_signals_the_main_thread_for_the_running_section(deferred):
     ctl = native.ControlArray.create(1)
     c = ctl.control(0)
 
@@ -317,7 +323,10 @@ def test_guard_signals_the_main_thread_for_the_running_section():
                 raise Alarm()
 
         signal.signal(signal.SIGALRM, handler)
-        native.guard_start(c, os.getppid(), True, 50_000_000, 10 * 10**9, signal.SIGALRM)
+        native.guard_start(c, os.getppid(), True, 50_000_000, 10 * 10**9, signal.SIGALRM,
+                           NEVER_NS if deferred else None)
+        if native.guard_mode() != (FIRST_MODE if deferred else native.GUARD_THREAD):
+            return 4
         c.enter(LOOP, 50_000_000)
         start.append(c.section_start_ns)
         try:
@@ -388,14 +397,16 @@ def test_guard_ends_an_orphan():
 
 
 @pytest.mark.asan
-def test_a_fork_child_has_no_guard_and_may_start_its_own():
+@pytest.mark.parametrize("deferred", [False, True], ids=["thread", "tick"])
+def test_a_fork_child_has_no_guard_and_may_start_its_own(deferred):
     ctl = native.ControlArray.create(2)
     c, other = ctl.control(0), ctl.control(1)
     r, w = os.pipe()
 
     def child():
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
-        native.guard_start(c, os.getppid(), True, 50_000_000, 100_000_000, signal.SIGALRM)
+        native.guard_start(c, os.getppid(), True, 50_000_000, 100_000_000, signal.SIGALRM,
+                           NEVER_NS if deferred else None)
         c.enter(LOOP, 50_000_000)                           # the grandchild inherits this deadline
         pid = os.fork()
         if pid == 0:                                        # outlives deadline + grace, unharmed
@@ -455,10 +466,6 @@ def test_kill_after_the_worker_was_reaped_signals_nothing(monkeypatch, pidfd):
 # system has no thread-directed timer (the portable build) it is the thread
 # from the start, and these tests check that instead.
 
-TICKS = bool(lib.shmp_platform_features() & lib.SHMP_FEAT_FUTEX)     # the Linux layer
-FIRST_MODE = native.GUARD_TICK if TICKS else native.GUARD_THREAD
-NEVER_NS = 3600 * 10**9
-
 
 def _deferred(c, horizon_ns, grace_ns=100_000_000, promote_after_ns=NEVER_NS):
     return native.guard_start(c, os.getppid(), True, horizon_ns, grace_ns, signal.SIGALRM,
@@ -479,14 +486,31 @@ def test_a_fork_run_that_lasts_gets_the_guard_thread():
     assert p.result == native.GUARD_THREAD
 
 
-@pytest.mark.asan
-def test_deferred_guard_ends_a_section_stuck_in_c():
-    """The tick's handler is C: it runs while the hook holds the GIL."""
+def _expires(body, within_s=None):
+    """body(c) in a fork child that ignores SIGALRM, which its guard must
+    end (EXIT_EXPIRED), within `within_s` if given; the expiry record.
+    body returns an exit code if it finds something wrong first."""
     ctl = native.ControlArray.create(1)
     c = ctl.control(0)
 
     def child():
         signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        return body(c)
+
+    t = time.monotonic()
+    try:
+        assert _in_child(child) == EXIT_EXPIRED
+        if within_s is not None:
+            assert time.monotonic() - t < within_s
+        return c.expired()
+    finally:
+        ctl.close()
+
+
+@pytest.mark.asan
+def test_deferred_guard_ends_a_section_stuck_in_c():
+    """The tick's handler is C: it runs while the hook holds the GIL."""
+    def body(c):
         assert _deferred(c, 50_000_000)
         if native.guard_mode() != FIRST_MODE:
             return 5
@@ -495,52 +519,12 @@ def test_deferred_guard_ends_a_section_stuck_in_c():
         sum(range(FOREVER_IN_C))
         return 1
 
-    t = time.monotonic()
-    assert _in_child(child) == EXIT_EXPIRED
-    assert time.monotonic() - t < 0.15 + BOUND_S
-    assert c.expired() == (LOOP, 50_000_000, 4)
-    ctl.close()
-
-
-@pytest.mark.asan
-def test_deferred_guard_signals_the_main_thread_for_the_running_section():
-    ctl = native.ControlArray.create(1)
-    c = ctl.control(0)
-
-    class Alarm(Exception):
-        pass
-
-    def child():
-        start = []
-
-        def handler(signum, frame):
-            if c.alarm_start_ns == start[0]:
-                raise Alarm()
-
-        signal.signal(signal.SIGALRM, handler)
-        assert _deferred(c, 50_000_000, grace_ns=10 * 10**9)
-        c.enter(LOOP, 50_000_000)
-        start.append(c.section_start_ns)
-        try:
-            time.sleep(5)
-            return 3
-        except Alarm:
-            c.leave()
-            mode = native.guard_mode()
-            native.guard_stop()
-            return 0 if mode == FIRST_MODE else 4
-
-    assert _in_child(child) == 0
-    ctl.close()
+    assert _expires(body, 0.15 + BOUND_S) == (LOOP, 50_000_000, 4)
 
 
 @pytest.mark.asan
 def test_deferred_guard_becomes_the_thread_at_the_first_section_after_its_stamp():
-    ctl = native.ControlArray.create(1)
-    c = ctl.control(0)
-
-    def child():
-        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    def body(c):
         assert _deferred(c, 50_000_000, promote_after_ns=30_000_000)
         c.enter(LOOP, 10**9)
         c.leave()
@@ -555,28 +539,19 @@ def test_deferred_guard_becomes_the_thread_at_the_first_section_after_its_stamp(
         sum(range(FOREVER_IN_C))
         return 1
 
-    assert _in_child(child) == EXIT_EXPIRED
-    assert c.expired()[0] == LOOP
-    ctl.close()
+    assert _expires(body)[0] == LOOP
 
 
 @pytest.mark.asan
 def test_deferred_guard_looks_again_when_the_horizon_shrinks():
-    ctl = native.ControlArray.create(1)
-    c = ctl.control(0)
-
-    def child():
-        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    def body(c):
         assert _deferred(c, 60 * 10**9)              # its first look: a minute away
         native.guard_rearm(50_000_000)               # a Process with a 50 ms limit next
         c.enter(LOOP, 50_000_000)
         time.sleep(10)
         return 1
 
-    t = time.monotonic()
-    assert _in_child(child) == EXIT_EXPIRED
-    assert time.monotonic() - t < 0.15 + BOUND_S
-    ctl.close()
+    assert _expires(body, 0.15 + BOUND_S)[0] == LOOP
 
 
 @pytest.mark.asan
@@ -646,35 +621,3 @@ def test_deferred_guard_stop_start_and_a_late_tick():
         assert _in_child(child) == 0
     finally:
         ctl.close()
-
-
-@pytest.mark.asan
-def test_a_fork_child_of_a_ticking_worker_has_no_guard():
-    ctl = native.ControlArray.create(2)
-    c, other = ctl.control(0), ctl.control(1)
-    r, w = os.pipe()
-
-    def child():
-        signal.signal(signal.SIGALRM, signal.SIG_IGN)
-        assert _deferred(c, 50_000_000)
-        c.enter(LOOP, 50_000_000)                    # the grandchild inherits this deadline
-        pid = os.fork()
-        if pid == 0:                                 # outlives deadline + grace, unharmed
-            try:
-                time.sleep(0.6)
-                ok = native.guard_mode() == native.GUARD_NONE
-                ok = ok and _deferred(other, 10**7)
-                native.guard_stop()
-                os.write(w, b"1" if ok else b"0")
-            finally:
-                os._exit(0)
-        time.sleep(10)                               # ended by its tick meanwhile
-        return 1
-
-    assert _in_child(child) == EXIT_EXPIRED
-    os.close(w)
-    try:
-        assert os.read(r, 1) == b"1"                 # EOF (b"") if the grandchild died
-    finally:
-        os.close(r)
-    ctl.close()
