@@ -273,13 +273,17 @@ class Runner:
 
 
 def worker_entry(ctl_array, index: int, arena, parent_pid: int, name: str, direct_child: bool,
-                 use_pdeathsig: bool, mailbox=None, trace=None, first=None, rehearse=True):
-    """The target of the worker process.  first: under fork, the Process
-    object as the parent had it at start(), when a copy of it is what
-    unpickling would give (wire/fork_copy.py); else None.  rehearse: take
-    the arena write's page faults before the hooks (transfer.rehearse_write);
-    False when the class's last run reported a lone scalar."""
-    ctl = ctl_array.control(index)
+                 use_pdeathsig: bool, mailbox=None, trace=None, first=None, rehearse=True,
+                 ctl=None):
+    """The target of the worker process.  trace: the run's TraceArea, or
+    under fork its TraceRing, made by the parent.  first: under fork, the
+    Process object as the parent had it at start(), when a copy of it is
+    what unpickling would give (wire/fork_copy.py); else None.  rehearse:
+    take the arena write's page faults before the hooks
+    (transfer.rehearse_write); False when the class's last run reported a
+    lone scalar.  ctl: under fork, the parent's Control for the block."""
+    if ctl is None:
+        ctl = ctl_array.control(index)
     # Ctrl-C belongs to the parent: it stops us (then kills us if we linger).
     signals.set_handler(signals.SIGINT, signals.SIG_IGN)
     if direct_child and use_pdeathsig:
@@ -302,7 +306,8 @@ def _run(ctl, arena, name, dog, mailbox, trace, first=None, rehearse=True):
     runner = Runner(ctl, arena, name)
     runner.mailbox = mailbox
     if trace is not None:
-        runner.trace = ring = trace.ring(0)
+        ring = trace if isinstance(trace, native.TraceRing) else trace.ring(0)
+        runner.trace = ring
         runner.spans = ring.writer(os.getpid())
     if mailbox is not None:
         runner.outbox = Outbox(mailbox.to_parent, runner)

@@ -123,13 +123,18 @@ class LocalRun(Run):
         later one after the guard ended a worker stuck past its timeout).
         first: the object itself, for a fork child to copy (first life)."""
         main = threading.current_thread() is threading.main_thread()
-        # fork: multiprocessing's Process with a lean child bootstrap (forking.py).
-        make = DirectForkProcess if self.method == "fork" else self.ctx.Process
+        # fork: multiprocessing's Process with a lean child bootstrap (forking.py),
+        # and the objects this process made for the run, which the child
+        # inherits as they are (its control block and trace ring): made again
+        # there, each would cost the fresh child its page faults.
+        fork = self.method == "fork"
+        make = DirectForkProcess if fork else self.ctx.Process
         proc = make(
             target=runner.worker_entry,
             args=(self.ctl_array, 0, self.arena, os.getpid(), self.name,
-                  self.method != "forkserver", main, self.mailbox, self.trace, first,
-                  self._rehearse),
+                  self.method != "forkserver", main, self.mailbox,
+                  self.trace_ring if fork else self.trace, first, self._rehearse,
+                  self.ctl if fork else None),
             name=f"shmproc:{self.name}",
         )
         proc.start()
