@@ -41,17 +41,20 @@ def test_a_fork_child_keeps_the_parents_spares_until_it_drops_them():
     p.start()
     assert p.result == 1                        # the parent now holds spares
     assert mailbox._spare                       # (the next run's mailbox, made after the fork)
-    before = len(shmproc_fds())
+    from shmproc.backends.local import run as local_run
+    # All the parent's shmproc descriptors stay open in the child until it
+    # drops them, but the spare arena's (test below).
+    kept = set(shmproc_fds()) - {str(local_run._spares["arena"].fd)}
 
     def child():
         if mailbox._spare:                      # a fresh list: the parent's are not ours
             return 2
         if not lifecycle._leftovers:            # kept, not torn down, by the hooks
             return 3
-        if len(shmproc_fds()) != before:        # nothing closed yet
+        if set(shmproc_fds()) != kept:          # nothing else closed yet
             return 4
         lifecycle.drop_leftovers()
-        if lifecycle._leftovers or len(shmproc_fds()) >= before:
+        if lifecycle._leftovers or len(shmproc_fds()) >= len(kept):
             return 5                            # the parent's spare segments are closed now
         return 0
 
@@ -87,3 +90,28 @@ def test_a_pool_worker_drops_them_before_it_first_sleeps():
         pool.apply(_leftovers_now)              # (they may still be there: a task was waiting)
         time.sleep(0.3)                         # the worker has gone to sleep, dropping them
         assert pool.apply(_leftovers_now) == 0
+
+
+def test_the_parents_spare_arena_goes_at_the_fork():
+    """An arena may hold a large result's pages: a long-lived child must not
+    keep them alive, so it is not among what the child leaves for later."""
+    from shmproc.backends.local import run as local_run
+
+    p = One()
+    p.start()
+    assert p.result == 1
+    assert "arena" in local_run._spares         # the next run's, taken after the fork
+    spare_fd = local_run._spares["arena"].fd    # (no reference kept here: the child's would
+                                                # keep the mapping)
+
+    def child():
+        kept = [o for o in lifecycle._leftovers if isinstance(o, dict)]
+        if any("arena" in d for d in kept):
+            return 2
+        try:
+            os.fstat(spare_fd)
+        except OSError:
+            return 0                            # closed in the child at the fork
+        return 3
+
+    assert _in_child(child) == 0

@@ -486,8 +486,11 @@ def trim_spares() -> None:
 
 def _forget_the_parents_spares() -> None:
     global _spares                                # a fork child: the parent closes its own
-    lifecycle.leave_for_later(_spares)
-    _spares = {}
+    old, _spares = _spares, {}
+    # The arena goes now, not with the child: one kept from a large result
+    # may hold many pages (the arena pool closes its kept ones here too).
+    old.pop("arena", None)
+    lifecycle.leave_for_later(old)
 
 
 lifecycle.at_fork(after_in_child=_forget_the_parents_spares)
