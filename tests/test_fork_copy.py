@@ -65,6 +65,7 @@ def test_plain_state_copies_like_pickle(value):
     Reduces(), KeepsState(), SetsState(), Slotted(), [1, SetsState()], {"k": Reduces()},
     len, Plain, lambda: 1, threading.Lock(), np.array([object()], dtype=object),
     np.ma.masked_array([1, 2]), ValueError("e"), _local_class_instance(),
+    np.arange(10)[2:5], np.frombuffer(bytearray(16)), np.arange(4).reshape(2, 2),
     Plain(inner=Plain(deeper=KeepsState())),
 ])
 def test_anything_that_pickles_its_own_way_does_not(value):
@@ -244,3 +245,30 @@ def test_a_cleared_arena_reads_as_no_record():
     assert transfer.extent(arena) == transfer.CLEARED_BYTES    # what is reserved there
     transfer.write(arena, "next", present=transfer.CLEARED_BYTES)
     assert transfer.read(arena)[0] == "next"
+
+
+def test_a_memmap_or_a_view_is_unpickled(tmp_path):
+    """A view may lie over shared memory: fork's copy would share what
+    unpickling copies, so only arrays that own their memory count."""
+    mm = np.memmap(tmp_path / "m", dtype=np.float64, mode="w+", shape=(8,))
+    assert not copies_like_pickle(Holder(mm))
+    assert copies_like_pickle(Holder(np.ones(8)))
+
+
+class WritesItsArray(Process):
+    def __init__(self, arr):
+        self.config.num_loops = 1
+        self.config.start_method = "fork"
+        self.arr = arr
+
+    def __result__(self):
+        self.arr[:] = 9                   # the worker's copy, whatever the array lies over
+        return float(self.arr.sum())
+
+
+def test_a_worker_never_writes_through_to_a_shared_mapping(tmp_path):
+    mm = np.memmap(tmp_path / "m", dtype=np.float64, mode="w+", shape=(8,))
+    p = WritesItsArray(mm)
+    p.start()
+    assert p.result == 72.0
+    assert float(mm.sum()) == 0.0         # the parent's mapping (and the file) untouched

@@ -6,8 +6,10 @@ state serialized at start() instead costs the child ~35 page faults
 (~0.2 ms) and a second copy of every array in it.  The two give the same
 object when pickling would only have copied values: the object's state is
 a dict of atomic values (numbers, strings, bytes, None), containers of
-them, numpy arrays of plain dtypes and instances that are such dicts
-again, none of which customizes its pickling.  Then the child rebuilds the
+them, numpy arrays that own their memory (not views, which may lie over
+shared memory) and numpy scalars, of dtypes without objects, and
+instances that are such dicts again, none of which customizes its
+pickling.  Then the child rebuilds the
 top level the way unpickling does -- a new instance, given the state that
 the object's own __reduce_ex__ returns (copy.copy), so a Process's own
 __getstate__/__setstate__ still run -- and shares the values, which fork
@@ -85,14 +87,19 @@ def _plain_values(state: dict[str, Any]) -> bool:
 
 
 def _is_plain_array(v: Any) -> bool:
-    # numpy without importing it: an ndarray (not a subclass) or a scalar,
-    # of a dtype that holds no Python objects.
+    # numpy without importing it: an ndarray (not a subclass: not a memmap)
+    # that owns its memory, or a numpy scalar, of a dtype that holds no
+    # Python objects.  A view may lie over shared memory (a mapping, another
+    # process's buffer): fork's copy would share what unpickling copies.
     t = type(v)
     if t.__module__ != "numpy":
         return False
     dtype = getattr(v, "dtype", None)
-    return dtype is not None and not dtype.hasobject and (t.__name__ == "ndarray"
-                                                          or hasattr(v, "item"))
+    if dtype is None or dtype.hasobject:
+        return False
+    if t.__name__ == "ndarray":
+        return v.base is None
+    return any(k.__name__ == "generic" and k.__module__ == "numpy" for k in t.__mro__)
 
 
 _HEAPTYPE = 1 << 9                      # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
