@@ -146,18 +146,6 @@ class ForksQuickly(Process):
         return self.codes, native.guard_running()
 
 
-def _in_child(fn):
-    """Run fn() in a fork of this process; its exit status (fn returns the code)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = fn()
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-
-
 class ExitsAtOnce(Process):
     def __loop__(self):
         os._exit(3)

@@ -25,3 +25,15 @@ def wait_gone(pids, seconds=10) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def in_fork_child(fn) -> int:
+    """Run fn() in a fork of this process; its exit status (fn returns the code)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = fn()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])

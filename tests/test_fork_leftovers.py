@@ -9,6 +9,7 @@ import os
 import time
 
 from conftest import shmproc_fds
+from proc_helpers import in_fork_child as _in_child
 
 import shmproc
 from shmproc.channels import mailbox
@@ -22,18 +23,6 @@ class One(Process):
 
     def __result__(self):
         return 1
-
-
-def _in_child(fn):
-    """fn() in a fork child; its return (a small int) as the exit status."""
-    pid = os.fork()
-    if pid == 0:
-        code = 99
-        try:
-            code = fn()
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def test_a_fork_child_keeps_the_parents_spares_until_it_drops_them():

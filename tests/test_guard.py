@@ -27,7 +27,7 @@ import pytest
 from conftest import START_METHODS
 
 import shmproc
-from proc_helpers import alive, wait_gone
+from proc_helpers import alive, in_fork_child as _in_child, wait_gone
 from shmproc import _native as native
 from shmproc.backends.local import run as local_backend
 from shmproc._shmp_cffi import lib
@@ -38,7 +38,7 @@ from shmproc.runtime.watchdog import EXIT_EXPIRED, EXIT_ORPHANED
 # What the workers run lives in guard_work.py (a spawn worker imports only that).
 from guard_work import (
     FOREVER_IN_C, ExitsAtOnce, ForksQuickly, ForksThenSticks, IgnoresEverySignal, NoLimits,
-    PoolStuck, PoolStuckOnce, ReportsGuardMode, StuckFirstLife, StuckInC, _in_child,
+    PoolStuck, PoolStuckOnce, ReportsGuardMode, StuckFirstLife, StuckInC,
 )
 
 pytestmark = pytest.mark.timeout(120)
