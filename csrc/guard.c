@@ -225,7 +225,7 @@ static int look(look_memory *m, uint64_t *sleep_ns, look_found *out)
 }
 
 /* What a look found, done: the SIGALRM to the worker's main thread, or
- * the end.  Async-signal-safe (pthread_kill is, since POSIX.1-2017): the
+ * the end.  Async-signal-safe (pthread_kill is, since POSIX.1-2008 TC1): the
  * tick's handler, on that main thread, calls it too.                  */
 static void act(int what, const look_found *found)
 {
