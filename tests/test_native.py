@@ -519,25 +519,25 @@ SCALARS = [None, False, True, 0, -1, 7, (1 << 63) - 1, -(1 << 63), 0.0, -0.0, 1.
 def test_control_scalar_outcome_round_trips():
     ctl = native.ControlArray.create(1)
     c = ctl.control(0)
-    assert c.scalar() == (False, None)                  # nothing reported
+    assert c.outcome()[2:] == (False, None)                  # nothing reported
     for value in SCALARS:
         c.reset()
         assert c.report_scalar(value)
         assert c.state == lib.SHMP_STATE_DONE
-        found, got = c.scalar()
+        found, got = c.outcome()[2:]
         assert found and type(got) is type(value) and repr(got) == repr(value)
         assert c.exit_info() == (0, 0)
     c.reset()
-    assert c.report_scalar(float("nan")) and c.scalar()[1] != c.scalar()[1]
+    assert c.report_scalar(float("nan")) and c.outcome()[2:][1] != c.outcome()[2:][1]
     for other in [1 << 63, -(1 << 63) - 1, "s", b"b", (1,), 1j, [], True.__class__]:
         c.reset()
         assert not c.report_scalar(other) and c.state == lib.SHMP_STATE_NEW
     c.reset()
     assert c.report_scalar(3)
     c.set_state(lib.SHMP_STATE_FAILED)                 # only DONE carries a scalar
-    assert c.scalar() == (False, None)
+    assert c.outcome()[2:] == (False, None)
     c.reset()
-    assert c.scalar() == (False, None)
+    assert c.outcome()[2:] == (False, None)
     assert lib.shmp_ctl_report_scalar(c.block, lib.SHMP_SCALAR_NONE, 0) == lib.SHMP_EINVAL
     assert lib.shmp_ctl_report_scalar(c.block, 6, 0) == lib.SHMP_EINVAL
     assert lib.shmp_ctl_report_scalar(ffi.NULL, 1, 0) == lib.SHMP_EINVAL
@@ -553,7 +553,7 @@ def test_control_scalar_tag_is_checked():
     # control.c asserts the block is two lines): a tag no worker writes.
     ffi.cast("uint32_t *", c.block)[(64 + 48) // 4] = 99
     with pytest.raises(CorruptSharedMemoryError):
-        c.scalar()
+        c.outcome()[2:]
     ctl.close()
 
 
@@ -573,7 +573,7 @@ def test_control_scalar_across_processes():
             finally:
                 os._exit(code)
         assert c.wait_state(lib.SHMP_STATE_DONE, 10 * 10**9) == OK
-        found, got = c.scalar()
+        found, got = c.outcome()[2:]
         assert found and type(got) is type(value) and repr(got) == repr(value)
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     ctl.close()

@@ -245,16 +245,12 @@ class Control:
         check(lib.shmp_ctl_report_scalar(self.block, tag, bits), "reporting a worker's result")
         return True
 
-    def scalar(self):
-        """(True, value) if the worker reported a lone scalar (report_scalar)
-        and the state is DONE; (False, None) otherwise.  Raises
-        CorruptSharedMemoryError for a tag no worker writes."""
-        return self.outcome()[2:]
-
     def outcome(self):
         """(lap, exit code, found, value) of an ended run, in one call: the
-        exit code is -signal for a worker the guard signalled; found and
-        value as scalar()'s."""
+        exit code is -signal for a worker the guard signalled; found is True
+        if the worker reported a lone scalar (report_scalar) and the state
+        is DONE, with value that scalar, else (False, None).  Raises
+        CorruptSharedMemoryError for a tag no worker writes."""
         out, ex = self._out, self._exit
         if out is None:                         # (not in the worker, which never reads it)
             out = self._out = ffi.new("uint64_t[2]")
