@@ -53,7 +53,7 @@ MARKS = Extension("shmproc._marks", sources=["csrc/python/marks.c"],
 # A Process worker's lap loop (see its header comment): four control-block
 # calls and three hook calls a lap without cffi's per-call cost.
 LAPS = Extension("shmproc._laps", sources=["csrc/python/laps.c"], include_dirs=["csrc"],
-                 depends=["csrc/shmp_trace.h"],
+                 depends=["csrc/shmp_trace.h", "csrc/python/pyhelp.h"],
                  extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
                  define_macros=[("Py_LIMITED_API", "0x030A0000")], py_limited_api=True)
 
@@ -64,8 +64,15 @@ SPANS = Extension("shmproc._spans", sources=["csrc/python/spans.c"], include_dir
                   extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
                   define_macros=[("Py_LIMITED_API", "0x030A0000")], py_limited_api=True)
 
+# A pool worker's loop of plain calls (see its header comment): the path
+# from a task's arrival to its result's put without Python's per-line cost.
+CALLLOOP = Extension("shmproc._callloop", sources=["csrc/python/callloop.c"],
+                     depends=["csrc/python/pyhelp.h"],
+                     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
+                     define_macros=[("Py_LIMITED_API", "0x030A0000")], py_limited_api=True)
+
 setup(
     cffi_modules=["csrc/build_cffi.py:ffibuilder"],
-    ext_modules=[MARKS, LAPS, SPANS],
+    ext_modules=[MARKS, LAPS, SPANS, CALLLOOP],
     cmdclass={"build_ext": BuildExtWithClearErrors, "build_py": BuildPyWithDocs},
 )

@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = ROOT / ".asan-build"
 # The files whose `asan`-marked tests run sanitized.
 ASAN_FILES = ["test_native.py", "test_stress.py", "test_ring_faults.py", "test_fuzz.py",
-              "test_guard.py", "test_timeline_recording.py"]
+              "test_guard.py", "test_timeline_recording.py", "test_call_loop.py"]
 
 
 def runtime(name: str) -> str:
@@ -55,7 +55,7 @@ def build(portable: bool):
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
     # The CPython-API extensions (csrc/python/), sanitized too: without them
     # here, `import shmproc._marks` would find whatever copy the environment
-    # has installed, and shmproc._laps / _spans might be missing altogether.
+    # has installed, and shmproc._laps / _spans / _callloop might be missing altogether.
     code = (
         "from setuptools import Distribution, Extension\n"
         "san = ['-fsanitize=address,undefined', '-fno-omit-frame-pointer', '-g']\n"
@@ -64,7 +64,7 @@ def build(portable: bool):
         "                  extra_link_args=san,\n"
         "                  include_dirs=['csrc'],\n"
         "                  define_macros=[('Py_LIMITED_API', '0x030A0000')], py_limited_api=True)\n"
-        "        for n in ('_marks', '_laps', '_spans')]\n"
+        "        for n in ('_marks', '_laps', '_spans', '_callloop')]\n"
         "cmd = Distribution({'ext_modules': exts}).get_command_obj('build_ext')\n"
         "cmd.build_lib = %r\n"
         "cmd.build_temp = %r\n"
@@ -88,8 +88,8 @@ def main(argv):
         SHMPROC_STRESS_SCALE=os.environ.get("SHMPROC_STRESS_SCALE", "0.1"),
     )
     probe = subprocess.run(
-        [sys.executable, "-c", "import shmproc._laps, shmproc._marks, shmproc._shmp_cffi as n; "
-         "assert all(m.__file__.startswith(%r) for m in (shmproc._laps, shmproc._marks)); "
+        [sys.executable, "-c", "import shmproc._laps, shmproc._marks, shmproc._callloop, shmproc._shmp_cffi as n; "
+         "assert all(m.__file__.startswith(%r) for m in (shmproc._laps, shmproc._marks, shmproc._callloop)); "
          "print(n.__file__, n.lib.shmp_sanitized())" % str(BUILD)],
         env=env, capture_output=True, text=True, cwd=BUILD)
     if probe.returncode != 0 or not probe.stdout.strip().endswith(" 1") or str(BUILD) not in probe.stdout:

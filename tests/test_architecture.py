@@ -29,7 +29,8 @@ MAX_LINES = 700
 
 LAYERS = ["tools", "common", "observe", "_native", "wire", "channels", "runtime", "jobs", "backends", "faces"]
 TOOLS = {"shmproc.sktime", "shmproc.circuit", "shmproc.docs", "shmproc._forkfree"}
-COMPILED = {"shmproc._shmp_cffi", "shmproc._marks", "shmproc._laps", "shmproc._spans"}
+COMPILED = {"shmproc._shmp_cffi", "shmproc._marks", "shmproc._laps", "shmproc._spans",
+            "shmproc._callloop"}
 
 
 def _modules() -> dict:

@@ -35,6 +35,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "pyhelp.h"
 #include "shmp_trace.h"
 
 /* The signatures of shmp_ctl_enter / shmp_ctl_end_lap (csrc/shmproc.h). */
@@ -53,12 +54,6 @@ typedef struct {
     start_fn section_start;
 } tracer;
 
-static uint64_t clock_ns(void)
-{
-    struct timespec ts;                 /* the core's clock (shmp_now_ns) */
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 #define MAX_SECTIONS 3
 
@@ -83,23 +78,6 @@ static PyObject *laps_set_bits(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "ii", &STOP_BIT, &OVERRAN_BIT))
         return NULL;
     Py_RETURN_NONE;
-}
-
-/* The exception being raised, normalized, with its traceback attached. */
-static PyObject *take_exception(void)
-{
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (value == NULL) {                /* cannot happen after a failed call; be safe */
-        value = Py_None;
-        Py_INCREF(value);
-    } else if (tb != NULL) {
-        PyException_SetTraceback(value, tb);
-    }
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return value;
 }
 
 /* run(ctl, enter, end_lap, sections, laps, obj, runner, pending, flush, trace)
@@ -206,16 +184,16 @@ static PyObject *laps_run(PyObject *self, PyObject *args)
             armed = 0;
             if (r == NULL) {
                 if (tr.ring != NULL)
-                    shmp_trace_end_tally_at(tr.ring, tr.mask, clock_ns(), SHMP_SPAN_FAILED);
+                    shmp_trace_end_tally_at(tr.ring, tr.mask, pyhelp_clock_ns(), SHMP_SPAN_FAILED);
                 what = R_RAISED;
                 index = i;
-                exc = take_exception();
+                exc = pyhelp_take_exception();
                 goto out;
             }
             Py_DECREF(r);
         }
         if (tr.ring != NULL && n > 0)
-            shmp_trace_end_tally_at(tr.ring, tr.mask, clock_ns(), 0);
+            shmp_trace_end_tally_at(tr.ring, tr.mask, pyhelp_clock_ns(), 0);
         if (pending != NULL) {
             int any = PyObject_IsTrue(pending);
             if (any < 0)

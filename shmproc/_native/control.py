@@ -114,7 +114,7 @@ class Control:
         self.end_lap = partial(lib.shmp_ctl_end_lap, b)    # () -> bits
         self.leave = partial(lib.shmp_ctl_leave, b)        # () -> bits
         self.lap = partial(lib.shmp_ctl_lap, b)            # () -> int
-        self._lap_addr = None                              # see _lap_address
+        self._lap_addr = None                              # see lap_address
         self._addr = int(ffi.cast("uintptr_t", b))         # for run_laps
         self._out = self._exit = None                      # outcome()'s buffers, made once
 
@@ -170,16 +170,16 @@ class Control:
         worker wrote) or for live progress, where a stale value is fine.
         The view is valid while this Control (and so the mapping) lives.
         """
-        return memoryview(ffi.buffer(ffi.cast("uint64_t *", self._lap_address()), 8)).cast("Q")
+        return memoryview(ffi.buffer(ffi.cast("uint64_t *", self.lap_address()), 8)).cast("Q")
 
     def marked(self, iterator, first: int, step: int, count: int):
         """An iterator over the next `count` items of `iterator` (the rest
         stay in it) that stores first, first + step, ... into the lap word
         as it hands out each item (csrc/python/marks.c): a pool worker's
         per-item progress at no measurable cost."""
-        return _marked(iterator, self, self._lap_address(), first, step, count)
+        return _marked(iterator, self, self.lap_address(), first, step, count)
 
-    def _lap_address(self) -> int:
+    def lap_address(self) -> int:
         addr = self._lap_addr
         if addr is None:
             # lap is the block's first word (shmp_control_shared in

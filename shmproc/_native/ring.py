@@ -8,6 +8,13 @@ from functools import partial
 from .._shmp_cffi import ffi, lib
 from .core import OK, _attach_failed, _fd_arg, check
 
+# A pool worker's loop of plain calls (csrc/python/callloop.c), which calls
+# the ring functions below directly; None in an install without it.
+try:
+    from .._callloop import serve as serve_calls, set_wire as set_call_wire
+except ImportError:
+    serve_calls = set_call_wire = None
+
 
 class Ring:
     """A process-local handle on a shared ring (see csrc/ring.c).
@@ -128,6 +135,22 @@ class Ring:
 
     def is_closed(self) -> bool:
         return bool(lib.shmp_ring_is_closed(self._h))
+
+
+def loop_handles(task_ring: Ring, result_ring: Ring) -> tuple[int, int, int, int, int]:
+    """What csrc/python/callloop.c calls the core with: the two rings'
+    handles and the addresses of shmp_ring_get_record, shmp_ring_count and
+    shmp_ring_put (the cffi module's own functions, not copies).  The
+    handles are valid while both Rings stay open."""
+    if task_ring._h is None or result_ring._h is None:
+        raise RuntimeError("operation on a closed ring")
+    return (int(ffi.cast("uintptr_t", task_ring._h)), int(ffi.cast("uintptr_t", result_ring._h)),
+            _GET_RECORD, _COUNT, _PUT)
+
+
+_GET_RECORD = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ring_get_record")))
+_COUNT = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ring_count")))
+_PUT = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ring_put")))
 
 
 def _ring_closed(*args):

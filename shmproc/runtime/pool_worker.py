@@ -42,6 +42,7 @@ from ..wire.taskwire import (FLAG_TELLS, OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, O
                              OP_STOP,
                        R_CHUNK, R_ERROR, R_INIT_FAILED, R_PART, R_PROCESS, R_VALUE,
                        R_VALUES)
+from . import call_loop
 from .failures import BrokenFn as _BrokenFn, format_exception as _format, error_payload, unsendable
 from .main_globals import adopt
 from .task_mailbox import TaskMailbox
@@ -155,26 +156,33 @@ class PoolWorker:
         task_q._sleep_until_woken()
         get, get_many, qsize = task_q.get, task_q.get_many, task_q.qsize
         last_work = 0
+        loop_ctx = call_loop.context(self, LINGER_NS, RUNNING)
         try:
             while True:
-                if not qsize() and now() - last_work < LINGER_NS:
-                    # Just busy: the next task often follows within
-                    # microseconds; watching the ring beats a futex sleep and wake.
-                    native.spin_politely(qsize, last_work + LINGER_NS)
-                try:
-                    if qsize() > 1:
-                        records = get_many(block=False, max_items=BATCH)
-                    else:
-                        # About to sleep: what the fork left of the parent's
-                        # goes now, off any task's path (lifecycle.py).
-                        if not qsize():
-                            lifecycle.drop_leftovers()
-                        # Sleeps until the pool sends something: no periodic
-                        # wake-up (if the pool's process dies, PR_SET_PDEATHSIG
-                        # or the guard ends us).
-                        records = (get(),)
-                except queue.Empty:
-                    continue
+                records = None
+                if loop_ctx is not None and call_loop.usable(self):
+                    # The common case in C until something else comes
+                    # (csrc/python/callloop.c): a plain call, a scalar result.
+                    records, last_work = call_loop.serve(self, loop_ctx, last_work)
+                if records is None:
+                    if not qsize() and now() - last_work < LINGER_NS:
+                        # Just busy: the next task often follows within
+                        # microseconds; watching the ring beats a futex sleep and wake.
+                        native.spin_politely(qsize, last_work + LINGER_NS)
+                    try:
+                        if qsize() > 1:
+                            records = get_many(block=False, max_items=BATCH)
+                        else:
+                            # About to sleep: what the fork left of the parent's
+                            # goes now, off any task's path (lifecycle.py).
+                            if not qsize():
+                                lifecycle.drop_leftovers()
+                            # Sleeps until the pool sends something: no periodic
+                            # wake-up (if the pool's process dies, PR_SET_PDEATHSIG
+                            # or the guard ends us).
+                            records = (get(),)
+                    except queue.Empty:
+                        continue
                 flushed = now()
                 for rec in records:
                     if (rec[0] == OP_CALL and rec[1] == 0 and not self.limit_ns

@@ -1,0 +1,77 @@
+"""A pool worker's plain calls in C (csrc/python/callloop.c), and what the
+C loop hands back to the Python loop (pool_worker.PoolWorker.run).
+
+The C loop does what run, call_fast and flush do for the common record (a
+plain call whose result is a scalar), without Python's per-line cost: the
+worker's path from a task's arrival to its result's put, which after an
+idle spell runs on cold caches.  It returns at anything else; serve()
+below finishes what it began (an exception, a value that is not a
+scalar, a put that must wait) exactly as call_fast would have.
+"""
+from __future__ import annotations
+
+import pickle
+
+from .. import _native as native
+from ..common import lifecycle
+from ..channels.records import TAG_BYTES
+from ..wire import blobs, taskwire
+from ..wire.blobs import LOST
+from ..wire.taskwire import OP_CALL, R_ERROR, R_VALUE
+from .failures import error_payload
+
+__all__ = ["context", "serve"]
+
+# What the C loop returns with (callloop.c's ST_*).
+ST_BATCH, ST_RECORD, ST_RAISED, ST_VALUE, ST_PUT, ST_RECYCLE, ST_PYGET = range(7)
+
+_serve = native.serve_calls         # None in an install without it
+
+
+def context(worker, linger_ns: int, running: int):
+    """The C loop's fixed arguments for `worker` (which lingers linger_ns
+    after work; `running` is its progress word's RUNNING phase), or None
+    where it cannot run: not built, or a queue that is not a single ring."""
+    if _serve is None or worker.task_q._chain is not None or worker.result_q._chain is not None:
+        return None
+    # Told taskwire's constants, not copies of them (it checks the 16-byte header).
+    native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, taskwire.HEADER_SIZE, running, native.EINTR)
+    spans = worker.spans
+    return (*native.loop_handles(worker.task_q._cons, worker.result_q._prod),
+            worker.pctl.lap_address(), -1 if worker.max_tasks is None else worker.max_tasks,
+            worker.slot, worker.result_q._inband_max, linger_ns, native.CONTENDED_NS,
+            worker.plain, pickle.loads, pickle.dumps, spans.begin, spans.end)
+
+
+def usable(worker) -> bool:
+    """Whether the C loop may take the next record: no task timeout (the
+    Python loop arms the guard per call), nothing a batch left behind in
+    the task queue, no large result whose blob the next Python put sweeps."""
+    return not worker.limit_ns and not worker.task_q._backlog and not blobs.pool.in_flight
+
+
+def serve(worker, ctx, last_work):
+    """Run plain calls in C until anything else comes.  Returns (records
+    for the Python loop's body, or None for its own get; when work last
+    ended).  The outcome of a call C handed back is in worker.out (or was
+    put)."""
+    # C sleeps when the ring is empty: what the fork left goes first (lifecycle.py).
+    lifecycle.drop_leftovers()
+    st, worker.completed, last_work, a, b, c = _serve(ctx, worker.completed, last_work)
+    if st == ST_RECORD:                 # not a plain call of a known function: handle()
+        if a == TAG_BYTES:
+            return (b,), last_work
+        item = worker.task_q._decode(memoryview(b), a, False)
+        return ((), last_work) if item is LOST else ((item,), last_work)
+    if st == ST_RAISED:                 # as call_fast: the task's failure
+        worker._send(R_ERROR, a, error_payload(c), worker.spans.end(True) - b)
+        worker._done()
+        worker._failed()
+    elif st == ST_VALUE:                # not a scalar: encoded (and checked) in Python
+        worker._send(R_VALUE, a, c, worker.spans.end() - b)
+        worker._done()
+    elif st == ST_PUT:
+        worker.result_q.put(a)          # waits for room, or goes out-of-band
+    elif st != ST_RECYCLE:              # ST_BATCH, ST_PYGET: the Python loop's get
+        return None, last_work
+    return (), last_work

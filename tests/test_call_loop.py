@@ -1,0 +1,378 @@
+"""The pool worker's loop of plain calls in C (csrc/python/callloop.c),
+driven in this process on real rings: what it runs itself, what it hands
+back to the Python loop and in what state, and its bad input.  The pool
+tests run it through the public API (test_pool*.py); the last tests here
+check that a pool really uses it and that its hand-backs work end to end.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+
+import pytest
+
+import shmproc
+from shmproc import _native as native
+from shmproc.channels.queue import Queue
+from shmproc.channels.records import TAG_BYTES, TAG_PICKLE
+from shmproc.runtime import call_loop
+from shmproc.runtime.pool_worker import LINGER_NS, RUNNING
+from shmproc.wire import blobs, taskwire
+from shmproc.wire.taskwire import FLAG_TELLS, OP_CALL, OP_DEF, R_VALUE
+
+pytestmark = [pytest.mark.skipif(native.serve_calls is None, reason="built without the C loop"),
+              pytest.mark.asan]
+
+SLOT = 3
+
+
+def add(a, b=10):
+    return a + b
+
+
+def boom(x):
+    raise ValueError(f"boom {x}")
+
+
+def listed(x):
+    return [x, x]
+
+
+class MyInt(int):
+    pass
+
+
+def my_int(x):
+    return MyInt(x)
+
+
+def text(n):
+    return "x" * n
+
+
+class Rig:
+    """A task queue and a result queue as a pool makes them, a control
+    block's lap word, and serve()'s context over them."""
+
+    def __init__(self, max_tasks=-1, result_capacity=1 << 16, inband_max=None):
+        self.task_q = Queue(capacity=1 << 20, _producers="one", _consumers="one")
+        self.result_q = Queue(capacity=result_capacity, _consumers="one")
+        self.ctl = native.ControlArray.create(1)
+        self.pctl = self.ctl.control(0)
+        self.plain = {1: add, 2: boom, 3: listed, 4: my_int, 5: text}
+        self.spans = native.null_writer(os.getpid())
+        self.token = blobs.FlushToken()
+        native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, taskwire.HEADER_SIZE, RUNNING,
+                             native.EINTR)
+        if inband_max is None:
+            inband_max = self.result_q._inband_max
+        self.ctx = (*native.loop_handles(self.task_q._cons, self.result_q._prod),
+                    self.pctl.lap_address(), max_tasks, SLOT, inband_max, 0,
+                    native.CONTENDED_NS, self.plain, pickle.loads, pickle.dumps,
+                    self.spans.begin, self.spans.end)
+
+    def call(self, ident, fn_id, *args, **kwargs):
+        rec = taskwire.encode(OP_CALL, ident, (fn_id, args, kwargs or None), self.token)
+        self.task_q.put(rec)
+        return rec
+
+    def raw(self, data, tag=TAG_BYTES):
+        assert self.task_q._cons.put(data, len(data), tag, 0) == native.OK
+
+    def serve(self, k=0):
+        return native.serve_calls(self.ctx, k, 0)
+
+    def results(self):
+        out = []
+        while self.result_q.qsize():
+            out.append(self.result_q.get(timeout=1))
+        return out
+
+    def close(self):
+        self.task_q.close()
+        self.result_q.close()
+        self.ctl.close()
+        # A closed queue keeps its mapping while the object lives (a waiting
+        # thread may still read it): let go of them here.
+        self.task_q = self.result_q = self.ctl = self.pctl = None
+
+
+@pytest.fixture
+def rig():
+    made = []
+
+    def make(**kw):
+        r = Rig(**kw)
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+    made.clear()
+
+
+def decode(rec):
+    op, flags, slot, us, ident = taskwire.HEADER.unpack_from(rec)
+    return op, flags, slot, ident, pickle.loads(rec[taskwire.HEADER_SIZE:])
+
+
+# ---- what it runs itself --------------------------------------------------------------------
+
+def test_a_scalar_call_is_run_and_its_record_is_the_one_flush_makes(rig):
+    r = rig(max_tasks=1)
+    r.call(41, 1, 1, b=2)
+    st, k, last_work, a, b, c = r.serve()
+    assert (st, k, a, b, c) == (call_loop.ST_RECYCLE, 1, None, None, None)
+    assert last_work > 0
+    [rec] = r.results()
+    assert decode(rec) == (R_VALUE, 0, SLOT, 41, 3)
+    assert r.pctl.lap() == 1 << 2               # item 0 finished, none running
+
+
+def test_max_tasks_counts_from_the_k_it_is_given(rig):
+    r = rig(max_tasks=7)
+    r.call(100, 1, 0)
+    st, k, *_ = r.serve(k=6)
+    assert (st, k) == (call_loop.ST_RECYCLE, 7)
+    assert [decode(x)[3:] for x in r.results()] == [(100, 10)]
+    assert r.pctl.lap() == 7 << 2
+
+
+def test_more_than_one_record_queued_goes_to_the_python_batch(rig):
+    r = rig()
+    r.call(1, 1, 1)
+    r.call(2, 1, 2)
+    st, k, *rest = r.serve(k=4)
+    assert (st, k) == (call_loop.ST_BATCH, 4)
+    assert r.task_q.qsize() == 2 and not r.results()
+
+
+# ---- what it hands back ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda: taskwire.encode(OP_CALL, 9, (1, (1,), None), blobs.FlushToken(), flags=FLAG_TELLS),
+    lambda: taskwire.encode(OP_DEF, 9, b"fn", blobs.FlushToken()),
+    lambda: b"\x03\x00short",                                    # OP_CALL, shorter than a header
+    lambda: b"",
+], ids=["flagged", "not-a-call", "short", "empty"])
+def test_a_record_that_is_not_a_plain_call_comes_back_untouched(rig, make):
+    r = rig()
+    rec = make()
+    r.raw(rec)
+    st, k, last_work, a, b, c = r.serve(k=2)
+    assert (st, k, a, b) == (call_loop.ST_RECORD, 2, TAG_BYTES, rec)
+    assert r.pctl.lap() == 0                    # nothing started
+
+
+def test_a_record_of_another_tag_comes_back_with_its_tag(rig):
+    r = rig()
+    data = pickle.dumps("item")
+    r.raw(data, tag=TAG_PICKLE)
+    st, _, _, a, b, _ = r.serve()
+    assert (st, a, b) == (call_loop.ST_RECORD, TAG_PICKLE, data)
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x80\x05garbage",                         # does not unpickle
+    pickle.dumps((1, (1,))),                    # not (fn_id, args, kwargs)
+    pickle.dumps((99, (1,), None)),             # a function this worker does not know
+    pickle.dumps((1, [1], None)),               # args not a tuple
+    pickle.dumps((1, (1,), [("b", 2)])),        # kwargs not a dict
+    pickle.dumps([1, (1,), None]),              # not a tuple
+], ids=["garbage", "two-fields", "unknown-fn", "args-list", "kwargs-list", "list"])
+def test_a_call_it_cannot_decode_comes_back_as_call_fast_leaves_it(rig, payload):
+    r = rig()
+    rec = taskwire.HEADER.pack(OP_CALL, 0, 0, 1, 77) + payload
+    r.raw(rec)
+    st, k, _, a, b, _ = r.serve(k=3)
+    assert (st, k, a, b) == (call_loop.ST_RECORD, 3, TAG_BYTES, rec)
+    assert r.pctl.lap() == 3 << 2 | RUNNING    # as call_fast: handle() takes over the item
+    assert not r.results()
+
+
+def test_an_exception_comes_back_with_its_traceback(rig):
+    r = rig()
+    r.call(5, 2, "x")
+    st, k, _, a, b, c = r.serve(k=1)
+    assert (st, k, a) == (call_loop.ST_RAISED, 1, 5)
+    assert isinstance(b, int) and b > 0         # the call's start, for its span
+    assert isinstance(c, ValueError) and str(c) == "boom x"
+    assert c.__traceback__ is not None and "boom" in repr(c.__traceback__.tb_frame.f_code)
+    assert r.pctl.lap() == 1 << 2 | RUNNING
+    assert not r.results()
+
+
+@pytest.mark.parametrize("fn_id, value", [(3, [7, 7]), (4, MyInt(7))], ids=["list", "int-subclass"])
+def test_a_value_that_is_not_a_plain_scalar_comes_back_to_be_encoded_in_python(rig, fn_id, value):
+    r = rig()
+    r.call(6, fn_id, 7)
+    st, k, _, a, b, c = r.serve()
+    assert (st, k, a, c) == (call_loop.ST_VALUE, 0, 6, value) and type(c) is type(value)
+    assert r.pctl.lap() == RUNNING
+    assert not r.results()
+
+
+def test_a_result_too_large_for_the_ring_comes_back_encoded(rig):
+    r = rig(inband_max=200)
+    r.call(8, 5, 1000)
+    st, k, _, a, b, c = r.serve()
+    assert (st, k) == (call_loop.ST_PUT, 1)
+    assert decode(a) == (R_VALUE, 0, SLOT, 8, "x" * 1000)
+    assert not r.results()
+
+
+def test_a_result_the_full_ring_cannot_take_comes_back_encoded(rig):
+    r = rig(result_capacity=4096)
+    while r.result_q._prod.put(b"f" * 500, 500, TAG_BYTES, 0) == native.OK:
+        pass                                    # fill it
+    filled = r.result_q.qsize()
+    r.call(9, 1, 1)
+    st, k, _, a, *_ = r.serve()
+    assert (st, k) == (call_loop.ST_PUT, 1)
+    assert decode(a) == (R_VALUE, 0, SLOT, 9, 11)
+    assert r.result_q.qsize() == filled
+
+
+def test_a_record_larger_than_its_buffer_stays_in_the_ring_for_python(rig):
+    r = rig()
+    rec = r.call(10, 1, b"a" * 100_000, b=b"")
+    st, k, *_ = r.serve()
+    assert (st, k) == (call_loop.ST_PYGET, 0)
+    assert r.task_q.get(timeout=1) == rec       # not consumed
+
+
+def test_a_signal_handler_that_raises_ends_its_sleep(rig):
+    r = rig()
+
+    class Woken(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Woken
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Woken):
+            r.serve()                           # the ring is empty: it sleeps
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    r.call(1, 1, 1)                             # and it can be called again
+    r.call(2, 1, 2)
+    assert r.serve()[0] == call_loop.ST_BATCH
+
+
+def test_a_call_that_calls_serve_again_fails_alone(rig):
+    r = rig(max_tasks=2)
+    ctx = r.ctx
+    r.plain[6] = lambda: native.serve_calls(ctx, 0, 0)
+    r.call(11, 6)
+    st, _, _, a, _, c = r.serve()
+    assert (st, a) == (call_loop.ST_RAISED, 11)
+    assert isinstance(c, RuntimeError) and "already running" in str(c)
+    r.call(12, 1, 1)
+    assert r.serve(k=1)[0] == call_loop.ST_RECYCLE
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+def test_bad_contexts_are_refused(rig):
+    r = rig()
+    ctx = list(r.ctx)
+    for index, bad in [(0, 0), (1, 0), (2, 0), (5, 0), (5, ctx[5] + 4)]:
+        wrong = list(ctx)
+        wrong[index] = bad
+        with pytest.raises(ValueError, match="null ring, function or lap word"):
+            native.serve_calls(tuple(wrong), 0, 0)
+    with pytest.raises(TypeError):
+        native.serve_calls(tuple(ctx[:-1]), 0, 0)
+    with pytest.raises(TypeError):
+        native.serve_calls(ctx, 0, 0)           # a list, not a tuple
+    wrong = list(ctx)
+    wrong[11] = {}.items()                      # plain must be a dict
+    with pytest.raises(TypeError):
+        native.serve_calls(tuple(wrong), 0, 0)
+
+
+def test_a_wire_with_another_header_is_refused():
+    with pytest.raises(ValueError, match="16 bytes"):
+        native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, 24, RUNNING, native.EINTR)
+    with pytest.raises(RuntimeError, match="set_wire"):
+        native.serve_calls((), 0, 0)
+    native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, taskwire.HEADER_SIZE, RUNNING,
+                         native.EINTR)
+
+
+# ---- through a pool -------------------------------------------------------------------------
+
+def caller_name():
+    return sys._getframe(1).f_code.co_name
+
+
+def test_a_pool_runs_a_lone_call_in_the_c_loop():
+    with shmproc.Pool(1) as pool:
+        assert pool.submit(add, 1).result() == 11      # the worker knows add now
+        # Called from C, the function's caller frame is call_loop.serve's.
+        assert pool.submit(caller_name).result() in ("serve", "call_fast")
+        names = {pool.submit(caller_name).result() for _ in range(20)}
+    assert "serve" in names
+
+
+def kind_of(i):
+    """Values of every path: scalars (C), containers (Python), errors."""
+    if i % 7 == 3:
+        raise KeyError(i)
+    return (i, str(i)) if i % 5 == 1 else (i if i % 2 else float(i))
+
+
+def test_stress_every_submit_answered_exactly_once_across_workers():
+    scale = float(os.environ.get("SHMPROC_STRESS_SCALE", "1"))
+    n = max(200, int(3000 * scale))
+    with shmproc.Pool(2) as pool:
+        tasks = []
+        for i in range(n):
+            tasks.append((i, pool.submit(kind_of, i)))
+            if i % 97 == 0:                     # now and then a lone one, waited for
+                assert pool.submit(add, i).result() == i + 10
+        for i, task in tasks:
+            if i % 7 == 3:
+                with pytest.raises(KeyError):
+                    task.result(timeout=60)
+            else:
+                assert task.result(timeout=60) == ((i, str(i)) if i % 5 == 1 else
+                                                   (i if i % 2 else float(i)))
+        progress = pool.progress
+    lone = len(range(0, n, 97))
+    assert progress.done == progress.total == n + lone
+    assert progress.failed == len([i for i in range(n) if i % 7 == 3])
+
+
+def big_text(n):
+    return "y" * n
+
+
+def echo_len(data, extra=0):
+    return len(data) + extra
+
+
+def test_a_pool_hands_back_what_the_c_loop_leaves():
+    with shmproc.Pool(1, maxtasksperchild=3) as pool:
+        pids = set()
+        for i in range(7):
+            assert pool.submit(add, i, b=1).result() == i + 1
+            pids.add(pool.submit(os.getpid).result())
+        assert len(pids) >= 3                  # recycled: ST_RECYCLE ended the workers
+        # Records larger than the C loop's buffer (ST_PUT), in the ring and
+        # (where the platform passes them) out-of-band.
+        for n in (100_000, 8 << 20) if blobs.PEER_FD_OK else (100_000,):
+            assert pool.submit(big_text, n).result() == "y" * n
+        if blobs.PEER_FD_OK:        # (the portable layer carries no record this large)
+            assert pool.submit(echo_len, b"z" * 200_000, extra=1).result() == 200_001  # ST_PYGET
+        with pytest.raises(ValueError, match="boom 3"):
+            pool.submit(boom, 3).result()
+        assert pool.submit(my_int, 4).result() == 4
+        assert pool.apply(add, (2,)) == 12
