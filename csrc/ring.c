@@ -851,6 +851,40 @@ int shmp_ring_wait_data(shmp_ring *r, int64_t timeout_ns)
     return rc == SHMP_ETIMEDOUT ? SHMP_EEMPTY : rc;
 }
 
+int shmp_ring_poke(shmp_ring *r)
+{
+    if (r == NULL)
+        return SHMP_EINVAL;
+    wake_consumers(r);
+    return SHMP_OK;
+}
+
+/* Data, a seal, or data_seq moved past `seen` (a poke or a put woke us). */
+static bool data_or_poked(shmp_ring *r, uint64_t seen)
+{
+    /* acquire: a bump's release (shmp_bump_and_wake) orders what the
+     * waker published before it.                                         */
+    return data_or_sealed(r, 0) ||
+           atomic_load_explicit(&r->sh->data_seq, memory_order_acquire) != (uint32_t)seen;
+}
+
+int shmp_ring_wait_poked(shmp_ring *r, int64_t timeout_ns)
+{
+    if (r == NULL)
+        return SHMP_EINVAL;
+    uint32_t seen = atomic_load_explicit(&r->sh->data_seq, memory_order_acquire);
+    int rc = wait_ring(r, &r->sh->data_seq, &r->sh->data_waiters, data_or_poked, seen,
+                       shmp_deadline(timeout_ns));
+    if (rc != SHMP_OK)
+        return rc;
+    return data_or_sealed(r, 0) ? SHMP_OK : SHMP_EEMPTY;
+}
+
+uint32_t shmp_ring_sleepers(const shmp_ring *r)
+{
+    return r == NULL ? 0 : atomic_load_explicit(&r->sh->data_waiters, memory_order_relaxed);
+}
+
 int shmp_ring_mark_closed(shmp_ring *r)
 {
     if (r == NULL)

@@ -192,6 +192,19 @@ uint64_t shmp_ring_count(const shmp_ring *ring);      /* records queued (approxi
 uint64_t shmp_ring_taken(const shmp_ring *ring);      /* records ever taken by consumers */
 uint64_t shmp_ring_used_bytes(const shmp_ring *ring);
 int  shmp_ring_wait_data(shmp_ring *ring, int64_t timeout_ns);
+/* poke: wake the consumers asleep on this ring with nothing put (a
+ * syscall only if one is registered asleep).  A producer about to put
+ * pokes first, so that the consumer's wake-up -- slow after an idle spell,
+ * when its core may be asleep too -- overlaps the producer's own work.
+ * wait_poked: sleep until there is data (OK), a poke or another wake-up
+ * finds none (EEMPTY: the caller decides how long to watch), the timeout
+ * passes (ETIMEDOUT), a signal arrives (EINTR) or the ring is closed
+ * (ESTATE).  A poke made before the waiter registered is not seen: the
+ * waiter then sleeps until the put, as it would have without one.     */
+int  shmp_ring_poke(shmp_ring *ring);
+int  shmp_ring_wait_poked(shmp_ring *ring, int64_t timeout_ns);
+/* Consumers registered asleep for data now (a snapshot, for tests and tools). */
+uint32_t shmp_ring_sleepers(const shmp_ring *ring);
 /* This handle's sleepers re-check the ring every slice_ns even if no wake-up
  * comes (default 200 ms; a negative value restores it).  0: no re-check, for
  * a consumer whose producers' death ends it anyway (an idle pool worker then

@@ -65,7 +65,7 @@ class Rig:
         self.spans = native.null_writer(os.getpid())
         self.token = blobs.FlushToken()
         native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, taskwire.HEADER_SIZE, RUNNING,
-                             native.EINTR)
+                             native.EINTR, native.EEMPTY)
         if inband_max is None:
             inband_max = self.result_q._inband_max
         self.ctx = (*native.loop_handles(self.task_q._cons, self.result_q._prod),
@@ -283,7 +283,7 @@ def test_a_call_that_calls_serve_again_fails_alone(rig):
 def test_bad_contexts_are_refused(rig):
     r = rig()
     ctx = list(r.ctx)
-    for index, bad in [(0, 0), (1, 0), (2, 0), (5, 0), (5, ctx[5] + 4)]:
+    for index, bad in [(0, 0), (1, 0), (2, 0), (5, 0), (6, 0), (6, ctx[6] + 4)]:
         wrong = list(ctx)
         wrong[index] = bad
         with pytest.raises(ValueError, match="null ring, function or lap word"):
@@ -293,18 +293,19 @@ def test_bad_contexts_are_refused(rig):
     with pytest.raises(TypeError):
         native.serve_calls(ctx, 0, 0)           # a list, not a tuple
     wrong = list(ctx)
-    wrong[11] = {}.items()                      # plain must be a dict
+    wrong[12] = {}.items()                      # plain must be a dict
     with pytest.raises(TypeError):
         native.serve_calls(tuple(wrong), 0, 0)
 
 
 def test_a_wire_with_another_header_is_refused():
     with pytest.raises(ValueError, match="16 bytes"):
-        native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, 24, RUNNING, native.EINTR)
+        native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, 24, RUNNING, native.EINTR,
+                             native.EEMPTY)
     with pytest.raises(RuntimeError, match="set_wire"):
         native.serve_calls((), 0, 0)
     native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, taskwire.HEADER_SIZE, RUNNING,
-                         native.EINTR)
+                         native.EINTR, native.EEMPTY)
 
 
 # ---- through a pool -------------------------------------------------------------------------
@@ -376,3 +377,75 @@ def test_a_pool_hands_back_what_the_c_loop_leaves():
             pool.submit(boom, 3).result()
         assert pool.submit(my_int, 4).result() == 4
         assert pool.apply(add, (2,)) == 12
+
+
+# ---- the poke: a producer wakes a sleeping consumer before it puts ----------------------------
+
+def test_wait_poked_says_what_woke_it(rig):
+    r = rig()
+    ring = r.task_q._cons
+    assert ring.wait_poked(0) == native.ETIMEDOUT      # nothing, no time to wait
+    assert ring.poke() == native.OK                     # nobody asleep: nothing happens
+    assert ring.wait_poked(20_000_000) == native.ETIMEDOUT
+    r.call(1, 1, 1)
+    assert ring.wait_poked(-1) == native.OK             # data: at once
+    r.task_q.get(timeout=1)
+    ring.mark_closed()
+    assert ring.wait_poked(-1) == native.ESTATE
+
+
+def _asleep(ring) -> bool:
+    """Wait until a consumer is registered asleep on `ring` (up to 10 s)."""
+    deadline = native.now_ns() + 10_000_000_000
+    while native.now_ns() < deadline:
+        if ring.sleepers():
+            return True
+        os.sched_yield()
+    return False
+
+
+def test_a_poke_wakes_a_sleeper_in_another_process(rig):
+    r = rig()
+    ring = r.task_q._cons
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                        # the sleeper
+        code = 1
+        try:
+            os.close(rfd)
+            first = ring.wait_poked(20_000_000_000)
+            second = ring.wait_poked(20_000_000_000)
+            os.write(wfd, f"{first} {second}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    try:
+        assert _asleep(ring)
+        r.task_q._poke()                                # wakes it, nothing queued
+        assert _asleep(ring)                            # asleep again, in its second wait
+        r.call(1, 1, 1)                                 # the put wakes it with data
+        got = os.read(rfd, 64).decode()
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(rfd)
+    assert got == f"{native.EEMPTY} {native.OK}" and status == 0
+
+
+def test_a_poked_loop_watches_for_the_record_that_follows(rig):
+    import threading
+    r = rig(max_tasks=1)
+    ring = r.task_q._cons
+
+    def pool_side():
+        assert _asleep(ring)
+        r.task_q._poke()                                # the loop wakes and watches...
+        native.spin_politely(lambda: False, native.now_ns() + 500_000)
+        r.call(21, 1, 4)                                # ...and takes what follows
+
+    t = threading.Thread(target=pool_side)
+    t.start()
+    st, k, *_ = r.serve()
+    t.join()
+    assert (st, k) == (call_loop.ST_RECYCLE, 1)
+    assert [decode(x)[3:] for x in r.results()] == [(21, 14)]

@@ -12,7 +12,8 @@
  *
  *   1. linger: watch the task ring's count until linger_ns after the last
  *      work (yielding, as native.spin_politely), then sleep in the ring's
- *      own wait with the GIL released;
+ *      own wait with the GIL released; woken by a poke (the pool pokes as
+ *      it begins a lone submit, see shmp_ring_poke), watch the count again;
  *   2. more than one record queued: ST_BATCH (Python takes them in one
  *      get_many and coalesces their results);
  *   3. take one record; one that is not a plain OP_CALL (TAG_BYTES, flags
@@ -57,6 +58,7 @@ typedef int64_t (*get_record_fn)(void *ring, void *dst, uint64_t cap, int64_t ti
 typedef uint64_t (*count_fn)(const void *ring);
 typedef int (*put_fn)(void *ring, const char *data, uint32_t len, uint32_t tag,
                       int64_t timeout_ns);
+typedef int (*wait_poked_fn)(void *ring, int64_t timeout_ns);   /* shmp_ring_wait_poked */
 
 /* What serve() reports (mirrored in runtime/pool_worker.py). */
 enum { ST_BATCH = 0, ST_RECORD = 1, ST_RAISED = 2, ST_VALUE = 3, ST_PUT = 4,
@@ -64,7 +66,13 @@ enum { ST_BATCH = 0, ST_RECORD = 1, ST_RAISED = 2, ST_VALUE = 3, ST_PUT = 4,
 
 /* taskwire.py and channels/records.py; checked against them by set_wire(). */
 static int OP_CALL = -1, R_VALUE = -1, TAG_BYTES = -1, HS = -1, RUNNING = -1;
-static int64_t EINTR_RC = 0;
+static int64_t EINTR_RC = 0, EEMPTY_RC = 0;
+
+/* How long a worker woken by a poke with nothing queued watches the ring:
+ * the pool pokes before it builds the task's record, which after an idle
+ * spell takes ~50-200 us of cold Python; the watch yields the core each
+ * turn and ends at once if somebody else wants it.                      */
+#define POKED_WATCH_NS 2000000ull
 
 #define BUF_BYTES (64 * 1024)           /* records up to this size run here */
 
@@ -96,20 +104,26 @@ static uint64_t get_le(const char *p, int n)
     return v;
 }
 
-/* set_wire(op_call, r_value, tag_bytes, header_size, running, eintr) */
+/* set_wire(op_call, r_value, tag_bytes, header_size, running, eintr, eempty) */
 static PyObject *cl_set_wire(PyObject *self, PyObject *args)
 {
     (void)self;
-    long long eintr;
-    if (!PyArg_ParseTuple(args, "iiiiiL", &OP_CALL, &R_VALUE, &TAG_BYTES, &HS, &RUNNING,
-                          &eintr))
+    long long eintr, eempty;
+    if (!PyArg_ParseTuple(args, "iiiiiLL", &OP_CALL, &R_VALUE, &TAG_BYTES, &HS, &RUNNING,
+                          &eintr, &eempty))
         return NULL;
+    if (eintr >= 0 || eempty >= 0 || eintr == eempty) {
+        PyErr_SetString(PyExc_ValueError, "set_wire: EINTR and EEMPTY are distinct negative codes");
+        HS = -1;
+        return NULL;
+    }
     if (HS != 16) {
         PyErr_SetString(PyExc_ValueError, "set_wire: the task header is 16 bytes");
         HS = -1;
         return NULL;
     }
     EINTR_RC = eintr;
+    EEMPTY_RC = eempty;
     Py_RETURN_NONE;
 }
 
@@ -119,6 +133,7 @@ typedef struct {
     get_record_fn get_record;
     count_fn count;
     put_fn put;
+    wait_poked_fn wait_poked;
     uint64_t *lap;
     long long max_tasks;
     unsigned int slot;
@@ -205,7 +220,7 @@ static Py_ssize_t encode_value(const loop_ctx *c, PyObject *value, uint64_t iden
 }
 
 /* serve(ctx, k, last_work) -> (status, k, last_work, a, b, c)
- *   ctx: (task ring, result ring, get_record, count, put, lap word address,
+ *   ctx: (task ring, result ring, get_record, count, put, wait_poked, lap word address,
  *         max_tasks (-1: none), slot, inband_max, linger_ns, contended_ns,
  *         plain, loads, dumps, span_begin, span_end)
  *   k: items of this worker's stream finished; last_work: when it last
@@ -228,14 +243,14 @@ static PyObject *cl_serve(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "serve: already running in this process");
         return NULL;
     }
-    unsigned long long task, res, get_a, count_a, put_a, lap_a;
+    unsigned long long task, res, get_a, count_a, put_a, wait_a, lap_a;
     loop_ctx c;
-    if (!PyArg_ParseTuple(ctx, "KKKKKKLIKKKO!OOOO", &task, &res, &get_a, &count_a, &put_a,
-                          &lap_a, &c.max_tasks, &c.slot, &c.inband_max, &c.linger_ns,
-                          &c.contended_ns, &PyDict_Type, &c.plain, &c.loads, &c.dumps,
-                          &c.begin, &c.end))
+    if (!PyArg_ParseTuple(ctx, "KKKKKKKLIKKKO!OOOO", &task, &res, &get_a, &count_a, &put_a,
+                          &wait_a, &lap_a, &c.max_tasks, &c.slot, &c.inband_max,
+                          &c.linger_ns, &c.contended_ns, &PyDict_Type, &c.plain, &c.loads,
+                          &c.dumps, &c.begin, &c.end))
         return NULL;
-    if (!task || !res || !get_a || !count_a || !put_a || !lap_a || lap_a % 8 != 0) {
+    if (!task || !res || !get_a || !count_a || !put_a || !wait_a || !lap_a || lap_a % 8 != 0) {
         PyErr_SetString(PyExc_ValueError, "serve: a null ring, function or lap word");
         return NULL;
     }
@@ -254,6 +269,7 @@ static PyObject *cl_serve(PyObject *self, PyObject *args)
     c.get_record = (get_record_fn)(uintptr_t)get_a;
     c.count = (count_fn)(uintptr_t)count_a;
     c.put = (put_fn)(uintptr_t)put_a;
+    c.wait_poked = (wait_poked_fn)(uintptr_t)wait_a;
     c.lap = (uint64_t *)(uintptr_t)lap_a;
     busy = 1;
     PyObject *out = NULL;
@@ -265,12 +281,18 @@ static PyObject *cl_serve(PyObject *self, PyObject *args)
             break;
         }
         int64_t rc = c.get_record(c.task, inbuf, BUF_BYTES, 0);
-        if (rc < 0 && rc != EINTR_RC) {
-            /* Nothing queued (or the ring says why not): sleep until the
-             * pool sends something, no periodic wake-up (pool_worker.run). */
+        if (rc == EEMPTY_RC) {
+            /* Sleep until the pool sends something or pokes (no periodic
+             * wake-up: pool_worker.run); poked, watch for the record.    */
+            int w;
             Py_BEGIN_ALLOW_THREADS
-            rc = c.get_record(c.task, inbuf, BUF_BYTES, -1);
+            w = c.wait_poked(c.task, -1);
+            if (w == EEMPTY_RC)
+                linger(&c, now_ns() + POKED_WATCH_NS);
             Py_END_ALLOW_THREADS
+            if (w == 0 || w == EEMPTY_RC)
+                continue;
+            rc = w;                     /* EINTR below; the rest: Python's get reports it */
         }
         if (rc == EINTR_RC) {
             if (PyErr_CheckSignals() < 0)

@@ -31,10 +31,12 @@ class Ring:
       get_into(dst, cap, timeout, len_out, tag_out)
       get_record(dst, cap, timeout) -> (tag << 32) | len, or a negative status
       get_many_into(dst, cap, max_count, timeout, lens_out, tags_out, count_out)
+      poke(): wake the consumers asleep on it, nothing put (shmproc.h)
     """
 
     __slots__ = ("_h", "fd", "capacity", "max_record", "put", "put_tracked",
-                 "put_many", "get_into", "get_record", "get_many_into", "count", "__weakref__")
+                 "put_many", "get_into", "get_record", "get_many_into", "count", "poke",
+                 "__weakref__")
 
     def __init__(self, handle, fd: int):
         # The mapping goes with the handle's last reference, not this
@@ -52,6 +54,7 @@ class Ring:
         self.get_record = partial(lib.shmp_ring_get_record, handle)
         self.get_many_into = partial(lib.shmp_ring_get_many, handle)
         self.count = partial(lib.shmp_ring_count, handle)   # records in it: polled in hot loops
+        self.poke = partial(lib.shmp_ring_poke, handle)
 
     @classmethod
     def create(cls, capacity: int, *, multi_producer=False, multi_consumer=False, max_items=0):
@@ -89,7 +92,7 @@ class Ring:
         h, self._h = self._h, None
         if h is not None:
             self.put = self.put_tracked = self.put_many = self.get_into = \
-                self.get_record = self.get_many_into = self.count = _ring_closed
+                self.get_record = self.get_many_into = self.count = self.poke = _ring_closed
             ffi.release(h)                  # unmaps now
         self._close_fd()
 
@@ -110,6 +113,15 @@ class Ring:
 
     def wait_data(self, timeout_ns: int) -> int:
         return lib.shmp_ring_wait_data(self._h, timeout_ns)
+
+    def wait_poked(self, timeout_ns: int) -> int:
+        """Sleep until data (OK), a poke finding none (EEMPTY), the timeout
+        (ETIMEDOUT), a signal (EINTR) or a close (ESTATE): shmproc.h."""
+        return lib.shmp_ring_wait_poked(self._h, timeout_ns)
+
+    def sleepers(self) -> int:
+        """Consumers registered asleep for data now (a snapshot)."""
+        return lib.shmp_ring_sleepers(self._h)
 
     # -- sealing: how an unbounded Queue grows (channels/chain.py) ----------
     @property
@@ -137,20 +149,22 @@ class Ring:
         return bool(lib.shmp_ring_is_closed(self._h))
 
 
-def loop_handles(task_ring: Ring, result_ring: Ring) -> tuple[int, int, int, int, int]:
+def loop_handles(task_ring: Ring, result_ring: Ring) -> tuple[int, ...]:
     """What csrc/python/callloop.c calls the core with: the two rings'
-    handles and the addresses of shmp_ring_get_record, shmp_ring_count and
-    shmp_ring_put (the cffi module's own functions, not copies).  The
-    handles are valid while both Rings stay open."""
+    handles and the addresses of shmp_ring_get_record, shmp_ring_count,
+    shmp_ring_put and shmp_ring_wait_poked (the cffi module's own
+    functions, not copies).  The handles are valid while both Rings stay
+    open."""
     if task_ring._h is None or result_ring._h is None:
         raise RuntimeError("operation on a closed ring")
     return (int(ffi.cast("uintptr_t", task_ring._h)), int(ffi.cast("uintptr_t", result_ring._h)),
-            _GET_RECORD, _COUNT, _PUT)
+            _GET_RECORD, _COUNT, _PUT, _WAIT_POKED)
 
 
 _GET_RECORD = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ring_get_record")))
 _COUNT = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ring_count")))
 _PUT = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ring_put")))
+_WAIT_POKED = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ring_wait_poked")))
 
 
 def _ring_closed(*args):

@@ -229,6 +229,13 @@ class Queue(Moving, Generic[Item]):
         if self._chain is None:
             self._cons.set_wait_slice(0)
 
+    def _poke(self) -> None:
+        """Wake the reader asleep on this queue, nothing put (shmp_ring_poke):
+        a writer about to put pokes first, so that the reader's wake-up
+        overlaps the writer's own work.  The pool pokes a worker as it
+        begins a lone submit."""
+        self._prod.poke()
+
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("operation on a closed shmproc.Queue")

@@ -35,7 +35,8 @@ def context(worker, linger_ns: int, running: int):
     if _serve is None or worker.task_q._chain is not None or worker.result_q._chain is not None:
         return None
     # Told taskwire's constants, not copies of them (it checks the 16-byte header).
-    native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, taskwire.HEADER_SIZE, running, native.EINTR)
+    native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, taskwire.HEADER_SIZE, running, native.EINTR,
+                         native.EEMPTY)
     spans = worker.spans
     return (*native.loop_handles(worker.task_q._cons, worker.result_q._prod),
             worker.pctl.lap_address(), -1 if worker.max_tasks is None else worker.max_tasks,

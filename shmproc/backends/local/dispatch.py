@@ -258,6 +258,10 @@ class Dispatch:
             return None
         if is_process_class(fn):
             return None                   # its tells need the general path's flag
+        # The worker may be asleep: wake it now, so that its wake-up (slow
+        # after idle, its core asleep too) overlaps the rest of this submit
+        # rather than following the put.  No syscall if it is awake.
+        slot.task_q._poke()
         task = Task(self, fn, None, retries, options)
         kwargs = kwargs or None
         unit = Unit(next(self._ids), task, 0, OP_CALL, fn_id, False, args, kwargs)
