@@ -449,3 +449,93 @@ def test_a_poked_loop_watches_for_the_record_that_follows(rig):
     t.join()
     assert (st, k) == (call_loop.ST_RECYCLE, 1)
     assert [decode(x)[3:] for x in r.results()] == [(21, 14)]
+
+
+# ---- the pool's side: take_value ----------------------------------------------------------
+
+def _result_ctx(r):
+    return call_loop.result_context(r.result_q)
+
+
+def _value_record(ident, value, slot=SLOT, us=7):
+    return taskwire.HEADER.pack(R_VALUE, 0, slot, us, ident) + pickle.dumps(value, 5)
+
+
+def test_take_value_decodes_the_lone_value_it_waits_for(rig):
+    r = rig()
+    r.result_q.put(_value_record(12, ("a", 1)))
+    assert native.take_value(_result_ctx(r), 12, 0, 0) == (0, 7, ("a", 1))
+    assert not r.result_q.qsize()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _value_record(13, 1),                                           # another task's
+    lambda: taskwire.HEADER.pack(R_VALUE, 1, SLOT, 0, 12) + b"blob",        # flagged
+    lambda: taskwire.HEADER.pack(taskwire.R_ERROR, 0, SLOT, 0, 12) + pickle.dumps((1, 2)),
+    lambda: taskwire.HEADER.pack(R_VALUE, 0, SLOT, 0, 12) + b"\x80\x05garbage",   # unpicklable
+    lambda: b"\x10short",
+], ids=["other-task", "flagged", "error", "garbage", "short"])
+def test_take_value_hands_any_other_record_back_whole(rig, make):
+    r = rig()
+    rec = make()
+    r.result_q.put(rec)
+    assert native.take_value(_result_ctx(r), 12, 0, 0) == (1, TAG_BYTES, rec)
+
+
+def test_take_value_hands_back_another_tag_with_it(rig):
+    r = rig()
+    r.result_q.put("text")
+    assert native.take_value(_result_ctx(r), 12, 0, 0) == (1, 2, b"text")   # TAG_STR
+
+
+def test_take_value_waits_at_most_its_timeout_and_leaves_large_records(rig):
+    r = rig()
+    t = native.now_ns()
+    assert native.take_value(_result_ctx(r), 12, 200_000, 30_000_000) in (native.EEMPTY,
+                                                                          native.ETIMEDOUT)
+    assert native.now_ns() - t >= 30_000_000
+    big = _value_record(12, "x" * 5000)                 # larger than its 4 KiB buffer
+    r.result_q.put(big)
+    assert native.take_value(_result_ctx(r), 12, 0, 0) == native.ESMALLBUF
+    assert r.result_q.get(timeout=1) == big             # not consumed: Python's get takes it
+
+
+def test_take_value_refuses_bad_contexts(rig):
+    r = rig()
+    ctx = _result_ctx(r)
+    with pytest.raises(ValueError, match="null ring"):
+        native.take_value((0,) + ctx[1:], 1, 0, 0)
+    with pytest.raises(TypeError):
+        native.take_value(ctx[:-1], 1, 0, 0)
+    with pytest.raises(TypeError):
+        native.take_value(list(ctx), 1, 0, 0)
+
+
+def bigger_than_the_wait_buffer(n):
+    return "w" * n
+
+
+def test_a_pool_takes_every_kind_of_lone_result():
+    with shmproc.Pool(1) as pool:
+        assert pool.submit(add, 1).result() == 11
+        assert pool.submit(bigger_than_the_wait_buffer, 10_000).result() == "w" * 10_000
+        assert pool.submit(listed, 2).result() == [2, 2]
+        with pytest.raises(ValueError, match="boom 5"):
+            pool.submit(boom, 5).result()
+        assert pool.submit(add, 2).result(timeout=30) == 12
+
+
+def test_ctrl_c_while_waiting_for_a_lone_result():
+    import threading
+    import time
+    with shmproc.Pool(1) as pool:
+        assert pool.submit(add, 1).result() == 11
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        t = time.monotonic()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                pool.submit(time.sleep, 30).result()
+        finally:
+            timer.cancel()
+        assert time.monotonic() - t < 10

@@ -1,4 +1,6 @@
-/* shmproc._callloop: a pool worker's loop of plain calls, in C.
+/* shmproc._callloop: a lone plain call's path through a pool, in C: the
+ * worker's loop of plain calls (serve) and the pool's wait for the result
+ * (take_value, at the end).
  *
  * Why C.  After an idle spell every line of Python runs many times slower
  * than warm (cold caches): the worker's path from its wake-up to the
@@ -404,7 +406,81 @@ static PyObject *cl_serve(PyObject *self, PyObject *args)
     return out;
 }
 
+/* take_value(ctx, ident, spin_ns, timeout_ns): the pool's side of a lone
+ * call (backends/local/results.py _take_lone): the next record of the
+ * result ring, watched for up to spin_ns (yielding; the GIL released),
+ * then waited for up to timeout_ns in the ring's own wait.
+ *   ctx: (result ring, get_record, count, contended_ns, loads)
+ * Returns (0, elapsed_us, value) for an R_VALUE record (flags 0) of task
+ * `ident` whose value unpickles; (1, tag, record bytes) for any other
+ * record (_on_result reads it); or the ring's status (an int) when
+ * nothing was taken: EEMPTY/ETIMEDOUT, EINTR, or a record larger than this
+ * call's buffer (the Python get takes it).  The buffer is on the stack:
+ * pools in other threads may call at the same time.                     */
+#define TAKE_BYTES 4096
+
+static PyObject *cl_take_value(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *ctx, *loads;
+    unsigned long long ident, spin_ns, ring_a, get_a, count_a, contended;
+    long long timeout_ns;
+    if (!PyArg_ParseTuple(args, "O!KKL", &PyTuple_Type, &ctx, &ident, &spin_ns, &timeout_ns))
+        return NULL;
+    if (HS < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "take_value: set_wire() was not called");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(ctx, "KKKKO", &ring_a, &get_a, &count_a, &contended, &loads))
+        return NULL;
+    if (!ring_a || !get_a || !count_a) {
+        PyErr_SetString(PyExc_ValueError, "take_value: a null ring or function");
+        return NULL;
+    }
+    void *ring = (void *)(uintptr_t)ring_a;
+    get_record_fn get_record = (get_record_fn)(uintptr_t)get_a;
+    count_fn count = (count_fn)(uintptr_t)count_a;
+    char buf[TAKE_BYTES];
+    int64_t rc;
+    Py_BEGIN_ALLOW_THREADS
+    if (spin_ns && count(ring) == 0) {  /* native.spin_politely */
+        uint64_t end = now_ns() + spin_ns;
+        while (count(ring) == 0) {
+            uint64_t t = now_ns();
+            if (t >= end)
+                break;
+            sched_yield();
+            if (now_ns() - t > contended)
+                break;
+        }
+    }
+    rc = get_record(ring, buf, sizeof buf, 0);
+    if (rc == EEMPTY_RC && timeout_ns != 0)
+        rc = get_record(ring, buf, sizeof buf, timeout_ns);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return PyLong_FromLongLong(rc);
+    uint32_t len = (uint32_t)(rc & 0xFFFFFFFF), tag = (uint32_t)((uint64_t)rc >> 32);
+    if (len > sizeof buf) {
+        PyErr_Format(PyExc_RuntimeError, "take_value: the ring returned %u bytes into a "
+                     "buffer of %d", len, TAKE_BYTES);
+        return NULL;
+    }
+    if ((int)tag == TAG_BYTES && len >= (uint32_t)HS && (unsigned char)buf[0] == R_VALUE
+            && buf[1] == 0 && get_le(buf + 8, 8) == ident) {
+        PyObject *mv = PyMemoryView_FromMemory(buf + HS, len - HS, PyBUF_READ);
+        PyObject *value = mv == NULL ? NULL : PyObject_CallFunctionObjArgs(loads, mv, NULL);
+        Py_XDECREF(mv);
+        if (value != NULL)
+            return Py_BuildValue("(iKN)", 0, (unsigned long long)get_le(buf + 4, 4), value);
+        PyErr_Clear();                  /* _on_result unpickles it again and reports why */
+    }
+    return Py_BuildValue("(iIy#)", 1, tag, buf, (Py_ssize_t)len);
+}
+
 static PyMethodDef cl_methods[] = {
+    {"take_value", cl_take_value, METH_VARARGS,
+     "take_value(ctx, ident, spin_ns, timeout_ns): the next result record, a lone value decoded"},
     {"serve", cl_serve, METH_VARARGS, "serve(ctx, k, last_work): plain calls until anything else"},
     {"set_wire", cl_set_wire, METH_VARARGS, "set_wire(...): the wire format's constants"},
     {NULL, NULL, 0, NULL},

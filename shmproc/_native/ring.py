@@ -11,9 +11,9 @@ from .core import OK, _attach_failed, _fd_arg, check
 # A pool worker's loop of plain calls (csrc/python/callloop.c), which calls
 # the ring functions below directly; None in an install without it.
 try:
-    from .._callloop import serve as serve_calls, set_wire as set_call_wire
+    from .._callloop import serve as serve_calls, set_wire as set_call_wire, take_value
 except ImportError:
-    serve_calls = set_call_wire = None
+    serve_calls = set_call_wire = take_value = None
 
 
 class Ring:
@@ -159,6 +159,14 @@ def loop_handles(task_ring: Ring, result_ring: Ring) -> tuple[int, ...]:
         raise RuntimeError("operation on a closed ring")
     return (int(ffi.cast("uintptr_t", task_ring._h)), int(ffi.cast("uintptr_t", result_ring._h)),
             _GET_RECORD, _COUNT, _PUT, _WAIT_POKED)
+
+
+def take_handles(ring: Ring) -> tuple[int, int, int]:
+    """What take_value (csrc/python/callloop.c) calls the core with: the
+    ring's handle, shmp_ring_get_record and shmp_ring_count."""
+    if ring._h is None:
+        raise RuntimeError("operation on a closed ring")
+    return int(ffi.cast("uintptr_t", ring._h)), _GET_RECORD, _COUNT
 
 
 _GET_RECORD = int(ffi.cast("uintptr_t", ffi.addressof(lib, "shmp_ring_get_record")))

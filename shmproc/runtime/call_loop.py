@@ -1,5 +1,7 @@
-"""A pool worker's plain calls in C (csrc/python/callloop.c), and what the
-C loop hands back to the Python loop (pool_worker.PoolWorker.run).
+"""A lone plain call's path through a pool, in C (csrc/python/callloop.c):
+the worker's loop of plain calls and what it hands back to the Python loop
+(pool_worker.PoolWorker.run); and the pool's wait for a lone result
+(take_lone, used by backends/local/results.py).
 
 The C loop does what run, call_fast and flush do for the common record (a
 plain call whose result is a scalar), without Python's per-line cost: the
@@ -20,12 +22,23 @@ from ..wire.blobs import LOST
 from ..wire.taskwire import OP_CALL, R_ERROR, R_VALUE
 from .failures import error_payload
 
-__all__ = ["context", "serve"]
+__all__ = ["context", "usable", "serve", "result_context", "take_lone"]
 
 # What the C loop returns with (callloop.c's ST_*).
 ST_BATCH, ST_RECORD, ST_RAISED, ST_VALUE, ST_PUT, ST_RECYCLE, ST_PYGET = range(7)
 
 _serve = native.serve_calls         # None in an install without it
+
+
+def _tell_wire(running: int) -> None:
+    """taskwire's constants, not copies of them (the C checks the 16-byte
+    header); `running`: the worker's RUNNING phase (the pool's side has none)."""
+    native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, taskwire.HEADER_SIZE, running,
+                         native.EINTR, native.EEMPTY)
+
+
+if _serve is not None:
+    _tell_wire(1)                   # the pool's side stores no phase; a worker tells its own
 
 
 def context(worker, linger_ns: int, running: int):
@@ -34,9 +47,7 @@ def context(worker, linger_ns: int, running: int):
     where it cannot run: not built, or a queue that is not a single ring."""
     if _serve is None or worker.task_q._chain is not None or worker.result_q._chain is not None:
         return None
-    # Told taskwire's constants, not copies of them (it checks the 16-byte header).
-    native.set_call_wire(OP_CALL, R_VALUE, TAG_BYTES, taskwire.HEADER_SIZE, running, native.EINTR,
-                         native.EEMPTY)
+    _tell_wire(running)
     spans = worker.spans
     return (*native.loop_handles(worker.task_q._cons, worker.result_q._prod),
             worker.pctl.lap_address(), -1 if worker.max_tasks is None else worker.max_tasks,
@@ -76,3 +87,26 @@ def serve(worker, ctx, last_work):
     elif st != ST_RECYCLE:              # ST_BATCH, ST_PYGET: the Python loop's get
         return None, last_work
     return (), last_work
+
+
+# ---- the pool's side ----------------------------------------------------------------------
+
+def result_context(results):
+    """take_lone's fixed arguments for a pool's result queue, or None where
+    it cannot run: not built, or a queue that is not a single ring."""
+    if _serve is None or results._chain is not None:
+        return None
+    return (*native.take_handles(results._cons), native.CONTENDED_NS, pickle.loads)
+
+
+def take_lone(ctx, ident, spin_ns, wait_s):
+    """The next record of the pool's result ring, watched for spin_ns and
+    waited for up to wait_s seconds (the caller holds the pool's lock: one
+    reader).  Returns ("value", elapsed_us, value) when it is task ident's
+    lone value; ("record", tag, bytes) for any other record; ("none",) when
+    nothing came in time; None where the Python get must look (a signal, a
+    record larger than the C buffer, a closed ring)."""
+    got = native.take_value(ctx, ident, spin_ns, max(int(wait_s * 1e9), 0))
+    if type(got) is int:
+        return ("none",) if got == native.EEMPTY or got == native.ETIMEDOUT else None
+    return ("value", got[1], got[2]) if got[0] == 0 else ("record", got[1], got[2])

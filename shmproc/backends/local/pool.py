@@ -39,7 +39,7 @@ from ...jobs.task import SLICE_S, Task
 from ...wire import blobs, taskwire
 from ...wire import pickling as wire
 from ...wire.taskwire import OP_CALL, OP_RUN, OP_STOP
-from ...runtime import pool_worker
+from ...runtime import call_loop, pool_worker
 from .dispatch import Dispatch
 from .forking import DirectForkProcess
 from .forkserver import preload_into_forkserver
@@ -77,6 +77,7 @@ class _Resources:
         self.ctl = None
         self.trace = None
         self.results = None
+        self.lone = None              # the result ring's C wait (runtime/call_loop.py)
         self.token = blobs.FlushToken()
         self.token.wait = False       # a task's arguments matter only while its worker lives
         self.owner = os.getpid()
@@ -93,6 +94,7 @@ class _Resources:
         self.release()
 
     def release(self):
+        self.lone = None              # before the ring it points into goes
         if self.results is not None:
             self.results.close()
             self.results = None
@@ -166,6 +168,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                 self._trace_rings = [res.trace.ring(i) for i in range(self._n)]
             # Every worker puts, only the pool reads (under its lock): one consumer.
             res.results = Queue(capacity=RESULT_RING_BYTES, _consumers="one")
+            res.lone = call_loop.result_context(res.results)    # see _take_lone
             if self._method == "forkserver":
                 preload_into_forkserver()
             elif self._method == "fork":
@@ -330,19 +333,25 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             results = self._res.results
             slots = self._res.slots
             avg = self._avg_item_ns
-            if (wait_s and (avg is None or avg < SPIN_NS)
-                    and len(self._units) <= len(slots)):
-                # At most one short task per worker out: a reply is usually
-                # tens of microseconds away, and spinning for it beats a futex
-                # sleep and wake-up (which costs as much again on a VM).
-                native.spin_politely(results.qsize, native.now_ns() + SPIN_NS)
-            try:
-                if results.qsize() > 1:
-                    records = results.get_many(block=False, max_items=4096)
-                else:
-                    records = (results.get(timeout=wait_s),)      # cheaper for one
-            except _stdlib_queue.Empty:
-                pass
+            # At most one short task per worker out: a reply is usually tens
+            # of microseconds away, and spinning for it beats a futex sleep
+            # and wake-up (which costs as much again on a VM).
+            spin = (wait_s and (avg is None or avg < SPIN_NS) and len(self._units) <= len(slots))
+            lone = None
+            if wait_s and len(self._units) == 1 and self._res.lone is not None:
+                lone = self._take_lone(SPIN_NS if spin else 0, wait_s)
+            if lone is not None:
+                records = lone
+            else:
+                if spin:
+                    native.spin_politely(results.qsize, native.now_ns() + SPIN_NS)
+                try:
+                    if results.qsize() > 1:
+                        records = results.get_many(block=False, max_items=4096)
+                    else:
+                        records = (results.get(timeout=wait_s),)      # cheaper for one
+                except _stdlib_queue.Empty:
+                    pass
         elif wait_s:
             time.sleep(min(wait_s, 0.001))
         for rec in records:

@@ -14,10 +14,13 @@ import itertools
 import queue as _stdlib_queue
 
 from ...common.errors import remote_failure
+from ...runtime import call_loop
 from ...common.validate import callable_name
 from ...wire import taskwire
 from ...wire.taskwire import (R_CHUNK, R_ERROR, R_INIT_FAILED, R_MESSAGE, R_PART, R_PROCESS,
                               R_VALUE, R_VALUES)
+from ...channels.records import TAG_BYTES
+from ...wire.blobs import LOST
 from .units import LocalJob
 
 __all__ = ["ResultIntake"]
@@ -34,6 +37,26 @@ class ResultIntake:
                 return
             for rec in records:
                 self._on_result(rec)
+
+    def _take_lone(self, spin_ns, wait_s):
+        """The one unit in flight's result, waited for in C (call_loop.take_lone):
+        after an idle spell every line of Python is slow, and this is the
+        path of a lone submit's result.  Returns the records for _on_result,
+        () when the unit is settled here or nothing came, or None: the
+        Python get must look (see take_lone)."""
+        [unit] = self._units.values()
+        got = call_loop.take_lone(self._res.lone, unit.id, spin_ns, wait_s)
+        if got is None or got[0] == "none":
+            return None if got is None else ()
+        if got[0] == "record":
+            tag, rec = got[1], got[2]
+            if tag == TAG_BYTES:
+                return (rec,)
+            item = self._res.results._decode(memoryview(rec), tag, False)
+            return () if item is LOST else (item,)
+        del self._units[unit.id]              # _on_result's R_VALUE, for this one unit
+        self._complete(unit, R_VALUE, got[2], got[1])
+        return ()
 
     def _on_result(self, rec):
         op, flags, _, elapsed_us, ident = taskwire.header(rec)
