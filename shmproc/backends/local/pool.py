@@ -328,7 +328,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         """Send what can go, take results (waiting up to wait_s for the first)."""
         if self._pending or self._jobs:
             self._feed(feed_jobs)
-        records = ()
+        records, settled = (), False
         if self._units:
             results = self._res.results
             slots = self._res.slots
@@ -341,7 +341,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             if wait_s and len(self._units) == 1 and self._res.lone is not None:
                 lone = self._take_lone(SPIN_NS if spin else 0, wait_s)
             if lone is not None:
-                records = lone
+                records, settled = lone
             else:
                 if spin:
                     native.spin_politely(results.qsize, native.now_ns() + SPIN_NS)
@@ -357,7 +357,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         for rec in records:
             self._on_result(rec)
         now = time.monotonic()
-        if not records or now >= self._next_check:
+        if not (records or settled) or now >= self._next_check:
             self._next_check = now + SLICE_S
             self._check_workers()
             self._recycle_spent()

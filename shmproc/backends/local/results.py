@@ -41,22 +41,25 @@ class ResultIntake:
     def _take_lone(self, spin_ns, wait_s):
         """The one unit in flight's result, waited for in C (call_loop.take_lone):
         after an idle spell every line of Python is slow, and this is the
-        path of a lone submit's result.  Returns the records for _on_result,
-        () when the unit is settled here or nothing came, or None: the
-        Python get must look (see take_lone)."""
+        path of a lone submit's result.  Returns (records for _on_result,
+        whether the unit was settled here), or None: the Python get must
+        look (see take_lone)."""
         [unit] = self._units.values()
         got = call_loop.take_lone(self._res.lone, unit.id, spin_ns, wait_s)
-        if got is None or got[0] == "none":
-            return None if got is None else ()
-        if got[0] == "record":
+        if got is None:
+            return None
+        kind = got[0]
+        if kind == "value":
+            del self._units[unit.id]          # _on_result's R_VALUE, for this one unit
+            self._complete(unit, R_VALUE, got[2], got[1])
+            return (), True
+        if kind == "record":
             tag, rec = got[1], got[2]
             if tag == TAG_BYTES:
-                return (rec,)
+                return (rec,), False
             item = self._res.results._decode(memoryview(rec), tag, False)
-            return () if item is LOST else (item,)
-        del self._units[unit.id]              # _on_result's R_VALUE, for this one unit
-        self._complete(unit, R_VALUE, got[2], got[1])
-        return ()
+            return ((), False) if item is LOST else ((item,), False)   # LOST: its worker died
+        return (), False                      # nothing came in time
 
     def _on_result(self, rec):
         op, flags, _, elapsed_us, ident = taskwire.header(rec)
