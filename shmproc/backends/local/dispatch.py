@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue as _stdlib_queue
 
+from ...channels.records import TAG_BYTES
 from ...common.outcome import is_process_class
 from ...jobs.task import _RUNNING, Task
 from ...wire import pickling as wire
@@ -256,7 +257,7 @@ class Dispatch:
         if (fn_id not in slot.fns or slot.limit_ns != timeout_ns or slot.allowance == 0
                 or slot.forget):
             return None
-        if is_process_class(fn):
+        if isinstance(fn, type) and is_process_class(fn):
             return None                   # its tells need the general path's flag
         # The worker may be asleep: wake it now, so that its wake-up (slow
         # after idle, its core asleep too) overlaps the rest of this submit
@@ -282,7 +283,11 @@ class Dispatch:
             slot.allowance -= 1
         self._units[unit.id] = unit
         slot.inflight.append(unit)
-        self._send(slot, [rec], [unit])   # a full ring (huge arguments) queues it instead
+        task_q = slot.task_q
+        if len(rec) > task_q._inband_max or task_q._prod.put(rec, len(rec), TAG_BYTES, 0):
+            # Large, or the ring is full or busy: Queue.put's general path
+            # (out-of-band, or queued for later by _send).
+            self._send(slot, [rec], [unit])
         if self._pending:
             self._ensure_pumper()
         return task
