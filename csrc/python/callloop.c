@@ -53,6 +53,7 @@
 #include <time.h>
 
 #include "pyhelp.h"
+#include "tinypickle.h"
 
 /* The signatures of shmp_ring_get_record / shmp_ring_count / shmp_ring_put
  * (csrc/shmproc.h), called through the pointers the native layer hands over. */
@@ -90,6 +91,17 @@ static int is_scalar(PyObject *v)
         if (t == scalar_types[i])
             return 1;
     return 0;
+}
+
+/* The TP_* kind of v's exact type (scalar_types: int float complex bool str bytes None). */
+static int kind_of(PyObject *v)
+{
+    static const int kinds[7] = {TP_INT, TP_FLOAT, TP_OTHER, TP_BOOL, TP_STR, TP_BYTES, TP_NONE};
+    PyObject *t = (PyObject *)Py_TYPE(v);
+    for (int i = 0; i < 7; i++)
+        if (t == scalar_types[i])
+            return kinds[i];
+    return TP_OTHER;
 }
 
 static void put_le(char *p, uint64_t v, int n)
@@ -189,6 +201,20 @@ static PyObject *give_back(uint64_t k, uint64_t last_work, uint32_t tag, uint32_
 static Py_ssize_t encode_value(const loop_ctx *c, PyObject *value, uint64_t ident, uint64_t us,
                                PyObject **big)
 {
+    /* A small scalar's pickle by hand (tinypickle.h), else pickle.dumps. */
+    tp_out o = {outbuf + 16, outbuf + 4096, 0};
+    tp_byte(&o, 0x80);
+    tp_byte(&o, 5);
+    if (tp_write_item(&o, value, kind_of(value)) == 0 && (tp_byte(&o, '.'), !o.full)
+            && (unsigned long long)(o.p - outbuf) <= c->inband_max) {
+        outbuf[0] = (char)R_VALUE;
+        outbuf[1] = 0;                  /* flags */
+        put_le(outbuf + 2, c->slot, 2);
+        put_le(outbuf + 4, us > 0xFFFFFFFFull ? 0xFFFFFFFFull : us, 4);
+        put_le(outbuf + 8, ident, 8);
+        return o.p - outbuf;
+    }
+    PyErr_Clear();
     PyObject *pk = PyObject_CallFunctionObjArgs(c->dumps, value, five, NULL);
     if (pk == NULL)
         return -1;
@@ -468,9 +494,13 @@ static PyObject *cl_take_value(PyObject *self, PyObject *args)
     }
     if ((int)tag == TAG_BYTES && len >= (uint32_t)HS && (unsigned char)buf[0] == R_VALUE
             && buf[1] == 0 && get_le(buf + 8, 8) == ident) {
-        PyObject *mv = PyMemoryView_FromMemory(buf + HS, len - HS, PyBUF_READ);
-        PyObject *value = mv == NULL ? NULL : PyObject_CallFunctionObjArgs(loads, mv, NULL);
-        Py_XDECREF(mv);
+        /* A scalar as pickle.dumps or tinypickle wrote it, by hand; else pickle. */
+        PyObject *value = tp_read_scalar((const unsigned char *)buf + HS, len - HS);
+        if (value == NULL && !PyErr_Occurred()) {
+            PyObject *mv = PyMemoryView_FromMemory(buf + HS, len - HS, PyBUF_READ);
+            value = mv == NULL ? NULL : PyObject_CallFunctionObjArgs(loads, mv, NULL);
+            Py_XDECREF(mv);
+        }
         if (value != NULL)
             return Py_BuildValue("(iKN)", 0, (unsigned long long)get_le(buf + 4, 4), value);
         PyErr_Clear();                  /* _on_result unpickles it again and reports why */
@@ -478,7 +508,57 @@ static PyObject *cl_take_value(PyObject *self, PyObject *args)
     return Py_BuildValue("(iIy#)", 1, tag, buf, (Py_ssize_t)len);
 }
 
+/* encode_call(ident, fn_id, args) -> bytes or None: the OP_CALL record of
+ * fn(*args), no kwargs, as taskwire.encode makes it (header, then the
+ * pickle of (fn_id, args, None)) but with the pickle written by hand
+ * (tinypickle.h): for a pool's lone submit, whose path after an idle
+ * spell pays for every allocation.  None when an argument is not a
+ * scalar it writes (or the record would pass 4 KiB): taskwire.encode. */
+static PyObject *cl_encode_call(PyObject *self, PyObject *args)
+{
+    (void)self;
+    unsigned long long ident;
+    PyObject *fn_id, *cargs;
+    if (!PyArg_ParseTuple(args, "KOO!", &ident, &fn_id, &PyTuple_Type, &cargs))
+        return NULL;
+    if (HS < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "encode_call: set_wire() was not called");
+        return NULL;
+    }
+    char rec[4096];
+    tp_out o = {rec + HS, rec + sizeof rec, 0};
+    Py_ssize_t n = PyTuple_Size(cargs);
+    tp_byte(&o, 0x80);
+    tp_byte(&o, 5);
+    int bad = kind_of(fn_id) != TP_INT || tp_write_item(&o, fn_id, TP_INT) < 0;
+    if (n > 3)
+        tp_byte(&o, '(');               /* MARK */
+    for (Py_ssize_t i = 0; i < n && !bad; i++) {
+        PyObject *a = PyTuple_GetItem(cargs, i);
+        bad = a == NULL || tp_write_item(&o, a, kind_of(a)) < 0;
+    }
+    if (bad || o.full) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    static const int tuple_op[4] = {')', 0x85, 0x86, 0x87};   /* EMPTY_TUPLE, TUPLE1-3 */
+    tp_byte(&o, n <= 3 ? tuple_op[n] : 't');
+    tp_byte(&o, 'N');                   /* kwargs */
+    tp_byte(&o, 0x87);                  /* (fn_id, args, kwargs) */
+    tp_byte(&o, '.');
+    if (o.full)
+        Py_RETURN_NONE;
+    rec[0] = (char)OP_CALL;
+    rec[1] = 0;                         /* flags */
+    put_le(rec + 2, 0, 2);              /* slot: the pool's records name none */
+    put_le(rec + 4, 1, 4);              /* items in the record */
+    put_le(rec + 8, ident, 8);
+    return PyBytes_FromStringAndSize(rec, o.p - rec);
+}
+
 static PyMethodDef cl_methods[] = {
+    {"encode_call", cl_encode_call, METH_VARARGS,
+     "encode_call(ident, fn_id, args): a lone call's record, its pickle written by hand"},
     {"take_value", cl_take_value, METH_VARARGS,
      "take_value(ctx, ident, spin_ns, timeout_ns): the next result record, a lone value decoded"},
     {"serve", cl_serve, METH_VARARGS, "serve(ctx, k, last_work): plain calls until anything else"},

@@ -24,7 +24,8 @@ from .core import (CONTENDED_NS, CTL_OVERRAN, CTL_STOP, EEMPTY, EFULL, EINTR, EP
 from .memory import (Arena, Blob, Board, buffer_address, copy_offset, is_private_view,
                      private_view)
 from .trace import SPAN_CRASHED, SPAN_FAILED, TraceArea, TraceRing, null_writer
-from .ring import (RecvBuffer, Ring, char_pointer, loop_handles, serve_calls, set_call_wire,
+from .ring import (RecvBuffer, Ring, char_pointer, encode_call, loop_handles, serve_calls,
+                   set_call_wire,
                    take_handles, take_value, u32_array, u32_cell, u64_cell, unpack)
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
     "ETOOBIG", "ESTATE", "EPEER", "ESEALED", "EXIT_EXPIRED", "EXIT_ORPHANED", "FOREVER",
     "PEER_FD_OK", "laps_armed", "LAPS_DONE", "LAPS_STOPPED", "LAPS_OVERRAN_ENTER", "LAPS_RAISED",
     "LAPS_OVERRAN_END",
-    "RecvBuffer", "char_pointer", "loop_handles", "serve_calls", "set_call_wire", "take_handles", "take_value", "u32_array", "u32_cell", "u64_cell", "unpack",
+    "RecvBuffer", "char_pointer", "encode_call", "loop_handles", "serve_calls", "set_call_wire", "take_handles", "take_value", "u32_array", "u32_cell", "u64_cell", "unpack",
     "TraceArea", "TraceRing", "SPAN_FAILED", "SPAN_CRASHED", "null_writer",
     "CTL_STOP", "CTL_OVERRAN", "STATE_NEW", "STATE_STARTING", "STATE_RUNNING", "STATE_FINISHING",
     "STATE_DONE", "STATE_FAILED", "STATE_CRASHED", "STATE_KILLED",

@@ -11,9 +11,10 @@ from .core import OK, _attach_failed, _fd_arg, check
 # A pool worker's loop of plain calls (csrc/python/callloop.c), which calls
 # the ring functions below directly; None in an install without it.
 try:
-    from .._callloop import serve as serve_calls, set_wire as set_call_wire, take_value
+    from .._callloop import (encode_call, serve as serve_calls, set_wire as set_call_wire,
+                             take_value)
 except ImportError:
-    serve_calls = set_call_wire = take_value = None
+    encode_call = serve_calls = set_call_wire = take_value = None
 
 
 class Ring:

@@ -22,7 +22,7 @@ from ..wire.blobs import LOST
 from ..wire.taskwire import OP_CALL, R_ERROR, R_VALUE
 from .failures import error_payload
 
-__all__ = ["context", "usable", "serve", "result_context", "take_lone"]
+__all__ = ["context", "usable", "serve", "result_context", "take_lone", "encode_call"]
 
 # What the C loop returns with (callloop.c's ST_*).
 ST_BATCH, ST_RECORD, ST_RAISED, ST_VALUE, ST_PUT, ST_RECYCLE, ST_PYGET = range(7)
@@ -110,3 +110,13 @@ def take_lone(ctx, ident, spin_ns, wait_s):
     if type(got) is int:
         return ("none",) if got == native.EEMPTY or got == native.ETIMEDOUT else None
     return ("value", got[1], got[2]) if got[0] == 0 else ("record", got[1], got[2])
+
+
+def encode_call(ident, fn_id, args, token):
+    """A lone call's OP_CALL record: its pickle written by hand in C for
+    scalar arguments (csrc/python/tinypickle.h), else taskwire.encode's."""
+    if _serve is not None:
+        rec = native.encode_call(ident, fn_id, args)
+        if rec is not None:
+            return rec
+    return taskwire.encode(OP_CALL, ident, (fn_id, args, None), token, elapsed_us=1)

@@ -16,6 +16,7 @@ import queue as _stdlib_queue
 from ...channels.records import TAG_BYTES
 from ...common.outcome import is_process_class
 from ...jobs.task import _RUNNING, Task
+from ...runtime import call_loop
 from ...wire import pickling as wire
 from ...wire import taskwire
 from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_LIMIT, OP_RUN
@@ -267,8 +268,10 @@ class Dispatch:
         kwargs = kwargs or None
         unit = Unit(next(self._ids), task, 0, OP_CALL, fn_id, False, args, kwargs)
         try:
-            rec = unit.record = taskwire.encode(OP_CALL, unit.id, (fn_id, args, kwargs),
-                                                self._res.token, elapsed_us=1)
+            rec = unit.record = (
+                call_loop.encode_call(unit.id, fn_id, args, self._res.token) if kwargs is None
+                else taskwire.encode(OP_CALL, unit.id, (fn_id, args, kwargs), self._res.token,
+                                     elapsed_us=1))
         except Exception as exc:          # noqa: BLE001 - an unpicklable argument fails here
             raise self._submit_error(fn, unit, exc) from exc
         task._unit = unit
