@@ -130,9 +130,10 @@ int shmp_ctl_advance(shmp_control *c, uint32_t state)
 {
     if (c == NULL || state >= SHMP_STATE_DONE)
         return SHMP_EINVAL;
-    /* release: as set_state's, for a reader that polls the word.  No wake:
-     * every sleeper waits for >= DONE (LocalRun.wait), which this is not. */
+    /* release: as set_state's, for a reader that polls the word. */
     atomic_store_explicit(&c->s.state, state, RELEASE);
+    if (state == SHMP_STATE_FINISHING)  /* see shmproc.h: the parent wakes ahead of the end */
+        shmp_wake_waiters(&c->s.state, &c->s.state_waiters);
     return SHMP_OK;
 }
 

@@ -244,10 +244,13 @@ int  shmp_ctl_reset(shmp_control *ctl);
 
 uint32_t shmp_ctl_state(const shmp_control *ctl);
 int  shmp_ctl_set_state(shmp_control *ctl, uint32_t state);
-/* A state below DONE (STARTING, RUNNING, FINISHING), stored without a
- * wake-up: sleepers in wait_state wait for an end state, and waking them
- * at every step only makes them look and sleep again.  EINVAL for DONE
- * and later (those go through set_state).                               */
+/* A state below DONE (STARTING, RUNNING, FINISHING).  STARTING and
+ * RUNNING are stored without a wake-up (sleepers wait for FINISHING or an
+ * end state: waking them at every step only makes them look and sleep
+ * again).  FINISHING wakes them: the run's last hooks are next, and a
+ * parent that wakes now (slow after an idle spell) is awake when the run
+ * reports, rather than woken after it.  EINVAL for DONE and later (those
+ * go through set_state).                                                 */
 int  shmp_ctl_advance(shmp_control *ctl, uint32_t state);
 int  shmp_ctl_wait_state(shmp_control *ctl, uint32_t at_least, int64_t timeout_ns);
 

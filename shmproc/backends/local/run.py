@@ -51,6 +51,11 @@ __all__ = ["LocalBackend", "LocalRun", "LOCAL"]
 
 #: How often a waiting parent checks that the worker is still alive.
 _LIVENESS_SLICE_NS = 20_000_000
+#: After the worker says FINISHING (its last hooks are next), watch for its
+#: report this long before sleeping again: a trivial __result__ reports
+#: within tens of microseconds, and a watch that yields costs nothing when
+#: the core is wanted elsewhere (it stops at once then).
+_REPORT_WATCH_NS = 2_000_000
 
 
 class LocalRun(Run):
@@ -112,6 +117,7 @@ class LocalRun(Run):
                 trace.close()
             raise
         self.ended_ = self.killed = self._views = self._stop_asked = self._rehearsed = False
+        self._watched = False                     # watched for the report after FINISHING
         self._outcome = None
         self._finishing = threading.Lock()        # kill() and a waiting thread may race to _finish
         self._releasing = threading.Lock()
@@ -142,6 +148,9 @@ class LocalRun(Run):
         # Signals go through a pidfd: it names this process even after it
         # has been reaped, when its pid may already belong to another.
         self._pidfd = _open_pidfd(proc.pid)
+
+    def _reported(self) -> bool:
+        return self.ctl.state >= native.STATE_DONE
 
     def ended(self) -> bool:
         if self.ended_:
@@ -326,7 +335,17 @@ class LocalRun(Run):
                 if left <= 0:
                     return False
                 slice_ns = min(slice_ns, int(left * 1e9) + 1)
-            ctl.wait_state(native.STATE_DONE, slice_ns)
+            if ctl.state < native.STATE_FINISHING:
+                # Woken at FINISHING (shmp_ctl_advance): the run's last hooks
+                # are next; then watch for its report awhile, so that our
+                # wake-up overlaps them instead of following the report.
+                ctl.wait_state(native.STATE_FINISHING, slice_ns)
+            elif not self._watched:
+                self._watched = True
+                native.spin_politely(self._reported,
+                                     native.now_ns() + min(_REPORT_WATCH_NS, slice_ns))
+            else:
+                ctl.wait_state(native.STATE_DONE, slice_ns)
 
     async def until_ended(self) -> None:
         """The worker's sentinel (readable once it exits) wakes the loop; the
