@@ -110,6 +110,16 @@ static void put_le(char *p, uint64_t v, int n)
         p[i] = (char)(v >> (8 * i));
 }
 
+/* taskwire.HEADER ("<BBHIQ"): op, flags 0, slot, count or elapsed us, id. */
+static void put_header(char *p, int op, unsigned slot, uint64_t n, uint64_t ident)
+{
+    p[0] = (char)op;
+    p[1] = 0;
+    put_le(p + 2, slot, 2);
+    put_le(p + 4, n > 0xFFFFFFFFull ? 0xFFFFFFFFull : n, 4);
+    put_le(p + 8, ident, 8);
+}
+
 static uint64_t get_le(const char *p, int n)
 {
     uint64_t v = 0;
@@ -161,16 +171,21 @@ static uint64_t now_ns(void)
 }
 
 /* native.spin_politely on the task ring's count, until end_ns. */
-static void linger(const loop_ctx *c, uint64_t end_ns)
+static void watch(count_fn count, void *ring, uint64_t end_ns, uint64_t contended_ns)
 {
-    while (c->count(c->task) == 0) {
+    while (count(ring) == 0) {
         uint64_t t = now_ns();
         if (t >= end_ns)
             return;
         sched_yield();
-        if (now_ns() - t > c->contended_ns)
+        if (now_ns() - t > contended_ns)
             return;                     /* loaded: a futex sleep beats taking turns */
     }
+}
+
+static void linger(const loop_ctx *c, uint64_t end_ns)
+{
+    watch(c->count, c->task, end_ns, c->contended_ns);
 }
 
 static PyObject *result(int status, uint64_t k, uint64_t last_work, PyObject *a, PyObject *b,
@@ -207,11 +222,7 @@ static Py_ssize_t encode_value(const loop_ctx *c, PyObject *value, uint64_t iden
     tp_byte(&o, 5);
     if (tp_write_item(&o, value, kind_of(value)) == 0 && (tp_byte(&o, '.'), !o.full)
             && (unsigned long long)(o.p - outbuf) <= c->inband_max) {
-        outbuf[0] = (char)R_VALUE;
-        outbuf[1] = 0;                  /* flags */
-        put_le(outbuf + 2, c->slot, 2);
-        put_le(outbuf + 4, us > 0xFFFFFFFFull ? 0xFFFFFFFFull : us, 4);
-        put_le(outbuf + 8, ident, 8);
+        put_header(outbuf, R_VALUE, c->slot, us, ident);
         return o.p - outbuf;
     }
     PyErr_Clear();
@@ -225,11 +236,7 @@ static Py_ssize_t encode_value(const loop_ctx *c, PyObject *value, uint64_t iden
         return -1;
     }
     char head[16];
-    head[0] = (char)R_VALUE;
-    head[1] = 0;                        /* flags */
-    put_le(head + 2, c->slot, 2);
-    put_le(head + 4, us > 0xFFFFFFFFull ? 0xFFFFFFFFull : us, 4);
-    put_le(head + 8, ident, 8);
+    put_header(head, R_VALUE, c->slot, us, ident);
     Py_ssize_t n = plen + HS;
     if ((unsigned long long)n > c->inband_max || n > BUF_BYTES) {
         *big = PyBytes_FromStringAndSize(NULL, n);
@@ -469,17 +476,8 @@ static PyObject *cl_take_value(PyObject *self, PyObject *args)
     char buf[TAKE_BYTES];
     int64_t rc;
     Py_BEGIN_ALLOW_THREADS
-    if (spin_ns && count(ring) == 0) {  /* native.spin_politely */
-        uint64_t end = now_ns() + spin_ns;
-        while (count(ring) == 0) {
-            uint64_t t = now_ns();
-            if (t >= end)
-                break;
-            sched_yield();
-            if (now_ns() - t > contended)
-                break;
-        }
-    }
+    if (spin_ns)                        /* native.spin_politely */
+        watch(count, ring, now_ns() + spin_ns, contended);
     rc = get_record(ring, buf, sizeof buf, 0);
     if (rc == EEMPTY_RC && timeout_ns != 0)
         rc = get_record(ring, buf, sizeof buf, timeout_ns);
@@ -548,11 +546,7 @@ static PyObject *cl_encode_call(PyObject *self, PyObject *args)
     tp_byte(&o, '.');
     if (o.full)
         Py_RETURN_NONE;
-    rec[0] = (char)OP_CALL;
-    rec[1] = 0;                         /* flags */
-    put_le(rec + 2, 0, 2);              /* slot: the pool's records name none */
-    put_le(rec + 4, 1, 4);              /* items in the record */
-    put_le(rec + 8, ident, 8);
+    put_header(rec, OP_CALL, 0, 1, ident);      /* the pool's records name no slot; 1 item */
     return PyBytes_FromStringAndSize(rec, o.p - rec);
 }
 
