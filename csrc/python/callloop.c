@@ -381,25 +381,18 @@ static PyObject *cl_serve(PyObject *self, PyObject *args)
             kwargs = Py_None;
         PyObject *value = PyObject_Call(fn, fargs, kwargs == Py_None ? NULL : kwargs);
         Py_DECREF(body);
-        if (value == NULL) {
-            PyObject *exc = pyhelp_take_exception();
+        if (value == NULL || !is_scalar(value)) {
+            /* An exception, or a value Python encodes (and checks): both go
+             * back with the call's id and start, for its span and record. */
+            int status = value == NULL ? ST_RAISED : ST_VALUE;
+            PyObject *what = value == NULL ? pyhelp_take_exception() : value;
             PyObject *id = PyLong_FromUnsignedLongLong(ident);
             if (id == NULL) {
                 Py_DECREF(st);
-                Py_DECREF(exc);
+                Py_DECREF(what);
                 break;
             }
-            out = result(ST_RAISED, k, last_work, id, st, exc);
-            break;
-        }
-        if (!is_scalar(value)) {
-            PyObject *id = PyLong_FromUnsignedLongLong(ident);
-            if (id == NULL) {
-                Py_DECREF(st);
-                Py_DECREF(value);
-                break;
-            }
-            out = result(ST_VALUE, k, last_work, id, st, value);
+            out = result(status, k, last_work, id, st, what);
             break;
         }
         Py_DECREF(st);
