@@ -41,6 +41,7 @@ from ...wire import pickling as wire
 from ...wire.taskwire import OP_CALL, OP_RUN, OP_STOP
 from ...runtime import call_loop, pool_worker
 from .dispatch import Dispatch
+from . import forking
 from .forking import DirectForkProcess
 from .forkserver import preload_into_forkserver
 from .recovery import WorkerRecovery
@@ -191,11 +192,13 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         try:
             for index in indices:
                 made.append(self._prepare_worker(index))
-            slots = []
-            for index, proc, task_q, pctl, rctl in made:
-                proc.start()
-                slots.append(Slot(index, proc, task_q, pctl, rctl, self._max_tasks))
-            return slots
+            with forking.one_cleanup():
+                for _, proc, _, _, _ in made:
+                    proc.start()
+            # After the last fork: each Slot made between two forks would
+            # touch pages the previous child still shares.
+            return [Slot(index, proc, task_q, pctl, rctl, self._max_tasks)
+                    for index, proc, task_q, pctl, rctl in made]
         except BaseException:
             # None of these is in the pool's slots yet: end the ones that
             # started (no orphan) and close every ring made here.
