@@ -1,4 +1,4 @@
-"""Interleaved wall-clock A/B of built trees, for the paths a fork makes costly.
+"""Interleaved wall-clock A/B of built trees, for the paths a fork or an idle spell makes costly.
 
     python bench/ab_fork_paths.py --tree before=/tmp/ab/before --tree after=/tmp/ab/after
     python bench/ab_fork_paths.py                      # this tree only
@@ -13,11 +13,16 @@ both alike):
   start      start -> result of a trivial fork Process against mp's fork
              Process + Queue (bench/process.py part 1's contenders, taken
              in turns), median of 40.
+  after_idle submit -> result on a warm 2-worker pool after 0, 1 and 20 ms
+             idle, against two processes ping-ponging a byte over os.pipe
+             after the same idle (bench/idle_and_scale.py 1, its own
+             functions), medians of 300 / 100 / 40.
 
 Each round runs every tree once, in turn, in its own interpreter with the
 tree first on PYTHONPATH (the child checks that shmproc.__file__ is inside
 it); --rounds rounds (default 4).  The table gives, per tree and row, the
-range over rounds of shmproc's median, the anchor's and their ratio.
+range over rounds of shmproc's median, the anchor's and their ratio, and
+the median of the ratios.
 Build each tree first, e.g.
 
     git clone -q . /tmp/ab/before && git -C /tmp/ab/before checkout -q b21e81b
@@ -42,7 +47,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if __name__ == "__main__":
     # bench/queue.py would shadow the standard library's queue module.
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-ROWS = ("last_hook", "start")
+ROWS = ("last_hook", "start", "after_idle")
 
 
 def child(row: str) -> dict:
@@ -60,6 +65,18 @@ def child(row: str) -> dict:
                 ours.append(B.process_stamp(idle))
                 anchor.append(B.fork_pipe_stamp(idle))
             out[f"{idle * 1e3:g} ms idle"] = (statistics.median(ours), statistics.median(anchor))
+        return out
+    if row == "after_idle":
+        import idle_and_scale as B
+        out = {}
+        with shmproc.Pool(2) as pool:
+            def ours():
+                pool.submit(B.noop, 1).result()
+            for _ in range(300):
+                ours()
+            for idle, n in ((0.0, 300), (0.001, 100), (0.02, 40)):
+                anchor = B.pipe_pingpong(idle, n)
+                out[f"{idle * 1e3:g} ms idle"] = (B.one_at_a_time(ours, idle, n), anchor)
         return out
     import multiprocessing as mp
     from process import Trivial, TRIVIAL_VALUE, _child_put_int
@@ -113,17 +130,19 @@ def main(argv=None) -> int:
                 got = run_child(row, tree or None)
                 for what, (ours, anchor) in got.items():
                     seen.setdefault((row, what, name), []).append((ours, anchor))
-                    print(f"  round {k + 1} {row:9s} {what:11s} {name:10s} "
+                    print(f"  round {k + 1} {row:10s} {what:11s} {name:10s} "
                           f"{ours * 1e6:8.0f} us / {anchor * 1e6:8.0f} us = {ours / anchor:.2f}x",
                           flush=True)
     print()
-    print(f"{'row':9s} {'case':11s} {'tree':10s} {'shmproc':>16s} {'anchor':>16s} {'ratio':>12s}")
+    print(f"{'row':10s} {'case':11s} {'tree':10s} {'shmproc':>16s} {'anchor':>16s} {'ratio':>12s} "
+          f"{'median':>7s}")
     for (row, what, name), xs in seen.items():
         o = [x[0] * 1e6 for x in xs]
         a = [x[1] * 1e6 for x in xs]
         r = [x[0] / x[1] for x in xs]
-        print(f"{row:9s} {what:11s} {name:10s} {f'{min(o):.0f}-{max(o):.0f} us':>16s} "
-              f"{f'{min(a):.0f}-{max(a):.0f} us':>16s} {f'{min(r):.2f}-{max(r):.2f}x':>12s}")
+        print(f"{row:10s} {what:11s} {name:10s} {f'{min(o):.0f}-{max(o):.0f} us':>16s} "
+              f"{f'{min(a):.0f}-{max(a):.0f} us':>16s} {f'{min(r):.2f}-{max(r):.2f}x':>12s} "
+              f"{statistics.median(r):6.2f}x")
     return 0
 
 
