@@ -555,7 +555,8 @@ static PyMethodDef cl_methods[] = {
 
 static struct PyModuleDef cl_module = {
     PyModuleDef_HEAD_INIT, "shmproc._callloop",
-    "A pool worker's loop of plain calls in C (see csrc/python/callloop.c).", -1, cl_methods,
+    "A lone plain call's path through a pool, in C (see csrc/python/callloop.c).", -1,
+    cl_methods,
     NULL, NULL, NULL, NULL,
 };
 
