@@ -515,6 +515,26 @@ def bigger_than_the_wait_buffer(n):
     return "w" * n
 
 
+def test_arguments_a_worker_cannot_be_sent_fail_alone_without_a_hang():
+    """Where records cannot go out-of-band (the portable layer), a task
+    whose record is larger than its worker's ring fails at submit (or, in
+    a map, alone); elsewhere it runs."""
+    big = b"z" * 300_000
+    with shmproc.Pool(1) as pool:
+        assert pool.submit(add, 1).result() == 11
+        if blobs.PEER_FD_OK:
+            assert pool.submit(echo_len, big).result() == 300_000
+            assert pool.map(echo_len, [big, b"a"], chunksize=1) == [300_000, 1]
+        else:
+            with pytest.raises(shmproc.wire.SerializationError, match="out-of-band"):
+                pool.submit(echo_len, big)
+            with pytest.raises(shmproc.wire.SerializationError, match="out-of-band"):
+                pool.submit(echo_len, big, extra=1)                 # the general path
+            with pytest.raises(shmproc.wire.SerializationError, match="out-of-band"):
+                pool.map(echo_len, [b"a", big], chunksize=1)
+        assert pool.submit(add, 2).result(timeout=30) == 12
+
+
 def test_a_pool_takes_every_kind_of_lone_result():
     with shmproc.Pool(1) as pool:
         assert pool.submit(add, 1).result() == 11

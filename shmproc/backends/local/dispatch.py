@@ -20,7 +20,7 @@ from ...runtime import call_loop
 from ...wire import pickling as wire
 from ...wire import taskwire
 from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_DEF, OP_FORGET, OP_LIMIT, OP_RUN
-from .units import CallRun, Unit
+from .units import CallRun, Unit, fits
 
 __all__ = ["Dispatch", "WINDOW_NS", "MAX_WINDOW_ITEMS", "MAX_CHUNK"]
 
@@ -119,7 +119,7 @@ class Dispatch:
                             batch.append(taskwire.encode_raw(OP_DEF, unit.fn_id,
                                                              self._fn_pickle(unit.fn_id)))
                             slot.fns.add(unit.fn_id)
-                        rec = unit.record or unit.encode(token)
+                        rec = unit.record or unit.encode(token, self._record_limit)
                         limit = unit.sink.timeout_ns
                         if limit != slot.limit_ns and unit.op != OP_RUN:
                             batch.append(taskwire.encode_raw(OP_LIMIT, limit))
@@ -166,13 +166,13 @@ class Dispatch:
         if limit != slot.limit_ns:
             batch.append(taskwire.encode_raw(OP_LIMIT, limit))
             slot.limit_ns = limit
-        token, units = self._res.token, self._units
+        token, units, limit = self._res.token, self._units, self._record_limit
         first = stream = slot.sent_items
         for unit in run:
-            rec = unit.record
-            if rec is None:
+            rec = unit.record                    # (encode_calls made most of them)
+            if rec is None or limit is not None:
                 try:
-                    rec = unit.encode(token)
+                    rec = unit.encode(token, limit) if rec is None else fits(rec, limit)
                 except Exception as exc:         # noqa: BLE001 - an argument cannot travel
                     self._unsendable(unit, exc)
                     continue
@@ -268,10 +268,10 @@ class Dispatch:
         kwargs = kwargs or None
         unit = Unit(next(self._ids), task, 0, OP_CALL, fn_id, False, args, kwargs)
         try:
-            rec = unit.record = (
+            rec = unit.record = fits(
                 call_loop.encode_call(unit.id, fn_id, args, self._res.token) if kwargs is None
                 else taskwire.encode(OP_CALL, unit.id, (fn_id, args, kwargs), self._res.token,
-                                     elapsed_us=1))
+                                     elapsed_us=1), self._record_limit)
         except Exception as exc:          # noqa: BLE001 - an unpicklable argument fails here
             raise self._submit_error(fn, unit, exc) from exc
         task._unit = unit

@@ -175,6 +175,10 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             elif self._method == "fork":
                 wire.preload_for_fork_children()
             res.slots.extend(self._start_workers(range(self._n)))
+            # Where records cannot go out-of-band, a task's record must fit
+            # its worker's ring (units.fits).
+            self._record_limit = (None if blobs.PEER_FD_OK
+                                  else res.slots[0].task_q._inband_max)
         except BaseException:
             res.kill()
             raise
@@ -505,7 +509,9 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                 if is_process_class(fn):
                     unit.flags = taskwire.FLAG_TELLS
             try:
-                unit.encode(self._res.token)       # an unpicklable argument fails here, not later
+                # An unpicklable argument (or, see units.fits, one too large
+                # for this platform) fails here, not later.
+                unit.encode(self._res.token, self._record_limit)
             except Exception as exc:               # noqa: BLE001
                 raise self._submit_error(fn, unit, exc) from exc
             task._unit = unit

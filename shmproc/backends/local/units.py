@@ -14,7 +14,19 @@ from ...jobs.job import READ_AHEAD_ITEMS, Job
 from ...wire import taskwire
 from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_RETRY
 
-__all__ = ["Unit", "Slot", "LocalJob", "CallRun"]
+__all__ = ["Unit", "Slot", "LocalJob", "CallRun", "fits"]
+
+
+def fits(record: bytes, limit: int | None) -> bytes:
+    """`record`, or ValueError if it is larger than `limit`: what a worker's
+    ring carries in-band where records cannot go out-of-band (the portable
+    layer; None elsewhere).  Such a record could never be put: it fails
+    here, where a failed encoding fails its task, not in the put."""
+    if limit is not None and len(record) > limit:
+        raise ValueError(f"its record needs {len(record)} bytes, more than a worker's ring "
+                         f"carries ({limit}) on this platform, which cannot pass large items "
+                         f"out-of-band; send large data through shared memory or a file")
+    return record
 
 
 class Unit:
@@ -54,14 +66,15 @@ class Unit:
             return self.fn_id, self.items, self.kwargs
         return self.fn_id, self.items[0]      # OP_RUN: (span label, the Process)
 
-    def encode(self, token) -> bytes:
+    def encode(self, token, limit=None) -> bytes:
+        """Its record (made once); limit: see fits()."""
         if self.record is None:
             op, payload = self.op, self.payload()
             if self.lives is not None:
                 op, payload = OP_RETRY, (self.lives, op, payload)
-            self.record = taskwire.encode(op, self.id, payload, token,
-                                          elapsed_us=self.n,     # the header's count field
-                                          flags=self.flags)
+            self.record = fits(taskwire.encode(op, self.id, payload, token,
+                                               elapsed_us=self.n,     # the header's count field
+                                               flags=self.flags), limit)
         return self.record
 
     def split(self, ident, start, stop):
