@@ -15,27 +15,38 @@ from shmproc.processing import Process
 
 
 def test_advance_to_finishing_wakes_a_sleeper_and_running_does_not():
+    """The sleeper must return at the wake-up, not at its next look: a
+    waiter re-checks every 200 ms (wait.c) even unwoken, so the bound on
+    how late it returns, 100 ms, is what shows the wake-up happened."""
     ctl = native.ControlArray.create(1)
     c = ctl.control(0)
     try:
         c.advance(native.STATE_RUNNING)
         assert c.wait_state(native.STATE_FINISHING, 5_000_000) == native.ETIMEDOUT
         r, w = os.pipe()
+        stamp_r, stamp_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 os.close(r)
+                os.close(stamp_w)
                 os.write(w, b"s")
-                code = 0 if c.wait_state(native.STATE_FINISHING, 20_000_000_000) == native.OK \
-                    else 2
+                ok = c.wait_state(native.STATE_FINISHING, 20_000_000_000) == native.OK
+                woke = native.now_ns()
+                advanced = int(os.read(stamp_r, 32))
+                code = 0 if ok and woke - advanced < 100_000_000 else 2
             finally:
                 os._exit(code)
         os.close(w)
+        os.close(stamp_r)
         assert os.read(r, 1) == b"s"
         os.close(r)
-        time.sleep(0.05)                 # asleep by now, most likely; either way it must see it
+        time.sleep(0.01)                 # asleep by now, most likely (its spin is 20 us)
+        advanced = native.now_ns()
         c.advance(native.STATE_FINISHING)
+        os.write(stamp_w, str(advanced).encode())
+        os.close(stamp_w)
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
         assert c.state == native.STATE_FINISHING
     finally:

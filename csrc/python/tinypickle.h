@@ -56,6 +56,24 @@ static inline void tp_le(tp_out *o, uint64_t v, int n)
         tp_byte(o, (int)(v >> (8 * i)) & 0xFF);
 }
 
+/* n bytes after their length: a 1-byte length under `short_op` below 256,
+ * else a 4-byte one under `long_op`; 0, or -1 past 2 GiB.               */
+static inline int tp_write_sized(tp_out *o, int short_op, int long_op, const char *s,
+                                 Py_ssize_t n)
+{
+    if (n > 0x7FFFFFFF)
+        return -1;
+    if (n < 256) {
+        tp_byte(o, short_op);
+        tp_byte(o, (int)n);
+    } else {
+        tp_byte(o, long_op);
+        tp_le(o, (uint64_t)n, 4);
+    }
+    tp_bytes(o, s, (size_t)n);
+    return 0;
+}
+
 /* One item; 0, or -1 if it is not one of ours (an error may be set:
  * the caller clears it and falls back to pickle).  `kind`: TP_*.       */
 static inline int tp_write_item(tp_out *o, PyObject *v, int kind)
@@ -110,32 +128,14 @@ static inline int tp_write_item(tp_out *o, PyObject *v, int kind)
     case TP_STR: {
         Py_ssize_t n;
         const char *s = PyUnicode_AsUTF8AndSize(v, &n);    /* fails on a lone surrogate */
-        if (s == NULL || n > 0x7FFFFFFF)
-            return -1;
-        if (n < 256) {
-            tp_byte(o, 0x8c);
-            tp_byte(o, (int)n);
-        } else {
-            tp_byte(o, 'X');
-            tp_le(o, (uint64_t)n, 4);
-        }
-        tp_bytes(o, s, (size_t)n);
-        return 0;
+        return s == NULL ? -1 : tp_write_sized(o, 0x8c, 'X', s, n);   /* SHORT_BIN/BINUNICODE */
     }
     case TP_BYTES: {
         char *s;
         Py_ssize_t n;
-        if (PyBytes_AsStringAndSize(v, &s, &n) < 0 || n > 0x7FFFFFFF)
+        if (PyBytes_AsStringAndSize(v, &s, &n) < 0)
             return -1;
-        if (n < 256) {
-            tp_byte(o, 'C');
-            tp_byte(o, (int)n);
-        } else {
-            tp_byte(o, 'B');
-            tp_le(o, (uint64_t)n, 4);
-        }
-        tp_bytes(o, s, (size_t)n);
-        return 0;
+        return tp_write_sized(o, 'C', 'B', s, n);                     /* SHORT_BIN/BINBYTES */
     }
     default:
         return -1;

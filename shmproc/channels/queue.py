@@ -229,12 +229,13 @@ class Queue(Moving, Generic[Item]):
         if self._chain is None:
             self._cons.set_wait_slice(0)
 
-    def _poke(self) -> None:
-        """Wake the reader asleep on this queue, nothing put (shmp_ring_poke):
-        a writer about to put pokes first, so that the reader's wake-up
-        overlaps the writer's own work.  The pool pokes a worker as it
-        begins a lone submit."""
+    def _poke(self) -> None:    # the pool's lone submit (dispatch.py): its path kept short
+        """Wake the reader asleep on this queue, nothing put (shmp_ring_poke)."""
         self._prod.poke()
+
+    def _put_now(self, data: bytes) -> bool:
+        """put(data, block=False) of bytes in one ring call; False: too large, no room now."""
+        return len(data) <= self._inband_max and not self._put(data, len(data), TAG_BYTES, 0)
 
     def _check_open(self) -> None:
         if self._closed:

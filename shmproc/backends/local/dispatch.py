@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import queue as _stdlib_queue
 
-from ...channels.records import TAG_BYTES
 from ...common.outcome import is_process_class
 from ...jobs.task import _RUNNING, Task
 from ...runtime import call_loop
@@ -286,8 +285,7 @@ class Dispatch:
             slot.allowance -= 1
         self._units[unit.id] = unit
         slot.inflight.append(unit)
-        task_q = slot.task_q
-        if len(rec) > task_q._inband_max or task_q._prod.put(rec, len(rec), TAG_BYTES, 0):
+        if not slot.task_q._put_now(rec):
             # Large, or the ring is full or busy: Queue.put's general path
             # (out-of-band, or queued for later by _send).
             self._send(slot, [rec], [unit])

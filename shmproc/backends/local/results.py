@@ -13,14 +13,14 @@ from __future__ import annotations
 import itertools
 import queue as _stdlib_queue
 
+from ...channels.records import TAG_BYTES
 from ...common.errors import remote_failure
-from ...runtime import call_loop
 from ...common.validate import callable_name
+from ...runtime import call_loop
 from ...wire import taskwire
+from ...wire.blobs import LOST
 from ...wire.taskwire import (R_CHUNK, R_ERROR, R_INIT_FAILED, R_MESSAGE, R_PART, R_PROCESS,
                               R_VALUE, R_VALUES)
-from ...channels.records import TAG_BYTES
-from ...wire.blobs import LOST
 from .units import LocalJob
 
 __all__ = ["ResultIntake"]
