@@ -535,6 +535,56 @@ def test_arguments_a_worker_cannot_be_sent_fail_alone_without_a_hang():
         assert pool.submit(add, 2).result(timeout=30) == 12
 
 
+def text_of(n):
+    return "t" * n
+
+
+def first_text_of(n):                   # a function the worker meets in a batch (OP_DEF first)
+    return "f" * n
+
+
+def texts_of(n):
+    return ["l" * n]
+
+
+def the_length(s):
+    return len(s)
+
+
+def test_results_a_worker_cannot_send_fail_alone_without_a_crash():
+    """Where results cannot go out-of-band (the portable layer), a result
+    larger than the result ring carries fails its item alone with
+    SerializationError, on every path a result takes (the C loop's
+    scalar, a value Python encodes, a lone scalar of a batch, values
+    coalesced into one record, a chunk's results), and the worker goes on;
+    elsewhere they all arrive."""
+    big = 2_000_000
+    with shmproc.Pool(1) as pool:
+        pid = pool.pids[0]
+        local = blobs.PEER_FD_OK
+        calls = [(text_of, big), (texts_of, big), (first_text_of, big)]
+        for fn, n in calls:
+            if local:
+                assert len(pool.submit(fn, n).result(timeout=60)) in (n, 1)
+            else:
+                with pytest.raises(shmproc.wire.SerializationError, match="out-of-band"):
+                    pool.submit(fn, n).result(timeout=60)
+        # Values of 600 kB: each fits the ring, four together do not.
+        assert [len(s) for s in pool.map(text_of, [600_000] * 4, chunksize=1)] == [600_000] * 4
+        # A chunk's results too large together go in parts.
+        assert [len(s) for s in pool.map(text_of, [300_000] * 12, chunksize=6)] == [300_000] * 12
+        if local:
+            assert [len(s) for s in pool.map(text_of, [5, big, 5], chunksize=3)] == [5, big, 5]
+        else:
+            # One item too large alone fails alone: the map raises its error.
+            with pytest.raises(shmproc.wire.SerializationError, match="an item of task"):
+                pool.map(text_of, [5, big, 5], chunksize=3)
+            out = list(pool.imap(the_length, ["a", "bb"]))
+            assert out == [1, 2]
+        assert pool.submit(add, 2).result(timeout=30) == 12
+        assert pool.pids == [pid]                                  # no worker was lost
+
+
 def test_a_pool_takes_every_kind_of_lone_result():
     with shmproc.Pool(1) as pool:
         assert pool.submit(add, 1).result() == 11

@@ -19,10 +19,10 @@ from ..common import lifecycle
 from ..channels.records import TAG_BYTES
 from ..wire import blobs, taskwire
 from ..wire.blobs import LOST
-from ..wire.taskwire import OP_CALL, R_ERROR, R_VALUE
+from ..wire.taskwire import OP_CALL, R_ERROR, R_VALUE, fits
 from .failures import error_payload
 
-__all__ = ["context", "usable", "serve", "result_context", "take_lone", "encode_call"]
+__all__ = ["context", "with_spans", "usable", "serve", "result_context", "take_lone", "encode_call"]
 
 # What the C loop returns with (callloop.c's ST_*).
 ST_BATCH, ST_RECORD, ST_RAISED, ST_VALUE, ST_PUT, ST_RECYCLE, ST_PYGET = range(7)
@@ -55,6 +55,11 @@ def context(worker, linger_ns: int, running: int):
             worker.plain, pickle.loads, pickle.dumps, spans.begin, spans.end)
 
 
+def with_spans(ctx, spans):
+    """`ctx` (from context) recording on `spans` instead."""
+    return ctx[:-2] + (spans.begin, spans.end)
+
+
 def usable(worker) -> bool:
     """Whether the C loop may take the next record: no task timeout (the
     Python loop arms the guard per call), nothing a batch left behind in
@@ -82,8 +87,17 @@ def serve(worker, ctx, last_work):
     elif st == ST_VALUE:                # not a scalar: encoded (and checked) in Python
         worker._send(R_VALUE, a, c, worker.spans.end() - b)
         worker._done()
-    elif st == ST_PUT:
-        worker.result_q.put(a)          # waits for room, or goes out-of-band
+    elif st == ST_PUT:                  # a large record, or the ring had no room
+        limit = worker.result_limit
+        if limit is not None and len(a) > limit:
+            # Too large for the ring where nothing goes out-of-band: this
+            # item fails alone (its count was taken: see pool_worker._send).
+            try:
+                fits(a, limit)
+            except ValueError as exc:
+                worker.out.append(worker._unsendable(R_VALUE, taskwire.header(a)[4], None, exc, 0))
+        else:
+            worker.result_q.put(a)      # waits for room, or goes out-of-band
     elif st != ST_RECYCLE:              # ST_BATCH, ST_PYGET: the Python loop's get
         return None, last_work
     return (), last_work

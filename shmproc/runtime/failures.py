@@ -71,6 +71,7 @@ def unsendable(op, ident, payload, exc, us, token, slot, failed):
         lap = payload[4]
         err = ResultError(what, current_lap=lap, original_error=exc)
         return taskwire.encode(R_PROCESS, ident, (2, err, None, err, lap), token, slot, us)
-    failed()
+    if op != R_ERROR:                   # (a task's error was counted where it was raised)
+        failed()
     return taskwire.encode(R_ERROR, ident, error_payload(wire.SerializationError(what)),
                            token, slot, us)

@@ -61,6 +61,19 @@ _loads = pickle.loads
 _MAIN_MARKER = wire._MAIN_MARKER
 
 
+def fits(record: bytes, limit: int | None) -> bytes:
+    """`record`, or ValueError if it is larger than `limit`: what the ring
+    it goes on carries in-band where records cannot go out-of-band (the
+    portable layer; None elsewhere).  Such a record could never be put: it
+    fails where it is encoded, which fails its task (an argument) or item
+    (a result), not in the put, which would end the process putting it."""
+    if limit is not None and len(record) > limit:
+        raise ValueError(f"its record needs {len(record)} bytes, more than a pool's ring "
+                         f"carries ({limit}) on this platform, which cannot pass large items "
+                         f"out-of-band; send large data through shared memory or a file")
+    return record
+
+
 def encode(op: int, ident: int, payload: object, token: Any, slot: int = 0,
            elapsed_us: int = 0, flags: int = 0) -> bytes:
     """A record; raises wire.SerializationError if `payload` cannot be pickled."""

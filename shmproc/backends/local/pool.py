@@ -46,6 +46,7 @@ from .forking import DirectForkProcess
 from .forkserver import preload_into_forkserver
 from .recovery import WorkerRecovery
 from .release import release_ended
+from .resources import Resources, close_task_queue as _close_task_queue, kill_worker as _kill
 from .results import ResultIntake
 from .units import LocalJob, Slot, Unit
 
@@ -67,60 +68,6 @@ MAX_FUNCTIONS = 256
 MAX_LABELS = 65536
 #: Seconds a stopping worker gets to exit before it is killed.
 STOP_GRACE_S = 5.0
-
-
-class _Resources:
-    """What must be released when a pool ends, however it ends (also from a
-    weakref finalizer, so it must not refer to the Pool itself)."""
-
-    def __init__(self):
-        self.slots = []
-        self.ctl = None
-        self.trace = None
-        self.results = None
-        self.lone = None              # the result ring's C wait (runtime/call_loop.py)
-        self.token = blobs.FlushToken()
-        self.token.wait = False       # a task's arguments matter only while its worker lives
-        self.owner = os.getpid()
-
-    def kill(self):
-        if os.getpid() != self.owner:
-            return                    # a fork child's copy: the workers are the parent's
-        slots, self.slots = self.slots, []
-        for slot in slots:
-            _kill(slot.proc)
-        for slot in slots:
-            slot.proc.join()
-            _close_task_queue(slot.task_q)
-        self.release()
-
-    def release(self):
-        self.lone = None              # before the ring it points into goes
-        if self.results is not None:
-            self.results.close()
-            self.results = None
-        if self.ctl is not None:
-            self.ctl.close()
-            self.ctl = None
-        if self.trace is not None:
-            self.trace.close()        # the pool unmaps it once it has copied the spans
-            self.trace = None
-        blobs.pool.drop(self.token)
-
-
-def _close_task_queue(q):
-    """Close a worker's task queue once the worker is gone, with the large
-    records it never read (the Queue keeps their segments for its reader)."""
-    q.close()
-    blobs.pool.drop(q._token)
-
-
-def _kill(proc):
-    if proc.exitcode is None:
-        try:
-            proc.kill()
-        except (ProcessLookupError, AttributeError):
-            pass
 
 
 class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
@@ -151,6 +98,8 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         self._units = {}                                # id -> unit a worker holds
         self._pending = collections.deque()             # units ready to send
         self._avg_item_ns = None                        # measured time per item (EWMA)
+        self._probe_until = None                        # see dispatch._probing
+        self._lone_hint = None                          # the last lone submit's task queue
         self._total = 0
         self._retired_done = 0
         self._retired_failed = 0
@@ -159,7 +108,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         self._pumper = None                             # see _ensure_pumper
         self._driver_lock = threading.Lock()
         self._background_error = None
-        res = self._res = _Resources()
+        res = self._res = Resources()
         weakref.finalize(self, res.kill)
         try:
             res.ctl = native.ControlArray.create(2 * self._n)
@@ -229,14 +178,16 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         task_q.cancel_join_thread()        # its large records matter only while the worker lives
         main = threading.current_thread() is threading.main_thread()
         # fork: multiprocessing's Process with a lean child bootstrap (forking.py).
-        make = DirectForkProcess if self._method == "fork" else self._ctx.Process
+        fork = self._method == "fork"
+        make = DirectForkProcess if fork else self._ctx.Process
         try:
-            proc = make(
-                target=pool_worker.main,
-                args=(index, res.ctl, task_q, res.results, os.getpid(),
-                      self._method != "forkserver", main, self._max_tasks, self._init,
-                      res.trace),
-                name=f"shmproc:pool-worker-{index}")
+            args = (index, res.ctl, task_q, res.results, os.getpid(),
+                    self._method != "forkserver", main, self._max_tasks)
+            # Under fork the worker's objects are made here, not in the child
+            # (pool_worker.build); start() drops the parent's reference.
+            built = pool_worker.build(*args, res.trace) if fork else None
+            proc = make(target=pool_worker.main, args=(*args, self._init, res.trace, built),
+                        name=f"shmproc:pool-worker-{index}")
         except BaseException:
             task_q.close()
             raise
@@ -335,6 +286,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         """Send what can go, take results (waiting up to wait_s for the first)."""
         if self._pending or self._jobs:
             self._feed(feed_jobs)
+            wait_s = self._probe_wait(wait_s)     # what waits goes when the probe ends
         records, settled = (), False
         if self._units:
             results = self._res.results
@@ -366,7 +318,11 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         now = time.monotonic()
         if not (records or settled) or now >= self._next_check:
             self._next_check = now + SLICE_S
-            self._check_workers()
+            if not settled or self._units:
+                # (Not on the path of a lone result after an idle spell, with
+                # nothing else in flight: a waitpid per worker, each slow then.
+                # A worker that died idle is found at the next wait instead.)
+                self._check_workers()
             self._recycle_spent()
         if records and (self._pending or self._jobs):
             self._feed(feed_jobs)
@@ -435,7 +391,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                 # submitting meanwhile must not queue behind this wait (it
                 # did, ~30 us a submit while tasks were queued).  The pool
                 # may end meanwhile: a closed queue keeps its mapping.
-                if results is None or not results._wait_readable(0.005):
+                if results is None or not results._wait_readable(self._probe_wait(0.005)):
                     time.sleep(0.0005)
                 results = None
         except BaseException as exc:            # noqa: BLE001 - handed to the next caller
@@ -491,6 +447,13 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
     def _submit(self, fn, args, kwargs, options) -> Task:
         """See shmproc.Pool.submit; options: a TaskOptions."""
         retries = self._retries if options.retries is None else options.retries
+        hint = self._lone_hint
+        if hint is not None:
+            # The worker the last lone submit went to, likely this one's too:
+            # its wake-up (slow after idle) begins now, not after the lock and
+            # the slot choice (_submit_direct pokes the one it picks anyway).
+            # A closed queue keeps its mapping while referenced: always safe.
+            hint._poke()
         with self._lock:
             self._check_open()
             task = self._submit_direct(fn, args, kwargs, options, retries)
@@ -645,6 +608,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         """The workers are gone: spans they left open were cut short.  The
         spans are copied out and the segment unmapped (timeline() reads the
         copy), so an ended pool holds no shared memory."""
+        self._lone_hint = None                     # (holds a ring's mapping)
         for i in range(self._n):
             self._close_spans(i, native.SPAN_CRASHED)
         self._trace_rings = [ring.snapshot() for ring in self._trace_rings]

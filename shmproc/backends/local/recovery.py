@@ -40,6 +40,8 @@ class WorkerRecovery:
         account, fail or re-send what it held, replace it."""
         self._drain()                            # what it sent before it went
         slot.proc.join()
+        if self._lone_hint is slot.task_q:
+            self._lone_hint = None                # (its ring's mapping goes with the slot)
         # The task it died in (or was ended in by its guard) ends here.
         self._close_spans(slot.index, native.SPAN_CRASHED |
                           (native.SPAN_FAILED if slot.rctl.expired() else 0))

@@ -12,21 +12,9 @@ import itertools
 
 from ...jobs.job import READ_AHEAD_ITEMS, Job
 from ...wire import taskwire
-from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_RETRY
+from ...wire.taskwire import OP_CALL, OP_CHUNK, OP_RETRY, fits
 
 __all__ = ["Unit", "Slot", "LocalJob", "CallRun", "fits"]
-
-
-def fits(record: bytes, limit: int | None) -> bytes:
-    """`record`, or ValueError if it is larger than `limit`: what a worker's
-    ring carries in-band where records cannot go out-of-band (the portable
-    layer; None elsewhere).  Such a record could never be put: it fails
-    here, where a failed encoding fails its task, not in the put."""
-    if limit is not None and len(record) > limit:
-        raise ValueError(f"its record needs {len(record)} bytes, more than a worker's ring "
-                         f"carries ({limit}) on this platform, which cannot pass large items "
-                         f"out-of-band; send large data through shared memory or a file")
-    return record
 
 
 class Unit:
