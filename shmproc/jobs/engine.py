@@ -36,7 +36,7 @@ from ..common import validate
 from ..common.outcome import is_process, is_process_class
 from .asyncresult import AsyncResult, MapResult
 from .job import Job
-from . import aio, progressbar
+from . import progressbar
 from .task import DEFAULT_OPTIONS, SLICE_S, Task, TaskOptions, listen
 
 if TYPE_CHECKING:
@@ -281,6 +281,7 @@ class JobEngine:
     async def _aresults(self, fn: Callable[[Any], Any], iterable: Iterable[Any],
                         chunksize: int | None, copy: bool, ordered: bool, retries: int | None,
                         task_timeout: float | None) -> AsyncGenerator[Any, None]:
+        from . import aio         # asyncio loads here, not with every pool (~20 ms)
         job = self._start_job(fn, iterable, chunksize, False, copy, False, retries, task_timeout)
         async for value in aio.results(self, job, ordered):
             yield value
