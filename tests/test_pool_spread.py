@@ -77,3 +77,15 @@ def test_submitted_tasks_during_the_probe_all_complete():
         assert all(isinstance(t.result(timeout=30), int) for t in tasks)
         asyncs = [pool.apply_async(nap_pid, (0.01,)) for _ in range(10)]
         assert all(isinstance(a.get(timeout=30), int) for a in asyncs)
+
+
+def test_a_caller_waiting_on_long_items_does_not_spin():
+    # Items left beyond the workers' windows once the probe has ended (their
+    # length still unknown): the caller sleeps until a result comes, as
+    # before the probe, instead of polling with no wait.
+    # (It polled until the first result: ~0.5 s of CPU here.)
+    with shmproc.Pool(2, start_method="fork") as pool:
+        cpu = time.process_time()
+        assert len(pool.map(nap_pid, [0.5] * 6, chunksize=1)) == 6
+        cpu = time.process_time() - cpu
+    assert cpu < 0.2, f"the caller used {cpu:.2f} s of CPU waiting"

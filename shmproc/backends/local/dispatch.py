@@ -63,10 +63,12 @@ class Dispatch:
         return native.now_ns() < self._probe_until
 
     def _probe_wait(self, wait_s: float) -> float:
-        """wait_s, or less while items wait for the probe's end (_probing)."""
+        """wait_s, or less while items wait for the probe's end (_probing):
+        then until it ends (and never 0: the caller would spin)."""
         if self._probe_until is None or self._avg_item_ns is not None:
             return wait_s
-        return min(wait_s, max(self._probe_until - native.now_ns(), 0) / 1e9)
+        left = self._probe_until - native.now_ns()
+        return wait_s if left <= 0 else min(wait_s, max(left / 1e9, 0.0002))
 
     def _auto_chunk(self) -> int:
         """Items per record when the caller did not say: ~1/4 of the window."""
