@@ -585,6 +585,49 @@ def test_results_a_worker_cannot_send_fail_alone_without_a_crash():
         assert pool.pids == [pid]                                  # no worker was lost
 
 
+def lock_or_text(i):
+    import threading
+    return threading.Lock() if i == 0 else "m" * 600_000
+
+
+class BigResult(shmproc.processing.Process):
+    def __init__(self):
+        self.config.num_loops = 1
+
+    def __loop__(self):
+        pass
+
+    def __result__(self):
+        return "r" * 2_000_000
+
+
+def test_a_chunk_with_an_item_that_cannot_travel_fails_that_item_alone():
+    """An unpicklable item of a chunk becomes its error; the rest, too
+    large together where nothing goes out-of-band, still go (in parts)."""
+    with shmproc.Pool(1) as pool:
+        pid = pool.pids[0]
+        with pytest.raises(shmproc.wire.SerializationError, match="item 0"):
+            pool.map(lock_or_text, range(6), chunksize=6)
+        out = list(pool.imap(lock_or_text, range(1, 4), chunksize=3))
+        assert [len(s) for s in out] == [600_000] * 3
+        assert pool.pids == [pid]
+        assert pool.progress.failed == 1
+
+
+def test_a_process_task_whose_result_cannot_travel_fails_and_counts():
+    with shmproc.Pool(1) as pool:
+        pid = pool.pids[0]
+        task = pool.submit(BigResult)
+        if blobs.PEER_FD_OK:
+            assert len(task.result(timeout=60)) == 2_000_000
+            assert pool.progress.failed == 0
+        else:
+            with pytest.raises(shmproc.ResultError, match="out-of-band"):
+                task.result(timeout=60)
+            assert pool.progress.failed == 1
+        assert pool.pids == [pid]
+
+
 def test_a_pool_takes_every_kind_of_lone_result():
     with shmproc.Pool(1) as pool:
         assert pool.submit(add, 1).result() == 11

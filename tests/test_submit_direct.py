@@ -89,3 +89,21 @@ def test_idle_workers_are_never_woken():
         woken = {pid: after[pid] - before[pid] for pid in before}
         assert max(woken.values()) <= 1, woken
         assert pool.map(square, range(10)) == [i * i for i in range(10)]   # and they still wake
+
+
+def test_a_worker_that_dies_idle_is_replaced_under_a_stream_of_lone_tasks():
+    """A lone result puts off the pool's look at its workers (a waitpid
+    each, slow after idle), but only for a while: a worker killed while idle
+    is found and replaced even when every wait gets its result at once."""
+    import signal
+    with shmproc.Pool(2, start_method="fork") as pool:
+        pool.map(square, range(8), chunksize=1)        # both workers know square
+        victim = pool.pids[1]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        n = 0
+        while victim in pool.pids and time.monotonic() < deadline:
+            assert pool.submit(square, n).result(timeout=30) == n * n
+            n += 1
+        assert victim not in pool.pids and len(pool.pids) == 2
+        assert pool.map(square, range(6), chunksize=1) == [i * i for i in range(6)]

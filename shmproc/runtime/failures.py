@@ -4,6 +4,7 @@ function that could not be rebuilt, a result that cannot be sent."""
 from __future__ import annotations
 
 from ..common.errors import RemoteError, ResultError
+from ..common.outcome import FAILED_RESULT
 from ..wire import pickling as wire
 from ..wire import taskwire
 from ..wire.taskwire import R_CHUNK, R_ERROR, R_PART, R_PROCESS
@@ -68,6 +69,8 @@ def unsendable(op, ident, payload, exc, us, token, slot, failed):
         except Exception as e2:          # noqa: BLE001 - give up on the whole chunk
             exc = e2
     if op == R_PROCESS:
+        if payload[0] != FAILED_RESULT:     # (a failed outcome was counted as it failed)
+            failed()
         lap = payload[4]
         err = ResultError(what, current_lap=lap, original_error=exc)
         return taskwire.encode(R_PROCESS, ident, (2, err, None, err, lap), token, slot, us)

@@ -82,13 +82,19 @@ class ResultOut:
         us = min(elapsed_ns // 1000, 0xFFFFFFFF)
         try:
             rec = taskwire.encode(op, ident, payload, self.token, self.slot, us)
-            if self.result_limit is not None and len(rec) > self.result_limit:
-                if op in (R_CHUNK, R_PART):
-                    self._send_in_parts(op, ident, payload, elapsed_ns, rec)
-                    return
-                fits(rec, self.result_limit)
-        except Exception as exc:             # noqa: BLE001 - an unpicklable (or too large) result
+        except Exception as exc:             # noqa: BLE001 - an unpicklable result
+            # (A chunk's: its items that cannot travel become errors, in
+            # place, and the rest may still be too large together: below.)
             rec = self._unsendable(op, ident, payload, exc, us)
+        limit = self.result_limit
+        if limit is not None and len(rec) > limit:
+            if op in (R_CHUNK, R_PART):
+                self._send_in_parts(op, ident, payload, elapsed_ns, rec)
+                return
+            try:
+                fits(rec, limit)
+            except ValueError as exc:
+                rec = self._unsendable(op, ident, payload, exc, us)
         self.out.append(rec)
 
     def _send_in_parts(self, op, ident, payload, elapsed_ns, rec):

@@ -66,6 +66,8 @@ SPIN_NS = 200_000
 MAX_FUNCTIONS = 256
 #: Span labels (function names) remembered for timeline().
 MAX_LABELS = 65536
+#: The longest a lone result may put off the pool's look at its workers (_pump).
+CHECK_DEFER_S = 1.0
 #: Seconds a stopping worker gets to exit before it is killed.
 STOP_GRACE_S = 5.0
 
@@ -105,6 +107,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         self._retired_failed = 0
         self._crashed = 0
         self._next_check = 0.0
+        self._last_check = 0.0                          # see _pump
         self._pumper = None                             # see _ensure_pumper
         self._driver_lock = threading.Lock()
         self._background_error = None
@@ -317,11 +320,13 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             self._on_result(rec)
         now = time.monotonic()
         if not (records or settled) or now >= self._next_check:
-            self._next_check = now + SLICE_S
-            if not settled or self._units:
-                # (Not on the path of a lone result after an idle spell, with
-                # nothing else in flight: a waitpid per worker, each slow then.
-                # A worker that died idle is found at the next wait instead.)
+            # A lone result after an idle spell, nothing else in flight: the
+            # look at every worker (a waitpid each, each slow then) is put
+            # off, but by at most CHECK_DEFER_S (a worker that died idle is
+            # found then, or at the first wait that gets nothing).
+            if not settled or self._units or now - self._last_check >= CHECK_DEFER_S:
+                self._next_check = now + SLICE_S
+                self._last_check = now
                 self._check_workers()
             self._recycle_spent()
         if records and (self._pending or self._jobs):
