@@ -255,7 +255,11 @@ def test_a_signal_handler_that_raises_ends_its_sleep(rig):
 
     old = signal.signal(signal.SIGALRM, handler)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        # Every 50 ms: one that lands in the few instructions between the
+        # loop's last look at the signal flag and its sleep is seen only at
+        # the next EINTR (the next signal).  One that lands before, while
+        # the loop holds the GIL, runs its handler before the sleep.
+        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
         with pytest.raises(Woken):
             r.serve()                           # the ring is empty: it sleeps
     finally:
@@ -264,6 +268,43 @@ def test_a_signal_handler_that_raises_ends_its_sleep(rig):
     r.call(1, 1, 1)                             # and it can be called again
     r.call(2, 1, 2)
     assert r.serve()[0] == call_loop.ST_BATCH
+
+
+def test_a_signal_that_comes_while_the_loop_holds_the_gil_is_not_lost(rig):
+    """A signal delivered while the loop runs C code holding the GIL (here:
+    inside a call, through ctypes, which does not look at the signal flag)
+    has its handler run before the loop sleeps: it used to wait for a
+    wake-up that never came (the signal had no EINTR left to give)."""
+    import ctypes
+    import functools
+    import threading
+    import time
+    r = rig()
+    libc = ctypes.CDLL(None, use_errno=True)
+    r.plain[6] = functools.partial(libc.kill, os.getpid(), signal.SIGALRM)
+
+    class Woken(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Woken
+
+    old = signal.signal(signal.SIGALRM, handler)
+    # Without the fix the loop sleeps until this second signal, sent to
+    # this thread, interrupts it.
+    backstop = threading.Timer(5.0, signal.pthread_kill,
+                               (threading.get_ident(), signal.SIGALRM))
+    backstop.start()
+    try:
+        r.call(1, 6)
+        t = time.monotonic()
+        with pytest.raises(Woken):
+            r.serve()
+        assert time.monotonic() - t < 2.5
+    finally:
+        backstop.cancel()
+        backstop.join()
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_a_call_that_calls_serve_again_fails_alone(rig):

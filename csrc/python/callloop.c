@@ -318,7 +318,12 @@ static PyObject *cl_serve(PyObject *self, PyObject *args)
         int64_t rc = c.get_record(c.task, inbuf, BUF_BYTES, 0);
         if (rc == EEMPTY_RC) {
             /* Sleep until the pool sends something or pokes (no periodic
-             * wake-up: pool_worker.run); poked, watch for the record.    */
+             * wake-up: pool_worker.run); poked, watch for the record.
+             * First, a signal that came while we held the GIL: its flag is
+             * set but no EINTR will come for it, so its handler runs now,
+             * not after a wake-up that may never come.                   */
+            if (PyErr_CheckSignals() < 0)
+                break;                  /* a handler raised: out goes as NULL */
             int w;
             Py_BEGIN_ALLOW_THREADS
             w = c.wait_poked(c.task, -1);
