@@ -89,3 +89,27 @@ def test_a_caller_waiting_on_long_items_does_not_spin():
         assert len(pool.map(nap_pid, [0.5] * 6, chunksize=1)) == 6
         cpu = time.process_time() - cpu
     assert cpu < 0.2, f"the caller used {cpu:.2f} s of CPU waiting"
+
+
+def test_a_small_map_whose_results_are_in_returns_without_a_nap(monkeypatch):
+    # A new pool's first map of one item: the probe sends it alone, its
+    # result comes back, and only the next feed finds the input at its end.
+    # The caller's next look then finds the map complete; it napped 1 ms
+    # first (a sixth of a one-worker pool's whole life).
+    from shmproc.backends.local import pool as local_pool
+    naps = []
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def sleep(self, seconds):
+            naps.append(seconds)
+            time.sleep(seconds)
+
+    for _ in range(5):
+        with shmproc.Pool(1, start_method="fork") as pool:
+            monkeypatch.setattr(local_pool, "time", Clock())
+            assert [x for _, x in pool.map(pid_of, range(1))] == [0]
+            monkeypatch.undo()
+    assert naps == []

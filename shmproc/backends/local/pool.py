@@ -314,7 +314,12 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                         records = (results.get(timeout=wait_s),)      # cheaper for one
                 except _stdlib_queue.Empty:
                     pass
-        elif wait_s:
+        elif wait_s and (self._pending or self._jobs):
+            # Work waits and no worker can take it yet (a worker being
+            # replaced): look again shortly.  With nothing left at all (the
+            # feed above found the last job's input at its end) the caller's
+            # own check now finds its call complete: no sleep (it cost every
+            # small map whose results all came in one wait 1 ms).
             time.sleep(min(wait_s, 0.001))
         for rec in records:
             self._on_result(rec)
