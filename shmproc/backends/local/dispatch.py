@@ -3,7 +3,10 @@
 Each worker gets only as much work ahead as it can do in about WINDOW_NS
 (from the measured time per item), least loaded worker first (ties: the
 lowest index, the one most likely still awake), so short tasks stream in
-long batches while long ones stay balanced across workers.  Submitted
+long batches while long ones stay balanced across workers: items of a
+millisecond or more go one per worker before any gets a second.  Until
+the pool's first item finishes (its length unknown), at most PROBE_SLOTS
+workers get one item each, for up to PROBE_NS (_probing).  Submitted
 tasks waiting for a window go first, then the items of map calls, which
 take turns.  A lone submit of a function the chosen worker knows skips
 all of that (_submit_direct).  Mixed into LocalPool; everything here runs
