@@ -293,3 +293,48 @@ def test_settling_races_with_waiters_arriving_lose_no_wake_up():
                 t.join(90)
             assert not any(t.is_alive() for t in threads)
             assert seen and all(n == 50 for n in seen), seen
+
+
+def _driver_running():
+    return any(t.name == "shmproc-pool-driver" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("watch", ["wait", "callback"])
+def test_a_watched_task_that_is_cancelled_stops_the_background_driver(pool, watch):
+    """concurrent.futures.wait(timeout=0) or a done-callback makes the pool
+    drive itself in the background for that Task; once it is cancelled,
+    and the rest is done, the driver ends: it polled (~3% of a core) for
+    as long as the pool lived.  The callback runs once."""
+    busy = [pool.submit(nap, 0.2) for _ in range(6)]     # every worker's window full
+    task = pool.submit(square, 3)
+    called = []
+    if watch == "wait":
+        cf.wait([task], timeout=0)
+    else:
+        task.add_done_callback(called.append)
+    assert task.cancel()
+    assert [t.result(timeout=30) for t in busy] == [0.2] * 6
+    deadline = time.monotonic() + 5
+    while _driver_running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _driver_running()
+    cpu = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - cpu < 0.02
+    assert called == ([task] if watch == "callback" else [])
+
+
+def test_the_driver_lets_go_of_a_watched_task_that_ended_unseen(pool):
+    """A Task can end up watched just as it is cancelled (a waiter
+    registers from another thread between the two): with nothing in
+    flight, the driver drops such Tasks and ends."""
+    task = pool.submit(square, 3)
+    assert task.result(timeout=30) == 9
+    engine = pool._engine
+    with engine._lock:
+        engine._watched.add(task)            # what that race leaves behind
+    engine._async_started()
+    deadline = time.monotonic() + 5
+    while (engine._watched or _driver_running()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not engine._watched and not _driver_running()

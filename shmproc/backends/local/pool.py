@@ -388,6 +388,13 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         try:
             while True:
                 with self._lock:
+                    if self._watched and not (self._units or self._pending):
+                        # Nothing in flight: every Task still watched has
+                        # ended (one cancelled as something began to watch
+                        # it): no reason left to drive the pool for it.
+                        for task in list(self._watched):
+                            if task._finished():
+                                self._watched.discard(task)
                     with self._driver_lock:
                         if self._status == TERMINATED or not self._driver_needed():
                             self._pumper = None
