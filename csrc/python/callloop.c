@@ -309,8 +309,14 @@ static PyObject *cl_serve(PyObject *self, PyObject *args)
     busy = 1;
     PyObject *out = NULL;
     for (;;) {
-        if (c.count(c.task) == 0 && now_ns() - last_work < c.linger_ns)
-            linger(&c, last_work + c.linger_ns);    /* the next task often follows at once */
+        if (c.count(c.task) == 0 && now_ns() - last_work < c.linger_ns) {
+            /* The next task often follows at once.  Without the GIL, as the
+             * Python loop's watch (native.spin_politely): a thread the
+             * tasks started runs meanwhile.                               */
+            Py_BEGIN_ALLOW_THREADS
+            linger(&c, last_work + c.linger_ns);
+            Py_END_ALLOW_THREADS
+        }
         if (c.count(c.task) > 1) {
             out = result(ST_BATCH, k, last_work, NULL, NULL, NULL);
             break;
