@@ -160,16 +160,19 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             for index in indices:
                 made.append(self._prepare_worker(index))
             with forking.one_cleanup():
-                for _, proc, _, _, _ in made:
+                for _, proc, _, _, _, _ in made:
                     proc.start()
             # After the last fork: each Slot made between two forks would
-            # touch pages the previous child still shares.
+            # touch pages the previous child still shares.  (So are the
+            # parent's copies of the built workers let go of only now, all
+            # together, when `made` goes: start() drops its arguments, and
+            # freeing a worker's objects between two forks cost ~150 us.)
             return [Slot(index, proc, task_q, pctl, rctl, self._max_tasks)
-                    for index, proc, task_q, pctl, rctl in made]
+                    for index, proc, task_q, pctl, rctl, _ in made]
         except BaseException:
             # None of these is in the pool's slots yet: end the ones that
             # started (no orphan) and close every ring made here.
-            for _, proc, task_q, _, _ in made:
+            for _, proc, task_q, _, _, _ in made:
                 if getattr(proc, "_popen", None) is not None:
                     _kill(proc)
                     proc.join()
@@ -198,14 +201,14 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
             args = (index, res.ctl, task_q, res.results, os.getpid(),
                     self._method != "forkserver", main, self._max_tasks)
             # Under fork the worker's objects are made here, not in the child
-            # (pool_worker.build); start() drops the parent's reference.
+            # (pool_worker.build); _start_workers lets go of them.
             built = pool_worker.build(*args, res.trace) if fork else None
             proc = make(target=pool_worker.main, args=(*args, self._init, res.trace, built),
                         name=f"shmproc:pool-worker-{index}")
         except BaseException:
             task_q.close()
             raise
-        return index, proc, task_q, pctl, rctl
+        return index, proc, task_q, pctl, rctl, built
 
     # -- functions -------------------------------------------------------------------------
     def _register(self, fn) -> int:
