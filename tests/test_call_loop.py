@@ -18,7 +18,7 @@ from shmproc import _native as native
 from shmproc.channels.queue import Queue
 from shmproc.channels.records import TAG_BYTES, TAG_PICKLE
 from shmproc.runtime import call_loop
-from shmproc.runtime.pool_worker import LINGER_NS, RUNNING
+from shmproc.runtime.pool_worker import RUNNING
 from shmproc.wire import blobs, taskwire
 from shmproc.wire.taskwire import FLAG_TELLS, OP_CALL, OP_DEF, R_VALUE
 
