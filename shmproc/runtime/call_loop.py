@@ -19,7 +19,7 @@ from ..common import lifecycle
 from ..channels.records import TAG_BYTES
 from ..wire import blobs, taskwire
 from ..wire.blobs import LOST
-from ..wire.taskwire import OP_CALL, R_ERROR, R_VALUE, fits
+from ..wire.taskwire import OP_CALL, R_ERROR, R_VALUE
 from .failures import error_payload
 
 __all__ = ["context", "with_spans", "usable", "serve", "result_context", "take_lone", "encode_call"]
@@ -91,11 +91,8 @@ def serve(worker, ctx, last_work):
         limit = worker.result_limit
         if limit is not None and len(a) > limit:
             # Too large for the ring where nothing goes out-of-band: this
-            # item fails alone (its count was taken: see pool_worker._send).
-            try:
-                fits(a, limit)
-            except ValueError as exc:
-                worker.out.append(worker._unsendable(R_VALUE, taskwire.header(a)[4], None, exc, 0))
+            # item fails alone (its count was taken: see result_out._send).
+            worker.out.append(worker._fits_or_fails(R_VALUE, taskwire.header(a)[4], None, a, 0))
         else:
             worker.result_q.put(a)      # waits for room, or goes out-of-band
     elif st != ST_RECYCLE:              # ST_BATCH, ST_PYGET: the Python loop's get

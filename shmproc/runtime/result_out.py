@@ -91,11 +91,16 @@ class ResultOut:
             if op in (R_CHUNK, R_PART):
                 self._send_in_parts(op, ident, payload, elapsed_ns, rec)
                 return
-            try:
-                fits(rec, limit)
-            except ValueError as exc:
-                rec = self._unsendable(op, ident, payload, exc, us)
+            rec = self._fits_or_fails(op, ident, payload, rec, us)
         self.out.append(rec)
+
+    def _fits_or_fails(self, op, ident, payload, rec, us):
+        """`rec`, or where it is larger than the ring carries (result_limit)
+        the record that fails its task alone, with SerializationError."""
+        try:
+            return fits(rec, self.result_limit)
+        except ValueError as exc:
+            return self._unsendable(op, ident, payload, exc, us)
 
     def _send_in_parts(self, op, ident, payload, elapsed_ns, rec):
         """A chunk's results too large for one record (result_limit): the

@@ -281,7 +281,7 @@ class Dispatch:
         except ValueError:
             pass
 
-    def _submit_direct(self, fn, args, kwargs, options, retries):
+    def _submit_direct(self, fn, args, kwargs, options, retries, poked=None):
         """The common submit, straight onto the ring of the worker _feed would
         pick (an idle one, else the least loaded, if its window has room):
         a function that worker already knows, nothing queued before it, no
@@ -313,8 +313,10 @@ class Dispatch:
             return None                   # its tells need the general path's flag
         # The worker may be asleep: wake it now, so that its wake-up (slow
         # after idle, its core asleep too) overlaps the rest of this submit
-        # rather than following the put.  No syscall if it is awake.
-        slot.task_q._poke()
+        # rather than following the put.  No syscall if it is awake.  (`poked`:
+        # the queue the caller poked already, before taking the lock.)
+        if slot.task_q is not poked:
+            slot.task_q._poke()
         self._lone_hint = slot.task_q
         task = Task(self, fn, None, retries, options)
         kwargs = kwargs or None

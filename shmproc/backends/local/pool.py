@@ -63,14 +63,15 @@ RESULT_RING_BYTES = 4 << 20
 
 
 def result_ring_bytes(workers: int) -> int:
-    """The result ring: 1 MiB a worker up to RESULT_RING_BYTES.  Reserving
+    """The result ring: 1 MiB a worker for one or two, else RESULT_RING_BYTES
+    (a ring's capacity is a power of two).  Reserving
     and freeing 4 MiB took ~1.3 ms, a fifth of a one-worker pool's life;
     a smaller ring only sends results over a quarter of it out-of-band.
     Where nothing goes out-of-band (the portable layer) it is the largest
     result a task may return, so it stays whole there."""
     if not blobs.PEER_FD_OK or workers > 2:
         return RESULT_RING_BYTES
-    return workers << 20                  # (a ring's capacity is a power of two)
+    return workers << 20
 #: A caller waiting on a few tasks polls this long before sleeping.
 SPIN_NS = 200_000
 #: Functions remembered by the workers (by id) before the oldest are dropped.
@@ -139,7 +140,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                 wire.preload_for_fork_children()
             res.slots.extend(self._start_workers(range(self._n)))
             # Where records cannot go out-of-band, a task's record must fit
-            # its worker's ring (units.fits).
+            # its worker's ring (taskwire.fits).
             self._record_limit = (None if blobs.PEER_FD_OK
                                   else res.slots[0].task_q._inband_max)
         except BaseException:
@@ -482,12 +483,13 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
         if hint is not None:
             # The worker the last lone submit went to, likely this one's too:
             # its wake-up (slow after idle) begins now, not after the lock and
-            # the slot choice (_submit_direct pokes the one it picks anyway).
-            # A closed queue keeps its mapping while referenced: always safe.
+            # the slot choice (_submit_direct pokes the one it picks if that
+            # is another).  A closed queue keeps its mapping while
+            # referenced: always safe.
             hint._poke()
         with self._lock:
             self._check_open()
-            task = self._submit_direct(fn, args, kwargs, options, retries)
+            task = self._submit_direct(fn, args, kwargs, options, retries, hint)
             if task is not None:
                 return task
             if self._submit_kind(fn, args, kwargs) == "process":
@@ -503,7 +505,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                 if is_process_class(fn):
                     unit.flags = taskwire.FLAG_TELLS
             try:
-                # An unpicklable argument (or, see units.fits, one too large
+                # An unpicklable argument (or, see taskwire.fits, one too large
                 # for this platform) fails here, not later.
                 unit.encode(self._res.token, self._record_limit)
             except Exception as exc:               # noqa: BLE001
