@@ -669,6 +669,38 @@ def test_a_process_task_whose_result_cannot_travel_fails_and_counts():
         assert pool.pids == [pid]
 
 
+def ones(n):
+    import numpy
+    return numpy.ones(n)
+
+
+def total(a):
+    return float(a.sum())
+
+
+def test_large_arrays_go_where_they_can_and_fail_clearly_where_they_cannot():
+    """numpy buffers of 256 KiB or more go out-of-band, where the platform
+    can hand a segment over.  Where it cannot (the portable layer) they go
+    in the record: an array result that fits the result ring arrives, a
+    larger one fails alone, and arguments larger than a worker's ring fail
+    at submit.  (There, such a result never came, and such arguments failed
+    in the worker as a lost record.)"""
+    numpy = pytest.importorskip("numpy")
+    with shmproc.Pool(1) as pool:
+        pid = pool.pids[0]
+        assert pool.submit(ones, 100_000).result(timeout=30).sum() == 100_000     # 800 kB
+        if blobs.PEER_FD_OK:
+            assert pool.submit(ones, 1_000_000).result(timeout=30).sum() == 1_000_000
+            assert pool.submit(total, numpy.ones(100_000)).result(timeout=30) == 100_000
+        else:
+            with pytest.raises(shmproc.wire.SerializationError, match="out-of-band"):
+                pool.submit(ones, 1_000_000).result(timeout=30)                  # 8 MB
+            with pytest.raises(shmproc.wire.SerializationError, match="out-of-band"):
+                pool.submit(total, numpy.ones(100_000))
+        assert pool.submit(total, numpy.ones(1000)).result(timeout=30) == 1000
+        assert pool.pids == [pid]
+
+
 def test_a_pool_takes_every_kind_of_lone_result():
     with shmproc.Pool(1) as pool:
         assert pool.submit(add, 1).result() == 11

@@ -47,24 +47,27 @@ def _collector(buffers: list[pickle.PickleBuffer]) -> Callable[[pickle.PickleBuf
     return keep
 
 
-def _cloudpickle(obj: object, buffers: list[pickle.PickleBuffer]) -> bytes:
+def _cloudpickle(obj: object, buffers: list[pickle.PickleBuffer], inband: bool = False) -> bytes:
     import cloudpickle          # imported on first need: a spawn child may never need it
     f = io.BytesIO()
-    cloudpickle.Pickler(f, protocol=PROTOCOL, buffer_callback=_collector(buffers)).dump(obj)
+    cloudpickle.Pickler(f, protocol=PROTOCOL,
+                        buffer_callback=None if inband else _collector(buffers)).dump(obj)
     return f.getvalue()
 
 
-def dumps(obj: object, same_main: bool = False) -> tuple[bytes, list[pickle.PickleBuffer]]:
+def dumps(obj: object, same_main: bool = False,
+          inband: bool = False) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Serialize `obj`; returns (pickle bytes, out-of-band PickleBuffers).
 
     same_main: the reader shares this process's __main__ (a fork child), so
     references to __main__ objects resolve there and need not be shipped by
-    value (which costs ~1 ms for a class).
+    value (which costs ~1 ms for a class).  inband: every buffer inside the
+    pickle (for where nothing can travel out-of-band); no buffers returned.
     """
     buffers: list[pickle.PickleBuffer] = []
     data: bytes | None
     try:
-        data = pickle.dumps(obj, PROTOCOL, buffer_callback=_collector(buffers))
+        data = pickle.dumps(obj, PROTOCOL, buffer_callback=None if inband else _collector(buffers))
     except Exception:           # noqa: BLE001 - any refusal: let cloudpickle try, then explain
         data = None
     else:
@@ -72,7 +75,7 @@ def dumps(obj: object, same_main: bool = False) -> tuple[bytes, list[pickle.Pick
             return data, buffers
     buffers.clear()
     try:
-        return _cloudpickle(obj, buffers), buffers
+        return _cloudpickle(obj, buffers, inband), buffers
     except Exception as exc:
         raise SerializationError(
             f"cannot serialize {type(obj).__module__}.{type(obj).__qualname__} object: "

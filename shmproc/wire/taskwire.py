@@ -90,6 +90,13 @@ def encode(op: int, ident: int, payload: object, token: Any, slot: int = 0,
     main, bufs = wire.dumps(payload)
     if not bufs:
         return HEADER.pack(op, flags, slot, elapsed_us, ident) + main
+    if not blobs.PEER_FD_OK:
+        # Nothing can be handed over out-of-band (the portable layer): the
+        # buffers go in the record itself, whose size its ring then checks
+        # (fits).  A blob sent anyway was lost to its reader: the task's
+        # arguments failed in the worker, and a result never came.
+        return HEADER.pack(op, flags, slot, elapsed_us, ident) + wire.dumps(payload,
+                                                                            inband=True)[0]
     if blobs.pool.in_flight:
         blobs.pool.sweep()           # recycle segments whose views are gone
     desc = blobs.encode(main, 0, [b.raw() for b in bufs], token)
