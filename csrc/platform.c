@@ -108,6 +108,15 @@ static int set_size(int fd, uint64_t size)
     return SHMP_OK;
 }
 
+/* Whether touching a shared page for the first time can fail for want of
+ * space (SIGBUS): an shm_open file lives in /dev/shm, which fills up; a
+ * memfd lives on the kernel's internal tmpfs mount, which has no size
+ * limit (its pages are memory like any other, allocated when touched). */
+int shmp_os_first_touch_can_fail(void)
+{
+    return !SHMP_LINUX;
+}
+
 int shmp_os_anon_fd(uint64_t size, int reserve_space, int *fd_out)
 {
     int fd;

@@ -676,3 +676,32 @@ def test_parent_death_signal_checks_the_parent():
     assert lib.shmp_parent_death_signal(0, os.getppid()) == OK
     assert lib.shmp_parent_death_signal(0, 1 if os.getppid() != 1 else 2) == lib.SHMP_EPEER
     assert lib.shmp_parent_death_signal(-1, 0) == lib.SHMP_EINVAL
+
+
+def test_ring_pages_come_as_written_but_a_blob_is_reserved_at_creation():
+    """With memfd (a first touch cannot fail for space) a ring's pages are
+    allocated as they are first written: reserving every pool worker's
+    ring was most of a large pool's setup.  A blob, whose size the user
+    picks, is reserved at creation (a clear error there, not a kill
+    later); so is everything where a first touch can fail (the portable
+    layer's /dev/shm)."""
+    cap = 1 << 20
+    r = native.Ring.create(cap)
+    fd = ffi.new("int *")
+    p = ffi.new("void **")
+    assert lib.shmp_seg_create(lib.SHMP_KIND_BLOB, cap, fd, p) == OK
+    try:
+        held = os.fstat(r.fd).st_blocks * 512
+        if native.PEER_FD_OK:                           # memfd
+            assert held < cap // 8
+            for _ in range(64):
+                assert r.put(b"x" * 8000, 8000, 0, 0) == OK
+                assert get(r)[1] == b"x" * 8000
+            assert os.fstat(r.fd).st_blocks * 512 >= held + 256 * 1024
+        else:
+            assert held >= cap
+        assert os.fstat(fd[0]).st_blocks * 512 >= cap
+    finally:
+        r.close()
+        assert lib.shmp_seg_unmap(p[0], cap) == OK
+        os.close(fd[0])
