@@ -16,6 +16,14 @@ Every row is a ratio against an anchor measured in the same run:
    (__result__ stamps the clock; the parent is blocked in p.result), the
    child having idled 1 or 20 ms first.  Anchor: os.fork + a pipe, the
    child idling the same, then writing its stamp.  Target: <= 2x.
+1c. Row 1 after idle again, with the caller on one CPU and the workers
+   (and the pipe's child) kept on another (sched_setaffinity).  No
+   target: it shows what the pipe anchor measures.  A pipe write wakes its
+   reader on the writer's CPU (a synchronous wake-up), and the writer then
+   sleeps in its read: the two hand one core back and forth, with no
+   wake-up of an idle CPU.  A pool's worker runs while its caller goes on;
+   kept on different CPUs, each side pays for waking an idle CPU, the
+   pipe included.
 2. Pool lifecycle at 1, 2, 8, 32 and 64 workers: create, one one-item task
    per worker, close, join (best of --repeat) vs multiprocessing.Pool.
    Target at 64 workers: <= 1.0x.
@@ -70,13 +78,16 @@ def _pipe_child(r, w):
         os.write(w, b)
 
 
-def pipe_pingpong(idle_s, n):
-    """Median round trip of one byte between two processes, after idle_s."""
+def pipe_pingpong(idle_s, n, child_cpus=None):
+    """Median round trip of one byte between two processes, after idle_s
+    (child_cpus: the CPUs the child is kept on)."""
     a_r, a_w = os.pipe()
     b_r, b_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
+            if child_cpus:
+                os.sched_setaffinity(0, child_cpus)
             _pipe_child(a_r, b_w)
         finally:
             os._exit(1)
@@ -137,6 +148,45 @@ def after_idle(quick):
     print("1. submit -> result, one at a time, after the caller idled (median)")
     print(C.table(["idle", "shmproc", "os.pipe ping-pong", "vs pipe", "mp.Pool.apply", "vs mp"],
                   rows))
+    return out
+
+
+def after_idle_apart(quick):
+    """1c: row 1 after idle with the caller and the other side kept on
+    different CPUs; None where that cannot be arranged."""
+    if not hasattr(os, "sched_setaffinity"):
+        print("1c. skipped: no sched_setaffinity here\n")
+        return None
+    saved = os.sched_getaffinity(0)
+    cpus = sorted(saved)
+    if len(cpus) < 2:
+        print("1c. skipped: fewer than 2 usable CPUs\n")
+        return None
+    mine, theirs = {cpus[0]}, {cpus[1]}
+    rows, out = [], {}
+    os.sched_setaffinity(0, mine)
+    try:
+        with shmproc.Pool(2) as pool:
+            for pid in pool.pids:
+                os.sched_setaffinity(pid, theirs)
+            ours = lambda: pool.submit(noop, 1).result()      # noqa: E731
+            for _ in range(200):
+                ours()
+            for idle in IDLES_S[1:]:
+                n = (100 if quick else 400) if idle < 0.01 else (25 if quick else 80)
+                pipe, shm = [], []
+                for _ in range(4):
+                    pipe.append(pipe_pingpong(idle, n // 4, theirs))
+                    shm.append(one_at_a_time(ours, idle, n // 4))
+                pipe, shm = statistics.median(pipe), statistics.median(shm)
+                out[idle] = (shm, pipe)
+                rows.append([f"{idle * 1e3:g} ms", C.si(shm * 1e6) + " us",
+                             C.si(pipe * 1e6) + " us", C.ratio(shm, pipe)])
+    finally:
+        os.sched_setaffinity(0, saved)
+    print(f"1c. the same, the caller kept on CPU {cpus[0]}, the workers and the pipe's child "
+          f"on CPU {cpus[1]} (no target: what the pipe anchor measures)")
+    print(C.table(["idle", "shmproc", "os.pipe ping-pong", "vs pipe"], rows))
     return out
 
 
@@ -348,6 +398,7 @@ def main(argv=None) -> int:
     print("\n".join(C.environment_lines(s, ["shmproc"])))
     idle = after_idle(s.quick)
     last_hook = result_after_last_hook(s.quick)
+    after_idle_apart(s.quick)
     scale = scaling(s.quick, s.repeat)
     cost = idle_cost(64, 1.0 if s.quick else 2.0)
     ok = report(idle, last_hook, scale, cost)

@@ -589,10 +589,11 @@ def main(argv=None) -> int:
     print("8. after idle, many workers, idle cost (bench/idle_and_scale.py)")
     after = idle_and_scale.after_idle(quick)
     last_hook = idle_and_scale.result_after_last_hook(quick)
+    apart = idle_and_scale.after_idle_apart(quick)
     scale = idle_and_scale.scaling(quick, s.repeat)
     cost = idle_and_scale.idle_cost(64, 1.0 if quick else 2.0)
     round2_ok = idle_and_scale.report(after, last_hook, scale, cost)
-    results["round2"] = {"after_idle": after, "last_hook": last_hook,
+    results["round2"] = {"after_idle": after, "last_hook": last_hook, "after_idle_apart": apart,
                          "scaling": {n: v for n, v in scale.items()}, "idle_cost": cost}
     checks.append(("round 2 targets (8.)", round2_ok, ""))
     print()
