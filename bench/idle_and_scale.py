@@ -11,7 +11,9 @@ Every row is a ratio against an anchor measured in the same run:
    os.pipe after the same idle (the OS's floor for a wake-up each way),
    and multiprocessing.Pool.apply.
    Targets: <= 2x the pipe after 1 and 20 ms; back-to-back <= 0.1x
-   mp.Pool.apply.
+   mp.Pool.apply.  Beside them, no target: the same call's two C steps
+   alone on a pool of their own (lone_c_steps: the record put, the result
+   taken), the floor under the pool's path.
 1b. p.result of a started Process returning after its worker's last hook
    (__result__ stamps the clock; the parent is blocked in p.result), the
    child having idled 1 or 20 ms first.  Anchor: os.fork + a pipe, the
@@ -125,29 +127,70 @@ def one_at_a_time(call, idle_s, n):
     return statistics.median(times)
 
 
+def lone_c_steps(pool):
+    """A call of the C steps of a lone submit's path alone, on `pool`'s
+    first worker, with none of the pool's bookkeeping (no Task, no unit):
+    the call's record written by hand and put on the worker's ring, then
+    its result taken and decoded (csrc/python/callloop.c encode_call and
+    take_value).  The floor under submit().result(); None without the C
+    loop.  Reaches into the pool: use a pool made for it alone."""
+    from shmproc import _native as native
+    from shmproc.channels.records import TAG_BYTES
+    from shmproc.runtime import call_loop
+    engine = pool._engine
+    pool.submit(noop, 1).result()                  # the worker knows noop now
+    if engine._res.lone is None or native.take_value is None:
+        return None
+    put = engine._res.slots[0].task_q._ring.put
+    ctx, token = engine._res.lone, engine._res.token
+    fn_id = engine._functions[id(noop)][0]
+    ids = iter(range(2 ** 62, 2 ** 63))            # never one of the pool's own unit ids
+
+    def call():
+        ident = next(ids)
+        rec = call_loop.encode_call(ident, fn_id, (1,), token)
+        if put(rec, len(rec), TAG_BYTES, 0) != 0:
+            raise RuntimeError("lone_c_steps: the worker's ring refused the record")
+        got = native.take_value(ctx, ident, 200_000, 1_000_000_000)
+        if type(got) is int or got[0] != 0:
+            raise RuntimeError(f"lone_c_steps: not this call's value: {got!r}")
+    return call
+
+
 def after_idle(quick):
     rows, out = [], {}
-    with shmproc.Pool(2) as pool, mp.get_context("fork").Pool(2) as mpool:
+    with shmproc.Pool(2) as pool, shmproc.Pool(2) as bare, \
+            mp.get_context("fork").Pool(2) as mpool:
         ours = lambda: pool.submit(noop, 1).result()          # noqa: E731
         theirs = lambda: mpool.apply(noop, (1,))              # noqa: E731
+        floor = lone_c_steps(bare)
         for _ in range(200):
             ours()
             theirs()
+            if floor is not None:
+                floor()
         for idle in IDLES_S:
             n = (100 if quick else 400) if idle < 0.01 else (25 if quick else 80)
             # In turns, a slice each, so drifting load hits every contender alike.
-            pipe, shm, std = [], [], []
+            pipe, shm, std, c = [], [], [], []
             for _ in range(4):
                 pipe.append(pipe_pingpong(idle, n // 4))
                 shm.append(one_at_a_time(ours, idle, n // 4))
                 std.append(one_at_a_time(theirs, idle, n // 4))
+                if floor is not None:
+                    c.append(one_at_a_time(floor, idle, n // 4))
             pipe, shm, std = (statistics.median(x) for x in (pipe, shm, std))
+            c = statistics.median(c) if c else None
             out[idle] = (shm, pipe, std)
             rows.append([f"{idle * 1e3:g} ms", C.si(shm * 1e6) + " us", C.si(pipe * 1e6) + " us",
-                         C.ratio(shm, pipe), C.si(std * 1e6) + " us", C.ratio(shm, std)])
-    print("1. submit -> result, one at a time, after the caller idled (median)")
-    print(C.table(["idle", "shmproc", "os.pipe ping-pong", "vs pipe", "mp.Pool.apply", "vs mp"],
-                  rows))
+                         C.ratio(shm, pipe),
+                         "n/a" if c is None else C.si(c * 1e6) + " us",
+                         "n/a" if c is None else C.ratio(c, pipe),
+                         C.si(std * 1e6) + " us", C.ratio(shm, std)])
+    print("1. submit -> result, one at a time, after the caller idled (median; 'C steps': "
+          "the path's two C calls alone, no Task)")
+    print(C.table(["idle", "shmproc", "os.pipe ping-pong", "vs pipe", "C steps", "vs pipe",
+                   "mp.Pool.apply", "vs mp"], rows))
     return out
 
 
