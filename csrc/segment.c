@@ -111,7 +111,7 @@ static int create(uint32_t kind, uint64_t payload_size, uint32_t flags, int *fd_
      * picks: a clear error at creation, not an out-of-memory kill later.
      * A memfd ring or control block is small and fixed, and its pages are
      * allocated as first written: reserving 64 task rings of 256 KiB took
-     * ~4 ms of a 64-worker pool's start, for pages most pools never use. */
+     * ~4 ms of a 64-worker pool's start, for pages a pool may never write. */
     int reserve = !sparse && (kind == SHMP_KIND_BLOB || shmp_os_first_touch_can_fail());
     int fd, rc = shmp_os_anon_fd(total, reserve, &fd);
     if (rc != SHMP_OK)
