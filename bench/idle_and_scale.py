@@ -128,8 +128,8 @@ def one_at_a_time(call, idle_s, n):
 
 
 def lone_c_steps(pool):
-    """A call of the C steps of a lone submit's path alone, on `pool`'s
-    first worker, with none of the pool's bookkeeping (no Task, no unit):
+    """A call of the C steps of a lone submit's path alone, on a worker of
+    `pool` that knows noop, with none of the pool's bookkeeping (no Task, no unit):
     the call's record written by hand and put on the worker's ring, then
     its result taken and decoded (csrc/python/callloop.c encode_call and
     take_value).  The floor under submit().result(); None without the C
@@ -141,9 +141,9 @@ def lone_c_steps(pool):
     pool.submit(noop, 1).result()                  # the worker knows noop now
     if engine._res.lone is None or native.take_value is None:
         return None
-    put = engine._res.slots[0].task_q._ring.put
     ctx, token = engine._res.lone, engine._res.token
     fn_id = engine._functions[id(noop)][0]
+    put = next(s for s in engine._res.slots if fn_id in s.fns).task_q._ring.put   # knows noop
     ids = iter(range(2 ** 62, 2 ** 63))            # never one of the pool's own unit ids
 
     def call():
@@ -181,7 +181,7 @@ def after_idle(quick):
                     c.append(one_at_a_time(floor, idle, n // 4))
             pipe, shm, std = (statistics.median(x) for x in (pipe, shm, std))
             c = statistics.median(c) if c else None
-            out[idle] = (shm, pipe, std)
+            out[idle] = (shm, pipe, std, c)
             rows.append([f"{idle * 1e3:g} ms", C.si(shm * 1e6) + " us", C.si(pipe * 1e6) + " us",
                          C.ratio(shm, pipe),
                          "n/a" if c is None else C.si(c * 1e6) + " us",
@@ -406,14 +406,14 @@ def report(idle, last_hook, scale, cost):
         rows.append([what, value, target, C.verdict(ok)])
 
     for ms in (0.001, 0.02):
-        shm, pipe, _ = idle[ms]
+        shm, pipe, _, _ = idle[ms]
         row(f"submit->result after {ms * 1e3:g} ms idle vs os.pipe", C.ratio(shm, pipe),
             "<= 2x", shm <= 2 * pipe)
     for ms in sorted(last_hook):
         ours, anchor = last_hook[ms]
         row(f"p.result after the last hook ({ms * 1e3:g} ms idle) vs fork+pipe",
             C.ratio(ours, anchor), "<= 2x", ours <= 2 * anchor)
-    shm, _, std = idle[0.0]
+    shm, _, std, _ = idle[0.0]
     row("submit->result back-to-back vs mp.Pool.apply", C.ratio(shm, std), "<= 0.1x",
         shm <= 0.1 * std)
     big = max(scale)

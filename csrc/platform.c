@@ -108,11 +108,12 @@ static int set_size(int fd, uint64_t size)
     return SHMP_OK;
 }
 
-/* Whether touching a shared page for the first time can fail for want of
- * space (SIGBUS): an shm_open file lives in /dev/shm, which fills up; a
- * memfd lives on the kernel's internal tmpfs mount, which has no size
- * limit (its pages are memory like any other, allocated when touched). */
-int shmp_os_first_touch_can_fail(void)
+/* Whether a segment's filesystem can run out of space, so that a first
+ * touch of a page not reserved could SIGBUS: an shm_open file lives in
+ * /dev/shm, which fills up; a memfd lives on the kernel's internal tmpfs
+ * mount, which has no size limit (its pages are memory like any other,
+ * allocated when first touched, and short only when memory is).        */
+int shmp_os_space_is_bounded(void)
 {
     return !SHMP_LINUX;
 }

@@ -24,8 +24,9 @@
 /* Only a blob's creator prefaults its mapping: it writes all of it at once
  * (a large array), so one batch of faults beats one per page.  Never a
  * sparse segment (that would allocate all of it).  Never a ring or a
- * control block: their pages are reserved (no SIGBUS), they are touched a
- * little at a time, and a prefaulted shared mapping makes every later
+ * control block: they are touched a little at a time (their pages are
+ * reserved, or come as written where that cannot SIGBUS: see create()),
+ * and a prefaulted shared mapping makes every later
  * fork() copy its page-table entries: with a 64-worker pool's 1 MiB task
  * rings populated, each fork took 6 ms instead of 2.6 ms.              */
 static int map_flags(uint32_t kind, uint32_t seg_flags)
@@ -62,6 +63,10 @@ static uint64_t page_round(uint64_t n)
 }
 
 static int header_ok(const shmp_seg_header *h, uint32_t kind);
+
+/* Segments (but blobs) up to this size are not reserved where space cannot
+ * run out: see create().                                                */
+#define LAZY_MAX (4ull << 20)
 
 static shmp_seg_header *header_of(const void *payload)
 {
@@ -106,13 +111,18 @@ static int create(uint32_t kind, uint64_t payload_size, uint32_t flags, int *fd_
         return SHMP_EINVAL;
     uint64_t total = SHMP_PAYLOAD_OFFSET + page_round(payload_size);
     int sparse = (flags & SHMP_SEG_SPARSE) != 0;
-    /* Reserved now (ENOSPC here, not SIGBUS at a first touch) where a first
-     * touch can fail for space, and always for a blob, whose size the user
-     * picks: a clear error at creation, not an out-of-memory kill later.
-     * A memfd ring or control block is small and fixed, and its pages are
-     * allocated as first written: reserving 64 task rings of 256 KiB took
-     * ~4 ms of a 64-worker pool's start, for pages a pool may never write. */
-    int reserve = !sparse && (kind == SHMP_KIND_BLOB || shmp_os_first_touch_can_fail());
+    /* Reserved now where space can run out (the portable layer's /dev/shm:
+     * ENOSPC here, not SIGBUS at a first touch), and where the size is
+     * large or the user's to pick: every blob, and any other segment over
+     * LAZY_MAX (a Queue's capacity is its user's): short of memory, a clear
+     * error at creation rather than an out-of-memory kill at a first touch.
+     * A memfd ring, control block or trace segment of at most LAZY_MAX
+     * (a pool's task rings are 256 KiB, its result ring 1-4 MiB) gets its
+     * pages as they are first written, as any memory that size: reserving
+     * 64 task rings took ~4 ms of a 64-worker pool's start, for pages a
+     * pool may never write.                                              */
+    int reserve = !sparse && (kind == SHMP_KIND_BLOB || payload_size > LAZY_MAX ||
+                              shmp_os_space_is_bounded());
     int fd, rc = shmp_os_anon_fd(total, reserve, &fd);
     if (rc != SHMP_OK)
         return rc;
@@ -152,8 +162,10 @@ int shmp_seg_create(uint32_t kind, uint64_t payload_size, int *fd_out, void **pa
 
 int shmp_seg_create_sparse(uint32_t kind, uint64_t payload_size, int *fd_out, void **payload_out)
 {
-    /* Only blobs may be sparse: rings and control blocks are written at
-     * once and must never fault on memory that is not there.          */
+    /* Only blobs may be sparse (reserved a range at a time, by
+     * shmp_seg_reserve): nothing reserves a ring's or control block's
+     * ranges later, and where space can run out (see create()) a page
+     * touched unreserved would SIGBUS.                                 */
     if (kind != SHMP_KIND_BLOB)
         return SHMP_EINVAL;
     return create(kind, payload_size, SHMP_SEG_SPARSE, fd_out, payload_out);

@@ -157,7 +157,7 @@ struct shmp_trace { shmp_trace_ring r; };
 /* ---- platform layer (platform.c): the only Linux-specific code ----------- */
 int  shmp_os_anon_fd(uint64_t size, int reserve_space, int *fd_out);   /* memfd or unlinked shm_open */
 int  shmp_os_reserve(int fd, uint64_t offset, uint64_t length);
-int  shmp_os_first_touch_can_fail(void);                                  /* see segment.c's create */
+int  shmp_os_space_is_bounded(void);                                      /* see segment.c's create */
 int  shmp_os_parent_death_signal(int signo);
 int  shmp_os_seal(int fd);                          /* forbid resizing where supported */
 int  shmp_os_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);

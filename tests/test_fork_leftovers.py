@@ -47,21 +47,27 @@ def test_a_fork_child_keeps_the_parents_spares_until_it_drops_them():
         return 0
 
     # A fork child closes the arena pool's kept arenas and the blob pool's
-    # cached segments at once (arenas.py, blobs.py): those are emptied
-    # first, and no garbage is collected until the fork (an earlier test's
-    # garbage collected in between could hand an arena back to the pool).
+    # segments at once (arenas.py, blobs.py): the former are emptied first,
+    # the latter left out, and no garbage is collected until the fork (an
+    # earlier test's garbage collected in between could hand an arena back
+    # to the pool).
     gc.collect()
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
         arenas.pool.trim()
         blobs.pool.sweep()
         blobs.pool.trim()
+        closed_at_fork = {str(local_run._spares["arena"].fd)}          # (test below)
+        closed_at_fork |= {str(s.blob.fd) for s in blobs.pool.in_flight}
+        closed_at_fork |= {str(b.fd) for b in blobs.pool.free}
         # All the parent's other shmproc descriptors stay open in the
-        # child until it drops them, but the spare arena's (test below).
-        kept = set(shmproc_fds()) - {str(local_run._spares["arena"].fd)}
+        # child until it drops them.
+        kept = set(shmproc_fds()) - closed_at_fork
         assert _in_child(child) == 0
     finally:
-        gc.enable()
+        if was_enabled:
+            gc.enable()
     assert mailbox._spare                       # the parent's own are untouched
 
 

@@ -678,15 +678,17 @@ def test_parent_death_signal_checks_the_parent():
     assert lib.shmp_parent_death_signal(-1, 0) == lib.SHMP_EINVAL
 
 
-def test_ring_pages_come_as_written_but_a_blob_is_reserved_at_creation():
-    """With memfd (a first touch cannot fail for space) a ring's pages are
-    allocated as they are first written: reserving every pool worker's
-    ring was most of a large pool's setup.  A blob, whose size the user
-    picks, is reserved at creation (a clear error there, not a kill
-    later); so is everything where a first touch can fail (the portable
-    layer's /dev/shm)."""
+def test_small_rings_get_pages_as_written_large_ones_and_blobs_at_creation():
+    """With memfd (a filesystem that cannot run out of space) a ring of at
+    most 4 MiB gets its pages as they are first written: reserving every
+    pool worker's ring was most of a large pool's setup.  A larger ring (a
+    Queue's capacity is its user's) is reserved at creation, short of
+    memory a clear error there rather than a kill at a first touch; a blob
+    is backed whole at creation; and everything is reserved where space
+    can run out (the portable layer's /dev/shm)."""
     cap = 1 << 20
     r = native.Ring.create(cap)
+    big = native.Ring.create(8 << 20)
     fd = ffi.new("int *")
     p = ffi.new("void **")
     assert lib.shmp_seg_create(lib.SHMP_KIND_BLOB, cap, fd, p) == OK
@@ -700,8 +702,10 @@ def test_ring_pages_come_as_written_but_a_blob_is_reserved_at_creation():
             assert os.fstat(r.fd).st_blocks * 512 >= held + 256 * 1024
         else:
             assert held >= cap
+        assert os.fstat(big.fd).st_blocks * 512 >= 8 << 20
         assert os.fstat(fd[0]).st_blocks * 512 >= cap
     finally:
         r.close()
+        big.close()
         assert lib.shmp_seg_unmap(p[0], cap) == OK
         os.close(fd[0])

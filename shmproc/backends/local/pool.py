@@ -55,9 +55,10 @@ __all__ = ["LocalPool"]
 
 #: Bytes of each worker's task ring, and of the result ring they share.
 #: Task rings are small: the window keeps ~2 ms of work ahead per worker,
-#: records over a quarter of a ring go out-of-band, and every ring is
-#: reserved in /dev/shm when the pool starts (1 MiB task rings cost a
-#: 64-worker pool ~8 ms more to create, and 64 MiB of shared memory).
+#: records over a quarter of a ring go out-of-band, and on the portable
+#: layer every ring is reserved in /dev/shm when the pool starts (1 MiB
+#: task rings cost a 64-worker pool ~8 ms more to create then; on Linux a
+#: ring's pages come as first written, csrc/segment.c).
 TASK_RING_BYTES = 1 << 18
 RESULT_RING_BYTES = 4 << 20
 
@@ -65,7 +66,8 @@ RESULT_RING_BYTES = 4 << 20
 def result_ring_bytes(workers: int) -> int:
     """The result ring: 1 MiB a worker for one or two, else RESULT_RING_BYTES
     (a ring's capacity is a power of two).  Reserving
-    and freeing 4 MiB took ~1.3 ms, a fifth of a one-worker pool's life;
+    and freeing 4 MiB took ~1.3 ms, a fifth of a one-worker pool's life
+    (when every ring was reserved at creation: on Linux no longer);
     a smaller ring only sends results over a quarter of it out-of-band.
     Where nothing goes out-of-band (the portable layer) it is the largest
     result a task may return, so it stays whole there."""
