@@ -66,7 +66,7 @@ static int header_ok(const shmp_seg_header *h, uint32_t kind);
 
 /* Segments (but blobs) up to this size are not reserved where space cannot
  * run out: see create().                                                */
-#define LAZY_MAX (4ull << 20)
+#define LAZY_MAX (8ull << 20)     /* a 4 MiB ring (a Queue's default) and its header fit */
 
 static shmp_seg_header *header_of(const void *payload)
 {

@@ -108,7 +108,7 @@ uint64_t shmp_now_ns(void);              /* monotonic, nanoseconds */
  * A segment is a header (magic, ABI, kind, sizes) followed by a payload.
  * create: reserves the whole size up front where space can run out (a
  * full /dev/shm fails here, not with SIGBUS later) or the segment is a
- * blob or over 4 MiB (else, on Linux, pages come as first written), maps
+ * blob or over 8 MiB (else, on Linux, pages come as first written), maps
  * it, returns an fd that can be inherited or
  * passed to another process, and the payload address.
  * attach: maps an fd received from another process after checking the

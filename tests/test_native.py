@@ -680,7 +680,7 @@ def test_parent_death_signal_checks_the_parent():
 
 def test_small_rings_get_pages_as_written_large_ones_and_blobs_at_creation():
     """With memfd (a filesystem that cannot run out of space) a ring of at
-    most 4 MiB gets its pages as they are first written: reserving every
+    most 8 MiB gets its pages as they are first written: reserving every
     pool worker's ring was most of a large pool's setup.  A larger ring (a
     Queue's capacity is its user's) is reserved at creation, short of
     memory a clear error there rather than a kill at a first touch; a blob
@@ -688,7 +688,8 @@ def test_small_rings_get_pages_as_written_large_ones_and_blobs_at_creation():
     can run out (the portable layer's /dev/shm)."""
     cap = 1 << 20
     r = native.Ring.create(cap)
-    big = native.Ring.create(8 << 20)
+    mid = native.Ring.create(4 << 20)                   # a pool's result ring, a Queue's default
+    big = native.Ring.create(16 << 20)
     fd = ffi.new("int *")
     p = ffi.new("void **")
     assert lib.shmp_seg_create(lib.SHMP_KIND_BLOB, cap, fd, p) == OK
@@ -700,12 +701,15 @@ def test_small_rings_get_pages_as_written_large_ones_and_blobs_at_creation():
                 assert r.put(b"x" * 8000, 8000, 0, 0) == OK
                 assert get(r)[1] == b"x" * 8000
             assert os.fstat(r.fd).st_blocks * 512 >= held + 256 * 1024
+            assert os.fstat(mid.fd).st_blocks * 512 < 1 << 20
         else:
             assert held >= cap
-        assert os.fstat(big.fd).st_blocks * 512 >= 8 << 20
+            assert os.fstat(mid.fd).st_blocks * 512 >= 4 << 20
+        assert os.fstat(big.fd).st_blocks * 512 >= 16 << 20
         assert os.fstat(fd[0]).st_blocks * 512 >= cap
     finally:
         r.close()
+        mid.close()
         big.close()
         assert lib.shmp_seg_unmap(p[0], cap) == OK
         os.close(fd[0])
