@@ -124,19 +124,13 @@ def text_of(n):
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_results_of_every_size_come_back_whatever_the_result_ring(workers):
-    # A small pool's result ring is smaller (1 MiB a worker: reserving 4 MiB
-    # was a fifth of a one-worker pool's life); what is larger than a
-    # quarter of it goes out-of-band.  Where nothing can (the portable
-    # layer) the ring stays 4 MiB: it bounds the largest result there.
-    from shmproc.backends.local.pool import RESULT_RING_BYTES, result_ring_bytes
+    # Results around and beyond the result ring's in-band limit (a quarter
+    # of it: larger ones go out-of-band, where they can: not on the
+    # portable layer, where the ring bounds the largest result).
     from shmproc.wire import blobs
     sizes = [10, 200_000, 300_000, 700_000, 1_000_000]
     if blobs.PEER_FD_OK:
-        sizes += [1_100_000, 3_000_000]
-        assert result_ring_bytes(workers) == min(workers << 20, RESULT_RING_BYTES) \
-            if workers <= 2 else RESULT_RING_BYTES
-    else:
-        assert result_ring_bytes(workers) == RESULT_RING_BYTES
+        sizes += [1_100_000, 3_000_000, 5_000_000]
     with shmproc.Pool(workers, start_method="fork") as pool:
         assert [len(s) for s in pool.map(text_of, sizes, chunksize=1)] == sizes
         assert len(pool.submit(text_of, sizes[-2]).result(timeout=60)) == sizes[-2]

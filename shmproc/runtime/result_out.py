@@ -55,12 +55,11 @@ class ResultOut:
                 self.fast_ns = 0
                 ident, value = self.fast_ids.pop(), self.fast_values.pop()
                 rec = _pack(R_VALUE, 0, self.slot, us, ident) + _dumps(value, 5)
-                if self.result_limit is None or len(rec) <= self.result_limit:
-                    self.result_q.put(rec)
-                    return
-                self._send(R_VALUE, ident, value, us * 1000)    # fails it: too large
-            else:
-                self._coalesce()
+                if self.result_limit is not None and len(rec) > self.result_limit:
+                    rec = self._fits_or_fails(R_VALUE, ident, value, rec, us)
+                self.result_q.put(rec)
+                return
+            self._coalesce()
         out = self.out
         if len(out) == 1:
             self.result_q.put(out[0])

@@ -60,20 +60,10 @@ __all__ = ["LocalPool"]
 #: task rings cost a 64-worker pool ~8 ms more to create then; on Linux a
 #: ring's pages come as first written, csrc/segment.c).
 TASK_RING_BYTES = 1 << 18
+#: Whatever the pool's size: on Linux its pages come as first written (a
+#: 1 MiB ring made a one-worker pool's lifecycle no faster: 3.28 against
+#: 3.25 ms), and on the portable layer it bounds the largest result.
 RESULT_RING_BYTES = 4 << 20
-
-
-def result_ring_bytes(workers: int) -> int:
-    """The result ring: 1 MiB a worker for one or two, else RESULT_RING_BYTES
-    (a ring's capacity is a power of two).  Reserving
-    and freeing 4 MiB took ~1.3 ms, a fifth of a one-worker pool's life
-    (when every ring was reserved at creation: on Linux no longer);
-    a smaller ring only sends results over a quarter of it out-of-band.
-    Where nothing goes out-of-band (the portable layer) it is the largest
-    result a task may return, so it stays whole there."""
-    if not blobs.PEER_FD_OK or workers > 2:
-        return RESULT_RING_BYTES
-    return workers << 20
 #: A caller waiting on a few tasks polls this long before sleeping.
 SPIN_NS = 200_000
 #: Functions remembered by the workers (by id) before the oldest are dropped.
@@ -134,7 +124,7 @@ class LocalPool(Dispatch, WorkerRecovery, ResultIntake, JobEngine):
                 res.trace = native.TraceArea.create(self._n)
                 self._trace_rings = [res.trace.ring(i) for i in range(self._n)]
             # Every worker puts, only the pool reads (under its lock): one consumer.
-            res.results = Queue(capacity=result_ring_bytes(self._n), _consumers="one")
+            res.results = Queue(capacity=RESULT_RING_BYTES, _consumers="one")
             res.lone = call_loop.result_context(res.results)    # see _take_lone
             if self._method == "forkserver":
                 preload_into_forkserver()
